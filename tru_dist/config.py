@@ -1,0 +1,265 @@
+"""Typed, layered configuration.
+
+Precedence (later wins): typed defaults < ``configs/datasets/<name>.yaml`` <
+``configs/models/<model>.yaml`` < a user YAML (``--config FILE``) < ``--key=value``
+overrides. Keys are dotted paths (``train.lr=1e-3``); a bare leaf name (``lr=1e-3``) is
+accepted when it is unambiguous. Unknown keys are errors that list the valid ones, as in
+RecBole's layered config but strict (pydantic ``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tru_dist.errors import ConfigError
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the data comes from. ``path`` is an MMRec folder or a tru-dist store."""
+
+    path: str | None = None
+    name: str = "synthetic"
+
+
+class ModelConfig(_Strict):
+    """Backbone hyperparameters. One flat record; each model reads the fields it uses.
+
+    Shared: ``name``, ``dim``, ``n_layers`` (user-item propagation layers), ``reg_weight``
+    (L2 on the batch's ego embeddings). MGCN: ``knn_k``, ``mm_layers`` (item-item layers),
+    ``cl_weight``, ``cl_temp``. MIG-GT: ``modality_layers`` (per-modality hop counts,
+    e.g. ``{"id": 3, "image": 2, "text": 2}``), ``gt_samples``, ``gt_heads``, ``gt_alpha``,
+    ``dropout``.
+    """
+
+    name: str = "lightgcn"
+    dim: int = 64
+    n_layers: int = 2
+    reg_weight: float = 1e-4
+    knn_k: int = 10
+    mm_layers: int = 1
+    cl_weight: float = 0.01
+    cl_temp: float = 0.2
+    modality_layers: dict[str, int] = {}
+    gt_samples: int = 20
+    gt_heads: int = 1
+    gt_alpha: float = 0.5
+    dropout: float = 0.0
+    init_std: float = 0.1
+
+
+class TrainConfig(_Strict):
+    """BPR training with early stopping on ``eval.metric`` computed on valid."""
+
+    lr: float = 1e-3
+    batch_size: int = 2048
+    epochs: int = 300
+    patience: int = 20
+    eval_every: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    progress: Literal["auto", "on", "off"] = "auto"
+
+
+class EvalConfig(_Strict):
+    ks: list[int] = [10, 20, 50]
+    metric: str = "recall@20"
+    batch_users: int = 4096
+
+
+class GateConfig(_Strict):
+    """Ranking fusion gate (DESIGN §5): g_ui = σ((s_ui − t_u^K)/T); G = β g + (1−β) P_i."""
+
+    enabled: bool = True
+    top_k: int = 20
+    temperature: float = 0.5
+    beta: float = 0.5
+    hinge_weight: float = 1.0
+    margin: float = 0.1
+    epsilon: float = 0.05
+
+
+class ScalingConfig(_Strict):
+    """Branch-wise modality scaling: α_b = clip((r_b / max r)^γ, α_min, 1)."""
+
+    enabled: bool = True
+    gamma: float = 1.0
+    alpha_min: float = 0.1
+    project_conflicts: bool = False
+    delta: float = 1e-12
+
+
+class IsolationConfig(_Strict):
+    """Capacity-aware layer isolation under a parameter budget ρ·|θ|, plus k-hop row isolation."""
+
+    enabled: bool = True
+    budget: float = 0.5
+    row_hops: int = 2
+    delta: float = 1e-12
+
+
+class UnlearnConfig(_Strict):
+    """Approximate unlearning: L = λ_r·BPR(D_r sample) + λ_f·forget loss, Adam, a few epochs."""
+
+    method: str = "tru"
+    epochs: int = 10
+    lr: float = 1e-3
+    lambda_f: float = 1.0
+    lambda_r: float = 1.0
+    batch_size: int = 2048
+    seed: int = 0
+    reset_deleted_users: bool = True
+    sisa_shards: int = 4
+    gate: GateConfig = GateConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    isolation: IsolationConfig = IsolationConfig()
+
+
+class DistConfig(_Strict):
+    """Ray/torch.distributed settings. ``workers=1`` is the single-process path."""
+
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    address: str = "local"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    storage_path: str | None = None
+    max_failures: int = 2
+    fault_rank: int = -1
+    fault_step: int = -1
+    memory_per_worker_gb: float = 8.0
+
+
+class Config(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    unlearn: UnlearnConfig = UnlearnConfig()
+    dist: DistConfig = DistConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown config key '{loc}' (valid keys: {', '.join(valid_keys())})")
+        else:
+            parts.append(f"invalid value for '{loc}': {err['msg']}")
+    return "; ".join(parts)
+
+
+def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of the config tree, e.g. ``unlearn.gate.beta``."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(valid_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _resolve_key(key: str) -> str:
+    keys = valid_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.endswith("." + key)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"config key '{key}' is ambiguous: write one of {', '.join(matches)}")
+    raise ConfigError(f"unknown config key '{key}' (valid keys: {', '.join(keys)})")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "modality_layers":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.lr=1e-3", "--beta=0.7"]`` -> nested dict; values parsed as YAML scalars."""
+    tree: dict = {}
+    for raw in items:
+        item = raw[2:] if raw.startswith("--") else raw
+        if "=" not in item:
+            raise ConfigError(f"override '{raw}' is not of the form --key=value (e.g. --train.lr=1e-3)")
+        key, text = item.split("=", 1)
+        _set_dotted(tree, _resolve_key(key.strip()), yaml.safe_load(text) if text else None)
+    return tree
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def build_config(
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | dict | None = None,
+) -> Config:
+    """Layer defaults < dataset YAML < model YAML < user YAML < overrides into a Config."""
+    tree: dict = {}
+    if dataset and (CONFIG_ROOT / "datasets" / f"{dataset}.yaml").exists():
+        tree = _deep_merge(tree, load_yaml(CONFIG_ROOT / "datasets" / f"{dataset}.yaml"))
+    if config_file:
+        user_tree = load_yaml(config_file)
+        model = model or user_tree.get("model", {}).get("name")
+    else:
+        user_tree = {}
+    if overrides is not None and not isinstance(overrides, dict):
+        overrides = parse_overrides(list(overrides))
+    overrides = overrides or {}
+    model = overrides.get("model", {}).get("name", model)
+    if model:
+        model_yaml = CONFIG_ROOT / "models" / f"{model}.yaml"
+        if model_yaml.exists():
+            tree = _deep_merge(tree, load_yaml(model_yaml))
+        tree = _deep_merge(tree, {"model": {"name": model}})
+    tree = _deep_merge(tree, user_tree)
+    tree = _deep_merge(tree, overrides)
+    return Config.from_dict(tree)

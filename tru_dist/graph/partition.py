@@ -1,0 +1,70 @@
+"""Partition book: which worker owns which users and which slice of the item feature store.
+
+Users are split into W contiguous ranges ``[user_starts[r], user_starts[r+1])`` and item
+feature rows into W contiguous slices; with W = 1 worker 0 owns everything. Contiguous
+ranges make the global↔local map an offset, so a worker can memory-map exactly its rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _even_starts(n: int, parts: int) -> np.ndarray:
+    return np.array([(n * r) // parts for r in range(parts + 1)], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PartitionBook:
+    n_users: int
+    n_items: int
+    world_size: int
+    user_starts: tuple[int, ...]
+    item_starts: tuple[int, ...]
+
+    @classmethod
+    def contiguous(cls, n_users: int, n_items: int, world_size: int = 1) -> PartitionBook:
+        """Even contiguous ranges of users and of item feature rows."""
+        if world_size < 1:
+            raise ValueError("world_size must be >= 1")
+        if world_size > n_users:
+            raise ValueError(f"cannot split {n_users} users over {world_size} workers")
+        return cls(
+            n_users,
+            n_items,
+            world_size,
+            tuple(int(x) for x in _even_starts(n_users, world_size)),
+            tuple(int(x) for x in _even_starts(n_items, world_size)),
+        )
+
+    @classmethod
+    def balanced(cls, n_users: int, n_items: int, world_size: int, user_degree: np.ndarray) -> PartitionBook:
+        """Contiguous user ranges with (nearly) equal edge counts, for skewed degree data."""
+        book = cls.contiguous(n_users, n_items, world_size)
+        csum = np.concatenate([[0], np.cumsum(np.asarray(user_degree, dtype=np.float64))])
+        targets = csum[-1] * np.arange(world_size + 1) / world_size
+        starts = np.searchsorted(csum, targets, side="left").astype(np.int64)
+        starts[0], starts[-1] = 0, n_users
+        starts = np.maximum.accumulate(starts)
+        for r in range(1, world_size):  # every worker keeps at least one user
+            starts[r] = min(max(starts[r], starts[r - 1] + 1), n_users - (world_size - r))
+        return cls(n_users, n_items, world_size, tuple(int(x) for x in starts), book.item_starts)
+
+    def user_range(self, rank: int) -> tuple[int, int]:
+        return self.user_starts[rank], self.user_starts[rank + 1]
+
+    def item_range(self, rank: int) -> tuple[int, int]:
+        return self.item_starts[rank], self.item_starts[rank + 1]
+
+    def n_local_users(self, rank: int) -> int:
+        lo, hi = self.user_range(rank)
+        return hi - lo
+
+    def owner_of_users(self, users: np.ndarray) -> np.ndarray:
+        """Rank owning each global user id."""
+        return np.searchsorted(np.asarray(self.user_starts[1:]), users, side="right")
+
+    def to_local_users(self, users: np.ndarray, rank: int) -> np.ndarray:
+        return np.asarray(users) - self.user_starts[rank]

@@ -1,0 +1,178 @@
+"""The backbone contract (DESIGN §4) shared by every model.
+
+A backbone is an ``nn.Module`` whose ``embed(graph)`` returns final user and item
+embeddings; scores are inner products ``s_ui = <e_u, e_i>``. The graph is an argument,
+so the post-deletion graph is just another call. Worker-local layout: user-side
+parameters hold only the worker's users (``graph.n_local_users`` rows); item-side
+parameters are replicated and their gradients summed over workers.
+
+Beyond ``embed`` each backbone declares:
+
+* ``branches()`` — parameters per modality branch (``id``, ``image``, ``text``, ...,
+  plus ``shared`` for fusion parameters owned by no branch); used by TRU's branch-wise
+  modality scaling.
+* ``layer_groups()`` — named modules in forward order; used by TRU's layer isolation.
+* ``row_tables()`` — the row-indexed embedding tables and whether rows are users or
+  items; used for row isolation and for resetting deleted users.
+
+Both partitions must cover every trainable parameter exactly once (tested).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tru_dist.config import ModelConfig
+from tru_dist.errors import ConfigError
+
+
+@dataclass
+class BPRBatch:
+    """A batch of (user, positive, negative) triples for one worker.
+
+    ``users`` are local user ids (0-based within the worker's range). ``scale`` turns the
+    sum over the worker's triples into its share of the *global* mean (1 / global batch
+    size), so the sum of worker losses equals the single-process loss.
+    """
+
+    users: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor
+    scale: float
+
+    def to(self, device: torch.device | str) -> BPRBatch:
+        return BPRBatch(self.users.to(device), self.pos.to(device), self.neg.to(device), self.scale)
+
+
+@dataclass
+class Embeddings:
+    """Output of ``embed``: final embeddings plus model-specific tensors for its regularisers."""
+
+    user: torch.Tensor
+    item: torch.Tensor
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def bpr_loss(emb: Embeddings, batch: BPRBatch) -> torch.Tensor:
+    """Σ softplus(s_uj − s_ui) · scale  (= −log σ(s_ui − s_uj), summed then globally averaged)."""
+    u = emb.user[batch.users]
+    diff = (u * emb.item[batch.pos]).sum(-1) - (u * emb.item[batch.neg]).sum(-1)
+    return F.softplus(-diff).sum() * batch.scale
+
+
+class Backbone(nn.Module, ABC):
+    """Base class: subclasses implement ``embed`` and the three parameter partitions."""
+
+    name: ClassVar[str] = "backbone"
+    #: modalities the model cannot run without; "any" = at least one feature modality
+    requires: ClassVar[Literal["none", "any"]] = "none"
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        feature_dims: dict[str, int],
+        cfg: ModelConfig,
+        user_range: tuple[int, int] | None = None,
+    ):
+        """``user_range`` = this worker's users ``[lo, hi)`` (all users when None). User tables
+        are initialised for all users from the seeded RNG and then sliced, so every W
+        produces the same initial parameters."""
+        super().__init__()
+        if self.requires == "any" and not feature_dims:
+            raise ConfigError(
+                f"model '{self.name}' needs at least one item feature modality (e.g. image_feat.npy or "
+                "text_feat.npy in the data folder); use --model=lightgcn for interaction-only data"
+            )
+        self.cfg = cfg
+        self.n_users = n_users
+        self.user_range = user_range or (0, n_users)
+        self.n_local_users = self.user_range[1] - self.user_range[0]
+        self.n_items = n_items
+        self.modalities = sorted(feature_dims)
+        self.feature_dims = dict(feature_dims)
+
+    # -- the contract ----------------------------------------------------------------
+    @abstractmethod
+    def embed(self, graph) -> Embeddings:
+        """Final embeddings for this worker's users and all items."""
+
+    def propagate(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(graph)
+        return emb.user, emb.item
+
+    @abstractmethod
+    def branches(self) -> dict[str, list[nn.Parameter]]:
+        """Modality branch -> parameters (``id``, one per modality, ``shared``)."""
+
+    @abstractmethod
+    def layer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named modules in forward order -> parameters."""
+
+    @abstractmethod
+    def row_tables(self) -> dict[str, tuple[nn.Parameter, Literal["user", "item"]]]:
+        """Row-indexed embedding tables and which entity their rows are."""
+
+    # -- losses ----------------------------------------------------------------------
+    def regularizer(self, emb: Embeddings, batch: BPRBatch) -> torch.Tensor:
+        """L2 on the batch's ego (layer-0) ID rows: reg_weight · ½Σ‖e‖² · scale."""
+        tables = self.row_tables()
+        user_table = next(p for p, kind in tables.values() if kind == "user")
+        item_table = next(p for p, kind in tables.values() if kind == "item")
+        sq = (
+            user_table[batch.users].pow(2).sum()
+            + item_table[batch.pos].pow(2).sum()
+            + item_table[batch.neg].pow(2).sum()
+        )
+        return self.cfg.reg_weight * 0.5 * sq * batch.scale
+
+    def extra_loss(self, emb: Embeddings, batch: BPRBatch) -> torch.Tensor:
+        """Model-specific auxiliary loss (MGCN's contrastive term); zero by default."""
+        return emb.user.new_zeros(())
+
+    def loss(self, batch: BPRBatch, graph, emb: Embeddings | None = None) -> torch.Tensor:
+        """BPR + L2 + the model's auxiliary losses, this worker's share of the global mean."""
+        emb = emb if emb is not None else self.embed(graph)
+        return bpr_loss(emb, batch) + self.regularizer(emb, batch) + self.extra_loss(emb, batch)
+
+    # -- helpers ---------------------------------------------------------------------
+    def replicated_parameters(self) -> list[nn.Parameter]:
+        """Parameters every worker holds in full (all but user-row tables); grads are summed."""
+        user_ids = {id(p) for p, kind in self.row_tables().values() if kind == "user"}
+        return [p for p in self.parameters() if id(p) not in user_ids]
+
+    def user_table(self, dim: int) -> nn.Parameter:
+        """This worker's rows of a Xavier-initialised (n_users × dim) user table."""
+        return xavier_table(self.n_users, dim, self.user_range)
+
+    @torch.no_grad()
+    def reset_user_rows(self, local_users: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Re-initialise the given users' rows in every user table (a fresh Xavier draw with
+        the full table's bound, as Retrain would start them)."""
+        if local_users.numel() == 0:
+            return
+        for p, kind in self.row_tables().values():
+            if kind == "user":
+                bound = (6.0 / (self.n_users + p.shape[1])) ** 0.5
+                fresh = torch.empty((local_users.numel(), p.shape[1]), dtype=p.dtype)
+                fresh.uniform_(-bound, bound, generator=generator)
+                p[local_users.to(p.device)] = fresh.to(p.device)
+
+
+def xavier_table(n: int, dim: int, rows: tuple[int, int] | None = None) -> nn.Parameter:
+    """A Xavier-uniform (n × dim) table as LightGCN/MMRec initialise it; only ``rows`` kept.
+
+    The full table is drawn and then sliced so that every partition of the rows sees the
+    same values (W workers start from the W = 1 parameters).
+    """
+    w = torch.empty(n, dim)
+    nn.init.xavier_uniform_(w)
+    if rows is not None:
+        w = w[rows[0] : rows[1]].clone()
+    return nn.Parameter(w)
