@@ -67,7 +67,8 @@ def generate_synthetic(
     centres = rng.normal(size=(n_clusters, latent_dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     item_cluster = rng.integers(0, n_clusters, size=n_items)
-    item_latent = centres[item_cluster] + item_noise * rng.normal(size=(n_items, latent_dim)) / np.sqrt(latent_dim)
+    jitter = rng.normal(size=(n_items, latent_dim)) / np.sqrt(latent_dim)
+    item_latent = centres[item_cluster] + item_noise * jitter
     pop = (1.0 + rng.permutation(n_items)) ** (-pop_exponent)
     log_pop = np.log(pop / pop.sum())
 

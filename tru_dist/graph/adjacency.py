@@ -17,17 +17,16 @@ product with the stored transpose (measured faster than autograd through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from tru_dist.dist import collectives
+
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
-
-from tru_dist.dist import collectives
 
 
 class _SpMM(torch.autograd.Function):
@@ -118,6 +117,7 @@ def build_bipartite(
     items: np.ndarray,
     *,
     user_range: tuple[int, int] | None = None,
+    item_degree: np.ndarray | None = None,
 ) -> BipartiteGraph:
     """Build one shard's normalized adjacency from its users' train edges.
 
@@ -125,6 +125,8 @@ def build_bipartite(
         users, items: global ids of the train edges; when ``user_range`` is given only the
             edges of users in ``[lo, hi)`` are used (a worker may pass just its own).
         user_range: this shard's contiguous user range; ``None`` means all users.
+        item_degree: global item degrees when already known (e.g. a single process
+            building every shard); otherwise the local counts are summed over ranks.
 
     Item degrees are summed over shards (``collectives.sum_stats``), so every worker
     normalizes with the global degree and W shards reproduce the W = 1 matrix row-wise.
@@ -137,8 +139,11 @@ def build_bipartite(
     lu, li = users[mask] - lo, items[mask]
     n_local = hi - lo
     du = np.bincount(lu, minlength=n_local).astype(np.float64)
-    di_local = torch.from_numpy(np.bincount(li, minlength=n_items).astype(np.float64))
-    di = collectives.sum_stats(di_local).numpy()
+    if item_degree is not None:
+        di = np.asarray(item_degree, dtype=np.float64)
+    else:
+        di_local = torch.from_numpy(np.bincount(li, minlength=n_items).astype(np.float64))
+        di = collectives.sum_stats(di_local).numpy()
     with np.errstate(divide="ignore"):
         inv_u = np.where(du > 0, 1.0 / np.sqrt(du), 0.0)
         inv_i = np.where(di > 0, 1.0 / np.sqrt(di), 0.0)

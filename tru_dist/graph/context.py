@@ -90,5 +90,7 @@ def build_rec_graph(
     lo, hi = book.item_range(rank)
     features = {m: torch.from_numpy(np.ascontiguousarray(f[lo:hi], dtype=np.float32))
                 for m, f in sorted(data.features.items())}
-    knn = {m: knn_graph(f, knn_k, knn_cache_dir) for m, f in sorted(data.features.items())} if with_knn else {}
+    knn = {}
+    if with_knn:
+        knn = {m: knn_graph(f, knn_k, knn_cache_dir) for m, f in sorted(data.features.items())}
     return RecGraph(ui=ui, book=book, rank=rank, knn=knn, features=features).to(device)

@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# The venv is created on first use; installs are pinned by constraints.txt (torch==2.13.0
+# is always named in the same pip call, so pip never pulls a multi-GB CUDA build).
+VENV    ?= .venv
+PYTHON  ?= python3
+PIP      = $(VENV)/bin/pip
+PINS     = -c constraints.txt torch==2.13.0
+OUT     ?= runs/demo
+
+.PHONY: demo test lint install install-test clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) install -q $(PINS) -e ".[ray]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) install -q $(PINS) -e ".[test]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/tru-dist demo --out $(OUT)
+
+test: install-test
+	$(VENV)/bin/ruff check tru_dist tests jobs
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/pytest
+
+lint: install-test
+	$(VENV)/bin/ruff check tru_dist tests jobs
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
