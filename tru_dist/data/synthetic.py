@@ -10,6 +10,10 @@ Generative story (so a multimodal model has real signal to find, and must beat I
 * Each user has a cluster mixture (mostly one cluster); a user's interactions are drawn
   from p(i | u) ∝ pop_i · exp(<w_u, v_i>/τ) without replacement; the number of
   interactions per user is 5 + a geometric tail (every user has ≥ 5, as in 5-core data).
+* Every item is interacted with at least once (MMRec infers ``n_items`` from the ids, so
+  ids must be dense): an item the sampler never drew becomes the *first* (hence train)
+  interaction of a random user of its own cluster (drawn from a separate seeded stream,
+  so data where no item is missing is unchanged).
 * Split (MMRec rule of the shared data): users with < 10 items put their last two in
   valid/test, others 80/10/10 in interaction order.
 """
@@ -41,6 +45,30 @@ def split_labels(user_ids: np.ndarray, rng: np.random.Generator | None = None) -
         labels[e - n_test : e] = TEST
         labels[e - n_test - n_valid : e - n_test] = VALID
     return labels
+
+
+def _cover_all_items(
+    users_out: list[np.ndarray],
+    items_out: list[np.ndarray],
+    item_cluster: np.ndarray,
+    user_cluster: np.ndarray,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-user sequences, prepending each never-drawn item to one user's
+    sequence (a user of the item's cluster when there is one)."""
+    n_items = len(item_cluster)
+    drawn = np.zeros(n_items, dtype=bool)
+    for seq in items_out:
+        drawn[seq] = True
+    missing = np.flatnonzero(~drawn)
+    if len(missing):
+        rng = np.random.default_rng([seed, 1])
+        for i in missing:
+            same = np.flatnonzero(user_cluster == item_cluster[i])
+            u = int(rng.choice(same)) if len(same) else int(rng.integers(len(users_out)))
+            items_out[u] = np.r_[np.int64(i), items_out[u]]
+            users_out[u] = np.full(len(items_out[u]), u, dtype=np.int64)
+    return np.concatenate(users_out), np.concatenate(items_out)
 
 
 def generate_synthetic(
@@ -92,12 +120,9 @@ def generate_synthetic(
             chosen = chosen[np.argsort(-keys[row, chosen])]  # "chronological" order
             users_out.append(np.full(k, u, dtype=np.int64))
             items_out.append(chosen.astype(np.int64))
-    users = np.concatenate(users_out)
-    items = np.concatenate(items_out)
+    users, items = _cover_all_items(users_out, items_out, item_cluster, user_cluster, seed)
     labels = split_labels(users)
 
-    # make every item appear in train at least once where possible by re-ranking nothing:
-    # items never drawn simply have degree 0 (the readers accept that; evaluation masks it).
     features = {}
     for name, width in sorted(modalities.items()):
         proj = rng.normal(size=(latent_dim, width)) / np.sqrt(latent_dim)

@@ -88,9 +88,18 @@ def build_rec_graph(
     users, items = data.train_pairs
     ui = build_bipartite(data.n_users, data.n_items, users, items, user_range=book.user_range(rank))
     lo, hi = book.item_range(rank)
-    features = {m: torch.from_numpy(np.ascontiguousarray(f[lo:hi], dtype=np.float32))
-                for m, f in sorted(data.features.items())}
+    features = {}
+    for m, f in sorted(data.features.items()):
+        # a worker may have loaded only its slice (load_dataset(item_range=...)): keep it as is
+        local = f[lo:hi] if f.shape[0] == data.n_items else f
+        if local.shape[0] != hi - lo:
+            raise ValueError(
+                f"feature '{m}' has {f.shape[0]} rows; expected {data.n_items} or the slice {hi - lo}"
+            )
+        features[m] = torch.from_numpy(np.array(local, dtype=np.float32))  # copies only the slice
     knn = {}
+    if with_knn and any(f.shape[0] != data.n_items for f in data.features.values()):
+        raise ValueError("kNN graphs need full feature matrices: pass with_knn=False and load cached graphs")
     if with_knn:
         knn = {m: knn_graph(f, knn_k, knn_cache_dir) for m, f in sorted(data.features.items())}
     return RecGraph(ui=ui, book=book, rank=rank, knn=knn, features=features).to(device)

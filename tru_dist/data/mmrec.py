@@ -1,0 +1,168 @@
+"""Reader and writer for the MMRec folder layout (the input format of the shared data).
+
+A folder holds exactly one ``<name>.inter`` TSV with header
+``userID itemID rating timestamp x_label`` (extra columns are ignored) and any number of
+``<modality>_feat.npy`` matrices whose row *i* belongs to item *i* (every such file is a
+modality, not only ``image``/``text``).
+
+Reading validates everything (see :mod:`tru_dist.data.validate`), then orders the rows by
+(user, timestamp) with a stable sort, so a file already in that order keeps its file
+order and the per-user order is chronological for every consumer. ``n_users`` /
+``n_items`` are max id + 1 of the ``.inter`` file, whose ids must be dense; feature rows
+must equal ``n_items``. Feature files are memory-mapped (``mmap_mode="r"``) and only
+converted (copied) when they are not float32 already.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tru_dist.data import validate as v
+from tru_dist.data.dataset import RecDataset
+from tru_dist.data.schema import FEATURE_SUFFIX, MMREC_COLUMNS, sequence_positions
+from tru_dist.errors import DataError
+from tru_dist.io_utils import atomic_write, atomic_write_text
+
+_HINT = "an MMRec .inter file is tab-separated with header userID itemID rating timestamp x_label"
+
+
+def find_inter_file(folder: Path) -> Path:
+    """The folder's single ``*.inter`` file (zero or several is an error)."""
+    found = sorted(folder.glob("*.inter"))
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise DataError(
+            f"{folder} must hold exactly one <name>.inter file (found: {names}); "
+            "move the others out or point at the right folder"
+        )
+    return found[0]
+
+
+def feature_files(folder: Path) -> dict[str, Path]:
+    """``{modality: path}`` for every ``<modality>_feat.npy`` in the folder."""
+    return {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))}
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """Memory-map a .npy file read-only; an unreadable file is a one-line DataError."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(
+            f"{path} is not a readable numeric .npy matrix ({str(exc).splitlines()[0]});"
+            " save features with numpy.save(path, features.astype(numpy.float32))"
+        ) from None
+
+
+def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse and validate a ``.inter`` TSV; returns (users, items, ratings, timestamps, labels)
+    in file order, all checks reported with the file's 1-based line numbers."""
+    src = str(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{src} is empty; {_HINT}")
+    try:
+        df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, skip_blank_lines=False, engine="c")
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{src}: {str(exc).strip().splitlines()[-1]}; {_HINT}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{src} is empty; {_HINT}") from None
+    v.require_columns(list(df.columns), MMREC_COLUMNS, src, _HINT)
+    v.require_nonempty(len(df), src)
+    where = v.tsv_line
+    users = v.integer_column(df["userID"], "userID", src, where)
+    items = v.integer_column(df["itemID"], "itemID", src, where)
+    ratings = v.numeric_column(df["rating"], "rating", src, where)
+    timestamps = v.numeric_column(df["timestamp"], "timestamp", src, where)
+    labels = v.check_labels(v.integer_column(df["x_label"], "x_label", src, where), src, where)
+    return users, items, ratings, timestamps, labels
+
+
+def read_mmrec(folder: str | Path, *, require_train: bool = False) -> RecDataset:
+    """Read and validate an MMRec folder into a :class:`RecDataset`.
+
+    Users with no train (``x_label`` 0) interaction are cold-start users: the shared
+    Amazon-Scientific data has two (users 261 and 2757), so by default they are accepted
+    and listed in ``meta["users_without_train"]``; ``require_train=True`` makes them a
+    DataError naming the first such user's line.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; pass the folder that holds <name>.inter and *_feat.npy")
+    inter = find_inter_file(folder)
+    users, items, _ratings, timestamps, labels = read_inter(inter)
+    src = str(inter)
+    n_users = v.check_dense(users, "userID", src)
+    n_items = v.check_dense(items, "itemID", src)
+    v.check_unique_pairs(users, items, src, v.tsv_line)
+    if require_train:
+        v.check_train_coverage(users, labels, n_users, src, v.tsv_line)
+    cold = np.flatnonzero(np.bincount(users[labels == 0], minlength=n_users) == 0)
+
+    features = {}
+    for name, path in feature_files(folder).items():
+        features[name] = v.check_feature_matrix(load_npy(path), n_items, str(path))
+
+    order = np.lexsort((timestamps, users))  # stable: file order within equal (user, timestamp)
+    if np.all(order[1:] > order[:-1]):
+        order = None  # already sorted: keep the arrays as parsed
+    if order is not None:
+        users, items, labels = users[order], items[order], labels[order]
+    meta = {"name": inter.stem, "source": "mmrec", "path": str(folder.resolve()), "split_seed": None,
+            "users_without_train": [int(u) for u in cold]}
+    return RecDataset(n_users, n_items, users, items, labels, features, meta)
+
+
+def _dense_or_error(ids: np.ndarray, n: int, what: str) -> None:
+    present = np.bincount(ids, minlength=n) > 0
+    if not present.all():
+        missing = int(np.argmin(present))
+        raise DataError(
+            f"cannot write MMRec: {what} {missing} has no interaction, and MMRec infers ids from"
+            " the .inter file; write a tru-dist store instead (it keeps n_users/n_items in META.json)"
+        )
+
+
+def write_mmrec(data: RecDataset, folder: str | Path, name: str | None = None) -> Path:
+    """Write ``<name>.inter`` and one ``<modality>_feat.npy`` per modality, each atomically.
+
+    ``rating`` is 1.0 and ``timestamp`` the position in the user's sequence (the dataset
+    carries order, not raw times), so ``read_mmrec`` returns the same arrays when the
+    rows are grouped by user in ascending order (as every reader produces them).
+    Returns the path of the ``.inter`` file.
+    """
+    folder = Path(folder)
+    name = name or str(data.meta.get("name") or "dataset")
+    v.validate_dataset(data, source=f"dataset '{name}'")
+    _dense_or_error(np.asarray(data.users), data.n_users, "user")
+    _dense_or_error(np.asarray(data.items), data.n_items, "item")
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = [p for p in folder.glob("*.inter") if p.name != f"{name}.inter"]
+    if stale:
+        raise DataError(
+            f"{folder} already holds {stale[0].name}; write into an empty folder"
+            " (a folder holds one .inter file)"
+        )
+    ts = sequence_positions(data.users)
+    lines = ["\t".join(MMREC_COLUMNS)]
+    body = pd.DataFrame(
+        {"u": data.users, "i": data.items, "r": "1.0", "t": ts, "x": data.labels.astype(np.int64)}
+    ).to_csv(sep="\t", header=False, index=False, lineterminator="\n")
+    inter = folder / f"{name}.inter"
+    atomic_write_text(inter, "\n".join(lines) + "\n" + body)
+    for modality, feats in sorted(data.features.items()):
+        save_npy(folder / f"{modality}{FEATURE_SUFFIX}", np.asarray(feats, dtype=np.float32))
+    return inter
+
+
+def save_npy(path: Path, arr: np.ndarray) -> Path:
+    """``numpy.save`` through a temp file + rename (np.save on a path would append '.npy')."""
+
+    def _w(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+
+    return atomic_write(path, _w)

@@ -1,0 +1,140 @@
+"""Forget-set selection regimes (DESIGN §5), seeded, sized as a fraction.
+
+* ``interactions`` — round(f·|train|) TRAIN interactions at random, one request per pair.
+* ``users`` — round(f·|U_train|) users with ≥ 1 train interaction, one request per user
+  with ``item_id`` null (all their interactions, every split). ``policy``: ``random``,
+  ``core`` (most train interactions first) or ``edge`` (fewest first), as in CURE4Rec;
+  ties in activity are broken by the seeded RNG.
+* ``items`` — round(f·|I_train|) target items among items with train interactions; one
+  request per interaction (any split) with a target.
+* ``poison`` — every fake user recorded in ``data.meta["poison"]["fake_users"]`` by
+  :func:`tru_dist.data.poison.inject_poison` (``fraction`` is validated but not used:
+  the backdoor audit compares against a Retrain without all of them).
+
+At least one unit is always selected; ``fraction`` must lie in (0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tru_dist.data.dataset import TRAIN, RecDataset
+from tru_dist.data.requests import ForgetSet, resolve_requests, write_requests
+from tru_dist.errors import ConfigError
+
+REGIMES = ("interactions", "users", "items", "poison")
+POLICIES = ("random", "core", "edge")
+
+
+def n_selected(fraction: float, population: int) -> int:
+    """max(1, round-half-up(fraction · population)), checking fraction ∈ (0, 1]."""
+    if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+        raise ConfigError(f"forget fraction must be in (0, 1], got {fraction!r}; e.g. --fraction=0.05")
+    return max(1, min(population, math.floor(fraction * population + 0.5)))
+
+
+def _requests(
+    request_ids: list[str], users: np.ndarray, items: np.ndarray | None, reason: str
+) -> pd.DataFrame:
+    n = len(request_ids)
+    if items is None:
+        item_col = pd.array([pd.NA] * n, dtype="Int64")
+    else:
+        item_col = pd.array(np.asarray(items, np.int64), dtype="Int64")
+    return pd.DataFrame({
+        "request_id": pd.Series(request_ids, dtype=object),
+        "user_id": np.asarray(users, dtype=np.int64),
+        "item_id": item_col,
+        "reason": [reason] * n,
+    })
+
+
+def rank_users(data: RecDataset, policy: str, rng: np.random.Generator) -> np.ndarray:
+    """Users with ≥ 1 train interaction, ordered by the policy (random / core / edge).
+
+    ``core`` sorts by train degree descending, ``edge`` ascending; a random permutation
+    is the secondary key, so ties are broken by the seeded RNG.
+    """
+    degree = np.bincount(data.users[data.labels == TRAIN], minlength=data.n_users)
+    candidates = np.flatnonzero(degree > 0)
+    tiebreak = rng.permutation(len(candidates))
+    if policy == "random":
+        return candidates[tiebreak]
+    key = -degree[candidates] if policy == "core" else degree[candidates]
+    return candidates[np.lexsort((tiebreak, key))]
+
+
+def select_forget(
+    data: RecDataset, regime: str, fraction: float, seed: int, policy: str = "random"
+) -> pd.DataFrame:
+    """The deletion requests of one regime (a request table, see :mod:`tru_dist.data.requests`)."""
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown forget regime '{regime}'; use one of {', '.join(REGIMES)}")
+    if policy not in POLICIES:
+        raise ConfigError(f"unknown user policy '{policy}'; use one of {', '.join(POLICIES)}")
+    if policy != "random" and regime != "users":
+        raise ConfigError(
+            f"policy '{policy}' applies to the users regime only; drop it or use --regime=users"
+        )
+    rng = np.random.default_rng(seed)
+    reason = f"regime={regime} policy={policy} fraction={fraction} seed={seed}"
+    train = np.flatnonzero(data.labels == TRAIN)
+
+    if regime == "interactions":
+        k = n_selected(fraction, len(train))
+        rows = np.sort(rng.choice(train, size=k, replace=False))
+        u, i = data.users[rows], data.items[rows]
+        return _requests([f"pair-{a}-{b}" for a, b in zip(u, i, strict=True)], u, i, reason)
+
+    if regime == "users":
+        ranked = rank_users(data, policy, rng)
+        chosen = ranked[: n_selected(fraction, len(ranked))]
+        return _requests([f"user-{u}" for u in chosen], chosen, None, reason)
+
+    if regime == "items":
+        candidates = np.unique(data.items[train])
+        targets = rng.choice(candidates, size=n_selected(fraction, len(candidates)), replace=False)
+        rows = np.flatnonzero(np.isin(data.items, targets))
+        u, i = data.users[rows], data.items[rows]
+        return _requests([f"item-{b}-user-{a}" for a, b in zip(u, i, strict=True)], u, i, reason)
+
+    poison = data.meta.get("poison") or {}
+    fake = np.asarray(poison.get("fake_users", []), dtype=np.int64)
+    if len(fake) == 0:
+        raise ConfigError(
+            "the poison regime needs a poisoned dataset (meta['poison']['fake_users'] is missing);"
+            " inject fake users first (tru_dist.data.poison.inject_poison)"
+        )
+    n_selected(fraction, len(fake))  # validate the fraction even though all fake users go
+    return _requests([f"poison-user-{u}" for u in fake], fake, None, reason)
+
+
+def regime_label(regime: str, policy: str = "random") -> str:
+    """``users:core`` for the users regime, else the regime name."""
+    return f"{regime}:{policy}" if regime == "users" else regime
+
+
+def forget_set(
+    data: RecDataset, regime: str, fraction: float, seed: int, policy: str = "random"
+) -> ForgetSet:
+    """:func:`select_forget` resolved into a :class:`ForgetSet`."""
+    df = select_forget(data, regime, fraction, seed, policy)
+    return resolve_requests(data, df, regime=regime_label(regime, policy))
+
+
+def forget_cli(
+    data_path: str | Path, regime: str, policy: str, fraction: float, seed: int, out: str | Path
+) -> dict:
+    """Select a forget set for the dataset at ``data_path`` and write its request file
+    (``.parquet`` or ``.csv``) to ``out``; returns the forget set's summary plus ``out``."""
+    from tru_dist.data.source import open_data
+
+    data = open_data(data_path)
+    df = select_forget(data, regime, fraction, seed, policy)
+    summary = resolve_requests(data, df, regime=regime_label(regime, policy)).summary()
+    write_requests(df, out)
+    return {**summary, "out": str(out)}

@@ -1,0 +1,243 @@
+"""Deletion requests: the request table, its files, and its resolution into a forget set.
+
+A request table has columns ``request_id`` (str, unique), ``user_id`` (int), ``item_id``
+(nullable int; null = every interaction of the user, in every split) and ``reason``
+(str). :func:`resolve_requests` maps it onto a dataset's interaction rows and returns a
+:class:`ForgetSet` D_f; the retained set is ``data.without_pairs(f.users, f.items)``.
+
+Unknown ids, pairs that are not interactions, duplicate request ids and requests that
+overlap (two requests deleting the same pair) are errors naming the request ids: a
+request must mean exactly one thing. Re-applying a request already executed is the
+deletion ledger's concern, not this module's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tru_dist.data.dataset import TRAIN, RecDataset
+from tru_dist.data.schema import REQUEST_COLUMNS, REQUESTS_SCHEMA, X_LABEL_NAMES
+from tru_dist.errors import RequestError
+from tru_dist.io_utils import atomic_write
+
+_FORMAT_HINT = "a request table has columns request_id, user_id, item_id (empty = all of the user's), reason"
+
+
+@dataclass(frozen=True)
+class ForgetSet:
+    """Every deleted interaction row D_f of one request batch.
+
+    Attributes:
+        users, items: int64 global ids of every deleted interaction, any split.
+        labels: int8 split label of each deleted row.
+        removed_users: int64 users left with no train interaction after the deletion
+            (Retrain never sees them; their ID rows are reset before a reverse update).
+        request_ids: the ids of the requests resolved, in table order.
+        regime: how the requests were chosen (``custom`` for a user-supplied table).
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray
+    removed_users: np.ndarray
+    request_ids: list[str]
+    regime: str = "custom"
+
+    @property
+    def train_users(self) -> np.ndarray:
+        return self.users[self.labels == TRAIN]
+
+    @property
+    def train_items(self) -> np.ndarray:
+        return self.items[self.labels == TRAIN]
+
+    def __len__(self) -> int:
+        """Number of deleted TRAIN pairs (the pairs a reverse update acts on)."""
+        return int((self.labels == TRAIN).sum())
+
+    def summary(self) -> dict:
+        return {
+            "regime": self.regime,
+            "n_requests": len(self.request_ids),
+            "n_deleted": int(len(self.users)),
+            **{f"n_deleted_{name}": int((self.labels == lab).sum()) for lab, name in X_LABEL_NAMES.items()},
+            "n_users_touched": int(len(np.unique(self.users))),
+            "n_items_touched": int(len(np.unique(self.items))),
+            "n_removed_users": int(len(self.removed_users)),
+        }
+
+
+def _first_few(ids: list | np.ndarray, k: int = 5) -> str:
+    ids = [str(x) for x in ids]
+    more = f" (+{len(ids) - k} more)" if len(ids) > k else ""
+    return ", ".join(ids[:k]) + more
+
+
+def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.DataFrame:
+    """Check columns and types; returns a copy with dtypes str / int64 / Int64 / str."""
+    missing = [c for c in REQUEST_COLUMNS if c not in df.columns and c != "reason"]
+    if missing:
+        raise RequestError(f"{source} is missing column(s) {', '.join(missing)}; {_FORMAT_HINT}")
+    if len(df) == 0:
+        raise RequestError(f"{source} holds no requests; add at least one row ({_FORMAT_HINT})")
+    out = pd.DataFrame(index=range(len(df)))
+    rid = df["request_id"].reset_index(drop=True)
+    bad = rid.isna() | (rid.astype(str).str.strip() == "")
+    if bad.any():
+        k = int(np.flatnonzero(bad.to_numpy())[0])
+        raise RequestError(f"{source} row {k + 1}: request_id is empty; give every request a unique id")
+    out["request_id"] = rid.astype(str).to_numpy(dtype=object)
+    for col, nullable in (("user_id", False), ("item_id", True)):
+        raw = df[col].reset_index(drop=True)
+        num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        missing_val = pd.isna(raw).to_numpy()
+        with np.errstate(invalid="ignore"):
+            not_int = ~np.isfinite(num) | (num != np.floor(num))
+            bad = (~missing_val & not_int) | (missing_val & (not nullable))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            what = "empty" if missing_val[k] else repr(raw.iloc[k])
+            raise RequestError(
+                f"{source}: request {out['request_id'][k]} has {col} {what}, not an integer id; fix that row"
+            )
+        vals = np.where(missing_val, 0, num).astype(np.int64)
+        out[col] = pd.arrays.IntegerArray(vals, missing_val.copy()) if nullable else vals
+    reason = df["reason"].reset_index(drop=True) if "reason" in df.columns else pd.Series([""] * len(df))
+    out["reason"] = reason.fillna("").astype(str).to_numpy(dtype=object)
+    return out
+
+
+def read_requests(path: str | Path) -> pd.DataFrame:
+    """Read a request table from ``.parquet`` or ``.csv`` (normalised, see :func:`normalize_requests`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError(f"request file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            df = pq.read_table(path).to_pandas()
+        elif suffix == ".csv":
+            df = pd.read_csv(path, dtype={"request_id": str, "reason": str}, keep_default_na=False,
+                             na_values={"user_id": [""], "item_id": [""]})
+        else:
+            raise RequestError(f"request file {path} must end in .parquet or .csv")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowInvalid, OSError) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise RequestError(f"request file {path} cannot be read ({reason})") from None
+    return normalize_requests(df, str(path))
+
+
+def write_requests(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a request table atomically as ``.parquet`` (REQUESTS_SCHEMA) or ``.csv``."""
+    path = Path(path)
+    df = normalize_requests(df, "request table")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        table = pa.Table.from_pandas(df, schema=REQUESTS_SCHEMA, preserve_index=False)
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    if suffix == ".csv":
+        return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    raise RequestError(f"request file {path} must end in .parquet or .csv")
+
+
+def resolve_requests(data: RecDataset, df: pd.DataFrame, regime: str = "custom") -> ForgetSet:
+    """Map a request table onto ``data``'s interaction rows.
+
+    A request with an item deletes that (user, item) row; one without deletes all the
+    user's rows. Errors (one line, naming request ids): unknown user/item id, a pair that
+    is not an interaction, a user with nothing left to delete, duplicate request_id, two
+    requests covering the same pair, an empty table, missing columns.
+    """
+    req = normalize_requests(df)
+    rid = req["request_id"].to_numpy(dtype=object)
+    dup_ids = pd.Series(rid).duplicated(keep=False).to_numpy()
+    if dup_ids.any():
+        raise RequestError(
+            f"duplicate request_id(s) {_first_few(pd.unique(rid[dup_ids]))}; give every request a unique id"
+        )
+    users = req["user_id"].to_numpy(dtype=np.int64)
+    has_item = req["item_id"].notna().to_numpy()
+    items = req["item_id"].fillna(-1).to_numpy(dtype=np.int64)
+
+    bad = (users < 0) | (users >= data.n_users)
+    if bad.any():
+        raise RequestError(
+            f"request(s) {_first_few(rid[bad])} name unknown user id(s) {_first_few(users[bad])}"
+            f" (valid: 0..{data.n_users - 1}); fix or drop those requests"
+        )
+    bad = has_item & ((items < 0) | (items >= data.n_items))
+    if bad.any():
+        raise RequestError(
+            f"request(s) {_first_few(rid[bad])} name unknown item id(s) {_first_few(items[bad])}"
+            f" (valid: 0..{data.n_items - 1}); fix or drop those requests"
+        )
+
+    # Rows covered by each request: explicit pairs via a sorted key lookup, users via a mask.
+    keys = data.pair_keys(data.users, data.items)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    pair_req = np.flatnonzero(has_item)
+    want = data.pair_keys(users[pair_req], items[pair_req])
+    pos = np.searchsorted(sorted_keys, want)
+    found = pos < len(sorted_keys)
+    found[found] = sorted_keys[pos[found]] == want[found]
+    if not np.all(found):
+        miss = pair_req[~found]
+        raise RequestError(
+            f"request(s) {_first_few(rid[miss])} name (user, item) pairs that are not interactions, e.g."
+            f" ({users[miss[0]]}, {items[miss[0]]}); fix or drop those requests"
+        )
+    row_of_pair = order[pos].astype(np.int64)
+
+    user_req = np.flatnonzero(~has_item)
+    req_of_user = np.full(data.n_users, -1, dtype=np.int64)
+    twice = pd.Series(users[user_req]).duplicated(keep=False).to_numpy()
+    if twice.any():
+        raise RequestError(
+            f"requests {_first_few(rid[user_req[twice]])} each delete all interactions of the same user;"
+            " keep one request per pair"
+        )
+    req_of_user[users[user_req]] = user_req
+    user_rows = np.flatnonzero(req_of_user[data.users] >= 0)
+    user_rows_req = req_of_user[data.users[user_rows]]
+    empty = np.setdiff1d(user_req, user_rows_req)
+    if len(empty):
+        raise RequestError(
+            f"request(s) {_first_few(rid[empty])} delete users with no interactions left"
+            f" (user {users[empty[0]]}); drop those requests"
+        )
+
+    rows = np.concatenate([row_of_pair, user_rows])
+    owners = np.concatenate([pair_req, user_rows_req])
+    dup_rows = pd.Series(rows).duplicated(keep=False).to_numpy()
+    if dup_rows.any():
+        r = rows[dup_rows]
+        first = r[0]
+        involved = owners[dup_rows][r == first]
+        raise RequestError(
+            f"requests {_first_few(rid[np.sort(involved)])} all delete (user {data.users[first]},"
+            f" item {data.items[first]}) ({len(np.unique(r))} overlapping pairs); keep one request per pair"
+        )
+
+    rows = np.sort(rows)
+    f_users, f_items, f_labels = data.users[rows], data.items[rows], data.labels[rows]
+    train = data.labels == TRAIN
+    left = np.bincount(data.users[train], minlength=data.n_users) - np.bincount(
+        f_users[f_labels == TRAIN], minlength=data.n_users
+    )
+    touched = np.unique(f_users)
+    removed = touched[left[touched] == 0]
+    return ForgetSet(
+        users=f_users.astype(np.int64),
+        items=f_items.astype(np.int64),
+        labels=np.asarray(f_labels, dtype=np.int8),
+        removed_users=removed.astype(np.int64),
+        request_ids=[str(x) for x in rid],
+        regime=regime,
+    )

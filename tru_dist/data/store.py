@@ -1,0 +1,249 @@
+"""The tru-dist store: a folder of Parquet + memory-mappable .npy + ``META.json``.
+
+Layout::
+
+    interactions.parquet        INTERACTIONS_SCHEMA, one row per (user, item) pair
+    item_features/<m>.npy       float32 (n_items, dim), row i = item i, memory-mappable
+    META.json                   counts, dims, split seed, content hash, created_by, meta
+
+Wide feature matrices are ``.npy`` rather than Parquet because a worker must read a
+contiguous slice of rows without touching the rest: ``np.load(mmap_mode="r")[lo:hi]``
+does exactly that, a Parquet column of lists does not.
+
+Content hash (hex sha256), defined on array contents so it does not depend on the
+Parquet encoder's version::
+
+    h_inter = sha256(users:int64 ‖ items:int64 ‖ labels:int8 ‖ ratings:float32 ‖ timestamps:int64)
+    h_m     = sha256(m ‖ shape ‖ rows of the float32 matrix, little-endian, C order)
+    content = sha256("interactions:" h_inter ‖ ";" m ":" h_m for each modality m, sorted)
+
+``META.json`` is written last, so an interrupted write leaves a folder that is not
+recognised as a store rather than a store with silently missing files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tru_dist import __version__
+from tru_dist.data import validate as v
+from tru_dist.data.dataset import SPLIT_LABELS, RecDataset
+from tru_dist.data.mmrec import load_npy, save_npy
+from tru_dist.data.schema import (
+    FEATURES_DIR,
+    INTERACTIONS_FILE,
+    INTERACTIONS_SCHEMA,
+    META_FILE,
+    STORE_FORMAT,
+    STORE_VERSION,
+    sequence_positions,
+)
+from tru_dist.errors import DataError
+from tru_dist.io_utils import atomic_write, atomic_write_json
+
+_REIMPORT = "re-import the dataset (tru-dist data import) to rebuild the store"
+
+
+def is_store(folder: str | Path) -> bool:
+    return (Path(folder) / META_FILE).is_file()
+
+
+def interactions_hash(users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                      ratings: np.ndarray, timestamps: np.ndarray) -> str:
+    """sha256 over the five interaction columns in their canonical dtypes (see module doc)."""
+    h = hashlib.sha256()
+    for arr, dt in ((users, "<i8"), (items, "<i8"), (labels, "<i1"), (ratings, "<f4"), (timestamps, "<i8")):
+        h.update(np.ascontiguousarray(arr, dtype=dt).tobytes())
+    return h.hexdigest()
+
+
+def feature_hash(name: str, arr: np.ndarray) -> str:
+    """sha256 of one feature matrix, streamed in row chunks (a memmap is never materialised)."""
+    h = hashlib.sha256(f"{name}:{tuple(int(s) for s in arr.shape)}".encode())
+    step = max(1, v.CHUNK_ELEMENTS // max(1, arr.shape[1] if arr.ndim == 2 else 1))
+    for lo in range(0, arr.shape[0], step):
+        h.update(np.ascontiguousarray(arr[lo : lo + step], dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def combine_hashes(inter: str, features: dict[str, str]) -> str:
+    text = "interactions:" + inter + "".join(f";{m}:{features[m]}" for m in sorted(features))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_store(data: RecDataset, folder: str | Path, *, created_by: str | None = None) -> Path:
+    """Validate ``data`` and write it as a store in ``folder`` (every file atomically).
+
+    ``rating`` is 1.0 and ``timestamp`` the position in the user's sequence (the
+    dataset carries order only). ``data.meta`` is kept in ``META.json["meta"]`` so
+    provenance such as injected poison survives a round trip. Returns the folder.
+    """
+    folder = Path(folder)
+    v.validate_dataset(data, source=f"dataset '{data.meta.get('name', 'dataset')}'")
+    users = np.asarray(data.users, dtype=np.int64)
+    items = np.asarray(data.items, dtype=np.int64)
+    labels = np.asarray(data.labels, dtype=np.int8)
+    ratings = np.ones(len(users), dtype=np.float32)
+    timestamps = sequence_positions(users)
+    table = pa.Table.from_arrays(
+        [pa.array(users), pa.array(items), pa.array(ratings), pa.array(timestamps), pa.array(labels)],
+        schema=INTERACTIONS_SCHEMA,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    old_meta = folder / META_FILE
+    if old_meta.exists():  # an overwrite is first made unrecognisable, then completed
+        old_meta.unlink()
+    atomic_write(folder / INTERACTIONS_FILE, lambda tmp: pq.write_table(table, tmp))
+    for stale in (folder / FEATURES_DIR).glob("*.npy"):
+        if stale.stem not in data.features:
+            stale.unlink()
+
+    feat_meta, feat_hashes = {}, {}
+    for name, feats in sorted(data.features.items()):
+        arr = np.asarray(feats)
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        save_npy(folder / FEATURES_DIR / f"{name}.npy", arr)
+        feat_hashes[name] = feature_hash(name, arr)
+        feat_meta[name] = {"dim": int(arr.shape[1]), "dtype": "float32", "file": f"{FEATURES_DIR}/{name}.npy"}
+    inter_hash = interactions_hash(users, items, labels, ratings, timestamps)
+    meta = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "n_users": int(data.n_users),
+        "n_items": int(data.n_items),
+        "n_interactions": int(len(users)),
+        "counts": {name: int((labels == lab).sum()) for name, lab in SPLIT_LABELS.items()},
+        "features": feat_meta,
+        "split_seed": data.meta.get("split_seed"),
+        "content_hash": combine_hashes(inter_hash, feat_hashes),
+        "hashes": {"interactions": inter_hash, "features": feat_hashes},
+        "created_by": created_by or f"tru-dist {__version__}",
+        "meta": {k: val for k, val in data.meta.items() if k not in ("store", "item_range", "content_hash")},
+    }
+    atomic_write_json(folder / META_FILE, meta)
+    return folder
+
+
+def read_meta(folder: Path) -> dict:
+    path = folder / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read ({str(exc).splitlines()[0]}); {_REIMPORT}") from None
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        raise DataError(f"{path} is not a tru-dist store META (format != {STORE_FORMAT!r}); {_REIMPORT}")
+    required = ("n_users", "n_items", "n_interactions", "counts", "features", "hashes", "content_hash")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise DataError(f"{path} lacks key(s) {', '.join(missing)}; {_REIMPORT}")
+    return meta
+
+
+def _read_interactions(folder: Path, meta: dict) -> tuple[np.ndarray, ...]:
+    path = folder / INTERACTIONS_FILE
+    src = str(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"{src} cannot be read ({str(exc).splitlines()[0]}); {_REIMPORT}") from None
+    v.require_columns(table.column_names, INTERACTIONS_SCHEMA.names, src, _REIMPORT)
+    cols = {}
+    for field in INTERACTIONS_SCHEMA:
+        col = table.column(field.name)
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{src} {v.table_row(row)}: {field.name} is null; {_REIMPORT}")
+        if col.type != field.type:
+            raise DataError(
+                f"{src}: column {field.name} has type {col.type}, expected {field.type}; {_REIMPORT}"
+            )
+        cols[field.name] = col.to_numpy()
+    where = v.table_row
+    v.require_nonempty(len(cols["user_id"]), src)
+    v.check_in_range(cols["user_id"], int(meta["n_users"]), "user_id", src, where)
+    v.check_in_range(cols["item_id"], int(meta["n_items"]), "item_id", src, where)
+    labels = v.check_labels(cols["x_label"], src, where)
+    v.check_unique_pairs(cols["user_id"], cols["item_id"], src, where)
+    counts = {name: int((labels == lab).sum()) for name, lab in SPLIT_LABELS.items()}
+    if len(labels) != int(meta["n_interactions"]) or counts != meta["counts"]:
+        raise DataError(
+            f"{src} has {len(labels)} rows {counts} but META.json says {meta['n_interactions']}"
+            f" {meta['counts']}; {_REIMPORT}"
+        )
+    return cols["user_id"], cols["item_id"], labels, cols["rating"], cols["timestamp"]
+
+
+def read_store(
+    folder: str | Path, item_range: tuple[int, int] | None = None, *, verify: bool = True
+) -> RecDataset:
+    """Read a store, checking it against ``META.json``.
+
+    ``item_range=(lo, hi)``: every feature matrix is the memory-mapped slice of rows
+    ``lo..hi-1`` (a worker's share of the feature store; the full matrix is never
+    loaded), ``meta["item_range"]`` records it and ``n_items`` stays global.
+    ``verify`` recomputes the content hash (features are streamed chunk by chunk); a
+    mismatch is a DataError naming the file. Without it, only the loaded slice is
+    scanned for NaN/inf.
+    """
+    folder = Path(folder)
+    if not is_store(folder):
+        raise DataError(f"{folder} has no {META_FILE}, so it is not a tru-dist store; {_REIMPORT}")
+    meta = read_meta(folder)
+    n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+    users, items, labels, ratings, timestamps = _read_interactions(folder, meta)
+    if item_range is not None:
+        lo, hi = (int(x) for x in item_range)
+        if not 0 <= lo <= hi <= n_items:
+            raise DataError(
+                f"item_range ({lo}, {hi}) is outside the store's items 0..{n_items};"
+                " use 0 <= lo <= hi <= n_items"
+            )
+
+    on_disk = {p.stem for p in (folder / FEATURES_DIR).glob("*.npy")}
+    extra = sorted(on_disk - set(meta["features"]))
+    if extra:
+        stray = folder / FEATURES_DIR / f"{extra[0]}.npy"
+        raise DataError(f"{stray} is not listed in META.json; {_REIMPORT}")
+    features, feat_hashes = {}, {}
+    for name, info in sorted(meta["features"].items()):
+        path = folder / FEATURES_DIR / f"{name}.npy"
+        if not path.is_file():
+            raise DataError(f"{path} is missing (META.json lists modality '{name}'); {_REIMPORT}")
+        full = load_npy(path)
+        if full.dtype != np.float32 or full.shape != (n_items, int(info["dim"])):
+            raise DataError(
+                f"{path} is {full.dtype} {full.shape}, META.json says float32 ({n_items}, {info['dim']});"
+                f" {_REIMPORT}"
+            )
+        if verify:
+            feat_hashes[name] = feature_hash(name, full)
+            if feat_hashes[name] != meta["hashes"]["features"].get(name):
+                raise DataError(
+                    f"{path} does not match META.json's content hash (changed after import); {_REIMPORT}"
+                )
+        part = full if item_range is None else full[lo:hi]
+        if not verify:
+            v.check_finite_rows(part, str(path), row_offset=0 if item_range is None else lo)
+        features[name] = part
+    if verify:
+        inter_hash = interactions_hash(users, items, labels, ratings, timestamps)
+        if inter_hash != meta["hashes"]["interactions"] or combine_hashes(inter_hash, feat_hashes) != meta[
+            "content_hash"
+        ]:
+            raise DataError(
+                f"{folder / INTERACTIONS_FILE} does not match META.json's content hash"
+                f" (changed after import); {_REIMPORT}"
+            )
+    out_meta = dict(meta.get("meta") or {})
+    out_meta.update({"store": str(folder.resolve()), "content_hash": meta["content_hash"],
+                     "split_seed": meta.get("split_seed")})
+    if item_range is not None:
+        out_meta["item_range"] = [lo, hi]
+    return RecDataset(n_users, n_items, users, items, labels, features, out_meta)
