@@ -1,0 +1,44 @@
+"""The console script: subcommands work end to end and user errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tru_dist.cli import main
+
+
+def test_unknown_config_key_is_one_line_error(capsys, tmp_path):
+    rc = main(["train", "--data", "synthetic:tiny", "--out", str(tmp_path / "r"), "--train.learning_rate=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: unknown config key 'train.learning_rate'") and "train.lr" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_stray_argument_is_rejected():
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "synthetic:tiny", "--out", "x", "oops"])
+
+
+def test_data_synth_stats_forget(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--users", "80", "--items", "50", "--seed", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_users"] == 80 and summary["n_items"] == 50
+    assert main(["data", "stats", "--data", str(out)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_interactions"] == summary["n_interactions"]
+    req = tmp_path / "req.csv"
+    assert main(["data", "forget", "--data", str(out), "--regime", "users", "--fraction", "0.1",
+                 "--out", str(req)]) == 0
+    capsys.readouterr()
+    lines = req.read_text().strip().splitlines()
+    assert len(lines) == 1 + 8  # header + 10% of 80 users
+
+
+def test_missing_data_folder_is_one_line_error(tmp_path, capsys):
+    rc = main(["data", "stats", "--data", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and len(err.splitlines()) == 1

@@ -1,0 +1,362 @@
+"""``tru-dist`` console script: one entry point, RecBole-style subcommands.
+
+    tru-dist data synth|import-mmrec|stats|encode-text|forget|poison ...
+    tru-dist train --model mgcn --data DIR --out RUN [--resume] [--key=value ...]
+    tru-dist evaluate --run RUN
+    tru-dist unlearn --run RUN --requests FILE --method tru --out RUN2
+    tru-dist compare --data DIR --model mgcn --regime users --fraction 0.05 --methods ... --seeds 3 --out OUT
+    tru-dist audit --run RUN --requests FILE
+    tru-dist sweep --config configs/sweeps/tru.yaml [--resume]
+    tru-dist report sweep|compare PATH
+    tru-dist demo --out DIR
+    tru-dist bench train|dist ...
+
+Anything after the named flags of the form ``--key=value`` is a config override
+(``--train.lr=1e-3``, ``--beta=0.7``). A user error prints ``error: <one line>`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tru_dist.errors import TruDistError
+
+
+def _add_dist_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distribution")
+    g.add_argument("--workers", type=int, default=None, help="Ray workers (shards); 1 = single process")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (0 on CPU)")
+    g.add_argument("--address", default=None, help="Ray address: local (in-process), auto, or ray://host:port")
+
+
+def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:
+        p.add_argument("--model", "-m", default=None, help="backbone: lightgcn | mgcn | miggt")
+    p.add_argument("--config", default=None, help="a YAML file layered over the defaults")
+    p.add_argument("--seed", type=int, default=None, help="seed for training and unlearning")
+
+
+def _build_cfg(args: argparse.Namespace, overrides: list[str], dataset: str | None = None):
+    from tru_dist.config import build_config
+
+    extra: list[str] = []
+    data = getattr(args, "data", None)
+    if data is not None:
+        extra.append(f"data.path={data}")
+    if getattr(args, "seed", None) is not None:
+        extra += [f"train.seed={args.seed}", f"unlearn.seed={args.seed}"]
+    for flag, key in (("workers", "dist.workers"), ("gpus_per_worker", "dist.gpus_per_worker"),
+                      ("address", "dist.address")):
+        if getattr(args, flag, None) is not None:
+            extra.append(f"{key}={getattr(args, flag)}")
+    if dataset is None and data is not None and not str(data).startswith("synthetic"):
+        dataset = Path(str(data)).name.replace("amazon-", "")
+    return build_config(
+        model=getattr(args, "model", None),
+        dataset=dataset,
+        config_file=getattr(args, "config", None),
+        overrides=extra + overrides,
+    )
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------
+def cmd_data(args, overrides) -> int:
+    from tru_dist.data.source import open_data
+
+    if args.data_cmd == "synth":
+        from tru_dist.data.mmrec import write_mmrec
+        from tru_dist.data.synthetic import generate_synthetic
+
+        mods = dict(_parse_dims(args.modalities)) if args.modalities else {"image": 64, "text": 32}
+        data = generate_synthetic(n_users=args.users, n_items=args.items, modalities=mods, seed=args.seed)
+        if args.format == "store":
+            from tru_dist.data.store import write_store
+
+            write_store(data, args.out)
+        else:
+            write_mmrec(data, args.out, name="synthetic")
+        _print_json(data.summary())
+    elif args.data_cmd == "import-mmrec":
+        from tru_dist.data.mmrec import read_mmrec
+        from tru_dist.data.store import write_store
+
+        data = read_mmrec(args.src)
+        write_store(data, args.out)
+        _print_json(data.summary())
+    elif args.data_cmd == "stats":
+        from tru_dist.data.load import dataset_stats
+
+        _print_json(dataset_stats(args.data) if not str(args.data).startswith("synthetic")
+                    else open_data(args.data).summary())
+    elif args.data_cmd == "encode-text":
+        from tru_dist.data.encode import encode_text
+
+        encode_text(args.src, args.out, batch_size=args.batch_size)
+        print(f"wrote {args.out}")
+    elif args.data_cmd == "forget":
+        from tru_dist.data.regimes import forget_cli
+
+        _print_json(forget_cli(args.data, args.regime, args.policy, args.fraction, args.seed, args.out))
+    elif args.data_cmd == "poison":
+        from tru_dist.data.poison import inject_poison
+        from tru_dist.data.store import write_store
+
+        data = inject_poison(open_data(args.data), fake_user_fraction=args.fake_users, n_targets=args.targets,
+                             n_fillers=args.fillers, seed=args.seed)
+        write_store(data, args.out)  # a store keeps meta["poison"] (which fake users to delete)
+        _print_json(data.meta["poison"])
+    return 0
+
+
+def _parse_dims(text: str) -> list[tuple[str, int]]:
+    out = []
+    for part in text.split(","):
+        name, _, dim = part.partition(":")
+        if not name or not dim.isdigit():
+            raise TruDistError(f"bad modality spec '{part}': write NAME:DIM, e.g. image:4096,text:384")
+        out.append((name, int(dim)))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# train / evaluate / unlearn / audit
+# --------------------------------------------------------------------------------------
+def cmd_train(args, overrides) -> int:
+    cfg = _build_cfg(args, overrides)
+    if cfg.dist.workers > 1:
+        from tru_dist.dist.launch import run_distributed
+
+        metrics = run_distributed("train", cfg, out_dir=args.out, resume=args.resume)
+    else:
+        from tru_dist.train.trainer import run_train
+
+        metrics = run_train(cfg, args.out, resume=args.resume)
+    _print_json({k: v for k, v in metrics.items() if k != "config"})
+    return 0
+
+
+def cmd_evaluate(args, overrides) -> int:
+    from tru_dist.train.trainer import evaluate_run
+
+    _print_json(evaluate_run(args.run))
+    return 0
+
+
+def cmd_unlearn(args, overrides) -> int:
+    from tru_dist.unlearn.run import run_unlearn
+
+    metrics = run_unlearn(args.run, args.requests, args.method, args.out, overrides=overrides)
+    _print_json({k: v for k, v in metrics.items() if k not in ("config", "decisions")})
+    return 0
+
+
+def cmd_audit(args, overrides) -> int:
+    from tru_dist.audit.runner import audit_run
+
+    _print_json(audit_run(args.run, args.requests))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# compare / demo / report / sweep / bench
+# --------------------------------------------------------------------------------------
+def cmd_compare(args, overrides) -> int:
+    from tru_dist.compare import CompareSpec, run_compare
+
+    cfg = _build_cfg(args, overrides)
+    spec = CompareSpec(
+        regime=args.regime,
+        policy=args.policy,
+        fraction=args.fraction,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seeds=args.seeds,
+        audits=[a.strip() for a in (args.audit or "").split(",") if a.strip()],
+    )
+    results = run_compare(cfg, spec, args.out)
+    print(results["table"])
+    print(f"\nwrote {args.out}/results.json, report.md and plots")
+    return 0
+
+
+def cmd_demo(args, overrides) -> int:
+    from tru_dist.demo import run_demo
+
+    run_demo(args.out, overrides=overrides, quick=args.quick)
+    return 0
+
+
+def cmd_report(args, overrides) -> int:
+    if args.kind == "sweep":
+        from tru_dist.tune.report import report_sweep
+
+        path = report_sweep(args.path)
+    else:
+        from tru_dist.compare import report_compare
+
+        path = report_compare(args.path)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_sweep(args, overrides) -> int:
+    from tru_dist.tune.sweep import run_sweep
+
+    out = run_sweep(args.config, overrides=overrides, resume=args.resume, storage=args.storage,
+                    workers=args.workers)
+    print(f"sweep results under {out}")
+    return 0
+
+
+def cmd_bench(args, overrides) -> int:
+    feats = args.synthetic_features
+    if args.bench_cmd == "train":
+        from tru_dist.bench import bench_train
+
+        result = bench_train(args.data, args.model, synthetic_features=feats, epochs=args.epochs,
+                             out_json=args.out)
+    else:
+        from tru_dist.bench_dist import bench_dist
+
+        result = bench_dist(args.data, args.model, synthetic_features=feats, steps=args.steps,
+                            out_json=args.out)
+    _print_json(result)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tru-dist", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="create, import, inspect data; make deletion requests")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synth", help="write a seeded synthetic dataset (MMRec layout)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--users", type=int, default=600)
+    s.add_argument("--items", type=int, default=400)
+    s.add_argument("--modalities", default=None, help="NAME:DIM,... (default image:64,text:32)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["mmrec", "store"], default="mmrec")
+    s = dsub.add_parser("import-mmrec", help="validate an MMRec folder and write a tru-dist store")
+    s.add_argument("--src", required=True)
+    s.add_argument("--out", required=True)
+    s = dsub.add_parser("stats", help="counts, split sizes, degrees, feature dims")
+    s.add_argument("--data", required=True)
+    s = dsub.add_parser("encode-text", help="item_text.tsv -> text_feat.npy (needs the 'embed' extra)")
+    s.add_argument("--src", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--batch-size", type=int, default=64)
+    s = dsub.add_parser("forget", help="select a forget set (regime) and write deletion requests")
+    s.add_argument("--data", required=True)
+    s.add_argument("--regime", choices=["interactions", "users", "items", "poison"], required=True)
+    s.add_argument("--policy", choices=["random", "core", "edge"], default="random")
+    s.add_argument("--fraction", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="requests file (.parquet or .csv)")
+    s = dsub.add_parser("poison", help="inject fake users (backdoor) and write the poisoned dataset")
+    s.add_argument("--data", required=True)
+    s.add_argument("--fake-users", type=float, default=0.01)
+    s.add_argument("--targets", type=int, default=3)
+    s.add_argument("--fillers", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+
+    t = sub.add_parser("train", help="train a backbone with BPR and early stopping on valid")
+    _add_config_flags(t)
+    t.add_argument("--data", default="synthetic", help="data folder or synthetic[:spec]")
+    t.add_argument("--out", required=True, help="run folder (metrics.json, checkpoint.pt)")
+    t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    _add_dist_flags(t)
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run's checkpoint on valid and test")
+    e.add_argument("--run", required=True)
+
+    u = sub.add_parser("unlearn", help="apply deletion requests to a trained run")
+    u.add_argument("--run", required=True)
+    u.add_argument("--requests", required=True)
+    u.add_argument("--method", default="tru")
+    u.add_argument("--out", required=True)
+    _add_dist_flags(u)
+
+    c = sub.add_parser("compare", help="original vs retrain vs unlearning methods on one forget set")
+    _add_config_flags(c)
+    c.add_argument("--data", default="synthetic")
+    c.add_argument("--regime", choices=["interactions", "users", "items", "poison"], default="users")
+    c.add_argument("--policy", choices=["random", "core", "edge"], default="random")
+    c.add_argument("--fraction", type=float, default=0.05)
+    c.add_argument("--methods", default="retrain,reverse_bpr,tru")
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--audit", default="", help="comma list: mia,user_mia,backdoor")
+    c.add_argument("--out", required=True)
+    _add_dist_flags(c)
+
+    a = sub.add_parser("audit", help="membership inference / backdoor audit of an unlearned run")
+    a.add_argument("--run", required=True)
+    a.add_argument("--requests", required=True)
+
+    sw = sub.add_parser("sweep", help="Ray Tune sweep across unlearning regimes")
+    sw.add_argument("--config", required=True)
+    sw.add_argument("--resume", action="store_true")
+    sw.add_argument("--storage", default=None, help="results root (default runs/sweeps)")
+    sw.add_argument("--workers", type=int, default=1)
+
+    r = sub.add_parser("report", help="write report.md + plots for a sweep or compare folder")
+    r.add_argument("kind", choices=["sweep", "compare"])
+    r.add_argument("path")
+
+    dm = sub.add_parser("demo", help="the embedded default: synthetic data, train, delete 5%% users, compare")
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (smoke test)")
+
+    b = sub.add_parser("bench", help="benchmarks that write JSON")
+    bsub = b.add_subparsers(dest="bench_cmd", required=True)
+    for name in ("train", "dist"):
+        bb = bsub.add_parser(name)
+        bb.add_argument("--data", required=True)
+        bb.add_argument("--model", default="mgcn")
+        bb.add_argument("--synthetic-features", default=None, help="e.g. image:4096,text:384")
+        bb.add_argument("--out", default=None, help="JSON output file")
+        if name == "train":
+            bb.add_argument("--epochs", type=int, default=3)
+        else:
+            bb.add_argument("--steps", type=int, default=10)
+    return p
+
+
+COMMANDS = {
+    "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "unlearn": cmd_unlearn,
+    "audit": cmd_audit, "compare": cmd_compare, "demo": cmd_demo, "report": cmd_report,
+    "sweep": cmd_sweep, "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if not (r.startswith("--") and "=" in r)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are written --key=value)")
+    try:
+        return COMMANDS[args.cmd](args, rest)
+    except TruDistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

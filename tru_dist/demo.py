@@ -1,0 +1,64 @@
+"""``tru-dist demo``: the embedded default, end to end on synthetic data in a few minutes.
+
+1. generate the seeded synthetic multimodal dataset (planted clusters the image/text
+   features reveal, power-law popularity);
+2. train LightGCN (ID-only) and MGCN (multimodal) and print their test metrics — MGCN
+   should win because the features carry the signal;
+3. delete 5% of users and compare Retrain, MMRecUn (reverse_bpr) and TRU on MGCN;
+4. write ``OUT/report.md`` (+ the compare folder with results.json and plots).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tru_dist.config import build_config
+from tru_dist.io_utils import atomic_write_json, atomic_write_text
+from tru_dist.report.tables import fmt, markdown_table
+
+
+def run_demo(out: str | Path, overrides: list[str] | None = None, quick: bool = False) -> Path:
+    from tru_dist.compare import CompareSpec, run_compare
+    from tru_dist.data.source import open_data
+    from tru_dist.train.evaluate import evaluate
+    from tru_dist.train.trainer import fit
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_name = "synthetic:tiny" if quick else "synthetic"
+    data = open_data(spec_name)
+    print(f"[demo] synthetic data: {data.summary()}", flush=True)
+    extra = ["train.epochs=30", "train.patience=5"] if quick else []
+    rows, results = [], {}
+    for model in ("lightgcn", "mgcn"):
+        cfg = build_config(model=model, overrides=[f"data.path={spec_name}", *extra, *(overrides or [])])
+        t0 = time.perf_counter()
+        trained, graph, res = fit(cfg, data)
+        test = evaluate(trained, graph, data, "test", tuple(cfg.eval.ks))
+        results[model] = {"test": test, "valid": res.valid, "epochs": res.epochs,
+                          "seconds": time.perf_counter() - t0}
+        rows.append([model, fmt(test["recall@20"]), fmt(test["ndcg@20"]), str(res.epochs),
+                     fmt(res.seconds_per_epoch, digits=3)])
+        print(f"[demo] {model}: test recall@20 {test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f} "
+              f"({res.epochs} epochs, {res.seconds_per_epoch:.3f}s/epoch)", flush=True)
+    train_table = markdown_table(["model", "recall@20", "ndcg@20", "epochs", "s/epoch"], rows)
+    print("\n" + train_table + "\n", flush=True)
+
+    cfg = build_config(model="mgcn", overrides=[f"data.path={spec_name}", *extra, *(overrides or [])])
+    spec = CompareSpec(regime="users", policy="random", fraction=0.05,
+                       methods=["retrain", "reverse_bpr", "tru"], seeds=1)
+    compare = run_compare(cfg, spec, out / "compare", data=data)
+    print(compare["table"], flush=True)
+    report = "\n".join([
+        "# tru-dist demo", "",
+        f"Synthetic data ({data.n_users} users, {data.n_items} items, {data.n_interactions} interactions, "
+        "image + text features with planted clusters).", "",
+        "## Training (test split, chosen on valid)", "", train_table, "",
+        "## Unlearning: delete 5% of users (MGCN)", "", compare["table"], "",
+        "Plots: [forget vs utility](compare/tradeoff.png), [time](compare/time.png).", "",
+    ])
+    atomic_write_text(out / "report.md", report)
+    atomic_write_json(out / "training.json", results)
+    print(f"\n[demo] wrote {out / 'report.md'}")
+    return out / "report.md"
