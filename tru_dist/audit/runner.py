@@ -1,0 +1,171 @@
+"""Run the security audits on the original, Retrain and every unlearned model.
+
+:func:`run_audits` is what ``tru-dist compare --audit=...`` calls; every attacker is fitted
+once (on the original model or a shadow model) and applied unchanged to each model, the
+original with the graph it was trained on, the others with the post-deletion graph.
+:func:`audit_run` audits one ``tru-dist unlearn`` output folder from the command line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tru_dist.audit.backdoor import attack_success, poison_targets, removal_note, removal_ratio
+from tru_dist.audit.mia import AuditError, PairMIA
+from tru_dist.audit.user_mia import UserMIA, never_trained_users
+from tru_dist.data.dataset import RecDataset
+
+AUDITS = ("mia", "user_mia", "backdoor")
+
+
+def _nan_entry(note: str) -> dict:
+    return {"auc": float("nan"), "note": note}
+
+
+def run_audits(
+    kinds: list[str],
+    original,
+    retrain,
+    methods: dict,
+    graph_before,
+    graph_after,
+    data_before: RecDataset,
+    data_after: RecDataset,
+    forget,
+    cfg,
+    seed: int = 0,
+    *,
+    nonmember_users: np.ndarray | None = None,
+    train_fn: Callable | None = None,
+    k: int = 20,
+) -> dict[str, dict]:
+    """``{name: {"mia": {"auc", "ci", "n"}, "user_mia": {"auc", "ci", "n"},
+    "backdoor": {"asr@20", "removal_ratio"}}}`` for ``original``, ``retrain`` (if not None)
+    and every entry of ``methods``; only the requested ``kinds`` appear.
+
+    ``nonmember_users`` (user MIA) defaults to the users ``data_before`` never trains on;
+    ``train_fn(cfg, data)`` trains the user-MIA shadow model (default: the trainer's ``fit``).
+    An audit that the data cannot support gives NaN with a ``note`` instead of failing.
+    """
+    unknown = sorted(set(kinds) - set(AUDITS))
+    if unknown:
+        raise AuditError(f"unknown audit(s) {', '.join(unknown)} (choose from: {', '.join(AUDITS)})")
+    models: dict[str, tuple] = {"original": (original, graph_before, data_before)}
+    if retrain is not None:
+        models["retrain"] = (retrain, graph_after, data_after)
+    models.update({n: (m, graph_after, data_after) for n, m in methods.items() if n not in models})
+    out: dict[str, dict] = {name: {} for name in models}
+
+    if "mia" in kinds:
+        try:
+            mia = PairMIA().fit(original, graph_before, data_before, forget, seed)
+            for name, (model, graph, _) in models.items():
+                out[name]["mia"] = mia.auc(model, graph, data_after)
+        except AuditError as exc:
+            for name in models:
+                out[name]["mia"] = _nan_entry(str(exc))
+
+    if "user_mia" in kinds:
+        nonmembers = never_trained_users(data_before) if nonmember_users is None else nonmember_users
+        try:
+            umia = UserMIA().fit(cfg, data_before, forget.removed_users, nonmembers, seed, train_fn)
+            for name, (model, graph, _) in models.items():
+                out[name]["user_mia"] = umia.auc(model, graph)
+        except AuditError as exc:
+            for name in models:
+                out[name]["user_mia"] = _nan_entry(str(exc))
+
+    if "backdoor" in kinds and "poison" not in data_before.meta:
+        for name in models:
+            out[name]["backdoor"] = {f"asr@{k}": float("nan"), "removal_ratio": float("nan"),
+                                     "note": "no injected poison in the data (use the poison regime)"}
+    elif "backdoor" in kinds:
+        targets, genuine = poison_targets(data_before)
+        asr = {name: attack_success(model, graph, data, targets, genuine, k)
+               for name, (model, graph, data) in models.items()}
+        base = asr.get("retrain", float("nan"))
+        note = removal_note(asr["original"], base) if retrain is not None else "no Retrain to compare with"
+        for name, value in asr.items():
+            entry = {f"asr@{k}": value, "removal_ratio": removal_ratio(asr["original"], value, base)}
+            if note:
+                entry["note"] = note
+            out[name]["backdoor"] = entry
+    return out
+
+
+def _json_safe(obj):
+    """NaN -> None recursively, so the written JSON is strict (``null`` for undefined figures)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def _served_state(run_dir: Path, data: RecDataset, graph):
+    """(data, graph) a run's model serves with: the original minus its ledger's deletions."""
+    from tru_dist.data.requests import ForgetSet
+    from tru_dist.unlearn.ledger import apply_deletion
+
+    empty = np.zeros(0, dtype=np.int64)
+    nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")
+    return apply_deletion(run_dir, data, graph, nothing)
+
+
+def audit_run(
+    run_dir: str | Path,
+    requests_path: str | Path,
+    original: str | Path | None = None,
+    data: RecDataset | None = None,
+    kinds: list[str] | None = None,
+) -> dict:
+    """Audit the unlearned model of ``run_dir`` (a ``tru-dist unlearn`` output) for the
+    deletion requests in ``requests_path``; writes ``run_dir/audit.json`` and returns it.
+
+    ``original`` is the run the unlearning started from (default: ``source_run`` in
+    ``run_dir/metrics.json``); ``data`` the dataset when the runs were trained in memory.
+    Retrain is trained here (same config, D_r). Default audits: ``mia``, plus ``user_mia``
+    when users were removed and ``backdoor`` when the data is poisoned.
+    """
+    import json
+
+    from tru_dist.data.requests import read_requests, resolve_requests
+    from tru_dist.io_utils import atomic_write_json
+    from tru_dist.train.trainer import load_run
+    from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.ledger import DeletionLedger
+
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    original = original or metrics.get("source_run")
+    if original is None:
+        raise AuditError(f"{run_dir} does not say which run it was unlearned from (no source_run in "
+                         "metrics.json); pass the original run folder")
+    cfg, data, graph, original_model = load_run(original, data=data)
+    _, _, _, unlearned = load_run(run_dir, data=data)
+    data_before, graph_before = _served_state(Path(original), data, graph)
+    forget = resolve_requests(data_before, read_requests(requests_path))
+    missing = [rid for rid in forget.request_ids if DeletionLedger(run_dir).receipt_for(rid) is None]
+    if missing:
+        raise AuditError(f"request(s) {', '.join(missing[:5])} were not applied in {run_dir}; "
+                         "audit the run that executed them")
+    data_after = data_before.without_pairs(forget.users, forget.items)
+    graph_after = graph_before.without_edges(forget.train_users, forget.train_items)
+    retrain = get_method("retrain").unlearn(original_model, graph_after, data_after, forget, cfg).model
+    if kinds is None:
+        kinds = ["mia"] + (["user_mia"] if len(forget.removed_users) else [])
+        kinds += ["backdoor"] if "poison" in data_before.meta else []
+    name = metrics.get("method", "unlearned")
+    audits = run_audits(kinds, original_model, retrain, {name: unlearned}, graph_before, graph_after,
+                        data_before, data_after, forget, cfg, seed=cfg.unlearn.seed)
+    out = _json_safe({"run": str(run_dir), "original": str(original), "requests": str(requests_path),
+                      "method": name, "forget_set": forget.summary(), "audits": audits})
+    atomic_write_json(run_dir / "audit.json", out)
+    return out
