@@ -1,0 +1,378 @@
+"""Backbones (LightGCN, MGCN, MIG-GT): parameter partitions, training signal, determinism,
+modality handling, MGCN against a dense float64 reference and a gradient check, MIG-GT's
+propagation against a dense self-looped reference, and W = 2 workers (gloo) against W = 1."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tru_dist.config import build_config
+from tru_dist.data.dataset import RecDataset
+from tru_dist.data.synthetic import generate_synthetic
+from tru_dist.errors import ConfigError
+from tru_dist.graph import PartitionBook, build_rec_graph
+from tru_dist.models import BPRBatch, build_model
+from tru_dist.models.miggt import restart_propagate
+
+MODELS = ["lightgcn", "mgcn", "miggt"]
+SMALL = ["dim=16", "feat_hidden=16", "gt_samples=4"]
+
+
+def _model(name, graph, seed=0, extra=()):
+    cfg = build_config(model=name, overrides=[*SMALL, *extra])
+    return build_model(cfg.model, graph, seed)
+
+
+def _full_batch(data, seed=0) -> BPRBatch:
+    users, items = data.train_pairs
+    gen = torch.Generator().manual_seed(seed)
+    neg = torch.randint(0, data.n_items, (len(users),), generator=gen)
+    return BPRBatch(torch.from_numpy(users), torch.from_numpy(items), neg, 1.0 / len(users))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(tiny_data):
+    return build_rec_graph(tiny_data, knn_k=5)
+
+
+# -- contract ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_partitions_cover_every_parameter_exactly_once(name, tiny_graph):
+    model = _model(name, tiny_graph)
+    every = {id(p) for p in model.parameters()}
+    for partition in (model.branches(), model.layer_groups()):
+        ids = [id(p) for group in partition.values() for p in group]
+        assert len(ids) == len(set(ids)), f"{name}: a parameter sits in two groups"
+        assert set(ids) == every, f"{name}: groups miss {len(every - set(ids))} parameters"
+    expected = {"id"} | ({"image", "text", "shared"} if name != "lightgcn" else set())
+    assert set(model.branches()) == expected
+    tables = model.row_tables()
+    assert tables["user_emb"][0].shape == (tiny_graph.n_users, 16) and tables["user_emb"][1] == "user"
+    assert tables["item_emb"][0].shape == (tiny_graph.n_items, 16) and tables["item_emb"][1] == "item"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shapes(name, tiny_graph):
+    emb = _model(name, tiny_graph).embed(tiny_graph)
+    assert emb.user.shape == (tiny_graph.n_users, 16)
+    assert emb.item.shape == (tiny_graph.n_items, 16)
+    assert torch.isfinite(emb.user).all() and torch.isfinite(emb.item).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loss_falls_under_adam(name, tiny_data, tiny_graph):
+    model = _model(name, tiny_graph)
+    probe = _full_batch(tiny_data, seed=123)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with torch.no_grad():
+        before = model.loss(probe, tiny_graph).item()
+    for step in range(50):
+        loss = model.loss(_full_batch(tiny_data, seed=step), tiny_graph)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = model.loss(probe, tiny_graph).item()
+    assert after < 0.7 * before, f"{name}: loss {before:.4f} -> {after:.4f}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_same_seed_same_parameters_and_loss(name, tiny_data, tiny_graph):
+    batch = _full_batch(tiny_data)
+    a, b, c = (_model(name, tiny_graph, seed) for seed in (7, 7, 8))
+    for (ka, pa), (kb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(pa, pb), ka
+    assert a.loss(batch, tiny_graph).item() == b.loss(batch, tiny_graph).item()
+    assert not torch.equal(a.user_emb, c.user_emb)
+    assert a.loss(batch, tiny_graph).item() != c.loss(batch, tiny_graph).item()
+
+
+@pytest.mark.parametrize("name", ["mgcn", "miggt"])
+def test_missing_modalities_is_a_config_error(name, tiny_data):
+    bare = tiny_data.with_features({})
+    graph = build_rec_graph(bare, knn_k=5)
+    with pytest.raises(ConfigError, match="needs at least one item feature modality"):
+        _model(name, graph)
+    _model("lightgcn", graph).embed(graph)  # the ID-only model runs on the same data
+
+
+@pytest.mark.parametrize("name", ["mgcn", "miggt"])
+@pytest.mark.parametrize("modalities", [{"image": 6}, {"audio": 5, "image": 6, "text": 4}])
+def test_any_set_of_modalities(name, modalities):
+    data = generate_synthetic(n_users=30, n_items=20, n_clusters=3, seed=1, modalities=modalities,
+                              mean_extra_interactions=2)
+    graph = build_rec_graph(data, knn_k=3)
+    model = _model(name, graph)
+    assert set(model.branches()) == {"id", "shared", *modalities}
+    loss = model.loss(_full_batch(data), graph)
+    loss.backward()
+    for m in modalities:  # every modality branch takes part in the loss
+        grad = sum(p.grad.abs().sum() for p in model.branches()[m] if p.grad is not None)
+        assert grad > 0, f"{name}: no gradient reaches the {m} branch"
+
+
+def test_mismatched_graph_features_is_a_config_error(tiny_data, tiny_graph):
+    model = _model("mgcn", tiny_graph)
+    other = build_rec_graph(tiny_data.with_features({"image": tiny_data.features["image"]}), knn_k=5)
+    with pytest.raises(ConfigError, match="no 'text' features"):
+        model.embed(other)
+
+
+@pytest.mark.parametrize("name", ["mgcn", "miggt"])
+def test_float16_feature_slices_give_the_float32_result(name, tiny_graph):
+    half = dataclasses.replace(tiny_graph, features={m: f.half() for m, f in tiny_graph.features.items()})
+    exact = {m: f.half().float() for m, f in tiny_graph.features.items()}  # same rounding, kept in float32
+    rounded = dataclasses.replace(tiny_graph, features=exact)
+    model = _model(name, tiny_graph).eval()
+    torch.testing.assert_close(model.embed(half).item, model.embed(rounded).item)
+
+
+# -- MGCN against a dense float64 reference -----------------------------------------------
+def _hand_data() -> RecDataset:
+    """4 users, 3 items: u0-{i0,i1}, u1-{i0}, u2-{i1,i2}, u3-{i2}; 2-d image features."""
+    users = np.array([0, 0, 1, 2, 2, 3])
+    items = np.array([0, 1, 0, 1, 2, 2])
+    feats = np.array([[1.0, 0.2], [0.9, 0.4], [-0.3, 1.0]], dtype=np.float32)
+    return RecDataset(4, 3, users, items, np.zeros(6, dtype=np.int8), {"image": feats})
+
+
+def _as_double(graph):
+    ui = graph.ui
+    ui = dataclasses.replace(ui, norm=ui.norm.to(torch.float64), norm_t=ui.norm_t.to(torch.float64),
+                             user_degree=ui.user_degree.double(), item_degree=ui.item_degree.double())
+    knn = {m: (a.to(torch.float64), at.to(torch.float64)) for m, (a, at) in graph.knn.items()}
+    feats = {m: f.double() for m, f in graph.features.items()}
+    return dataclasses.replace(graph, ui=ui, knn=knn, features=feats)
+
+
+def _two_modal_hand_data() -> RecDataset:
+    text = np.array([[0.5, -1.0, 0.1], [0.2, 0.3, -0.4], [1.0, 0.0, 0.7]], dtype=np.float32)
+    return _hand_data().with_features({"image": _hand_data().features["image"], "text": text})
+
+
+def test_mgcn_matches_dense_float64_reference():
+    data = _two_modal_hand_data()
+    graph = _as_double(build_rec_graph(data, knn_k=2))
+    model = _model("mgcn", graph, extra=["dim=3", "n_layers=2", "mm_layers=2"]).double()
+    emb = model.embed(graph)
+
+    # user-item view by hand: degrees du = [2, 1, 2, 1], di = [2, 2, 2]
+    r = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1]], dtype=torch.float64)
+    r_hat = r / torch.sqrt(torch.tensor([2.0, 1, 2, 1])[:, None] * torch.tensor([2.0, 2, 2])[None, :])
+    a = torch.zeros(7, 7, dtype=torch.float64)
+    a[:4, 4:], a[4:, :4] = r_hat, r_hat.T
+    e0 = torch.cat([model.user_emb, model.item_emb]).detach()
+    content = (e0 + a @ e0 + a @ a @ e0) / 3
+    # R̂'s entries were rounded to float32 when the graph was built: tolerance 1e-6
+    torch.testing.assert_close(emb.aux["content_user"], content[:4], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(emb.aux["content_item"], content[4:], rtol=1e-6, atol=1e-7)
+
+    # item-item views, purifier and fuser written out densely
+    views = {}
+    for m in ("image", "text"):
+        s = graph.knn[m][0].to_dense()
+        x = torch.from_numpy(data.features[m]).double()
+        p, g = model.proj[m], model.purifier[m]
+        purified = model.item_emb * torch.sigmoid((x @ p.weight.T + p.bias) @ g.weight.T + g.bias)
+        h_item = s @ s @ purified
+        views[m] = torch.cat([r_hat @ h_item, h_item]).detach()
+    q1, q2 = model.fuser.query[0], model.fuser.query[2]
+    score = {m: torch.tanh(h @ q1.weight.T + q1.bias) @ q2.weight[0] for m, h in views.items()}
+    w_img = torch.exp(score["image"]) / (torch.exp(score["image"]) + torch.exp(score["text"]))
+    common = w_img[:, None] * views["image"] + (1 - w_img)[:, None] * views["text"]
+    side = common.clone()
+    for m, h in views.items():
+        gate = model.fuser.prefer[m]
+        side += torch.sigmoid(content @ gate.weight.T + gate.bias) * (h - common)
+    final = (content + side / 3).detach()
+    torch.testing.assert_close(emb.user, final[:4], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(emb.item, final[4:], rtol=1e-6, atol=1e-7)
+
+
+def test_mgcn_gradcheck_float64():
+    graph = _as_double(build_rec_graph(_two_modal_hand_data(), knn_k=2))
+    model = _model("mgcn", graph, extra=["dim=3", "cl_weight=0.5"]).double()
+    batch = BPRBatch(torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 2, 2]), torch.tensor([2, 1, 0, 1]), 0.25)
+    wrapper = _LossOf(model)
+    names = [f"model.{n}" for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in model.parameters())
+
+    def loss_of(*values):
+        return torch.func.functional_call(wrapper, dict(zip(names, values, strict=True)), (batch, graph))
+
+    assert loss_of(*params).item() > 0
+    assert torch.autograd.gradcheck(loss_of, params, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+class _LossOf(torch.nn.Module):
+    """``forward`` = the backbone's loss, so ``functional_call`` can substitute parameters."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, graph):
+        return self.model.loss(batch, graph)
+
+
+# -- MIG-GT --------------------------------------------------------------------------------
+def _dense_restart(a: torch.Tensor, h0: torch.Tensor, hops: int, alpha: float) -> torch.Tensor:
+    """h ← (1−α) Ã h + α h⁰ with Ã = D̃^{-1/2}(A + I)D̃^{-1/2}, D̃ = deg + 1 (MGDCF), float64."""
+    a_loop = a + torch.eye(a.shape[0], dtype=a.dtype)
+    inv = a_loop.sum(1).rsqrt()
+    a_tilde = inv[:, None] * a_loop * inv[None, :]
+    h = h0
+    for _ in range(hops):
+        h = (1 - alpha) * a_tilde @ h + alpha * h0
+    return h
+
+
+def _hand_adjacency() -> torch.Tensor:
+    r = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1]], dtype=torch.float64)
+    a = torch.zeros(7, 7, dtype=torch.float64)
+    a[:4, 4:], a[4:, :4] = r, r.T
+    return a
+
+
+@pytest.mark.parametrize("hops", [0, 1, 3])
+def test_miggt_propagation_matches_dense_self_looped_reference(hops):
+    graph = _as_double(build_rec_graph(_hand_data(), knn_k=2))
+    gen = torch.Generator().manual_seed(hops)
+    user0, item0 = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(3, 3, generator=gen,
+                                                                                     dtype=torch.float64)
+    u, i = restart_propagate(graph, user0, item0, hops, alpha=0.2)
+    ref = _dense_restart(_hand_adjacency(), torch.cat([user0, item0]), hops, 0.2)
+    torch.testing.assert_close(torch.cat([u, i]), ref, rtol=1e-6, atol=1e-7)
+    u, i = restart_propagate(graph, user0, None, hops, alpha=0.2)  # items start at zero
+    ref = _dense_restart(_hand_adjacency(), torch.cat([user0, torch.zeros_like(item0)]), hops, 0.2)
+    torch.testing.assert_close(torch.cat([u, i]), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_miggt_matches_dense_reference_with_sampled_global_attention():
+    graph = _as_double(build_rec_graph(_hand_data(), knn_k=2))
+    model = _model("miggt", graph, extra=["dim=4", "gt_samples=3", "gt_alpha=0.3", "ppr_alpha=0.1",
+                                          "modality_layers={id: 2, image: 1}", "feat_hidden=5"]).double()
+    model.eval()
+    emb = model.embed(graph)
+    x = torch.from_numpy(_hand_data().features["image"]).double()
+    e0 = torch.cat([model.user_emb, model.item_emb])
+    feat0 = torch.cat([torch.zeros(4, 4, dtype=torch.float64), model.encoders["image"](x)])
+    adj = _hand_adjacency()
+    z = (_dense_restart(adj, e0, 2, 0.1) + _dense_restart(adj, feat0, 1, 0.1)).detach()
+    samples = torch.cat([emb.aux["gt_user_samples"], emb.aux["gt_item_samples"]])
+    assert samples.shape == (7, 3) and samples.max() < 3
+    q, k = model.gt.q, model.gt.k
+    wq, bq, wk, bk = (t.detach() for t in (q.weight, q.bias, k.weight, k.bias))
+    expected = torch.empty_like(z)
+    for n in range(7):  # one node at a time, straight from the formula
+        memory = torch.cat([z[n : n + 1], z[4 + samples[n]]])
+        scores = (memory @ wk.T + bk) @ (wq @ z[n] + bq) / 2.0  # √(att_dim = 4)
+        expected[n] = 0.3 * torch.softmax(scores, 0) @ memory + 0.7 * z[n]
+    torch.testing.assert_close(torch.cat([emb.user, emb.item]).detach(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_miggt_sampling_is_fresh_in_training_and_fixed_in_evaluation(tiny_graph):
+    model = _model("miggt", tiny_graph, extra=["dropout=0.3"])
+    first, second = model.embed(tiny_graph), model.embed(tiny_graph)
+    assert not torch.equal(first.aux["gt_item_samples"], second.aux["gt_item_samples"])
+    assert not torch.equal(first.item, second.item)
+    model.eval()
+    third, fourth = model.embed(tiny_graph), model.embed(tiny_graph)
+    assert torch.equal(third.user, fourth.user) and torch.equal(third.item, fourth.item)
+    twin = _model("miggt", tiny_graph, extra=["dropout=0.3"])  # same seed: same stream from the start
+    assert torch.equal(twin.embed(tiny_graph).item, first.item)
+
+
+def test_miggt_tur_loss_is_the_positive_cross_entropy(tiny_data, tiny_graph):
+    model = _model("miggt", tiny_graph, extra=["cl_weight=1.0"])
+    batch = _full_batch(tiny_data)
+    emb = model.embed(tiny_graph)
+    b = 5  # one pair by hand: CE over <e_u, T_{i,s}>, slot 0 = the positive itself
+    u, i = batch.users[b], batch.pos[b]
+    z, samples = emb.aux["gt_item_input"], emb.aux["gt_item_samples"]
+    memory = torch.cat([z[i : i + 1], z[samples[i]]])
+    transformed = model.gt(memory.unsqueeze(0), memory.unsqueeze(0))[0]
+    torch.testing.assert_close(transformed[0], emb.item[i])
+    logits = transformed @ emb.user[u]
+    one = BPRBatch(batch.users[b : b + 1], batch.pos[b : b + 1], batch.neg[b : b + 1], 1.0)
+    torch.testing.assert_close(model.extra_loss(emb, one), torch.logsumexp(logits, 0) - logits[0])
+
+
+# -- W = 2 workers (gloo) against W = 1 --------------------------------------------------------
+W_OVERRIDES = {"mgcn": ["dim=8", "cl_weight=0.5"], "miggt": ["dim=8", "feat_hidden=8", "gt_samples=3",
+                                                             "dropout=0.2"]}
+
+
+def _w_data():
+    return generate_synthetic(n_users=40, n_items=30, n_clusters=3, seed=2,
+                              modalities={"image": 6, "text": 5}, mean_extra_interactions=3)
+
+
+def _w_batch(data):
+    rng = np.random.default_rng(0)
+    users, items = data.train_pairs
+    pick = rng.choice(len(users), 48, replace=False)
+    return users[pick], items[pick], rng.integers(0, data.n_items, 48)
+
+
+def _loss_and_grads(rank: int, world: int) -> dict:
+    """This worker's share of the loss and its gradients (replicated ones summed over workers)."""
+    from tru_dist.dist import collectives
+
+    data = _w_data()
+    book = PartitionBook.contiguous(data.n_users, data.n_items, world)
+    graph = build_rec_graph(data, knn_k=4, book=book, rank=rank)
+    users, pos, neg = _w_batch(data)
+    lo, hi = book.user_range(rank)
+    mine = (users >= lo) & (users < hi)
+    batch = BPRBatch(torch.from_numpy(users[mine] - lo), torch.from_numpy(pos[mine]),
+                     torch.from_numpy(neg[mine]), 1.0 / len(users))
+    out = {}
+    for name, extra in W_OVERRIDES.items():
+        model = build_model(build_config(model=name, overrides=extra).model, graph, seed=5)
+        loss = model.loss(batch, graph)
+        loss.backward()
+        collectives.sum_grads(model.replicated_parameters())
+        out[name] = {"loss": collectives.sum_stats(loss.detach().clone()).item(),
+                     "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+    return out
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.save(_loss_and_grads(rank, world), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_workers_compute_the_single_process_loss_and_gradient(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single = _loss_and_grads(0, 1)
+    for name in W_OVERRIDES:
+        assert parts[0][name]["loss"] == pytest.approx(single[name]["loss"], rel=1e-5)
+        for key, grad in single[name]["grads"].items():
+            if key == "user_emb":  # user rows are sharded: concatenate the workers' rows
+                got = torch.cat([parts[0][name]["grads"][key], parts[1][name]["grads"][key]])
+            else:
+                got = parts[0][name]["grads"][key]
+                torch.testing.assert_close(parts[1][name]["grads"][key], got)
+            torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
