@@ -108,7 +108,7 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
         entry["valid"] = evaluate(model, g, data_after, "valid", ks)
         entry["forget"] = forget_metrics(model, g, data_after, forget, ks)
         if retrain is not None:
-            entry["agreement"] = agreement(model, retrain, g, data_after, forget)
+            entry["agreement"] = agreement(model, retrain, g, data_after, forget, retrain_graph=graph_after)
     if retrain is not None:
         for entry in out.values():
             entry["speedup_vs_retrain"] = out["retrain"]["seconds"] / max(entry["seconds"], 1e-9)

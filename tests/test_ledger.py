@@ -1,0 +1,126 @@
+"""The deletion ledger: applied once, replay is a no-op, overlaps reported, receipts durable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tru_dist.config import Config
+from tru_dist.data.requests import resolve_requests, write_requests
+from tru_dist.errors import RequestError
+from tru_dist.graph.context import build_rec_graph
+from tru_dist.models.registry import build_model
+from tru_dist.unlearn.ledger import DeletionLedger, apply_deletion, model_version
+
+
+def _requests(rows: list[tuple[str, int, int | None]]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "request_id": [r[0] for r in rows],
+        "user_id": [r[1] for r in rows],
+        "item_id": pd.array([r[2] for r in rows], dtype="Int64"),
+        "reason": ["test"] * len(rows),
+    })
+
+
+@pytest.fixture()
+def setup(tiny_data):
+    data = replace(tiny_data, meta={**tiny_data.meta, "content_hash": "abc"})  # as a loaded store has
+    graph = build_rec_graph(data, with_knn=False)
+    train = np.flatnonzero(data.labels == 0)
+    u0, i0 = int(data.users[train[0]]), int(data.items[train[0]])
+    u1, i1 = int(data.users[train[-1]]), int(data.items[train[-1]])
+    return data, graph, (u0, i0), (u1, i1)
+
+
+def test_model_version_is_a_content_hash():
+    cfg = Config()
+    from tru_dist.data.synthetic import generate_synthetic
+
+    g = build_rec_graph(generate_synthetic(30, 20, seed=1, modalities={}), with_knn=False)
+    a, b = build_model(cfg.model, g, seed=0), build_model(cfg.model, g, seed=0)
+    assert model_version(a) == model_version(b)  # same values, different objects
+    with torch.no_grad():
+        b.item_emb[3, 1] += 1e-6
+    assert model_version(a) != model_version(b)
+
+
+def test_apply_commit_replay_is_a_no_op(tmp_path, setup):
+    data, graph, (u0, i0), _ = setup
+    forget = resolve_requests(data, _requests([("r1", u0, i0)]))
+    d1, g1 = apply_deletion(tmp_path, data, graph, forget)
+    assert d1.n_interactions == data.n_interactions - 1
+    assert "content_hash" not in d1.meta and d1.meta["parent_content_hash"] == "abc"
+    assert g1.ui.n_edges == graph.ui.n_edges - 1
+    assert torch.equal(g1.ui.dense(), graph.without_edges(np.array([u0]), np.array([i0])).ui.dense())
+
+    ledger = DeletionLedger(tmp_path)
+    plan = ledger.plan(data, forget)
+    receipt = ledger.commit(plan, method="tru", model_before="h0", model_after="h1", seconds=0.5)
+    assert receipt["removed"]["interactions"] == 1 and receipt["request_ids"] == ["r1"]
+    assert [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()] == [receipt]
+
+    # retry with the same request: the earlier receipt comes back, nothing new is deleted or written
+    again = ledger.plan(data, forget)
+    assert again.replay == receipt and len(again.forget.users) == 0
+    assert ledger.commit(again, method="tru", model_before="x", model_after="y") == receipt
+    assert len(ledger.receipts()) == 1
+    d2, _ = apply_deletion(tmp_path, data, graph, forget)  # from the original data: same D_r
+    assert d2.n_interactions == d1.n_interactions
+    d3, g3 = apply_deletion(tmp_path, d1, g1, forget)  # from D_r itself: unchanged objects
+    assert d3 is d1 and g3 is g1
+
+
+def test_a_different_request_on_a_deleted_pair_is_reported(tmp_path, setup):
+    data, graph, (u0, i0), (u1, i1) = setup
+    ledger = DeletionLedger(tmp_path)
+    first = resolve_requests(data, _requests([("r1", u0, i0)]))
+    ledger.commit(ledger.plan(data, first), method="tru", model_before="a", model_after="b")
+    second = resolve_requests(data, _requests([("r2", u0, i0), ("r3", u1, i1)]))
+    plan = ledger.plan(data, second)
+    assert plan.replay is None
+    assert plan.overlaps == [{"receipt_id": ledger.receipts()[0]["receipt_id"], "earlier_requests": ["r1"],
+                              "pairs": 1}]
+    assert list(zip(plan.forget.users.tolist(), plan.forget.items.tolist(), strict=True)) == [(u1, i1)]
+    d, _ = apply_deletion(tmp_path, data, graph, second)
+    assert d.n_interactions == data.n_interactions - 2  # both pairs gone, the first only once
+    receipt = ledger.commit(plan, method="tru", model_before="b", model_after="c")
+    assert receipt["overlaps"][0]["pairs"] == 1 and receipt["removed"]["interactions"] == 1
+
+
+def test_mixed_batch_and_tampering_are_refused(tmp_path, setup):
+    data, _, (u0, i0), (u1, i1) = setup
+    ledger = DeletionLedger(tmp_path)
+    ledger.commit(ledger.plan(data, resolve_requests(data, _requests([("r1", u0, i0)]))),
+                  method="tru", model_before="a", model_after="b")
+    mixed = resolve_requests(data, _requests([("r1", u0, i0), ("r9", u1, i1)]))
+    with pytest.raises(RequestError, match="already applied.*r9"):
+        ledger.plan(data, mixed)
+    pairs = tmp_path / ledger.receipts()[0]["pairs_file"]
+    np.save(pairs, np.array([[u1, i1]], dtype=np.int64))
+    with pytest.raises(RequestError, match="does not match"):
+        ledger.plan(data, resolve_requests(data, _requests([("r5", u1, i1)])))
+
+
+def test_run_unlearn_twice_applies_once(tmp_path, tiny_data):
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.run import run_unlearn
+
+    cfg = Config.from_dict({"model": {"name": "lightgcn", "dim": 16},
+                            "train": {"epochs": 3, "eval_every": 3, "batch_size": 1024, "progress": "off"},
+                            "eval": {"ks": [20]}, "unlearn": {"epochs": 2, "batch_size": 64}})
+    fit(cfg, tiny_data, out_dir=tmp_path / "run")
+    user = int(tiny_data.users[0])
+    write_requests(_requests([("u-1", user, None)]), tmp_path / "req.csv")
+    first = run_unlearn(tmp_path / "run", tmp_path / "req.csv", "tru", tmp_path / "out", data=tiny_data)
+    assert first["replayed"] is False and first["forget_set"]["n_removed_users"] == 1
+    ckpt = (tmp_path / "out" / "checkpoint.pt").read_bytes()
+    second = run_unlearn(tmp_path / "run", tmp_path / "req.csv", "tru", tmp_path / "out", data=tiny_data)
+    assert second["replayed"] is True and second["receipt"] == first["receipt"]
+    assert (tmp_path / "out" / "checkpoint.pt").read_bytes() == ckpt
+    assert len(DeletionLedger(tmp_path / "out").receipts()) == 1
+    assert first["receipt"]["model_before"] != first["receipt"]["model_after"]

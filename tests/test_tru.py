@@ -1,0 +1,297 @@
+"""TRU's components (DESIGN §5): pure decision functions by hand cases, and the loop's
+guarantees (all switches off == reverse_bpr bit for bit, isolation masks, user reset, sign)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from tru_dist.config import Config
+from tru_dist.data.regimes import forget_set
+from tru_dist.graph.context import build_rec_graph
+from tru_dist.models.registry import build_model
+from tru_dist.train.trainer import train_model
+from tru_dist.unlearn import get_method, losses
+from tru_dist.unlearn.engine import UpdateSpec, reset_users, run_update
+from tru_dist.unlearn.tru import gate, isolation, scaling
+from tru_dist.unlearn.tru.reduce import group_sums
+
+
+# ----------------------------------------------------------------------------- gate
+def test_persistence_is_one_inside_and_zero_far_outside_the_top_k():
+    t = torch.tensor([2.0, 2.0, 2.0])
+    g = gate.persistence(torch.tensor([6.0, 2.0, -3.0]), t, temperature=0.5)
+    assert g[0] > 0.999  # 4 above the K-th score
+    assert g[1] == pytest.approx(0.5)  # exactly at the threshold
+    assert g[2] < 1e-4  # 5 below
+
+
+def test_item_persistence_from_shard_sums_equals_direct_mean():
+    items = torch.tensor([0, 2, 2, 0, 2])
+    g = torch.tensor([0.2, 0.5, 0.7, 0.6, 0.3])
+    # two "shards" holding pairs {0,1} and {2,3,4}; their sums add up to the global ones
+    s1, c1 = gate.item_persistence(items[:2], g[:2], n_items=3)
+    s2, c2 = gate.item_persistence(items[2:], g[2:], n_items=3)
+    p = gate.item_mean(s1 + s2, c1 + c2)
+    assert p.tolist() == pytest.approx([0.4, 0.0, 0.5])  # (0.2+0.6)/2, none, (0.5+0.7+0.3)/3
+
+
+def test_decide_gate_mean_equals_mean_of_fused_gate_and_converges_below_eps():
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randint(0, 7, (50,), generator=gen)
+    g = torch.rand(50, generator=gen, dtype=torch.float64)
+    total, count = gate.item_persistence(items, g, 7)
+    dec = gate.decide_gate(total, count, eps=0.05)
+    fused = gate.fuse(g, dec.p_items[items], beta=0.3)
+    assert dec.mean_g == pytest.approx(float(fused.mean()), abs=1e-12)
+    assert dec.mean_g == pytest.approx(float(g.mean()), abs=1e-12)
+    assert not dec.converged
+    assert gate.decide_gate(total * 0.01, count, eps=0.05).converged
+    assert gate.converged(0.0, 0, 0.05)  # nothing left to forget
+
+
+def test_gated_loss_stops_pushing_a_target_that_left_the_top_k():
+    s_ui = torch.tensor([5.0, -4.0], requires_grad=True)  # pair 0 in the top-K, pair 1 far out
+    s_uj = torch.tensor([0.0, 0.0])
+    t = torch.tensor([1.0, 1.0])
+    g = gate.persistence(s_ui.detach(), t, 0.5)
+    p_items = g.clone()  # each item has one forget pair: P_i = g_ui
+    weights = gate.fuse(g, p_items, beta=0.5)
+    loss = gate.gated_forget_loss(s_ui, s_uj, t, weights, hinge_weight=1.0, margin=0.1, scale=1.0)
+    loss.backward()
+    assert s_ui.grad[0] > 1.0  # softplus' ≈ 1 plus hinge 1, weight ≈ 1
+    assert 0 <= s_ui.grad[1] < 1e-5  # weight ≈ σ(-10): not pushed any further
+
+
+def test_kth_threshold_ignores_retained_history_but_keeps_the_target():
+    user = torch.tensor([[1.0]])
+    items = torch.tensor([[5.0], [4.0], [3.0], [2.0], [1.0]])
+    exclude = torch.sparse_csr_tensor(torch.tensor([0, 1]), torch.tensor([0]),
+                                      torch.ones(1, dtype=torch.bool), size=(1, 5))  # item 0: retained
+    t = gate.kth_thresholds(user, items, exclude, torch.tensor([0, 0]), k=2)
+    assert t.tolist() == [3.0, 3.0]  # candidates 4,3,2,1 (item 1 may be the forget target)
+
+
+# ----------------------------------------------------------------------------- scaling
+def test_alphas_are_one_when_gamma_is_zero():
+    a = scaling.decide_alphas({"id": 9.0, "image": 0.01, "text": 1.0}, {"id": 1.0, "image": 4.0, "text": 1.0},
+                              gamma=0.0, alpha_min=0.1, delta=1e-12)
+    assert a == {"id": 1.0, "image": 1.0, "text": 1.0}
+
+
+def test_alphas_hand_values_max_one_and_monotone_in_ratio():
+    f = {"a": 4.0, "b": 1.0, "c": 0.01, "d": 0.25}
+    r = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}  # ratios 2, 1, 0.1, 0.5
+    a = scaling.decide_alphas(f, r, gamma=1.0, alpha_min=0.1, delta=0.0)
+    assert a == pytest.approx({"a": 1.0, "b": 0.5, "c": 0.1, "d": 0.25})  # c: 0.05 clipped up to α_min
+    a2 = scaling.decide_alphas(f, r, gamma=2.0, alpha_min=0.01, delta=0.0)
+    assert a2 == pytest.approx({"a": 1.0, "b": 0.25, "c": 0.01, "d": 0.0625})
+    ratios = {k: np.sqrt(f[k]) / np.sqrt(r[k]) for k in f}
+    order = sorted(f, key=ratios.get)
+    assert [a2[k] for k in order] == sorted(a2.values())
+
+
+def test_conflict_projection_removes_the_conflicting_component():
+    gen = torch.Generator().manual_seed(1)
+    g_r = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
+    g_f = [-x + 0.3 * torch.randn(x.shape, generator=gen) for x in g_r]  # strongly conflicting
+    dot = sum(float((f * r).sum()) for f, r in zip(g_f, g_r, strict=True))
+    r_sq = sum(float((r * r).sum()) for r in g_r)
+    assert dot < 0
+    coef = scaling.projection_coefficient(dot, r_sq)
+    projected = scaling.combine(g_f, g_r, alpha=1.0, coef=coef, lambda_f=1.0, lambda_r=0.0)
+    new_dot = sum(float((f * r).sum()) for f, r in zip(projected, g_r, strict=True))
+    assert new_dot >= -1e-5 and abs(new_dot) < 1e-4
+    assert scaling.projection_coefficient(abs(dot), r_sq) == 0.0  # no conflict, no change
+
+
+def test_combine_scales_only_the_forget_part():
+    g_f, g_r = [torch.ones(3)], [torch.full((3,), 2.0)]
+    out = scaling.combine(g_f, g_r, alpha=0.25, coef=0.0, lambda_f=2.0, lambda_r=0.5)
+    assert out[0].tolist() == pytest.approx([0.5 * 2 + 2 * 0.25 * 1] * 3)
+
+
+# ----------------------------------------------------------------------------- isolation
+def test_isolation_hand_cases():
+    f = {"a": 9.0, "b": 4.0, "c": 1.0}
+    r = {"a": 1.0, "b": 1.0, "c": 1.0}
+    sizes = {"a": 60.0, "b": 30.0, "c": 10.0}
+    # the top group alone exceeds the budget: it is kept, nothing else
+    assert isolation.decide_isolation(f, r, sizes, sizes, budget=0.5, delta=0.0) == (["a"], 0.6)
+    # b most sensitive; a would overflow 45% and is skipped; c still fits
+    f2 = {"a": 4.0 * 60, "b": 9.0 * 30, "c": 1.0 * 10}  # sums: mean = f2/size → S = 4, 9, 1
+    chosen, share = isolation.decide_isolation(f2, {k: sizes[k] for k in sizes}, sizes, sizes, 0.45, 0.0)
+    assert chosen == ["b", "c"] and share == pytest.approx(0.4)
+
+
+def test_isolation_never_exceeds_budget_and_keeps_one_group():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 8))
+        names = [f"g{k}" for k in range(n)]
+        sizes = {k: float(rng.integers(1, 100)) for k in names}
+        f = {k: float(rng.random()) * sizes[k] for k in names}
+        r = {k: float(rng.random()) * sizes[k] for k in names}
+        budget = float(rng.uniform(0.05, 1.0))
+        chosen, share = isolation.decide_isolation(f, r, sizes, sizes, budget, 1e-12)
+        ratios = isolation.fisher_ratios(f, r, sizes, 1e-12)
+        assert len(chosen) >= 1
+        assert chosen[0] == max(names, key=lambda k: (ratios[k], -names.index(k)))
+        assert share <= budget + 1e-12 or chosen == chosen[:1]
+        assert share == pytest.approx(sum(sizes[k] for k in chosen) / sum(sizes.values()))
+
+
+def test_row_isolation_hops_on_a_hand_graph():
+    # u0-i0, u0-i1, u1-i1, u1-i4, u2-i2, u3-i3 ; D_f = {(u0, i0)}
+    users = np.array([0, 0, 1, 1, 2, 3])
+    items = np.array([0, 1, 1, 4, 2, 3])
+    fu, fi = np.array([0]), np.array([0])
+
+    def sets(h):
+        um, im = isolation.hop_masks(fu, fi, users, items, 4, 5, h)
+        return set(np.flatnonzero(um).tolist()), set(np.flatnonzero(im).tolist())
+
+    assert sets(1) == ({0}, {0})
+    assert sets(2) == ({0}, {0, 1})  # items of u0; users of i0 = {u0}
+    assert sets(3) == ({0, 1}, {0, 1})  # users of i1
+    assert sets(4) == ({0, 1}, {0, 1, 4})
+    assert sets(0) == ({0, 1, 2, 3}, {0, 1, 2, 3, 4})  # disabled
+
+
+def test_group_sums_counts_replicated_once():
+    per = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
+    out = group_sums({"x": [0, 2], "y": [1], "z": []}, per, torch.tensor([True, False, False]))
+    assert out == {"x": [6.0, 8.0], "y": [3.0, 4.0], "z": [0.0, 0.0]}
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_reverse_bpr_step_lowers_the_deleted_score():
+    gen = torch.Generator().manual_seed(0)
+    u, i, j = (torch.randn(8, generator=gen, requires_grad=True) for _ in range(3))
+    s_before = float(u.detach() @ i.detach())
+    s_ui, s_uj = losses.pair_scores(u[None], torch.stack([i, j]), torch.tensor([0]), torch.tensor([1]))
+    losses.reverse_bpr_loss(s_ui, s_uj, scale=1.0).backward()
+    with torch.no_grad():
+        for p in (u, i, j):
+            p -= 0.1 * p.grad
+    assert float(u.detach() @ i.detach()) < s_before
+
+
+def _cfg(**unlearn) -> Config:
+    return Config.from_dict({
+        "model": {"name": "lightgcn", "dim": 16},
+        "train": {"lr": 0.02, "batch_size": 512, "epochs": 15, "patience": 0, "eval_every": 15,
+                  "progress": "off"},
+        "eval": {"ks": [20]},
+        "unlearn": {"epochs": 3, "lr": 0.02, "batch_size": 64, **unlearn},
+    })
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data):
+    cfg = _cfg()
+    graph = build_rec_graph(tiny_data, with_knn=False)
+    model = build_model(cfg.model, graph, seed=0)
+    train_model(model, graph, tiny_data, cfg)
+    forget = forget_set(tiny_data, "users", 0.05, seed=0)
+    data_after = tiny_data.without_pairs(forget.users, forget.items)
+    graph_after = graph.without_edges(forget.train_users, forget.train_items)
+    return model, graph, data_after, graph_after, forget
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+OFF = {"gate": {"enabled": False}, "scaling": {"enabled": False}, "isolation": {"enabled": False},
+       "reset_deleted_users": False}
+
+
+def test_tru_with_all_switches_off_is_reverse_bpr_bit_for_bit(trained):
+    model, _, data_after, graph_after, forget = trained
+    cfg = _cfg(**OFF)
+    before = _state(model)
+    a = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg).model
+    b = get_method("reverse_bpr").unlearn(model, graph_after, data_after, forget, cfg).model
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+        assert not torch.equal(v, before[k]), f"{k} did not move: the check would be vacuous"
+        assert torch.equal(model.state_dict()[k], before[k]), "the caller's model was modified"
+    # each switch really changes the computation
+    for part in ("gate", "isolation"):
+        on = _cfg(**{**OFF, part: {"enabled": True}})
+        c = get_method("tru").unlearn(model, graph_after, data_after, forget, on).model
+        assert not torch.equal(c.item_emb, b.item_emb), part
+
+
+def test_deleted_users_rows_reset_fresh_and_frozen(trained):
+    model, _, data_after, graph_after, forget = trained
+    assert len(forget.removed_users) > 0
+    cfg = _cfg(**{**OFF, "reset_deleted_users": True})
+    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    rows = torch.from_numpy(forget.removed_users)
+    got = res.model.user_emb.detach()[rows]
+    # fresh: far from the trained rows, inside the Xavier bound of a new (n_users × d) table
+    assert not torch.allclose(got, model.user_emb.detach()[rows], atol=1e-3)
+    assert float(got.abs().max()) <= (6.0 / (model.n_users + model.user_emb.shape[1])) ** 0.5
+    assert res.stats["reset_users"] == len(forget.removed_users)
+    # frozen: a longer update at another rate leaves them exactly as reset; other rows move
+    longer = _cfg(**{**OFF, "reset_deleted_users": True, "epochs": 5, "lr": 0.05})
+    res2 = get_method("tru").unlearn(model, graph_after, data_after, forget, longer)
+    assert torch.equal(res2.model.user_emb.detach()[rows], got)
+    assert not torch.equal(res2.model.user_emb, res.model.user_emb)
+    # a user's fresh row depends on (seed, user id) only, not on which other users are reset
+    alone = copy.deepcopy(model)
+    reset_users(alone, forget.removed_users[1:2], 0, cfg.unlearn.seed)
+    assert torch.equal(alone.user_emb.detach()[rows[1]], got[1])
+    # reverse_bpr does not reset: the removed users keep trained rows (moved by the update)
+    rb = get_method("reverse_bpr").unlearn(model, graph_after, data_after, forget, cfg).model
+    assert not torch.equal(rb.user_emb.detach()[rows], got)
+
+
+def test_isolation_freezes_groups_and_rows_outside_the_hops(trained):
+    model, _, data_after, graph_after, forget = trained
+    cfg = _cfg(**{**OFF, "isolation": {"enabled": True, "budget": 0.01, "row_hops": 1}})
+    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    iso = res.stats["isolation"]
+    assert len(iso["selected_groups"]) == 1  # 1% budget: only the top group
+    frozen = iso["frozen_groups"][0]
+    assert torch.equal(getattr(res.model, frozen), getattr(model, frozen))
+    kept = iso["selected_groups"][0]
+    new, old = getattr(res.model, kept).detach(), getattr(model, kept).detach()
+    moved = np.flatnonzero((new != old).any(1).numpy())
+    allowed = set(forget.train_users.tolist()) if kept == "user_emb" else set(forget.train_items.tolist())
+    assert len(moved) > 0 and set(moved.tolist()) <= allowed  # hops=1: only D_f's own rows
+
+
+def test_gate_convergence_stops_the_update(trained):
+    model, _, data_after, graph_after, forget = trained
+    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "epsilon": 1.01}})  # mean G < 1.01 always
+    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    assert res.stats["converged_epoch"] == 0 and res.stats["steps"] == 0
+    assert torch.equal(res.model.item_emb, model.item_emb)
+    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "epsilon": 0.0}})
+    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    gates = res.stats["gate"]
+    assert res.stats["converged_epoch"] is None and len(gates) == cfg.unlearn.epochs + 1
+    assert all(0.0 <= g["mean_G"] <= 1.0 and 0.0 <= g["frac_topk"] <= 1.0 for g in gates)
+    assert gates[-1]["mean_G"] < gates[0]["mean_G"]  # targets are pushed out of the top-K
+
+
+def test_loop_lowers_the_scores_of_the_forget_pairs(trained):
+    model, _, data_after, graph_after, forget = trained
+    cfg = _cfg(**OFF)
+    spec = UpdateSpec(forget_term="reverse", retain=False)
+    out, _ = run_update(model, graph_after, data_after, forget, cfg, spec)
+    u, i = torch.from_numpy(forget.train_users), torch.from_numpy(forget.train_items)
+
+    def mean_score(m):
+        with torch.no_grad():
+            e = m.embed(graph_after)
+        return float((e.user[u] * e.item[i]).sum(-1).mean())
+
+    assert mean_score(out) < mean_score(model) - 0.1
+

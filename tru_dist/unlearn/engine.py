@@ -1,0 +1,423 @@
+"""The reverse-update loop shared by reverse_bpr (MMRecUn), grad_ascent, finetune and TRU.
+
+One code path, configured by an :class:`UpdateSpec`, so that "TRU with its three switches
+off" and reverse_bpr are the same computation by construction (same seed → bit-identical
+parameters), and every ablation differs from it only by the component it switches on.
+
+Per call (on a deep copy of the model; the caller's model is untouched):
+
+1. *Deleted users* (``reset_deleted_users``, TRU only): users whose whole train history is
+   deleted get fresh ID rows (``model.reset_user_rows``, one generator per user seeded by
+   (``unlearn.seed``, global user id), so the rows do not depend on the sharding), as
+   Retrain would start them, and those rows are frozen for the rest of the update (Retrain
+   never trains them). Their forget pairs are still reversed — that is how their imprint on
+   the shared item side is removed — but scored with a constant snapshot of their final
+   embedding taken BEFORE the reset on the ORIGINAL graph (the vector that pulled their
+   items up during training), not with the random fresh row. The unlearning optimizer is
+   a fresh Adam, so no optimizer state of theirs survives.
+2. *Isolation statistics* (TRU): one dedicated pass before the first step — the gradient of
+   the mean reverse-BPR term over all of D_f and of the mean retain loss over as many D_r
+   pairs (own seeded streams, so switching isolation on does not change the batches the
+   loop sees) — gives the Fisher ratios per layer group and the frozen groups; the row
+   masks come from the k-hop neighbourhood of D_f on the original graph.
+3. *Epochs* (``unlearn.epochs``) over D_f in global batches of ≈ ``unlearn.batch_size``
+   (all equal), each paired with an equally large D_r batch. With the gate on, a gate pass
+   over D_f at the start of every epoch computes P_i and stops when mean G < ε.
+   Per step: one forward ``emb = model.embed(graph_after)``;
+       L_f = forget term (reverse BPR, its gated form, or −BPR for gradient ascent),
+       L_r = ``model.loss`` on the D_r batch;
+   without scaling: backward of λ_f·L_f + λ_r·L_r; with scaling: g_f = ∇L_f and g_r = ∇L_r
+   separately (``torch.autograd.grad``), then per branch g = λ_r·g_r + λ_f·α_b·g_f (after the
+   optional conflict projection). Replicated gradients are summed over ranks, isolation
+   masks applied (frozen groups get no gradient, rows outside the k-hop set and the reset
+   users' rows get zero), Adam step.
+
+Every statistic is a global sum (``collectives.sum_stats``), so W shards decide as one
+process would.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from tru_dist.config import Config, GateConfig, IsolationConfig, ScalingConfig
+from tru_dist.data.dataset import RecDataset
+from tru_dist.dist import collectives
+from tru_dist.graph.adjacency import build_bipartite
+from tru_dist.graph.context import RecGraph
+from tru_dist.models.base import Backbone, BPRBatch, Embeddings
+from tru_dist.models.registry import torch_seed
+from tru_dist.train.evaluate import history_mask
+from tru_dist.train.sampler import BPRSampler
+from tru_dist.unlearn import losses
+from tru_dist.unlearn.batches import equal_batch_size, forget_batches, retain_stream
+from tru_dist.unlearn.tru import gate as gate_fn
+from tru_dist.unlearn.tru import isolation as iso_fn
+from tru_dist.unlearn.tru import scaling as scale_fn
+from tru_dist.unlearn.tru.reduce import group_sums
+
+ForgetTerm = Literal["reverse", "ascent", "none"]
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """What one run of the loop does. ``None`` for a component = switched off."""
+
+    forget_term: ForgetTerm = "reverse"
+    retain: bool = True
+    gate: GateConfig | None = None
+    scaling: ScalingConfig | None = None
+    isolation: IsolationConfig | None = None
+    reset_deleted_users: bool = False
+
+
+def original_train_pairs(data_after: RecDataset, forget) -> tuple[np.ndarray, np.ndarray]:
+    """Train pairs before the deletion: D_r's train pairs ∪ D_f's train pairs (global ids)."""
+    ru, ri = data_after.train_pairs
+    return (np.concatenate([ru, forget.train_users]).astype(np.int64),
+            np.concatenate([ri, forget.train_items]).astype(np.int64))
+
+
+def original_graph(graph_after: RecGraph, users: np.ndarray, items: np.ndarray) -> RecGraph:
+    """The pre-deletion graph of this shard (kNN graphs and features are shared, unchanged)."""
+    lo = graph_after.user_offset
+    ui = build_bipartite(graph_after.n_users, graph_after.n_items, users, items,
+                         user_range=(lo, lo + graph_after.n_local_users)).to(graph_after.ui.norm.device)
+    return RecGraph(ui, graph_after.book, graph_after.rank, graph_after.knn, graph_after.features)
+
+
+def user_seed(seed: int, user: int) -> int:
+    """The seed of one user's fresh rows: a function of (unlearn seed, global user id) only."""
+    return int(np.random.SeedSequence([int(seed), int(user)]).generate_state(1, dtype=np.uint64)[0])
+
+
+@torch.no_grad()
+def reset_users(model: Backbone, local_users: np.ndarray, offset: int, seed: int) -> None:
+    """``model.reset_user_rows`` user by user, each with a generator seeded by
+    :func:`user_seed` — so a user's fresh row does not depend on which shard holds it."""
+    for u in np.asarray(local_users, dtype=np.int64):
+        gen = torch.Generator().manual_seed(user_seed(seed, int(u) + offset))
+        model.reset_user_rows(torch.tensor([int(u)]), generator=gen)
+
+
+class _Loop:
+    """State of one run (kept in one object so the step is readable)."""
+
+    def __init__(self, model: Backbone, graph: RecGraph, data_after: RecDataset, forget, cfg: Config,
+                 spec: UpdateSpec):
+        self.model, self.graph, self.data, self.forget, self.cfg, self.spec = (
+            model, graph, data_after, forget, cfg, spec)
+        self.uc = cfg.unlearn
+        self.device = graph.ui.norm.device
+        self.lo, self.n_local = graph.user_offset, graph.n_local_users
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.index = {id(p): k for k, p in enumerate(self.params)}
+        self.replicated = [p for p in model.replicated_parameters() if p.requires_grad]
+        user_ids = {id(p) for p, kind in model.row_tables().values() if kind == "user"}
+        self.sharded = torch.tensor([id(p) in user_ids for p in self.params], dtype=torch.bool)
+        self.fu = np.asarray(forget.train_users, dtype=np.int64)
+        self.fi = np.asarray(forget.train_items, dtype=np.int64)
+        self.orig_u, self.orig_i = original_train_pairs(data_after, forget)
+        self.snap: torch.Tensor | None = None  # constant user vectors of reset (deleted) users
+        self.snap_rows: torch.Tensor | None = None  # local user -> row of snap, -1 if none
+        self.frozen_rows: dict[int, torch.Tensor] = {}  # id(param) -> bool mask of updatable rows
+        self.frozen_params: set[int] = set()
+        self.exclude: torch.Tensor | None = None
+        self.p_items: torch.Tensor | None = None
+        self.stats: dict[str, Any] = {"n_forget_train": int(len(self.fu)),
+                                      "n_removed_users": int(len(forget.removed_users))}
+
+    # -- helpers -------------------------------------------------------------------------
+    def _groups(self, named: dict[str, list[torch.nn.Parameter]]) -> dict[str, list[int]]:
+        return {name: [self.index[id(p)] for p in ps if id(p) in self.index] for name, ps in named.items()}
+
+    def _local(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        return users[(users >= self.lo) & (users < self.lo + self.n_local)] - self.lo
+
+    def user_vectors(self, user_emb: torch.Tensor, users_local: torch.Tensor) -> torch.Tensor:
+        """Rows of the final user embedding, the snapshot for reset (deleted) users."""
+        vecs = user_emb[users_local]
+        if self.snap is None:
+            return vecs
+        idx = self.snap_rows[users_local]
+        has = idx >= 0
+        return torch.where(has[:, None], self.snap[idx.clamp(min=0)], vecs)
+
+    def gate_users(self, user_emb: torch.Tensor) -> torch.Tensor:
+        """Detached user matrix for ranking (snapshot rows substituted)."""
+        out = user_emb.detach()
+        if self.snap is not None:
+            out = out.clone()
+            rows = torch.nonzero(self.snap_rows >= 0).flatten()
+            out[rows] = self.snap[self.snap_rows[rows]]
+        return out
+
+    # -- 1. deleted users ------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_deleted_users(self) -> None:
+        removed = self._local(self.forget.removed_users)
+        count = collectives.sum_stats(torch.tensor([len(removed)], dtype=torch.float64))
+        self.stats["reset_users"] = int(count.item())
+        if self.stats["reset_users"] == 0:
+            return
+        local = torch.from_numpy(removed).to(self.device)
+        was = self.model.training
+        self.model.eval()
+        before = self.model.embed(original_graph(self.graph, self.orig_u, self.orig_i)).user
+        self.model.train(was)
+        self.snap = before[local].detach().clone()
+        self.snap_rows = torch.full((self.n_local,), -1, dtype=torch.long, device=self.device)
+        self.snap_rows[local] = torch.arange(len(local), device=self.device)
+        reset_users(self.model, removed, self.lo, self.uc.seed)
+        for p, kind in self.model.row_tables().values():
+            if kind == "user":
+                mask = self.frozen_rows.get(id(p), torch.ones(p.shape[0], dtype=torch.bool, device=p.device))
+                mask[local.to(p.device)] = False
+                self.frozen_rows[id(p)] = mask
+
+    # -- losses ----------------------------------------------------------------------------
+    def forget_loss(self, emb: Embeddings, batch: BPRBatch) -> torch.Tensor:
+        u = self.user_vectors(emb.user, batch.users)
+        s_ui, s_uj = losses.pair_scores(u, emb.item, batch.pos, batch.neg)
+        if self.spec.forget_term == "ascent":
+            return losses.ascent_loss(s_ui, s_uj, batch.scale)
+        gate = self.spec.gate
+        if gate is None:
+            return losses.reverse_bpr_loss(s_ui, s_uj, batch.scale)
+        item = emb.item.detach()
+        t = gate_fn.kth_thresholds(self.gate_users(emb.user), item, self.exclude, batch.users, gate.top_k)
+        g = gate_fn.persistence(s_ui.detach(), t, gate.temperature)
+        weights = gate_fn.fuse(g, self.p_items[batch.pos].to(g.dtype), gate.beta)
+        return gate_fn.gated_forget_loss(s_ui, s_uj, t, weights, gate.hinge_weight, gate.margin, batch.scale)
+
+    # -- 2. isolation ------------------------------------------------------------------------
+    def _accumulate(self, batches, loss_fn, weight_fn) -> list[torch.Tensor]:
+        self.model.zero_grad(set_to_none=True)
+        for batch in batches:
+            batch = batch.to(self.device)
+            emb = self.model.embed(self.graph)
+            (loss_fn(emb, batch) * weight_fn(batch)).backward()
+        self._fill_and_sum()
+        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        self.model.zero_grad(set_to_none=True)
+        return grads
+
+    def isolation_pass(self, batch_size: int) -> None:
+        iso = self.spec.isolation
+        n_f = len(self.fu)
+        negs = BPRSampler(self.orig_u, self.orig_i, self.data.n_users, self.data.n_items, seed=0)
+        rng = np.random.default_rng([self.uc.seed, 8])
+        f_batches = list(forget_batches(self.fu, self.fi, batch_size, rng, negs, self.graph.book,
+                                        self.graph.rank))
+        g_f = self._accumulate(f_batches, lambda e, b: losses.reverse_bpr_loss(
+            *losses.pair_scores(self.user_vectors(e.user, b.users), e.item, b.pos, b.neg), b.scale),
+            lambda b: 1.0 / (b.scale * n_f))
+        r_sampler = BPRSampler(*self.data.train_pairs, self.data.n_users, self.data.n_items,
+                               seed=self.uc.seed + 2, book=self.graph.book, rank=self.graph.rank)
+        stream = retain_stream(r_sampler, batch_size)
+        r_batches = [next(stream) for _ in f_batches]
+        n_r = sum(round(1.0 / b.scale) for b in r_batches)
+        g_r = self._accumulate(r_batches, lambda e, b: self.model.loss(b, self.graph, e),
+                               lambda b: 1.0 / (b.scale * n_r))
+        per = torch.tensor([[float(f.double().pow(2).sum()), float(r.double().pow(2).sum()), float(f.numel())]
+                            for f, r in zip(g_f, g_r, strict=True)], dtype=torch.float64)
+        sums = group_sums(self._groups(self.model.layer_groups()), per, self.sharded)
+        f_sum = {k: v[0] for k, v in sums.items()}
+        r_sum = {k: v[1] for k, v in sums.items()}
+        counts = {k: v[2] for k, v in sums.items()}
+        chosen, share = iso_fn.decide_isolation(f_sum, r_sum, counts, counts, iso.budget, iso.delta)
+        groups = self.model.layer_groups()
+        for name, ps in groups.items():
+            if name not in chosen:
+                self.frozen_params.update(id(p) for p in ps)
+        user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, self.orig_u, self.orig_i,
+                                                self.data.n_users, self.data.n_items, iso.row_hops)
+        for p, kind in self.model.row_tables().values():
+            rows = user_mask[self.lo : self.lo + self.n_local] if kind == "user" else item_mask
+            mask = torch.from_numpy(rows.copy()).to(p.device)
+            self.frozen_rows[id(p)] = self.frozen_rows[id(p)] & mask if id(p) in self.frozen_rows else mask
+        self.stats["isolation"] = {
+            "fisher_ratio": iso_fn.fisher_ratios(f_sum, r_sum, counts, iso.delta),
+            "selected_groups": chosen,
+            "frozen_groups": [n for n in groups if n not in chosen],
+            "param_share": share,
+            "row_hops": iso.row_hops,
+            "rows_users": int(user_mask.sum()),
+            "rows_items": int(item_mask.sum()),
+            "n_users": self.data.n_users,
+            "n_items": self.data.n_items,
+        }
+
+    # -- gate pass ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def gate_pass(self, epoch: int) -> bool:
+        gate = self.spec.gate
+        was = self.model.training
+        self.model.eval()
+        emb = self.model.embed(self.graph)
+        self.model.train(was)
+        mine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
+        lu = torch.from_numpy(self.fu[mine] - self.lo).to(self.device)
+        li = torch.from_numpy(self.fi[mine]).to(self.device)
+        users = self.gate_users(emb.user)
+        t = gate_fn.kth_thresholds(users, emb.item, self.exclude, lu, gate.top_k)
+        s = (users[lu] * emb.item[li]).sum(-1)
+        g = gate_fn.persistence(s, t, gate.temperature)
+        total, count = gate_fn.item_persistence(li, g, self.data.n_items)
+        collectives.sum_stats(total)
+        collectives.sum_stats(count)
+        decision = gate_fn.decide_gate(total, count, gate.epsilon)
+        self.p_items = decision.p_items.to(self.device)
+        fused = gate_fn.fuse(g.double(), self.p_items[li], gate.beta)
+        extra = torch.tensor([float(fused.sum()), float((s >= t).sum()), float(len(lu))], dtype=torch.float64)
+        collectives.sum_stats(extra)
+        n = max(float(extra[2]), 1.0)
+        self.stats.setdefault("gate", []).append({
+            "epoch": epoch, "mean_g": decision.mean_g, "mean_P": decision.mean_p,
+            "mean_G": float(extra[0]) / n, "frac_topk": float(extra[1]) / n, "n_pairs": int(extra[2]),
+        })
+        return decision.converged
+
+    # -- one step ------------------------------------------------------------------------------
+    def _fill_and_sum(self) -> None:
+        for p in self.replicated:  # every rank must all-reduce the same tensors
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        collectives.sum_grads(self.replicated)
+
+    def _sum_replicated(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        out = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
+        rep = [k for k in range(len(self.params)) if not bool(self.sharded[k])]
+        if collectives.is_distributed() and rep:
+            flat = torch.cat([out[k].reshape(-1) for k in rep])
+            collectives.sum_stats(flat)
+            offset = 0
+            for k in rep:
+                out[k] = flat[offset : offset + out[k].numel()].view_as(out[k]).clone()
+                offset += out[k].numel()
+        return out
+
+    def scaled_gradients(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> None:
+        sc = self.spec.scaling
+        g_f = self._sum_replicated(list(torch.autograd.grad(loss_f, self.params, retain_graph=True,
+                                                            allow_unused=True)))
+        g_r = self._sum_replicated(list(torch.autograd.grad(loss_r, self.params, allow_unused=True)))
+        per = torch.tensor([[float(f.double().pow(2).sum()), float(r.double().pow(2).sum()),
+                             float((f.double() * r.double()).sum())] for f, r in zip(g_f, g_r, strict=True)],
+                           dtype=torch.float64)
+        branches = self._groups(self.model.branches())
+        sums = group_sums(branches, per, self.sharded)
+        forget_sq = {b: v[0] for b, v in sums.items()}
+        retain_sq = {b: v[1] for b, v in sums.items()}
+        alphas = scale_fn.decide_alphas(forget_sq, retain_sq, sc.gamma, sc.alpha_min, sc.delta)
+        log = self.stats.setdefault("scaling", {"steps": 0, "alpha_sum": {}, "conflict_steps": {}})
+        log["steps"] += 1
+        for b, idx in branches.items():
+            coef = scale_fn.projection_coefficient(sums[b][2], sums[b][1]) if sc.project_conflicts else 0.0
+            combined = scale_fn.combine([g_f[k] for k in idx], [g_r[k] for k in idx], alphas[b], coef,
+                                        self.uc.lambda_f, self.uc.lambda_r)
+            for k, g in zip(idx, combined, strict=True):
+                self.params[k].grad = g
+            log["alpha_sum"][b] = log["alpha_sum"].get(b, 0.0) + alphas[b]
+            log["conflict_steps"][b] = log["conflict_steps"].get(b, 0) + int(sums[b][2] < 0)
+        log["alpha_last"] = alphas
+
+    def apply_masks(self) -> None:
+        for p in self.params:
+            if id(p) in self.frozen_params:
+                p.grad = None
+            elif p.grad is not None and id(p) in self.frozen_rows:
+                p.grad.mul_(self.frozen_rows[id(p)].to(p.grad.dtype)[:, None])
+
+    def step(self, optimizer: torch.optim.Optimizer, f_batch: BPRBatch, r_batch: BPRBatch | None) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        emb = self.model.embed(self.graph)
+        loss_f = self.forget_loss(emb, f_batch) if self.spec.forget_term != "none" else None
+        loss_r = self.model.loss(r_batch, self.graph, emb) if r_batch is not None else None
+        if self.spec.scaling is not None and loss_f is not None and loss_r is not None:
+            self.scaled_gradients(loss_f, loss_r)
+        else:
+            total = None
+            if loss_f is not None:
+                total = self.uc.lambda_f * loss_f
+            if loss_r is not None:
+                total = self.uc.lambda_r * loss_r if total is None else total + self.uc.lambda_r * loss_r
+            total.backward()
+            self._fill_and_sum()
+        self.apply_masks()
+        optimizer.step()
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        spec, uc = self.spec, self.uc
+        torch_seed(uc.seed)
+        if spec.reset_deleted_users:
+            self.reset_deleted_users()
+        n_f = len(self.fu)
+        if n_f == 0:
+            self.stats["steps"] = 0
+            return self.stats
+        b = equal_batch_size(n_f, uc.batch_size)
+        self.stats["batch_size"] = b
+        if spec.isolation is not None:
+            self.isolation_pass(b)
+        if spec.gate is not None:
+            self.exclude = history_mask(self.data, ["train"], self.graph)
+        negs = BPRSampler(self.orig_u, self.orig_i, self.data.n_users, self.data.n_items, seed=0)
+        rng = np.random.default_rng([uc.seed, 7])
+        retain = None
+        if spec.retain:
+            sampler = BPRSampler(*self.data.train_pairs, self.data.n_users, self.data.n_items,
+                                 seed=uc.seed + 1, book=self.graph.book, rank=self.graph.rank)
+            retain = retain_stream(sampler, b)
+        optimizer = torch.optim.Adam(self.params, lr=uc.lr)
+        self.model.train()
+        steps, converged_at, epochs_run = 0, None, 0
+        alpha_epochs: list[dict[str, float]] = []
+        for epoch in range(uc.epochs):
+            if spec.gate is not None and self.gate_pass(epoch):
+                converged_at = epoch
+                break
+            before = dict(self.stats.get("scaling", {}).get("alpha_sum", {}))
+            before_steps = self.stats.get("scaling", {}).get("steps", 0)
+            for f_batch in forget_batches(self.fu, self.fi, b, rng, negs, self.graph.book, self.graph.rank):
+                r_batch = next(retain).to(self.device) if retain is not None else None
+                self.step(optimizer, f_batch.to(self.device), r_batch)
+                steps += 1
+            epochs_run += 1
+            if "scaling" in self.stats:
+                sc = self.stats["scaling"]
+                k = max(1, sc["steps"] - before_steps)
+                alpha_epochs.append({b_: (v - before.get(b_, 0.0)) / k for b_, v in sc["alpha_sum"].items()})
+        if spec.gate is not None and converged_at is None and self.gate_pass(epochs_run):
+            converged_at = epochs_run
+        self.stats.update(steps=steps, epochs_run=epochs_run)
+        if spec.gate is not None:
+            self.stats["converged_epoch"] = converged_at
+        if "scaling" in self.stats:
+            sc = self.stats.pop("scaling")
+            self.stats["scaling"] = {"alpha_per_epoch": alpha_epochs, "alpha_last": sc.get("alpha_last", {}),
+                                     "conflict_steps": sc["conflict_steps"], "steps": sc["steps"]}
+        return self.stats
+
+
+def run_update(
+    model: Backbone,
+    graph_after: RecGraph,
+    data_after: RecDataset,
+    forget,
+    cfg: Config,
+    spec: UpdateSpec,
+) -> tuple[Backbone, dict[str, Any]]:
+    """Run the reverse-update loop on a deep copy of ``model``; return (model, stats)."""
+    work = copy.deepcopy(model).to(graph_after.ui.norm.device)
+    loop = _Loop(work, graph_after, data_after, forget, cfg, spec)
+    stats = loop.run()
+    work.eval()
+    return work, stats

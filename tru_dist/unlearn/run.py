@@ -1,0 +1,108 @@
+"""``tru-dist unlearn --run RUN --requests FILE --method M --out OUT``: one ledgered deletion.
+
+1. Load the trained run (``trainer.load_run``: config, ORIGINAL data from ``data.path``,
+   graph, best parameters) and apply ``--key=value`` overrides to its config.
+2. OUT's ledger starts as a copy of RUN's (so every run folder lists all the deletions
+   behind its model); the request table is resolved against the original data and planned
+   against the ledger: a batch applied before is a no-op returning the earlier receipt and
+   metrics; pairs deleted by an earlier request are reported and skipped.
+3. D_r and its graph = the original minus every deleted pair (earlier + new); the method
+   unlearns; valid/test utility on D_r and the forget metrics are computed.
+4. OUT gets ``checkpoint.pt`` (trainer layout, loadable with ``load_run``; its ``data``
+   signature is the ORIGINAL data's, since the ledger says what was removed from it),
+   ``metrics.json``, and — last, so a receipt means a complete output — the receipt.
+
+Single process (W = 1); SISA is refused here (its model is a shard ensemble, see ``compare``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tru_dist.config import Config, parse_overrides
+from tru_dist.errors import ConfigError
+from tru_dist.io_utils import atomic_write_json
+from tru_dist.unlearn.ledger import LEDGER_FILE, PAIRS_DIR, DeletionLedger, apply_plan, model_version
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
+    if run_dir.resolve() == out_dir.resolve() or (out_dir / LEDGER_FILE).exists():
+        return
+    if (run_dir / LEDGER_FILE).exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / PAIRS_DIR).is_dir():
+            shutil.copytree(run_dir / PAIRS_DIR, out_dir / PAIRS_DIR, dirs_exist_ok=True)
+        shutil.copy2(run_dir / LEDGER_FILE, out_dir / LEDGER_FILE)
+
+
+def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir: str | Path,
+                overrides: list[str] | None = None, data=None) -> dict[str, Any]:
+    """Apply one request file to a trained run; returns the metrics written to OUT/metrics.json
+    (``replayed: True`` and the earlier receipt when the requests were applied before)."""
+    import json
+
+    from tru_dist.data.requests import read_requests, resolve_requests
+    from tru_dist.train.checkpoint import checkpoint_path, clone_state, save_checkpoint
+    from tru_dist.train.evaluate import evaluate
+    from tru_dist.train.trainer import load_run
+    from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.metrics import forget_metrics
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    name = get_method(method).name
+    if name == "sisa":
+        raise ConfigError("method sisa needs its shard ensemble; evaluate it with "
+                          "`tru-dist compare --methods sisa`")
+    cfg, data, graph, model = load_run(run_dir, data=data)
+    if overrides:
+        cfg = Config.from_dict(_merge(cfg.to_dict(), parse_overrides(list(overrides))))
+    _inherit_ledger(run_dir, out_dir)
+    ledger = DeletionLedger(out_dir)
+    forget = resolve_requests(data, read_requests(requests))
+    plan = ledger.plan(data, forget)
+    if plan.replay is not None:
+        metrics_path = out_dir / "metrics.json"
+        earlier = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        return {**earlier, "replayed": True, "receipt": plan.replay}
+    if len(plan.forget.users) == 0:
+        raise ConfigError("every pair in these requests was deleted by earlier requests "
+                          f"({', '.join(o['receipt_id'] for o in plan.overlaps)}); nothing to unlearn")
+
+    data_after, graph_after = apply_plan(data, graph, plan)  # original minus earlier + new pairs
+    before = model_version(model)
+    result = get_method(name).unlearn(model, graph_after, data_after, plan.forget, cfg)
+    ks = cfg.eval.ks
+    metrics: dict[str, Any] = {
+        "method": name,
+        "seconds": result.seconds,
+        "valid": evaluate(result.model, graph_after, data_after, "valid", ks),
+        "test": evaluate(result.model, graph_after, data_after, "test", ks),
+        "forget": forget_metrics(result.model, graph_after, data_after, plan.forget, ks),
+        "forget_set": plan.forget.summary(),
+        "overlaps": plan.overlaps,
+        "decisions": result.stats,
+        "config": cfg.to_dict(),
+    }
+    signature = {"n_users": data.n_users, "n_items": data.n_items, "n_train": int((data.labels == 0).sum())}
+    state = clone_state(result.model)
+    save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(), "data": signature,
+                     "world_size": 1, "rank": 0, "unlearned_by": name},
+                    checkpoint_path(out_dir, rank=0, world_size=1))
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    receipt = ledger.commit(plan, method=name, model_before=before, model_after=result.model,
+                            seconds=result.seconds,
+                            audit={"forget_hit@20": metrics["forget"].get("hit@20"),
+                                   "test_recall@20": metrics["test"].get("recall@20")})
+    metrics["receipt"] = receipt
+    metrics["replayed"] = False
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,102 @@
+"""TRU component 3: capacity-aware layer isolation and row isolation (DESIGN §5).
+
+*Layer isolation.* For every layer group l (``Backbone.layer_groups()``), with g_f^l, g_r^l
+the gradients of the mean forget loss over D_f and of the mean retain loss over an equally
+large retain sample (computed ONCE, in a dedicated pass before the first step — see
+``tru_dist.unlearn.engine``), the Fisher ratio is
+
+    S_l = mean((g_f^l)²) / (mean((g_r^l)²) + δ),   mean = Σ over l's entries / #entries,
+
+with sums and entry counts all-reduced (``reduce.group_sums``). Groups are taken in
+decreasing S_l (ties: forward order) and a group is selected when the selected parameter
+count stays ≤ ρ·|θ|; a group that would overflow the budget is skipped and smaller, less
+sensitive groups may still fit (greedy by priority). The top group is always kept, even if
+it alone exceeds ρ·|θ| (then nothing else is added); otherwise the budget is never exceeded. All
+other groups are frozen (their gradients are dropped, so Adam leaves them untouched).
+
+*Row isolation.* In the row-indexed embedding tables (``Backbone.row_tables()``), only rows
+of users/items within ``row_hops`` hops of D_f on the ORIGINAL train graph (retained ∪
+forget train pairs) receive updates:
+
+    hop 1: U_1 = users of D_f,            I_1 = items of D_f;
+    hop h: U_h = U_{h−1} ∪ users(I_{h−1}), I_h = I_{h−1} ∪ items(U_{h−1}).
+
+``row_hops ≤ 0`` disables row isolation (every row may move).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def fisher_ratios(
+    fisher_f_sum: dict[str, float],
+    fisher_r_sum: dict[str, float],
+    counts: dict[str, float],
+    delta: float,
+) -> dict[str, float]:
+    """S_l = (Σ(g_f^l)²/n_l) / (Σ(g_r^l)²/n_l + δ)."""
+    out = {}
+    for name, n in counts.items():
+        n = max(float(n), 1.0)
+        out[name] = (fisher_f_sum[name] / n) / (fisher_r_sum[name] / n + delta)
+    return out
+
+
+def decide_isolation(
+    fisher_f_sum: dict[str, float],
+    fisher_r_sum: dict[str, float],
+    counts: dict[str, float],
+    param_counts: dict[str, float],
+    budget: float,
+    delta: float,
+) -> tuple[list[str], float]:
+    """Groups to update (in decreasing S_l) and their share of all parameters.
+
+    Greedy under the budget ρ·|θ|; the top group always kept (the only way to exceed it).
+    ``counts`` are the entry counts behind the means; ``param_counts`` the sizes charged to
+    the budget (the same numbers for whole-tensor groups).
+    """
+    scores = fisher_ratios(fisher_f_sum, fisher_r_sum, counts, delta)
+    order = sorted(scores, key=lambda name: -scores[name])  # stable: ties keep forward order
+    total = float(sum(param_counts.values()))
+    limit = budget * total
+    if not order:
+        return [], 0.0
+    chosen = [order[0]]  # the most deletion-sensitive group is always updated
+    used = float(param_counts[order[0]])
+    for name in order[1:]:
+        size = float(param_counts[name])
+        if used + size <= limit:
+            chosen.append(name)
+            used += size
+    return chosen, (used / total if total > 0 else 0.0)
+
+
+def hop_masks(
+    forget_users: np.ndarray,
+    forget_items: np.ndarray,
+    users: np.ndarray,
+    items: np.ndarray,
+    n_users: int,
+    n_items: int,
+    hops: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user_mask, item_mask): entities within ``hops`` hops of D_f on the graph (users, items).
+
+    ``users``/``items`` are the ORIGINAL train edges (global ids). ``hops ≤ 0`` → all True.
+    """
+    if hops <= 0:
+        return np.ones(n_users, dtype=bool), np.ones(n_items, dtype=bool)
+    user_mask = np.zeros(n_users, dtype=bool)
+    item_mask = np.zeros(n_items, dtype=bool)
+    user_mask[np.asarray(forget_users, dtype=np.int64)] = True
+    item_mask[np.asarray(forget_items, dtype=np.int64)] = True
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    for _ in range(hops - 1):
+        new_items = np.bincount(items[user_mask[users]], minlength=n_items) > 0
+        new_users = np.bincount(users[item_mask[items]], minlength=n_users) > 0
+        user_mask |= new_users
+        item_mask |= new_items
+    return user_mask, item_mask
