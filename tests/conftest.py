@@ -23,6 +23,17 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny graphs run faster on one intra-op thread, and CI's 2 cores stay predictable."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_data():
     """A tiny planted-cluster dataset (~200 users, 120 items, image+text)."""
@@ -30,3 +41,17 @@ def tiny_data():
 
     return generate_synthetic(n_users=200, n_items=120, n_clusters=4, seed=0,
                               modalities={"image": 16, "text": 8}, mean_extra_interactions=6)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (``ray.init`` costs ~5 s): 2 CPUs, no dashboard,
+    auth and usage stats off. Reuses a Ray that another fixture already started."""
+    ray = pytest.importorskip("ray")
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()

@@ -38,7 +38,9 @@ class ModelConfig(_Strict):
     (L2 on the batch's ego embeddings). MGCN: ``knn_k``, ``mm_layers`` (item-item layers),
     ``cl_weight``, ``cl_temp``. MIG-GT: ``modality_layers`` (per-modality hop counts,
     e.g. ``{"id": 3, "image": 2, "text": 2}``), ``gt_samples``, ``gt_heads``, ``gt_alpha``,
-    ``dropout``.
+    ``dropout``, ``feat_hidden`` (hidden width of the feature MLP; 0 = one linear layer),
+    ``ppr_alpha`` (restart weight α of the MGDCF-style propagation, β = 1 − α),
+    ``gt_att_dim`` (query/key width of the sampled global transformer).
     """
 
     name: str = "lightgcn"
@@ -55,6 +57,9 @@ class ModelConfig(_Strict):
     gt_alpha: float = 0.5
     dropout: float = 0.0
     init_std: float = 0.1
+    feat_hidden: int = 512
+    ppr_alpha: float = 0.1
+    gt_att_dim: int = 4
 
 
 class TrainConfig(_Strict):
@@ -125,7 +130,16 @@ class UnlearnConfig(_Strict):
 
 
 class DistConfig(_Strict):
-    """Ray/torch.distributed settings. ``workers=1`` is the single-process path."""
+    """Ray/torch.distributed settings. ``workers=1`` is the single-process path.
+
+    ``address``: ``local`` (an in-process Ray, dashboard off, loopback), ``auto`` (the
+    running cluster, e.g. inside ``ray job submit``), ``ray://host:port`` (Ray Client) or
+    ``none`` (no Ray: W local processes over gloo, or the plain call at W = 1).
+    ``fault_rank``/``fault_step``: make that rank raise once at that global step (tests of
+    Ray Train's restart from the last checkpoint). ``partition``: user ranges with equal
+    edge counts (``balanced``) or equal user counts. ``feature_dtype``: dtype of the
+    feature slice a worker keeps resident.
+    """
 
     workers: int = 1
     gpus_per_worker: float = 0.0
@@ -136,6 +150,8 @@ class DistConfig(_Strict):
     fault_rank: int = -1
     fault_step: int = -1
     memory_per_worker_gb: float = 8.0
+    partition: Literal["balanced", "contiguous"] = "balanced"
+    feature_dtype: Literal["float32", "float16"] = "float32"
 
 
 class Config(_Strict):

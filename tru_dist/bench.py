@@ -1,0 +1,178 @@
+"""``tru-dist bench train``: time training epochs and full evaluations on one dataset.
+
+Reports seconds per training epoch (full propagation per batch, as the trainer does),
+seconds per full-ranking evaluation of valid and of test (median and min of
+``eval_repeats`` passes after one warm-up), peak memory (process RSS from ``resource.getrusage`` and, on
+CUDA, ``torch.cuda.max_memory_allocated``), sizes and the torch thread count.
+
+Interaction-only datasets (e.g. the shared Amazon Baby graph) get random item features
+of the requested shapes (``"image:4096,text:384"`` = MMRec's) so multimodal models can be
+timed; such numbers are about speed, never about quality.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tru_dist.config import Config
+from tru_dist.data.dataset import RecDataset
+from tru_dist.errors import ConfigError, DataError
+from tru_dist.graph.context import build_rec_graph
+from tru_dist.io_utils import atomic_write_json
+from tru_dist.models.registry import build_model
+from tru_dist.train.evaluate import evaluate
+from tru_dist.train.trainer import train_model
+
+
+def parse_feature_spec(spec: str | None) -> dict[str, int]:
+    """``"image:4096,text:384"`` -> ``{"image": 4096, "text": 384}``; None/"" -> {}."""
+    out: dict[str, int] = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        name, _, width = part.partition(":")
+        if not width.strip().isdigit() or int(width) < 1:
+            raise ConfigError(f"feature spec '{part}' is not NAME:WIDTH (e.g. image:4096,text:384)")
+        out[name.strip()] = int(width)
+    return out
+
+
+def _read_mmrec_minimal(folder: Path) -> RecDataset:
+    """Fallback reader (``.inter`` TSV + optional ``*_feat.npy``) used only when the data
+    layer's ``load_dataset`` is unavailable."""
+    import pandas as pd
+
+    inter = sorted(folder.glob("*.inter"))
+    if not inter:
+        raise DataError(f"no .inter file in {folder}; point to an MMRec data folder")
+    df = pd.read_csv(inter[0], sep="\t", usecols=["userID", "itemID", "x_label"])
+    features = {p.name[: -len("_feat.npy")]: np.load(p).astype(np.float32)
+                for p in sorted(folder.glob("*_feat.npy"))}
+    n_items = max([int(df.itemID.max()) + 1, *(len(f) for f in features.values())])
+    users, items = df.userID.to_numpy(np.int64), df.itemID.to_numpy(np.int64)
+    return RecDataset(int(users.max()) + 1, n_items, users, items, df.x_label.to_numpy(np.int8), features,
+                      {"name": folder.name})
+
+
+def load_for_bench(source: str | Path | RecDataset) -> RecDataset:
+    if isinstance(source, RecDataset):
+        return source
+    try:
+        from tru_dist.data.load import load_dataset
+    except ImportError:
+        return _read_mmrec_minimal(Path(source))
+    return load_dataset(source)
+
+
+def with_synthetic_features(data: RecDataset, spec: str | None, seed: int = 0) -> RecDataset:
+    """Add seeded N(0, 1) float32 features for the requested modalities the data lacks."""
+    wanted = parse_feature_spec(spec)
+    missing = {m: w for m, w in wanted.items() if m not in data.features}
+    if not missing:
+        return data
+    rng = np.random.default_rng(seed)
+    feats = dict(data.features)
+    for m, w in sorted(missing.items()):
+        feats[m] = rng.standard_normal((data.n_items, w), dtype=np.float32)
+    return data.with_features(feats)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _time(fn, repeats: int) -> tuple[float, float]:
+    """(median, min) wall seconds of ``repeats`` calls after one warm-up. The min is the
+    better estimate of capability on a shared machine; the median of typical cost."""
+    fn()  # warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def bench_train(
+    data_path_or_dataset: str | Path | RecDataset,
+    model_name: str,
+    synthetic_features: str | None = "image:4096,text:384",
+    epochs: int = 3,
+    out_json: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    eval_repeats: int = 3,
+) -> dict[str, Any]:
+    """Train ``epochs`` epochs of ``model_name`` and time it; write ``out_json`` if given.
+
+    ``overrides`` is a nested config dict layered over the defaults (e.g.
+    ``{"train": {"device": "cuda"}}``).
+    """
+    data = with_synthetic_features(load_for_bench(data_path_or_dataset), synthetic_features)
+    tree: dict[str, Any] = {"model": {"name": model_name},
+                            "train": {"epochs": epochs, "eval_every": max(1, epochs), "progress": "off"}}
+    for section, values in (overrides or {}).items():
+        tree.setdefault(section, {}).update(values)
+    cfg = Config.from_dict(tree)
+    device = torch.device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    t0 = time.perf_counter()
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device)
+    graph_seconds = time.perf_counter() - t0
+    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(device)
+    result = train_model(model, graph, data, cfg)
+
+    def run_eval(split: str):
+        out = evaluate(model, graph, data, split, ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model.eval()
+        model.embed(graph)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        embed_seconds = time.perf_counter() - t0
+    n_users_test = run_eval("test")["n_users"]
+    valid_med, valid_min = _time(lambda: run_eval("valid"), eval_repeats)
+    test_med, test_min = _time(lambda: run_eval("test"), eval_repeats)
+    report: dict[str, Any] = {
+        "dataset": data.meta.get("name", str(data_path_or_dataset)),
+        "model": model_name,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "epochs": result.epochs,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "epoch_seconds": [r["seconds"] for r in result.history if "seconds" in r],
+        "batches_per_epoch": -(-int(len(data.train_pairs[0])) // cfg.train.batch_size),
+        "graph_build_seconds": graph_seconds,
+        "embed_seconds": embed_seconds,
+        "eval_valid_seconds": valid_med,
+        "eval_valid_seconds_min": valid_min,
+        "eval_test_seconds": test_med,
+        "eval_test_seconds_min": test_min,
+        "eval_test_users": n_users_test,
+        "valid": result.valid,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_torch_mb": (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
+        "sizes": {**data.summary(), "n_parameters": int(sum(p.numel() for p in model.parameters())),
+                  "dim": cfg.model.dim, "n_layers": cfg.model.n_layers, "batch_size": cfg.train.batch_size},
+        "synthetic_features": parse_feature_spec(synthetic_features) or None,
+    }
+    if out_json is not None:
+        atomic_write_json(out_json, report)
+    return report

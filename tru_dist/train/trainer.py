@@ -1,0 +1,300 @@
+"""BPR training with early stopping on valid, exact checkpoint/resume, shard-aware.
+
+One step (every rank, in lock-step): full forward ``emb = model.embed(graph)``, this
+rank's share of the global-batch loss ``model.loss(batch, graph, emb)`` (BPR + the model's
+regularisers, scaled by 1/|global batch|), backward, sum the replicated parameters'
+gradients over ranks (``collectives.sum_grads``), Adam step. Because the sampler draws
+the same global batches on every rank and the loss is a sum of shard terms, W ranks take
+the step one process would (DESIGN §7).
+
+Valid is evaluated every ``train.eval_every`` epochs and at the last epoch; the best
+``eval.metric`` (larger is better) is kept, and training stops after ``train.patience``
+evaluations without improvement (``patience <= 0`` disables early stopping). The best
+parameters are restored at the end.
+
+Every evaluation writes a checkpoint (``checkpoint.py``); ``resume=True`` restores model,
+optimizer, sampler and global RNG states, so 3 epochs + resume 3 epochs reproduces 6
+uninterrupted epochs bit for bit. A fresh run seeds the global RNGs with ``train.seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tru_dist.config import Config
+from tru_dist.data.dataset import RecDataset
+from tru_dist.dist import collectives
+from tru_dist.errors import ConfigError
+from tru_dist.graph.context import RecGraph, build_rec_graph
+from tru_dist.graph.partition import PartitionBook
+from tru_dist.io_utils import atomic_write_json
+from tru_dist.models.base import Backbone
+from tru_dist.models.registry import build_model, torch_seed
+from tru_dist.train.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    clone_state,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from tru_dist.train.evaluate import METRICS, evaluate
+from tru_dist.train.progress import progress
+from tru_dist.train.sampler import BPRSampler
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_model`.
+
+    ``epochs`` = epochs run in total (including before a resume); ``train_seconds`` = time
+    in training steps only (evaluations excluded, summed over resumes); ``valid`` = the
+    valid metrics of ``best_epoch``; ``history`` = one record per epoch
+    (``epoch``, ``loss``, ``seconds``, and ``valid`` where evaluated).
+    """
+
+    best_epoch: int
+    epochs: int
+    train_seconds: float
+    seconds_per_epoch: float
+    valid: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_metric(cfg: Config) -> None:
+    """``eval.metric`` must be one of the computed keys, e.g. ``recall@20`` with 20 in ``eval.ks``."""
+    name, _, k = cfg.eval.metric.partition("@")
+    if name not in METRICS or not k.isdigit() or int(k) not in cfg.eval.ks:
+        valid = ", ".join(f"{m}@{kk}" for kk in cfg.eval.ks for m in METRICS)
+        raise ConfigError(f"eval.metric '{cfg.eval.metric}' is not computed; choose one of: {valid}")
+
+
+def _data_signature(data: RecDataset) -> dict[str, int]:
+    return {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(len(data.train_pairs[0]))}
+
+
+def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path: Path) -> None:
+    now = cfg.to_dict()
+    fields = [("model", saved["config"]["model"], now["model"])]
+    for k in ("seed", "lr", "batch_size"):
+        fields.append((f"train.{k}", saved["config"]["train"][k], now["train"][k]))
+    fields.append(("data", saved["data"], _data_signature(data)))
+    fields.append(("world size", saved["world_size"], collectives.world_size()))
+    for what, old, new in fields:
+        if old != new:
+            raise CheckpointError(
+                f"checkpoint {path} was written with a different {what} ({old} vs now {new}); "
+                "resume with the original settings or train into a fresh out_dir"
+            )
+
+
+def train_model(
+    model: Backbone,
+    graph: RecGraph,
+    data: RecDataset,
+    cfg: Config,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` with BPR on ``data``'s train pairs; return the best-on-valid result.
+
+    ``on_epoch(record)`` is called after every epoch (after the checkpoint is written), e.g.
+    to report to Ray Tune; an exception raised there interrupts training like a crash would.
+    Collective: every rank calls it with its own graph shard and model.
+    """
+    check_metric(cfg)
+    tc = cfg.train
+    device = torch.device(tc.device)
+    model.to(device)
+    sampler = BPRSampler(*data.train_pairs, data.n_users, data.n_items, seed=tc.seed,
+                         book=graph.book, rank=graph.rank)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    replicated = model.replicated_parameters()
+    ckpt = checkpoint_path(out_dir) if out_dir is not None else None
+
+    st: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "best_model": None,
+                          "bad_evals": 0, "history": [], "train_seconds": 0.0, "eval_seconds": 0.0,
+                          "stopped_early": False}
+    if resume:
+        if ckpt is None:
+            raise ConfigError("resume=True needs out_dir (the folder holding the checkpoint)")
+        saved = load_checkpoint(ckpt, map_location=device)
+        _check_resumable(saved, cfg, data, ckpt)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        sampler.load_state_dict(saved["sampler"])
+        set_rng_state(saved["rng"])
+        st.update({k: saved[k] for k in st})
+    else:
+        torch_seed(tc.seed)
+
+    def save() -> None:
+        if ckpt is None:
+            return
+        save_checkpoint({
+            "model": clone_state(model), "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+            "rng": rng_state(), "config": cfg.to_dict(), "data": _data_signature(data),
+            "world_size": collectives.world_size(), "rank": collectives.rank(), **st,
+        }, ckpt)
+
+    n_batches = sampler.n_batches(tc.batch_size)
+    while st["epoch"] < tc.epochs and not st["stopped_early"]:
+        st["epoch"] += 1
+        epoch = st["epoch"]
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for batch in progress(sampler.epoch(tc.batch_size), total=n_batches, desc=f"epoch {epoch}",
+                              mode=tc.progress):
+            batch = batch.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            emb = model.embed(graph)
+            loss = model.loss(batch, graph, emb)
+            loss.backward()
+            for p in replicated:  # every rank must all-reduce the same tensors
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            collectives.sum_grads(replicated)
+            optimizer.step()
+            loss_sum += loss.detach().to(torch.float64)
+        collectives.sum_stats(loss_sum)
+        seconds = time.perf_counter() - start
+        st["train_seconds"] += seconds
+        record: dict[str, Any] = {"epoch": epoch, "loss": float(loss_sum) / max(1, n_batches),
+                                  "seconds": seconds}
+
+        evaluated = epoch % max(1, tc.eval_every) == 0 or epoch == tc.epochs
+        if evaluated:
+            t0 = time.perf_counter()
+            metrics = evaluate(model, graph, data, "valid", ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
+            st["eval_seconds"] += time.perf_counter() - t0
+            record["valid"] = metrics
+            value = metrics[cfg.eval.metric]
+            if value > st["best_metric"]:
+                st.update(best_metric=value, best_epoch=epoch, best_model=clone_state(model), bad_evals=0)
+            else:
+                st["bad_evals"] += 1
+                st["stopped_early"] = 0 < tc.patience <= st["bad_evals"]
+        st["history"].append(record)
+        if evaluated:
+            save()
+        if on_epoch is not None:
+            on_epoch(record)
+
+    if st["best_model"] is None:  # zero epochs: the initial parameters are the best we have
+        metrics = evaluate(model, graph, data, "valid", ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
+        st["history"].append({"epoch": 0, "valid": metrics})
+        st.update(best_metric=metrics[cfg.eval.metric], best_model=clone_state(model))
+    model.load_state_dict(st["best_model"])
+    valid = next(r["valid"] for r in st["history"] if r["epoch"] == st["best_epoch"] and "valid" in r)
+    return TrainResult(
+        best_epoch=st["best_epoch"],
+        epochs=st["epoch"],
+        train_seconds=st["train_seconds"],
+        seconds_per_epoch=st["train_seconds"] / max(1, st["epoch"]),
+        valid=dict(valid),
+        history=list(st["history"]),
+        eval_seconds=st["eval_seconds"],
+        stopped_early=bool(st["stopped_early"]),
+    )
+
+
+def fit(
+    cfg: Config,
+    data: RecDataset,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    book: PartitionBook | None = None,
+    rank: int = 0,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Backbone, RecGraph, TrainResult]:
+    """Build this rank's graph and the seeded model, then train; same config+seed → same result."""
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=cfg.train.device)
+    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+    result = train_model(model, graph, data, cfg, out_dir=out_dir, resume=resume, on_epoch=on_epoch)
+    return model, graph, result
+
+
+def _load_data(cfg: Config) -> RecDataset:
+    if cfg.data.path is None:
+        raise ConfigError(
+            "data.path is not set; pass --data.path=FOLDER (an MMRec folder or a tru-dist store)"
+        )
+    from tru_dist.data.load import load_dataset  # local: the data layer is optional at import time
+
+    return load_dataset(cfg.data.path)
+
+
+def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecDataset | None = None) -> dict:
+    """Train, evaluate test once with the best parameters, write ``out_dir/metrics.json``.
+
+    ``metrics.json`` = ``{"valid", "test", "best_epoch", "epochs", "train_seconds",
+    "seconds_per_epoch", "config"}``; the checkpoint is ``out_dir/checkpoint.pt`` (W = 1).
+    """
+    data = data if data is not None else _load_data(cfg)
+    model, graph, result = fit(cfg, data, out_dir=out_dir, resume=resume)
+    test = evaluate(model, graph, data, "test", ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
+    metrics = {
+        "valid": result.valid,
+        "test": test,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "train_seconds": result.train_seconds,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "config": cfg.to_dict(),
+    }
+    if collectives.rank() == 0:
+        atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def load_run(
+    run_dir: str | Path, data: RecDataset | None = None, device: str | None = None
+) -> tuple[Config, RecDataset, RecGraph, Backbone]:
+    """Rebuild ``(cfg, data, graph, model)`` of a finished W = 1 run with its best parameters.
+
+    ``data`` overrides ``cfg.data.path`` (needed when the run was trained on in-memory data);
+    ``device`` overrides ``cfg.train.device``.
+    """
+    path = checkpoint_path(run_dir, rank=0, world_size=1)
+    saved = load_checkpoint(path)
+    cfg = Config.from_dict(saved["config"])
+    if device is not None:
+        cfg.train.device = device
+    if data is None:
+        if cfg.data.path is None:
+            raise CheckpointError(f"run {run_dir} was trained on in-memory data; pass data= to load_run")
+        data = _load_data(cfg)
+    if saved["data"] != _data_signature(data):
+        raise CheckpointError(
+            f"run {run_dir} was trained on data with {saved['data']}, not {_data_signature(data)}; "
+            "pass the dataset it was trained on"
+        )
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device)
+    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+    model.load_state_dict(saved["best_model"])
+    model.eval()
+    return cfg, data, graph, model
+
+
+def evaluate_run(run_dir: str | Path, data: RecDataset | None = None, device: str | None = None) -> dict:
+    """Re-evaluate a run's checkpoint: ``{"valid": {...}, "test": {...}}``."""
+    cfg, data, graph, model = load_run(run_dir, data=data, device=device)
+    with torch.no_grad():
+        emb = model.embed(graph)
+    return {split: evaluate(model, graph, data, split, ks=cfg.eval.ks, batch_users=cfg.eval.batch_users,
+                            emb=emb) for split in ("valid", "test")}
