@@ -152,7 +152,7 @@ def test_forget_metrics_match_a_brute_force_ranking(small):
     assert got["hit@20"] == pytest.approx(hits20 / n)
     assert got["rank_pct"] == pytest.approx(pct / n)
     same = agreement(original, original, graph, data_after, forget)
-    assert same["jaccard@20"] == pytest.approx(1.0) and same["spearman_forget"] == pytest.approx(1.0)
+    assert same["jaccard@20"] == pytest.approx(1.0) and same["forget_rank_spearman"] == pytest.approx(1.0)
 
 
 def test_sisa_retrains_only_affected_shards_exactly(small):

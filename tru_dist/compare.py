@@ -55,6 +55,26 @@ def _seeded(cfg: Config, seed: int) -> Config:
     return cfg
 
 
+def hold_out_users(data, fraction: float, seed: int):
+    """Relabel every row of a seeded ``fraction`` of users as TEST, so no model trains on them.
+
+    The user-level membership attack needs non-member users with a known history; those
+    users are exactly that. Returns (data, held-out user ids). Utility is then measured on
+    the other users only (cold users would only add zeros to every method alike).
+    """
+    from dataclasses import replace
+
+    from tru_dist.data.dataset import TEST, TRAIN
+
+    rng = np.random.default_rng(seed + 7919)
+    trained = np.unique(data.users[data.labels == TRAIN])
+    n = max(1, int(round(fraction * len(trained))))
+    held = np.sort(rng.choice(trained, size=n, replace=False)).astype(np.int64)
+    labels = data.labels.copy()
+    labels[np.isin(data.users, held)] = TEST
+    return replace(data, labels=labels), held
+
+
 def _log(msg: str) -> None:
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -74,6 +94,9 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
         from tru_dist.data.poison import inject_poison
 
         data = inject_poison(data, fake_user_fraction=spec.fraction, seed=seed)
+    held_out = None
+    if "user_mia" in spec.audits:
+        data, held_out = hold_out_users(data, 0.05, seed)
     t0 = time.perf_counter()
     original, graph, train_result = fit(cfg, data)
     original_seconds = time.perf_counter() - t0
@@ -84,6 +107,8 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
     data_after = data.without_pairs(forget.users, forget.items)
     graph_after = graph.without_edges(forget.train_users, forget.train_items)
     ks = tuple(cfg.eval.ks)
+    # utility users: everyone the original trained on and Retrain still serves
+    scored = None if held_out is None else np.setdiff1d(np.arange(data.n_users), held_out)
 
     models: dict[str, object] = {"original": original}
     out: dict[str, dict] = {}
@@ -104,8 +129,8 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
         # the original serves with the graph it was trained on; every unlearned model with D_r's
         g = graph if name == "original" else graph_after
         entry = out[name]
-        entry["test"] = evaluate(model, g, data_after, "test", ks)
-        entry["valid"] = evaluate(model, g, data_after, "valid", ks)
+        entry["test"] = evaluate(model, g, data_after, "test", ks, users=scored)
+        entry["valid"] = evaluate(model, g, data_after, "valid", ks, users=scored)
         entry["forget"] = forget_metrics(model, g, data_after, forget, ks)
         if retrain is not None:
             entry["agreement"] = agreement(model, retrain, g, data_after, forget, retrain_graph=graph_after)
@@ -119,7 +144,7 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
 
         methods = {n: m for n, m in models.items() if n not in ("original", "retrain")}
         audits = run_audits(spec.audits, original, retrain, methods, graph, graph_after, data, data_after,
-                            forget, cfg, seed)
+                            forget, cfg, seed, nonmember_users=held_out)
         for name, figures in audits.items():
             out.setdefault(name, {}).update(figures)
     out["_forget_set"] = forget.summary()
@@ -130,7 +155,7 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     vals = [v for v in values if isinstance(v, int | float) and v is not None and not np.isnan(v)]
     if not vals:
         return None, None
-    return float(np.mean(vals)), float(np.std(vals))
+    return float(np.mean(vals)), (float(np.std(vals)) if len(vals) > 1 else None)
 
 
 def aggregate(per_seed: list[dict]) -> dict:

@@ -12,7 +12,7 @@ Agreement of a model M with Retrain R (both ranking on D_r's data):
 
 * ``jaccard@K``   = mean over the retained data's test users of |top_K^M ∩ top_K^R| / |top_K^M ∪ top_K^R|
                     (train and valid items excluded, as in the test evaluation);
-* ``spearman_forget`` = Spearman's ρ between M's and R's ranks of the deleted train pairs
+* ``forget_rank_spearman`` = Spearman's ρ between M's and R's ranks of the deleted train pairs
                     (``scipy.stats.spearmanr``; NaN when one side is constant).
 
 Sums and counts are all-reduced (``collectives.sum_stats``) and the forget ranks gathered,
@@ -93,7 +93,7 @@ def jaccard_topk(top_a: torch.Tensor, top_b: torch.Tensor) -> torch.Tensor:
 
 def agreement(model, retrain, graph, data_after: RecDataset, forget, k: int = 20,
               retrain_graph=None, emb=None, retrain_emb=None) -> dict[str, float]:
-    """``jaccard@K`` over retained test users and ``spearman_forget`` vs Retrain.
+    """``jaccard@K`` over retained test users and ``forget_rank_spearman`` vs Retrain.
 
     ``retrain_graph`` = the graph Retrain ranks with (D_r's; defaults to ``graph``) — pass it
     when ``graph`` is the original graph (evaluating the original model).
@@ -119,4 +119,4 @@ def agreement(model, retrain, graph, data_after: RecDataset, forget, k: int = 20
     if len(ranks_m) > 1 and np.ptp(ranks_m) > 0 and np.ptp(ranks_r) > 0:
         rho = float(spearmanr(ranks_m, ranks_r).statistic)
     n = float(sums[1])
-    return {f"jaccard@{k}": float(sums[0]) / n if n else 0.0, "spearman_forget": rho}
+    return {f"jaccard@{k}": float(sums[0]) / n if n else 0.0, "forget_rank_spearman": rho}
