@@ -3,6 +3,10 @@
 Users are split into W contiguous ranges ``[user_starts[r], user_starts[r+1])`` and item
 feature rows into W contiguous slices; with W = 1 worker 0 owns everything. Contiguous
 ranges make the global↔local map an offset, so a worker can memory-map exactly its rows.
+
+Every worker computes the book itself from the same inputs (:meth:`PartitionBook.for_data`
+is deterministic), so no book is ever sent over the network; ``to_dict``/``from_dict``
+serialise it for task descriptions and result files.
 """
 
 from __future__ import annotations
@@ -51,6 +55,33 @@ class PartitionBook:
         for r in range(1, world_size):  # every worker keeps at least one user
             starts[r] = min(max(starts[r], starts[r - 1] + 1), n_users - (world_size - r))
         return cls(n_users, n_items, world_size, tuple(int(x) for x in starts), book.item_starts)
+
+    @classmethod
+    def for_data(cls, data, world_size: int, strategy: str = "balanced") -> PartitionBook:
+        """The book of a :class:`~tru_dist.data.dataset.RecDataset`: ``balanced`` = user ranges
+        with (nearly) equal *train* edge counts (the work per step), ``contiguous`` = equal
+        user counts. Feature rows are always split evenly."""
+        if strategy == "contiguous":
+            return cls.contiguous(data.n_users, data.n_items, world_size)
+        if strategy != "balanced":
+            raise ValueError(f"unknown partition strategy {strategy!r} (use balanced or contiguous)")
+        users, _ = data.train_pairs
+        degree = np.bincount(users, minlength=data.n_users)
+        return cls.balanced(data.n_users, data.n_items, world_size, degree)
+
+    def to_dict(self) -> dict:
+        return {"n_users": self.n_users, "n_items": self.n_items, "world_size": self.world_size,
+                "user_starts": list(self.user_starts), "item_starts": list(self.item_starts)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartitionBook:
+        return cls(int(d["n_users"]), int(d["n_items"]), int(d["world_size"]),
+                   tuple(int(x) for x in d["user_starts"]), tuple(int(x) for x in d["item_starts"]))
+
+    def edges_per_rank(self, users: np.ndarray) -> list[int]:
+        """Number of the given edges (global user ids) each rank owns."""
+        owners = self.owner_of_users(np.asarray(users, dtype=np.int64))
+        return [int(x) for x in np.bincount(owners, minlength=self.world_size)]
 
     def user_range(self, rank: int) -> tuple[int, int]:
         return self.user_starts[rank], self.user_starts[rank + 1]

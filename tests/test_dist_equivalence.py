@@ -1,0 +1,254 @@
+"""W = 2 (two processes, gloo, no Ray) must compute what W = 1 computes, to float tolerance.
+
+One ``spawn_local`` run executes :func:`_probe` on both ranks (training steps, metrics,
+MGCN, a whole TRU unlearning run, collective byte counts); the W = 1 reference is the same
+function called in this process without a process group. Each test then compares one
+aspect: adjacency rows and global item degrees, parameters after one step and after a few
+(user rows concatenated over ranks; replicated parameters equal on every rank),
+full-ranking metrics, MGCN, every TRU statistic and decision, the unlearned model, the
+kNN graphs built from feature slices, and what each worker materialises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tru_dist.config import build_config
+from tru_dist.dist.comm_meter import CommMeter
+from tru_dist.dist.process_group import spawn_local
+from tru_dist.dist.shard import build_shard_model, load_shard
+
+RTOL, ATOL = 1e-4, 1e-6
+DIFFS: dict[str, tuple[float, float]] = {}
+
+
+def _cfg(model: str, epochs: int, batch: int, **extra):
+    over = {"model": {"name": model, "dim": 16, "n_layers": 2},
+            "train": {"epochs": epochs, "batch_size": batch},
+            "dist": {"partition": "balanced"}, "eval": {"ks": [10, 20]}}
+    for k, v in extra.items():
+        over.setdefault(k, {}).update(v)
+    return build_config(overrides=over)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _probe(rank: int, world: int, data) -> dict:
+    """Everything the tests compare, computed by one rank (or by the single process)."""
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.evaluate import evaluate
+    from tru_dist.train.trainer import train_model
+    from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.metrics import forget_metrics
+
+    out: dict = {"rank": rank}
+    # LightGCN: adjacency rows, one step (1 global batch = 1 epoch), then several steps + metrics
+    one = _cfg("lightgcn", epochs=1, batch=4096)
+    shard = load_shard(one, data)
+    out["user_range"] = shard.book.user_range(rank)
+    out["adjacency"] = shard.graph.ui.dense()
+    out["item_degree"] = shard.graph.ui.item_degree.clone()
+    out["lightgcn_features"] = {m: tuple(f.shape) for m, f in shard.graph.features.items()}
+    model = build_shard_model(one, shard)
+    out["lightgcn_init"] = _state(model)
+    train_model(model, shard.graph, shard.data, one)
+    out["lightgcn_step"] = _state(model)
+    few = _cfg("lightgcn", epochs=2, batch=400)
+    model = build_shard_model(few, shard)
+    result = train_model(model, shard.graph, shard.data, few)
+    out["lightgcn_steps"] = _state(model)
+    out["lightgcn_loss"] = [h["loss"] for h in result.history]
+    out["lightgcn_metrics"] = {s: evaluate(model, shard.graph, shard.data, s, ks=(10, 20))
+                               for s in ("valid", "test")}
+
+    # MGCN: feature slices, kNN from slices, one step with its bytes counted, then TRU
+    mg_one = _cfg("mgcn", epochs=1, batch=4096)
+    mshard = load_shard(mg_one, data)
+    out["item_range"] = mshard.book.item_range(rank)
+    out["mgcn_features"] = {m: tuple(f.shape) for m, f in mshard.graph.features.items()}
+    out["knn"] = {m: a.to_dense() for m, (a, _) in mshard.graph.knn.items()}
+    model = build_shard_model(mg_one, mshard)
+    out["mgcn_user_rows"] = int(model.user_emb.shape[0])
+    with CommMeter() as meter:  # one training step, then one validation forward
+        train_model(model, mshard.graph, mshard.data, mg_one)
+    out["mgcn_comm"] = meter.by_op()
+    out["mgcn_step"] = _state(model)
+
+    mg = _cfg("mgcn", epochs=2, batch=400, unlearn={"epochs": 2, "batch_size": 64})
+    model = build_shard_model(mg, mshard)
+    train_model(model, mshard.graph, mshard.data, mg)
+    forget = forget_set(mshard.data, "users", 0.05, seed=0)
+    data_after = mshard.data.without_pairs(forget.users, forget.items)
+    graph_after = mshard.graph.without_edges(forget.train_users, forget.train_items)
+    res = get_method("tru").unlearn(model, graph_after, data_after, forget, mg)
+    out["tru_stats"] = res.stats
+    out["tru_params"] = _state(res.model)
+    out["tru_metrics"] = evaluate(res.model, graph_after, data_after, "test", ks=(10, 20))
+    out["tru_forget"] = forget_metrics(res.model, graph_after, data_after, forget, ks=(10, 20))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data):
+    single = _probe(0, 1, tiny_data)
+    ranks = spawn_local(_probe, 2, (tiny_data,))
+    yield single, ranks
+    if DIFFS:
+        print("\nmax |W2 - W1| (abs, rel):", {k: (f"{a:.2e}", f"{r:.2e}") for k, (a, r) in DIFFS.items()})
+
+
+def _check(name: str, w2: torch.Tensor, w1: torch.Tensor) -> None:
+    w1, w2 = w1.double(), w2.double()
+    assert w1.shape == w2.shape, f"{name}: shape {tuple(w2.shape)} vs {tuple(w1.shape)}"
+    diff = (w2 - w1).abs()
+    a = float(diff.max()) if diff.numel() else 0.0
+    r = float((diff / w1.abs().clamp(min=1e-3)).max()) if diff.numel() else 0.0
+    old = DIFFS.get(name, (0.0, 0.0))
+    DIFFS[name] = (max(old[0], a), max(old[1], r))
+    torch.testing.assert_close(w2, w1, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+
+
+def _check_state(name: str, single: dict, ranks: list[dict], key: str, user_keys=("user_emb",)) -> None:
+    for k, ref in single[key].items():
+        if k in user_keys:  # sharded: concatenate the ranks' rows
+            _check(f"{name}.{k}", torch.cat([r[key][k] for r in ranks]), ref)
+        else:  # replicated: every rank holds the full, equal value
+            for r in ranks:
+                _check(f"{name}.{k}", r[key][k], ref)
+
+
+def _check_values(name: str, a, b) -> None:
+    """Recursive comparison of nested stats: numbers to tolerance, everything else equal."""
+    if isinstance(b, dict):
+        assert set(a) == set(b), f"{name}: keys {sorted(a)} vs {sorted(b)}"
+        for k in b:
+            _check_values(f"{name}.{k}", a[k], b[k])
+    elif isinstance(b, list | tuple) and b and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                                    for x in b):
+        _check(name, torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    elif isinstance(b, list | tuple):
+        assert len(a) == len(b), f"{name}: length {len(a)} vs {len(b)}"
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _check_values(f"{name}[{k}]", x, y)
+    elif isinstance(b, float) and not math.isnan(b):
+        _check(name, torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))
+    elif isinstance(b, torch.Tensor):
+        _check(name, a, b)
+    else:
+        assert a == b or (isinstance(b, float) and math.isnan(a)), f"{name}: {a!r} vs {b!r}"
+
+
+def test_adjacency_rows_and_global_item_degrees(runs):
+    single, ranks = runs
+    assert ranks[0]["user_range"][0] == 0 and ranks[0]["user_range"][1] == ranks[1]["user_range"][0]
+    _check("adjacency", torch.cat([r["adjacency"] for r in ranks]), single["adjacency"])
+    for r in ranks:  # degrees are all-reduced: every rank normalises with the global ones
+        _check("item_degree", r["item_degree"], single["item_degree"])
+    assert float(ranks[0]["adjacency"].abs().sum()) > 0 and float(ranks[1]["adjacency"].abs().sum()) > 0
+
+
+def test_same_initial_parameters_and_one_lightgcn_step(runs):
+    single, ranks = runs
+    _check_state("lightgcn_init", single, ranks, "lightgcn_init")
+    _check_state("lightgcn_step", single, ranks, "lightgcn_step")
+    moved = (single["lightgcn_step"]["item_emb"] - single["lightgcn_init"]["item_emb"]).abs().max()
+    assert float(moved) > 1e-5  # the step changed the parameters, so equality is informative
+
+
+def test_several_lightgcn_steps_loss_and_full_ranking_metrics(runs):
+    single, ranks = runs
+    _check_state("lightgcn_steps", single, ranks, "lightgcn_steps")
+    for r in ranks:
+        _check_values("lightgcn_loss", r["lightgcn_loss"], single["lightgcn_loss"])
+        _check_values("metrics", r["lightgcn_metrics"], single["lightgcn_metrics"])
+    assert single["lightgcn_metrics"]["test"]["n_users"] > 0
+
+
+def test_mgcn_step_and_knn_from_feature_slices(runs):
+    single, ranks = runs
+    _check_state("mgcn_step", single, ranks, "mgcn_step")
+    for r in ranks:
+        for m, a in single["knn"].items():
+            _check(f"knn.{m}", r["knn"][m], a)
+
+
+def test_tru_statistics_decisions_and_unlearned_model(runs):
+    single, ranks = runs
+    stats = single["tru_stats"]
+    assert stats["isolation"]["selected_groups"] and stats["gate"] and stats["steps"] > 0
+    for r in ranks:
+        _check_values("tru_stats", r["tru_stats"], stats)
+        _check_values("tru_metrics", r["tru_metrics"], single["tru_metrics"])
+        _check_values("tru_forget", r["tru_forget"], single["tru_forget"])
+    _check_state("tru_params", single, ranks, "tru_params")
+
+
+def test_each_worker_materialises_only_its_slice(runs, tiny_data):
+    single, ranks = runs
+    dims = {m: f.shape[1] for m, f in tiny_data.features.items()}
+    assert single["mgcn_features"] == {m: (tiny_data.n_items, d) for m, d in dims.items()}
+    for r in ranks:
+        lo, hi = r["item_range"]
+        assert 0 < hi - lo < tiny_data.n_items
+        assert r["mgcn_features"] == {m: (hi - lo, d) for m, d in dims.items()}
+        assert r["mgcn_user_rows"] == r["user_range"][1] - r["user_range"][0] < tiny_data.n_users
+        assert r["lightgcn_features"] == {}  # an ID-only model loads no features at all
+    assert sum(r["item_range"][1] - r["item_range"][0] for r in ranks) == tiny_data.n_items
+
+
+def test_bytes_per_step_match_the_planner(runs, tiny_data):
+    from tru_dist.dist.planner import plan
+
+    _, ranks = runs
+    n_train = int((tiny_data.labels == 0).sum())
+    cfg = _cfg("mgcn", epochs=1, batch=4096)
+    dims = {m: f.shape[1] for m, f in tiny_data.features.items()}
+    p = plan(tiny_data.n_users, tiny_data.n_items, n_train, dims, 16, 2, cfg.model, 2, 8.0,
+             batch_size=4096, check=False)
+    comm = {op: v["bytes"] for op, v in ranks[0]["mgcn_comm"].items()}
+    c = p.comm_bytes
+    # the metered span is one training step plus the validation forward (forward collectives only)
+    fwd = c["ui_all_reduce_forward"] + c["feature_all_gather_forward"]
+    reduce_planned = 2 * c["ui_all_reduce_forward"] + c["ui_all_reduce_backward"] + c["grad_all_reduce"]
+    assert comm["all_reduce"] == reduce_planned
+    # the InfoNCE batch gathers pad each rank's rows to the largest share: a few rows more at most
+    batch = comm["all_gather"] - 2 * c["feature_all_gather_forward"]
+    assert c["batch_all_gather_forward"] <= batch <= 1.05 * c["batch_all_gather_forward"]
+    assert comm["scatter"] - c["feature_all_to_all_backward"] == batch  # all-to-all backward of both
+    measured_step = sum(comm.values()) - fwd
+    assert p.comm_bytes_per_step <= measured_step <= 1.05 * p.comm_bytes_per_step
+
+
+def _tasks_probe(rank: int, world: int, model_dir: str, out_dir: str) -> dict:
+    from tru_dist.dist.worker import worker_main
+
+    cfg = _cfg("lightgcn", epochs=2, batch=400, data={"path": "synthetic:tiny"},
+               unlearn={"epochs": 2, "batch_size": 64}).to_dict()
+    evaluated = worker_main({"kind": "evaluate", "config": cfg, "model_dir": model_dir,
+                             "out_dir": f"{out_dir}/eval{world}"})
+    unlearned = worker_main({"kind": "unlearn", "config": cfg, "model_dir": model_dir, "method": "tru",
+                             "regime": "users", "fraction": 0.05, "out_dir": f"{out_dir}/unl{world}"})
+    return {"evaluate": evaluated, "unlearn": unlearned}
+
+
+def test_worker_tasks_reshard_a_checkpoint_and_agree_across_world_sizes(tmp_path):
+    from tru_dist.dist.launch import run_distributed
+
+    cfg = _cfg("lightgcn", epochs=2, batch=400, data={"path": "synthetic:tiny"}, dist={"address": "none"})
+    trained = run_distributed("train", cfg, out_dir=tmp_path / "model")  # W = 1 checkpoint
+    single = _tasks_probe(0, 1, str(tmp_path / "model"), str(tmp_path))
+    ranks = spawn_local(_tasks_probe, 2, (str(tmp_path / "model"), str(tmp_path)))
+    # W = 2 workers cut their user rows out of the W = 1 checkpoint: same metrics as after training
+    _check_values("evaluate", single["evaluate"]["test"], trained["test"])
+    for r in ranks:
+        assert r["evaluate"]["world_size"] == 2
+        _check_values("evaluate_w2", r["evaluate"]["test"], trained["test"])
+        for key in ("test", "valid", "forget", "forget_set"):
+            _check_values(f"unlearn.{key}", r["unlearn"][key], single["unlearn"][key])
+        _check_values("unlearn.stats", r["unlearn"]["stats"], single["unlearn"]["stats"])
+    assert (tmp_path / "unl2" / "unlearn.json").exists() and single["unlearn"]["forget"]["n_pairs"] > 0

@@ -1,0 +1,1 @@
+"""Distribution: the only code that knows about ranks (collectives, coordinator, launch)."""

@@ -1,0 +1,106 @@
+"""Collectives used by the models, trainer and unlearning code.
+
+This module and ``tru_dist.dist.launch`` are the only rank-aware code. At world size 1
+(no process group initialised) every function is the identity, so the single-process
+path *is* the distributed path with W = 1. With a process group (gloo on CPU, NCCL on
+GPU), ``all_reduce_sum`` / ``all_gather_rows`` are differentiable
+(``torch.distributed.nn``): the global loss is the sum of shard losses, so the backward
+of an all-reduce is again an all-reduce and W workers compute the gradient one process
+would.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+
+# torch 2.13 marks torch.distributed.nn.functional's autograd collectives deprecated in favour
+# of the functional collectives; they still work on gloo and NCCL, and their backward (an
+# all-reduce / all-to-all) is exactly what the sharded forward needs, so keep the log clean.
+warnings.filterwarnings(
+    "ignore", message=r"torch\.distributed\.nn\.functional\.all_(gather|reduce) is deprecated"
+)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over ranks (identity at W = 1)."""
+    if not is_distributed():
+        return tensor
+    import torch.distributed.nn.functional as dnn
+
+    return dnn.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable concatenation of every rank's rows, in rank order (identity at W = 1).
+
+    Ranks may hold different row counts (uneven contiguous slices); shorter slices are
+    padded for the collective and trimmed afterwards.
+    """
+    if not is_distributed():
+        return tensor
+    import torch.distributed.nn.functional as dnn
+
+    counts = sizes_of(tensor.shape[0], tensor.device)
+    width = max(counts)
+    if tensor.shape[0] < width:
+        pad = tensor.new_zeros((width - tensor.shape[0], *tensor.shape[1:]))
+        tensor = torch.cat([tensor, pad], dim=0)
+    parts = dnn.all_gather(tensor)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)], dim=0)
+
+
+def sizes_of(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's value of an integer (e.g. its row count)."""
+    if not is_distributed():
+        return [n]
+    local = torch.tensor([n], dtype=torch.int64, device=device)
+    out = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(out, local)
+    return [int(x.item()) for x in out]
+
+
+@torch.no_grad()
+def sum_stats(tensor: torch.Tensor) -> torch.Tensor:
+    """Non-differentiable in-place sum of a statistic over ranks (returns the tensor)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+@torch.no_grad()
+def sum_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients of replicated parameters over ranks (one flat all-reduce)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+@torch.no_grad()
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s value everywhere (in place)."""
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor

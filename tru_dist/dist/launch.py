@@ -1,0 +1,195 @@
+"""Launch a task on W workers: Ray Train when there is Ray, local processes or a plain call otherwise.
+
+The only module (with ``tru_dist/tune``) that imports Ray, and only inside functions, so
+``from tru_dist.dist.launch import run_distributed`` works on machines without Ray (the
+lent GPU machines): there ``dist.address=none`` runs W local processes over gloo/NCCL, and
+W = 1 is a plain call. Which path :func:`run_distributed` takes:
+
+================================  ==========================================================
+``dist.address`` / workers        path
+================================  ==========================================================
+``local``, W = 1, no fault        ``worker_main(task)`` in this process (no Ray)
+``none``, W = 1                   the same
+``none``, W > 1                   ``spawn_local``: W processes, gloo (NCCL on GPUs), loopback
+``local``, W > 1 or a fault       Ray started in-process (dashboard off), ``TorchTrainer``
+``auto`` / ``ray://host:port``    the running cluster (``ray job submit`` sets ``auto``)
+================================  ==========================================================
+
+Under Ray, ``TorchTrainer(train_loop_per_worker, ScalingConfig(num_workers=W, use_gpu=…),
+RunConfig(storage_path, FailureConfig(max_failures), CheckpointConfig))`` starts the
+worker group and the torch process group; every epoch each rank reports its metrics and
+its checkpoint file (``ray.train.report``; the files of all ranks are merged into one Ray
+checkpoint). After a failure Ray restarts the group, each rank copies its file back from
+``ray.train.get_checkpoint()`` and resumes, so the run ends as an uninterrupted one would.
+Rank 0's last report carries ``<kind>.json`` as a checkpoint; the driver copies it to
+``out_dir`` (which may be on another node than the workers).
+
+Network: a locally started Ray binds its dashboard to 127.0.0.1 (or none), and workers
+use the loopback interface for gloo (``GLOO_SOCKET_IFNAME=lo``). Ray's other ports
+(GCS, raylet, object manager) listen on all interfaces — see ``cluster/local-start.sh``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tru_dist.config import Config
+from tru_dist.data.dataset import RecDataset
+from tru_dist.dist.process_group import resolve_backend, spawn_local
+from tru_dist.dist.worker import worker_main
+from tru_dist.errors import ConfigError
+from tru_dist.io_utils import atomic_write_json
+
+LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def uses_ray(cfg: Config) -> bool:
+    """Whether :func:`run_distributed` goes through Ray for this config (see the module table)."""
+    address = cfg.dist.address
+    if address == "none":
+        return False
+    if address == "local":
+        return cfg.dist.workers > 1 or cfg.dist.fault_rank >= 0
+    return True
+
+
+def run_distributed(
+    task: dict[str, Any] | str,
+    cfg: Config | None = None,
+    data: RecDataset | None = None,
+    **fields: Any,
+) -> dict:
+    """Run ``task`` (see :mod:`tru_dist.dist.worker`) on ``cfg.dist.workers`` workers; return rank 0's result.
+
+    ``task`` is a task dict or just its kind (``"train"``, ...) with the other task fields
+    as keywords, e.g. ``run_distributed("train", cfg, out_dir="runs/x", resume=False)``.
+    ``cfg`` defaults to ``task["config"]``; ``data`` (an in-memory dataset) is only
+    accepted off Ray (Ray workers regenerate or memory-map ``cfg.data.path`` themselves).
+    """
+    task = {"kind": task} if isinstance(task, str) else dict(task)
+    task.update({k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items() if v is not None})
+    cfg = cfg or Config.from_dict(task["config"])
+    task["config"] = cfg.to_dict()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    task.setdefault("out_dir", str(Path("runs") / f"{task.get('kind', 'task')}-{stamp}"))
+    if cfg.dist.workers < 1:
+        raise ConfigError(f"dist.workers={cfg.dist.workers}; use --dist.workers=1 or more")
+    if not uses_ray(cfg):
+        if cfg.dist.workers == 1:
+            return worker_main(task, data=data)
+        backend = resolve_backend(cfg.dist.backend)
+        return spawn_local(_spawned, cfg.dist.workers, (task, data), backend=backend)[0]
+    if data is not None:
+        raise ConfigError("in-memory data cannot travel to Ray workers; save it as a store or MMRec "
+                          "folder and pass --data.path (or a synthetic spec such as synthetic:tiny)")
+    return _run_ray(task, cfg)
+
+
+def _spawned(rank: int, world_size: int, task: dict, data: RecDataset | None) -> dict:
+    return worker_main(task, data=data)
+
+
+# -- Ray ---------------------------------------------------------------------------------------
+def connect(address: str) -> None:
+    """``ray.init`` for ``local`` (a new in-process cluster: dashboard off, auth off, no usage
+    stats), ``auto`` (the running cluster) or ``ray://host:port``; reuses an initialised Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address == "local":
+        for k, v in LOCAL_ENV.items():
+            os.environ.setdefault(k, v)
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=address, configure_logging=False)
+
+
+def _worker_env(address: str) -> dict[str, str]:
+    env = {"TQDM_DISABLE": "1"}
+    if address == "local" or os.environ.get("GLOO_SOCKET_IFNAME"):
+        env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+    return env
+
+
+def _run_ray(task: dict, cfg: Config) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    connect(cfg.dist.address)
+    out_dir = Path(task["out_dir"]).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = {**task, "out_dir": str(out_dir)}
+    storage = Path(cfg.dist.storage_path).resolve() if cfg.dist.storage_path else out_dir / "ray"
+    gpus = cfg.dist.gpus_per_worker
+    resources: dict[str, float] = {"CPU": 1.0}
+    if gpus > 0:
+        resources["GPU"] = gpus
+    backend = cfg.dist.backend if cfg.dist.backend != "auto" else ("nccl" if gpus > 0 else "gloo")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"task": task},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=cfg.dist.workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"{task['kind']}-{out_dir.name}-{time.strftime('%H%M%S')}",
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": _worker_env(cfg.dist.address)},
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"the Ray run in {storage} finished without a final report; see its logs")
+    with result.checkpoint.as_directory() as folder:
+        source = Path(folder) / f"{task['kind']}.json"
+        if not source.exists():
+            raise RuntimeError(f"the Ray run's last checkpoint {result.checkpoint.path} has no {source.name}")
+        final = json.loads(source.read_text())
+    atomic_write_json(out_dir / source.name, final)
+    return final
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function: restore this rank's checkpoint if any, run the task."""
+    import ray.train
+
+    task = dict(config["task"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None and task["kind"] == "train":
+        from tru_dist.train.checkpoint import checkpoint_path
+
+        target = checkpoint_path(task["out_dir"], rank=rank, world_size=world)
+        with checkpoint.as_directory() as folder:
+            source = Path(folder) / target.name
+            if source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                task["resume"] = True
+    worker_main(task, reporter=_ray_report)
+
+
+def _ray_report(metrics: dict[str, Any], files: list[Path]) -> None:
+    """``ray.train.report`` with this rank's checkpoint files (merged with the other ranks')."""
+    import ray.train
+
+    if not files:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="tru-dist-ckpt-") as tmp:
+        for f in files:
+            shutil.copy2(f, Path(tmp) / Path(f).name)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
