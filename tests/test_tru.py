@@ -295,3 +295,32 @@ def test_loop_lowers_the_scores_of_the_forget_pairs(trained):
 
     assert mean_score(out) < mean_score(model) - 0.1
 
+
+
+def test_iter_update_passes_through_run_update_states(tiny_data):
+    """The per-epoch generator is the same computation: its state after epoch e equals a
+    run with unlearn.epochs = e, and its last state equals the full run."""
+    import torch
+
+    from tru_dist.config import build_config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.engine import iter_update, run_update
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=5", "unlearn.epochs=3", "unlearn.lr=0.01",
+                                                    "unlearn.gate.epsilon=0"])
+    model, graph, _ = fit(cfg, tiny_data)
+    fs = forget_set(tiny_data, "interactions", 0.05, 0)
+    data_after = tiny_data.without_pairs(fs.users, fs.items)
+    graph_after = graph.without_edges(fs.train_users, fs.train_items)
+    snapshots = {e: {k: v.clone() for k, v in m.state_dict().items()}
+                 for e, m, _ in iter_update(model, graph_after, data_after, fs, cfg, tru_spec(cfg))}
+    assert sorted(snapshots) == [1, 2, 3]
+    for e in (2, 3):
+        short = cfg.model_copy(deep=True)
+        short.unlearn.epochs = e
+        ref, _ = run_update(model, graph_after, data_after, fs, short, tru_spec(short))
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(snapshots[e][k], v, rtol=0, atol=0)
+    assert any(not torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])  # it did move

@@ -39,6 +39,7 @@ process would.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -355,6 +356,17 @@ class _Loop:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        for _ in self.iterate():
+            pass
+        return self.stats
+
+    def iterate(self) -> Iterator[int]:
+        """The loop as a generator: yields the number of epochs run after each epoch.
+
+        The model may be evaluated between yields (the Ray Tune trainable reports every
+        epoch); training mode is restored at the start of each epoch. ``self.stats`` is
+        final once the generator is exhausted.
+        """
         spec, uc = self.spec, self.uc
         torch_seed(uc.seed)
         if spec.reset_deleted_users:
@@ -362,7 +374,7 @@ class _Loop:
         n_f = len(self.fu)
         if n_f == 0:
             self.stats["steps"] = 0
-            return self.stats
+            return
         b = equal_batch_size(n_f, uc.batch_size)
         self.stats["batch_size"] = b
         if spec.isolation is not None:
@@ -381,6 +393,7 @@ class _Loop:
         steps, converged_at, epochs_run = 0, None, 0
         alpha_epochs: list[dict[str, float]] = []
         for epoch in range(uc.epochs):
+            self.model.train()  # a consumer of iterate() may have evaluated the model in eval mode
             if spec.gate is not None and self.gate_pass(epoch):
                 converged_at = epoch
                 break
@@ -395,6 +408,9 @@ class _Loop:
                 sc = self.stats["scaling"]
                 k = max(1, sc["steps"] - before_steps)
                 alpha_epochs.append({b_: (v - before.get(b_, 0.0)) / k for b_, v in sc["alpha_sum"].items()})
+            self.stats.update(steps=steps, epochs_run=epochs_run)
+            yield epochs_run
+        self.model.train()
         if spec.gate is not None and converged_at is None and self.gate_pass(epochs_run):
             converged_at = epochs_run
         self.stats.update(steps=steps, epochs_run=epochs_run)
@@ -404,7 +420,6 @@ class _Loop:
             sc = self.stats.pop("scaling")
             self.stats["scaling"] = {"alpha_per_epoch": alpha_epochs, "alpha_last": sc.get("alpha_last", {}),
                                      "conflict_steps": sc["conflict_steps"], "steps": sc["steps"]}
-        return self.stats
 
 
 def run_update(
@@ -421,3 +436,21 @@ def run_update(
     stats = loop.run()
     work.eval()
     return work, stats
+
+
+def iter_update(
+    model: Backbone,
+    graph_after: RecGraph,
+    data_after: RecDataset,
+    forget,
+    cfg: Config,
+    spec: UpdateSpec,
+) -> Iterator[tuple[int, Backbone, dict[str, Any]]]:
+    """The same computation as :func:`run_update`, yielding ``(epoch, model, stats)`` after
+    every epoch (the model is the live working copy: evaluate it, don't keep it). Stops
+    early when the gate converges, exactly where ``run_update`` would."""
+    work = copy.deepcopy(model).to(graph_after.ui.norm.device)
+    loop = _Loop(work, graph_after, data_after, forget, cfg, spec)
+    for epoch in loop.iterate():
+        work.eval()
+        yield epoch, work, loop.stats

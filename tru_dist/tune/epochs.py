@@ -1,0 +1,50 @@
+"""TRU epoch by epoch, for a scheduler that needs a report after every epoch.
+
+:func:`tru_epochs` wraps :func:`tru_dist.unlearn.engine.iter_update`, which runs the very
+loop of ``run_update`` and yields after each epoch, so a trial costs E epochs and the state
+after epoch e is exactly TRU with ``unlearn.epochs = e`` (the gate's early stop included:
+a run that converges at epoch c < e stops there). :func:`tru_at_epoch` computes one such
+state directly (the report's single re-evaluation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tru_dist.config import Config
+from tru_dist.unlearn.engine import iter_update, run_update
+from tru_dist.unlearn.tru.tru import tru_spec
+
+
+@dataclass
+class EpochState:
+    """TRU's model after ``epoch`` epochs, its decisions, and the wall time of those epochs."""
+
+    epoch: int
+    model: Any
+    stats: dict[str, Any]
+    seconds: float
+
+    @property
+    def converged(self) -> bool:
+        """The gate stopped the run before it reached ``epoch`` full epochs."""
+        return self.stats.get("epochs_run", self.epoch) < self.epoch
+
+
+def tru_at_epoch(original, graph_after, data_after, forget, cfg: Config, epoch: int) -> EpochState:
+    """TRU with ``cfg``'s hyperparameters stopped after ``epoch`` epochs (exact, see module doc)."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.unlearn.epochs = epoch
+    t0 = time.perf_counter()
+    model, stats = run_update(original, graph_after, data_after, forget, cfg, tru_spec(cfg))
+    return EpochState(epoch, model, stats, time.perf_counter() - t0)
+
+
+def tru_epochs(original, graph_after, data_after, forget, cfg: Config) -> Iterator[EpochState]:
+    """States after epochs 1, 2, … of one TRU run (the model is live: evaluate, don't keep)."""
+    t0 = time.perf_counter()
+    for epoch, model, stats in iter_update(original, graph_after, data_after, forget, cfg, tru_spec(cfg)):
+        yield EpochState(epoch, model, stats, time.perf_counter() - t0)

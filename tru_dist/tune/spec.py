@@ -1,0 +1,173 @@
+"""The sweep file (``configs/sweeps/*.yaml``): a strict, typed schema.
+
+A sweep names the data, the backbone and its base config, the unlearning regimes, the
+seeds, and a search space over ``unlearn.*`` keys; everything else (search algorithm,
+scheduler, budget) has a default. Unknown keys are one-line errors, as in
+:mod:`tru_dist.config`.
+
+Only ``unlearn.*`` keys may be searched: the original model and Retrain are trained once
+per regime/seed and shared by every trial, so a trial must not change anything they
+depend on (``train.*``, ``model.*``, ``data.*``). ``unlearn.epochs`` is the scheduler's time
+axis (every trial reports every epoch up to ``unlearn.epochs``), so it is not searched
+either; the best epoch of the best trial becomes the recommended ``unlearn.epochs``.
+
+``--key=value`` overrides on the command line go to the base config (``--unlearn.epochs=5``,
+``--train.epochs=50``), except ``--sweep.<field>=value``, which sets a field of this file
+(``--sweep.num_samples=4``, ``--sweep.report=false``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tru_dist.config import Config, build_config, load_yaml
+from tru_dist.errors import ConfigError
+from tru_dist.tune.space import validate_space
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegimeSpec(_Strict):
+    """One forget-set regime: ``{regime: users, policy: core, fraction: 0.05}``."""
+
+    regime: Literal["interactions", "users", "items", "poison"]
+    policy: Literal["random", "core", "edge"] = "random"
+    fraction: float = Field(0.05, gt=0.0, le=1.0)
+    name: str | None = None
+
+    @property
+    def id(self) -> str:
+        """A file-name-safe id: ``users-core-5pct``, ``items-1pct`` (or the given ``name``)."""
+        if self.name:
+            return self.name
+        pct = f"{self.fraction * 100:g}".replace(".", "p")
+        head = f"{self.regime}-{self.policy}" if self.regime == "users" else self.regime
+        return f"{head}-{pct}pct"
+
+
+class Resources(_Strict):
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+class SweepSpec(_Strict):
+    """A whole sweep; see ``configs/sweeps/tru.yaml`` for a commented example."""
+
+    name: str
+    data: str = "synthetic"
+    dataset: str | None = None
+    model: str = "mgcn"
+    config: str | None = None
+    overrides: dict[str, Any] = {}
+    regimes: list[RegimeSpec]
+    seeds: int | list[int] = 1
+    space: dict[str, dict[str, list]]
+    num_samples: int = Field(8, ge=1)
+    search: Literal["random", "optuna"] = "random"
+    search_seed: int = 0
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1.0)
+    metric: Literal["score"] = "score"  # the trade-off score (tru_dist.tune.objective), maximised
+    k: int = Field(20, ge=1)
+    max_concurrent: int = Field(0, ge=0)
+    resources: Resources = Resources()
+    audit: list[str] = []
+    report: bool = True
+    shared_candidates: int = Field(2, ge=1)
+
+    @field_validator("regimes")
+    @classmethod
+    def _unique_regimes(cls, regimes: list[RegimeSpec]) -> list[RegimeSpec]:
+        if not regimes:
+            raise ValueError("list at least one regime")
+        ids = [r.id for r in regimes]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"regimes repeat {', '.join(dupes)}; give each a distinct 'name'")
+        return regimes
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def regime(self, regime_id: str) -> RegimeSpec:
+        for r in self.regimes:
+            if r.id == regime_id:
+                return r
+        raise ConfigError(f"sweep {self.name} has no regime '{regime_id}' (it has: "
+                          f"{', '.join(r.id for r in self.regimes)})")
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(SweepSpec.model_fields)
+            parts.append(f"unknown sweep key '{loc}' (valid keys: {valid})")
+        else:
+            parts.append(f"invalid value for '{loc}': {err['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_spec(tree: dict[str, Any], source: str = "sweep") -> SweepSpec:
+    """Validate a sweep tree (a parsed YAML mapping) into a :class:`SweepSpec`."""
+    try:
+        spec = SweepSpec.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, source)) from None
+    validate_space(spec.space, spec.search)
+    if not spec.seed_list:
+        raise ConfigError(f"{source}: 'seeds' is empty; give a count (e.g. 3) or a list of seeds")
+    return spec
+
+
+def split_overrides(overrides: list[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """``--sweep.<field>=v`` → sweep fields; every other ``--key=value`` → base config."""
+    sweep: dict[str, Any] = {}
+    config: list[str] = []
+    for raw in overrides or []:
+        item = raw[2:] if raw.startswith("--") else raw
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override '{raw}' is not of the form --key=value (e.g. --sweep.num_samples=8)")
+        if key.startswith("sweep."):
+            sweep[key[len("sweep."):]] = yaml.safe_load(text) if text else None
+        else:
+            config.append(item)
+    return sweep, config
+
+
+def load_spec(config_path: str | Path, overrides: list[str] | None = None) -> tuple[SweepSpec, list[str]]:
+    """Read and validate the sweep file; return it and the base-config overrides."""
+    path = Path(config_path)
+    tree = load_yaml(path)
+    sweep_over, config_over = split_overrides(overrides)
+    tree.update(sweep_over)
+    if tree.get("config"):  # a base config path is relative to the sweep file
+        base = Path(tree["config"])
+        tree["config"] = str(base if base.is_absolute() else (path.parent / base).resolve())
+    return parse_spec(tree, source=str(path)), config_over
+
+
+def base_config(spec: SweepSpec, config_overrides: list[str] | None = None) -> Config:
+    """defaults < dataset YAML < model YAML < ``config`` < ``overrides`` < command-line overrides."""
+    # JSON is YAML, so json.dumps round-trips every value through parse_overrides unchanged
+    dotted = [f"{k}={json.dumps(v)}" for k, v in {**spec.overrides, "data.path": spec.data}.items()]
+    cfg = build_config(model=spec.model, dataset=spec.dataset, config_file=spec.config,
+                       overrides=dotted + list(config_overrides or []))
+    if cfg.model.name != spec.model:
+        raise ConfigError(f"sweep model is '{spec.model}' but the base config sets model.name="
+                          f"'{cfg.model.name}'; set one of them")
+    if cfg.dist.workers != 1:
+        raise ConfigError(f"dist.workers={cfg.dist.workers}: sweeps run each trial as one process for now "
+                          "(use --workers=1 and raise resources.cpu instead)")
+    return cfg

@@ -1,0 +1,131 @@
+"""``tru-dist sweep``: Ray Tune over TRU's hyperparameters, one experiment per regime.
+
+    run_sweep("configs/sweeps/tru.yaml")            # → runs/sweeps/<name>/
+    run_sweep(path, resume=True)                     # finish an interrupted sweep
+
+Layout of ``<storage>/<name>/`` (``storage`` defaults to ``runs/sweeps``, made absolute;
+point it at shared storage on a cluster):
+
+* ``sweep.json`` — the validated sweep file and the resolved base config;
+* ``context/`` — originals, Retrain and reverse_bpr per regime/seed, trained ONCE by the
+  driver before Tune starts (:mod:`tru_dist.tune.context`) and shared by all trials;
+* ``tune/<regime>/trial_<id>/`` — Tune's trial folders: ``result.json``, ``progress.csv``,
+  TensorBoard ``events.out.tfevents.*`` (``tensorboard --logdir <name>/tune``), checkpoints;
+* ``report.md``, ``pareto-<regime>.png``, ``best/<regime>.yaml``, ``final.json`` — from
+  :func:`tru_dist.tune.report.report_sweep`, run at the end unless ``sweep.report: false``.
+
+One experiment per regime (not one experiment with the regime as a dimension): ASHA
+compares trials at the same epoch, and scores of different regimes are not comparable —
+a shared scheduler would prune whole regimes. Regimes run one after the other; trials of
+a regime run concurrently (``max_concurrent``, ``resources.cpu`` per trial).
+
+``resume=True`` restores every regime's experiment that exists (``Tuner.restore``):
+finished trials are kept as they are, unfinished and errored ones continue from their
+last checkpoint, regimes never started are started. The sweep file and overrides must be
+the ones the sweep was started with. Trials that end in error make ``run_sweep`` raise
+(after every regime ran) and skip the report; ``--resume`` then finishes them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tru_dist.config import Config
+from tru_dist.errors import ConfigError, TruDistError
+from tru_dist.io_utils import atomic_write_json
+from tru_dist.tune import adapter
+from tru_dist.tune.context import prepare
+from tru_dist.tune.spec import SweepSpec, base_config, load_spec, parse_spec
+from tru_dist.tune.trainable import Fault, TrialContext, tru_trainable
+
+DEFAULT_STORAGE = "runs/sweeps"
+MANIFEST = "sweep.json"
+
+
+def sweep_dir_for(spec: SweepSpec, storage: str | Path | None) -> Path:
+    return (Path(storage or DEFAULT_STORAGE).expanduser().resolve()) / spec.name
+
+
+def load_manifest(sweep_dir: str | Path) -> tuple[SweepSpec, Config, int]:
+    """(spec, base config, max_t) of an existing sweep folder."""
+    import json
+
+    path = Path(sweep_dir) / MANIFEST
+    if not path.exists():
+        raise ConfigError(f"{sweep_dir} holds no sweep ({MANIFEST} missing); run "
+                          "tru-dist sweep --config FILE first")
+    saved = json.loads(path.read_text())
+    return parse_spec(saved["spec"], source=str(path)), Config.from_dict(saved["config"]), int(saved["max_t"])
+
+
+def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool) -> None:
+    exists = (sweep_dir / MANIFEST).exists()
+    if exists and not resume:
+        raise ConfigError(f"{sweep_dir} already holds a sweep; pass --resume to finish it, or change "
+                          "'name' / --storage for a new one")
+    if resume and not exists:
+        raise ConfigError(f"nothing to resume: {sweep_dir} holds no sweep (drop --resume to start it)")
+    if exists:
+        old_spec, old_cfg, _ = load_manifest(sweep_dir)
+        # dist.* says where and how to run (address, failures), not what: it may change on resume
+        same_cfg = {**old_cfg.to_dict(), "dist": None} == {**base.to_dict(), "dist": None}
+        if old_spec.model_dump() != spec.model_dump() or not same_cfg:
+            raise ConfigError(f"{sweep_dir} was started with a different sweep file or overrides; resume "
+                              "with the same ones (see its sweep.json)")
+
+
+def _log(msg: str) -> None:
+    print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_sweep(
+    config_path: str | Path,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    storage: str | Path | None = None,
+    workers: int | None = 1,
+) -> Path:
+    """Run (or with ``resume`` finish) the sweep described by ``config_path``; return its folder."""
+    spec, config_overrides = load_spec(config_path, overrides)
+    if workers not in (None, 1):
+        raise ConfigError(f"--workers={workers}: sweeps run each trial as one process for now; use "
+                          "--workers=1 and give trials more CPUs with sweep resources.cpu")
+    adapter.check_search(spec)
+    base = base_config(spec, config_overrides)
+    max_t = base.unlearn.epochs
+    if max_t < 1:
+        raise ConfigError("unlearn.epochs must be >= 1 (it is the number of epochs every trial reports)")
+    sweep_dir = sweep_dir_for(spec, storage)
+    _check_manifest(sweep_dir, spec, base, resume)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(sweep_dir / MANIFEST, {"spec": spec.model_dump(mode="json"), "config": base.to_dict(),
+                                             "max_t": max_t, "config_path": str(Path(config_path).resolve())})
+
+    t0 = time.perf_counter()
+    contexts = prepare(spec, base, sweep_dir)
+    _log(f"shared originals / Retrain / reverse_bpr ready in {time.perf_counter() - t0:.1f}s")
+    adapter.connect(base.dist.address)
+    fault = Fault.from_env(sweep_dir)
+    failed: list[str] = []
+    for regime in spec.regimes:
+        ctx = TrialContext(regime.id, [c.for_trials() for c in contexts[regime.id]], spec.k, max_t, fault)
+        experiment = sweep_dir / "tune" / regime.id
+        if adapter.can_restore(experiment):
+            _log(f"{regime.id}: restoring {experiment}")
+            tuner = adapter.restore_tuner(tru_trainable, ctx, spec, experiment)
+        else:
+            tuner = adapter.make_tuner(tru_trainable, ctx, spec, name=regime.id, storage=sweep_dir / "tune",
+                                       max_t=max_t, max_failures=base.dist.max_failures)
+        t1 = time.perf_counter()
+        errors = adapter.fit(tuner)
+        _log(f"{regime.id}: trials done in {time.perf_counter() - t1:.1f}s ({len(errors)} in error)")
+        failed += [f"{regime.id}/{e}" for e in errors]
+    if failed:
+        raise TruDistError(f"{len(failed)} trial(s) did not finish ({failed[0]}); rerun with --resume to "
+                           f"finish them: tru-dist sweep --config {config_path} --resume")
+    if spec.report:
+        from tru_dist.tune.report import report_sweep
+
+        report_sweep(sweep_dir)
+    return sweep_dir

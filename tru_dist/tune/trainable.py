@@ -1,0 +1,129 @@
+"""The Tune trainable: one hyperparameter sample of TRU on one regime, reported every epoch.
+
+``tru_trainable(config, ctx)`` — ``config`` is the trial's sample (``{dotted unlearn key:
+value}``), ``ctx`` the regime's :class:`TrialContext` (shared original models, D_r graphs
+and data, forget sets and Retrain references, supplied once by ``tune.with_parameters``).
+
+For e = 1 … ``max_t``: for every seed, TRU with the sample after e epochs
+(:func:`tru_dist.tune.epochs.tru_epochs`, one run per seed from its shared original, advanced
+in lockstep),
+VALID metrics (:func:`tru_dist.tune.objective.valid_point`), then one report of the means
+over seeds — ``score`` (the trade-off ASHA maximises), ``valid_recall@K``,
+``valid_ndcg@K``, ``forget_hit@K``, ``forget_gap``, ``utility_ratio``, ``seconds`` (TRU's wall
+time for e epochs, mean over seeds) and ``epoch`` — with checkpoint ``{"epoch": e}``. A
+trial restored from its checkpoint replays epochs 1 … e silently (the run is seeded, so
+they are the same states) and reports from e + 1, so nothing else needs saving. The trial
+ends early when the gate has converged for every seed (later epochs would repeat the same
+model).
+
+Lives in the installed package (Ray workers import it by name); Ray itself is reached
+only through :mod:`tru_dist.tune.adapter`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tru_dist.tune import adapter
+from tru_dist.tune.context import SeedContext
+from tru_dist.tune.epochs import tru_epochs
+from tru_dist.tune.objective import epoch_metrics, valid_point
+from tru_dist.tune.space import apply_sample
+
+FAULT_ENV = "TRU_DIST_SWEEP_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a trial told to fail once (rehearsal of an interrupted sweep)."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Make trial ``trial`` of regime ``regime_id`` fail once, before epoch ``epoch``.
+
+    Set by the driver from ``TRU_DIST_SWEEP_FAULT=REGIME:TRIAL:EPOCH`` to rehearse a
+    crash and ``--resume``; the marker file makes it fire once per sweep directory.
+    """
+
+    regime_id: str
+    trial: int
+    epoch: int
+    marker: str
+
+    @classmethod
+    def from_env(cls, sweep_dir: Path) -> Fault | None:
+        text = os.environ.get(FAULT_ENV, "").strip()
+        if not text:
+            return None
+        regime_id, trial, epoch = text.rsplit(":", 2)
+        marker = Path(sweep_dir) / f".fault-{regime_id}-{trial}-{epoch}"
+        return cls(regime_id, int(trial), int(epoch), str(marker))
+
+    def maybe_fail(self, regime_id: str, trial: int, epoch: int) -> None:
+        if (regime_id, trial, epoch) != (self.regime_id, self.trial, self.epoch):
+            return
+        marker = Path(self.marker)
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise InjectedFault(f"injected fault: {regime_id} trial {trial} before epoch {epoch}")
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one regime shares (sent once through ``tune.with_parameters``)."""
+
+    regime_id: str
+    seeds: list[SeedContext]
+    k: int
+    max_t: int
+    fault: Fault | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) -> None:
+    """Epochs ``start+1 … max_t`` of one sample; ``report(metrics, state)`` after each.
+
+    Separate from :func:`tru_trainable` so it runs without Ray (tests, debugging).
+    """
+    cfgs = [apply_sample(sc.cfg, config) for sc in ctx.seeds]
+    runs = [tru_epochs(sc.original, sc.graph_after, sc.data_after, sc.forget, cfg)
+            for sc, cfg in zip(ctx.seeds, cfgs, strict=True)]
+    states: list = [None] * len(runs)
+    done = [False] * len(runs)
+    for epoch in range(1, ctx.max_t + 1):
+        for j, run in enumerate(runs):  # advance every seed by one epoch (or note it converged)
+            if not done[j]:
+                state = next(run, None)
+                if state is None:
+                    done[j] = True
+                else:
+                    states[j] = state
+        if all(done):
+            return
+        if epoch <= start:
+            continue
+        if ctx.fault is not None:
+            ctx.fault.maybe_fail(ctx.regime_id, ctx.extra.get("trial", -1), epoch)
+        if any(s is None for s in states):  # a seed with nothing to unlearn: no model to score
+            return
+        points = [valid_point(st.model, sc.graph_after, sc.data_after, sc.forget, ctx.k)
+                  for st, sc in zip(states, ctx.seeds, strict=True)]
+        metrics = epoch_metrics(points, [sc.ref for sc in ctx.seeds], ctx.k)
+        seconds = [st.seconds for st in states]
+        metrics.update(epoch=epoch, seconds=sum(seconds) / len(seconds), converged=all(done))
+        report(metrics, {"epoch": epoch})
+
+
+def tru_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray Tune function trainable (see the module docstring)."""
+    state = adapter.load_checkpoint()
+    start = int(state["epoch"]) if state else 0
+    if ctx.fault is not None:
+        ctx = TrialContext(ctx.regime_id, ctx.seeds, ctx.k, ctx.max_t, ctx.fault,
+                           {**ctx.extra, "trial": adapter.trial_index()})
+    run_epochs(config, ctx, start, adapter.report)
