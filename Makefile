@@ -29,7 +29,7 @@ demo: install
 
 test: install-test
 	$(VENV)/bin/ruff check tru_dist tests jobs
-	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/pytest
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/pytest -q
 
 lint: install-test
 	$(VENV)/bin/ruff check tru_dist tests jobs
