@@ -31,7 +31,7 @@ def feature_hash(features: np.ndarray, k: int) -> str:
 
 
 def _build(features: np.ndarray, k: int, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    x = torch.from_numpy(np.array(features, dtype=np.float32))  # a copy: features may be a read-only memmap
     n = x.shape[0]
     k = min(k, n)
     x = torch.nn.functional.normalize(x, dim=1)
