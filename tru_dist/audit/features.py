@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tru_dist.train.evaluate import csr_rows
+from tru_dist.train.evaluate import csr_rows, eval_embeddings
 
 PAIR_FEATURES = ("score", "rank_pct", "log_rank", "centered", "zscore", "topk_margin", "item_z")
 
@@ -41,12 +41,7 @@ def model_embeddings(model, graph) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if graph.n_local_users != graph.n_users:
         raise ValueError("audits need the full (world size 1) graph; gather the model on one process first")
-    was_training = model.training
-    model.eval()
-    try:
-        emb = model.embed(graph)
-    finally:
-        model.train(was_training)
+    emb = eval_embeddings(model, graph)
     return emb.user.detach().float(), emb.item.detach().float()
 
 

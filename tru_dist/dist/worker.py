@@ -99,8 +99,7 @@ def _arm_faults(cfg: Config, model: Backbone, shard: Shard, out_dir: Path, resum
 
 def _train(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Reporter | None) -> dict:
     from tru_dist.train.checkpoint import checkpoint_path
-    from tru_dist.train.evaluate import evaluate
-    from tru_dist.train.trainer import train_model
+    from tru_dist.train.trainer import run_metrics, train_model
 
     resume = bool(task.get("resume", False))
     model = build_shard_model(cfg, shard)
@@ -113,18 +112,8 @@ def _train(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Repor
 
     result = train_model(model, shard.graph, shard.data, cfg, out_dir=out_dir, resume=resume,
                          on_epoch=on_epoch)
-    test = evaluate(model, shard.graph, shard.data, "test", ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
-    return {
-        "valid": result.valid,
-        "test": test,
-        "best_epoch": result.best_epoch,
-        "epochs": result.epochs,
-        "train_seconds": result.train_seconds,
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "history": result.history,
-        "book": shard.book.to_dict(),
-        "config": cfg.to_dict(),
-    }
+    metrics = run_metrics(model, shard.graph, shard.data, cfg, result)
+    return {**metrics, "history": result.history, "book": shard.book.to_dict()}
 
 
 # -- loading a trained model at any W --------------------------------------------------------

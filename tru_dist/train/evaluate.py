@@ -195,6 +195,17 @@ def _per_user_metric_sums(
 
 
 @torch.no_grad()
+def eval_embeddings(model, graph):
+    """``model.embed(graph)`` in eval mode (no dropout, fixed sampling), training mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model.embed(graph)
+    finally:
+        model.train(was_training)
+
+
 def evaluate(
     model,
     graph,
@@ -217,12 +228,7 @@ def evaluate(
     if not ks or ks[0] < 1:
         raise ValueError("ks must be positive integers")
     if emb is None:
-        was_training = model.training
-        model.eval()
-        try:
-            emb = model.embed(graph)
-        finally:
-            model.train(was_training)
+        emb = eval_embeddings(model, graph)
     user_emb, item_emb = emb.user.detach(), emb.item.detach()
     device = user_emb.device
 

@@ -239,16 +239,10 @@ def _load_data(cfg: Config) -> RecDataset:
     return load_dataset(cfg.data.path)
 
 
-def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecDataset | None = None) -> dict:
-    """Train, evaluate test once with the best parameters, write ``out_dir/metrics.json``.
-
-    ``metrics.json`` = ``{"valid", "test", "best_epoch", "epochs", "train_seconds",
-    "seconds_per_epoch", "config"}``; the checkpoint is ``out_dir/checkpoint.pt`` (W = 1).
-    """
-    data = data if data is not None else _load_data(cfg)
-    model, graph, result = fit(cfg, data, out_dir=out_dir, resume=resume)
+def run_metrics(model, graph, data: RecDataset, cfg: Config, result: TrainResult) -> dict:
+    """The ``metrics.json`` record of a finished run: test evaluated once, with the best parameters."""
     test = evaluate(model, graph, data, "test", ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)
-    metrics = {
+    return {
         "valid": result.valid,
         "test": test,
         "best_epoch": result.best_epoch,
@@ -257,6 +251,17 @@ def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecD
         "seconds_per_epoch": result.seconds_per_epoch,
         "config": cfg.to_dict(),
     }
+
+
+def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecDataset | None = None) -> dict:
+    """Train, evaluate test once with the best parameters, write ``out_dir/metrics.json``.
+
+    ``metrics.json`` = ``{"valid", "test", "best_epoch", "epochs", "train_seconds",
+    "seconds_per_epoch", "config"}``; the checkpoint is ``out_dir/checkpoint.pt`` (W = 1).
+    """
+    data = data if data is not None else _load_data(cfg)
+    model, graph, result = fit(cfg, data, out_dir=out_dir, resume=resume)
+    metrics = run_metrics(model, graph, data, cfg, result)
     if collectives.rank() == 0:
         atomic_write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
