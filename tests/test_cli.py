@@ -42,3 +42,28 @@ def test_missing_data_folder_is_one_line_error(tmp_path, capsys):
     rc = main(["data", "stats", "--data", str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and len(err.splitlines()) == 1
+
+
+def test_train_forget_unlearn_chain_is_idempotent(tmp_path, capsys):
+    """The user's path: train, select requests, unlearn, retry the same requests (no-op)."""
+    run, out, req = tmp_path / "run", tmp_path / "run2", tmp_path / "req.csv"
+    assert main(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(run),
+                 "--train.epochs=8"]) == 0
+    assert main(["data", "forget", "--data", "synthetic:tiny", "--regime", "users", "--fraction", "0.05",
+                 "--out", str(req)]) == 0
+    capsys.readouterr()
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--method", "tru", "--out", str(out),
+                 "--unlearn.epochs=2"]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["source_run"] == str(run.resolve()) and first["forget_set"]["n_removed_users"] == 10
+    # the deleted users' pairs are recommended less than by the model before the deletion
+    assert first["forget"]["hit@20"] < first["before"]["forget"]["hit@20"]
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--method", "tru", "--out", str(out),
+                 "--unlearn.epochs=2"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["replayed"] is True
+    assert again["receipt"]["model_after"] == first["receipt"]["model_after"]
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint  # nothing was unlearned twice
+    assert main(["evaluate", "--run", str(out)]) == 0

@@ -24,7 +24,7 @@ import torch
 
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.errors import ConfigError, DataError
+from tru_dist.errors import ConfigError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.models.registry import build_model
@@ -45,31 +45,12 @@ def parse_feature_spec(spec: str | None) -> dict[str, int]:
     return out
 
 
-def _read_mmrec_minimal(folder: Path) -> RecDataset:
-    """Fallback reader (``.inter`` TSV + optional ``*_feat.npy``) used only when the data
-    layer's ``load_dataset`` is unavailable."""
-    import pandas as pd
-
-    inter = sorted(folder.glob("*.inter"))
-    if not inter:
-        raise DataError(f"no .inter file in {folder}; point to an MMRec data folder")
-    df = pd.read_csv(inter[0], sep="\t", usecols=["userID", "itemID", "x_label"])
-    features = {p.name[: -len("_feat.npy")]: np.load(p).astype(np.float32)
-                for p in sorted(folder.glob("*_feat.npy"))}
-    n_items = max([int(df.itemID.max()) + 1, *(len(f) for f in features.values())])
-    users, items = df.userID.to_numpy(np.int64), df.itemID.to_numpy(np.int64)
-    return RecDataset(int(users.max()) + 1, n_items, users, items, df.x_label.to_numpy(np.int8), features,
-                      {"name": folder.name})
-
-
 def load_for_bench(source: str | Path | RecDataset) -> RecDataset:
     if isinstance(source, RecDataset):
         return source
-    try:
-        from tru_dist.data.load import load_dataset
-    except ImportError:
-        return _read_mmrec_minimal(Path(source))
-    return load_dataset(source)
+    from tru_dist.data.source import open_data
+
+    return open_data(source)
 
 
 def with_synthetic_features(data: RecDataset, spec: str | None, seed: int = 0) -> RecDataset:

@@ -230,13 +230,10 @@ def fit(
 
 
 def _load_data(cfg: Config) -> RecDataset:
-    if cfg.data.path is None:
-        raise ConfigError(
-            "data.path is not set; pass --data.path=FOLDER (an MMRec folder or a tru-dist store)"
-        )
-    from tru_dist.data.load import load_dataset  # local: the data layer is optional at import time
+    """``cfg.data.path``: a folder, or a synthetic spec (default: the embedded demo data)."""
+    from tru_dist.data.source import open_data
 
-    return load_dataset(cfg.data.path)
+    return open_data(cfg.data.path)
 
 
 def run_metrics(model, graph, data: RecDataset, cfg: Config, result: TrainResult) -> dict:

@@ -83,7 +83,11 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
     ks = cfg.eval.ks
     metrics: dict[str, Any] = {
         "method": name,
+        "source_run": str(Path(run_dir).resolve()),
         "seconds": result.seconds,
+        # the model before the deletion, served with its own graph, on the same retained targets
+        "before": {"test": evaluate(model, graph, data_after, "test", ks),
+                   "forget": forget_metrics(model, graph, data_after, plan.forget, ks)},
         "valid": evaluate(result.model, graph_after, data_after, "valid", ks),
         "test": evaluate(result.model, graph_after, data_after, "test", ks),
         "forget": forget_metrics(result.model, graph_after, data_after, plan.forget, ks),
