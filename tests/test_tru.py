@@ -324,3 +324,22 @@ def test_iter_update_passes_through_run_update_states(tiny_data):
         for k, v in ref.state_dict().items():
             torch.testing.assert_close(snapshots[e][k], v, rtol=0, atol=0)
     assert any(not torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])  # it did move
+
+
+def test_iter_update_yields_the_start_state_when_the_gate_is_already_converged(tiny_data):
+    """A forget set already out of the top-K (ε above any mean gate) is 'converged' at epoch 0:
+    the generator still yields one state so a per-epoch consumer has something to score."""
+    from tru_dist.config import build_config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.engine import iter_update
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=3", "unlearn.epochs=3",
+                                                    "unlearn.gate.epsilon=2.0"])
+    model, graph, _ = fit(cfg, tiny_data)
+    fs = forget_set(tiny_data, "interactions", 0.05, 0)
+    states = list(iter_update(model, graph.without_edges(fs.train_users, fs.train_items),
+                              tiny_data.without_pairs(fs.users, fs.items), fs, cfg, tru_spec(cfg)))
+    assert [e for e, _, _ in states] == [0]
+    assert states[0][2]["converged_epoch"] == 0

@@ -96,21 +96,21 @@ def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) ->
     states: list = [None] * len(runs)
     done = [False] * len(runs)
     for epoch in range(1, ctx.max_t + 1):
+        advanced = False
         for j, run in enumerate(runs):  # advance every seed by one epoch (or note it converged)
             if not done[j]:
                 state = next(run, None)
-                if state is None:
+                if state is None or state.epoch == 0:  # converged (epoch 0: before any update)
                     done[j] = True
-                else:
+                if state is not None:
                     states[j] = state
-        if all(done):
+                    advanced = True
+        if not advanced and epoch > 1:  # every seed converged earlier: nothing new to report
             return
         if epoch <= start:
             continue
         if ctx.fault is not None:
             ctx.fault.maybe_fail(ctx.regime_id, ctx.extra.get("trial", -1), epoch)
-        if any(s is None for s in states):  # a seed with nothing to unlearn: no model to score
-            return
         points = [valid_point(st.model, sc.graph_after, sc.data_after, sc.forget, ctx.k)
                   for st, sc in zip(states, ctx.seeds, strict=True)]
         metrics = epoch_metrics(points, [sc.ref for sc in ctx.seeds], ctx.k)

@@ -448,9 +448,15 @@ def iter_update(
 ) -> Iterator[tuple[int, Backbone, dict[str, Any]]]:
     """The same computation as :func:`run_update`, yielding ``(epoch, model, stats)`` after
     every epoch (the model is the live working copy: evaluate it, don't keep it). Stops
-    early when the gate converges, exactly where ``run_update`` would."""
+    early when the gate converges, exactly where ``run_update`` would; a run that converges
+    before its first epoch yields its starting state once, as epoch 0."""
     work = copy.deepcopy(model).to(graph_after.ui.norm.device)
     loop = _Loop(work, graph_after, data_after, forget, cfg, spec)
+    ran = False
     for epoch in loop.iterate():
+        ran = True
         work.eval()
         yield epoch, work, loop.stats
+    if not ran:  # converged before the first epoch (or nothing to forget): the state is the start
+        work.eval()
+        yield 0, work, loop.stats
