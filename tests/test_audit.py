@@ -298,9 +298,7 @@ def test_audit_run_audits_an_unlearn_output_folder(tmp_path):
     write_requests(select_forget(data, "interactions", 0.1, 0), tmp_path / "req.csv")
     run_unlearn(tmp_path / "run", tmp_path / "req.csv", "reverse_bpr", tmp_path / "out", data=data)
 
-    with pytest.raises(AuditError, match="source_run"):
-        audit_run(tmp_path / "out", tmp_path / "req.csv", data=data)
-    out = audit_run(tmp_path / "out", tmp_path / "req.csv", original=tmp_path / "run", data=data)
+    out = audit_run(tmp_path / "out", tmp_path / "req.csv", data=data)  # original from source_run
     assert set(out["audits"]) == {"original", "retrain", "reverse_bpr"}
     auc = {n: out["audits"][n]["mia"]["auc"] for n in out["audits"]}
     assert auc["original"] > 0.8 and abs(auc["retrain"] - 0.5) < 0.1, auc
@@ -308,6 +306,12 @@ def test_audit_run_audits_an_unlearn_output_folder(tmp_path):
         raise AssertionError(f"audit.json holds {token}, which is not JSON")
 
     assert json.loads((tmp_path / "out" / "audit.json").read_text(), parse_constant=strict) == out
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics.pop("source_run")  # an output that does not say where it came from needs --original
+    (tmp_path / "out" / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(AuditError, match="source_run"):
+        audit_run(tmp_path / "out", tmp_path / "req.csv", data=data)
 
     write_requests(select_forget(data, "interactions", 0.05, 7), tmp_path / "other.csv")
     with pytest.raises(AuditError, match="not applied"):

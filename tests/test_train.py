@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tru_dist.config import Config
-from tru_dist.errors import ConfigError
+from tru_dist.errors import ConfigError, TruDistError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.models.base import Embeddings
 from tru_dist.models.lightgcn import LightGCN
@@ -188,8 +188,10 @@ def test_bad_metric_and_missing_data_path(tiny_data, tmp_path):
     bad = Config.from_dict({"eval": {"metric": "recall@7", "ks": [10, 20]}, "train": {"epochs": 1}})
     with pytest.raises(ConfigError, match="recall@10"):
         fit(bad, tiny_data)
-    with pytest.raises(ConfigError, match="data.path"):
-        run_train(small_cfg(), tmp_path)
+    missing = small_cfg()
+    missing.data.path = str(tmp_path / "no-such-folder")
+    with pytest.raises(TruDistError, match="does not exist"):
+        run_train(missing, tmp_path / "run")
 
 
 def test_progress_modes(monkeypatch):
