@@ -355,11 +355,6 @@ class _Loop:
         optimizer.step()
 
     # -- the run -------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        for _ in self.iterate():
-            pass
-        return self.stats
-
     def iterate(self) -> Iterator[int]:
         """The loop as a generator: yields the number of epochs run after each epoch.
 
@@ -431,11 +426,8 @@ def run_update(
     spec: UpdateSpec,
 ) -> tuple[Backbone, dict[str, Any]]:
     """Run the reverse-update loop on a deep copy of ``model``; return (model, stats)."""
-    work = copy.deepcopy(model).to(graph_after.ui.norm.device)
-    loop = _Loop(work, graph_after, data_after, forget, cfg, spec)
-    stats = loop.run()
-    work.eval()
-    return work, stats
+    *_, (_epoch, work, stats) = iter_update(model, graph_after, data_after, forget, cfg, spec)
+    return work, stats  # the last state; stats are final once the generator is exhausted
 
 
 def iter_update(
