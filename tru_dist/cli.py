@@ -305,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--run", required=True)
     a.add_argument("--requests", required=True)
 
-    sw = sub.add_parser("sweep", help="Ray Tune sweep across unlearning regimes")
+    sw = sub.add_parser("sweep", help="Ray Tune sweep across unlearning regimes",
+                        description="Ray Tune sweep across unlearning regimes. --key=value sets a base "
+                        "config key; --sweep.<field>=value sets a field of the sweep file "
+                        "(e.g. --sweep.num_samples=8).")
     sw.add_argument("--config", required=True)
     sw.add_argument("--resume", action="store_true")
     sw.add_argument("--storage", default=None, help="results root (default runs/sweeps)")
