@@ -359,6 +359,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.save(_loss_and_grads(rank, world), f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # no rank tears the group down while its peer is still mid-collective
     finally:
         dist.destroy_process_group()
 

@@ -214,6 +214,7 @@ def _w2_worker(rank: int, init_file: str, data, cfg_dict: dict, out: str) -> Non
         book = PartitionBook.contiguous(data.n_users, data.n_items, 2)
         model, _, res = fit(cfg, data, book=book, rank=rank, out_dir=out)
         torch.save({"state": model.state_dict(), "history": strip_times(res.history)}, f"{out}/rank{rank}.pt")
+        dist.barrier()  # no rank tears the group down while its peer is still mid-collective
     finally:
         dist.destroy_process_group()
 
