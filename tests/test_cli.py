@@ -67,3 +67,7 @@ def test_train_forget_unlearn_chain_is_idempotent(tmp_path, capsys):
     assert again["receipt"]["model_after"] == first["receipt"]["model_after"]
     assert (out / "checkpoint.pt").read_bytes() == checkpoint  # nothing was unlearned twice
     assert main(["evaluate", "--run", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "--run", str(out), "--requests", str(req), "--original", str(run)]) == 0
+    audits = json.loads(capsys.readouterr().out)["audits"]
+    assert {"original", "retrain", "tru"} <= set(audits)

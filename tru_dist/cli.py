@@ -163,7 +163,7 @@ def cmd_unlearn(args, overrides) -> int:
 def cmd_audit(args, overrides) -> int:
     from tru_dist.audit.runner import audit_run
 
-    _print_json(audit_run(args.run, args.requests))
+    _print_json(audit_run(args.run, args.requests, original=args.original))
     return 0
 
 
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="membership inference / backdoor audit of an unlearned run")
     a.add_argument("--run", required=True)
     a.add_argument("--requests", required=True)
+    a.add_argument("--original", default=None,
+                   help="the run the unlearning started from (default: source_run in RUN/metrics.json)")
 
     sw = sub.add_parser("sweep", help="Ray Tune sweep across unlearning regimes",
                         description="Ray Tune sweep across unlearning regimes. --key=value sets a base "

@@ -20,7 +20,6 @@ looks at test metrics to choose anything.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,7 +117,7 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
         names.insert(0, "retrain")
     for name in names:
         method = get_method(name)
-        result = method.unlearn(copy.deepcopy(original), graph_after, data_after, forget, cfg)
+        result = method.unlearn(original, graph_after, data_after, forget, cfg)  # methods copy it
         models[name] = result.model
         out[name] = {"seconds": result.seconds, "stats": result.stats}
         _log(f"seed {seed}: {name} done in {result.seconds:.2f}s")

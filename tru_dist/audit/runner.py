@@ -147,7 +147,7 @@ def audit_run(
     original = original or metrics.get("source_run")
     if original is None:
         raise AuditError(f"{run_dir} does not say which run it was unlearned from (no source_run in "
-                         "metrics.json); pass the original run folder")
+                         "metrics.json); pass it with --original RUN")
     cfg, data, graph, original_model = load_run(original, data=data)
     _, _, _, unlearned = load_run(run_dir, data=data)
     data_before, graph_before = _served_state(Path(original), data, graph)

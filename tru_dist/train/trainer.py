@@ -82,7 +82,8 @@ def check_metric(cfg: Config) -> None:
         raise ConfigError(f"eval.metric '{cfg.eval.metric}' is not computed; choose one of: {valid}")
 
 
-def _data_signature(data: RecDataset) -> dict[str, int]:
+def data_signature(data: RecDataset) -> dict[str, int]:
+    """What a checkpoint records of its data, checked on resume and load (counts, not a hash)."""
     return {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(len(data.train_pairs[0]))}
 
 
@@ -91,7 +92,7 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path:
     fields = [("model", saved["config"]["model"], now["model"])]
     for k in ("seed", "lr", "batch_size"):
         fields.append((f"train.{k}", saved["config"]["train"][k], now["train"][k]))
-    fields.append(("data", saved["data"], _data_signature(data)))
+    fields.append(("data", saved["data"], data_signature(data)))
     fields.append(("world size", saved["world_size"], collectives.world_size()))
     for what, old, new in fields:
         if old != new:
@@ -147,7 +148,7 @@ def train_model(
             return
         save_checkpoint({
             "model": clone_state(model), "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-            "rng": rng_state(), "config": cfg.to_dict(), "data": _data_signature(data),
+            "rng": rng_state(), "config": cfg.to_dict(), "data": data_signature(data),
             "world_size": collectives.world_size(), "rank": collectives.rank(), **st,
         }, ckpt)
 
@@ -281,9 +282,9 @@ def load_run(
         if cfg.data.path is None:
             raise CheckpointError(f"run {run_dir} was trained on in-memory data; pass data= to load_run")
         data = _load_data(cfg)
-    if saved["data"] != _data_signature(data):
+    if saved["data"] != data_signature(data):
         raise CheckpointError(
-            f"run {run_dir} was trained on data with {saved['data']}, not {_data_signature(data)}; "
+            f"run {run_dir} was trained on data with {saved['data']}, not {data_signature(data)}; "
             "pass the dataset it was trained on"
         )
     graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device)

@@ -53,7 +53,7 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
     from tru_dist.data.requests import read_requests, resolve_requests
     from tru_dist.train.checkpoint import checkpoint_path, clone_state, save_checkpoint
     from tru_dist.train.evaluate import evaluate
-    from tru_dist.train.trainer import load_run
+    from tru_dist.train.trainer import data_signature, load_run
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.metrics import forget_metrics
 
@@ -96,7 +96,7 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
         "decisions": result.stats,
         "config": cfg.to_dict(),
     }
-    signature = {"n_users": data.n_users, "n_items": data.n_items, "n_train": int((data.labels == 0).sum())}
+    signature = data_signature(data)
     state = clone_state(result.model)
     save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(), "data": signature,
                      "world_size": 1, "rank": 0, "unlearned_by": name},
