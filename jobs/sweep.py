@@ -3,6 +3,10 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/sweep.py --config configs/sweeps/tiny.yaml --storage /tmp/sweeps
 
+    # every trial a Ray Train run of 2 workers (sweep resources are then per worker)
+    ray job submit ... -- python jobs/sweep.py --config configs/sweeps/tru.yaml \
+        --storage /shared/sweeps --workers 2
+
     # finish an interrupted sweep (same config, same storage)
     ray job submit ... -- python jobs/sweep.py --config configs/sweeps/tru.yaml \
         --storage /shared/sweeps --resume

@@ -45,12 +45,19 @@ def tiny_data():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole test session (``ray.init`` costs ~5 s): 2 CPUs, no dashboard,
-    auth and usage stats off. Reuses a Ray that another fixture already started."""
+    """One local Ray for the whole test session (``ray.init`` costs ~5 s): 2 CPUs, auth and
+    usage stats off, the dashboard on 127.0.0.1 (a free port) because W > 1 sweeps need the
+    state API it serves. Reuses a Ray that another fixture already started."""
+    import socket
+
     ray = pytest.importorskip("ray")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 configure_logging=False, log_to_driver=False)
         started = True
     yield ray
     if started:

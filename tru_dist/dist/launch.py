@@ -96,9 +96,10 @@ def _spawned(rank: int, world_size: int, task: dict, data: RecDataset | None) ->
 
 
 # -- Ray ---------------------------------------------------------------------------------------
-def connect(address: str) -> None:
-    """``ray.init`` for ``local`` (a new in-process cluster: dashboard off, auth off, no usage
-    stats), ``auto`` (the running cluster) or ``ray://host:port``; reuses an initialised Ray."""
+def connect(address: str, dashboard: bool = False) -> None:
+    """``ray.init`` for ``local`` (a new in-process cluster: auth off, no usage stats, the
+    dashboard off unless ``dashboard``, and then on 127.0.0.1 only), ``auto`` (the running
+    cluster) or ``ray://host:port``; reuses an initialised Ray."""
     import ray
 
     if ray.is_initialized():
@@ -106,13 +107,15 @@ def connect(address: str) -> None:
     if address == "local":
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False,
+                 log_to_driver=True)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=address, configure_logging=False)
 
 
-def _worker_env(address: str) -> dict[str, str]:
+def worker_env(address: str) -> dict[str, str]:
+    """Environment of Ray Train workers: no progress bars; gloo on loopback for a local Ray."""
     env = {"TQDM_DISABLE": "1"}
     if address == "local" or os.environ.get("GLOO_SOCKET_IFNAME"):
         env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
@@ -144,7 +147,7 @@ def _run_ray(task: dict, cfg: Config) -> dict:
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": _worker_env(cfg.dist.address)},
+            worker_runtime_env={"env_vars": worker_env(cfg.dist.address)},
         ),
     )
     result = trainer.fit()

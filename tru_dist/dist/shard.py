@@ -104,3 +104,18 @@ def build_shard_model(cfg: Config, shard: Shard) -> Backbone:
     from tru_dist.models.registry import build_model
 
     return build_model(cfg.model, shard.graph, seed=cfg.train.seed).to(shard.graph.ui.norm.device)
+
+
+def load_full_state(model: Backbone, state: dict[str, torch.Tensor], shard: Shard) -> None:
+    """Load a whole-model (W = 1) ``state`` into this rank's shard ``model`` (eval mode).
+
+    User-row tables keep rows ``[lo, hi)`` of this rank's user range; every other entry is
+    replicated and loaded as is. The W = 1 model and the W shards then hold exactly the same
+    numbers, so a model trained once by one process can be unlearned by W workers.
+    """
+    lo, hi = shard.book.user_range(shard.rank)
+    names = {id(p): n for n, p in model.named_parameters()}
+    user_keys = {names[id(p)] for p, kind in model.row_tables().values() if kind == "user"}
+    local = {k: (v[lo:hi] if k in user_keys else v) for k, v in state.items()}
+    model.load_state_dict(local)
+    model.eval()

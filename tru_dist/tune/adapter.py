@@ -10,6 +10,15 @@ What the rest of ``tru_dist.tune`` needs from Ray, as plain functions:
   checkpointed (``num_to_keep=1``) and logged as JSON, CSV and TensorBoard (the TBX logger
   callback is named explicitly, so it is on even with Tune's automatic loggers disabled);
 * :func:`report`, :func:`load_checkpoint`, :func:`trial_index` — inside a trial;
+* :func:`run_train_trial` — inside a trial of a sweep with ``--workers W > 1``: the trial
+  is a Ray Train run (``TorchTrainer``, W workers, one process group) whose workers run
+  :func:`tru_dist.tune.shard_trial.run_shard_trial`; ``TuneReportCallback`` forwards rank
+  0's per-epoch report to Tune, and the run's own checkpoint (``{"epoch": e}``, named
+  ``trial_<id>`` under ``<sweep>/train/<regime>``) is what a retried or restored trial
+  resumes from (Ray Train V2 restores a run of the same name and storage path);
+* :func:`require_state_api` — W > 1 sweeps need Ray's state API (the dashboard): ASHA stops
+  a trial by killing it, and only Ray Train's placement-group cleaner, which asks the
+  state API whether the run's controller is gone, then frees the workers' CPUs;
 * :func:`trial_rows` — every reported row of an experiment, read from the trials'
   ``result.json`` files (no Ray needed, so reports work on a machine without Ray).
 
@@ -31,13 +40,34 @@ from tru_dist.errors import ConfigError
 CHECKPOINT_FILE = "state.json"
 
 
-def connect(address: str = "local") -> None:
-    """``ray.init`` for the sweep driver (reuses an initialised Ray; never a non-loopback dashboard)."""
+def connect(address: str = "local", dashboard: bool = False) -> None:
+    """``ray.init`` for the sweep driver (reuses an initialised Ray; a local dashboard, when
+    asked for, listens on 127.0.0.1 only)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60: 'disabled' or 'token'
     from tru_dist.dist.launch import connect as ray_connect
 
-    ray_connect(address)
+    ray_connect(address, dashboard=dashboard)
+
+
+def require_state_api() -> None:
+    """Fail in one line when Ray's state API (served by the dashboard) does not answer."""
+    from ray.util.state import list_actors
+
+    try:
+        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+    except Exception as exc:  # RayStateApiException, ConnectionError, ...: all mean "no dashboard"
+        raise ConfigError(
+            "sweeps with --workers > 1 need Ray's state API, which the dashboard serves (without it a "
+            "trial stopped early leaks its workers' CPUs): start Ray with the dashboard (ray start --head "
+            "--dashboard-host=127.0.0.1, or let the sweep start a local Ray), or use --workers=1 "
+            f"[{type(exc).__name__}]") from None
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
 
 
 # -- search space, search, scheduler -------------------------------------------------------
@@ -95,11 +125,29 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(fn: Callable, spec, context: Any) -> Any:
+def _trainable(fn: Callable, spec, context: Any, workers: int = 1) -> Any:
+    """The trial function with its shared context and resources: ``resources`` per trial at
+    W = 1; at W > 1 the trial itself only waits on its Ray Train run (no CPU: Ray needs a
+    non-empty bundle, hence one byte of memory) and ``resources`` go to each worker."""
     from ray import tune
 
+    if workers > 1:
+        return tune.with_resources(tune.with_parameters(fn, ctx=context),
+                                   tune.PlacementGroupFactory([{"CPU": 0.0, "memory": 1}]))
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.with_resources(tune.with_parameters(fn, ctx=context), resources)
+
+
+def max_concurrent_trials(spec, workers: int) -> int:
+    """At W > 1: as many trials as the cluster's CPUs hold worker groups (``max_concurrent``
+    caps it); 0 (no limit) at W = 1, where ``max_concurrent`` limits the search instead.
+
+    Without this cap Tune would start every trial's Ray Train run at once, and the runs
+    that cannot get their W workers time out."""
+    if workers <= 1:
+        return 0
+    fit = max(1, int(cluster_cpus() // max(workers * spec.resources.cpu, 1e-9)))
+    return min(fit, spec.max_concurrent) if spec.max_concurrent else fit
 
 
 def _run_config(spec, name: str, storage: Path, max_failures: int) -> Any:
@@ -117,7 +165,7 @@ def _run_config(spec, name: str, storage: Path, max_failures: int) -> Any:
 
 
 def make_tuner(fn: Callable, context: Any, spec, *, name: str, storage: Path, max_t: int,
-               max_failures: int) -> Any:
+               max_failures: int, workers: int = 1) -> Any:
     """A Tuner for one regime's experiment ``storage/name``."""
     from ray import tune
 
@@ -127,10 +175,11 @@ def make_tuner(fn: Callable, context: Any, spec, *, name: str, storage: Path, ma
         search_alg=_search(spec),
         scheduler=_scheduler(spec, max_t),
         num_samples=spec.num_samples,
-        reuse_actors=True,
+        max_concurrent_trials=max_concurrent_trials(spec, workers) or None,
+        reuse_actors=workers <= 1,  # a W > 1 trial owns a Ray Train run: never hand its actor on
         trial_dirname_creator=_trial_dirname,
     )
-    return tune.Tuner(_trainable(fn, spec, context), param_space=search_space(spec.space),
+    return tune.Tuner(_trainable(fn, spec, context, workers), param_space=search_space(spec.space),
                       tune_config=tune_config, run_config=_run_config(spec, name, storage, max_failures))
 
 
@@ -140,12 +189,12 @@ def can_restore(experiment_dir: Path) -> bool:
     return Path(experiment_dir).exists() and tune.Tuner.can_restore(str(experiment_dir))
 
 
-def restore_tuner(fn: Callable, context: Any, spec, experiment_dir: Path) -> Any:
+def restore_tuner(fn: Callable, context: Any, spec, experiment_dir: Path, workers: int = 1) -> Any:
     """Continue an experiment: finished trials are kept, unfinished and errored ones resume
     from their last checkpoint (the trainable and its shared objects are re-supplied)."""
     from ray import tune
 
-    return tune.Tuner.restore(str(experiment_dir), trainable=_trainable(fn, spec, context),
+    return tune.Tuner.restore(str(experiment_dir), trainable=_trainable(fn, spec, context, workers),
                               resume_unfinished=True, resume_errored=True)
 
 
@@ -194,6 +243,74 @@ def trial_index() -> int:
 
     tail = tune.get_context().get_trial_id().rsplit("_", 1)
     return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else -1
+
+
+# -- a trial on W workers (Ray Train inside the Tune trial) ---------------------------------------
+def run_train_trial(sample: dict[str, Any], task: dict[str, Any], *, workers: int, cpu: float, gpu: float,
+                    storage: Path, fault: Any = None) -> None:
+    """Run one W-worker trial as a Ray Train run and forward its per-epoch reports to Tune.
+
+    The run is named after the trial (``trial_<id>`` under ``storage``) and keeps its last
+    checkpoint, so when Tune retries the trial (``dist.max_failures``) or ``--resume``
+    restores it, Ray Train restores the same run and its workers continue after the last
+    reported epoch. The run's own ``max_failures`` is 0: a failure surfaces as the trial's,
+    and Tune's failure policy decides.
+    """
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from tru_dist.dist.launch import worker_env
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg_dist = task["config"]["dist"]
+    backend = cfg_dist["backend"] if cfg_dist["backend"] != "auto" else ("nccl" if gpu > 0 else "gloo")
+    resources: dict[str, float] = {"CPU": cpu} | ({"GPU": gpu} if gpu > 0 else {})
+    trainer = TorchTrainer(
+        _train_trial_worker,
+        train_loop_config={"task": task, "sample": sample, "trial": trial_index(), "fault": fault},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"trial_{trial_id}",
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+            worker_runtime_env={"env_vars": worker_env(cfg_dist["address"])},
+        ),
+    )
+    trainer.fit()
+
+
+def _train_trial_worker(loop_config: dict[str, Any]) -> None:
+    """One worker of a W-worker trial: resume after the run's last checkpoint, run the epochs."""
+    import ray.train
+
+    from tru_dist.tune.shard_trial import run_shard_trial
+
+    checkpoint = ray.train.get_checkpoint()
+    start = 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            start = int(json.loads(path.read_text())["epoch"]) if path.exists() else 0
+    run_shard_trial(loop_config["task"], loop_config["sample"], start, _train_report,
+                    fault=loop_config.get("fault"), trial=int(loop_config["trial"]))
+
+
+def _train_report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """``ray.train.report`` on every rank (V2 needs all), the checkpoint from rank 0 only."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="tru-dist-trial-") as tmp:
+        (Path(tmp) / CHECKPOINT_FILE).write_text(json.dumps(state))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 # -- results (plain files) --------------------------------------------------------------------

@@ -102,6 +102,32 @@ def _forget_from(blob: dict[str, Any]) -> ForgetSet:
                      regime=blob["regime"])
 
 
+def regime_data(clean: RecDataset, regime: RegimeSpec, seed: int) -> RecDataset:
+    """The data a regime's seed works on: ``clean`` itself, or for ``poison`` the clean data
+    with the seeded fake users injected (deterministic, so every worker rebuilds the same)."""
+    if regime.regime == "poison" and "poison" not in clean.meta:
+        from tru_dist.data.poison import inject_poison
+
+        return inject_poison(clean, fake_user_fraction=regime.fraction, seed=seed)
+    return clean
+
+
+def original_file(sweep_dir: Path, regime: RegimeSpec, seed: int) -> Path:
+    """Where the shared original of (regime's data, seed) is saved."""
+    return context_dir(sweep_dir) / "originals" / f"{_data_key(regime)}-seed{seed}.pt"
+
+
+def seed_file(sweep_dir: Path, regime_id: str, seed: int) -> Path:
+    """Where a (regime, seed)'s forget set, reference and baselines are saved."""
+    return context_dir(sweep_dir) / regime_id / f"seed{seed}.pt"
+
+
+def load_forget_and_reference(path: Path) -> tuple[ForgetSet, Reference]:
+    """The forget set and the score's reference saved in a :func:`seed_file`."""
+    saved = _load_state(path)
+    return _forget_from(saved["forget"]), Reference(**saved["ref"])
+
+
 class _Data:
     """Data and pre-deletion graphs, built once per (data key, seed) in this process."""
 
@@ -117,11 +143,7 @@ class _Data:
 
             if self._clean is None:
                 self._clean = open_data(self.spec.data)
-            data = self._clean
-            if regime.regime == "poison" and "poison" not in data.meta:
-                from tru_dist.data.poison import inject_poison
-
-                data = inject_poison(data, fake_user_fraction=regime.fraction, seed=seed)
+            data = regime_data(self._clean, regime, seed)
             graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device)
             self._cache[key] = (data, graph)
         return self._cache[key]
@@ -144,7 +166,7 @@ def _log(msg: str) -> None:
 
 def _original(store: _Data, regime: RegimeSpec, cfg: Config, root: Path) -> tuple[Any, float]:
     data, graph = store.get(regime, cfg.train.seed, cfg)
-    path = root / "originals" / f"{_data_key(regime)}-seed{cfg.train.seed}.pt"
+    path = original_file(root.parent, regime, cfg.train.seed)
     if path.exists():
         blob = _load_state(path)
         return _model(cfg, graph, blob["state"]), float(blob["seconds"])
@@ -183,7 +205,7 @@ def prepare(spec: SweepSpec, base: Config, sweep_dir: Path, regime_ids: list[str
             cfg = seeded(base, seed)
             data, graph = store.get(regime, seed, cfg)
             original, original_seconds = _original(store, regime, cfg, root)
-            path = root / regime.id / f"seed{seed}.pt"
+            path = seed_file(sweep_dir, regime.id, seed)
             if must_exist and not path.exists():
                 raise ConfigError(f"{path} is missing: the sweep did not finish preparing; resume it "
                                   "(tru-dist sweep --config FILE --resume)")

@@ -167,7 +167,4 @@ def base_config(spec: SweepSpec, config_overrides: list[str] | None = None) -> C
     if cfg.model.name != spec.model:
         raise ConfigError(f"sweep model is '{spec.model}' but the base config sets model.name="
                           f"'{cfg.model.name}'; set one of them")
-    if cfg.dist.workers != 1:
-        raise ConfigError(f"dist.workers={cfg.dist.workers}: sweeps run each trial as one process for now "
-                          "(use --workers=1 and raise resources.cpu instead)")
     return cfg

@@ -19,6 +19,15 @@ compares trials at the same epoch, and scores of different regimes are not compa
 a shared scheduler would prune whole regimes. Regimes run one after the other; trials of
 a regime run concurrently (``max_concurrent``, ``resources.cpu`` per trial).
 
+``workers=W > 1`` (``--workers``, or ``dist.workers`` in the base config) runs every trial
+as a Ray Train run of W workers, each holding a shard of the graph and feature store
+(:mod:`tru_dist.tune.shard_trial`); ``resources`` are then per worker, as many trials run at
+once as the cluster's CPUs hold worker groups, and Ray Train's checkpoints live under
+``<sweep>/train/<regime>/trial_<id>``. The shared originals, Retrain and reverse_bpr are
+still trained once, by the driver; the report's single test re-evaluation runs at W = 1
+(the same numbers to float tolerance). Needs Ray's state API (the dashboard; a local Ray
+started by the sweep has it on 127.0.0.1).
+
 ``resume=True`` restores every regime's experiment that exists (``Tuner.restore``):
 finished trials are kept as they are, unfinished and errored ones continue from their
 last checkpoint, regimes never started are started. The sweep file and overrides must be
@@ -36,8 +45,15 @@ from tru_dist.errors import ConfigError, TruDistError
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.tune import adapter
 from tru_dist.tune.context import prepare
+from tru_dist.tune.shard_trial import shard_trial_task
 from tru_dist.tune.spec import SweepSpec, base_config, load_spec, parse_spec
-from tru_dist.tune.trainable import Fault, TrialContext, tru_trainable
+from tru_dist.tune.trainable import (
+    Fault,
+    TrialContext,
+    WorkersTrialContext,
+    tru_trainable,
+    tru_workers_trainable,
+)
 
 DEFAULT_STORAGE = "runs/sweeps"
 MANIFEST = "sweep.json"
@@ -79,20 +95,35 @@ def _log(msg: str) -> None:
     print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _trial(spec: SweepSpec, base: Config, sweep_dir: Path, regime, seeds, max_t: int, fault):
+    """(trainable, its shared context) for one regime: the in-process trial at W = 1, the
+    Ray Train trial of W workers otherwise (which loads everything from ``sweep_dir``)."""
+    if base.dist.workers <= 1:
+        return tru_trainable, TrialContext(regime.id, [c.for_trials() for c in seeds], spec.k, max_t, fault)
+    task = shard_trial_task(spec, base, sweep_dir, regime, max_t)
+    ctx = WorkersTrialContext(task, base.dist.workers, spec.resources.cpu, spec.resources.gpu,
+                              str(sweep_dir / "train" / regime.id), fault)
+    return tru_workers_trainable, ctx
+
+
 def run_sweep(
     config_path: str | Path,
     overrides: list[str] | None = None,
     resume: bool = False,
     storage: str | Path | None = None,
-    workers: int | None = 1,
+    workers: int | None = None,
 ) -> Path:
-    """Run (or with ``resume`` finish) the sweep described by ``config_path``; return its folder."""
+    """Run (or with ``resume`` finish) the sweep described by ``config_path``; return its folder.
+
+    ``workers`` (default: the base config's ``dist.workers``) is W per trial."""
     spec, config_overrides = load_spec(config_path, overrides)
-    if workers not in (None, 1):
-        raise ConfigError(f"--workers={workers}: sweeps run each trial as one process for now; use "
-                          "--workers=1 and give trials more CPUs with sweep resources.cpu")
     adapter.check_search(spec)
     base = base_config(spec, config_overrides)
+    if workers is not None:
+        base.dist.workers = int(workers)
+    if base.dist.workers < 1:
+        raise ConfigError(f"--workers={base.dist.workers}: use 1 (each trial one process) or more "
+                          "(each trial a Ray Train run of that many workers)")
     max_t = base.unlearn.epochs
     if max_t < 1:
         raise ConfigError("unlearn.epochs must be >= 1 (it is the number of epochs every trial reports)")
@@ -105,18 +136,21 @@ def run_sweep(
     t0 = time.perf_counter()
     contexts = prepare(spec, base, sweep_dir)
     _log(f"shared originals / Retrain / reverse_bpr ready in {time.perf_counter() - t0:.1f}s")
-    adapter.connect(base.dist.address)
+    workers = base.dist.workers
+    adapter.connect(base.dist.address, dashboard=workers > 1)
+    if workers > 1:
+        adapter.require_state_api()
     fault = Fault.from_env(sweep_dir)
     failed: list[str] = []
     for regime in spec.regimes:
-        ctx = TrialContext(regime.id, [c.for_trials() for c in contexts[regime.id]], spec.k, max_t, fault)
+        fn, ctx = _trial(spec, base, sweep_dir, regime, contexts[regime.id], max_t, fault)
         experiment = sweep_dir / "tune" / regime.id
         if adapter.can_restore(experiment):
             _log(f"{regime.id}: restoring {experiment}")
-            tuner = adapter.restore_tuner(tru_trainable, ctx, spec, experiment)
+            tuner = adapter.restore_tuner(fn, ctx, spec, experiment, workers=workers)
         else:
-            tuner = adapter.make_tuner(tru_trainable, ctx, spec, name=regime.id, storage=sweep_dir / "tune",
-                                       max_t=max_t, max_failures=base.dist.max_failures)
+            tuner = adapter.make_tuner(fn, ctx, spec, name=regime.id, storage=sweep_dir / "tune",
+                                       max_t=max_t, max_failures=base.dist.max_failures, workers=workers)
         t1 = time.perf_counter()
         errors = adapter.fit(tuner)
         _log(f"{regime.id}: trials done in {time.perf_counter() - t1:.1f}s ({len(errors)} in error)")

@@ -16,6 +16,10 @@ they are the same states) and reports from e + 1, so nothing else needs saving. 
 ends early when the gate has converged for every seed (later epochs would repeat the same
 model).
 
+With ``--workers W > 1`` the trial is :func:`tru_workers_trainable` instead: the same
+epochs and reports, computed by a Ray Train run of W workers on shards of the data
+(:mod:`tru_dist.tune.shard_trial`); the Ray Train run's checkpoint carries ``{"epoch": e}``.
+
 Lives in the installed package (Ray workers import it by name); Ray itself is reached
 only through :mod:`tru_dist.tune.adapter`.
 """
@@ -127,3 +131,23 @@ def tru_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         ctx = TrialContext(ctx.regime_id, ctx.seeds, ctx.k, ctx.max_t, ctx.fault,
                            {**ctx.extra, "trial": adapter.trial_index()})
     run_epochs(config, ctx, start, adapter.report)
+
+
+@dataclass
+class WorkersTrialContext:
+    """What every W-worker trial of one regime shares: a JSON-able task (paths and ids, no
+    models: each worker loads its own shard, :func:`tru_dist.tune.shard_trial.shard_trial_task`)
+    and where the Ray Train runs keep their checkpoints."""
+
+    task: dict[str, Any]
+    workers: int
+    cpu: float
+    gpu: float
+    storage: str
+    fault: Fault | None = None
+
+
+def tru_workers_trainable(config: dict[str, Any], ctx: WorkersTrialContext) -> None:
+    """Ray Tune function trainable for ``--workers W > 1`` (see the module docstring)."""
+    adapter.run_train_trial(config, ctx.task, workers=ctx.workers, cpu=ctx.cpu, gpu=ctx.gpu,
+                            storage=Path(ctx.storage), fault=ctx.fault)

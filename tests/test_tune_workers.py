@@ -1,0 +1,178 @@
+"""Sweep trials on W > 1 workers (tru_dist.tune.shard_trial, adapter.run_train_trial).
+
+The Ray-free part: two gloo processes (``spawn_local``) run one trial's epochs on shards of
+the data — each loading its own shard, the original's user rows and the forget set from the
+sweep folder — and every epoch's report must equal, on both ranks, what the single-process
+trial reports for the same sample (TRU with gate, scaling and isolation on; both a users
+regime, which resets deleted users, and an interactions regime).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tru_dist.dist.process_group import spawn_local
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "sweeps" / "tiny.yaml"
+REGIMES = ["users-random-5pct", "interactions-5pct"]
+SAMPLE = {"unlearn.lambda_f": 1.3, "unlearn.gate.beta": 0.4, "unlearn.scaling.gamma": 1.0,
+          "unlearn.isolation.budget": 0.6}
+COMPARED = ("score", "valid_recall@20", "valid_ndcg@20", "forget_hit@20", "forget_gap", "utility_ratio",
+            "epoch", "converged")
+
+
+@pytest.fixture(scope="module")
+def prepare_once(tmp_path_factory):
+    """The tiny sweep's shared context (originals, forget sets, references) per backbone, Ray-free."""
+    from tru_dist.tune.context import prepare
+    from tru_dist.tune.spec import base_config, load_spec
+
+    cache: dict[str, tuple] = {}
+
+    def get(model: str):
+        if model not in cache:
+            spec, over = load_spec(TINY, ["--unlearn.epochs=2", f"--sweep.model={model}"])
+            base = base_config(spec, over)
+            sweep_dir = tmp_path_factory.mktemp(f"sweep-{model}") / spec.name
+            cache[model] = (spec, base, sweep_dir, prepare(spec, base, sweep_dir))
+        return cache[model]
+
+    return get
+
+
+@pytest.fixture
+def prepared(prepare_once):
+    return prepare_once("lightgcn")
+
+
+def _shard_trial(rank: int, world: int, task: dict, sample: dict) -> list[dict]:
+    from tru_dist.tune.shard_trial import run_shard_trial
+
+    reports: list[dict] = []
+    run_shard_trial(task, sample, 0, lambda metrics, state: reports.append({**metrics, "state": state}))
+    return reports
+
+
+@pytest.mark.parametrize("model, regime_id", [("lightgcn", REGIMES[0]), ("lightgcn", REGIMES[1]),
+                                             ("mgcn", REGIMES[1])])
+def test_two_workers_report_what_one_process_reports(prepare_once, model, regime_id):
+    """MGCN also checks the feature slices and the kNN graphs built from them by each rank."""
+    from tru_dist.tune.shard_trial import shard_trial_task
+    from tru_dist.tune.trainable import TrialContext, run_epochs
+
+    spec, base, sweep_dir, contexts = prepare_once(model)
+    max_t = base.unlearn.epochs
+    single: list[dict] = []
+    ctx = TrialContext(regime_id, [c.for_trials() for c in contexts[regime_id]], spec.k, max_t)
+    run_epochs(SAMPLE, ctx, 0, lambda metrics, state: single.append({**metrics, "state": state}))
+    task = shard_trial_task(spec, base, sweep_dir, spec.regime(regime_id), max_t)
+    ranks = spawn_local(_shard_trial, 2, (task, SAMPLE))
+
+    assert [r["epoch"] for r in single] == list(range(1, max_t + 1))
+    assert ranks[0] and len(ranks[0]) == len(single) == len(ranks[1])
+    for one, r0, r1 in zip(single, ranks[0], ranks[1], strict=True):
+        assert r0["state"] == r1["state"] == one["state"] == {"epoch": one["epoch"]}
+        for key in COMPARED:
+            assert r0[key] == r1[key], key  # every rank reports the same (global) numbers
+            assert r0[key] == pytest.approx(one[key], abs=1e-6), (key, one["epoch"])
+    # the deletion moved something: a trial that reports constants would pass the above vacuously
+    assert single[0]["forget_hit@20"] != pytest.approx(contexts[regime_id][0].baselines["original"]["hit"])
+
+
+def test_a_trial_starting_after_a_checkpoint_reports_only_later_epochs(prepared):
+    spec, base, sweep_dir, _ = prepared
+    from tru_dist.tune.shard_trial import run_shard_trial, shard_trial_task
+
+    task = shard_trial_task(spec, base, sweep_dir, spec.regime(REGIMES[1]), base.unlearn.epochs)
+    full: list[dict] = []
+    resumed: list[dict] = []
+    run_shard_trial(task, SAMPLE, 0, lambda m, s: full.append(m))
+    run_shard_trial(task, SAMPLE, 1, lambda m, s: resumed.append(m))
+    assert [m["epoch"] for m in resumed] == [2]
+    assert resumed[0]["score"] == full[1]["score"]  # epoch 1 replayed silently: the same state after it
+
+
+# -- through Ray: each trial a Ray Train run of 2 workers ---------------------------------------------
+W2_REGIME = "interactions-5pct"
+W2_OVERRIDES = ["--unlearn.epochs=2", "--sweep.regimes=[{regime: interactions, fraction: 0.05}]",
+                "--sweep.num_samples=2", "--dist.max_failures=0", "--sweep.report=false"]
+
+
+def _rows_by_trial(experiment: Path) -> dict[str, list[dict]]:
+    from tru_dist.tune import adapter
+
+    out: dict[str, list[dict]] = {}
+    for row in adapter.trial_rows(experiment):
+        out.setdefault(row["trial_id"], []).append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def workers_sweep(ray_session, tmp_path_factory):
+    """2 trials × 2 epochs, W = 2; trial 1 fails once before epoch 2, then ``--resume``."""
+    import time
+
+    from tru_dist.errors import TruDistError
+    from tru_dist.tune.sweep import run_sweep
+
+    storage = tmp_path_factory.mktemp("sweeps-w2")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRU_DIST_SWEEP_FAULT", f"{W2_REGIME}:1:2")
+        with pytest.raises(TruDistError, match="rerun with --resume") as failed:
+            run_sweep(TINY, overrides=W2_OVERRIDES, storage=storage, workers=2)
+        interrupted = _rows_by_trial(storage / "tiny" / "tune" / W2_REGIME)
+        out = run_sweep(TINY, overrides=W2_OVERRIDES, resume=True, storage=storage, workers=2)
+    deadline = time.monotonic() + 60  # stopped trials' worker groups must give their CPUs back
+    while ray_session.available_resources().get("CPU", 0.0) < 2.0 and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return {"dir": out, "error": str(failed.value), "interrupted": interrupted,
+            "cpus": ray_session.available_resources().get("CPU", 0.0)}
+
+
+def test_workers_sweep_resumes_the_failed_trial_after_its_last_epoch(workers_sweep):
+    assert "injected fault" in workers_sweep["error"]
+    before = workers_sweep["interrupted"]
+    failed = next(t for t in before if t.endswith("_00001"))
+    assert [r["epoch"] for r in before[failed]] == [1]
+    after = _rows_by_trial(workers_sweep["dir"] / "tune" / W2_REGIME)
+    assert set(after) == set(before) and len(after) == 2
+    for rows in after.values():  # epoch 1 is not reported twice: the Ray Train run resumed after it
+        assert [r["epoch"] for r in rows] == [1, 2]
+    runs = sorted(p.name for p in (workers_sweep["dir"] / "train" / W2_REGIME).iterdir())
+    assert runs == sorted(f"trial_{t}" for t in after)  # one Ray Train run per trial, reused on resume
+    assert workers_sweep["cpus"] == 2.0  # no placement group leaked by trials Tune stopped
+
+
+def test_workers_sweep_reports_what_one_process_computes(workers_sweep):
+    from tru_dist.tune.context import prepare
+    from tru_dist.tune.sweep import load_manifest
+    from tru_dist.tune.trainable import TrialContext, run_epochs
+
+    spec, base, max_t = load_manifest(workers_sweep["dir"])
+    assert base.dist.workers == 2
+    seeds = prepare(spec, base, workers_sweep["dir"], regime_ids=[W2_REGIME], must_exist=True)[W2_REGIME]
+    for rows in _rows_by_trial(workers_sweep["dir"] / "tune" / W2_REGIME).values():
+        single: list[dict] = []
+        ctx = TrialContext(W2_REGIME, [sc.for_trials() for sc in seeds], spec.k, max_t)
+        run_epochs(rows[0]["config"], ctx, 0, lambda metrics, state, out=single: out.append(metrics))
+        for row, one in zip(rows, single, strict=True):
+            for key in COMPARED:
+                assert row[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_workers_sweep_without_the_state_api_is_a_one_line_error(monkeypatch):
+    import ray.util.state
+
+    from tru_dist.errors import ConfigError
+    from tru_dist.tune import adapter
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("dashboard not running")
+
+    monkeypatch.setattr(ray.util.state, "list_actors", unreachable)
+    with pytest.raises(ConfigError, match="need Ray's state API") as info:
+        adapter.require_state_api()
+    assert "\n" not in str(info.value) and "--workers=1" in str(info.value)
