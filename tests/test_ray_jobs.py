@@ -141,3 +141,24 @@ def test_jobs_submitted_to_a_local_head_succeed(ray_head, tmp_path):
     assert 0.0 < trained["test"]["recall@20"] <= 1.0
     assert any((tmp_path / "storage").rglob("checkpoint.rank1.pt"))  # per-rank files in Ray's checkpoints
     assert '"world_size": 2' in client.get_job_logs(train)
+
+
+@pytest.mark.slow
+def test_sweep_job_with_two_workers_per_trial(ray_head, tmp_path):
+    """``jobs/sweep.py --workers 2`` on a running head (its dashboard serves the state API)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tru_dist.tune import adapter
+
+    client = JobSubmissionClient(ray_head)
+    job = client.submit_job(
+        entrypoint=f"python jobs/sweep.py --config configs/sweeps/tiny.yaml --storage {tmp_path} --workers 2 "
+                   "--unlearn.epochs=2 --sweep.num_samples=2 --sweep.report=false "
+                   "'--sweep.regimes=[{regime: interactions, fraction: 0.05}]'",
+        runtime_env={"working_dir": str(REPO)})
+    status = _wait(client, job, timeout=600)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-4000:]
+    rows = adapter.trial_rows(tmp_path / "tiny" / "tune" / "interactions-5pct")
+    assert sorted(r["epoch"] for r in rows) == [1, 1, 2, 2]
+    assert all(0.0 < r["valid_recall@20"] <= 1.0 for r in rows)
+    assert len(list((tmp_path / "tiny" / "train" / "interactions-5pct").iterdir())) == 2  # 2 Ray Train runs

@@ -102,6 +102,27 @@ def test_trainable_lives_in_the_installed_package():
     assert Path(module.__file__).resolve().is_relative_to(Path(tru_dist.__file__).resolve().parent)
 
 
+def test_epoch_seconds_count_the_run_not_the_evaluation_between_epochs(monkeypatch):
+    """A fake clock: each epoch of the run costs 1 s, the consumer's evaluation 100 s."""
+    import tru_dist.tune.epochs as ep
+
+    clock = [0.0]
+
+    def fake_run(*args):
+        for epoch in (1, 2, 3):
+            clock[0] += 1.0
+            yield epoch, None, {}
+
+    monkeypatch.setattr(ep.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(ep, "iter_update", fake_run)
+    monkeypatch.setattr(ep, "tru_spec", lambda cfg: None)
+    seconds = []
+    for state in ep.tru_epochs(None, None, None, None, None):
+        seconds.append(state.seconds)
+        clock[0] += 100.0  # evaluating and reporting between epochs
+    assert seconds == [1.0, 2.0, 3.0]
+
+
 def test_score_formula_is_one_for_retrain_zero_for_doing_nothing_and_symmetric():
     from tru_dist.tune.objective import Reference, trade_off
 

@@ -246,6 +246,14 @@ def trial_index() -> int:
 
 
 # -- a trial on W workers (Ray Train inside the Tune trial) ---------------------------------------
+#: Ray Train settings for trial runs (an environment variable of the same name wins). The
+#: controller collects reports when it polls the workers, every 2 s by default — as long as
+#: a whole TRU epoch on Scientific — so a trial polls every 0.25 s. A trial may wait for a
+#: stopped trial's workers to be freed, so it gets 5 minutes, not 1, to start its group.
+TRAIN_TRIAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+                   "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
+
+
 def run_train_trial(sample: dict[str, Any], task: dict[str, Any], *, workers: int, cpu: float, gpu: float,
                     storage: Path, fault: Any = None) -> None:
     """Run one W-worker trial as a Ray Train run and forward its per-epoch reports to Tune.
@@ -263,6 +271,8 @@ def run_train_trial(sample: dict[str, Any], task: dict[str, Any], *, workers: in
 
     from tru_dist.dist.launch import worker_env
 
+    for key, value in TRAIN_TRIAL_ENV.items():  # read by Ray Train's controller (propagated from here)
+        os.environ.setdefault(key, value)
     trial_id = tune.get_context().get_trial_id()
     cfg_dist = task["config"]["dist"]
     backend = cfg_dist["backend"] if cfg_dist["backend"] != "auto" else ("nccl" if gpu > 0 else "gloo")
