@@ -194,13 +194,12 @@ def test_bad_workers_and_resume_without_a_sweep_are_errors(tmp_path):
     assert not any(tmp_path.iterdir())  # both refused before writing or training anything
 
 
-def test_optuna_search_without_optuna_fails_before_training(tmp_path):
-    import importlib.util
+def test_optuna_search_without_optuna_fails_before_training(tmp_path, monkeypatch):
+    import sys
 
     from tru_dist.tune.sweep import run_sweep
 
-    if importlib.util.find_spec("optuna") is not None:
-        pytest.skip("optuna is installed here")
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what an environment without the extra sees
     with pytest.raises(ConfigError, match="optional extra"):
         run_sweep(TINY, overrides=["--sweep.search=optuna"], storage=tmp_path)
     assert not any(tmp_path.iterdir())
@@ -304,3 +303,24 @@ def test_report_has_pareto_plots_best_configs_and_shared_row(tiny_sweep):
     deltas = [final[r]["tru (tuned for regime)"]["score"] - final[r]["tru (shared config)"]["score"]
               for r in REGIMES]
     assert f"mean test-score difference {np.mean(deltas):+.3f}" in text
+
+
+def test_optuna_search_runs_and_repeats_its_samples_for_a_seed(ray_session, tmp_path):
+    """``search: optuna`` (the ``optuna`` extra, installed with the test extra): a seeded study
+    samples inside the space, differs from random search, and repeats itself for the same seed."""
+    from tru_dist.tune import adapter
+    from tru_dist.tune.sweep import run_sweep
+
+    pytest.importorskip("optuna")
+    over = ["--sweep.report=false", "--unlearn.epochs=2", "--sweep.regimes=[{regime: interactions}]"]
+    samples = {}
+    for search, name in (("optuna", "a"), ("optuna", "b"), ("random", "c")):
+        out = run_sweep(TINY, overrides=[*over, f"--sweep.search={search}", f"--sweep.name={name}"],
+                        storage=tmp_path)
+        rows = adapter.trial_rows(out / "tune" / "interactions-5pct")
+        samples[name] = sorted({tuple(sorted(r["config"].items())) for r in rows})
+    assert len(samples["a"]) == 3 and samples["a"] == samples["b"] != samples["c"]
+    for config in samples["a"]:
+        c = dict(config)
+        assert 0.1 <= c["unlearn.lambda_f"] <= 3.0 and 0.0 <= c["unlearn.gate.beta"] <= 1.0
+        assert c["unlearn.scaling.gamma"] in (0.0, 1.0)
