@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -87,14 +88,15 @@ def ray_head(tmp_path_factory):
     pytest.importorskip("ray.job_submission")
     state = tmp_path_factory.mktemp("head") / "ray-head.env"
     dash = free_port()
-    env = {**os.environ, "RAY_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(dash),
+    gcs = free_port()
+    env = {**os.environ, "RAY_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(dash),
            "RAY_HEAD_STATE": str(state), "RAY_NUM_CPUS": "2", "RAY_AUTH_MODE": "disabled"}
     start = subprocess.run([str(REPO / "cluster" / "local-start.sh")], env=env, capture_output=True,
                            text=True, timeout=180)
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
     assert f"http://127.0.0.1:{dash}" in start.stdout
     try:
-        yield f"http://127.0.0.1:{dash}"
+        yield SimpleNamespace(url=f"http://127.0.0.1:{dash}", gcs=f"127.0.0.1:{gcs}")
     finally:
         stop = subprocess.run([str(REPO / "cluster" / "local-stop.sh")], env=env, capture_output=True,
                               text=True, timeout=120)
@@ -118,7 +120,7 @@ def _wait(client, job_id: str, timeout: float = 300.0) -> str:
 def test_jobs_submitted_to_a_local_head_succeed(ray_head, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(ray_head)
+    client = JobSubmissionClient(ray_head.url)
     quick = "--train.epochs=3 --model.dim=16"
     compare = client.submit_job(
         entrypoint=f"python jobs/compare.py --data synthetic:tiny --out {tmp_path / 'compare'} "
@@ -145,17 +147,20 @@ def test_jobs_submitted_to_a_local_head_succeed(ray_head, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_job_with_two_workers_per_trial(ray_head, tmp_path):
-    """``jobs/sweep.py --workers 2`` on a running head (its dashboard serves the state API)."""
+    """``jobs/sweep.py --workers 2`` on a running head (its dashboard serves the state API).
+
+    The test session may run a second Ray (``ray_session``): RAY_ADDRESS in the job's runtime
+    environment tells Ray Train's placement-group cleaner which instance is the job's."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from tru_dist.tune import adapter
 
-    client = JobSubmissionClient(ray_head)
+    client = JobSubmissionClient(ray_head.url)
     job = client.submit_job(
         entrypoint=f"python jobs/sweep.py --config configs/sweeps/tiny.yaml --storage {tmp_path} --workers 2 "
                    "--unlearn.epochs=2 --sweep.num_samples=2 --sweep.report=false "
                    "'--sweep.regimes=[{regime: interactions, fraction: 0.05}]'",
-        runtime_env={"working_dir": str(REPO)})
+        runtime_env={"working_dir": str(REPO), "env_vars": {"RAY_ADDRESS": ray_head.gcs}})
     status = _wait(client, job, timeout=600)
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-4000:]
     rows = adapter.trial_rows(tmp_path / "tiny" / "tune" / "interactions-5pct")

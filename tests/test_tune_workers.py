@@ -163,11 +163,14 @@ def test_workers_sweep_reports_what_one_process_computes(workers_sweep):
                 assert row[key] == pytest.approx(one[key], abs=1e-6), key
 
 
-def test_workers_sweep_without_the_state_api_is_a_one_line_error(monkeypatch):
+def test_workers_sweep_without_the_state_api_is_a_one_line_error(ray_session, monkeypatch):
+    import ray._private.services
     import ray.util.state
 
     from tru_dist.errors import ConfigError
     from tru_dist.tune import adapter
+
+    adapter.require_state_api()  # the test session's Ray: one instance, dashboard on
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("dashboard not running")
@@ -176,3 +179,7 @@ def test_workers_sweep_without_the_state_api_is_a_one_line_error(monkeypatch):
     with pytest.raises(ConfigError, match="need Ray's state API") as info:
         adapter.require_state_api()
     assert "\n" not in str(info.value) and "--workers=1" in str(info.value)
+    monkeypatch.setattr(ray._private.services, "find_gcs_addresses", lambda: {"a:1", "b:2"})
+    with pytest.raises(ConfigError, match="2 Ray instances run on this machine") as info:
+        adapter.require_state_api()
+    assert "\n" not in str(info.value) and "RAY_ADDRESS" in str(info.value)

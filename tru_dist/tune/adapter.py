@@ -51,8 +51,26 @@ def connect(address: str = "local", dashboard: bool = False) -> None:
 
 
 def require_state_api() -> None:
-    """Fail in one line when Ray's state API (served by the dashboard) does not answer."""
+    """Fail in one line when Ray's state API (served by the dashboard) does not answer, or
+    when Ray Train's placement-group cleaner could not find it.
+
+    The cleaner is an actor that calls the state API without an address; with more than one
+    Ray instance on the machine that lookup fails ("Found multiple active Ray instances"),
+    so stopped trials would keep their CPUs and the sweep would stall. ``RAY_ADDRESS`` in
+    the job's runtime environment (inherited by every actor of the job) tells it which.
+    """
+    import ray
+    from ray._private.services import find_gcs_addresses  # private: Ray's own discovery of instances
     from ray.util.state import list_actors
+
+    instances = find_gcs_addresses()
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    if len(instances) > 1 and "RAY_ADDRESS" not in job_env:
+        raise ConfigError(
+            f"{len(instances)} Ray instances run on this machine ({', '.join(sorted(instances))}); Ray "
+            "Train's placement-group cleaner cannot tell which is this sweep's. Stop the others, or submit "
+            "the sweep with runtime_env={'env_vars': {'RAY_ADDRESS': '<this cluster's GCS host:port>'}}, "
+            "or use --workers=1")
 
     try:
         list_actors(limit=1, timeout=10, raise_on_missing_output=False)
