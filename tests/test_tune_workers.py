@@ -141,6 +141,11 @@ def test_workers_sweep_resumes_the_failed_trial_after_its_last_epoch(workers_swe
     assert set(after) == set(before) and len(after) == 2
     for rows in after.values():  # epoch 1 is not reported twice: the Ray Train run resumed after it
         assert [r["epoch"] for r in rows] == [1, 2]
+    from tru_dist.errors import ConfigError
+    from tru_dist.tune.sweep import run_sweep
+
+    with pytest.raises(ConfigError, match="resume it with --workers=2"):
+        run_sweep(TINY, overrides=W2_OVERRIDES, resume=True, storage=workers_sweep["dir"].parent, workers=1)
     runs = sorted(p.name for p in (workers_sweep["dir"] / "train" / W2_REGIME).iterdir())
     assert runs == sorted(f"trial_{t}" for t in after)  # one Ray Train run per trial, reused on resume
     assert workers_sweep["cpus"] == 2.0  # no placement group leaked by trials Tune stopped
@@ -183,3 +188,16 @@ def test_workers_sweep_without_the_state_api_is_a_one_line_error(ray_session, mo
     with pytest.raises(ConfigError, match="2 Ray instances run on this machine") as info:
         adapter.require_state_api()
     assert "\n" not in str(info.value) and "RAY_ADDRESS" in str(info.value)
+
+
+def test_workers_that_cannot_fit_the_local_ray_are_refused(ray_session):
+    from tru_dist.errors import ConfigError
+    from tru_dist.tune import adapter
+    from tru_dist.tune.spec import load_spec
+
+    spec, _ = load_spec(TINY)
+    adapter.check_workers_fit(spec, 2, "local")  # 2 workers x 1 CPU fit the session's 2 CPUs
+    assert adapter.max_concurrent_trials(spec, 2) == 1 and adapter.max_concurrent_trials(spec, 1) == 0
+    with pytest.raises(ConfigError, match="--workers=3: a trial needs 3 x 1 CPU"):
+        adapter.check_workers_fit(spec, 3, "local")
+    adapter.check_workers_fit(spec, 3, "auto")  # a cluster may autoscale: Ray decides there

@@ -82,10 +82,24 @@ def require_state_api() -> None:
             f"[{type(exc).__name__}]") from None
 
 
-def cluster_cpus() -> float:
+def _groups_that_fit(spec, workers: int) -> int:
+    """How many W-worker groups the cluster's CPUs (and GPUs, when trials ask for them) hold now."""
     import ray
 
-    return float(ray.cluster_resources().get("CPU", 0.0))
+    total = ray.cluster_resources()
+    fits = [int(total.get("CPU", 0.0) // max(workers * spec.resources.cpu, 1e-9))]
+    if spec.resources.gpu > 0:
+        fits.append(int(total.get("GPU", 0.0) // (workers * spec.resources.gpu)))
+    return min(fits)
+
+
+def check_workers_fit(spec, workers: int, address: str) -> None:
+    """On a local Ray (which cannot grow), refuse a W that no trial could ever start with."""
+    if workers > 1 and address == "local" and _groups_that_fit(spec, workers) < 1:
+        need = f"{workers} x {spec.resources.cpu:g} CPU" + (
+            f" and {workers} x {spec.resources.gpu:g} GPU" if spec.resources.gpu > 0 else "")
+        raise ConfigError(f"--workers={workers}: a trial needs {need} and this machine's Ray has fewer; "
+                          "lower --workers or the sweep's resources.cpu / resources.gpu")
 
 
 # -- search space, search, scheduler -------------------------------------------------------
@@ -157,14 +171,14 @@ def _trainable(fn: Callable, spec, context: Any, workers: int = 1) -> Any:
 
 
 def max_concurrent_trials(spec, workers: int) -> int:
-    """At W > 1: as many trials as the cluster's CPUs hold worker groups (``max_concurrent``
+    """At W > 1: as many trials as the cluster's CPUs/GPUs hold worker groups (``max_concurrent``
     caps it); 0 (no limit) at W = 1, where ``max_concurrent`` limits the search instead.
 
     Without this cap Tune would start every trial's Ray Train run at once, and the runs
     that cannot get their W workers time out."""
     if workers <= 1:
         return 0
-    fit = max(1, int(cluster_cpus() // max(workers * spec.resources.cpu, 1e-9)))
+    fit = max(1, _groups_that_fit(spec, workers))  # 1 on a cluster that must autoscale first
     return min(fit, spec.max_concurrent) if spec.max_concurrent else fit
 
 

@@ -89,6 +89,9 @@ def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool
         if old_spec.model_dump() != spec.model_dump() or not same_cfg:
             raise ConfigError(f"{sweep_dir} was started with a different sweep file or overrides; resume "
                               "with the same ones (see its sweep.json)")
+        if old_cfg.dist.workers != base.dist.workers:  # W = 1 trials checkpoint in Tune, W > 1 in Ray Train
+            raise ConfigError(f"{sweep_dir} was started with --workers={old_cfg.dist.workers}; resume it "
+                              f"with --workers={old_cfg.dist.workers} (its trials resume from there)")
 
 
 def _log(msg: str) -> None:
@@ -140,6 +143,7 @@ def run_sweep(
     adapter.connect(base.dist.address, dashboard=workers > 1)
     if workers > 1:
         adapter.require_state_api()
+        adapter.check_workers_fit(spec, workers, base.dist.address)
     fault = Fault.from_env(sweep_dir)
     failed: list[str] = []
     for regime in spec.regimes:
