@@ -197,7 +197,9 @@ def test_workers_that_cannot_fit_the_local_ray_are_refused(ray_session):
 
     spec, _ = load_spec(TINY)
     adapter.check_workers_fit(spec, 2, "local")  # 2 workers x 1 CPU fit the session's 2 CPUs
-    assert adapter.max_concurrent_trials(spec, 2) == 1 and adapter.max_concurrent_trials(spec, 1) == 0
+    assert adapter.max_concurrent_trials(spec, 2, "local") == 1  # 2 CPUs hold one 2-worker group
+    assert adapter.max_concurrent_trials(spec, 1, "local") == 0  # W = 1: no cap from here
+    assert adapter.max_concurrent_trials(spec, 2, "auto") == spec.max_concurrent == 2  # a cluster may grow
     with pytest.raises(ConfigError, match="--workers=3: a trial needs 3 x 1 CPU"):
         adapter.check_workers_fit(spec, 3, "local")
     adapter.check_workers_fit(spec, 3, "auto")  # a cluster may autoscale: Ray decides there

@@ -122,34 +122,46 @@ def worker_env(address: str) -> dict[str, str]:
     return env
 
 
-def _run_ray(task: dict, cfg: Config) -> dict:
+def torch_trainer(
+    loop, loop_config: dict[str, Any], *, workers: int, cpu: float, gpu: float, backend: str, address: str,
+    name: str, storage: str | Path, max_failures: int, num_to_keep: int, callbacks: list | None = None,
+):
+    """The ``TorchTrainer`` of every Ray Train run here (tasks, and sweep trials on W workers):
+    W workers with ``cpu``/``gpu`` each, NCCL on GPUs and gloo otherwise (``backend=auto``),
+    checkpoints under ``storage/name``, the workers' environment from :func:`worker_env`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    resources: dict[str, float] = {"CPU": cpu} | ({"GPU": gpu} if gpu > 0 else {})
+    if backend == "auto":
+        backend = "nccl" if gpu > 0 else "gloo"
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+            callbacks=callbacks,
+            worker_runtime_env={"env_vars": worker_env(address)},
+        ),
+    )
+
+
+def _run_ray(task: dict, cfg: Config) -> dict:
     connect(cfg.dist.address)
     out_dir = Path(task["out_dir"]).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     task = {**task, "out_dir": str(out_dir)}
     storage = Path(cfg.dist.storage_path).resolve() if cfg.dist.storage_path else out_dir / "ray"
-    gpus = cfg.dist.gpus_per_worker
-    resources: dict[str, float] = {"CPU": 1.0}
-    if gpus > 0:
-        resources["GPU"] = gpus
-    backend = cfg.dist.backend if cfg.dist.backend != "auto" else ("nccl" if gpus > 0 else "gloo")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"task": task},
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ScalingConfig(num_workers=cfg.dist.workers, use_gpu=gpus > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=f"{task['kind']}-{out_dir.name}-{time.strftime('%H%M%S')}",
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env(cfg.dist.address)},
-        ),
-    )
+    trainer = torch_trainer(
+        train_loop_per_worker, {"task": task}, workers=cfg.dist.workers, cpu=1.0,
+        gpu=cfg.dist.gpus_per_worker, backend=cfg.dist.backend, address=cfg.dist.address,
+        name=f"{task['kind']}-{out_dir.name}-{time.strftime('%H%M%S')}", storage=storage,
+        max_failures=cfg.dist.max_failures, num_to_keep=2)
     result = trainer.fit()
     if result.error is not None:
         raise result.error

@@ -1,9 +1,11 @@
-"""The one module that calls Ray (Tune): Ray API churn touches this file only.
+"""The one module of ``tru_dist.tune`` that calls Ray (with :mod:`tru_dist.dist.launch`, which
+it reuses for ``ray.init`` and the ``TorchTrainer``): Ray API churn touches these files only.
 
 What the rest of ``tru_dist.tune`` needs from Ray, as plain functions:
 
-* :func:`connect` — join or start Ray (``local``: in-process, dashboard off, auth off,
-  usage stats off; ``auto`` inside ``ray job submit``; ``ray://host:port``);
+* :func:`connect` — join or start Ray (``local``: in-process, auth and usage stats off, the
+  dashboard on 127.0.0.1 only when asked for (W > 1 sweeps); ``auto`` inside ``ray job
+  submit``; ``ray://host:port``);
 * :func:`search_space` — the YAML space as Tune domains;
 * :func:`make_tuner` / :func:`restore_tuner` / :func:`fit` — one Tune experiment per
   regime: ASHA (or FIFO) on ``sweep.metric`` (max), random or Optuna search, trials
@@ -83,7 +85,7 @@ def require_state_api() -> None:
 
 
 def _groups_that_fit(spec, workers: int) -> int:
-    """How many W-worker groups the cluster's CPUs (and GPUs, when trials ask for them) hold now."""
+    """How many W-worker groups the cluster's CPUs (and GPUs, when trials ask for them) hold in all."""
     import ray
 
     total = ray.cluster_resources()
@@ -170,15 +172,18 @@ def _trainable(fn: Callable, spec, context: Any, workers: int = 1) -> Any:
     return tune.with_resources(tune.with_parameters(fn, ctx=context), resources)
 
 
-def max_concurrent_trials(spec, workers: int) -> int:
-    """At W > 1: as many trials as the cluster's CPUs/GPUs hold worker groups (``max_concurrent``
-    caps it); 0 (no limit) at W = 1, where ``max_concurrent`` limits the search instead.
-
-    Without this cap Tune would start every trial's Ray Train run at once, and the runs
-    that cannot get their W workers time out."""
+def max_concurrent_trials(spec, workers: int, address: str) -> int:
+    """0 (no cap) at W = 1, where ``max_concurrent`` limits the search instead. At W > 1 on a
+    local Ray, as many trials as its CPUs/GPUs hold worker groups (further capped by
+    ``max_concurrent``): otherwise Tune would start every trial's Ray Train run at once and
+    the runs that cannot get their W workers would time out. On a cluster, which may
+    autoscale, the cap is ``max_concurrent`` alone (a run waits up to
+    ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` for its workers)."""
     if workers <= 1:
         return 0
-    fit = max(1, _groups_that_fit(spec, workers))  # 1 on a cluster that must autoscale first
+    if address != "local":
+        return spec.max_concurrent
+    fit = max(1, _groups_that_fit(spec, workers))
     return min(fit, spec.max_concurrent) if spec.max_concurrent else fit
 
 
@@ -197,7 +202,7 @@ def _run_config(spec, name: str, storage: Path, max_failures: int) -> Any:
 
 
 def make_tuner(fn: Callable, context: Any, spec, *, name: str, storage: Path, max_t: int,
-               max_failures: int, workers: int = 1) -> Any:
+               max_failures: int, workers: int = 1, address: str = "local") -> Any:
     """A Tuner for one regime's experiment ``storage/name``."""
     from ray import tune
 
@@ -207,7 +212,7 @@ def make_tuner(fn: Callable, context: Any, spec, *, name: str, storage: Path, ma
         search_alg=_search(spec),
         scheduler=_scheduler(spec, max_t),
         num_samples=spec.num_samples,
-        max_concurrent_trials=max_concurrent_trials(spec, workers) or None,
+        max_concurrent_trials=max_concurrent_trials(spec, workers, address) or None,
         reuse_actors=workers <= 1,  # a W > 1 trial owns a Ray Train run: never hand its actor on
         trial_dirname_creator=_trial_dirname,
     )
@@ -244,28 +249,39 @@ def fit(tuner) -> list[str]:
 
 
 # -- inside a trial --------------------------------------------------------------------------
+def _report_state(report_fn: Callable, checkpoint_cls: Any, metrics: dict[str, Any],
+                  state: dict[str, Any] | None) -> None:
+    """``report_fn(metrics)``, with ``state`` as a one-file checkpoint when given (Tune's and
+    Ray Train's ``report``/``Checkpoint`` share this shape)."""
+    if state is None:
+        report_fn(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="tru-dist-state-") as tmp:
+        (Path(tmp) / CHECKPOINT_FILE).write_text(json.dumps(state))
+        report_fn(metrics, checkpoint=checkpoint_cls.from_directory(tmp))
+
+
+def _read_state(checkpoint: Any) -> dict[str, Any] | None:
+    """The state a :func:`_report_state` checkpoint carries (None without one)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / CHECKPOINT_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+
 def report(metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
     """``tune.report`` of one epoch's metrics, with ``state`` as the trial's checkpoint."""
     from ray import tune
 
-    if state is None:
-        tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="tru-dist-tune-") as tmp:
-        (Path(tmp) / CHECKPOINT_FILE).write_text(json.dumps(state))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    _report_state(tune.report, tune.Checkpoint, metrics, state)
 
 
 def load_checkpoint() -> dict[str, Any] | None:
     """The state saved with the trial's last report, or None on a fresh start."""
     from ray import tune
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        path = Path(folder) / CHECKPOINT_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+    return _read_state(tune.get_checkpoint())
 
 
 def trial_index() -> int:
@@ -296,34 +312,19 @@ def run_train_trial(sample: dict[str, Any], task: dict[str, Any], *, workers: in
     reported epoch. The run's own ``max_failures`` is 0: a failure surfaces as the trial's,
     and Tune's failure policy decides.
     """
-    import ray.train
     from ray import tune
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from tru_dist.dist.launch import worker_env
+    from tru_dist.dist.launch import torch_trainer
 
     for key, value in TRAIN_TRIAL_ENV.items():  # read by Ray Train's controller (propagated from here)
         os.environ.setdefault(key, value)
-    trial_id = tune.get_context().get_trial_id()
-    cfg_dist = task["config"]["dist"]
-    backend = cfg_dist["backend"] if cfg_dist["backend"] != "auto" else ("nccl" if gpu > 0 else "gloo")
-    resources: dict[str, float] = {"CPU": cpu} | ({"GPU": gpu} if gpu > 0 else {})
-    trainer = TorchTrainer(
-        _train_trial_worker,
-        train_loop_config={"task": task, "sample": sample, "trial": trial_index(), "fault": fault},
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=f"trial_{trial_id}",
-            storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=0),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-            worker_runtime_env={"env_vars": worker_env(cfg_dist["address"])},
-        ),
-    )
+    dist_cfg = task["config"]["dist"]
+    trainer = torch_trainer(
+        _train_trial_worker, {"task": task, "sample": sample, "trial": trial_index(), "fault": fault},
+        workers=workers, cpu=cpu, gpu=gpu, backend=dist_cfg["backend"], address=dist_cfg["address"],
+        name=f"trial_{tune.get_context().get_trial_id()}", storage=storage, max_failures=0, num_to_keep=1,
+        callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -333,12 +334,8 @@ def _train_trial_worker(loop_config: dict[str, Any]) -> None:
 
     from tru_dist.tune.shard_trial import run_shard_trial
 
-    checkpoint = ray.train.get_checkpoint()
-    start = 0
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            path = Path(folder) / CHECKPOINT_FILE
-            start = int(json.loads(path.read_text())["epoch"]) if path.exists() else 0
+    state = _read_state(ray.train.get_checkpoint())
+    start = int(state["epoch"]) if state else 0
     run_shard_trial(loop_config["task"], loop_config["sample"], start, _train_report,
                     fault=loop_config.get("fault"), trial=int(loop_config["trial"]))
 
@@ -347,12 +344,8 @@ def _train_report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
     """``ray.train.report`` on every rank (V2 needs all), the checkpoint from rank 0 only."""
     import ray.train
 
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="tru-dist-trial-") as tmp:
-        (Path(tmp) / CHECKPOINT_FILE).write_text(json.dumps(state))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    _report_state(ray.train.report, ray.train.Checkpoint, metrics, state if rank0 else None)
 
 
 # -- results (plain files) --------------------------------------------------------------------

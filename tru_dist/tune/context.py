@@ -1,4 +1,7 @@
-"""Everything a trial needs that does not depend on the trial: built ONCE, in the driver.
+"""Everything a trial needs that does not depend on the trial: trained ONCE, in the driver.
+
+(At ``--workers W > 1`` each worker rebuilds its shard of the data and reads the originals,
+forget sets and references from the files written here: :mod:`tru_dist.tune.shard_trial`.)
 
 Per regime and seed (``train.seed = unlearn.seed = seed``, as in ``tru-dist compare``):
 
@@ -88,6 +91,12 @@ def _data_key(regime: RegimeSpec) -> str:
     return f"poison{regime.fraction:g}" if regime.regime == "poison" else "clean"
 
 
+def data_key(regime: RegimeSpec, seed: int) -> tuple[str, int]:
+    """Which (regime, seed) pairs share their data: clean data is one for every seed, the
+    poisoned data is drawn per seed."""
+    return _data_key(regime), (seed if regime.regime == "poison" else -1)
+
+
 def _forget_blob(forget: ForgetSet) -> dict[str, Any]:
     return {"users": torch.from_numpy(np.asarray(forget.users, np.int64)),
             "items": torch.from_numpy(np.asarray(forget.items, np.int64)),
@@ -137,7 +146,7 @@ class _Data:
         self._cache: dict[tuple[str, int], tuple[RecDataset, RecGraph]] = {}
 
     def get(self, regime: RegimeSpec, seed: int, cfg: Config) -> tuple[RecDataset, RecGraph]:
-        key = (_data_key(regime), seed if regime.regime == "poison" else -1)
+        key = data_key(regime, seed)
         if key not in self._cache:
             from tru_dist.data.source import open_data
 

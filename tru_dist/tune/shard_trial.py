@@ -31,9 +31,10 @@ from tru_dist.config import Config
 from tru_dist.data.source import is_synthetic, open_data
 from tru_dist.dist import collectives
 from tru_dist.dist.process_group import init_from_env
-from tru_dist.dist.shard import build_shard_model, load_full_state, load_shard
+from tru_dist.dist.shard import Shard, build_shard_model, load_full_state, load_shard
 from tru_dist.tune.context import (
     SeedContext,
+    data_key,
     load_forget_and_reference,
     original_file,
     regime_data,
@@ -46,25 +47,30 @@ from tru_dist.tune.trainable import Fault, TrialContext, run_epochs
 
 def shard_trial_task(spec: SweepSpec, base: Config, sweep_dir: Path, regime: RegimeSpec, max_t: int) -> dict:
     """What every worker of every trial of ``regime`` needs (paths absolute: workers chdir)."""
-    data = spec.data if is_synthetic(spec.data) else str(Path(spec.data).expanduser().resolve())
     cfg = base.model_copy(deep=True)
-    cfg.data.path = data
-    return {"sweep_dir": str(Path(sweep_dir).resolve()), "data": data, "regime": regime.model_dump(),
+    if not is_synthetic(spec.data):
+        cfg.data.path = str(Path(spec.data).expanduser().resolve())
+    return {"sweep_dir": str(Path(sweep_dir).resolve()), "regime": regime.model_dump(),
             "seeds": list(spec.seed_list), "config": cfg.to_dict(), "k": spec.k, "max_t": int(max_t)}
 
 
 def shard_seed_contexts(task: dict[str, Any]) -> list[SeedContext]:
-    """This rank's :class:`SeedContext` per seed (collective: every rank calls it)."""
+    """This rank's :class:`SeedContext` per seed (collective: every rank calls it). Seeds on
+    the same data (:func:`data_key`) share one shard: its graph and kNN are built once."""
     import torch
 
     regime = RegimeSpec(**task["regime"])
     sweep_dir = Path(task["sweep_dir"])
     base = Config.from_dict(task["config"])
-    clean = open_data(task["data"])
+    clean = open_data(base.data.path)
+    shards: dict[tuple[str, int], Shard] = {}
     out = []
     for seed in task["seeds"]:
         cfg = seeded(base, seed)
-        shard = load_shard(cfg, regime_data(clean, regime, seed))
+        key = data_key(regime, seed)
+        if key not in shards:
+            shards[key] = load_shard(cfg, regime_data(clean, regime, seed))
+        shard = shards[key]
         original = build_shard_model(cfg, shard)
         blob = torch.load(original_file(sweep_dir, regime, seed), map_location="cpu", weights_only=True)
         load_full_state(original, blob["state"], shard)

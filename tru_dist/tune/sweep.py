@@ -22,7 +22,8 @@ a regime run concurrently (``max_concurrent``, ``resources.cpu`` per trial).
 ``workers=W > 1`` (``--workers``, or ``dist.workers`` in the base config) runs every trial
 as a Ray Train run of W workers, each holding a shard of the graph and feature store
 (:mod:`tru_dist.tune.shard_trial`); ``resources`` are then per worker, as many trials run at
-once as the cluster's CPUs hold worker groups, and Ray Train's checkpoints live under
+once as a local Ray's CPUs/GPUs hold worker groups (on a cluster: ``max_concurrent``), and
+Ray Train's checkpoints live under
 ``<sweep>/train/<regime>/trial_<id>``. The shared originals, Retrain and reverse_bpr are
 still trained once, by the driver; the report's single test re-evaluation runs at W = 1
 (the same numbers to float tolerance). Needs Ray's state API (the dashboard; a local Ray
@@ -154,7 +155,8 @@ def run_sweep(
             tuner = adapter.restore_tuner(fn, ctx, spec, experiment, workers=workers)
         else:
             tuner = adapter.make_tuner(fn, ctx, spec, name=regime.id, storage=sweep_dir / "tune",
-                                       max_t=max_t, max_failures=base.dist.max_failures, workers=workers)
+                                       max_t=max_t, max_failures=base.dist.max_failures, workers=workers,
+                                       address=base.dist.address)
         t1 = time.perf_counter()
         errors = adapter.fit(tuner)
         _log(f"{regime.id}: trials done in {time.perf_counter() - t1:.1f}s ({len(errors)} in error)")
