@@ -17,17 +17,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir'
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tru_dist.data.regimes import POLICIES, REGIMES
     from tru_dist.dist.jobargs import job_config, job_parser, parse_job_args
 
     parser = job_parser("Compare unlearning methods against Retrain on one forget set.")
-    parser.add_argument("--regime", default="users", help="random | users | items | poison")
-    parser.add_argument("--policy", default="random", help="random | core | edge (users regime)")
+    parser.add_argument("--regime", default="users", choices=REGIMES)
+    parser.add_argument("--policy", default="random", choices=POLICIES, help="users regime only")
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--methods", default="retrain,reverse_bpr,tru")
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--audit", default="", help="comma list: mia, backdoor")
+    parser.add_argument("--audit", default="", help="comma list: mia, user_mia, backdoor")
     args, overrides = parse_job_args(parser, argv)
     cfg = job_config(args, overrides)
+    if cfg.dist.workers > 1:
+        parser.error(f"--workers {cfg.dist.workers}: compare runs on one worker (its Retrain and every "
+                     "method train on one process); use --gpus-per-worker to place it on a GPU")
     spec = {"regime": args.regime, "policy": args.policy, "fraction": args.fraction,
             "methods": [m.strip() for m in args.methods.split(",") if m.strip()], "seeds": args.seeds,
             "audits": [a.strip() for a in args.audit.split(",") if a.strip()]}

@@ -14,13 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir'
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tru_dist.data.regimes import POLICIES, REGIMES
     from tru_dist.dist.jobargs import job_config, job_parser, parse_job_args
     from tru_dist.dist.launch import run_distributed
 
     parser = job_parser("Unlearn a forget set (train first, or start from --model-dir) on W workers.")
     parser.add_argument("--method", default=None, help="tru, reverse_bpr, retrain, ...")
-    parser.add_argument("--regime", default="users", help="random | users | items")
-    parser.add_argument("--policy", default="random", help="random | core | edge (users regime)")
+    parser.add_argument("--regime", default="users", choices=REGIMES)
+    parser.add_argument("--policy", default="random", choices=POLICIES, help="users regime only")
     parser.add_argument("--fraction", type=float, default=0.05, help="share of interactions/users/items")
     parser.add_argument("--model-dir", default=None, help="a finished training run to start from")
     args, overrides = parse_job_args(parser, argv)

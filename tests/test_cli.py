@@ -17,6 +17,13 @@ def test_unknown_config_key_is_one_line_error(capsys, tmp_path):
     assert len(err.splitlines()) == 1
 
 
+def test_compare_on_several_workers_is_refused_in_one_line(capsys, tmp_path):
+    assert main(["compare", "--workers", "2", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --workers=2: compare runs in one process") and len(err.splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
 def test_stray_argument_is_rejected():
     with pytest.raises(SystemExit):
         main(["train", "--data", "synthetic:tiny", "--out", "x", "oops"])

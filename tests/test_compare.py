@@ -57,3 +57,12 @@ def test_aggregate_mean_and_std_over_seeds():
     assert agg["seconds"] == pytest.approx(2.0)
     single = aggregate(per_seed[:1])["a"]
     assert single["test_std"]["recall@20"] is None  # no spread from one seed
+
+
+def test_audit_table_shows_the_spread_over_seeds():
+    from tru_dist.report.tables import audit_table
+
+    per_seed = [{"tru": {"mia": {"auc": 0.30}, "backdoor": {"asr@20": 0.01, "removal_ratio": 1.0}}},
+                {"tru": {"mia": {"auc": 0.40}, "backdoor": {"asr@20": 0.03, "removal_ratio": 0.8}}}]
+    row = audit_table(aggregate(per_seed)).splitlines()[-1]
+    assert "0.3500 ± 0.0500" in row and "0.0200 ± 0.0100" in row and "0.900 ± 0.100" in row

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from tru_dist.errors import TruDistError
+from tru_dist.errors import ConfigError, TruDistError
 
 
 def _add_dist_flags(p: argparse.ArgumentParser) -> None:
@@ -174,6 +174,9 @@ def cmd_compare(args, overrides) -> int:
     from tru_dist.compare import CompareSpec, run_compare
 
     cfg = _build_cfg(args, overrides)
+    if cfg.dist.workers > 1:
+        raise ConfigError(f"--workers={cfg.dist.workers}: compare runs in one process (its Retrain and every "
+                          "method train on one worker); drop --workers")
     spec = CompareSpec(
         regime=args.regime,
         policy=args.policy,
@@ -287,7 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--requests", required=True)
     u.add_argument("--method", default="tru")
     u.add_argument("--out", required=True)
-    _add_dist_flags(u)
 
     c = sub.add_parser("compare", help="original vs retrain vs unlearning methods on one forget set")
     _add_config_flags(c)

@@ -57,10 +57,10 @@ def audit_table(methods: dict) -> str:
         ci = mia.get("ci")
         rows.append([
             name,
-            fmt(mia.get("auc"), mia.get("auc_std")),
+            fmt(mia.get("auc"), m.get("mia_std", {}).get("auc")),
             f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—",
-            fmt(umia.get("auc"), umia.get("auc_std")),
-            fmt(bd.get("asr@20"), bd.get("asr@20_std")),
-            fmt(bd.get("removal_ratio"), bd.get("removal_ratio_std"), digits=3),
+            fmt(umia.get("auc"), m.get("user_mia_std", {}).get("auc")),
+            fmt(bd.get("asr@20"), m.get("backdoor_std", {}).get("asr@20")),
+            fmt(bd.get("removal_ratio"), m.get("backdoor_std", {}).get("removal_ratio"), digits=3),
         ])
     return markdown_table(header, rows) if rows else ""
