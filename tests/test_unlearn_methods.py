@@ -10,10 +10,10 @@ from tru_dist.config import Config
 from tru_dist.data.regimes import forget_set
 from tru_dist.data.synthetic import generate_synthetic
 from tru_dist.errors import ConfigError
-from tru_dist.train.evaluate import evaluate
+from tru_dist.train.evaluate import eval_embeddings, evaluate
 from tru_dist.train.trainer import fit
 from tru_dist.unlearn import get_method, method_names
-from tru_dist.unlearn.metrics import agreement, embeddings, forget_metrics, jaccard_topk
+from tru_dist.unlearn.metrics import agreement, forget_metrics, jaccard_topk
 from tru_dist.unlearn.sisa import SisaEnsemble, original_data, shard_data
 
 
@@ -113,7 +113,7 @@ def small(tiny_data):
 
 def _forget_bpr(model, graph, forget) -> float:
     """Mean softplus(s_uj − s_ui) over the forget pairs with fixed negatives."""
-    e = embeddings(model, graph)
+    e = eval_embeddings(model, graph)
     u, i = torch.from_numpy(forget.train_users), torch.from_numpy(forget.train_items)
     j = (i + 37) % graph.n_items
     return float(torch.nn.functional.softplus((e.user[u] * (e.item[j] - e.item[i])).sum(-1)).mean())
@@ -135,7 +135,7 @@ def test_grad_ascent_raises_forget_loss_and_finetune_spends_the_same_steps(small
 def test_forget_metrics_match_a_brute_force_ranking(small):
     _, _, original, graph, data_after, _, forget = small
     got = forget_metrics(original, graph, data_after, forget, [5, 20])
-    e = embeddings(original, graph)
+    e = eval_embeddings(original, graph)
     scores = (e.user @ e.item.T).numpy()
     tu, ti = data_after.train_pairs
     hits5 = hits20 = pct = 0.0

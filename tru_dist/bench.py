@@ -27,7 +27,7 @@ from tru_dist.data.dataset import RecDataset
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
-from tru_dist.models.registry import build_model
+from tru_dist.models.registry import build_model, model_class
 from tru_dist.train.evaluate import evaluate
 from tru_dist.train.trainer import train_model
 
@@ -110,7 +110,8 @@ def bench_train(
         torch.cuda.reset_peak_memory_stats(device)
 
     t0 = time.perf_counter()
-    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device)
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+                            with_knn=model_class(cfg.model.name).uses_knn)
     graph_seconds = time.perf_counter() - t0
     model = build_model(cfg.model, graph, seed=cfg.train.seed).to(device)
     result = train_model(model, graph, data, cfg)

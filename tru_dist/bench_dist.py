@@ -119,9 +119,6 @@ def _bench_rank(rank: int, world_size: int, cfg_dict: dict, data: RecDataset, st
         optimizer.zero_grad(set_to_none=True)
         emb = model.embed(shard.graph)
         model.loss(batch, shard.graph, emb).backward()
-        for p in replicated:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
         collectives.sum_grads(replicated)
         optimizer.step()
 

@@ -30,8 +30,6 @@ from tru_dist.config import Config
 from tru_dist.io_utils import atomic_write_json, atomic_write_text
 from tru_dist.report.tables import audit_table, comparison_table
 
-SCALAR_GROUPS = ("test", "forget")
-
 
 @dataclass
 class CompareSpec:

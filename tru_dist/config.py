@@ -56,7 +56,6 @@ class ModelConfig(_Strict):
     gt_heads: int = 1
     gt_alpha: float = 0.5
     dropout: float = 0.0
-    init_std: float = 0.1
     feat_hidden: int = 512
     ppr_alpha: float = 0.1
     gt_att_dim: int = 4

@@ -84,10 +84,18 @@ def sum_stats(tensor: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sum_grads(params: list[torch.nn.Parameter]) -> None:
-    """Sum the gradients of replicated parameters over ranks (one flat all-reduce)."""
+    """Sum the gradients of replicated parameters over ranks (one flat all-reduce).
+
+    A parameter without a gradient (not reached by this rank's batch) gets a zero one
+    first, on every W including 1: every rank then all-reduces the same tensors, and Adam
+    steps the same parameters whether the model runs on one process or on W.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     if not is_distributed():
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -96,11 +104,3 @@ def sum_grads(params: list[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-@torch.no_grad()
-def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Rank ``src``'s value everywhere (in place)."""
-    if is_distributed():
-        dist.broadcast(tensor, src=src)
-    return tensor

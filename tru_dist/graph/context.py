@@ -1,4 +1,4 @@
-"""The graph argument every backbone takes: ``model.propagate(graph)``.
+"""The graph argument every backbone takes: ``model.embed(graph)``.
 
 A :class:`RecGraph` bundles what one worker sees of the world: its shard of the
 normalized user–item adjacency, the item–item kNN graphs per modality (replicated, they

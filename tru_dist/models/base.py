@@ -72,6 +72,8 @@ class Backbone(nn.Module, ABC):
     name: ClassVar[str] = "backbone"
     #: modalities the model cannot run without; "any" = at least one feature modality
     requires: ClassVar[Literal["none", "any"]] = "none"
+    #: whether ``embed`` reads the item–item kNN graphs (``graph.knn``); builders skip them otherwise
+    uses_knn: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -102,10 +104,6 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def embed(self, graph) -> Embeddings:
         """Final embeddings for this worker's users and all items."""
-
-    def propagate(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(graph)
-        return emb.user, emb.item
 
     @abstractmethod
     def branches(self) -> dict[str, list[nn.Parameter]]:

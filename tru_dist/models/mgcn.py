@@ -111,6 +111,7 @@ class MGCN(Backbone):
 
     name = "mgcn"
     requires = "any"
+    uses_knn = True
 
     def __init__(self, n_users, n_items, feature_dims, cfg, user_range=None):
         super().__init__(n_users, n_items, feature_dims, cfg, user_range)

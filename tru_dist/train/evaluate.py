@@ -200,8 +200,7 @@ def eval_embeddings(model, graph):
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            return model.embed(graph)
+        return model.embed(graph)
     finally:
         model.train(was_training)
 

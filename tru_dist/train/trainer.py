@@ -36,7 +36,7 @@ from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.graph.partition import PartitionBook
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.models.base import Backbone
-from tru_dist.models.registry import build_model, torch_seed
+from tru_dist.models.registry import build_model, model_class, torch_seed
 from tru_dist.train.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -166,9 +166,6 @@ def train_model(
             emb = model.embed(graph)
             loss = model.loss(batch, graph, emb)
             loss.backward()
-            for p in replicated:  # every rank must all-reduce the same tensors
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
             collectives.sum_grads(replicated)
             optimizer.step()
             loss_sum += loss.detach().to(torch.float64)
@@ -224,7 +221,8 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Backbone, RecGraph, TrainResult]:
     """Build this rank's graph and the seeded model, then train; same config+seed → same result."""
-    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=cfg.train.device)
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=cfg.train.device,
+                            with_knn=model_class(cfg.model.name).uses_knn)
     model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
     result = train_model(model, graph, data, cfg, out_dir=out_dir, resume=resume, on_epoch=on_epoch)
     return model, graph, result
@@ -287,7 +285,8 @@ def load_run(
             f"run {run_dir} was trained on data with {saved['data']}, not {data_signature(data)}; "
             "pass the dataset it was trained on"
         )
-    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device)
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+                            with_knn=model_class(cfg.model.name).uses_knn)
     model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
     model.load_state_dict(saved["best_model"])
     model.eval()

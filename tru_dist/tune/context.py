@@ -38,7 +38,7 @@ from tru_dist.data.requests import ForgetSet
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.io_utils import atomic_torch_save
-from tru_dist.models.registry import build_model
+from tru_dist.models.registry import build_model, model_class
 from tru_dist.tune.objective import Reference, valid_point
 from tru_dist.tune.spec import RegimeSpec, SweepSpec
 
@@ -153,7 +153,8 @@ class _Data:
             if self._clean is None:
                 self._clean = open_data(self.spec.data)
             data = regime_data(self._clean, regime, seed)
-            graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device)
+            graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+                                    with_knn=model_class(cfg.model.name).uses_knn)
             self._cache[key] = (data, graph)
         return self._cache[key]
 

@@ -66,7 +66,7 @@ def trade_off(recall: float, hit: float, ref: Reference, eps: float = EPSILON) -
 
 def valid_point(model, graph_after, data_after, forget, k: int = 20) -> dict[str, float]:
     """``{"recall", "ndcg", "hit"}`` at K: valid utility of the retained users and forget hit."""
-    emb = _metrics.embeddings(model, graph_after)
+    emb = _evaluate.eval_embeddings(model, graph_after)
     valid = _evaluate.evaluate(model, graph_after, data_after, "valid", ks=(k,), emb=emb)
     forget = _metrics.forget_metrics(model, graph_after, data_after, forget, ks=(k,), emb=emb)
     return {"recall": valid[f"recall@{k}"], "ndcg": valid[f"ndcg@{k}"], "hit": forget[f"hit@{k}"]}

@@ -130,7 +130,7 @@ def shared_matrix(sweep_dir: Path, candidates: list[Candidate], contexts: dict[s
 
 
 def _test_entry(model, sc: SeedContext, k: int, seconds: float) -> dict[str, float]:
-    emb = _metrics.embeddings(model, sc.graph_after)
+    emb = _evaluate.eval_embeddings(model, sc.graph_after)
     test = _evaluate.evaluate(model, sc.graph_after, sc.data_after, "test", ks=(k,), emb=emb)
     forget = _metrics.forget_metrics(model, sc.graph_after, sc.data_after, sc.forget, ks=(k,), emb=emb)
     hit = forget[f"hit@{k}"]

@@ -204,7 +204,7 @@ class _Loop:
             batch = batch.to(self.device)
             emb = self.model.embed(self.graph)
             (loss_fn(emb, batch) * weight_fn(batch)).backward()
-        self._fill_and_sum()
+        collectives.sum_grads(self.replicated)
         grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
         self.model.zero_grad(set_to_none=True)
         return grads
@@ -286,12 +286,6 @@ class _Loop:
         return decision.converged
 
     # -- one step ------------------------------------------------------------------------------
-    def _fill_and_sum(self) -> None:
-        for p in self.replicated:  # every rank must all-reduce the same tensors
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        collectives.sum_grads(self.replicated)
-
     def _sum_replicated(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
         out = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
         rep = [k for k in range(len(self.params)) if not bool(self.sharded[k])]
@@ -350,7 +344,7 @@ class _Loop:
             if loss_r is not None:
                 total = self.uc.lambda_r * loss_r if total is None else total + self.uc.lambda_r * loss_r
             total.backward()
-            self._fill_and_sum()
+            collectives.sum_grads(self.replicated)
         self.apply_masks()
         optimizer.step()
 

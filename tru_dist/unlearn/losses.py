@@ -21,8 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tru_dist.models.base import BPRBatch
-
 
 def pair_scores(user_vecs: torch.Tensor, item_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,8 +41,3 @@ def reverse_bpr_loss(s_ui: torch.Tensor, s_uj: torch.Tensor, scale: float) -> to
 def ascent_loss(s_ui: torch.Tensor, s_uj: torch.Tensor, scale: float) -> torch.Tensor:
     """−Σ softplus(s_uj − s_ui)·scale: minimising it maximises BPR on D_f."""
     return -F.softplus(s_uj - s_ui).sum() * scale
-
-
-def retain_loss(model, batch: BPRBatch, graph, emb) -> torch.Tensor:
-    """BPR on a D_r batch with the model's own regularisers (as in training)."""
-    return model.loss(batch, graph, emb)

@@ -28,18 +28,7 @@ import torch
 
 from tru_dist.data.dataset import TEST, RecDataset
 from tru_dist.dist import collectives
-from tru_dist.train.evaluate import history_mask, pair_ranks, topk
-
-
-@torch.no_grad()
-def embeddings(model, graph):
-    """``model.embed(graph)`` in eval mode (the model's mode restored)."""
-    was = model.training
-    model.eval()
-    try:
-        return model.embed(graph)
-    finally:
-        model.train(was)
+from tru_dist.train.evaluate import eval_embeddings, history_mask, pair_ranks, topk
 
 
 def _local_forget(graph, forget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +41,7 @@ def _local_forget(graph, forget) -> tuple[torch.Tensor, torch.Tensor]:
 
 def forget_ranks(model, graph, data_after: RecDataset, forget, emb=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(rank, n_candidates) of this shard's deleted train pairs (retained history masked)."""
-    emb = emb if emb is not None else embeddings(model, graph)
+    emb = emb if emb is not None else eval_embeddings(model, graph)
     lu, li = _local_forget(graph, forget)
     exclude = history_mask(data_after, ["train"], graph)
     ranks = pair_ranks(emb.user, emb.item, lu, li, exclude)
@@ -100,9 +89,9 @@ def agreement(model, retrain, graph, data_after: RecDataset, forget, k: int = 20
     """
     from scipy.stats import spearmanr
 
-    emb = emb if emb is not None else embeddings(model, graph)
+    emb = emb if emb is not None else eval_embeddings(model, graph)
     rgraph = retrain_graph if retrain_graph is not None else graph
-    remb = retrain_emb if retrain_emb is not None else embeddings(retrain, rgraph)
+    remb = retrain_emb if retrain_emb is not None else eval_embeddings(retrain, rgraph)
     rows = _test_rows(data_after, graph)
     exclude = history_mask(data_after, ["train", "valid"], graph)
     top_m = topk(emb.user, emb.item, exclude, k, rows=rows)
