@@ -80,7 +80,7 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
     """One seed of the comparison: returns {method: {test, forget, agreement, seconds, ...}}."""
     from tru_dist.data.regimes import forget_set
     from tru_dist.data.source import open_data
-    from tru_dist.train.evaluate import evaluate
+    from tru_dist.train.evaluate import eval_embeddings, evaluate
     from tru_dist.train.trainer import fit
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.metrics import agreement, forget_metrics
@@ -122,15 +122,18 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
     out["original"] = {"seconds": original_seconds, "stats": {}}
 
     retrain = models.get("retrain")
+    retrain_emb = eval_embeddings(retrain, graph_after) if retrain is not None else None
     for name, model in models.items():
         # the original serves with the graph it was trained on; every unlearned model with D_r's
         g = graph if name == "original" else graph_after
+        emb = eval_embeddings(model, g)  # one propagation per model for all its metrics
         entry = out[name]
-        entry["test"] = evaluate(model, g, data_after, "test", ks, users=scored)
-        entry["valid"] = evaluate(model, g, data_after, "valid", ks, users=scored)
-        entry["forget"] = forget_metrics(model, g, data_after, forget, ks)
+        entry["test"] = evaluate(model, g, data_after, "test", ks, users=scored, emb=emb)
+        entry["valid"] = evaluate(model, g, data_after, "valid", ks, users=scored, emb=emb)
+        entry["forget"] = forget_metrics(model, g, data_after, forget, ks, emb=emb)
         if retrain is not None:
-            entry["agreement"] = agreement(model, retrain, g, data_after, forget, retrain_graph=graph_after)
+            entry["agreement"] = agreement(model, retrain, g, data_after, forget, retrain_graph=graph_after,
+                                           emb=emb, retrain_emb=retrain_emb)
     if retrain is not None:
         for entry in out.values():
             entry["speedup_vs_retrain"] = out["retrain"]["seconds"] / max(entry["seconds"], 1e-9)

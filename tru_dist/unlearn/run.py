@@ -52,7 +52,7 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
 
     from tru_dist.data.requests import read_requests, resolve_requests
     from tru_dist.train.checkpoint import checkpoint_path, clone_state, save_checkpoint
-    from tru_dist.train.evaluate import evaluate
+    from tru_dist.train.evaluate import eval_embeddings, evaluate
     from tru_dist.train.trainer import data_signature, load_run
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.metrics import forget_metrics
@@ -81,16 +81,18 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
     before = model_version(model)
     result = get_method(name).unlearn(model, graph_after, data_after, plan.forget, cfg)
     ks = cfg.eval.ks
+    before_emb = eval_embeddings(model, graph)  # one propagation per model for all its metrics
+    after_emb = eval_embeddings(result.model, graph_after)
     metrics: dict[str, Any] = {
         "method": name,
         "source_run": str(Path(run_dir).resolve()),
         "seconds": result.seconds,
         # the model before the deletion, served with its own graph, on the same retained targets
-        "before": {"test": evaluate(model, graph, data_after, "test", ks),
-                   "forget": forget_metrics(model, graph, data_after, plan.forget, ks)},
-        "valid": evaluate(result.model, graph_after, data_after, "valid", ks),
-        "test": evaluate(result.model, graph_after, data_after, "test", ks),
-        "forget": forget_metrics(result.model, graph_after, data_after, plan.forget, ks),
+        "before": {"test": evaluate(model, graph, data_after, "test", ks, emb=before_emb),
+                   "forget": forget_metrics(model, graph, data_after, plan.forget, ks, emb=before_emb)},
+        "valid": evaluate(result.model, graph_after, data_after, "valid", ks, emb=after_emb),
+        "test": evaluate(result.model, graph_after, data_after, "test", ks, emb=after_emb),
+        "forget": forget_metrics(result.model, graph_after, data_after, plan.forget, ks, emb=after_emb),
         "forget_set": plan.forget.summary(),
         "overlaps": plan.overlaps,
         "decisions": result.stats,
