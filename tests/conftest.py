@@ -36,11 +36,11 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    """A tiny planted-cluster dataset (~200 users, 120 items, image+text)."""
-    from tru_dist.data.synthetic import generate_synthetic
+    """The ``synthetic:tiny`` dataset (~200 users, 120 items, image+text), in memory: tests that
+    also name ``data.path=synthetic:tiny`` (Ray workers regenerate it) see the same data."""
+    from tru_dist.data.source import open_data
 
-    return generate_synthetic(n_users=200, n_items=120, n_clusters=4, seed=0,
-                              modalities={"image": 16, "text": 8}, mean_extra_interactions=6)
+    return open_data("synthetic:tiny")
 
 
 @pytest.fixture(scope="session")

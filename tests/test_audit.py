@@ -151,7 +151,6 @@ def test_attack_success_matches_a_brute_force_count():
 # ------------------------------------------------------------------ pair-level MIA, overfit
 @pytest.fixture(scope="module")
 def overfit_run():
-    torch.set_num_threads(1)
     data = generate_synthetic(n_users=300, n_items=200, n_clusters=4, seed=0, modalities={},
                               mean_extra_interactions=12)
     cfg = overfit_cfg()
@@ -223,7 +222,6 @@ def test_run_audits_reports_every_model(overfit_run):
 
 # --------------------------------------------------------------------------- user-level MIA
 def test_user_mia_flags_deleted_users_in_the_original_not_in_retrain():
-    torch.set_num_threads(1)
     data = generate_synthetic(n_users=600, n_items=200, n_clusters=4, seed=0, modalities={},
                               mean_extra_interactions=10)
     held_out = np.random.default_rng(0).choice(data.n_users, 60, replace=False)
@@ -249,7 +247,6 @@ def test_user_mia_flags_deleted_users_in_the_original_not_in_retrain():
 
 # --------------------------------------------------------------------------------- backdoor
 def test_poison_raises_the_targets_and_retrain_removes_it():
-    torch.set_num_threads(1)
     clean = generate_synthetic(n_users=300, n_items=150, n_clusters=4, seed=0, modalities={},
                                mean_extra_interactions=8)
     data = inject_poison(clean, fake_user_fraction=0.1, n_targets=3, n_fillers=10, seed=0)
@@ -289,7 +286,6 @@ def test_audit_run_audits_an_unlearn_output_folder(tmp_path):
     from tru_dist.train.trainer import run_train
     from tru_dist.unlearn.run import run_unlearn
 
-    torch.set_num_threads(1)
     data = generate_synthetic(n_users=200, n_items=120, n_clusters=4, seed=1, modalities={},
                               mean_extra_interactions=10)
     cfg = overfit_cfg(epochs=60)

@@ -35,14 +35,6 @@ def _full_batch(data, seed=0) -> BPRBatch:
     return BPRBatch(torch.from_numpy(users), torch.from_numpy(items), neg, 1.0 / len(users))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tiny_graph(tiny_data):

@@ -27,15 +27,6 @@ from tru_dist.train.progress import progress_enabled
 from tru_dist.train.trainer import evaluate_run, fit, load_run, run_train, train_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny graphs: one intra-op thread is faster than two and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_cfg(**train) -> Config:
     base = {"lr": 0.01, "batch_size": 256, "epochs": 6, "patience": 50, "seed": 0, "progress": "off"}
     return Config.from_dict({"model": {"name": "lightgcn", "dim": 16}, "train": {**base, **train},

@@ -220,11 +220,40 @@ def test_tru_with_all_switches_off_is_reverse_bpr_bit_for_bit(trained):
         assert torch.equal(v, b.state_dict()[k]), k
         assert not torch.equal(v, before[k]), f"{k} did not move: the check would be vacuous"
         assert torch.equal(model.state_dict()[k], before[k]), "the caller's model was modified"
-    # each switch really changes the computation
+    # each switch really changes the computation (by more than float noise); scaling has
+    # one branch to scale on LightGCN, so it is checked on MGCN below
     for part in ("gate", "isolation"):
         on = _cfg(**{**OFF, part: {"enabled": True}})
         c = get_method("tru").unlearn(model, graph_after, data_after, forget, on).model
-        assert not torch.equal(c.item_emb, b.item_emb), part
+        assert (c.item_emb - b.item_emb).abs().max() > 1e-4, part
+
+
+def test_branch_scaling_changes_a_multimodal_update(tiny_data):
+    """On MGCN (id, image, text branches) scaling with γ = 1 gives branches α < 1 and moves the
+    update away from reverse_bpr's; with γ = 0 every α is 1 and it is reverse_bpr's (to rounding)."""
+    cfg = _cfg(**OFF)
+    cfg.model.name = "mgcn"
+    graph = build_rec_graph(tiny_data)
+    model = build_model(cfg.model, graph, seed=0)
+    cfg.train.epochs = 5
+    train_model(model, graph, tiny_data, cfg)
+    forget = forget_set(tiny_data, "interactions", 0.05, seed=0)
+    data_after = tiny_data.without_pairs(forget.users, forget.items)
+    graph_after = graph.without_edges(forget.train_users, forget.train_items)
+    base = get_method("reverse_bpr").unlearn(model, graph_after, data_after, forget, cfg)
+    runs = {}
+    for gamma in (0.0, 1.0):
+        on = _cfg(**{**OFF, "scaling": {"enabled": True, "gamma": gamma}})
+        on.model.name = "mgcn"
+        runs[gamma] = get_method("tru").unlearn(model, graph_after, data_after, forget, on)
+    alphas = runs[1.0].stats["scaling"]["alpha_last"]
+    assert set(alphas) >= {"id", "image", "text"} and min(alphas.values()) < 0.99
+    assert all(a == pytest.approx(1.0) for a in runs[0.0].stats["scaling"]["alpha_last"].values())
+    ref = base.model.state_dict()
+    gap = {g: max((v - ref[k]).abs().max().item() for k, v in runs[g].model.state_dict().items())
+           for g in runs}
+    # γ = 0 differs from reverse_bpr only by summing g_f and g_r separately (float rounding)
+    assert gap[0.0] < 1e-4 and gap[1.0] > 1e-2, gap
 
 
 def test_deleted_users_rows_reset_fresh_and_frozen(trained):
