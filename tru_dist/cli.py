@@ -30,7 +30,8 @@ def _add_dist_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distribution")
     g.add_argument("--workers", type=int, default=None, help="Ray workers (shards); 1 = single process")
     g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (0 on CPU)")
-    g.add_argument("--address", default=None, help="Ray address: local (in-process), auto, or ray://host:port")
+    g.add_argument("--address", default=None,
+                   help="local (in-process Ray), none (local processes, no Ray), auto, or ray://host:port")
 
 
 def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
