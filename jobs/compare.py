@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir'
 
 def main(argv: list[str] | None = None) -> int:
     from tru_dist.data.regimes import POLICIES, REGIMES
-    from tru_dist.dist.jobargs import job_config, job_parser, parse_job_args
+    from tru_dist.distributed.jobargs import job_config, job_parser, parse_job_args
 
     parser = job_parser("Compare unlearning methods against Retrain on one forget set.")
     parser.add_argument("--regime", default="users", choices=REGIMES)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results = run_compare(cfg, CompareSpec(**spec), args.out)
     else:
-        from tru_dist.dist.launch import run_distributed
+        from tru_dist.distributed.launch import run_distributed
 
         results = run_distributed("compare", cfg, out_dir=args.out, spec=spec)["results"]
     print(json.dumps({"out": args.out, "methods": results["methods"]}, indent=2, default=str)[:20000])

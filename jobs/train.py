@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir'
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tru_dist.dist.jobargs import job_config, job_parser, parse_job_args
-    from tru_dist.dist.launch import run_distributed
+    from tru_dist.distributed.jobargs import job_config, job_parser, parse_job_args
+    from tru_dist.distributed.launch import run_distributed
 
     parser = job_parser("Train a backbone (BPR, early stopping on valid) on W workers.")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")

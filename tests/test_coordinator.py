@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tru_dist.dist import coordinator as co
-from tru_dist.dist.process_group import spawn_local
+from tru_dist.distributed import coordinator as co
+from tru_dist.distributed.process_group import spawn_local
 
 
 def test_gate_decision_from_item_sums_and_counts():

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from tru_dist.config import build_config
-from tru_dist.dist.comm_meter import CommMeter
-from tru_dist.dist.process_group import spawn_local
-from tru_dist.dist.shard import build_shard_model, load_shard
+from tru_dist.distributed.comm_meter import CommMeter
+from tru_dist.distributed.process_group import spawn_local
+from tru_dist.distributed.shard import build_shard_model, load_shard
 
 RTOL, ATOL = 1e-4, 1e-6
 DIFFS: dict[str, tuple[float, float]] = {}
@@ -202,7 +202,7 @@ def test_each_worker_materialises_only_its_slice(runs, tiny_data):
 
 
 def test_bytes_per_step_match_the_planner(runs, tiny_data):
-    from tru_dist.dist.planner import plan
+    from tru_dist.distributed.planner import plan
 
     _, ranks = runs
     n_train = int((tiny_data.labels == 0).sum())
@@ -225,7 +225,7 @@ def test_bytes_per_step_match_the_planner(runs, tiny_data):
 
 
 def _tasks_probe(rank: int, world: int, model_dir: str, out_dir: str) -> dict:
-    from tru_dist.dist.worker import worker_main
+    from tru_dist.distributed.worker import worker_main
 
     cfg = _cfg("lightgcn", epochs=2, batch=400, data={"path": "synthetic:tiny"},
                unlearn={"epochs": 2, "batch_size": 64}).to_dict()
@@ -237,7 +237,7 @@ def _tasks_probe(rank: int, world: int, model_dir: str, out_dir: str) -> dict:
 
 
 def test_worker_tasks_reshard_a_checkpoint_and_agree_across_world_sizes(tmp_path):
-    from tru_dist.dist.launch import run_distributed
+    from tru_dist.distributed.launch import run_distributed
 
     cfg = _cfg("lightgcn", epochs=2, batch=400, data={"path": "synthetic:tiny"}, dist={"address": "none"})
     trained = run_distributed("train", cfg, out_dir=tmp_path / "model")  # W = 1 checkpoint

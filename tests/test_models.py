@@ -323,7 +323,7 @@ def _w_batch(data):
 
 def _loss_and_grads(rank: int, world: int) -> dict:
     """This worker's share of the loss and its gradients (replicated ones summed over workers)."""
-    from tru_dist.dist import collectives
+    from tru_dist import comm as collectives
 
     data = _w_data()
     book = PartitionBook.contiguous(data.n_users, data.n_items, world)

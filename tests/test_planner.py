@@ -18,9 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from tru_dist.config import ModelConfig
-from tru_dist.dist.knn import distributed_knn
-from tru_dist.dist.planner import activation_forward_bytes, model_profile, plan
-from tru_dist.dist.shard import slice_features
+from tru_dist.distributed.knn import distributed_knn
+from tru_dist.distributed.planner import activation_forward_bytes, model_profile, plan
+from tru_dist.distributed.shard import slice_features
 from tru_dist.errors import PlanError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.graph.partition import PartitionBook

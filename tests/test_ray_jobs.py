@@ -23,9 +23,9 @@ from types import SimpleNamespace
 import pytest
 
 from tru_dist.config import build_config
-from tru_dist.dist.faults import FaultPlan, InjectedFault, arm
-from tru_dist.dist.launch import run_distributed
-from tru_dist.dist.process_group import free_port
+from tru_dist.distributed.faults import FaultPlan, InjectedFault, arm
+from tru_dist.distributed.launch import run_distributed
+from tru_dist.distributed.process_group import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tru_dist.dist.process_group import spawn_local
+from tru_dist.distributed.process_group import spawn_local
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "sweeps" / "tiny.yaml"

@@ -1,11 +1,11 @@
 """``tru-dist bench dist``: training step time and bytes communicated per step, W = 1 vs W = 2.
 
 Both world sizes run in one call, each as local processes over gloo
-(:func:`tru_dist.dist.process_group.spawn_local`; W = 1 is one process, W = 2 two). Each
+(:func:`tru_dist.distributed.process_group.spawn_local`; W = 1 is one process, W = 2 two). Each
 rank gets ``threads_per_rank`` torch threads (default 1: a worker is one core, as it would
 be one GPU, so W = 2 uses twice the compute — the scaling question; on a shared machine one
 thread per rank also keeps OpenMP spin-waits from distorting the timings). Every rank materialises only
-its shard (:func:`tru_dist.dist.shard.load_shard`); interaction-only data (the Amazon Baby
+its shard (:func:`tru_dist.distributed.shard.load_shard`); interaction-only data (the Amazon Baby
 graph) gets random features of MMRec's shapes (``image:4096,text:384``) generated in
 fixed row blocks seeded by (modality, block), so a rank draws only the rows of its slice
 and every W sees the same matrix.
@@ -13,8 +13,8 @@ and every W sees the same matrix.
 One timed step is exactly the trainer's: full forward ``model.embed(graph)``, this rank's
 share of the global batch's loss, backward, all-reduce of the replicated gradients, Adam
 — after one untimed warm-up step. Bytes are counted by wrapping ``torch.distributed``'s
-collectives (:class:`tru_dist.dist.comm_meter.CommMeter`, payload convention) and set
-against the planner's analytic figures (:func:`tru_dist.dist.planner.plan`): the payload
+collectives (:class:`tru_dist.distributed.comm_meter.CommMeter`, payload convention) and set
+against the planner's analytic figures (:func:`tru_dist.distributed.planner.plan`): the payload
 per step, and the ring-algorithm minimum each worker sends over its link.
 """
 
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.config import Config, build_config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.dist import collectives
-from tru_dist.dist.comm_meter import CommMeter
-from tru_dist.dist.planner import plan
-from tru_dist.dist.process_group import spawn_local
+from tru_dist.distributed.comm_meter import CommMeter
+from tru_dist.distributed.planner import plan
+from tru_dist.distributed.process_group import spawn_local
 from tru_dist.io_utils import atomic_write_json
 
 BLOCK_ROWS = 256
@@ -95,7 +95,7 @@ def bench_data(source: str | Path | RecDataset, features: dict[str, int], seed: 
 
 
 def _bench_rank(rank: int, world_size: int, cfg_dict: dict, data: RecDataset, steps: int) -> dict[str, Any]:
-    from tru_dist.dist.shard import build_shard_model, load_shard
+    from tru_dist.distributed.shard import build_shard_model, load_shard
     from tru_dist.train.sampler import BPRSampler
 
     cfg = Config.from_dict(cfg_dict)

@@ -135,7 +135,7 @@ def _parse_dims(text: str) -> list[tuple[str, int]]:
 def cmd_train(args, overrides) -> int:
     cfg = _build_cfg(args, overrides)
     if cfg.dist.workers > 1:
-        from tru_dist.dist.launch import run_distributed
+        from tru_dist.distributed.launch import run_distributed
 
         metrics = run_distributed("train", cfg, out_dir=args.out, resume=args.resume)
     else:

@@ -74,7 +74,7 @@ def scale_out_check(spec_name: str, out: Path, overrides: list[str] | None) -> d
     The two runs must agree to float tolerance: W workers compute the gradient one
     process would (DESIGN §7). Ray starts in-process (dashboard off, loopback only).
     """
-    from tru_dist.dist.launch import run_distributed
+    from tru_dist.distributed.launch import run_distributed
 
     rows, valid = [], {}
     for workers in (1, 2):

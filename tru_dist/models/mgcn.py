@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tru_dist.dist import collectives
+from tru_dist import comm as collectives
 from tru_dist.errors import ConfigError
 from tru_dist.graph.adjacency import spmm
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings, xavier_table

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.dist import collectives
+from tru_dist import comm as collectives
 from tru_dist.errors import TruDistError
 from tru_dist.io_utils import atomic_torch_save
 

@@ -30,8 +30,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.data.dataset import SPLIT_LABELS, TRAIN, VALID, RecDataset
-from tru_dist.dist import collectives
 
 METRICS = ("recall", "ndcg", "precision", "hit", "map")
 # Rows per inner matmul/top-k step: ~1k rows keeps the score block cache-friendly on CPU

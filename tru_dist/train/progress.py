@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
-from tru_dist.dist import collectives
+from tru_dist import comm as collectives
 
 T = TypeVar("T")
 

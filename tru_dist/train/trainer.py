@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.dist import collectives
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.graph.partition import PartitionBook

@@ -1,6 +1,6 @@
 """Ray Tune sweeps of TRU's hyperparameters across unlearning regimes.
 
-The only package (with ``tru_dist.dist.launch``) that imports Ray, and only through
+The only package (with ``tru_dist.distributed.launch``) that imports Ray, and only through
 :mod:`.adapter`; every other module here runs without Ray.
 
 * :mod:`.spec` — the sweep file (``configs/sweeps/*.yaml``), strict schema;

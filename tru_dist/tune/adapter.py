@@ -1,4 +1,4 @@
-"""The one module of ``tru_dist.tune`` that calls Ray (with :mod:`tru_dist.dist.launch`, which
+"""The one module of ``tru_dist.tune`` that calls Ray (with :mod:`tru_dist.distributed.launch`, which
 it reuses for ``ray.init`` and the ``TorchTrainer``): Ray API churn touches these files only.
 
 What the rest of ``tru_dist.tune`` needs from Ray, as plain functions:
@@ -47,7 +47,7 @@ def connect(address: str = "local", dashboard: bool = False) -> None:
     asked for, listens on 127.0.0.1 only)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60: 'disabled' or 'token'
-    from tru_dist.dist.launch import connect as ray_connect
+    from tru_dist.distributed.launch import connect as ray_connect
 
     ray_connect(address, dashboard=dashboard)
 
@@ -315,7 +315,7 @@ def run_train_trial(sample: dict[str, Any], task: dict[str, Any], *, workers: in
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from tru_dist.dist.launch import torch_trainer
+    from tru_dist.distributed.launch import torch_trainer
 
     for key, value in TRAIN_TRIAL_ENV.items():  # read by Ray Train's controller (propagated from here)
         os.environ.setdefault(key, value)

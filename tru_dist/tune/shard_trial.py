@@ -6,9 +6,9 @@ A trial with ``--workers W > 1`` runs as a Ray Train run of W workers
 
 1. rebuilds, for every seed, what the single-process trial gets from the driver — from
    the sweep folder, not from the driver's memory: the data (``regime_data``: the seeded
-   poisoning replayed), this rank's shard of it (:func:`tru_dist.dist.shard.load_shard`:
+   poisoning replayed), this rank's shard of it (:func:`tru_dist.distributed.shard.load_shard`:
    its users' adjacency rows, its feature slice, kNN by ring broadcast), the shared
-   original cut to this rank's user rows (:func:`tru_dist.dist.shard.load_full_state`
+   original cut to this rank's user rows (:func:`tru_dist.distributed.shard.load_full_state`
    from ``context/originals/*.pt``), and the forget set and score reference
    (``context/<regime>/seed<k>.pt``);
 2. runs the very loop of the single-process trial, :func:`tru_dist.tune.trainable.run_epochs`
@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.data.source import is_synthetic, open_data
-from tru_dist.dist import collectives
-from tru_dist.dist.process_group import init_from_env
-from tru_dist.dist.shard import Shard, build_shard_model, load_full_state, load_shard
+from tru_dist.distributed.process_group import init_from_env
+from tru_dist.distributed.shard import Shard, build_shard_model, load_full_state, load_shard
 from tru_dist.tune.context import (
     SeedContext,
     data_key,

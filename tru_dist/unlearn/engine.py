@@ -46,9 +46,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.config import Config, GateConfig, IsolationConfig, ScalingConfig
 from tru_dist.data.dataset import RecDataset
-from tru_dist.dist import collectives
 from tru_dist.graph.adjacency import build_bipartite
 from tru_dist.graph.context import RecGraph
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings

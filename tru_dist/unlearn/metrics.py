@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.data.dataset import TEST, RecDataset
-from tru_dist.dist import collectives
 from tru_dist.train.evaluate import eval_embeddings, history_mask, pair_ranks, topk
 
 

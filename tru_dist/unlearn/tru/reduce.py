@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from tru_dist.dist import collectives
+from tru_dist import comm as collectives
 
 
 def group_sums(

@@ -12,7 +12,7 @@ Worker r of W (rank and W from the process group; 0 and 1 without one) holds:
   every worker from its seed), only when the backbone uses features, kept in
   ``dist.feature_dtype``;
 * the item–item kNN graphs (MGCN), built from the slices by a ring of broadcasts
-  (:mod:`tru_dist.dist.knn`) — never from a whole feature matrix;
+  (:mod:`tru_dist.distributed.knn`) — never from a whole feature matrix;
 * the model with its users' rows and the replicated item side (``build_model``).
 
 The partition book is recomputed by every rank from the same data (deterministic), so
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.dist import collectives
-from tru_dist.dist.knn import distributed_knn
-from tru_dist.dist.planner import model_profile
+from tru_dist.distributed.knn import distributed_knn
+from tru_dist.distributed.planner import model_profile
 from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.graph.partition import PartitionBook
 from tru_dist.models.base import Backbone

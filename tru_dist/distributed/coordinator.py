@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from tru_dist.dist import collectives
+from tru_dist import comm as collectives
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tru_dist.dist import collectives
+from tru_dist import comm as collectives
 from tru_dist.graph.partition import PartitionBook
 
 _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -1,7 +1,7 @@
 """Launch a task on W workers: Ray Train when there is Ray, local processes or a plain call otherwise.
 
 The only module (with ``tru_dist/tune``) that imports Ray, and only inside functions, so
-``from tru_dist.dist.launch import run_distributed`` works on machines without Ray (the
+``from tru_dist.distributed.launch import run_distributed`` works on machines without Ray (the
 lent GPU machines): there ``dist.address=none`` runs W local processes over gloo/NCCL, and
 W = 1 is a plain call. Which path :func:`run_distributed` takes:
 
@@ -41,8 +41,8 @@ from typing import Any
 
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.dist.process_group import resolve_backend, spawn_local
-from tru_dist.dist.worker import worker_main
+from tru_dist.distributed.process_group import resolve_backend, spawn_local
+from tru_dist.distributed.worker import worker_main
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json
 
@@ -65,7 +65,9 @@ def run_distributed(
     data: RecDataset | None = None,
     **fields: Any,
 ) -> dict:
-    """Run ``task`` (see :mod:`tru_dist.dist.worker`) on ``cfg.dist.workers`` workers; return rank 0's result.
+    """Run ``task`` (see :mod:`tru_dist.distributed.worker`) on ``cfg.dist.workers`` workers.
+
+    Returns rank 0's result.
 
     ``task`` is a task dict or just its kind (``"train"``, ...) with the other task fields
     as keywords, e.g. ``run_distributed("train", cfg, out_dir="runs/x", resume=False)``.

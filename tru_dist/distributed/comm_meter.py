@@ -1,6 +1,6 @@
 """Count the bytes every collective moves, by wrapping ``torch.distributed``'s functions.
 
-``torch.distributed.nn`` and :mod:`tru_dist.dist.collectives` both call the collectives
+``torch.distributed.nn`` and :mod:`tru_dist.comm` both call the collectives
 through the ``torch.distributed`` module attributes, so temporarily replacing those
 attributes sees every call (forward and the backward of the differentiable ones).
 
@@ -16,7 +16,7 @@ produces on each rank —
   W scatters, one from each rank, so it adds up to the all-to-all's payload.
 
 Ring algorithms put ``2(W−1)/W`` (all-reduce) or ``(W−1)/W`` (gather/scatter/all-to-all)
-of the payload on each rank's link; :mod:`tru_dist.dist.planner` reports both figures.
+of the payload on each rank's link; :mod:`tru_dist.distributed.planner` reports both figures.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ Parameter counts come from instantiating the backbone on PyTorch's ``meta`` devi
 memory), so the plan is exact for every registered model.
 
 Communication per training step (payload = size of what each collective produces, the
-convention of :mod:`tru_dist.dist.comm_meter`): per propagation hop one all-reduce of
+convention of :mod:`tru_dist.distributed.comm_meter`): per propagation hop one all-reduce of
 ``n_items × d`` floats forward and one backward; per feature modality one all-gather of
 the projected ``n_items × d`` matrix forward and its all-to-all backward; MGCN's InfoNCE
 gathers the global batch's ``B × d`` rows twice (users, items), forward and backward; one
@@ -94,7 +94,8 @@ def model_profile(cfg: ModelConfig, modalities: list[str]) -> ModelProfile:
         # a feature branch starts its users at zero: its first all-reduce has no gradient
         bwd = hops["id"] + sum(max(0, hops[b] - 1) for b in modalities)
         return ModelProfile(fwd, bwd, 1 + m, m, False, 0, cfg.feat_hidden or cfg.dim)
-    raise PlanError(f"the planner has no profile for model '{cfg.name}'; add one in tru_dist/dist/planner.py")
+    raise PlanError(f"the planner has no profile for model '{cfg.name}'; "
+                    "add one in tru_dist/distributed/planner.py")
 
 
 def parameter_counts(cfg: ModelConfig, n_users: int, n_items: int, feature_dims: dict[str, int],

@@ -23,7 +23,7 @@ from typing import Any
 
 
 class InjectedFault(RuntimeError):
-    """The failure :mod:`tru_dist.dist.faults` raises on purpose."""
+    """The failure :mod:`tru_dist.distributed.faults` raises on purpose."""
 
 
 @dataclass

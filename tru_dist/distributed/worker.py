@@ -1,10 +1,10 @@
 """The worker function: one rank of a train / unlearn / evaluate / compare task.
 
 ``worker_main(task)`` is what every rank runs, whoever started it — Ray Train
-(:mod:`tru_dist.dist.launch`), ``torchrun``, :func:`tru_dist.dist.process_group.spawn_local`
+(:mod:`tru_dist.distributed.launch`), ``torchrun``, :func:`tru_dist.distributed.process_group.spawn_local`
 or a plain call at W = 1. It takes rank and world size from the process group
 (initialising it from torchrun-style variables when needed), loads only this rank's
-partition (:mod:`tru_dist.dist.shard`), and runs the task with the package's trainer,
+partition (:mod:`tru_dist.distributed.shard`), and runs the task with the package's trainer,
 unlearning methods and evaluator — the same functions a single process uses.
 
 A task is a plain dict (JSON-able, so it travels to Ray workers and job scripts):
@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.dist import collectives
-from tru_dist.dist.faults import FaultPlan, arm
-from tru_dist.dist.process_group import init_from_env
-from tru_dist.dist.shard import Shard, build_shard_model, load_shard
+from tru_dist.distributed.faults import FaultPlan, arm
+from tru_dist.distributed.process_group import init_from_env
+from tru_dist.distributed.shard import Shard, build_shard_model, load_shard
 from tru_dist.errors import ConfigError
 from tru_dist.graph.partition import PartitionBook
 from tru_dist.io_utils import atomic_write_json
