@@ -185,6 +185,8 @@ def cmd_compare(args, overrides) -> int:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         seeds=args.seeds,
         audits=[a.strip() for a in (args.audit or "").split(",") if a.strip()],
+        tuned=args.tuned,
+        originals=args.originals,
     )
     results = run_compare(cfg, spec, args.out)
     print(results["table"])
@@ -298,9 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--regime", choices=["interactions", "users", "items", "poison"], default="users")
     c.add_argument("--policy", choices=["random", "core", "edge"], default="random")
     c.add_argument("--fraction", type=float, default=0.05)
-    c.add_argument("--methods", default="retrain,reverse_bpr,tru")
-    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--methods", default="retrain,noop,reverse_bpr,tru",
+                   help="comma list of methods (retrain, noop, reverse_bpr, grad_ascent, finetune, sisa, "
+                        "tru, tru-no-gate, tru-no-scaling, tru-no-isolation)")
+    c.add_argument("--seeds", type=int, default=5,
+                   help="reporting seeds 0..N-1 (N < 100; 100+ are tuning seeds)")
     c.add_argument("--audit", default="", help="comma list: mia,user_mia,backdoor")
+    c.add_argument("--tuned", default=None,
+                   help="folder of <method>-<regime>.yaml tuned configurations "
+                        "(e.g. configs/tuned/scientific-mgcn)")
+    c.add_argument("--originals", default=None,
+                   help="cache folder for trained originals, reused across regimes and runs")
     c.add_argument("--out", required=True)
     _add_dist_flags(c)
 

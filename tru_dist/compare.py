@@ -1,34 +1,55 @@
-"""``tru-dist compare``: every method on the same forget set, judged against Retrain.
+"""``tru-dist compare``: every method on the same deletion step, judged against Retrain.
 
-Per seed s (``train.seed = unlearn.seed = s``):
+Per reporting seed s (``train.seed = unlearn.seed = s``; seeds below 100 — tuning seeds are
+100 and up, and draw their forget sets from a disjoint pool, see :mod:`tru_dist.data.regimes`):
 
-1. train the original model once on D (early stopping on valid);
-2. draw the forget set D_f with the regime (seeded by s); D_r = D \\ D_f, graph rebuilt
-   from D_r's train edges (every affected degree renormalised);
-3. run each method on a copy of the original (Retrain trains from scratch on D_r);
-4. evaluate each model on the retained data: utility = full-ranking metrics on retained
-   users' test items; forget metrics = hit@K / rank percentile of the deleted train pairs
-   with the user's retained history masked; agreement with Retrain = mean top-20 Jaccard
-   over test users and Spearman correlation of the forget pairs' ranks;
-5. optionally the audits (membership inference, backdoor).
+1. train the original model once on D (early stopping on valid); with ``originals`` set,
+   the trained original is cached there keyed by (model, train config, data, seed), so
+   every regime and every compare on the same data reuses it;
+2. draw the forget set D_f (seeded); **the shared deletion step**
+   (:func:`tru_dist.unlearn.deletion.build_deletion`): D_r, its graph, the users to reset —
+   identical for every method, timed, part of every method's ``seconds``;
+3. run each method from it with its own configuration (``tuned``: a folder of
+   ``<method>-<regime>.yaml`` files chosen by a sweep on tuning seeds and valid data only,
+   :mod:`tru_dist.unlearn.tuned`); Retrain trains from scratch on D_r; ``noop`` is the
+   deletion step alone;
+4. evaluate every model on the retained data: utility = full-ranking metrics on retained
+   users' test items; forget metrics = hit@10/20/50 and mean rank percentile of the deleted
+   train pairs with the user's retained history masked; against Retrain: top-20 Jaccard
+   over retained test users, the KS distance between forget-rank distributions, Spearman
+   of forget ranks, and ``retrain_distance`` (:func:`tru_dist.unlearn.metrics.retrain_distance`);
+5. optionally the audits (membership inference, backdoor). When whole users are deleted
+   (users, poison) 5% of users are held out of training so the pair attack draws its
+   non-members from never-trained users (Retrain then sits near 0.5).
 
-Results are averaged over seeds (mean and std) into ``results.json`` with an entry
-``original`` for the model before deletion; ``report.md`` holds the tables and points to
-the plots (trade-off and time). Hyperparameters come from the config; nothing here
+Over seeds: mean, std and a 95% confidence half-width (Student t) of every figure, and a
+paired comparison of TRU against every other method on ``retrain_distance`` (per-seed
+differences, their mean and 95% CI). Time: ``seconds`` = the deletion step + the method
+(CUDA synchronised); ``speedup_vs_retrain`` per request; ``tuning_seconds`` from the tuned
+file; ``speedup_amortised_100`` = 100·Retrain / (100·seconds + tuning_seconds). Nothing here
 looks at test metrics to choose anything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tru_dist.config import Config
-from tru_dist.io_utils import atomic_write_json, atomic_write_text
-from tru_dist.report.tables import audit_table, comparison_table
+from tru_dist.errors import ConfigError
+from tru_dist.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
+from tru_dist.report.tables import audit_table, comparison_table, paired_table
+
+#: requests the amortised speedup spreads a tuning sweep over
+AMORTISE_OVER = 100
+#: regimes that delete whole users (their pair-MIA non-members come from held-out users)
+WHOLE_USER_REGIMES = ("users", "poison")
 
 
 @dataclass
@@ -36,9 +57,11 @@ class CompareSpec:
     regime: str = "users"
     policy: str = "random"
     fraction: float = 0.05
-    methods: list[str] = field(default_factory=lambda: ["retrain", "reverse_bpr", "tru"])
-    seeds: int | list[int] = 3
+    methods: list[str] = field(default_factory=lambda: ["retrain", "noop", "reverse_bpr", "tru"])
+    seeds: int | list[int] = 5
     audits: list[str] = field(default_factory=list)
+    tuned: str | None = None
+    originals: str | None = None
 
     @property
     def seed_list(self) -> list[int]:
@@ -52,12 +75,50 @@ def _seeded(cfg: Config, seed: int) -> Config:
     return cfg
 
 
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, dict | None]]:
+    """{method: (its config, its tuning provenance or None)}; checks the seeds are held out.
+
+    Without ``spec.tuned`` every method runs with ``cfg`` (and no tuning). With it, each
+    tunable method gets its own file layered over ``cfg``; reporting seeds must be below
+    100 and disjoint from every file's tuning seeds."""
+    from tru_dist.data.regimes import is_tuning_seed
+    from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.tuned import find_tuned, read_tuned
+
+    seeds = spec.seed_list
+    bad = [s for s in seeds if is_tuning_seed(s)]
+    if bad:
+        raise ConfigError(f"reporting seeds must be below 100 (100 and up are tuning seeds), got {bad}; "
+                          "use --seeds N for seeds 0..N-1")
+    out: dict[str, tuple[Config, dict | None]] = {}
+    for name in spec.methods:
+        canonical = get_method(name).name
+        path = find_tuned(spec.tuned, canonical, spec.regime) if spec.tuned else None
+        if path is None:
+            out[canonical] = (cfg, None)
+            continue
+        overrides, tuning = read_tuned(path)
+        overlap = sorted(set(seeds) & {int(x) for x in tuning.get("seeds", [])})
+        if overlap:
+            raise ConfigError(f"{path} was tuned on seeds {overlap}, which are reporting seeds here; a "
+                              "method must not be judged on the forget sets it was tuned on")
+        out[canonical] = (Config.from_dict(_merge(cfg.to_dict(), overrides)), {**tuning, "file": str(path)})
+    return out
+
+
 def hold_out_users(data, fraction: float, seed: int):
     """Relabel every row of a seeded ``fraction`` of users as TEST, so no model trains on them.
 
-    The user-level membership attack needs non-member users with a known history; those
-    users are exactly that. Returns (data, held-out user ids). Utility is then measured on
-    the other users only (cold users would only add zeros to every method alike).
+    The membership attacks need non-member users with a known history; those users are
+    exactly that. Returns (data, held-out user ids). Utility is then measured on the other
+    users only (cold users would only add zeros to every method alike).
     """
     from dataclasses import replace
 
@@ -72,59 +133,104 @@ def hold_out_users(data, fraction: float, seed: int):
     return replace(data, labels=labels), held
 
 
+def needs_held_out_users(spec: CompareSpec) -> bool:
+    """User MIA always needs never-trained users; the pair MIA when whole users are deleted."""
+    return "user_mia" in spec.audits or ("mia" in spec.audits and spec.regime in WHOLE_USER_REGIMES)
+
+
 def _log(msg: str) -> None:
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
+def _original_key(cfg: Config, data) -> str:
+    from tru_dist.train.trainer import data_signature
+
+    labels = np.ascontiguousarray(data.labels).tobytes()
+    pairs = np.ascontiguousarray(np.stack([data.users, data.items])).tobytes()
+    blob = json.dumps({"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"],
+                       "data": data_signature(data), "meta": sorted(map(str, data.meta.get("poison", {})))},
+                      sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob + hashlib.sha256(pairs + labels).digest()).hexdigest()[:20]
+
+
+def train_original(cfg: Config, data, cache: str | None):
+    """(model, graph, seconds, info): the original, from ``cache`` when it was trained before."""
+    import torch
+
+    from tru_dist.graph.context import build_rec_graph
+    from tru_dist.models.registry import build_model, model_class
+    from tru_dist.train.trainer import fit
+
+    path = None
+    if cache:
+        path = Path(cache) / f"{cfg.model.name}-seed{cfg.train.seed}-{_original_key(cfg, data)}.pt"
+    if path is not None and path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+                                with_knn=model_class(cfg.model.name).uses_knn)
+        model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+        model.load_state_dict(blob["state"])
+        model.eval()
+        return model, graph, float(blob["seconds"]), dict(blob["info"])
+    t0 = time.perf_counter()
+    model, graph, result = fit(cfg, data)
+    seconds = time.perf_counter() - t0
+    info = {"epochs": int(result.epochs), "best_epoch": int(result.best_epoch)}
+    if path is not None:
+        atomic_torch_save({"state": model.state_dict(), "seconds": seconds, "info": info}, path)
+    return model, graph, seconds, info
+
+
+def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
+             configs: dict[str, tuple[Config, dict | None]] | None = None) -> dict:
     """One seed of the comparison: returns {method: {test, forget, agreement, seconds, ...}}."""
     from tru_dist.data.regimes import forget_set
     from tru_dist.data.source import open_data
     from tru_dist.train.evaluate import eval_embeddings, evaluate
-    from tru_dist.train.trainer import fit
     from tru_dist.unlearn.base import get_method
-    from tru_dist.unlearn.metrics import agreement, forget_metrics
+    from tru_dist.unlearn.deletion import build_deletion
+    from tru_dist.unlearn.metrics import agreement, forget_metrics, retrain_distance
 
     cfg = _seeded(cfg, seed)
+    configs = configs if configs is not None else method_configs(cfg, spec)
     data = data if data is not None else open_data(cfg.data.path)
     if spec.regime == "poison" and "poison" not in data.meta:
         from tru_dist.data.poison import inject_poison
 
         data = inject_poison(data, fake_user_fraction=spec.fraction, seed=seed)
     held_out = None
-    if "user_mia" in spec.audits:
+    if needs_held_out_users(spec):
         data, held_out = hold_out_users(data, 0.05, seed)
-    t0 = time.perf_counter()
-    original, graph, train_result = fit(cfg, data)
-    original_seconds = time.perf_counter() - t0
-    _log(f"seed {seed}: original {cfg.model.name} trained in {original_seconds:.1f}s "
-         f"({train_result.epochs} epochs, best {train_result.best_epoch})")
+    original, graph, original_seconds, info = train_original(cfg, data, spec.originals)
+    _log(f"seed {seed}: original {cfg.model.name} ready ({original_seconds:.1f}s to train, "
+         f"{info['epochs']} epochs, best {info['best_epoch']})")
 
     forget = forget_set(data, spec.regime, spec.fraction, seed, policy=spec.policy)
-    data_after = data.without_pairs(forget.users, forget.items)
-    graph_after = graph.without_edges(forget.train_users, forget.train_items)
-    ks = tuple(cfg.eval.ks)
+    deletion = build_deletion(data, graph, forget, reset=cfg.unlearn.reset_deleted_users)
+    graph_after, data_after = deletion.graph_after, deletion.data_after
+    ks = tuple(sorted({*cfg.eval.ks, 10, 20, 50}))
     # utility users: everyone the original trained on and Retrain still serves
     scored = None if held_out is None else np.setdiff1d(np.arange(data.n_users), held_out)
 
     models: dict[str, object] = {"original": original}
     out: dict[str, dict] = {}
-    names = list(spec.methods)
+    names = list(configs)
     if "retrain" in names:  # Retrain first: every other method is compared with it
         names.remove("retrain")
         names.insert(0, "retrain")
     for name in names:
-        method = get_method(name)
-        result = method.unlearn(original, graph_after, data_after, forget, cfg)  # methods copy it
+        mcfg, tuning = configs[name]
+        result = get_method(name).unlearn(original, deletion, _seeded(mcfg, seed))  # methods copy it
         models[name] = result.model
-        out[name] = {"seconds": result.seconds, "stats": result.stats}
+        out[name] = {"seconds": result.seconds, "stats": result.stats,
+                     "tuning_seconds": float(tuning["seconds"]) if tuning else 0.0}
         _log(f"seed {seed}: {name} done in {result.seconds:.2f}s")
-    out["original"] = {"seconds": original_seconds, "stats": {}}
+    out["original"] = {"seconds": original_seconds, "stats": info}
 
     retrain = models.get("retrain")
     retrain_emb = eval_embeddings(retrain, graph_after) if retrain is not None else None
     for name, model in models.items():
-        # the original serves with the graph it was trained on; every unlearned model with D_r's
+        # the original serves with the graph it was trained on; every other model with D_r's
         g = graph if name == "original" else graph_after
         emb = eval_embeddings(model, g)  # one propagation per model for all its metrics
         entry = out[name]
@@ -135,31 +241,59 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None) -> dict:
             entry["agreement"] = agreement(model, retrain, g, data_after, forget, retrain_graph=graph_after,
                                            emb=emb, retrain_emb=retrain_emb)
     if retrain is not None:
-        for entry in out.values():
-            entry["speedup_vs_retrain"] = out["retrain"]["seconds"] / max(entry["seconds"], 1e-9)
-        out["original"]["speedup_vs_retrain"] = None
+        r_recall = out["retrain"]["test"]["recall@20"]
+        for name, entry in out.items():
+            entry["retrain_distance"] = retrain_distance(entry["test"]["recall@20"], r_recall,
+                                                         entry["agreement"]["forget_rank_ks"])
+            if name == "original":
+                continue
+            r_sec = out["retrain"]["seconds"]
+            entry["speedup_vs_retrain"] = r_sec / max(entry["seconds"], 1e-9)
+            entry["speedup_amortised_100"] = (AMORTISE_OVER * r_sec) / max(
+                AMORTISE_OVER * entry["seconds"] + entry.get("tuning_seconds", 0.0), 1e-9)
 
     if spec.audits:
         from tru_dist.audit.runner import run_audits
 
         methods = {n: m for n, m in models.items() if n not in ("original", "retrain")}
-        audits = run_audits(spec.audits, original, retrain, methods, graph, graph_after, data, data_after,
-                            forget, cfg, seed, nonmember_users=held_out)
+        audits = run_audits(spec.audits, original, retrain, methods, deletion, cfg, seed,
+                            nonmember_users=held_out)
         for name, figures in audits.items():
             out.setdefault(name, {}).update(figures)
-    out["_forget_set"] = forget.summary()
+    out["_forget_set"] = deletion.summary()
     return out
 
 
-def _mean_std(values: list) -> tuple[float | None, float | None]:
-    vals = [v for v in values if isinstance(v, int | float) and v is not None and not np.isnan(v)]
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+       10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(dof: int) -> float:
+    """Two-sided 95% Student-t quantile for ``dof`` degrees of freedom (scipy when available)."""
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, dof))
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return T95[min((k for k in T95 if k >= dof), default=30)]
+
+
+def mean_ci(values: list) -> tuple[float | None, float | None, float | None]:
+    """(mean, std, 95% CI half-width) of the finite values; None where undefined."""
+    vals = [float(v) for v in values if isinstance(v, int | float) and v is not None and not np.isnan(v)]
     if not vals:
-        return None, None
-    return float(np.mean(vals)), (float(np.std(vals)) if len(vals) > 1 else None)
+        return None, None, None
+    if len(vals) == 1:
+        return vals[0], None, None
+    std = float(np.std(vals, ddof=1))
+    return float(np.mean(vals)), std, t95(len(vals) - 1) * std / np.sqrt(len(vals))
+
+
+SCALARS = ("seconds", "speedup_vs_retrain", "speedup_amortised_100", "tuning_seconds", "retrain_distance")
 
 
 def aggregate(per_seed: list[dict]) -> dict:
-    """Mean over seeds of every scalar, with ``<group>_std`` companions."""
+    """Mean over seeds of every scalar, with ``<group>_std`` and ``<group>_ci`` companions."""
     names = [n for n in per_seed[0] if not n.startswith("_")]
     methods: dict[str, dict] = {}
     for name in names:
@@ -167,21 +301,46 @@ def aggregate(per_seed: list[dict]) -> dict:
         entry: dict = {}
         for group in {g for r in runs for g, v in r.items() if isinstance(v, dict) and g != "stats"}:
             keys = {k for r in runs for k, v in r.get(group, {}).items() if isinstance(v, int | float)}
-            mean, std = {}, {}
+            mean, std, ci = {}, {}, {}
             for k in sorted(keys):
-                mean[k], std[k] = _mean_std([r.get(group, {}).get(k) for r in runs])
-            entry[group] = mean
-            entry[f"{group}_std"] = std
+                mean[k], std[k], ci[k] = mean_ci([r.get(group, {}).get(k) for r in runs])
+            entry[group], entry[f"{group}_std"], entry[f"{group}_ci"] = mean, std, ci
             lists = {k for r in runs for k, v in r.get(group, {}).items() if isinstance(v, list)}
             for k in lists:  # e.g. bootstrap CI: average the bounds
                 arr = np.array([r[group][k] for r in runs if k in r.get(group, {})], dtype=float)
                 entry[group][k] = arr.mean(0).tolist()
-        for k in ("seconds", "speedup_vs_retrain"):
-            entry[k], entry[f"{k}_std"] = _mean_std([r.get(k) for r in runs])
+        for k in SCALARS:
+            entry[k], entry[f"{k}_std"], entry[f"{k}_ci"] = mean_ci([r.get(k) for r in runs])
+        entry["per_seed"] = {k: [r.get(k) for r in runs] for k in ("retrain_distance", "seconds")}
         entry["stats"] = [r.get("stats", {}) for r in runs]
         methods[name] = entry
     order = ["original", "retrain"] + [n for n in methods if n not in ("original", "retrain")]
     return {n: methods[n] for n in order if n in methods}
+
+
+def paired(per_seed: list[dict], key: str = "retrain_distance") -> dict:
+    """TRU (and each TRU variant) against every other method on ``key``, paired by seed:
+    {tru_name: {other: {diff_mean, ci: [lo, hi], per_seed, n, verdict}}}. diff = TRU − other,
+    so a negative difference whose CI excludes 0 means TRU is significantly closer to Retrain."""
+    names = [n for n in per_seed[0] if not n.startswith("_") and n not in ("original", "retrain")]
+    out: dict[str, dict] = {}
+    for t in [n for n in names if n.startswith("tru")]:
+        out[t] = {}
+        for other in [n for n in names if n != t]:
+            diffs = [r[t].get(key) - r[other].get(key) for r in per_seed
+                     if r.get(t, {}).get(key) is not None and r.get(other, {}).get(key) is not None]
+            mean, _, half = mean_ci(diffs)
+            if mean is None:
+                continue
+            lo, hi = (mean - half, mean + half) if half is not None else (None, None)
+            verdict = "tie"
+            if hi is not None and hi < 0:
+                verdict = "tru better"
+            elif lo is not None and lo > 0:
+                verdict = "tru worse"
+            out[t][other] = {"diff_mean": mean, "ci": [lo, hi], "per_seed": diffs, "n": len(diffs),
+                             "verdict": verdict}
+    return out
 
 
 def write_report(out_dir: Path, results: dict) -> str:
@@ -190,21 +349,30 @@ def write_report(out_dir: Path, results: dict) -> str:
     methods = results["methods"]
     table = comparison_table(methods)
     audits = audit_table(methods)
+    pairs = paired_table(results.get("paired", {}))
     tradeoff_plot(methods, out_dir / "tradeoff.png")
     time_plot(methods, out_dir / "time.png")
     c = results["config"]
+    sp = results["spec"]
     lines = [
         "# tru-dist compare",
         "",
         f"model **{c['model']['name']}**, data `{c['data']['path'] or 'synthetic'}`, regime "
-        f"**{results['spec']['regime']}** ({results['spec']['policy']}, {results['spec']['fraction']:.0%}), "
-        f"seeds {results['spec']['seeds']} (mean ± std). Utility on retained users' test items; forget "
-        "hit@20 = deleted train pairs still in the user's top-20 (retained history masked): close "
-        "to Retrain is right, below it is over-forgetting.",
+        f"**{sp['regime']}** ({sp['policy']}, {sp['fraction']:.0%}), reporting seeds {sp['seeds']} "
+        f"(mean ± 95% CI), tuned configurations: `{sp.get('tuned') or 'none (base config for all)'}`. "
+        "Every method starts from the same deletion step (D_r's graph, deleted users reset); "
+        "`noop` is that step alone. Utility on retained users' test items; forget hit@K = deleted "
+        "train pairs still in the user's top-K (retained history masked): close to Retrain is "
+        "right, below it is over-forgetting. KS = distance between the method's and Retrain's "
+        "forget-rank distributions; retrain_distance = max(0, 1 − recall/recall_Retrain) + KS "
+        "(0 for Retrain, lower is better). seconds = deletion step + method, end to end.",
         "",
         table,
         "",
     ]
+    if pairs:
+        lines += ["## Paired differences in retrain_distance (TRU − method, per seed; < 0: TRU closer)",
+                  "", pairs, ""]
     if audits:
         lines += ["## Audits", "", audits, "",
                   "MIA AUC is judged against Retrain's, not against 0.5.", ""]
@@ -217,16 +385,20 @@ def write_report(out_dir: Path, results: dict) -> str:
 def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) -> dict:
     """Run every seed, aggregate, write results.json / report.md / plots; return the results."""
     out_dir = Path(out_dir)
+    configs = method_configs(cfg, spec)  # refuses overlapping seeds before any training
     out_dir.mkdir(parents=True, exist_ok=True)
     per_seed = []
     for seed in spec.seed_list:
-        per_seed.append(run_seed(cfg, spec, seed, data=data))
+        per_seed.append(run_seed(cfg, spec, seed, data=data, configs=configs))
         atomic_write_json(out_dir / f"seed{seed}.json", per_seed[-1])
-    results = {
+    results: dict[str, Any] = {
         "config": cfg.to_dict(),
         "spec": {**asdict(spec), "seeds": spec.seed_list},
         "forget_set": per_seed[0].get("_forget_set"),
+        "method_configs": {n: {"unlearn": c.to_dict()["unlearn"], "tuning": t}
+                           for n, (c, t) in configs.items()},
         "methods": aggregate(per_seed),
+        "paired": paired(per_seed),
     }
     atomic_write_json(out_dir / "results.json", results)
     results["table"] = write_report(out_dir, results)
@@ -235,8 +407,6 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
 
 def report_compare(path: str | Path) -> Path:
     """Re-write report.md and plots from an existing results.json."""
-    import json
-
     path = Path(path)
     results = json.loads((path / "results.json").read_text())
     write_report(path, results)

@@ -31,11 +31,7 @@ def run_audits(
     original,
     retrain,
     methods: dict,
-    graph_before,
-    graph_after,
-    data_before: RecDataset,
-    data_after: RecDataset,
-    forget,
+    deletion,
     cfg,
     seed: int = 0,
     *,
@@ -50,7 +46,10 @@ def run_audits(
     ``nonmember_users`` (user MIA) defaults to the users ``data_before`` never trains on;
     ``train_fn(cfg, data)`` trains the user-MIA shadow model (default: the trainer's ``fit``).
     An audit that the data cannot support gives NaN with a ``note`` instead of failing.
+    ``deletion`` is the shared deletion step (:class:`tru_dist.unlearn.deletion.Deletion`).
     """
+    graph_before, graph_after = deletion.graph_before, deletion.graph_after
+    data_before, data_after, forget = deletion.data_before, deletion.data_after, deletion.forget
     unknown = sorted(set(kinds) - set(AUDITS))
     if unknown:
         raise AuditError(f"unknown audit(s) {', '.join(unknown)} (choose from: {', '.join(AUDITS)})")
@@ -139,6 +138,7 @@ def audit_run(
     from tru_dist.io_utils import atomic_write_json
     from tru_dist.train.trainer import load_run
     from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.deletion import build_deletion
     from tru_dist.unlearn.ledger import DeletionLedger
 
     run_dir = Path(run_dir)
@@ -156,15 +156,14 @@ def audit_run(
     if missing:
         raise AuditError(f"request(s) {', '.join(missing[:5])} were not applied in {run_dir}; "
                          "audit the run that executed them")
-    data_after = data_before.without_pairs(forget.users, forget.items)
-    graph_after = graph_before.without_edges(forget.train_users, forget.train_items)
-    retrain = get_method("retrain").unlearn(original_model, graph_after, data_after, forget, cfg).model
+    deletion = build_deletion(data_before, graph_before, forget, reset=cfg.unlearn.reset_deleted_users)
+    retrain = get_method("retrain").unlearn(original_model, deletion, cfg).model
     if kinds is None:
         kinds = ["mia"] + (["user_mia"] if len(forget.removed_users) else [])
         kinds += ["backdoor"] if "poison" in data_before.meta else []
     name = metrics.get("method", "unlearned")
-    audits = run_audits(kinds, original_model, retrain, {name: unlearned}, graph_before, graph_after,
-                        data_before, data_after, forget, cfg, seed=cfg.unlearn.seed)
+    audits = run_audits(kinds, original_model, retrain, {name: unlearned}, deletion, cfg,
+                        seed=cfg.unlearn.seed)
     out = _json_safe({"run": str(run_dir), "original": str(original), "requests": str(requests_path),
                       "method": name, "forget_set": forget.summary(), "audits": audits})
     atomic_write_json(run_dir / "audit.json", out)

@@ -12,6 +12,17 @@
   the backdoor audit compares against a Retrain without all of them).
 
 At least one unit is always selected; ``fraction`` must lie in (0, 1].
+
+**Tuning and reporting forget sets are disjoint.** Seeds ``>= TUNING_SEED_BASE`` (100) are
+*tuning seeds* (what sweeps choose hyperparameters on), smaller seeds *reporting seeds*
+(what ``compare`` reports). Every selectable unit — a train pair, a user, an item — belongs
+to one of two fixed pools by a hash of its id (:func:`unit_pool`, independent of the seed):
+tuning seeds draw only from pool 1, reporting seeds only from pool 0, so no deleted pair,
+user or item a method was tuned on ever appears in a reported forget set (the size is
+still ``fraction`` of the whole population). A selection larger than its pool (fraction
+above about one half) falls back to the whole population and says so in the request's
+``reason``. The poison regime deletes every injected fake user (their identity differs
+per seed already).
 """
 
 from __future__ import annotations
@@ -28,6 +39,32 @@ from tru_dist.errors import ConfigError
 
 REGIMES = ("interactions", "users", "items", "poison")
 POLICIES = ("random", "core", "edge")
+#: seeds from here on are tuning seeds; reporting seeds are 0 … TUNING_SEED_BASE − 1
+TUNING_SEED_BASE = 100
+
+
+def is_tuning_seed(seed: int) -> bool:
+    return int(seed) >= TUNING_SEED_BASE
+
+
+def unit_pool(ids: np.ndarray) -> np.ndarray:
+    """0 (reporting) or 1 (tuning) for each unit id: the low bit of a splitmix64 hash, so the
+    split is fixed, balanced and unrelated to id order or activity."""
+    x = np.asarray(ids, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x & np.uint64(1)).astype(np.int8)
+
+
+def _in_pool(candidates: np.ndarray, keys: np.ndarray, seed: int, k: int) -> tuple[np.ndarray, str]:
+    """The candidates of this seed's pool (all of them when the pool holds fewer than k)."""
+    mine = unit_pool(keys) == int(is_tuning_seed(seed))
+    if mine.sum() < k:
+        return candidates, " pool=all"
+    return candidates[mine], f" pool={'tuning' if is_tuning_seed(seed) else 'reporting'}"
 
 
 def n_selected(fraction: float, population: int) -> int:
@@ -86,18 +123,24 @@ def select_forget(
 
     if regime == "interactions":
         k = n_selected(fraction, len(train))
-        rows = np.sort(rng.choice(train, size=k, replace=False))
+        pool, note = _in_pool(train, data.pair_keys(data.users[train], data.items[train]), seed, k)
+        rows = np.sort(rng.choice(pool, size=k, replace=False))
         u, i = data.users[rows], data.items[rows]
-        return _requests([f"pair-{a}-{b}" for a, b in zip(u, i, strict=True)], u, i, reason)
+        return _requests([f"pair-{a}-{b}" for a, b in zip(u, i, strict=True)], u, i, reason + note)
 
     if regime == "users":
         ranked = rank_users(data, policy, rng)
-        chosen = ranked[: n_selected(fraction, len(ranked))]
-        return _requests([f"user-{u}" for u in chosen], chosen, None, reason)
+        k = n_selected(fraction, len(ranked))
+        pool, note = _in_pool(ranked, ranked, seed, k)  # keeps the policy's order
+        chosen = pool[:k]
+        return _requests([f"user-{u}" for u in chosen], chosen, None, reason + note)
 
     if regime == "items":
         candidates = np.unique(data.items[train])
-        targets = rng.choice(candidates, size=n_selected(fraction, len(candidates)), replace=False)
+        k = n_selected(fraction, len(candidates))
+        candidates, note = _in_pool(candidates, candidates, seed, k)
+        reason += note
+        targets = rng.choice(candidates, size=k, replace=False)
         rows = np.flatnonzero(np.isin(data.items, targets))
         u, i = data.users[rows], data.items[rows]
         return _requests([f"item-{b}-user-{a}" for a, b in zip(u, i, strict=True)], u, i, reason)

@@ -184,15 +184,16 @@ def _unlearn(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Rep
     from tru_dist.data.regimes import forget_set
     from tru_dist.train.evaluate import evaluate
     from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.deletion import build_deletion
     from tru_dist.unlearn.metrics import forget_metrics
 
     model = _model_from(cfg, task, shard, out_dir)
     forget = forget_set(shard.data, task.get("regime", "users"), float(task.get("fraction", 0.05)),
                         cfg.unlearn.seed, policy=task.get("policy", "random"))
-    data_after = shard.data.without_pairs(forget.users, forget.items)
-    graph_after = shard.graph.without_edges(forget.train_users, forget.train_items)
+    deletion = build_deletion(shard.data, shard.graph, forget, reset=cfg.unlearn.reset_deleted_users)
+    data_after, graph_after = deletion.data_after, deletion.graph_after
     method = get_method(task.get("method") or cfg.unlearn.method)
-    result = method.unlearn(model, graph_after, data_after, forget, cfg)
+    result = method.unlearn(model, deletion, cfg)
     ks = tuple(cfg.eval.ks)
     return {
         "method": method.name,

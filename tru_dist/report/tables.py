@@ -25,24 +25,46 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def comparison_table(methods: dict, k: int = 20) -> str:
-    """Utility, forgetting, agreement with Retrain and time per method."""
-    header = ["method", f"recall@{k}", f"ndcg@{k}", f"forget hit@{k}", f"jaccard@{k} vs retrain",
-              "forget-rank spearman", "seconds", "speedup vs retrain"]
+    """Utility, forgetting at several cut-offs, agreement with Retrain, retrain_distance and
+    time per method; ``±`` is the 95% CI half-width over seeds (std where no CI is stored)."""
+    header = ["method", f"recall@{k}", f"ndcg@{k}", "forget hit@10", f"forget hit@{k}", "forget hit@50",
+              "rank pct", "KS vs retrain", f"jaccard@{k} vs retrain", "retrain_distance", "seconds",
+              "speedup vs retrain", "amortised (100 req.)"]
     rows = []
     for name, m in methods.items():
-        test, std = m.get("test", {}), m.get("test_std", {})
-        forget, fstd = m.get("forget", {}), m.get("forget_std", {})
-        agree = m.get("agreement", {})
+        test, tci = m.get("test", {}), m.get("test_ci", m.get("test_std", {}))
+        forget, fci = m.get("forget", {}), m.get("forget_ci", m.get("forget_std", {}))
+        agree, aci = m.get("agreement", {}), m.get("agreement_ci", {})
         rows.append([
             name,
-            fmt(test.get(f"recall@{k}"), std.get(f"recall@{k}")),
-            fmt(test.get(f"ndcg@{k}"), std.get(f"ndcg@{k}")),
-            fmt(forget.get(f"hit@{k}"), fstd.get(f"hit@{k}")),
-            fmt(agree.get(f"jaccard@{k}")),
-            fmt(agree.get("forget_rank_spearman")),
+            fmt(test.get(f"recall@{k}"), tci.get(f"recall@{k}")),
+            fmt(test.get(f"ndcg@{k}"), tci.get(f"ndcg@{k}")),
+            fmt(forget.get("hit@10"), fci.get("hit@10"), digits=3),
+            fmt(forget.get(f"hit@{k}"), fci.get(f"hit@{k}"), digits=3),
+            fmt(forget.get("hit@50"), fci.get("hit@50"), digits=3),
+            fmt(forget.get("rank_pct"), digits=3),
+            fmt(agree.get("forget_rank_ks"), aci.get("forget_rank_ks"), digits=3),
+            fmt(agree.get(f"jaccard@{k}"), aci.get(f"jaccard@{k}"), digits=3),
+            fmt(m.get("retrain_distance"), m.get("retrain_distance_ci"), digits=3),
             fmt(m.get("seconds"), digits=2),
             fmt(m.get("speedup_vs_retrain"), digits=1),
+            fmt(m.get("speedup_amortised_100"), digits=1),
         ])
+    return markdown_table(header, rows)
+
+
+def paired_table(paired: dict) -> str:
+    """TRU − method on retrain_distance, per pair: mean difference, 95% CI, verdict."""
+    rows = []
+    for tru_name, others in paired.items():
+        for other, d in others.items():
+            lo, hi = d.get("ci", [None, None])
+            ci = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else "—"
+            rows.append([tru_name, other, f"{d['diff_mean']:+.4f}", ci, str(d.get("n")),
+                         d.get("verdict", "")])
+    if not rows:
+        return ""
+    header = ["TRU variant", "vs", "mean Δ retrain_distance", "95% CI", "seeds", "verdict"]
     return markdown_table(header, rows)
 
 

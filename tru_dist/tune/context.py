@@ -23,7 +23,6 @@ interrupted preparation resumes file by file.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from tru_dist.io_utils import atomic_torch_save
 from tru_dist.models.registry import build_model, model_class
 from tru_dist.tune.objective import Reference, valid_point
 from tru_dist.tune.spec import RegimeSpec, SweepSpec
+from tru_dist.unlearn.deletion import Deletion, build_deletion
 
 BASELINES = ("original", "retrain", "reverse_bpr")
 
@@ -63,11 +63,7 @@ class SeedContext:
     regime_id: str
     seed: int
     cfg: Config
-    data_before: RecDataset
-    graph_before: RecGraph
-    data_after: RecDataset
-    graph_after: RecGraph
-    forget: ForgetSet
+    deletion: Deletion
     ref: Reference
     models: dict[str, Any]
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -76,10 +72,29 @@ class SeedContext:
     def original(self):
         return self.models["original"]
 
+    @property
+    def data_before(self) -> RecDataset:
+        return self.deletion.data_before
+
+    @property
+    def graph_before(self) -> RecGraph:
+        return self.deletion.graph_before
+
+    @property
+    def data_after(self) -> RecDataset:
+        return self.deletion.data_after
+
+    @property
+    def graph_after(self) -> RecGraph:
+        return self.deletion.graph_after
+
+    @property
+    def forget(self) -> ForgetSet:
+        return self.deletion.forget
+
     def for_trials(self) -> SeedContext:
-        """A copy without what trials never touch (pre-deletion data and graph, baselines' models)."""
-        return SeedContext(self.regime_id, self.seed, self.cfg, self.data_after, self.graph_after,
-                           self.data_after, self.graph_after, self.forget, self.ref,
+        """A copy without what trials never touch (the baselines' models)."""
+        return SeedContext(self.regime_id, self.seed, self.cfg, self.deletion, self.ref,
                            {"original": self.original}, self.baselines)
 
 
@@ -224,15 +239,14 @@ def prepare(spec: SweepSpec, base: Config, sweep_dir: Path, regime_ids: list[str
                 forget = _forget_from(saved["forget"])
             else:
                 forget = forget_set(data, regime.regime, regime.fraction, seed, policy=regime.policy)
-            data_after = data.without_pairs(forget.users, forget.items)
-            graph_after = graph.without_edges(forget.train_users, forget.train_items)
+            deletion = build_deletion(data, graph, forget, reset=cfg.unlearn.reset_deleted_users)
+            data_after, graph_after = deletion.data_after, deletion.graph_after
             models: dict[str, Any] = {"original": original}
             if saved is None:
                 states, seconds = {}, {"original": original_seconds}
                 baselines = {"original": valid_point(original, graph_after, data_after, forget, spec.k)}
                 for name in ("retrain", "reverse_bpr"):
-                    result = get_method(name).unlearn(copy.deepcopy(original), graph_after, data_after,
-                                                      forget, cfg)
+                    result = get_method(name).unlearn(original, deletion, cfg)
                     models[name], states[name] = result.model, result.model.state_dict()
                     seconds[name] = result.seconds
                     baselines[name] = valid_point(result.model, graph_after, data_after, forget, spec.k)
@@ -250,6 +264,5 @@ def prepare(spec: SweepSpec, base: Config, sweep_dir: Path, regime_ids: list[str
                 ref, baselines = Reference(**saved["ref"]), saved["baselines"]
                 if with_baselines:
                     models.update({n: _model(cfg, graph_after, s) for n, s in saved["states"].items()})
-            out[regime.id].append(SeedContext(regime.id, seed, cfg, data, graph, data_after, graph_after,
-                                              forget, ref, models, baselines))
+            out[regime.id].append(SeedContext(regime.id, seed, cfg, deletion, ref, models, baselines))
     return out

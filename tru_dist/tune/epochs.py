@@ -34,22 +34,22 @@ class EpochState:
         return self.stats.get("epochs_run", self.epoch) < self.epoch
 
 
-def tru_at_epoch(original, graph_after, data_after, forget, cfg: Config, epoch: int) -> EpochState:
+def tru_at_epoch(original, deletion, cfg: Config, epoch: int) -> EpochState:
     """TRU with ``cfg``'s hyperparameters stopped after ``epoch`` epochs (exact, see module doc)."""
     cfg = cfg.model_copy(deep=True)
     cfg.unlearn.epochs = epoch
     t0 = time.perf_counter()
-    model, stats = run_update(original, graph_after, data_after, forget, cfg, tru_spec(cfg))
+    model, stats = run_update(original, deletion, cfg, tru_spec(cfg))
     return EpochState(epoch, model, stats, time.perf_counter() - t0)
 
 
-def tru_epochs(original, graph_after, data_after, forget, cfg: Config) -> Iterator[EpochState]:
+def tru_epochs(original, deletion, cfg: Config) -> Iterator[EpochState]:
     """States after epochs 1, 2, … of one TRU run (the model is live: evaluate, don't keep).
 
     ``seconds`` counts only the time spent inside the run (the consumer's evaluation and
     reporting between epochs are not TRU's cost), so it is comparable with
     :func:`tru_at_epoch` and with the other methods' ``seconds``."""
-    run = iter_update(original, graph_after, data_after, forget, cfg, tru_spec(cfg))
+    run = iter_update(original, deletion, cfg, tru_spec(cfg))
     spent = 0.0
     while True:
         t0 = time.perf_counter()

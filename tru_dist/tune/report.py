@@ -105,7 +105,7 @@ def valid_score(cand: Candidate, seeds: list[SeedContext], k: int) -> float:
     """The sweep's valid score of ``cand`` on one regime (fresh TRU run per seed)."""
     points = []
     for sc in seeds:
-        state = tru_at_epoch(sc.original, sc.graph_after, sc.data_after, sc.forget,
+        state = tru_at_epoch(sc.original, sc.deletion,
                              apply_sample(sc.cfg, cand.sample), cand.epochs)
         points.append(valid_point(state.model, sc.graph_after, sc.data_after, sc.forget, k))
     return epoch_metrics(points, [sc.ref for sc in seeds], k)["score"]
@@ -155,8 +155,8 @@ def _audits(spec: SweepSpec, sc: SeedContext, models: dict[str, Any]) -> dict[st
     except ImportError as exc:  # an optional audit dependency is missing: report, don't fail
         return {"_note": {"skipped": f"audits not importable: {exc}"}}  # type: ignore[dict-item]
     methods = {n: m for n, m in models.items() if n not in ("retrain",)}
-    figures = run_audits(list(spec.audit), sc.original, models["retrain"], methods, sc.graph_before,
-                         sc.graph_after, sc.data_before, sc.data_after, sc.forget, sc.cfg, sc.seed, k=spec.k)
+    figures = run_audits(list(spec.audit), sc.original, models["retrain"], methods, sc.deletion, sc.cfg,
+                         sc.seed, k=spec.k)
     return {name: _flat_audits(f) for name, f in figures.items()}
 
 
@@ -172,7 +172,7 @@ def final_evaluation(spec: SweepSpec, contexts: dict[str, list[SeedContext]], be
             entries = {n: _test_entry(models[n], sc, k, sc.baselines[n]["seconds"]) for n in models}
             for name, cand in (("tru (tuned for regime)", best[rid]), ("tru (shared config)", shared),
                                ("tru (defaults)", defaults)):
-                state = tru_at_epoch(sc.original, sc.graph_after, sc.data_after, sc.forget,
+                state = tru_at_epoch(sc.original, sc.deletion,
                                      apply_sample(sc.cfg, cand.sample), cand.epochs)
                 models[name] = state.model
                 entries[name] = _test_entry(state.model, sc, k, state.seconds)

@@ -43,6 +43,7 @@ from tru_dist.tune.context import (
 )
 from tru_dist.tune.spec import RegimeSpec, SweepSpec
 from tru_dist.tune.trainable import Fault, TrialContext, run_epochs
+from tru_dist.unlearn.deletion import build_deletion
 
 
 def shard_trial_task(spec: SweepSpec, base: Config, sweep_dir: Path, regime: RegimeSpec, max_t: int) -> dict:
@@ -75,10 +76,8 @@ def shard_seed_contexts(task: dict[str, Any]) -> list[SeedContext]:
         blob = torch.load(original_file(sweep_dir, regime, seed), map_location="cpu", weights_only=True)
         load_full_state(original, blob["state"], shard)
         forget, ref = load_forget_and_reference(seed_file(sweep_dir, regime.id, seed))
-        data_after = shard.data.without_pairs(forget.users, forget.items)
-        graph_after = shard.graph.without_edges(forget.train_users, forget.train_items)
-        out.append(SeedContext(regime.id, seed, cfg, data_after, graph_after, data_after, graph_after,
-                               forget, ref, {"original": original}))
+        deletion = build_deletion(shard.data, shard.graph, forget, reset=cfg.unlearn.reset_deleted_users)
+        out.append(SeedContext(regime.id, seed, cfg, deletion, ref, {"original": original}))
     return out
 
 

@@ -95,7 +95,7 @@ def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) ->
     Separate from :func:`tru_trainable` so it runs without Ray (tests, debugging).
     """
     cfgs = [apply_sample(sc.cfg, config) for sc in ctx.seeds]
-    runs = [tru_epochs(sc.original, sc.graph_after, sc.data_after, sc.forget, cfg)
+    runs = [tru_epochs(sc.original, sc.deletion, cfg)
             for sc, cfg in zip(ctx.seeds, cfgs, strict=True)]
     states: list = [None] * len(runs)
     done = [False] * len(runs)

@@ -2,30 +2,37 @@
 
 Every method is called as
 
-    get_method(name).unlearn(model, graph_after, data_after, forget, cfg) -> UnlearnResult
+    get_method(name).unlearn(model, deletion, cfg) -> UnlearnResult
 
-with ``model`` the trained model, ``graph_after``/``data_after`` the retained graph and data
-(D_r = D \\ D_f, degrees renormalised), ``forget`` the :class:`~tru_dist.data.requests.ForgetSet`
-and ``cfg`` the full :class:`~tru_dist.config.Config` (``cfg.unlearn`` holds the method's
-hyperparameters). Methods work on a deep copy (the caller's model is never modified), are
-seeded by ``cfg.unlearn.seed`` (Retrain, which repeats the original training, by
-``cfg.train.seed``), and report the wall time of the whole call in ``seconds`` (Retrain: its
-full training; SISA: the retraining of the affected shards — see :mod:`.sisa`).
+with ``model`` the trained model, ``deletion`` the shared deletion step
+(:class:`~tru_dist.unlearn.deletion.Deletion`: before/after data and graph, the forget set,
+the users to reset) and ``cfg`` the full :class:`~tru_dist.config.Config` (``cfg.unlearn``
+holds the method's hyperparameters). Methods work on a copy (the caller's model is never
+modified) and are seeded by ``cfg.unlearn.seed`` (Retrain, which repeats the original
+training, by ``cfg.train.seed``).
 
-Names: ``retrain``, ``reverse_bpr`` (MMRecUn), ``grad_ascent``, ``finetune``, ``sisa``,
-``tru`` and TRU's ablations ``tru-no-gate``, ``tru-no-scaling``, ``tru-no-isolation``.
-``-`` and ``_`` are interchangeable in lookups.
+``seconds`` is the end-to-end cost a user waits for: the deletion step
+(``deletion.seconds``) plus the method's own time (its call, CUDA synchronised; SISA: the
+retraining of the affected shards) — summed by :meth:`Method.unlearn`, so every method is
+timed the same way. ``stats["method_seconds"]`` keeps the method's part alone.
+
+Names: ``retrain``, ``noop`` (the deletion step alone: original parameters, deleted users
+reset, served on D_r's graph), ``reverse_bpr`` (MMRecUn), ``grad_ascent``, ``finetune``,
+``sisa``, ``tru`` and TRU's ablations ``tru-no-gate``, ``tru-no-scaling``,
+``tru-no-isolation``. ``-`` and ``_`` are interchangeable in lookups.
 """
 
 from __future__ import annotations
 
 import importlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tru_dist.errors import ConfigError
+from tru_dist.timing import Stopwatch
+
+__all__ = ["APPROXIMATE", "Method", "Stopwatch", "UnlearnResult", "get_method", "method_names"]
 
 
 @dataclass
@@ -41,6 +48,7 @@ UnlearnFn = Callable[..., UnlearnResult]
 
 _METHODS: dict[str, tuple[str, str, str]] = {
     "retrain": ("tru_dist.unlearn.retrain", "unlearn", "exact: train from scratch on D_r"),
+    "noop": ("tru_dist.unlearn.noop", "unlearn", "the deletion step alone: no parameter update"),
     "reverse_bpr": ("tru_dist.unlearn.reverse_bpr", "unlearn", "MMRecUn: reverse BPR on D_f + BPR on D_r"),
     "grad_ascent": ("tru_dist.unlearn.grad_ascent", "unlearn", "gradient ascent on BPR over D_f"),
     "finetune": ("tru_dist.unlearn.finetune", "unlearn", "BPR on D_r only"),
@@ -52,6 +60,10 @@ _METHODS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: methods that start from the shared deletion step and are tuned by the same sweep machinery
+APPROXIMATE = ("reverse_bpr", "grad_ascent", "finetune", "tru")
+
+
 def _key(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
@@ -61,14 +73,19 @@ _BY_KEY = {_key(n): n for n in _METHODS}
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: ``unlearn(model, graph_after, data_after, forget, cfg)``."""
+    """A registered method: ``unlearn(model, deletion, cfg)``."""
 
     name: str
     fn: UnlearnFn
     description: str
 
-    def unlearn(self, model, graph_after, data_after, forget, cfg) -> UnlearnResult:
-        return self.fn(model, graph_after, data_after, forget, cfg)
+    def unlearn(self, model, deletion, cfg) -> UnlearnResult:
+        """Run the method; ``seconds`` = deletion step + the method's own time (module doc)."""
+        result = self.fn(model, deletion, cfg)
+        result.stats["method_seconds"] = result.seconds
+        result.stats["deletion_seconds"] = deletion.seconds
+        result.seconds = deletion.seconds + result.seconds
+        return result
 
 
 def method_names() -> list[str]:
@@ -82,15 +99,3 @@ def get_method(name: str) -> Method:
         raise ConfigError(f"unknown unlearning method '{name}' (choose one of: {', '.join(method_names())})")
     module, attr, doc = _METHODS[canonical]
     return Method(canonical, getattr(importlib.import_module(module), attr), doc)
-
-
-class Stopwatch:
-    """``with Stopwatch() as sw: ...`` then ``sw.seconds`` (wall time, perf_counter)."""
-
-    def __enter__(self) -> Stopwatch:
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start

@@ -4,22 +4,22 @@ One code path, configured by an :class:`UpdateSpec`, so that "TRU with its three
 off" and reverse_bpr are the same computation by construction (same seed → bit-identical
 parameters), and every ablation differs from it only by the component it switches on.
 
-Per call (on a deep copy of the model; the caller's model is untouched):
+Every run starts from the shared deletion step (:mod:`tru_dist.unlearn.deletion`): a copy of
+the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.start_model`
+— what ``noop`` serves). Per call (the caller's model is untouched):
 
-1. *Deleted users* (``reset_deleted_users``, TRU only): users whose whole train history is
-   deleted get fresh ID rows (``model.reset_user_rows``, one generator per user seeded by
-   (``unlearn.seed``, global user id), so the rows do not depend on the sharding), as
-   Retrain would start them, and those rows are frozen for the rest of the update (Retrain
-   never trains them). Their forget pairs are still reversed — that is how their imprint on
-   the shared item side is removed — but scored with a constant snapshot of their final
-   embedding taken BEFORE the reset on the ORIGINAL graph (the vector that pulled their
-   items up during training), not with the random fresh row. The unlearning optimizer is
-   a fresh Adam, so no optimizer state of theirs survives.
+1. *Deleted users* (every method alike, when the deletion resets any): their fresh rows are
+   frozen for the rest of the update (Retrain never trains them). Their forget pairs are
+   still reversed — that is how their imprint on the shared item side is removed — but
+   scored with a constant snapshot of their final embedding taken from the ORIGINAL model
+   on the before-graph (the vector that pulled their items up during training), not with
+   the random fresh row. The unlearning optimizer is a fresh Adam, so no optimizer state
+   of theirs survives.
 2. *Isolation statistics* (TRU): one dedicated pass before the first step — the gradient of
    the mean reverse-BPR term over all of D_f and of the mean retain loss over as many D_r
    pairs (own seeded streams, so switching isolation on does not change the batches the
    loop sees) — gives the Fisher ratios per layer group and the frozen groups; the row
-   masks come from the k-hop neighbourhood of D_f on the original graph.
+   masks come from the k-hop neighbourhood of D_f on the before-graph.
 3. *Epochs* (``unlearn.epochs``) over D_f in global batches of ≈ ``unlearn.batch_size``
    (all equal), each paired with an equally large D_r batch. With the gate on, a gate pass
    over D_f at the start of every epoch computes P_i and stops when mean G < ε.
@@ -48,15 +48,13 @@ import torch
 
 from tru_dist import comm as collectives
 from tru_dist.config import Config, GateConfig, IsolationConfig, ScalingConfig
-from tru_dist.data.dataset import RecDataset
-from tru_dist.graph.adjacency import build_bipartite
-from tru_dist.graph.context import RecGraph
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings
 from tru_dist.models.registry import torch_seed
 from tru_dist.train.evaluate import history_mask
 from tru_dist.train.sampler import BPRSampler
 from tru_dist.unlearn import losses
 from tru_dist.unlearn.batches import equal_batch_size, forget_batches, retain_stream
+from tru_dist.unlearn.deletion import Deletion, start_model
 from tru_dist.unlearn.tru import gate as gate_fn
 from tru_dist.unlearn.tru import isolation as iso_fn
 from tru_dist.unlearn.tru import scaling as scale_fn
@@ -74,45 +72,16 @@ class UpdateSpec:
     gate: GateConfig | None = None
     scaling: ScalingConfig | None = None
     isolation: IsolationConfig | None = None
-    reset_deleted_users: bool = False
-
-
-def original_train_pairs(data_after: RecDataset, forget) -> tuple[np.ndarray, np.ndarray]:
-    """Train pairs before the deletion: D_r's train pairs ∪ D_f's train pairs (global ids)."""
-    ru, ri = data_after.train_pairs
-    return (np.concatenate([ru, forget.train_users]).astype(np.int64),
-            np.concatenate([ri, forget.train_items]).astype(np.int64))
-
-
-def original_graph(graph_after: RecGraph, users: np.ndarray, items: np.ndarray) -> RecGraph:
-    """The pre-deletion graph of this shard (kNN graphs and features are shared, unchanged)."""
-    lo = graph_after.user_offset
-    ui = build_bipartite(graph_after.n_users, graph_after.n_items, users, items,
-                         user_range=(lo, lo + graph_after.n_local_users)).to(graph_after.ui.norm.device)
-    return RecGraph(ui, graph_after.book, graph_after.rank, graph_after.knn, graph_after.features)
-
-
-def user_seed(seed: int, user: int) -> int:
-    """The seed of one user's fresh rows: a function of (unlearn seed, global user id) only."""
-    return int(np.random.SeedSequence([int(seed), int(user)]).generate_state(1, dtype=np.uint64)[0])
-
-
-@torch.no_grad()
-def reset_users(model: Backbone, local_users: np.ndarray, offset: int, seed: int) -> None:
-    """``model.reset_user_rows`` user by user, each with a generator seeded by
-    :func:`user_seed` — so a user's fresh row does not depend on which shard holds it."""
-    for u in np.asarray(local_users, dtype=np.int64):
-        gen = torch.Generator().manual_seed(user_seed(seed, int(u) + offset))
-        model.reset_user_rows(torch.tensor([int(u)]), generator=gen)
 
 
 class _Loop:
     """State of one run (kept in one object so the step is readable)."""
 
-    def __init__(self, model: Backbone, graph: RecGraph, data_after: RecDataset, forget, cfg: Config,
+    def __init__(self, original: Backbone, model: Backbone, deletion: Deletion, cfg: Config,
                  spec: UpdateSpec):
-        self.model, self.graph, self.data, self.forget, self.cfg, self.spec = (
-            model, graph, data_after, forget, cfg, spec)
+        self.original, self.model, self.deletion, self.cfg, self.spec = original, model, deletion, cfg, spec
+        self.graph, self.data, self.forget = deletion.graph_after, deletion.data_after, deletion.forget
+        forget, graph = self.forget, self.graph
         self.uc = cfg.unlearn
         self.device = graph.ui.norm.device
         self.lo, self.n_local = graph.user_offset, graph.n_local_users
@@ -123,7 +92,7 @@ class _Loop:
         self.sharded = torch.tensor([id(p) in user_ids for p in self.params], dtype=torch.bool)
         self.fu = np.asarray(forget.train_users, dtype=np.int64)
         self.fi = np.asarray(forget.train_items, dtype=np.int64)
-        self.orig_u, self.orig_i = original_train_pairs(data_after, forget)
+        self.orig_u, self.orig_i = (np.asarray(a, dtype=np.int64) for a in deletion.data_before.train_pairs)
         self.snap: torch.Tensor | None = None  # constant user vectors of reset (deleted) users
         self.snap_rows: torch.Tensor | None = None  # local user -> row of snap, -1 if none
         self.frozen_rows: dict[int, torch.Tensor] = {}  # id(param) -> bool mask of updatable rows
@@ -131,7 +100,8 @@ class _Loop:
         self.exclude: torch.Tensor | None = None
         self.p_items: torch.Tensor | None = None
         self.stats: dict[str, Any] = {"n_forget_train": int(len(self.fu)),
-                                      "n_removed_users": int(len(forget.removed_users))}
+                                      "n_removed_users": int(len(forget.removed_users)),
+                                      "reset_users": int(len(deletion.reset_users))}
 
     # -- helpers -------------------------------------------------------------------------
     def _groups(self, named: dict[str, list[torch.nn.Parameter]]) -> dict[str, list[int]]:
@@ -161,21 +131,23 @@ class _Loop:
 
     # -- 1. deleted users ------------------------------------------------------------------
     @torch.no_grad()
-    def reset_deleted_users(self) -> None:
-        removed = self._local(self.forget.removed_users)
-        count = collectives.sum_stats(torch.tensor([len(removed)], dtype=torch.float64))
-        self.stats["reset_users"] = int(count.item())
-        if self.stats["reset_users"] == 0:
+    def freeze_reset_users(self) -> None:
+        """Snapshot the reset users' final vectors (original model, before-graph) and freeze
+        their fresh rows (already re-drawn by :func:`~.deletion.start_model`)."""
+        removed = self.deletion.local_reset_users()
+        if len(removed) == 0:
             return
         local = torch.from_numpy(removed).to(self.device)
-        was = self.model.training
-        self.model.eval()
-        before = self.model.embed(original_graph(self.graph, self.orig_u, self.orig_i)).user
-        self.model.train(was)
-        self.snap = before[local].detach().clone()
+        before = self.original
+        if next(before.parameters()).device != self.device:  # never move the caller's model
+            before = copy.deepcopy(before).to(self.device)
+        was = before.training
+        before.eval()
+        snap = before.embed(self.deletion.graph_before).user
+        before.train(was)
+        self.snap = snap[local].detach().clone()
         self.snap_rows = torch.full((self.n_local,), -1, dtype=torch.long, device=self.device)
         self.snap_rows[local] = torch.arange(len(local), device=self.device)
-        reset_users(self.model, removed, self.lo, self.uc.seed)
         for p, kind in self.model.row_tables().values():
             if kind == "user":
                 mask = self.frozen_rows.get(id(p), torch.ones(p.shape[0], dtype=torch.bool, device=p.device))
@@ -358,8 +330,7 @@ class _Loop:
         """
         spec, uc = self.spec, self.uc
         torch_seed(uc.seed)
-        if spec.reset_deleted_users:
-            self.reset_deleted_users()
+        self.freeze_reset_users()
         n_f = len(self.fu)
         if n_f == 0:
             self.stats["steps"] = 0
@@ -411,33 +382,21 @@ class _Loop:
                                      "conflict_steps": sc["conflict_steps"], "steps": sc["steps"]}
 
 
-def run_update(
-    model: Backbone,
-    graph_after: RecGraph,
-    data_after: RecDataset,
-    forget,
-    cfg: Config,
-    spec: UpdateSpec,
-) -> tuple[Backbone, dict[str, Any]]:
-    """Run the reverse-update loop on a deep copy of ``model``; return (model, stats)."""
-    *_, (_epoch, work, stats) = iter_update(model, graph_after, data_after, forget, cfg, spec)
+def run_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSpec
+               ) -> tuple[Backbone, dict[str, Any]]:
+    """Run the reverse-update loop from the deletion step's start; return (model, stats)."""
+    *_, (_epoch, work, stats) = iter_update(model, deletion, cfg, spec)
     return work, stats  # the last state; stats are final once the generator is exhausted
 
 
-def iter_update(
-    model: Backbone,
-    graph_after: RecGraph,
-    data_after: RecDataset,
-    forget,
-    cfg: Config,
-    spec: UpdateSpec,
-) -> Iterator[tuple[int, Backbone, dict[str, Any]]]:
+def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSpec
+                ) -> Iterator[tuple[int, Backbone, dict[str, Any]]]:
     """The same computation as :func:`run_update`, yielding ``(epoch, model, stats)`` after
     every epoch (the model is the live working copy: evaluate it, don't keep it). Stops
     early when the gate converges, exactly where ``run_update`` would; a run that converges
     before its first epoch yields its starting state once, as epoch 0."""
-    work = copy.deepcopy(model).to(graph_after.ui.norm.device)
-    loop = _Loop(work, graph_after, data_after, forget, cfg, spec)
+    work = start_model(model, deletion, cfg.unlearn.seed)
+    loop = _Loop(model, work, deletion, cfg, spec)
     ran = False
     for epoch in loop.iterate():
         ran = True

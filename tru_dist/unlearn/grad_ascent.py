@@ -14,7 +14,7 @@ from tru_dist.unlearn.engine import UpdateSpec, run_update
 SPEC = UpdateSpec(forget_term="ascent", retain=False)
 
 
-def unlearn(model, graph_after, data_after, forget, cfg) -> UnlearnResult:
+def unlearn(model, deletion, cfg) -> UnlearnResult:
     with Stopwatch() as sw:
-        out, stats = run_update(model, graph_after, data_after, forget, cfg, SPEC)
+        out, stats = run_update(model, deletion, cfg, SPEC)
     return UnlearnResult(out, stats, sw.seconds)

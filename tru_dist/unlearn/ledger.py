@@ -22,13 +22,11 @@ Semantics (what makes retries safe):
   the model has been unlearned: a crash in between leaves no receipt, so the retry redoes
   the whole request (at-least-once execution, exactly-once receipt).
 
-:func:`apply_deletion` turns a dataset and its graph into D_r and D_r's graph: it removes
-every pair deleted so far (earlier receipts, a no-op if already gone) plus the new ones,
-renormalises the graph (``RecGraph.without_edges``) and invalidates what depended on the
-removed rows: the dataset's ``content_hash``/``store`` provenance is dropped (it describes
-the stored dataset, not D_r) and ``parent_content_hash`` / ``deleted_requests`` recorded.
-Item–item kNN graphs depend on item features only, so they stay valid for every regime —
-including ``items``, which deletes the target items' interactions, not their features.
+:func:`apply_plan` turns a dataset, its graph and a plan into the shared deletion step
+(:func:`tru_dist.unlearn.deletion.build_deletion`): the before-state without every pair
+deleted by earlier receipts, the after-state without the new ones too (graph renormalised,
+provenance updated — see that module). :func:`apply_deletion` is the (data_after,
+graph_after) pair of it, for readers that only need what a run serves with.
 """
 
 from __future__ import annotations
@@ -219,23 +217,14 @@ def apply_deletion(run_dir: str | Path, data: RecDataset, graph, forget: ForgetS
     ledger plus ``forget``'s new pairs; a replayed batch deletes nothing new. Writes nothing
     (receipts are written by :meth:`DeletionLedger.commit` once the model is unlearned)."""
     plan = DeletionLedger(run_dir).plan(data, forget)
-    return apply_plan(data, graph, plan)
+    deletion = apply_plan(data, graph, plan)
+    return deletion.data_after, deletion.graph_after
 
 
-def apply_plan(data: RecDataset, graph, plan: DeletionPlan):
-    """:func:`apply_deletion` for an already computed plan."""
-    eu, ei = plan.earlier
-    users = np.concatenate([eu, plan.forget.users]).astype(np.int64)
-    items = np.concatenate([ei, plan.forget.items]).astype(np.int64)
-    present = np.isin(_keys(data.users, data.items, data.n_items), _keys(users, items, data.n_items))
-    if not present.any():
-        return data, graph
-    data_after = data.without_pairs(users, items)
-    meta = {k: v for k, v in data_after.meta.items() if k not in ("content_hash", "store")}
-    if "content_hash" in data.meta:
-        meta["parent_content_hash"] = data.meta["content_hash"]
-    meta["deleted_requests"] = list(data.meta.get("deleted_requests", [])) + list(plan.forget.request_ids)
-    data_after = replace(data_after, meta=meta)
-    train = data.labels[present] == TRAIN
-    graph_after = graph.without_edges(data.users[present][train], data.items[present][train])
-    return data_after, graph_after
+def apply_plan(data: RecDataset, graph, plan: DeletionPlan, *, reset: bool = True):
+    """The :class:`~tru_dist.unlearn.deletion.Deletion` of an already computed plan: the
+    before-state = ``data``/``graph`` minus the earlier receipts' pairs, the after-state minus
+    the new ones too (a replayed batch deletes nothing new)."""
+    from tru_dist.unlearn.deletion import build_deletion
+
+    return build_deletion(data, graph, plan.forget, earlier=plan.earlier, reset=reset)

@@ -13,7 +13,20 @@ Agreement of a model M with Retrain R (both ranking on D_r's data):
 * ``jaccard@K``   = mean over the retained data's test users of |top_K^M ∩ top_K^R| / |top_K^M ∪ top_K^R|
                     (train and valid items excluded, as in the test evaluation);
 * ``forget_rank_spearman`` = Spearman's ρ between M's and R's ranks of the deleted train pairs
-                    (``scipy.stats.spearmanr``; NaN when one side is constant).
+                    (``scipy.stats.spearmanr``; NaN when one side is constant);
+* ``forget_rank_ks`` = the two-sample Kolmogorov–Smirnov distance
+                    sup_x |F_M(x) − F_R(x)| between M's and R's distributions of the deleted
+                    pairs' rank percentiles rank/(n_items − |retained(u)|) (``scipy.stats.ks_2samp``):
+                    0 when M forgets exactly as Retrain does at every cut-off, 1 at worst — it
+                    sees under- and over-forgetting alike and is not tied to the gate's K.
+
+One summary per method, :func:`retrain_distance` (0 for Retrain, lower is better):
+
+    retrain_distance = max(0, 1 − recall@20_M / recall@20_R) + forget_rank_ks(M, R)
+
+— the relative utility lost against Retrain (gaining utility is not penalised) plus the
+forget-behaviour gap. Both terms are scale-free in [0, 1], so one point of either weighs the
+same; a method that does nothing scores its KS gap, one that destroys the model ≈ 1 + gap.
 
 Sums and counts are all-reduced (``collectives.sum_stats``) and the forget ranks gathered,
 so the values do not depend on the number of shards.
@@ -100,12 +113,30 @@ def agreement(model, retrain, graph, data_after: RecDataset, forget, k: int = 20
     sums = torch.tensor([float(jac.sum()), float(len(jac))], dtype=torch.float64)
     collectives.sum_stats(sums)
 
-    ranks_m, _ = forget_ranks(model, graph, data_after, forget, emb)
+    ranks_m, n_cand = forget_ranks(model, graph, data_after, forget, emb)
     ranks_r, _ = forget_ranks(retrain, rgraph, data_after, forget, remb)
+    pct_m = collectives.all_gather_rows(ranks_m.double() / n_cand.clamp(min=1).double()).cpu().numpy()
+    pct_r = collectives.all_gather_rows(ranks_r.double() / n_cand.clamp(min=1).double()).cpu().numpy()
     ranks_m = collectives.all_gather_rows(ranks_m.double()).cpu().numpy()
     ranks_r = collectives.all_gather_rows(ranks_r.double()).cpu().numpy()
     rho = float("nan")
     if len(ranks_m) > 1 and np.ptp(ranks_m) > 0 and np.ptp(ranks_r) > 0:
         rho = float(spearmanr(ranks_m, ranks_r).statistic)
     n = float(sums[1])
-    return {f"jaccard@{k}": float(sums[0]) / n if n else 0.0, "forget_rank_spearman": rho}
+    return {f"jaccard@{k}": float(sums[0]) / n if n else 0.0, "forget_rank_spearman": rho,
+            "forget_rank_ks": ks_distance(pct_m, pct_r)}
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample KS statistic sup_x |F_a(x) − F_b(x)| (0.0 for two empty samples)."""
+    from scipy.stats import ks_2samp
+
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    return float(ks_2samp(np.asarray(a, float), np.asarray(b, float)).statistic)
+
+
+def retrain_distance(recall: float, retrain_recall: float, forget_ks: float) -> float:
+    """max(0, 1 − recall/retrain_recall) + forget_ks — see the module docstring."""
+    loss = max(0.0, 1.0 - recall / retrain_recall) if retrain_recall > 0 else 0.0
+    return float(loss + forget_ks)

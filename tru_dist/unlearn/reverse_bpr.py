@@ -5,8 +5,8 @@
 j a sampled negative, all parameters updated alike with Adam(``unlearn.lr``) for
 ``unlearn.epochs`` epochs over D_f, each D_f batch paired with an equally large D_r batch.
 It is TRU's loop (:mod:`tru_dist.unlearn.engine`) with the gate, scaling and isolation
-switched off and no reset of deleted users — so "TRU, all switches off" is this method,
-bit for bit.
+switched off — so "TRU, all switches off" is this method, bit for bit. Like every
+approximate method it starts from the shared deletion step (deleted users reset).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tru_dist.unlearn.engine import UpdateSpec, run_update
 SPEC = UpdateSpec(forget_term="reverse", retain=True)
 
 
-def unlearn(model, graph_after, data_after, forget, cfg) -> UnlearnResult:
+def unlearn(model, deletion, cfg) -> UnlearnResult:
     with Stopwatch() as sw:
-        out, stats = run_update(model, graph_after, data_after, forget, cfg, SPEC)
+        out, stats = run_update(model, deletion, cfg, SPEC)
     return UnlearnResult(out, stats, sw.seconds)

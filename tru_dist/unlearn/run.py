@@ -6,8 +6,10 @@
    behind its model); the request table is resolved against the original data and planned
    against the ledger: a batch applied before is a no-op returning the earlier receipt and
    metrics; pairs deleted by an earlier request are reported and skipped.
-3. D_r and its graph = the original minus every deleted pair (earlier + new); the method
-   unlearns; valid/test utility on D_r and the forget metrics are computed.
+3. The shared deletion step (:func:`tru_dist.unlearn.deletion.build_deletion`): D_r and its
+   graph = the original minus every deleted pair (earlier + new), fully deleted users reset;
+   the method unlearns from it; valid/test utility on D_r and the forget metrics are
+   computed. ``seconds`` = deletion step + method.
 4. OUT gets ``checkpoint.pt`` (trainer layout, loadable with ``load_run``; its ``data``
    signature is the ORIGINAL data's, since the ledger says what was removed from it),
    ``metrics.json``, and — last, so a receipt means a complete output — the receipt.
@@ -77,19 +79,23 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
         raise ConfigError("every pair in these requests was deleted by earlier requests "
                           f"({', '.join(o['receipt_id'] for o in plan.overlaps)}); nothing to unlearn")
 
-    data_after, graph_after = apply_plan(data, graph, plan)  # original minus earlier + new pairs
+    # the shared deletion step: before = original minus earlier receipts, after = minus the new pairs too
+    deletion = apply_plan(data, graph, plan, reset=cfg.unlearn.reset_deleted_users)
+    data_after, graph_after = deletion.data_after, deletion.graph_after
     before = model_version(model)
-    result = get_method(name).unlearn(model, graph_after, data_after, plan.forget, cfg)
+    result = get_method(name).unlearn(model, deletion, cfg)
     ks = cfg.eval.ks
-    before_emb = eval_embeddings(model, graph)  # one propagation per model for all its metrics
+    graph_before = deletion.graph_before  # what the model served with before this batch
+    before_emb = eval_embeddings(model, graph_before)  # one propagation per model for all its metrics
     after_emb = eval_embeddings(result.model, graph_after)
     metrics: dict[str, Any] = {
         "method": name,
         "source_run": str(Path(run_dir).resolve()),
         "seconds": result.seconds,
         # the model before the deletion, served with its own graph, on the same retained targets
-        "before": {"test": evaluate(model, graph, data_after, "test", ks, emb=before_emb),
-                   "forget": forget_metrics(model, graph, data_after, plan.forget, ks, emb=before_emb)},
+        "before": {"test": evaluate(model, graph_before, data_after, "test", ks, emb=before_emb),
+                   "forget": forget_metrics(model, graph_before, data_after, plan.forget, ks,
+                                            emb=before_emb)},
         "valid": evaluate(result.model, graph_after, data_after, "valid", ks, emb=after_emb),
         "test": evaluate(result.model, graph_after, data_after, "test", ks, emb=after_emb),
         "forget": forget_metrics(result.model, graph_after, data_after, plan.forget, ks, emb=after_emb),

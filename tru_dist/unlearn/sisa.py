@@ -135,16 +135,17 @@ def original_data(data_after: RecDataset, forget) -> RecDataset:
                       data_after.features, dict(data_after.meta))
 
 
-def unlearn(model, graph_after, data_after, forget, cfg: Config) -> UnlearnResult:
+def unlearn(model, deletion, cfg: Config) -> UnlearnResult:
     """Registry entry: see the module docstring for what ``model`` may be."""
-    if graph_after.book.world_size > 1:
+    data_after, forget = deletion.data_after, deletion.forget
+    if deletion.graph_after.book.world_size > 1:
         raise ConfigError("sisa runs in a single process; use dist.workers=1 for it")
     stats: dict[str, Any] = {}
     if isinstance(model, SisaEnsemble):
         ensemble = model
     else:
         with Stopwatch() as sw_train:
-            ensemble = SisaEnsemble.fit(original_data(data_after, forget), cfg)
+            ensemble = SisaEnsemble.fit(deletion.data_before, cfg)
         stats["ensemble_train_seconds"] = sw_train.seconds
     with Stopwatch() as sw:
         new, more = ensemble.unlearn(forget, data_after, cfg)

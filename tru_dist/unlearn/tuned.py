@@ -1,0 +1,76 @@
+"""Per-method tuned configurations: ``--tuned DIR`` of ``tru-dist compare`` / ``unlearn``.
+
+DIR holds one YAML per method and regime, named ``<method>-<regime>.yaml`` (``-`` or ``_``
+inside the method name alike, e.g. ``reverse_bpr-users.yaml``, ``tru-interactions.yaml``).
+Each file is a partial config (usually an ``unlearn:`` block) plus where it came from:
+
+    tuning: {sweep: NAME, seeds: [100, 101], trials: 8, seconds: 1234.5}
+
+``tuning.seconds`` is the sweep's cost (CPU/GPU-seconds of everything the sweep ran for
+this method and regime: originals, Retrain references and trials) and is reported as the
+method's ``tuning_seconds``. TRU's ablations (``tru-no-gate`` ...) use TRU's file with one
+component off — the ablation measures the component, not a different tuning. ``retrain``,
+``noop`` and ``sisa`` have nothing to tune and use the base config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tru_dist.errors import ConfigError
+
+#: the methods a tuned file may name (the approximate methods with hyperparameters)
+TUNABLE = ("reverse_bpr", "grad_ascent", "finetune", "tru")
+
+
+def tuned_source(method: str) -> str | None:
+    """The method whose tuned file ``method`` uses (TRU's ablations use TRU's), or None."""
+    key = method.strip().lower().replace("-", "_")
+    if key.startswith("tru"):
+        return "tru"
+    return key if key in TUNABLE else None
+
+
+def _norm(text: str) -> str:
+    return text.lower().replace("_", "-")
+
+
+def find_tuned(tuned_dir: str | Path, method: str, regime: str) -> Path | None:
+    """The YAML for (method, regime) in ``tuned_dir``, None for a method with nothing to tune.
+
+    A tunable method without its file is an error (comparing a tuned method with an untuned
+    one is what the fair benchmark forbids)."""
+    source = tuned_source(method)
+    if source is None:
+        return None
+    folder = Path(tuned_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"--tuned {folder} is not a folder; pass a folder of <method>-<regime>.yaml files "
+                          "(e.g. configs/tuned/scientific-mgcn)")
+    want = _norm(f"{source}-{regime}")
+    for path in sorted(folder.glob("*.yaml")):
+        if _norm(path.stem) == want:
+            return path
+    raise ConfigError(f"no tuned configuration for {source} in regime {regime} in {folder} (expected "
+                      f"{source}-{regime}.yaml); tune it with `tru-dist sweep` or drop --tuned")
+
+
+def read_tuned(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config overrides, tuning provenance) of one tuned file."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML ({first}); fix or regenerate it") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} must hold a mapping (a partial config plus 'tuning:')")
+    doc = dict(doc)
+    tuning = doc.pop("tuning", None)
+    if not isinstance(tuning, dict) or not {"sweep", "seeds", "trials", "seconds"} <= set(tuning):
+        raise ConfigError(f"{path} has no complete 'tuning: {{sweep, seeds, trials, seconds}}' block; "
+                          "a tuned configuration must say where it came from")
+    return doc, tuning
