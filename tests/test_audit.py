@@ -31,6 +31,7 @@ from tru_dist.graph.context import build_rec_graph
 from tru_dist.models.registry import build_model
 from tru_dist.train.evaluate import history_mask
 from tru_dist.train.trainer import fit
+from tru_dist.unlearn.deletion import Deletion
 
 
 def overfit_cfg(epochs: int = 100, seed: int = 0, layers: int = 0, reg: float = 0.0) -> Config:
@@ -202,11 +203,16 @@ def test_pair_mia_separates_the_overfit_original_but_not_retrain(overfit_run):
     assert orig["n"] == retr["n"] == 2 * len(r["forget"].train_users)
 
 
+def _deletion(r) -> Deletion:
+    f = r["forget"]
+    return Deletion(r["data"], r["graph"], r["after"], r["graph_after"], f, f.removed_users)
+
+
 def test_run_audits_reports_every_model(overfit_run):
     r = overfit_run
     noop = copy.deepcopy(r["original"])  # an "unlearning" that changes nothing
-    out = run_audits(["mia", "user_mia", "backdoor"], r["original"], r["retrain"], {"noop": noop}, r["graph"],
-                     r["graph_after"], r["data"], r["after"], r["forget"], r["cfg"], seed=0)
+    out = run_audits(["mia", "user_mia", "backdoor"], r["original"], r["retrain"], {"noop": noop},
+                     _deletion(r), r["cfg"], seed=0)
     assert set(out) == {"original", "retrain", "noop"}
     # plain MF ignores the graph, so an untouched copy audited on the new graph is the original
     assert out["noop"]["mia"]["auc"] == pytest.approx(out["original"]["mia"]["auc"])
@@ -216,8 +222,7 @@ def test_run_audits_reports_every_model(overfit_run):
     backdoor = out["noop"]["backdoor"]
     assert math.isnan(backdoor["removal_ratio"]) and "poison" in backdoor["note"]
     with pytest.raises(AuditError, match="unknown audit"):
-        run_audits(["mai"], r["original"], None, {}, r["graph"], r["graph_after"], r["data"], r["after"],
-                   r["forget"], r["cfg"])
+        run_audits(["mai"], r["original"], None, {}, _deletion(r), r["cfg"])
 
 
 # --------------------------------------------------------------------------- user-level MIA
@@ -265,8 +270,8 @@ def test_poison_raises_the_targets_and_retrain_removes_it():
     with torch.no_grad():
         for p, q in zip(half.parameters(), retrain.parameters(), strict=True):
             p.copy_(0.5 * p + 0.5 * q)
-    out = run_audits(["backdoor"], original, retrain, {"half": half},
-                     graph, graph_after, data, after, forget, cfg)
+    deletion = Deletion(data, graph, after, graph_after, forget, forget.removed_users)
+    out = run_audits(["backdoor"], original, retrain, {"half": half}, deletion, cfg)
     asr = {n: out[n]["backdoor"]["asr@20"] for n in out}
     ratio = {n: out[n]["backdoor"]["removal_ratio"] for n in out}
     assert asr["original"] > asr_clean + 0.05 and asr["original"] > 2 * asr["retrain"], (asr, asr_clean)

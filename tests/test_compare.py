@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from tru_dist.compare import CompareSpec, aggregate, run_compare
+from tru_dist.compare import CompareSpec, aggregate, method_configs, run_compare
 from tru_dist.config import build_config
+from tru_dist.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("cmp")
+    tuned = out / "tuned"
+    tuned.mkdir()
+    (tuned / "tru-users.yaml").write_text(
+        "unlearn: {lr: 0.02}\ntuning: {sweep: handmade, seeds: [100], trials: 3, seconds: 1000.0}\n")
+    (tuned / "reverse_bpr-users.yaml").write_text(
+        "unlearn: {lr: 0.005}\ntuning: {sweep: handmade, seeds: [100], trials: 3, seconds: 10.0}\n")
     cfg = build_config(model="lightgcn", overrides=["train.epochs=25", "train.patience=5", "unlearn.epochs=5",
                                                     "data.path=synthetic:tiny"])
-    spec = CompareSpec(regime="users", fraction=0.1, methods=["retrain", "reverse_bpr", "tru"], seeds=[0])
+    spec = CompareSpec(regime="users", fraction=0.1, methods=["retrain", "noop", "reverse_bpr", "tru"],
+                       seeds=[0, 1], audits=["mia"], tuned=str(tuned), originals=str(out / "originals"))
     run_compare(cfg, spec, out, data=tiny_data)
     return out, json.loads((out / "results.json").read_text())
 
@@ -23,27 +32,85 @@ def compare_run(tmp_path_factory, tiny_data):
 def test_results_json_contract(compare_run):
     out, res = compare_run
     assert list(res["methods"])[:2] == ["original", "retrain"]
-    for name in ("original", "retrain", "reverse_bpr", "tru"):
+    for name in ("original", "retrain", "noop", "reverse_bpr", "tru"):
         m = res["methods"][name]
         for key in ("recall@20", "ndcg@20"):
             assert 0.0 <= m["test"][key] <= 1.0
-        assert "hit@20" in m["forget"]
-        assert {"jaccard@20", "forget_rank_spearman"} <= set(m["agreement"])
-        assert m["seconds"] > 0
+        assert {"hit@10", "hit@20", "hit@50", "rank_pct"} <= set(m["forget"])
+        assert {"jaccard@20", "forget_rank_spearman", "forget_rank_ks"} <= set(m["agreement"])
+        assert m["retrain_distance"] >= 0.0 and m["seconds"] > 0
+    for name in ("retrain", "noop", "reverse_bpr", "tru"):
+        assert {"tuning_seconds", "speedup_vs_retrain", "speedup_amortised_100"} <= set(res["methods"][name])
+    assert res["method_configs"]["tru"]["unlearn"]["lr"] == 0.02  # each method ran with its own file
+    assert res["method_configs"]["reverse_bpr"]["unlearn"]["lr"] == 0.005
+    assert res["method_configs"]["noop"]["tuning"] is None
     assert (out / "report.md").exists() and (out / "tradeoff.png").stat().st_size > 1000
-    assert (out / "time.png").exists()
+    assert "Paired differences" in (out / "report.md").read_text()
+    assert len(list((out / "originals").glob("*.pt"))) == 2  # one cached original per seed
 
 
-def test_invariants_against_retrain(compare_run):
-    _, res = compare_run
+def test_every_method_starts_from_one_timed_deletion_step(compare_run):
+    out, _ = compare_run
+    for seed in (0, 1):
+        runs = json.loads((out / f"seed{seed}.json").read_text())
+        steps = {n: runs[n]["stats"]["deletion_seconds"] for n in ("retrain", "noop", "reverse_bpr", "tru")}
+        assert len(set(steps.values())) == 1 and next(iter(steps.values())) > 0  # the same step, timed once
+        for n in steps:  # end to end: the deletion step is inside every method's seconds
+            st = runs[n]["stats"]
+            assert runs[n]["seconds"] == pytest.approx(st["deletion_seconds"] + st["method_seconds"])
+        # users regime: the reset users are gone for noop too — noop's forget hit is far below the original's
+        assert runs["noop"]["forget"]["hit@20"] < 0.5 * runs["original"]["forget"]["hit@20"]
+
+
+def test_summaries_recomputed_from_the_per_seed_files(compare_run):
+    """retrain_distance, the amortised speedup and the paired differences, recomputed by
+    hand from seed0.json / seed1.json, match results.json (a wrong aggregation fails)."""
+    out, res = compare_run
+    seeds = [json.loads((out / f"seed{s}.json").read_text()) for s in (0, 1)]
+    for run in seeds:
+        r_recall = run["retrain"]["test"]["recall@20"]
+        for name in ("noop", "reverse_bpr", "tru"):
+            e = run[name]
+            want = max(0.0, 1 - e["test"]["recall@20"] / r_recall) + e["agreement"]["forget_rank_ks"]
+            assert e["retrain_distance"] == pytest.approx(want)
+        tru = run["tru"]
+        assert tru["speedup_amortised_100"] == pytest.approx(
+            100 * run["retrain"]["seconds"] / (100 * tru["seconds"] + 1000.0))
+        assert tru["speedup_amortised_100"] < tru["speedup_vs_retrain"]  # tuning is a real cost
+    for other in ("noop", "reverse_bpr"):
+        diffs = [r["tru"]["retrain_distance"] - r[other]["retrain_distance"] for r in seeds]
+        got = res["paired"]["tru"][other]
+        assert got["per_seed"] == pytest.approx(diffs) and got["diff_mean"] == pytest.approx(np.mean(diffs))
+        half = 12.706 * np.std(diffs, ddof=1) / np.sqrt(2)  # t(0.975, 1 dof)
+        assert got["ci"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], rel=1e-3)
     m = res["methods"]
-    assert m["retrain"]["speedup_vs_retrain"] == pytest.approx(1.0)
-    assert m["retrain"]["agreement"]["jaccard@20"] == pytest.approx(1.0)
-    # Retrain never saw the deleted pairs: it recommends them less than the original does
-    assert m["retrain"]["forget"]["hit@20"] < m["original"]["forget"]["hit@20"]
-    # speedups are the ratio of the recorded wall times (timing targets live in benchmarks)
-    for name in ("tru", "reverse_bpr"):
-        assert m[name]["speedup_vs_retrain"] == pytest.approx(m["retrain"]["seconds"] / m[name]["seconds"])
+    assert m["retrain"]["retrain_distance"] == 0.0 and m["original"]["retrain_distance"] > 0.1
+    assert m["original"]["forget"]["hit@20"] > m["retrain"]["forget"]["hit@20"]
+
+
+def test_pair_mia_nonmembers_are_never_trained_users_when_users_are_deleted(compare_run):
+    _, res = compare_run
+    mia = res["methods"]["retrain"]["mia"]
+    assert 0.3 <= mia["auc"] <= 0.7  # Retrain never saw either side (tiny data: a wide band)
+    assert res["methods"]["original"]["mia"]["auc"] > mia["auc"]
+
+
+def test_reporting_seeds_must_be_held_out_from_tuning(tmp_path, tiny_data):
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "tru-users.yaml").write_text("unlearn: {lr: 0.02}\n"
+                                          "tuning: {sweep: s, seeds: [1], trials: 1, seconds: 1.0}\n")
+    cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny"])
+    with pytest.raises(ConfigError, match="tuned on seeds"):
+        method_configs(cfg, CompareSpec(methods=["tru"], seeds=[0, 1], tuned=str(tuned)))
+    with pytest.raises(ConfigError, match="below 100"):
+        method_configs(cfg, CompareSpec(methods=["tru"], seeds=[100]))
+    with pytest.raises(ConfigError, match="no tuned configuration for reverse_bpr"):
+        method_configs(cfg, CompareSpec(methods=["reverse_bpr"], seeds=[0], tuned=str(tuned)))
+    # TRU's ablations use TRU's file; retrain and noop have nothing to tune
+    spec = CompareSpec(methods=["retrain", "noop", "tru-no-gate"], seeds=[0], tuned=str(tuned))
+    got = method_configs(cfg, spec)
+    assert got["tru-no-gate"][0].unlearn.lr == 0.02 and got["retrain"][1] is None
 
 
 def test_aggregate_mean_and_std_over_seeds():
@@ -53,7 +120,8 @@ def test_aggregate_mean_and_std_over_seeds():
     ]
     agg = aggregate(per_seed)["a"]
     assert agg["test"]["recall@20"] == pytest.approx(0.3)
-    assert agg["test_std"]["recall@20"] == pytest.approx(0.1)
+    assert agg["test_std"]["recall@20"] == pytest.approx(0.1 * 2 ** 0.5)  # sample std (ddof = 1)
+    assert agg["test_ci"]["recall@20"] == pytest.approx(12.706 * 0.1, rel=1e-3)  # t(0.975, 1) · s / √2
     assert agg["seconds"] == pytest.approx(2.0)
     single = aggregate(per_seed[:1])["a"]
     assert single["test_std"]["recall@20"] is None  # no spread from one seed
@@ -65,4 +133,4 @@ def test_audit_table_shows_the_spread_over_seeds():
     per_seed = [{"tru": {"mia": {"auc": 0.30}, "backdoor": {"asr@20": 0.01, "removal_ratio": 1.0}}},
                 {"tru": {"mia": {"auc": 0.40}, "backdoor": {"asr@20": 0.03, "removal_ratio": 0.8}}}]
     row = audit_table(aggregate(per_seed)).splitlines()[-1]
-    assert "0.3500 ± 0.0500" in row and "0.0200 ± 0.0100" in row and "0.900 ± 0.100" in row
+    assert "0.3500 ± 0.0707" in row and "0.0200 ± 0.0141" in row and "0.900 ± 0.141" in row

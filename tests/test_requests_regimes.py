@@ -171,7 +171,11 @@ def test_users_regime_policies(tiny_data, policy):
     assert len(f.users) == np.isin(tiny_data.users, chosen).sum()
     assert np.array_equal(np.sort(f.removed_users), chosen)
     deg = _train_degree(tiny_data)
-    rest = np.setdiff1d(np.arange(tiny_data.n_users), chosen)
+    # a reporting seed draws from the reporting pool: the policy orders that pool's users
+    from tru_dist.data.regimes import unit_pool
+
+    assert (unit_pool(chosen) == 0).all()
+    rest = np.setdiff1d(np.flatnonzero((unit_pool(np.arange(tiny_data.n_users)) == 0) & (deg > 0)), chosen)
     if policy == "core":
         assert deg[chosen].min() >= deg[rest].max()
     elif policy == "edge":
@@ -220,3 +224,28 @@ def test_forget_cli_writes_a_resolvable_request_file(tiny_data, tmp_path, suffix
     f = resolve_requests(tiny_data, read_requests(out))
     expected = forget_set(tiny_data, "users", 0.05, 0, "core")
     assert np.array_equal(f.users, expected.users) and np.array_equal(f.items, expected.items)
+
+
+@pytest.mark.parametrize("regime", ["interactions", "users", "items"])
+def test_tuning_and_reporting_forget_sets_are_disjoint(tiny_data, regime):
+    """No pair, user (users regime) or target item (items regime) drawn with a tuning seed
+    (>= 100) is ever drawn with a reporting seed (< 100): the pools are fixed by id."""
+    from tru_dist.data.regimes import unit_pool
+
+    tune = [forget_set(tiny_data, regime, 0.05, seed) for seed in (100, 101, 102)]
+    report = [forget_set(tiny_data, regime, 0.05, seed) for seed in range(5)]
+
+    def units(f):
+        if regime == "users":
+            return set(f.users.tolist())
+        if regime == "items":
+            return set(f.items.tolist())
+        return set(zip(f.users.tolist(), f.items.tolist(), strict=True))
+
+    tuned = set().union(*map(units, tune))
+    reported = set().union(*map(units, report))
+    assert tuned and reported and not (tuned & reported)
+    assert len({frozenset(units(f)) for f in report}) == 5  # the seeds still draw different sets
+    # the pools split the units about evenly (a biased pool would skew both sides)
+    share = unit_pool(np.arange(10_000)).mean()
+    assert 0.47 < share < 0.53

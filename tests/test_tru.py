@@ -15,7 +15,8 @@ from tru_dist.graph.context import build_rec_graph
 from tru_dist.models.registry import build_model
 from tru_dist.train.trainer import train_model
 from tru_dist.unlearn import get_method, losses
-from tru_dist.unlearn.engine import UpdateSpec, reset_users, run_update
+from tru_dist.unlearn.deletion import build_deletion, reset_users
+from tru_dist.unlearn.engine import UpdateSpec, run_update
 from tru_dist.unlearn.tru import gate, isolation, scaling
 from tru_dist.unlearn.tru.reduce import group_sums
 
@@ -197,25 +198,23 @@ def trained(tiny_data):
     model = build_model(cfg.model, graph, seed=0)
     train_model(model, graph, tiny_data, cfg)
     forget = forget_set(tiny_data, "users", 0.05, seed=0)
-    data_after = tiny_data.without_pairs(forget.users, forget.items)
-    graph_after = graph.without_edges(forget.train_users, forget.train_items)
-    return model, graph, data_after, graph_after, forget
+    deletion = build_deletion(tiny_data, graph, forget)
+    return model, graph, deletion, build_deletion(tiny_data, graph, forget, reset=False), forget
 
 
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-OFF = {"gate": {"enabled": False}, "scaling": {"enabled": False}, "isolation": {"enabled": False},
-       "reset_deleted_users": False}
+OFF = {"gate": {"enabled": False}, "scaling": {"enabled": False}, "isolation": {"enabled": False}}
 
 
 def test_tru_with_all_switches_off_is_reverse_bpr_bit_for_bit(trained):
-    model, _, data_after, graph_after, forget = trained
+    model, _, deletion, _, forget = trained
     cfg = _cfg(**OFF)
     before = _state(model)
-    a = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg).model
-    b = get_method("reverse_bpr").unlearn(model, graph_after, data_after, forget, cfg).model
+    a = get_method("tru").unlearn(model, deletion, cfg).model
+    b = get_method("reverse_bpr").unlearn(model, deletion, cfg).model
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
         assert not torch.equal(v, before[k]), f"{k} did not move: the check would be vacuous"
@@ -224,7 +223,7 @@ def test_tru_with_all_switches_off_is_reverse_bpr_bit_for_bit(trained):
     # one branch to scale on LightGCN, so it is checked on MGCN below
     for part in ("gate", "isolation"):
         on = _cfg(**{**OFF, part: {"enabled": True}})
-        c = get_method("tru").unlearn(model, graph_after, data_after, forget, on).model
+        c = get_method("tru").unlearn(model, deletion, on).model
         assert (c.item_emb - b.item_emb).abs().max() > 1e-4, part
 
 
@@ -238,14 +237,13 @@ def test_branch_scaling_changes_a_multimodal_update(tiny_data):
     cfg.train.epochs = 5
     train_model(model, graph, tiny_data, cfg)
     forget = forget_set(tiny_data, "interactions", 0.05, seed=0)
-    data_after = tiny_data.without_pairs(forget.users, forget.items)
-    graph_after = graph.without_edges(forget.train_users, forget.train_items)
-    base = get_method("reverse_bpr").unlearn(model, graph_after, data_after, forget, cfg)
+    deletion = build_deletion(tiny_data, graph, forget)
+    base = get_method("reverse_bpr").unlearn(model, deletion, cfg)
     runs = {}
     for gamma in (0.0, 1.0):
         on = _cfg(**{**OFF, "scaling": {"enabled": True, "gamma": gamma}})
         on.model.name = "mgcn"
-        runs[gamma] = get_method("tru").unlearn(model, graph_after, data_after, forget, on)
+        runs[gamma] = get_method("tru").unlearn(model, deletion, on)
     alphas = runs[1.0].stats["scaling"]["alpha_last"]
     assert set(alphas) >= {"id", "image", "text"} and min(alphas.values()) < 0.99
     assert all(a == pytest.approx(1.0) for a in runs[0.0].stats["scaling"]["alpha_last"].values())
@@ -257,10 +255,10 @@ def test_branch_scaling_changes_a_multimodal_update(tiny_data):
 
 
 def test_deleted_users_rows_reset_fresh_and_frozen(trained):
-    model, _, data_after, graph_after, forget = trained
+    model, _, deletion, no_reset, forget = trained
     assert len(forget.removed_users) > 0
-    cfg = _cfg(**{**OFF, "reset_deleted_users": True})
-    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    cfg = _cfg(**OFF)
+    res = get_method("tru").unlearn(model, deletion, cfg)
     rows = torch.from_numpy(forget.removed_users)
     got = res.model.user_emb.detach()[rows]
     # fresh: far from the trained rows, inside the Xavier bound of a new (n_users × d) table
@@ -268,23 +266,27 @@ def test_deleted_users_rows_reset_fresh_and_frozen(trained):
     assert float(got.abs().max()) <= (6.0 / (model.n_users + model.user_emb.shape[1])) ** 0.5
     assert res.stats["reset_users"] == len(forget.removed_users)
     # frozen: a longer update at another rate leaves them exactly as reset; other rows move
-    longer = _cfg(**{**OFF, "reset_deleted_users": True, "epochs": 5, "lr": 0.05})
-    res2 = get_method("tru").unlearn(model, graph_after, data_after, forget, longer)
+    longer = _cfg(**{**OFF, "epochs": 5, "lr": 0.05})
+    res2 = get_method("tru").unlearn(model, deletion, longer)
     assert torch.equal(res2.model.user_emb.detach()[rows], got)
     assert not torch.equal(res2.model.user_emb, res.model.user_emb)
     # a user's fresh row depends on (seed, user id) only, not on which other users are reset
     alone = copy.deepcopy(model)
     reset_users(alone, forget.removed_users[1:2], 0, cfg.unlearn.seed)
     assert torch.equal(alone.user_emb.detach()[rows[1]], got[1])
-    # reverse_bpr does not reset: the removed users keep trained rows (moved by the update)
-    rb = get_method("reverse_bpr").unlearn(model, graph_after, data_after, forget, cfg).model
-    assert not torch.equal(rb.user_emb.detach()[rows], got)
+    # the reset belongs to the deletion step: every approximate method and noop get the same rows
+    for name in ("reverse_bpr", "finetune", "grad_ascent", "noop"):
+        other = get_method(name).unlearn(model, deletion, cfg).model
+        assert torch.equal(other.user_emb.detach()[rows], got), name
+    # ... and the switch turns it off for everyone: the removed users keep their trained rows
+    kept = get_method("noop").unlearn(model, no_reset, cfg).model
+    assert torch.equal(kept.user_emb.detach()[rows], model.user_emb.detach()[rows])
 
 
 def test_isolation_freezes_groups_and_rows_outside_the_hops(trained):
-    model, _, data_after, graph_after, forget = trained
+    model, _, _, deletion, forget = trained
     cfg = _cfg(**{**OFF, "isolation": {"enabled": True, "budget": 0.01, "row_hops": 1}})
-    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    res = get_method("tru").unlearn(model, deletion, cfg)
     iso = res.stats["isolation"]
     assert len(iso["selected_groups"]) == 1  # 1% budget: only the top group
     frozen = iso["frozen_groups"][0]
@@ -297,13 +299,13 @@ def test_isolation_freezes_groups_and_rows_outside_the_hops(trained):
 
 
 def test_gate_convergence_stops_the_update(trained):
-    model, _, data_after, graph_after, forget = trained
+    model, _, _, deletion, forget = trained
     cfg = _cfg(**{**OFF, "gate": {"enabled": True, "epsilon": 1.01}})  # mean G < 1.01 always
-    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    res = get_method("tru").unlearn(model, deletion, cfg)
     assert res.stats["converged_epoch"] == 0 and res.stats["steps"] == 0
     assert torch.equal(res.model.item_emb, model.item_emb)
     cfg = _cfg(**{**OFF, "gate": {"enabled": True, "epsilon": 0.0}})
-    res = get_method("tru").unlearn(model, graph_after, data_after, forget, cfg)
+    res = get_method("tru").unlearn(model, deletion, cfg)
     gates = res.stats["gate"]
     assert res.stats["converged_epoch"] is None and len(gates) == cfg.unlearn.epochs + 1
     assert all(0.0 <= g["mean_G"] <= 1.0 and 0.0 <= g["frac_topk"] <= 1.0 for g in gates)
@@ -311,10 +313,11 @@ def test_gate_convergence_stops_the_update(trained):
 
 
 def test_loop_lowers_the_scores_of_the_forget_pairs(trained):
-    model, _, data_after, graph_after, forget = trained
+    model, _, _, deletion, forget = trained
+    graph_after = deletion.graph_after
     cfg = _cfg(**OFF)
     spec = UpdateSpec(forget_term="reverse", retain=False)
-    out, _ = run_update(model, graph_after, data_after, forget, cfg, spec)
+    out, _ = run_update(model, deletion, cfg, spec)
     u, i = torch.from_numpy(forget.train_users), torch.from_numpy(forget.train_items)
 
     def mean_score(m):
@@ -341,15 +344,14 @@ def test_iter_update_passes_through_run_update_states(tiny_data):
                                                     "unlearn.gate.epsilon=0"])
     model, graph, _ = fit(cfg, tiny_data)
     fs = forget_set(tiny_data, "interactions", 0.05, 0)
-    data_after = tiny_data.without_pairs(fs.users, fs.items)
-    graph_after = graph.without_edges(fs.train_users, fs.train_items)
+    deletion = build_deletion(tiny_data, graph, fs)
     snapshots = {e: {k: v.clone() for k, v in m.state_dict().items()}
-                 for e, m, _ in iter_update(model, graph_after, data_after, fs, cfg, tru_spec(cfg))}
+                 for e, m, _ in iter_update(model, deletion, cfg, tru_spec(cfg))}
     assert sorted(snapshots) == [1, 2, 3]
     for e in (2, 3):
         short = cfg.model_copy(deep=True)
         short.unlearn.epochs = e
-        ref, _ = run_update(model, graph_after, data_after, fs, short, tru_spec(short))
+        ref, _ = run_update(model, deletion, short, tru_spec(short))
         for k, v in ref.state_dict().items():
             torch.testing.assert_close(snapshots[e][k], v, rtol=0, atol=0)
     assert any(not torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])  # it did move
@@ -368,7 +370,6 @@ def test_iter_update_yields_the_start_state_when_the_gate_is_already_converged(t
                                                     "unlearn.gate.epsilon=2.0"])
     model, graph, _ = fit(cfg, tiny_data)
     fs = forget_set(tiny_data, "interactions", 0.05, 0)
-    states = list(iter_update(model, graph.without_edges(fs.train_users, fs.train_items),
-                              tiny_data.without_pairs(fs.users, fs.items), fs, cfg, tru_spec(cfg)))
+    states = list(iter_update(model, build_deletion(tiny_data, graph, fs), cfg, tru_spec(cfg)))
     assert [e for e, _, _ in states] == [0]
     assert states[0][2]["converged_epoch"] == 0

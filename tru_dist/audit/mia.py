@@ -15,6 +15,16 @@ them and its AUC sits far from 0.5; the attack would measure preference, not mem
 (Where the split is chronological, held-out items can still be somewhat less preferred
 than train items; that residue is why the audit compares every model with Retrain's AUC.)
 
+**Whole users deleted** (users / poison regimes): members are then pairs of users the
+original trained on and Retrain never saw, so held-out pairs *of trained users* are the
+wrong contrast (Retrain scores members below them: its deleted users' rows are fresh
+draws, the trained users' are not, and its AUC lands far below 0.5). With
+``nonmember_users`` — users held out of training entirely (``compare`` holds out 5% when
+it is asked for a membership audit of such a regime) — the non-members are pairs of those
+never-trained users, matched on item popularity only; for Retrain both sides are then
+users it never trained on, and its AUC sits near 0.5. Their rows are also kept out of the
+attacker's training pool.
+
 The attacker is trained on the ORIGINAL model only, on retained train pairs (label 1)
 versus held-out pairs (label 0) that are disjoint from the evaluation pairs (the evaluation
 non-members are drawn first and removed from the fit pool; fit members are retained pairs,
@@ -187,9 +197,11 @@ class PairMIA:
         self.seed = 0
         self.attacker: Pipeline | None = None
 
-    def fit(self, original_model, graph, data: RecDataset, forget, seed: int = 0) -> PairMIA:
+    def fit(self, original_model, graph, data: RecDataset, forget, seed: int = 0,
+            nonmember_users: np.ndarray | None = None) -> PairMIA:
         """Choose the evaluation pairs and train the attacker on the original model (``graph``
-        is the graph it was trained on, ``data`` the dataset before deletion)."""
+        is the graph it was trained on, ``data`` the dataset before deletion).
+        ``nonmember_users``: never-trained users whose pairs are the non-members (module doc)."""
         self.seed = seed
         rng = np.random.default_rng(seed)
         mu, mi = forget_train_pairs(forget)
@@ -202,15 +214,25 @@ class PairMIA:
         bins = popularity_bins(train_item_degree(data), self.n_bins)
 
         held = np.isin(data.labels, [VALID, TEST])
-        pool_u, pool_i = data.users[held], data.items[held]
-        pick = match_pairs(mu, bins[mi], pool_u, bins[pool_i], rng, user_bin_slack=self.user_bin_slack)
+        outsiders = np.zeros(len(data.users), dtype=bool)
+        if nonmember_users is not None and len(nonmember_users):
+            outsiders = np.isin(data.users, np.asarray(nonmember_users, dtype=np.int64)) & held
+        self.nonmember_source = "never-trained users" if outsiders.any() else "held-out pairs"
+        if outsiders.any():  # non-members: pairs of users no model trained on, popularity-matched
+            ev_u, ev_i = data.users[outsiders], data.items[outsiders]
+            pick = match_pairs(mu, bins[mi], ev_u, bins[ev_i], rng, match_user=False)
+        else:
+            ev_u, ev_i = data.users[held], data.items[held]
+            pick = match_pairs(mu, bins[mi], ev_u, bins[ev_i], rng, user_bin_slack=self.user_bin_slack)
         ok = pick >= 0
-        self.eval_users = np.concatenate([mu[ok], pool_u[pick[ok]]])
-        self.eval_items = np.concatenate([mi[ok], pool_i[pick[ok]]])
+        self.eval_users = np.concatenate([mu[ok], ev_u[pick[ok]]])
+        self.eval_items = np.concatenate([mi[ok], ev_i[pick[ok]]])
         self.eval_labels = np.r_[np.ones(ok.sum(), dtype=np.int8), np.zeros(ok.sum(), dtype=np.int8)]
 
+        pool_u, pool_i = data.users[held & ~outsiders], data.items[held & ~outsiders]
         free = np.ones(len(pool_u), dtype=bool)
-        free[pick[ok]] = False
+        if not outsiders.any():
+            free[pick[ok]] = False
         fit_pool_u, fit_pool_i = pool_u[free], pool_i[free]
         ru, ri = self.retained.train_pairs
         sel = _subsample(len(ru), min(self.max_fit_pairs, len(fit_pool_u)), rng)
@@ -243,6 +265,8 @@ class PairMIA:
         return self.attacker.predict_proba(x)[:, 1]
 
     def auc(self, model, graph_after, data_after=None) -> dict:
-        """``{"auc", "ci": [lo, hi], "n"}`` of the attacker on (members, non-members) under ``model``."""
-        return bootstrap_auc(self.eval_labels, self.member_scores(model, graph_after, data_after),
-                             self.n_boot, self.seed)
+        """``{"auc", "ci": [lo, hi], "n", "nonmembers"}`` of the attacker on (members,
+        non-members) under ``model``."""
+        out = bootstrap_auc(self.eval_labels, self.member_scores(model, graph_after, data_after),
+                            self.n_boot, self.seed)
+        return {**out, "nonmembers": getattr(self, "nonmember_source", "held-out pairs")}

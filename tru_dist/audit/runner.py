@@ -43,7 +43,9 @@ def run_audits(
     "backdoor": {"asr@20", "removal_ratio"}}}`` for ``original``, ``retrain`` (if not None)
     and every entry of ``methods``; only the requested ``kinds`` appear.
 
-    ``nonmember_users`` (user MIA) defaults to the users ``data_before`` never trains on;
+    ``nonmember_users``: never-trained users — the user MIA's non-members (default: the users
+    ``data_before`` never trains on) and, when the forget set removes whole users, the pair
+    MIA's (their pairs, popularity-matched);
     ``train_fn(cfg, data)`` trains the user-MIA shadow model (default: the trainer's ``fit``).
     An audit that the data cannot support gives NaN with a ``note`` instead of failing.
     ``deletion`` is the shared deletion step (:class:`tru_dist.unlearn.deletion.Deletion`).
@@ -61,7 +63,9 @@ def run_audits(
 
     if "mia" in kinds:
         try:
-            mia = PairMIA().fit(original, graph_before, data_before, forget, seed)
+            whole_users = len(forget.removed_users) > 0
+            mia = PairMIA().fit(original, graph_before, data_before, forget, seed,
+                                nonmember_users=nonmember_users if whole_users else None)
             for name, (model, graph, _) in models.items():
                 out[name]["mia"] = mia.auc(model, graph, data_after)
         except AuditError as exc:
