@@ -256,5 +256,6 @@ def test_worker_tasks_reshard_a_checkpoint_and_agree_across_world_sizes(tmp_path
         _check_values("evaluate_w2", r["evaluate"]["test"], trained["test"])
         for key in ("test", "valid", "forget", "forget_set"):
             _check_values(f"unlearn.{key}", r["unlearn"][key], single["unlearn"][key])
-        _check_values("unlearn.stats", _no_seconds(r["unlearn"]["stats"]), _no_seconds(single["unlearn"]["stats"]))
+        _check_values("unlearn.stats", _no_seconds(r["unlearn"]["stats"]),
+                      _no_seconds(single["unlearn"]["stats"]))
     assert (tmp_path / "unl2" / "unlearn.json").exists() and single["unlearn"]["forget"]["n_pairs"] > 0
