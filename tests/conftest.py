@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Ledgers hash deleted pairs under a per-deployment secret (tru_dist.unlearn.keyhash); tests use a
+# fixed one so that they never create ~/.config/tru-dist/ledger-secret on the machine running them.
+os.environ.setdefault("TRU_DIST_LEDGER_SECRET", "tests-only-ledger-secret-0123456789abcdef")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

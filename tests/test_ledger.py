@@ -15,7 +15,8 @@ from tru_dist.data.requests import resolve_requests, write_requests
 from tru_dist.errors import RequestError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.models.registry import build_model
-from tru_dist.unlearn.ledger import DeletionLedger, apply_deletion, model_version
+from tru_dist.unlearn.keyhash import KeyedHasher
+from tru_dist.unlearn.ledger import DeletionLedger, apply_deletion, deleted_rows, model_version
 
 
 def _requests(rows: list[tuple[str, int, int | None]]) -> pd.DataFrame:
@@ -100,10 +101,52 @@ def test_mixed_batch_and_tampering_are_refused(tmp_path, setup):
     mixed = resolve_requests(data, _requests([("r1", u0, i0), ("r9", u1, i1)]))
     with pytest.raises(RequestError, match="already applied.*r9"):
         ledger.plan(data, mixed)
-    pairs = tmp_path / ledger.receipts()[0]["pairs_file"]
-    np.save(pairs, np.array([[u1, i1]], dtype=np.int64))
+    hashes = tmp_path / ledger.receipts()[0]["hashes"]["file"]
+    hashes.write_bytes(hashes.read_bytes()[:-8])  # truncated
     with pytest.raises(RequestError, match="does not match"):
         ledger.plan(data, resolve_requests(data, _requests([("r5", u1, i1)])))
+
+
+def test_the_ledger_keeps_keyed_hashes_not_the_pairs(tmp_path, setup):
+    """No file of the ledger holds a deleted id; the hashes alone find the pair again, and only
+    under the same secret."""
+    data, graph, (u0, i0), (u1, i1) = setup
+    forget = resolve_requests(data, _requests([("r1", u0, i0)]))
+    ledger = DeletionLedger(tmp_path, hasher=KeyedHasher(b"a-secret-of-sixteen-bytes"))
+    receipt = ledger.commit(ledger.plan(data, forget), method="tru", model_before="a", model_after="b")
+    assert receipt["hashes"]["pairs"] == 1 and receipt["hashes"]["algorithm"] == "HMAC-SHA256"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        f"{receipt['receipt_id']}.npz", "ledger.jsonl"]
+    with np.load(tmp_path / receipt["hashes"]["file"]) as z:
+        assert z["pairs"].dtype == np.uint8 and z["pairs"].shape == (1, 32)
+    for f in tmp_path.rglob("*.*"):  # neither the ids as int64 nor as text
+        assert np.array([u0, i0], dtype="<i8").tobytes() not in f.read_bytes()
+        assert f"{u0}:{i0}".encode() not in f.read_bytes() and f"[{u0}, {i0}]".encode() not in f.read_bytes()
+    digests = ledger.digests_of(receipt)
+    hit = deleted_rows(data.users, data.items, digests, ledger.hasher)
+    assert hit.sum() == 1 and (data.users[hit][0], data.items[hit][0]) == (u0, i0)
+    other = DeletionLedger(tmp_path, hasher=KeyedHasher(b"another-secret-of-16-bytes"))
+    with pytest.raises(RequestError, match="hashed under ledger key .* set TRU_DIST_LEDGER_SECRET"):
+        other.plan(data, resolve_requests(data, _requests([("r2", u1, i1)])))
+
+
+def test_a_legacy_ledger_with_raw_pairs_is_read_and_migrated(tmp_path, setup):
+    data, graph, (u0, i0), (u1, i1) = setup
+    ledger = DeletionLedger(tmp_path)
+    raw = np.array([[u0, i0]], dtype=np.int64)
+    (tmp_path / "ledger_pairs").mkdir()
+    np.save(tmp_path / "ledger_pairs" / "old.npy", raw)
+    import hashlib
+
+    receipt = {"receipt_id": "old", "request_ids": ["r1"], "pairs_file": "ledger_pairs/old.npy",
+               "pairs_sha256": hashlib.sha256((tmp_path / "ledger_pairs" / "old.npy").read_bytes()).hexdigest()}
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(receipt) + "\n")
+    plan = ledger.plan(data, resolve_requests(data, _requests([("r2", u0, i0), ("r3", u1, i1)])))
+    assert plan.overlaps[0]["pairs"] == 1 and len(plan.forget.users) == 1
+    assert ledger.migrate_legacy() == 1
+    assert not (tmp_path / "ledger_pairs").exists() and "pairs_file" not in ledger.receipts()[0]
+    again = ledger.plan(data, resolve_requests(data, _requests([("r2", u0, i0), ("r3", u1, i1)])))
+    assert again.overlaps == plan.overlaps
 
 
 def test_run_unlearn_twice_applies_once(tmp_path, tiny_data):

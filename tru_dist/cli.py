@@ -1,9 +1,10 @@
 """``tru-dist`` console script: one entry point, RecBole-style subcommands.
 
-    tru-dist data synth|import-mmrec|stats|encode-text|forget|poison ...
+    tru-dist data synth|import-mmrec|stats|encode-text|forget|poison|purge ...
     tru-dist train --model mgcn --data DIR --out RUN [--resume] [--key=value ...]
     tru-dist evaluate --run RUN
-    tru-dist unlearn --run RUN --requests FILE --method tru --out RUN2
+    tru-dist unlearn --run RUN --requests FILE --method tru --out RUN2 [--purge]
+    tru-dist verify-deletion --run RUN2 [--data STORE] [--scan DIR ...]
     tru-dist compare --data DIR --model mgcn --regime users --fraction 0.05 --methods ... --seeds 3 --out OUT
     tru-dist audit --run RUN --requests FILE
     tru-dist sweep --config configs/sweeps/tru.yaml [--resume]
@@ -12,7 +13,8 @@
     tru-dist bench train|dist ...
 
 Anything after the named flags of the form ``--key=value`` is a config override
-(``--train.lr=1e-3``, ``--beta=0.7``). A user error prints ``error: <one line>`` and exits 2.
+(``--train.lr=1e-3``, ``--beta=0.7``). A user error (a bad flag included) prints
+``error: <one line>`` and exits 2; an ``--out`` the failed command created is removed.
 """
 
 from __future__ import annotations
@@ -26,10 +28,73 @@ from pathlib import Path
 from tru_dist.errors import ConfigError, TruDistError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line ``error: ...``, exit 2 (no usage dump)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is invalid: give an integer >= {low}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value <= high if low_open else low <= value <= high):
+            bound = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"{value} is invalid: give a number in {bound}{low:g}, {high:g}]")
+        return value
+
+    return parse
+
+
+def _check_out(args: argparse.Namespace) -> Path | None:
+    """Refuse an ``--out`` of the wrong kind (a file where a folder goes and vice versa);
+    return it when it does not exist yet (the command then removes it if it fails)."""
+    out, kind = getattr(args, "out", None), getattr(args, "out_kind", None)
+    if out is None or kind is None:
+        return None
+    path = Path(out)
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise TruDistError(f"--out {out} is an existing file, but this command writes a folder there; "
+                           "pass a new path or an existing folder")
+    if kind == "file" and path.is_dir():
+        raise TruDistError(f"--out {out} is a folder, but this command writes a file there; pass a file path")
+    return None if path.exists() or path.is_symlink() else path
+
+
+def _remove_partial(path: Path | None) -> None:
+    """Remove an output the failed command created (it did not exist before the command)."""
+    import shutil
+
+    if path is None or not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _add_dist_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distribution")
-    g.add_argument("--workers", type=int, default=None, help="Ray workers (shards); 1 = single process")
-    g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (0 on CPU)")
+    g.add_argument("--workers", type=_int_at_least(1), default=None,
+                   help="Ray workers (shards); 1 = single process")
+    g.add_argument("--gpus-per-worker", type=_float_in(0, 1024), default=None, help="GPUs per worker (0 on CPU)")
     g.add_argument("--address", default=None,
                    help="local (in-process Ray), none (local processes, no Ray), auto, or ray://host:port")
 
@@ -38,7 +103,7 @@ def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         p.add_argument("--model", "-m", default=None, help="backbone: lightgcn | mgcn | miggt")
     p.add_argument("--config", default=None, help="a YAML file layered over the defaults")
-    p.add_argument("--seed", type=int, default=None, help="seed for training and unlearning")
+    p.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for training and unlearning")
 
 
 def _build_cfg(args: argparse.Namespace, overrides: list[str], dataset: str | None = None):
@@ -116,6 +181,16 @@ def cmd_data(args, overrides) -> int:
                              n_fillers=args.fillers, seed=args.seed)
         write_store(data, args.out)  # a store keeps meta["poison"] (which fake users to delete)
         _print_json(data.meta["poison"])
+    elif args.data_cmd == "purge":
+        from tru_dist.unlearn.ledger import DeletionLedger
+        from tru_dist.unlearn.purge import purge_all_receipts
+
+        ledger = Path(args.ledger)
+        if not (ledger.is_dir() or ledger.suffix == ".jsonl") or not (
+                ledger / "ledger.jsonl" if ledger.is_dir() else ledger).is_file():
+            raise TruDistError(f"--ledger {args.ledger} is neither a run folder holding ledger.jsonl nor a "
+                               "ledger.jsonl file; pass the output folder of `tru-dist unlearn`")
+        _print_json(purge_all_receipts(args.data, DeletionLedger(ledger), keep_versions=args.keep_versions))
     return 0
 
 
@@ -156,9 +231,20 @@ def cmd_evaluate(args, overrides) -> int:
 def cmd_unlearn(args, overrides) -> int:
     from tru_dist.unlearn.run import run_unlearn
 
-    metrics = run_unlearn(args.run, args.requests, args.method, args.out, overrides=overrides)
+    metrics = run_unlearn(args.run, args.requests, args.method, args.out, overrides=overrides,
+                          purge=args.purge, keep_versions=args.keep_versions)
     _print_json({k: v for k, v in metrics.items() if k not in ("config", "decisions")})
     return 0
+
+
+def cmd_verify(args, overrides) -> int:
+    from tru_dist.unlearn.verify import verify_deletion
+
+    if overrides:
+        raise TruDistError(f"verify-deletion takes no config overrides (got {' '.join(overrides)})")
+    report = verify_deletion(args.run, data=args.data, scan=args.scan)
+    print("\n".join(report.lines()))
+    return 0 if report.clean else 1
 
 
 def cmd_audit(args, overrides) -> int:
@@ -241,47 +327,58 @@ def cmd_bench(args, overrides) -> int:
 
 # --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tru-dist", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="tru-dist", description=__doc__.split("\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("data", help="create, import, inspect data; make deletion requests")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="write a seeded synthetic dataset (MMRec layout)")
     s.add_argument("--out", required=True)
-    s.add_argument("--users", type=int, default=600)
-    s.add_argument("--items", type=int, default=400)
+    s.set_defaults(out_kind="dir")
+    s.add_argument("--users", type=_int_at_least(2), default=600)
+    s.add_argument("--items", type=_int_at_least(2), default=400)
     s.add_argument("--modalities", default=None, help="NAME:DIM,... (default image:64,text:32)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--format", choices=["mmrec", "store"], default="mmrec")
     s = dsub.add_parser("import-mmrec", help="validate an MMRec folder and write a tru-dist store")
     s.add_argument("--src", required=True)
     s.add_argument("--out", required=True)
+    s.set_defaults(out_kind="dir")
     s = dsub.add_parser("stats", help="counts, split sizes, degrees, feature dims")
     s.add_argument("--data", required=True)
     s = dsub.add_parser("encode-text", help="item_text.tsv -> text_feat.npy (needs the 'embed' extra)")
     s.add_argument("--src", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--batch-size", type=int, default=64)
+    s.set_defaults(out_kind="file")
+    s.add_argument("--batch-size", type=_int_at_least(1), default=64)
     s = dsub.add_parser("forget", help="select a forget set (regime) and write deletion requests")
     s.add_argument("--data", required=True)
     s.add_argument("--regime", choices=["interactions", "users", "items", "poison"], required=True)
     s.add_argument("--policy", choices=["random", "core", "edge"], default="random")
-    s.add_argument("--fraction", type=float, default=0.05)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fraction", type=_float_in(0, 1, low_open=True), default=0.05)
+    s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--out", required=True, help="requests file (.parquet or .csv)")
+    s.set_defaults(out_kind="file")
     s = dsub.add_parser("poison", help="inject fake users (backdoor) and write the poisoned dataset")
     s.add_argument("--data", required=True)
-    s.add_argument("--fake-users", type=float, default=0.01)
-    s.add_argument("--targets", type=int, default=3)
-    s.add_argument("--fillers", type=int, default=10)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fake-users", type=_float_in(0, 1, low_open=True), default=0.01)
+    s.add_argument("--targets", type=_int_at_least(1), default=3)
+    s.add_argument("--fillers", type=_int_at_least(0), default=10)
+    s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--out", required=True)
+    s.set_defaults(out_kind="dir")
+    s = dsub.add_parser("purge", help="write a store version without what a deletion ledger deleted")
+    s.add_argument("--data", required=True, help="the tru-dist store to purge (in place, atomically)")
+    s.add_argument("--ledger", required=True, help="a run folder holding ledger.jsonl, or the ledger.jsonl file")
+    s.add_argument("--keep-versions", type=_int_at_least(0), default=0,
+                   help="superseded store versions to keep (default 0: delete them all)")
 
     t = sub.add_parser("train", help="train a backbone with BPR and early stopping on valid")
     _add_config_flags(t)
     t.add_argument("--data", default="synthetic", help="data folder or synthetic[:spec]")
     t.add_argument("--out", required=True, help="run folder (metrics.json, checkpoint.pt)")
+    t.set_defaults(out_kind="dir")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     _add_dist_flags(t)
 
@@ -293,17 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--requests", required=True)
     u.add_argument("--method", default="tru")
     u.add_argument("--out", required=True)
+    u.set_defaults(out_kind="dir")
+    u.add_argument("--purge", action="store_true",
+                   help="then purge the run's store of every deleted interaction (tru-dist data purge)")
+    u.add_argument("--keep-versions", type=_int_at_least(0), default=0,
+                   help="with --purge: superseded store versions to keep (default 0)")
+
+    v = sub.add_parser("verify-deletion", help="scan every artifact for what a run's ledger deleted")
+    v.add_argument("--run", required=True, help="the unlearned run (its ledger says what was deleted)")
+    v.add_argument("--data", default=None, help="the store (or MMRec folder) to scan too")
+    v.add_argument("--scan", action="append", default=[], metavar="DIR",
+                   help="another folder to scan (compare/sweep/Ray storage...); repeatable")
 
     c = sub.add_parser("compare", help="original vs retrain vs unlearning methods on one forget set")
     _add_config_flags(c)
     c.add_argument("--data", default="synthetic")
     c.add_argument("--regime", choices=["interactions", "users", "items", "poison"], default="users")
     c.add_argument("--policy", choices=["random", "core", "edge"], default="random")
-    c.add_argument("--fraction", type=float, default=0.05)
+    c.add_argument("--fraction", type=_float_in(0, 1, low_open=True), default=0.05)
     c.add_argument("--methods", default="retrain,noop,reverse_bpr,tru",
                    help="comma list of methods (retrain, noop, reverse_bpr, grad_ascent, finetune, sisa, "
                         "tru, tru-no-gate, tru-no-scaling, tru-no-isolation)")
-    c.add_argument("--seeds", type=int, default=5,
+    c.add_argument("--seeds", type=_int_at_least(1), default=5,
                    help="reporting seeds 0..N-1 (N < 100; 100+ are tuning seeds)")
     c.add_argument("--audit", default="", help="comma list: mia,user_mia,backdoor")
     c.add_argument("--tuned", default=None,
@@ -312,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--originals", default=None,
                    help="cache folder for trained originals, reused across regimes and runs")
     c.add_argument("--out", required=True)
+    c.set_defaults(out_kind="dir")
     _add_dist_flags(c)
 
     a = sub.add_parser("audit", help="membership inference / backdoor audit of an unlearned run")
@@ -327,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--config", required=True)
     sw.add_argument("--resume", action="store_true")
     sw.add_argument("--storage", default=None, help="results root (default runs/sweeps)")
-    sw.add_argument("--workers", type=int, default=None,
+    sw.add_argument("--workers", type=_int_at_least(1), default=None,
                     help="workers per trial (default 1: each trial one process; W > 1: each trial a "
                     "Ray Train run of W workers; sweep resources are then per worker)")
 
@@ -337,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="the embedded default: synthetic data, train, delete 5%% users, compare")
     dm.add_argument("--out", default="runs/demo")
+    dm.set_defaults(out_kind="dir")
     dm.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (smoke test)")
 
     b = sub.add_parser("bench", help="benchmarks that write JSON")
@@ -347,17 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
         bb.add_argument("--model", default="mgcn")
         bb.add_argument("--synthetic-features", default=None, help="e.g. image:4096,text:384")
         bb.add_argument("--out", default=None, help="JSON output file")
+        bb.set_defaults(out_kind="file")
         if name == "train":
-            bb.add_argument("--epochs", type=int, default=3)
+            bb.add_argument("--epochs", type=_int_at_least(1), default=3)
         else:
-            bb.add_argument("--steps", type=int, default=10)
+            bb.add_argument("--steps", type=_int_at_least(1), default=10)
     return p
 
 
 COMMANDS = {
     "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "unlearn": cmd_unlearn,
     "audit": cmd_audit, "compare": cmd_compare, "demo": cmd_demo, "report": cmd_report,
-    "sweep": cmd_sweep, "bench": cmd_bench,
+    "sweep": cmd_sweep, "bench": cmd_bench, "verify-deletion": cmd_verify,
 }
 
 
@@ -368,9 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in rest if not (r.startswith("--") and "=" in r)]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are written --key=value)")
+    fresh = None
     try:
+        fresh = _check_out(args)
         return COMMANDS[args.cmd](args, rest)
     except TruDistError as exc:
+        _remove_partial(fresh)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,18 +10,38 @@ RecBole's layered config but strict (pydantic ``extra="forbid"``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tru_dist.errors import ConfigError
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 
+class Valid:
+    """The valid range of a config value, as the one-line error states it (e.g. ``> 0``)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+# Value ranges (every float must also be finite: ``allow_inf_nan=False`` below). A bad value is
+# a one-line ConfigError naming the key, the value and the range (:func:`_one_line`).
+PosFloat = Annotated[float, Field(gt=0), Valid("a finite number > 0")]
+NonNegFloat = Annotated[float, Field(ge=0), Valid("a finite number >= 0")]
+Fraction = Annotated[float, Field(gt=0, le=1), Valid("a number in (0, 1]")]
+Unit = Annotated[float, Field(ge=0, le=1), Valid("a number in [0, 1]")]
+Dropout = Annotated[float, Field(ge=0, lt=1), Valid("a number in [0, 1)")]
+PosInt = Annotated[int, Field(ge=1), Valid("an integer >= 1")]
+NonNegInt = Annotated[int, Field(ge=0), Valid("an integer >= 0")]
+Seed = Annotated[int, Field(ge=0), Valid("an integer >= 0 (a seed)")]
+OffOrNonNeg = Annotated[int, Field(ge=-1), Valid("-1 (off) or an integer >= 0")]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -44,85 +64,86 @@ class ModelConfig(_Strict):
     """
 
     name: str = "lightgcn"
-    dim: int = 64
-    n_layers: int = 2
-    reg_weight: float = 1e-4
-    knn_k: int = 10
-    mm_layers: int = 1
-    cl_weight: float = 0.01
-    cl_temp: float = 0.2
-    modality_layers: dict[str, int] = {}
-    gt_samples: int = 20
-    gt_heads: int = 1
-    gt_alpha: float = 0.5
-    dropout: float = 0.0
-    feat_hidden: int = 512
-    ppr_alpha: float = 0.1
-    gt_att_dim: int = 4
+    dim: PosInt = 64
+    n_layers: NonNegInt = 2
+    reg_weight: NonNegFloat = 1e-4
+    knn_k: PosInt = 10
+    mm_layers: NonNegInt = 1
+    cl_weight: NonNegFloat = 0.01
+    cl_temp: PosFloat = 0.2
+    modality_layers: dict[str, NonNegInt] = {}
+    gt_samples: PosInt = 20
+    gt_heads: PosInt = 1
+    gt_alpha: Unit = 0.5
+    dropout: Dropout = 0.0
+    feat_hidden: NonNegInt = 512
+    ppr_alpha: Unit = 0.1
+    gt_att_dim: PosInt = 4
 
 
 class TrainConfig(_Strict):
     """BPR training with early stopping on ``eval.metric`` computed on valid."""
 
-    lr: float = 1e-3
-    batch_size: int = 2048
-    epochs: int = 300
+    lr: PosFloat = 1e-3
+    batch_size: PosInt = 2048
+    epochs: PosInt = 300
     patience: int = 20
-    eval_every: int = 1
-    seed: int = 0
+    eval_every: PosInt = 1
+    seed: Seed = 0
     device: str = "cpu"
     progress: Literal["auto", "on", "off"] = "auto"
 
 
 class EvalConfig(_Strict):
-    ks: list[int] = [10, 20, 50]
+    ks: Annotated[list[PosInt], Field(min_length=1), Valid("a non-empty list of integers >= 1")] = [
+        10, 20, 50]
     metric: str = "recall@20"
-    batch_users: int = 4096
+    batch_users: PosInt = 4096
 
 
 class GateConfig(_Strict):
     """Ranking fusion gate (DESIGN §5): g_ui = σ((s_ui − t_u^K)/T); G = β g + (1−β) P_i."""
 
     enabled: bool = True
-    top_k: int = 20
-    temperature: float = 0.5
-    beta: float = 0.5
-    hinge_weight: float = 1.0
-    margin: float = 0.1
-    epsilon: float = 0.05
+    top_k: PosInt = 20
+    temperature: PosFloat = 0.5
+    beta: Unit = 0.5
+    hinge_weight: NonNegFloat = 1.0
+    margin: NonNegFloat = 0.1
+    epsilon: NonNegFloat = 0.05
 
 
 class ScalingConfig(_Strict):
     """Branch-wise modality scaling: α_b = clip((r_b / max r)^γ, α_min, 1)."""
 
     enabled: bool = True
-    gamma: float = 1.0
-    alpha_min: float = 0.1
+    gamma: NonNegFloat = 1.0
+    alpha_min: Fraction = 0.1
     project_conflicts: bool = False
-    delta: float = 1e-12
+    delta: PosFloat = 1e-12
 
 
 class IsolationConfig(_Strict):
     """Capacity-aware layer isolation under a parameter budget ρ·|θ|, plus k-hop row isolation."""
 
     enabled: bool = True
-    budget: float = 0.5
-    row_hops: int = 2
-    delta: float = 1e-12
+    budget: Fraction = 0.5
+    row_hops: NonNegInt = 2
+    delta: PosFloat = 1e-12
 
 
 class UnlearnConfig(_Strict):
     """Approximate unlearning: L = λ_r·BPR(D_r sample) + λ_f·forget loss, Adam, a few epochs."""
 
     method: str = "tru"
-    epochs: int = 10
-    lr: float = 1e-3
-    lambda_f: float = 1.0
-    lambda_r: float = 1.0
-    batch_size: int = 2048
-    seed: int = 0
+    epochs: NonNegInt = 10
+    lr: PosFloat = 1e-3
+    lambda_f: NonNegFloat = 1.0
+    lambda_r: NonNegFloat = 1.0
+    batch_size: PosInt = 2048
+    seed: Seed = 0
     reset_deleted_users: bool = True
-    sisa_shards: int = 4
+    sisa_shards: PosInt = 4
     gate: GateConfig = GateConfig()
     scaling: ScalingConfig = ScalingConfig()
     isolation: IsolationConfig = IsolationConfig()
@@ -140,15 +161,15 @@ class DistConfig(_Strict):
     feature slice a worker keeps resident.
     """
 
-    workers: int = 1
-    gpus_per_worker: float = 0.0
+    workers: PosInt = 1
+    gpus_per_worker: NonNegFloat = 0.0
     address: str = "local"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     storage_path: str | None = None
-    max_failures: int = 2
-    fault_rank: int = -1
-    fault_step: int = -1
-    memory_per_worker_gb: float = 8.0
+    max_failures: NonNegInt = 2
+    fault_rank: OffOrNonNeg = -1
+    fault_step: OffOrNonNeg = -1
+    memory_per_worker_gb: PosFloat = 8.0
     partition: Literal["balanced", "contiguous"] = "balanced"
     feature_dtype: Literal["float32", "float16"] = "float32"
 
@@ -178,9 +199,32 @@ def _one_line(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown config key '{loc}' (valid keys: {', '.join(valid_keys())})")
-        else:
-            parts.append(f"invalid value for '{loc}': {err['msg']}")
+            continue
+        valid = _valid_range(err["loc"])
+        what = repr(err["input"]) if not isinstance(err["input"], dict) else "a mapping"
+        why = f"must be {valid}" if valid else err["msg"][0].lower() + err["msg"][1:]
+        parts.append(f"invalid value for '{loc}': {what} ({why})")
     return "; ".join(parts)
+
+
+def _valid_range(loc: tuple) -> str | None:
+    """The :class:`Valid` text of the field at ``loc`` (a list index or dict key in ``loc``
+    selects the element type), or None when the field states no range."""
+    model: type[BaseModel] | None = Config
+    ann: Any = None
+    meta: list = []
+    for part in loc:
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            field = model.model_fields[part]
+            ann, meta = field.annotation, list(field.metadata)
+        elif ann is not None and get_args(ann):  # list[T] / dict[str, T]: the element's metadata
+            inner = get_args(ann)[-1]
+            args = get_args(inner)
+            ann, meta = (args[0], list(args[1:])) if args and hasattr(inner, "__metadata__") else (inner, [])
+        else:
+            return None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return next((m.text for m in meta if isinstance(m, Valid)), None)
 
 
 def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:

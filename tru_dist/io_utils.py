@@ -1,6 +1,8 @@
 """Atomic writes: write to a temporary file in the target folder, fsync, then rename.
 
 A reader never sees a partial file, and an interrupted write leaves the old file intact.
+A process killed mid-write (SIGKILL: no cleanup runs) leaves its temporary file,
+``.<name>.<random>.tmp``; :func:`remove_orphan_temps` deletes those on the next run.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tru_dist.crashpoints import fault_point
 
-def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` then rename ``tmp_path`` onto ``path`` atomically."""
+
+def atomic_write(path: str | Path, writer: Callable[[str], None], *, fault: str | None = None) -> Path:
+    """Call ``writer(tmp_path)`` then rename ``tmp_path`` onto ``path`` atomically.
+
+    ``fault``: a crash-injection stage (:mod:`tru_dist.crashpoints`) between the complete
+    temp file and the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,6 +30,7 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
         writer(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        fault_point(fault)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -55,7 +63,24 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+def atomic_torch_save(obj: Any, path: str | Path, *, fault: str | None = None) -> Path:
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fault=fault)
+
+
+def is_orphan_temp(path: Path) -> bool:
+    """A temp file of :func:`atomic_write` (``.<name>.<random>.tmp``)."""
+    return path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def remove_orphan_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temp files a killed :func:`atomic_write` left under ``folder``; returns them.
+    Call it only where no other process is writing (a run's own output folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if is_orphan_temp(p)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found

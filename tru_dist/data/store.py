@@ -19,12 +19,27 @@ Parquet encoder's version::
 
 ``META.json`` is written last, so an interrupted write leaves a folder that is not
 recognised as a store rather than a store with silently missing files.
+
+Revisions (what a purge writes, :func:`write_revision`): a store is never edited in place.
+A purge writes ``revisions/<n>/interactions.parquet`` (the rows kept, same columns and
+order), then replaces ``META.json`` atomically — the single commit point — with
+``revision: n``, ``interactions_file: revisions/<n>/interactions.parquet``, the new counts
+and hashes, and a ``revisions`` history (counts and receipt ids, never ids of deleted
+rows). Item features are shared by all revisions (a purge deletes interactions, not
+items). Superseded interaction files are then deleted, except the newest
+``keep_versions`` (listed in ``META["retained"]``). Anything else under the store — a
+revision a killed purge left half done, a superseded file a killed purge had not deleted
+yet, an atomic-write temp file — is an orphan: :func:`clean_store` deletes it, and every
+purge starts with it. A store without ``revision`` (written before revisions existed) is
+revision 1 with ``interactions.parquet`` at the top.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tru_dist import __version__
+from tru_dist.crashpoints import fault_point
 from tru_dist.data import validate as v
 from tru_dist.data.dataset import SPLIT_LABELS, RecDataset
 from tru_dist.data.mmrec import load_npy, save_npy
@@ -45,9 +61,10 @@ from tru_dist.data.schema import (
     sequence_positions,
 )
 from tru_dist.errors import DataError
-from tru_dist.io_utils import atomic_write, atomic_write_json
+from tru_dist.io_utils import atomic_write, atomic_write_json, is_orphan_temp
 
 _REIMPORT = "re-import the dataset (tru-dist data import) to rebuild the store"
+REVISIONS_DIR = "revisions"
 
 
 def is_store(folder: str | Path) -> bool:
@@ -100,6 +117,8 @@ def write_store(data: RecDataset, folder: str | Path, *, created_by: str | None 
     if old_meta.exists():  # an overwrite is first made unrecognisable, then completed
         old_meta.unlink()
     atomic_write(folder / INTERACTIONS_FILE, lambda tmp: pq.write_table(table, tmp))
+    if (folder / REVISIONS_DIR).is_dir():  # revisions of the overwritten store
+        shutil.rmtree(folder / REVISIONS_DIR)
     for stale in (folder / FEATURES_DIR).glob("*.npy"):
         if stale.stem not in data.features:
             stale.unlink()
@@ -143,12 +162,26 @@ def read_meta(folder: Path) -> dict:
     missing = [k for k in required if k not in meta]
     if missing:
         raise DataError(f"{path} lacks key(s) {', '.join(missing)}; {_REIMPORT}")
+    file = meta.get("interactions_file", INTERACTIONS_FILE)
+    if not isinstance(file, str) or Path(file).is_absolute() or ".." in Path(file).parts:
+        raise DataError(f"{path}: interactions_file {file!r} is not a path inside the store; {_REIMPORT}")
     return meta
 
 
+def interactions_path(folder: Path, meta: dict) -> Path:
+    """The current revision's interactions file (``interactions.parquet`` before any purge)."""
+    return folder / meta.get("interactions_file", INTERACTIONS_FILE)
+
+
+def revision(meta: dict) -> int:
+    return int(meta.get("revision", 1))
+
+
 def _read_interactions(folder: Path, meta: dict) -> tuple[np.ndarray, ...]:
-    path = folder / INTERACTIONS_FILE
+    path = interactions_path(folder, meta)
     src = str(path)
+    if not path.is_file():
+        raise DataError(f"{src} is missing (META.json names it as the interactions); {_REIMPORT}")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -238,7 +271,7 @@ def read_store(
             "content_hash"
         ]:
             raise DataError(
-                f"{folder / INTERACTIONS_FILE} does not match META.json's content hash"
+                f"{interactions_path(folder, meta)} does not match META.json's content hash"
                 f" (changed after import); {_REIMPORT}"
             )
     out_meta = dict(meta.get("meta") or {})
@@ -247,3 +280,100 @@ def read_store(
     if item_range is not None:
         out_meta["item_range"] = [lo, hi]
     return RecDataset(n_users, n_items, users, items, labels, features, out_meta)
+
+
+# --------------------------------------------------------------------------------------
+# revisions (purge)
+# --------------------------------------------------------------------------------------
+def live_files(folder: Path, meta: dict) -> set[Path]:
+    """Files the store's META references: META, the current and retained interactions, features."""
+    live = {folder / META_FILE, interactions_path(folder, meta)}
+    live |= {folder / r["file"] for r in meta.get("retained", [])}
+    live |= {folder / info["file"] for info in meta["features"].values() if "file" in info}
+    live |= {folder / FEATURES_DIR / f"{name}.npy" for name in meta["features"]}
+    return live
+
+
+def store_orphans(folder: str | Path) -> list[Path]:
+    """Files under a store that its META does not reference: half-written or superseded
+    revisions, atomic-write temp files. (Unknown files outside ``revisions/`` and the
+    interactions/temp files are left alone: the store does not own them.)"""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    live = live_files(folder, meta)
+    out = [p for p in folder.rglob("*") if is_orphan_temp(p)]
+    top = folder / INTERACTIONS_FILE
+    if top.exists() and top not in live:
+        out.append(top)
+    rev_dir = folder / REVISIONS_DIR
+    if rev_dir.is_dir():
+        out += [p for p in rev_dir.rglob("*") if p.is_file() and p not in live and p not in out]
+    return sorted(out)
+
+
+def clean_store(folder: str | Path) -> list[str]:
+    """Delete :func:`store_orphans` (and empty revision folders); returns their store-relative paths."""
+    folder = Path(folder)
+    gone = store_orphans(folder)
+    for p in gone:
+        p.unlink(missing_ok=True)
+    rev_dir = folder / REVISIONS_DIR
+    if rev_dir.is_dir():
+        for d in sorted((p for p in rev_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(d.iterdir()):
+                d.rmdir()
+        if not any(rev_dir.iterdir()):
+            rev_dir.rmdir()
+    return [str(p.relative_to(folder)) for p in gone]
+
+
+def write_revision(folder: str | Path, keep: np.ndarray, *, record: dict, keep_versions: int = 0,
+                   fault: str | None = None, switch_fault: str | None = None) -> dict:
+    """Write the current interactions minus the rows where ``keep`` is False as a new revision,
+    switch META.json to it (atomically), then delete superseded interaction files beyond the
+    newest ``keep_versions``. ``record`` (counts, receipt ids — no deleted ids) goes into the
+    revision history. Returns the new META. ``fault``/``switch_fault``: crash-injection stages
+    before / after the switch (:mod:`tru_dist.crashpoints`)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    src = interactions_path(folder, meta)
+    table = pq.read_table(src)
+    keep = np.asarray(keep, dtype=bool)
+    if len(keep) != table.num_rows:
+        raise DataError(f"{src} has {table.num_rows} rows, the purge mask {len(keep)}; rerun the purge")
+    kept = table.filter(pa.array(keep))
+    v.require_nonempty(kept.num_rows, f"{src} after the purge")
+    users = kept.column("user_id").to_numpy()
+    items = kept.column("item_id").to_numpy()
+    labels = kept.column("x_label").to_numpy()
+    ratings = kept.column("rating").to_numpy()
+    timestamps = kept.column("timestamp").to_numpy()
+    new_rev = max([revision(meta)] + [int(r["revision"]) for r in meta.get("revisions", [])]) + 1
+    file = f"{REVISIONS_DIR}/{new_rev}/{INTERACTIONS_FILE}"
+    atomic_write(folder / file, lambda tmp: pq.write_table(kept, tmp), fault=fault)
+
+    inter_hash = interactions_hash(users, items, labels, ratings, timestamps)
+    retained = [{"revision": revision(meta), "file": str(src.relative_to(folder)),
+                 "content_hash": meta["content_hash"]}] + list(meta.get("retained", []))
+    retained = retained[: max(0, int(keep_versions))]
+    counts = {name: int((labels == lab).sum()) for name, lab in SPLIT_LABELS.items()}
+    history = list(meta.get("revisions", []))
+    history.append({"revision": new_rev, "parent": revision(meta),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "n_interactions": int(len(users)), "removed_rows": int(table.num_rows - kept.num_rows),
+                    **record})
+    new_meta = {
+        **meta,
+        "n_interactions": int(len(users)),
+        "counts": counts,
+        "content_hash": combine_hashes(inter_hash, meta["hashes"]["features"]),
+        "hashes": {"interactions": inter_hash, "features": meta["hashes"]["features"]},
+        "revision": new_rev,
+        "interactions_file": file,
+        "revisions": history,
+        "retained": retained,
+    }
+    atomic_write_json(folder / META_FILE, new_meta)  # the commit point
+    fault_point(switch_fault)
+    clean_store(folder)
+    return new_meta

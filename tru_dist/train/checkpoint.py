@@ -19,6 +19,7 @@ accepts them — no pickled classes): ``model`` (last parameters), ``best_model`
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ def checkpoint_path(out_dir: str | Path, rank: int | None = None, world_size: in
     return Path(out_dir) / name
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Atomic ``torch.save`` (a crash mid-write leaves the previous checkpoint intact)."""
-    return atomic_torch_save(state, path)
+def save_checkpoint(state: dict[str, Any], path: str | Path, *, fault: str | None = None) -> Path:
+    """Atomic ``torch.save`` (a crash mid-write leaves the previous checkpoint intact);
+    ``fault`` names a crash-injection stage (:mod:`tru_dist.crashpoints`) before the rename."""
+    return atomic_torch_save(state, path, fault=fault)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -57,8 +59,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt or foreign file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} ({first}); delete it and retrain") from None
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            first = "not a complete torch checkpoint: truncated, or another format"
+        elif "Weights only load failed" in str(exc):
+            first = "it holds pickled objects, not only tensors and plain containers: not a tru-dist checkpoint"
+        else:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} ({first[:200]}); delete it and retrain") from None
 
 
 def clone_state(module_or_state: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

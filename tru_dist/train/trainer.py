@@ -272,23 +272,41 @@ def load_run(
     ``device`` overrides ``cfg.train.device``.
     """
     path = checkpoint_path(run_dir, rank=0, world_size=1)
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise CheckpointError(f"run {run_dir} is a file; pass the run folder (it holds checkpoint.pt)")
     saved = load_checkpoint(path)
-    cfg = Config.from_dict(saved["config"])
+    missing = [k for k in ("config", "data", "best_model") if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by this "
+                              "tru-dist version's train/unlearn; retrain the run")
+    try:
+        cfg = Config.from_dict(saved["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} has a config this tru-dist version rejects ({exc}); "
+                              "retrain the run with this version") from None
     if device is not None:
         cfg.train.device = device
     if data is None:
         if cfg.data.path is None:
             raise CheckpointError(f"run {run_dir} was trained on in-memory data; pass data= to load_run")
         data = _load_data(cfg)
-    if saved["data"] != data_signature(data):
+    # an unlearned run also matches its store once the store is purged of its deletions ("data_after")
+    if data_signature(data) not in (saved["data"], saved.get("data_after")):
+        purged = " (if its store was purged since, this model was trained on deleted data: load the " \
+            "unlearned run instead)" if data.meta.get("store") else ""
         raise CheckpointError(
             f"run {run_dir} was trained on data with {saved['data']}, not {data_signature(data)}; "
-            "pass the dataset it was trained on"
+            f"pass the dataset it was trained on{purged}"
         )
     graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
                             with_knn=model_class(cfg.model.name).uses_knn)
     model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
-    model.load_state_dict(saved["best_model"])
+    try:
+        model.load_state_dict(saved["best_model"])
+    except (RuntimeError, KeyError, TypeError) as exc:  # another model's or version's parameters
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} does not hold {cfg.model.name} parameters for this data "
+                              f"({first[:160]}); retrain the run or pass the run it belongs to") from None
     model.eval()
     return cfg, data, graph, model
 

@@ -1,13 +1,21 @@
 """The deletion ledger: every request applied once, every application receipted.
 
 A run directory holds ``ledger.jsonl`` (one JSON receipt per line, rewritten atomically on
-every commit through :mod:`tru_dist.io_utils`) and ``ledger_pairs/<receipt_id>.npy`` (the
-(user, item) pairs that receipt deleted, int64 (n, 2)). A receipt records:
+every commit through :mod:`tru_dist.io_utils`) and ``ledger_hashes/<receipt_id>.npz``: the
+keyed hashes (:mod:`tru_dist.unlearn.keyhash`, HMAC-SHA256 under the deployment's secret)
+of what that receipt deleted — ``pairs`` (every deleted (user, item) pair), ``touched``
+(every user with a deleted pair) and ``users`` (users ALL of whose rows were deleted), each
+a sorted (n, 32) uint8 array. The ledger never stores a deleted id itself: it is not a copy
+of what it erased. A receipt records:
 
     receipt_id, request_ids, regime, removed (interactions / train / valid / test /
     removed_users counts), overlaps, model_before, model_after (content hashes of the
     state_dict, :func:`model_version`), method, seconds, timestamp (UTC ISO-8601), audit
-    (optional figures), pairs_file, pairs_sha256.
+    (optional figures), hashes (file, sha256, key_id, counts), and — after a purge —
+    purge (what was purged where, :mod:`tru_dist.unlearn.purge`).
+
+Ledgers written before the hashes (``pairs_file``: raw pairs in ``ledger_pairs/``) are still
+read; ``tru-dist data purge`` converts them to hashes and deletes the raw pairs.
 
 Semantics (what makes retries safe):
 
@@ -17,16 +25,19 @@ Semantics (what makes retries safe):
   RequestError naming both), because its rows cannot be split by request.
 * *Overlap.* A NEW request touching a pair an earlier request already deleted is reported
   (``plan.overlaps``: the earlier receipt, its request ids, how many pairs) and those pairs
-  are dropped from the new forget set — they are gone already; the rest is applied.
+  are dropped from the new forget set — they are gone already; the rest is applied. (The
+  new pairs are hashed and looked up; no earlier pair is needed in the clear.)
 * *Exactly-once recording.* Nothing is written until :meth:`DeletionLedger.commit`, after
   the model has been unlearned: a crash in between leaves no receipt, so the retry redoes
   the whole request (at-least-once execution, exactly-once receipt).
 
-:func:`apply_plan` turns a dataset, its graph and a plan into the shared deletion step
-(:func:`tru_dist.unlearn.deletion.build_deletion`): the before-state without every pair
-deleted by earlier receipts, the after-state without the new ones too (graph renormalised,
-provenance updated — see that module). :func:`apply_deletion` is the (data_after,
-graph_after) pair of it, for readers that only need what a run serves with.
+The ledger's earlier pairs are found in a dataset by hashing its candidate rows (a no-op
+once the store was purged). :func:`apply_plan` turns a dataset, its graph and a plan into
+the shared deletion step (:func:`tru_dist.unlearn.deletion.build_deletion`): the
+before-state without every pair deleted by earlier receipts, the after-state without the
+new ones too (graph renormalised, provenance updated — see that module).
+:func:`apply_deletion` is the (data_after, graph_after) pair of it, for readers that only
+need what a run serves with.
 """
 
 from __future__ import annotations
@@ -46,19 +57,27 @@ from tru_dist.data.dataset import SPLIT_LABELS, TRAIN, RecDataset
 from tru_dist.data.requests import ForgetSet
 from tru_dist.errors import RequestError
 from tru_dist.io_utils import atomic_write, atomic_write_text
+from tru_dist.unlearn.keyhash import SECRET_ENV, SECRET_FILE_ENV, KeyedHasher, as_digests, to_storable
 
 LEDGER_FILE = "ledger.jsonl"
-PAIRS_DIR = "ledger_pairs"
+HASHES_DIR = "ledger_hashes"
+PAIRS_DIR = "ledger_pairs"  # legacy: raw pairs of ledgers written before the hashes
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
-def model_version(model: torch.nn.Module) -> str:
-    """sha256 over the state_dict: every entry's name, dtype, shape and bytes, in key order."""
+def state_version(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state_dict: every entry's name, dtype, shape and bytes, in key order."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
+
+
+def model_version(model: torch.nn.Module) -> str:
+    """:func:`state_version` of the model's state_dict (the receipts' model_before/model_after)."""
+    return state_version(model.state_dict())
 
 
 def receipt_id(request_ids: list[str]) -> str:
@@ -71,19 +90,59 @@ def _keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Digests:
+    """What one receipt deleted, as keyed hashes (``S32`` arrays, sorted): ``pairs``,
+    ``touched`` (users with a deleted pair), ``users`` (users whose every row was deleted)."""
+
+    pairs: np.ndarray
+    touched: np.ndarray
+    users: np.ndarray
+
+    @staticmethod
+    def union(items: list[Digests]) -> Digests:
+        def cat(name: str) -> np.ndarray:
+            parts = [getattr(d, name) for d in items]
+            return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype="S32")
+
+        return Digests(cat("pairs"), cat("touched"), cat("users"))
+
+
+def deleted_rows(data_users: np.ndarray, data_items: np.ndarray, digests: Digests,
+                 hasher: KeyedHasher) -> np.ndarray:
+    """Boolean mask of the rows (user, item) that a ledger deleted: the pair's digest is in
+    ``digests.pairs`` or the user's in ``digests.users``. Only rows of users whose digest is
+    in ``touched``/``users`` are hashed pairwise (one HMAC per distinct user otherwise)."""
+    users = np.asarray(data_users, dtype=np.int64)
+    items = np.asarray(data_items, dtype=np.int64)
+    hit = np.zeros(len(users), dtype=bool)
+    if len(users) == 0 or (len(digests.touched) == 0 and len(digests.users) == 0):
+        return hit
+    uniq, inverse = np.unique(users, return_inverse=True)
+    ud = hasher.users(uniq)
+    whole = np.isin(ud, digests.users)[inverse]
+    cand = np.isin(ud, digests.touched)[inverse] & ~whole
+    rows = np.flatnonzero(cand)
+    hit[rows] = np.isin(hasher.pairs(users[rows], items[rows]), digests.pairs)
+    return hit | whole
+
+
+@dataclass(frozen=True)
 class DeletionPlan:
     """What applying a forget set means given the ledger.
 
     ``forget``: the rows still to delete (earlier-deleted pairs removed; ``removed_users``
     recomputed); ``replay``: the earlier receipt when the batch was applied before (then
     ``forget`` is empty); ``overlaps``: pairs a different, earlier request already deleted;
-    ``earlier``: (users, items) of every pair deleted by earlier receipts.
+    ``earlier``: (users, items) of every pair deleted by earlier receipts that is still in
+    the data (found by hashing its rows; empty once the store was purged);
+    ``deleted_users``: users every row of whom the data loses with this plan (earlier + new).
     """
 
     forget: ForgetSet
     replay: dict | None = None
     overlaps: list[dict] = field(default_factory=list)
-    earlier: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    earlier: tuple[np.ndarray, np.ndarray] = (_EMPTY, _EMPTY)
+    deleted_users: np.ndarray = field(default_factory=lambda: _EMPTY)
 
 
 def _subset(forget: ForgetSet, keep: np.ndarray, data_before: RecDataset) -> ForgetSet:
@@ -97,12 +156,33 @@ def _subset(forget: ForgetSet, keep: np.ndarray, data_before: RecDataset) -> For
                    removed_users=touched[left[touched] <= 0].astype(np.int64))
 
 
-class DeletionLedger:
-    """Receipts of the deletions applied in one run directory."""
+def _whole_users(forget: ForgetSet, data_before: RecDataset) -> np.ndarray:
+    """Users of ``forget`` whose every row of ``data_before`` (any split) is in ``forget``."""
+    if len(forget.users) == 0:
+        return _EMPTY
+    left = np.bincount(data_before.users, minlength=data_before.n_users) - np.bincount(
+        forget.users, minlength=data_before.n_users)
+    touched = np.unique(forget.users)
+    return touched[left[touched] <= 0].astype(np.int64)
 
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LEDGER_FILE
+
+class DeletionLedger:
+    """Receipts of the deletions applied in one run directory (or a ``ledger.jsonl`` path)."""
+
+    def __init__(self, run_dir: str | Path, hasher: KeyedHasher | None = None):
+        path = Path(run_dir)
+        if path.suffix == ".jsonl":
+            self.run_dir, self.path = path.parent, path
+        else:
+            self.run_dir, self.path = path, path / LEDGER_FILE
+        self._hasher = hasher
+
+    @property
+    def hasher(self) -> KeyedHasher:
+        """The keyed hasher under the deployment secret (read once, on first use)."""
+        if self._hasher is None:
+            self._hasher = KeyedHasher()
+        return self._hasher
 
     def receipts(self) -> list[dict]:
         if not self.path.exists():
@@ -120,44 +200,127 @@ class DeletionLedger:
     def receipt_for(self, request_id: str) -> dict | None:
         return next((r for r in self.receipts() if request_id in r["request_ids"]), None)
 
-    def pairs_of(self, receipt: dict) -> np.ndarray:
-        """(n, 2) int64 (user, item) pairs a receipt deleted (checked against its hash)."""
-        path = self.run_dir / receipt["pairs_file"]
-        raw = path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != receipt["pairs_sha256"]:
-            raise RequestError(f"{path} does not match its receipt's hash; the ledger was tampered with or "
-                               "truncated — restore the run directory from a backup")
-        return np.load(io.BytesIO(raw))
-
-    def plan(self, data: RecDataset, forget: ForgetSet) -> DeletionPlan:
-        """Split ``forget`` into replayed / overlapping / new work (see the module docstring)."""
-        receipts = self.receipts()
-        owner = {rid: r for r in receipts for rid in r["request_ids"]}
-        ids = list(forget.request_ids)
+    def replay_of(self, request_ids: list[str], receipts: list[dict] | None = None) -> dict | None:
+        """The earlier receipt when every id was applied before, None when none was; a batch
+        mixing applied and new ids is a RequestError naming both."""
+        owner = {rid: r for r in (self.receipts() if receipts is None else receipts)
+                 for rid in r["request_ids"]}
+        ids = [str(x) for x in request_ids]
         applied = [rid for rid in ids if rid in owner]
-        pairs = [self.pairs_of(r) for r in receipts]
-        eu = np.concatenate([p[:, 0] for p in pairs]) if pairs else np.zeros(0, np.int64)
-        ei = np.concatenate([p[:, 1] for p in pairs]) if pairs else np.zeros(0, np.int64)
         if applied and len(applied) == len(ids):
-            empty = np.zeros(0, dtype=bool)
-            return DeletionPlan(_subset(forget, empty, data), replay=owner[ids[0]], earlier=(eu, ei))
+            return owner[ids[0]]
         if applied:
             new = [rid for rid in ids if rid not in owner]
             raise RequestError(
                 f"request(s) {', '.join(applied[:5])} were already applied (receipt "
                 f"{owner[applied[0]]['receipt_id']}); resubmit only the new ones: {', '.join(new[:5])}"
             )
-        keys = _keys(forget.users, forget.items, data.n_items)
+        return None
+
+    def _check_key(self, receipt: dict) -> None:
+        key = receipt.get("hashes", {}).get("key_id")
+        if key is not None and key != self.hasher.key_id:
+            raise RequestError(
+                f"{self.path}: receipt {receipt['receipt_id']} was hashed under ledger key {key}, but the "
+                f"current secret is key {self.hasher.key_id}; set {SECRET_ENV} or {SECRET_FILE_ENV} to "
+                "the secret this deployment's ledgers were written with"
+            )
+
+    def digests_of(self, receipt: dict) -> Digests:
+        """The keyed hashes of what a receipt deleted (its file checked against the receipt)."""
+        if "hashes" not in receipt and "pairs_file" in receipt:  # legacy receipt: raw pairs
+            pairs = self._legacy_pairs(receipt)
+            return Digests(np.unique(self.hasher.pairs(pairs[:, 0], pairs[:, 1])),
+                           np.unique(self.hasher.users(np.unique(pairs[:, 0]))), np.zeros(0, dtype="S32"))
+        self._check_key(receipt)
+        info = receipt["hashes"]
+        path = self.run_dir / info["file"]
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            raise RequestError(f"{path} (the hashes of receipt {receipt['receipt_id']}) is missing; restore "
+                               "the run directory from a backup") from None
+        if hashlib.sha256(raw).hexdigest() != info["sha256"]:
+            raise RequestError(f"{path} does not match its receipt's hash; the ledger was tampered with or "
+                               "truncated — restore the run directory from a backup")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            return Digests(as_digests(z["pairs"]), as_digests(z["touched"]), as_digests(z["users"]))
+
+    def _legacy_pairs(self, receipt: dict) -> np.ndarray:
+        path = self.run_dir / receipt["pairs_file"]
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            raise RequestError(f"{path} (the pairs of receipt {receipt['receipt_id']}) is missing; restore "
+                               "the run directory from a backup") from None
+        if hashlib.sha256(raw).hexdigest() != receipt["pairs_sha256"]:
+            raise RequestError(f"{path} does not match its receipt's hash; the ledger was tampered with or "
+                               "truncated — restore the run directory from a backup")
+        return np.load(io.BytesIO(raw), allow_pickle=False).reshape(-1, 2)
+
+    def all_digests(self, receipts: list[dict] | None = None) -> Digests:
+        """The union of every receipt's keyed hashes."""
+        receipts = self.receipts() if receipts is None else receipts
+        return Digests.union([self.digests_of(r) for r in receipts])
+
+    def drop_purged_requests(self, table, data: RecDataset):
+        """(table, overlaps): requests naming only what earlier receipts deleted and ``data`` no
+        longer holds (its store was purged) are dropped and reported as overlaps (``purged:
+        True``) — as :meth:`plan` reports an overlap with data still present. A pair request
+        counts when its pair is gone and its hash is in a receipt; a user request when the
+        user has no row left and is a wholly deleted user of a receipt. All dropped: a
+        RequestError (nothing to unlearn)."""
+        receipts = self.receipts()
+        if not receipts or len(table) == 0:
+            return table, []
+        users = table["user_id"].to_numpy(dtype=np.int64)
+        has_item = table["item_id"].notna().to_numpy()
+        items = table["item_id"].fillna(-1).to_numpy(dtype=np.int64)
+        present_pair = np.isin(_keys(users, items, data.n_items), _keys(data.users, data.items, data.n_items))
+        present_user = np.isin(users, data.users)
+        gone = np.where(has_item, ~present_pair, ~present_user)
+        if not gone.any():
+            return table, []
+        pair_d = self.hasher.pairs(users[gone], items[gone])
+        user_d = self.hasher.users(users[gone])
+        dropped = np.zeros(len(table), dtype=bool)
+        overlaps = []
+        for r in receipts:
+            d = self.digests_of(r)
+            hit = np.where(has_item[gone], np.isin(pair_d, d.pairs), np.isin(user_d, d.users))
+            rows = np.flatnonzero(gone)[hit & ~dropped[gone]]
+            if len(rows):
+                dropped[rows] = True
+                overlaps.append({"receipt_id": r["receipt_id"], "earlier_requests": r["request_ids"][:20],
+                                 "requests": int(len(rows)), "purged": True})
+        if dropped.all():
+            raise RequestError("every request names data that earlier requests deleted and a purge removed "
+                               f"(receipt(s) {', '.join(o['receipt_id'] for o in overlaps)}); nothing to unlearn")
+        return table[~dropped].reset_index(drop=True), overlaps
+
+    def plan(self, data: RecDataset, forget: ForgetSet) -> DeletionPlan:
+        """Split ``forget`` into replayed / overlapping / new work (see the module docstring)."""
+        receipts = self.receipts()
+        replay = self.replay_of(list(forget.request_ids), receipts)
+        digests = [self.digests_of(r) for r in receipts]
+        done = deleted_rows(data.users, data.items, Digests.union(digests), self.hasher)
+        earlier = (data.users[done].astype(np.int64), data.items[done].astype(np.int64))
+        if replay is not None:
+            empty = np.zeros(0, dtype=bool)
+            return DeletionPlan(_subset(forget, empty, data), replay=replay, earlier=earlier)
+        new = self.hasher.pairs(forget.users, forget.items)
         overlaps: list[dict] = []
-        keep = np.ones(len(keys), dtype=bool)
-        for r, p in zip(receipts, pairs, strict=True):
-            hit = np.isin(keys, _keys(p[:, 0], p[:, 1], data.n_items))
+        keep = np.ones(len(new), dtype=bool)
+        for r, d in zip(receipts, digests, strict=True):
+            hit = np.isin(new, d.pairs)
             if hit.any():
                 overlaps.append({"receipt_id": r["receipt_id"], "earlier_requests": r["request_ids"][:20],
                                  "pairs": int(hit.sum())})
                 keep &= ~hit
-        data_before = data.without_pairs(eu, ei) if len(eu) else data
-        return DeletionPlan(_subset(forget, keep, data_before), overlaps=overlaps, earlier=(eu, ei))
+        data_before = data.without_pairs(*earlier) if done.any() else data
+        todo = _subset(forget, keep, data_before)
+        return DeletionPlan(todo, overlaps=overlaps, earlier=earlier,
+                            deleted_users=_whole_users(todo, data_before))
 
     def commit(
         self,
@@ -168,19 +331,23 @@ class DeletionLedger:
         model_after: torch.nn.Module | str,
         seconds: float | None = None,
         audit: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict:
         """Write the receipt of an applied plan (atomically) and return it; a replay returns
-        the earlier receipt unchanged."""
+        the earlier receipt unchanged. ``extra`` adds fields (e.g. a pending ``purge``)."""
         if plan.replay is not None:
             return plan.replay
         f = plan.forget
         rid = receipt_id(list(f.request_ids))
-        arr = np.stack([f.users, f.items], axis=1).astype(np.int64).reshape(-1, 2)
+        h = self.hasher
+        pairs = to_storable(h.pairs(f.users, f.items))
+        touched = to_storable(h.users(np.unique(f.users)))
+        users = to_storable(h.users(plan.deleted_users))
         buf = io.BytesIO()
-        np.save(buf, arr)
+        np.savez(buf, pairs=pairs, touched=touched, users=users)
         raw = buf.getvalue()
-        pairs_file = f"{PAIRS_DIR}/{rid}.npy"
-        atomic_write(self.run_dir / pairs_file, lambda tmp: Path(tmp).write_bytes(raw))
+        hashes_file = f"{HASHES_DIR}/{rid}.npz"
+        atomic_write(self.run_dir / hashes_file, lambda tmp: Path(tmp).write_bytes(raw))
         counts = {"interactions": int(len(f.users)),
                   **{name: int((f.labels == lab).sum()) for name, lab in SPLIT_LABELS.items()},
                   "removed_users": int(len(f.removed_users))}
@@ -196,12 +363,55 @@ class DeletionLedger:
             "seconds": seconds,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "audit": audit,
-            "pairs_file": pairs_file,
-            "pairs_sha256": hashlib.sha256(raw).hexdigest(),
+            "hashes": {"file": hashes_file, "sha256": hashlib.sha256(raw).hexdigest(), "key_id": h.key_id,
+                       "algorithm": "HMAC-SHA256", "pairs": int(len(pairs)), "touched_users": int(len(touched)),
+                       "deleted_users": int(len(users))},
+            **(extra or {}),
         }
         old = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
         atomic_write_text(self.path, old + json.dumps(receipt, sort_keys=True, default=_plain) + "\n")
         return receipt
+
+    def update(self, receipt_id_: str, **fields: Any) -> dict:
+        """Set ``fields`` on one receipt (the ledger rewritten atomically); returns the receipt."""
+        receipts = self.receipts()
+        target = next((r for r in receipts if r["receipt_id"] == receipt_id_), None)
+        if target is None:
+            raise RequestError(f"{self.path} holds no receipt {receipt_id_}")
+        target.update(fields)
+        text = "".join(json.dumps(r, sort_keys=True, default=_plain) + "\n" for r in receipts)
+        atomic_write_text(self.path, text)
+        return target
+
+    def migrate_legacy(self) -> int:
+        """Replace legacy raw-pair files by keyed hashes (receipts rewritten atomically, then
+        ``ledger_pairs/`` deleted); returns how many receipts were converted."""
+        receipts = self.receipts()
+        legacy = [r for r in receipts if "hashes" not in r and "pairs_file" in r]
+        for r in legacy:
+            pairs = self._legacy_pairs(r)
+            d = Digests(self.hasher.pairs(pairs[:, 0], pairs[:, 1]), self.hasher.users(np.unique(pairs[:, 0])),
+                        np.zeros(0, dtype="S32"))
+            buf = io.BytesIO()
+            np.savez(buf, pairs=to_storable(d.pairs), touched=to_storable(d.touched), users=to_storable(d.users))
+            raw = buf.getvalue()
+            file = f"{HASHES_DIR}/{r['receipt_id']}.npz"
+            atomic_write(self.run_dir / file, lambda tmp, raw=raw: Path(tmp).write_bytes(raw))
+            r["hashes"] = {"file": file, "sha256": hashlib.sha256(raw).hexdigest(), "key_id": self.hasher.key_id,
+                           "algorithm": "HMAC-SHA256", "pairs": int(len(np.unique(d.pairs))),
+                           "touched_users": int(len(np.unique(d.touched))), "deleted_users": 0}
+            r.pop("pairs_file")
+            r.pop("pairs_sha256", None)
+        if legacy:
+            text = "".join(json.dumps(r, sort_keys=True, default=_plain) + "\n" for r in receipts)
+            atomic_write_text(self.path, text)
+        legacy_dir = self.run_dir / PAIRS_DIR
+        if legacy_dir.is_dir():
+            for p in legacy_dir.glob("*.npy"):
+                p.unlink()
+            if not any(legacy_dir.iterdir()):
+                legacy_dir.rmdir()
+        return len(legacy)
 
 
 def _plain(obj: Any) -> Any:

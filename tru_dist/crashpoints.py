@@ -1,0 +1,41 @@
+"""Crash injection for testing that ``tru-dist unlearn`` survives being killed at any stage.
+
+``TRU_DIST_FAULT=<stage>`` makes the process SIGKILL itself when it reaches that stage — no
+exception handler, ``finally`` or atexit hook runs, exactly as with an OOM kill or a power
+cut. The crash-safety test (tests/test_crash_safety.py) kills ``unlearn`` at every stage,
+reruns the same command and checks one receipt, the uninterrupted model and no orphan files.
+
+Stages of ``unlearn`` (in order): ``after-deletion`` (D_r built, nothing written),
+``mid-update`` (after the first optimizer step of the unlearning update),
+``mid-model-write`` (the checkpoint's temp file written, not yet renamed),
+``after-model-write`` (checkpoint and metrics written, no receipt yet), ``mid-purge``
+(the new store revision written, META.json not yet switched to it),
+``after-purge-switch`` (the store switched, superseded revisions not yet removed).
+
+Unset (the normal case) every call is a dictionary lookup and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+FAULT_ENV = "TRU_DIST_FAULT"
+STAGES = ("after-deletion", "mid-update", "mid-model-write", "after-model-write", "mid-purge",
+          "after-purge-switch")
+
+
+def fault_point(stage: str | None) -> None:
+    """SIGKILL this process when ``TRU_DIST_FAULT`` names ``stage``."""
+    if stage is not None and os.environ.get(FAULT_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm_update_fault() -> None:
+    """With ``TRU_DIST_FAULT=mid-update``: SIGKILL after the first optimizer step of any
+    optimizer (a global step hook, so every unlearning method is covered unchanged)."""
+    if os.environ.get(FAULT_ENV) != "mid-update":
+        return
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(lambda *_: fault_point("mid-update"))
