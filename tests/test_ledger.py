@@ -138,8 +138,9 @@ def test_a_legacy_ledger_with_raw_pairs_is_read_and_migrated(tmp_path, setup):
     np.save(tmp_path / "ledger_pairs" / "old.npy", raw)
     import hashlib
 
+    raw_sha = hashlib.sha256((tmp_path / "ledger_pairs" / "old.npy").read_bytes()).hexdigest()
     receipt = {"receipt_id": "old", "request_ids": ["r1"], "pairs_file": "ledger_pairs/old.npy",
-               "pairs_sha256": hashlib.sha256((tmp_path / "ledger_pairs" / "old.npy").read_bytes()).hexdigest()}
+               "pairs_sha256": raw_sha}
     (tmp_path / "ledger.jsonl").write_text(json.dumps(receipt) + "\n")
     plan = ledger.plan(data, resolve_requests(data, _requests([("r2", u0, i0), ("r3", u1, i1)])))
     assert plan.overlaps[0]["pairs"] == 1 and len(plan.forget.users) == 1

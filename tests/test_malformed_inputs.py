@@ -122,7 +122,8 @@ def _store_feature(write: Callable[[Path], None]):
 
 
 def _train_on(data: Path | str, tmp: Path, *extra: str) -> list[str]:
-    return ["train", "--model", "lightgcn", "--data", str(data), "--out", str(tmp / "out"), "--train.epochs=1",
+    return ["train", "--model", "lightgcn", "--data", str(data), "--out", str(tmp / "out"),
+            "--train.epochs=1",
             *extra]
 
 
@@ -230,18 +231,50 @@ def _argv(*args: str):
     return build
 
 
-def _checkpoint(change: Callable[[dict], dict | bytes]):
+def _checkpoint(change: Callable[[dict], dict | bytes | str | None]):
+    """A copy of the run whose checkpoint is ``change(saved)``: a dict (saved), bytes (written
+    raw), "truncate" (its first 5000 bytes), None (deleted)."""
+
     def build(env: Env, tmp: Path) -> list[str]:
         run = _run_copy(env, tmp)
-        saved = torch.load(run / "checkpoint.pt", weights_only=True)
-        new = change(saved)
-        if isinstance(new, bytes):
-            (run / "checkpoint.pt").write_bytes(new)
+        path = run / "checkpoint.pt"
+        new = change(torch.load(path, weights_only=True))
+        if new is None:
+            path.unlink()
+        elif new == "truncate":
+            path.write_bytes(path.read_bytes()[:5000])
+        elif isinstance(new, bytes):
+            path.write_bytes(new)
         else:
-            torch.save(new, run / "checkpoint.pt")
+            torch.save(new, path)
         return ["unlearn", "--run", str(run), "--requests", str(env.requests), "--out", str(tmp / "out")]
 
     return build
+
+
+def _run_is_file(env: Env, tmp: Path) -> list[str]:
+    (tmp / "f").write_text("x")
+    return ["unlearn", "--run", str(tmp / "f"), "--requests", str(env.requests), "--out", str(tmp / "out")]
+
+
+def _mixed_replay(env: Env, tmp: Path) -> list[str]:
+    """r1 was applied in ``env.unlearned``; r2 is new: one batch cannot be both."""
+    u, i = _pair(env, 3)
+    path = tmp / "mixed.csv"
+    rows = _req_rows(env, request_id="r1") + [{"request_id": "r2", "user_id": u, "item_id": i, "reason": "x"}]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return ["unlearn", "--run", str(env.unlearned), "--requests", str(path), "--out", str(tmp / "out")]
+
+
+def _two_inter_files(env: Env, tmp: Path) -> list[str]:
+    mm = _mmrec_copy(env, tmp)
+    shutil.copy(next(mm.glob("*.inter")), mm / "other.inter")
+    return _import(mm, tmp)
+
+
+def _no_inter_file(env: Env, tmp: Path) -> list[str]:
+    (tmp / "empty").mkdir()
+    return _import(tmp / "empty", tmp)
 
 
 def _with_config(saved: dict, **sections) -> dict:
@@ -265,7 +298,8 @@ def _purge_synthetic(env: Env, tmp: Path) -> list[str]:
     run = tmp / "synrun"
     assert main(["train", "--model", "lightgcn", "--data", "synthetic:40x30", "--out", str(run),
                  "--train.epochs=1", "--model.dim=8"]) == 0
-    return ["unlearn", "--run", str(run), "--requests", str(env.requests), "--out", str(tmp / "out"), "--purge"]
+    return ["unlearn", "--run", str(run), "--requests", str(env.requests), "--out", str(tmp / "out"),
+            "--purge"]
 
 
 def _other_data_run(env: Env, tmp: Path) -> list[str]:
@@ -299,10 +333,8 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
     ("inter-float-user", _edit_inter(_set_field(4, 0, "1.5")), "userID"),
     ("inter-rating-text", _edit_inter(_set_field(4, 2, "good")), "rating"),
     ("inter-ragged-row", _edit_inter(lambda ls: ls[:3] + [ls[3] + "\t9\t9"] + ls[4:]), "line"),
-    ("inter-two-files", lambda env, tmp: (shutil.copy(next((m := _mmrec_copy(env, tmp)).glob("*.inter")),
-                                                      m / "other.inter"), _import(m, tmp))[1], "exactly one"),
-    ("mmrec-no-inter", lambda env, tmp: ((tmp / "empty").mkdir(), _import(tmp / "empty", tmp))[1],
-     "exactly one"),
+    ("inter-two-files", _two_inter_files, "exactly one"),
+    ("mmrec-no-inter", _no_inter_file, "exactly one"),
     ("inter-ids-not-dense", _edit_inter(lambda ls: [ls[0]] + [x for x in ls[1:] if x.split("\t")[0] != "5"]),
      "userID"),
     # -- feature matrices (.npy) ---------------------------------------------------------------
@@ -324,16 +356,18 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
      "interactions.parquet is missing"),
     ("store-parquet-wrong-type", _rewrite_parquet(lambda df: df.astype({"user_id": str})), "user_id"),
     ("store-parquet-row-dropped", _rewrite_parquet(lambda df: df.iloc[1:]), "META.json"),
-    ("store-parquet-changed-row", _rewrite_parquet(lambda df: df.assign(rating=df.rating * 2)), "content hash"),
-    ("store-feature-missing", _store_edit(lambda st: (st / "item_features" / "text.npy").unlink()), "text.npy"),
+    ("store-parquet-changed-row", _rewrite_parquet(lambda df: df.assign(rating=df.rating * 2)),
+     "content hash"),
+    ("store-feature-missing", _store_edit(lambda st: (st / "item_features" / "text.npy").unlink()),
+     "text.npy"),
     ("store-feature-extra", _store_edit(lambda st: np.save(st / "item_features" / "audio.npy",
                                                            np.zeros((40, 2), np.float32))), "audio.npy"),
     ("store-feature-truncated", _store_feature(lambda p: p.write_bytes(p.read_bytes()[:300])), "image.npy"),
     ("store-feature-changed", _store_feature(lambda p: np.save(p, np.load(p) + 1)), "content hash"),
     ("store-meta-path-escapes", _meta_edit(lambda m: {**m, "interactions_file": "../../etc/passwd"}),
      "interactions_file"),
-    ("store-revision-missing", _meta_edit(lambda m: {**m, "interactions_file": "revisions/9/interactions.parquet"}),
-     "revisions/9"),
+    ("store-revision-missing",
+     _meta_edit(lambda m: {**m, "interactions_file": "revisions/9/interactions.parquet"}), "revisions/9"),
     # -- request tables ----------------------------------------------------------------------------
     ("req-missing-file", _argv("unlearn", "--run", "{run}", "--requests", "{tmp}/nope.csv", "--out", "{out}"),
      "does not exist"),
@@ -354,10 +388,7 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
     ("req-user-not-int", _requests_from(lambda env: _req_rows(env, user_id="bob")), "user_id"),
     ("req-empty-request-id", _requests(text="request_id,user_id,item_id,reason\n,1,2,x\n"), "request_id"),
     ("req-corrupt-parquet", _requests(text="PAR1 garbage", name="req.parquet"), "cannot be read"),
-    ("req-mixed-replay", lambda env, tmp: ["unlearn", "--run", str(env.unlearned), "--requests", str(
-        (lambda p: (pd.DataFrame(_req_rows(env, request_id="r1") + [
-            {"request_id": "r2", "user_id": _pair(env, 3)[0], "item_id": _pair(env, 3)[1], "reason": "x"}])
-            .to_csv(p, index=False), p)[1])(tmp / "mixed.csv")), "--out", str(tmp / "out")], "already applied"),
+    ("req-mixed-replay", _mixed_replay, "already applied"),
     # -- configs and overrides -------------------------------------------------------------------------
     ("cfg-negative-lr", _override("--train.lr=-1"), "train.lr"),
     ("cfg-nan-lr", _override("--train.lr=nan"), "train.lr"),
@@ -391,7 +422,8 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
     ("cli-missing-out", _argv("train", "--data", "{store}"), "--out"),
     ("cli-unknown-command", _argv("untrain", "--out", "{out}"), "untrain"),
     ("cli-stray-argument", _argv("train", "--data", "{store}", "--out", "{out}", "oops"), "oops"),
-    ("cli-override-no-value", _argv("train", "--data", "{store}", "--out", "{out}", "--train.lr"), "train.lr"),
+    ("cli-override-no-value", _argv("train", "--data", "{store}", "--out", "{out}", "--train.lr"),
+     "train.lr"),
     ("cli-fraction-above-one", _argv("data", "forget", "--data", "{store}", "--regime", "users",
                                      "--fraction", "1.5", "--out", "{out}"), "--fraction"),
     ("cli-unknown-regime", _argv("data", "forget", "--data", "{store}", "--regime", "bots", "--out", "{out}"),
@@ -405,23 +437,17 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
     ("cli-purge-synthetic", _purge_synthetic, "synthetic"),
     ("cli-purge-mmrec", lambda env, tmp: ["data", "purge", "--data", str(env.mmrec), "--ledger",
                                           str(env.unlearned)], "MMRec"),
-    ("cli-purge-no-ledger", _argv("data", "purge", "--data", "{store}", "--ledger", "{tmp}/none"), "--ledger"),
+    ("cli-purge-no-ledger", _argv("data", "purge", "--data", "{store}", "--ledger", "{tmp}/none"),
+     "--ledger"),
     ("cli-keep-versions-negative", _argv("data", "purge", "--data", "{store}", "--ledger", "{unlearned}",
                                          "--keep-versions", "-1"), "--keep-versions"),
     ("cli-verify-without-ledger", _argv("verify-deletion", "--run", "{run}"), "no receipts"),
     ("cli-verify-missing-run", _argv("verify-deletion", "--run", "{tmp}/none"), "does not exist"),
-    ("cli-run-is-file", lambda env, tmp: ((tmp / "f").write_text("x"), ["unlearn", "--run", str(tmp / "f"),
-                                          "--requests", str(env.requests), "--out", str(tmp / "out")])[1],
-     "is a file"),
+    ("cli-run-is-file", _run_is_file, "is a file"),
     # -- checkpoints -----------------------------------------------------------------------------------------
-    ("ckpt-missing", lambda env, tmp: ((tmp / "run").mkdir(), ["unlearn", "--run", str(tmp / "run"),
-                                       "--requests", str(env.requests), "--out", str(tmp / "out")])[1],
-     "no checkpoint"),
+    ("ckpt-missing", _checkpoint(lambda s: None), "no checkpoint"),
     ("ckpt-garbage", _checkpoint(lambda s: b"\x00garbage" * 10), "not a complete torch checkpoint"),
-    ("ckpt-truncated", lambda env, tmp: (
-        lambda run: ((run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:5000]),
-                     ["unlearn", "--run", str(run), "--requests", str(env.requests), "--out", str(tmp / "out")])[1]
-    )(_run_copy(env, tmp)), "truncated"),
+    ("ckpt-truncated", _checkpoint(lambda s: "truncate"), "truncated"),
     ("ckpt-other-model", _checkpoint(lambda s: _with_config(s, model={"name": "mgcn"})), "mgcn"),
     ("ckpt-other-dim", _checkpoint(lambda s: _with_config(s, model={"dim": 16})), "lightgcn parameters"),
     ("ckpt-old-version-no-best", _checkpoint(lambda s: {k: v for k, v in s.items() if k != "best_model"}),

@@ -57,7 +57,8 @@ def _float_in(low: float, high: float, low_open: bool = False):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not (low < value <= high if low_open else low <= value <= high):
             bound = "(" if low_open else "["
-            raise argparse.ArgumentTypeError(f"{value} is invalid: give a number in {bound}{low:g}, {high:g}]")
+            raise argparse.ArgumentTypeError(
+                f"{value} is invalid: give a number in {bound}{low:g}, {high:g}]")
         return value
 
     return parse
@@ -94,7 +95,8 @@ def _add_dist_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distribution")
     g.add_argument("--workers", type=_int_at_least(1), default=None,
                    help="Ray workers (shards); 1 = single process")
-    g.add_argument("--gpus-per-worker", type=_float_in(0, 1024), default=None, help="GPUs per worker (0 on CPU)")
+    g.add_argument("--gpus-per-worker", type=_float_in(0, 1024), default=None,
+                   help="GPUs per worker (0 on CPU)")
     g.add_argument("--address", default=None,
                    help="local (in-process Ray), none (local processes, no Ray), auto, or ray://host:port")
 
@@ -370,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(out_kind="dir")
     s = dsub.add_parser("purge", help="write a store version without what a deletion ledger deleted")
     s.add_argument("--data", required=True, help="the tru-dist store to purge (in place, atomically)")
-    s.add_argument("--ledger", required=True, help="a run folder holding ledger.jsonl, or the ledger.jsonl file")
+    s.add_argument("--ledger", required=True,
+                   help="a run folder holding ledger.jsonl, or the ledger.jsonl file")
     s.add_argument("--keep-versions", type=_int_at_least(0), default=0,
                    help="superseded store versions to keep (default 0: delete them all)")
 

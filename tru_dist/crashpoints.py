@@ -9,8 +9,9 @@ Stages of ``unlearn`` (in order): ``after-deletion`` (D_r built, nothing written
 ``mid-update`` (after the first optimizer step of the unlearning update),
 ``mid-model-write`` (the checkpoint's temp file written, not yet renamed),
 ``after-model-write`` (checkpoint and metrics written, no receipt yet), ``mid-purge``
-(the new store revision written, META.json not yet switched to it),
-``after-purge-switch`` (the store switched, superseded revisions not yet removed).
+(the receipt written with its purge pending, the new store revision's file written,
+META.json not yet switched to it), ``after-purge-switch`` (the store switched, the
+superseded interactions file not yet deleted).
 
 Unset (the normal case) every call is a dictionary lookup and nothing else.
 """

@@ -350,7 +350,8 @@ def write_revision(folder: str | Path, keep: np.ndarray, *, record: dict, keep_v
     timestamps = kept.column("timestamp").to_numpy()
     new_rev = max([revision(meta)] + [int(r["revision"]) for r in meta.get("revisions", [])]) + 1
     file = f"{REVISIONS_DIR}/{new_rev}/{INTERACTIONS_FILE}"
-    atomic_write(folder / file, lambda tmp: pq.write_table(kept, tmp), fault=fault)
+    atomic_write(folder / file, lambda tmp: pq.write_table(kept, tmp))
+    fault_point(fault)  # a complete revision that META.json does not reference yet
 
     inter_hash = interactions_hash(users, items, labels, ratings, timestamps)
     retained = [{"revision": revision(meta), "file": str(src.relative_to(folder)),

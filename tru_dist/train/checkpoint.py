@@ -62,10 +62,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
             first = "not a complete torch checkpoint: truncated, or another format"
         elif "Weights only load failed" in str(exc):
-            first = "it holds pickled objects, not only tensors and plain containers: not a tru-dist checkpoint"
+            first = "it holds pickled objects, not only tensors and containers: not a tru-dist checkpoint"
         else:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} ({first[:200]}); delete it and retrain") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({first[:200]}); delete it and retrain") from None
 
 
 def clone_state(module_or_state: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

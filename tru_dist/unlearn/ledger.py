@@ -232,6 +232,9 @@ class DeletionLedger:
             pairs = self._legacy_pairs(receipt)
             return Digests(np.unique(self.hasher.pairs(pairs[:, 0], pairs[:, 1])),
                            np.unique(self.hasher.users(np.unique(pairs[:, 0]))), np.zeros(0, dtype="S32"))
+        if "hashes" not in receipt:
+            raise RequestError(f"{self.path}: receipt {receipt.get('receipt_id')} records no hashes of "
+                               "what it deleted; restore the ledger from a backup")
         self._check_key(receipt)
         info = receipt["hashes"]
         path = self.run_dir / info["file"]
@@ -294,8 +297,9 @@ class DeletionLedger:
                 overlaps.append({"receipt_id": r["receipt_id"], "earlier_requests": r["request_ids"][:20],
                                  "requests": int(len(rows)), "purged": True})
         if dropped.all():
+            ids = ", ".join(o["receipt_id"] for o in overlaps)
             raise RequestError("every request names data that earlier requests deleted and a purge removed "
-                               f"(receipt(s) {', '.join(o['receipt_id'] for o in overlaps)}); nothing to unlearn")
+                               f"(receipt(s) {ids}); nothing to unlearn")
         return table[~dropped].reset_index(drop=True), overlaps
 
     def plan(self, data: RecDataset, forget: ForgetSet) -> DeletionPlan:
@@ -364,8 +368,8 @@ class DeletionLedger:
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "audit": audit,
             "hashes": {"file": hashes_file, "sha256": hashlib.sha256(raw).hexdigest(), "key_id": h.key_id,
-                       "algorithm": "HMAC-SHA256", "pairs": int(len(pairs)), "touched_users": int(len(touched)),
-                       "deleted_users": int(len(users))},
+                       "algorithm": "HMAC-SHA256", "pairs": int(len(pairs)),
+                       "touched_users": int(len(touched)), "deleted_users": int(len(users))},
             **(extra or {}),
         }
         old = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
@@ -390,14 +394,16 @@ class DeletionLedger:
         legacy = [r for r in receipts if "hashes" not in r and "pairs_file" in r]
         for r in legacy:
             pairs = self._legacy_pairs(r)
-            d = Digests(self.hasher.pairs(pairs[:, 0], pairs[:, 1]), self.hasher.users(np.unique(pairs[:, 0])),
-                        np.zeros(0, dtype="S32"))
+            d = Digests(self.hasher.pairs(pairs[:, 0], pairs[:, 1]),
+                        self.hasher.users(np.unique(pairs[:, 0])), np.zeros(0, dtype="S32"))
             buf = io.BytesIO()
-            np.savez(buf, pairs=to_storable(d.pairs), touched=to_storable(d.touched), users=to_storable(d.users))
+            np.savez(buf, pairs=to_storable(d.pairs), touched=to_storable(d.touched),
+                     users=to_storable(d.users))
             raw = buf.getvalue()
             file = f"{HASHES_DIR}/{r['receipt_id']}.npz"
             atomic_write(self.run_dir / file, lambda tmp, raw=raw: Path(tmp).write_bytes(raw))
-            r["hashes"] = {"file": file, "sha256": hashlib.sha256(raw).hexdigest(), "key_id": self.hasher.key_id,
+            r["hashes"] = {"file": file, "sha256": hashlib.sha256(raw).hexdigest(),
+                           "key_id": self.hasher.key_id,
                            "algorithm": "HMAC-SHA256", "pairs": int(len(np.unique(d.pairs))),
                            "touched_users": int(len(np.unique(d.touched))), "deleted_users": 0}
             r.pop("pairs_file")

@@ -112,7 +112,8 @@ def purge_record(store: str | Path, summary: dict[str, Any] | None, *, revision_
     since = summary["revision_before"] if revision_before is None else revision_before
     new = [r for r in meta.get("revisions", []) if int(r["revision"]) > since]
     split = {name: sum(int(r.get("removed_by_split", {}).get(name, 0)) for r in new) for name in SPLIT_LABELS}
-    return {"status": "done", "store": summary["store"], "revision_before": since, "revision": summary["revision"],
+    return {"status": "done", "store": summary["store"], "revision_before": since,
+            "revision": summary["revision"],
             "removed_rows": sum(int(r["removed_rows"]) for r in new), "removed_by_split": split,
             "users_emptied": sum(int(r.get("users_emptied", 0)) for r in new),
             "keep_versions": summary["keep_versions"], "retained": summary["retained"]}
@@ -124,7 +125,8 @@ def set_purge(ledger: DeletionLedger, receipt: dict, record: dict[str, Any]) -> 
     return ledger.update(receipt["receipt_id"], purge=entries + [record])
 
 
-def purge_all_receipts(store: str | Path, ledger: DeletionLedger, *, keep_versions: int = 0) -> dict[str, Any]:
+def purge_all_receipts(store: str | Path, ledger: DeletionLedger, *,
+                       keep_versions: int = 0) -> dict[str, Any]:
     """``tru-dist data purge``: purge the store, then record it in every receipt of the ledger."""
     summary = purge_store(store, ledger, keep_versions=keep_versions)
     for receipt in ledger.receipts():
@@ -134,10 +136,12 @@ def purge_all_receipts(store: str | Path, ledger: DeletionLedger, *, keep_versio
     return summary
 
 
-def complete_purge(store: str | Path, ledger: DeletionLedger, receipt: dict, *, keep_versions: int = 0) -> dict:
+def complete_purge(store: str | Path, ledger: DeletionLedger, receipt: dict, *,
+                   keep_versions: int = 0) -> dict:
     """``unlearn --purge``, after the receipt: purge (or finish a killed purge), record it as
     done in the receipt; returns the updated receipt."""
-    pending = next((e for e in receipt.get("purge", []) if e.get("store") == str(Path(store).resolve())), None)
+    here = str(Path(store).resolve())
+    pending = next((e for e in receipt.get("purge", []) if e.get("store") == here), None)
     since = None if pending is None else pending.get("revision_before")
     summary = purge_store(store, ledger, keep_versions=keep_versions)
     return set_purge(ledger, receipt, purge_record(store, summary, revision_before=since))

@@ -37,7 +37,14 @@ from tru_dist.config import Config, parse_overrides
 from tru_dist.crashpoints import arm_update_fault, fault_point
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json, remove_orphan_temps
-from tru_dist.unlearn.ledger import HASHES_DIR, LEDGER_FILE, PAIRS_DIR, DeletionLedger, apply_plan, model_version
+from tru_dist.unlearn.ledger import (
+    HASHES_DIR,
+    LEDGER_FILE,
+    PAIRS_DIR,
+    DeletionLedger,
+    apply_plan,
+    model_version,
+)
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -151,7 +158,8 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
     state = clone_state(result.model)
     # "data_after": the signature of D_r, which a store purged of these deletions matches
     save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(), "data": signature,
-                     "data_after": data_signature(data_after), "world_size": 1, "rank": 0, "unlearned_by": name},
+                     "data_after": data_signature(data_after), "world_size": 1, "rank": 0,
+                     "unlearned_by": name},
                     checkpoint_path(out_dir, rank=0, world_size=1), fault="mid-model-write")
     atomic_write_json(out_dir / "metrics.json", metrics)
     fault_point("after-model-write")

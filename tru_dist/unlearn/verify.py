@@ -92,7 +92,8 @@ class Report:
             out.append(f"  not inspected ({len(self.not_inspected)}, pickles are never loaded): "
                        + ", ".join(self.not_inspected[:5]) + (" ..." if len(self.not_inspected) > 5 else ""))
         if self.clean:
-            out.append("  clean: no deleted pair, no row of a deleted user, no model trained on the deleted data")
+            out.append("  clean: no deleted pair, no row of a deleted user, "
+                       "no model trained on the deleted data")
         else:
             out.append(f"  FOUND deleted data in {len(self.findings)} file(s):")
             out += [f"  - {f.line()}" for f in self.findings]
@@ -104,10 +105,11 @@ class _Scanner:
         self.ledger = ledger
         receipts = ledger.receipts()
         if not receipts:
-            raise RequestError(f"{ledger.path} holds no receipts: this run deleted nothing, so there is nothing "
-                               "to verify; pass the output folder of `tru-dist unlearn`")
+            raise RequestError(f"{ledger.path} holds no receipts: this run deleted nothing, so there is "
+                               "nothing to verify; pass the output folder of `tru-dist unlearn`")
         self.digests: Digests = ledger.all_digests(receipts)
-        self.trained_on_deleted = {r["model_before"]: r["receipt_id"] for r in receipts if r.get("model_before")}
+        self.trained_on_deleted = {r["model_before"]: r["receipt_id"] for r in receipts
+                                   if r.get("model_before")}
         self.report = Report(roots=[], receipts=len(receipts), deleted_pairs=len(self.digests.pairs),
                              deleted_users=len(self.digests.users), key_id=ledger.hasher.key_id)
 
@@ -198,7 +200,8 @@ class _Scanner:
             if tensors and len(tensors) == len(obj) and any(v.is_floating_point() for v in tensors.values()):
                 version = state_version(tensors)  # a state dict
                 rid = self.trained_on_deleted.get(version)
-                note = f"model version {version[:12]} is receipt {rid}'s model_before (trained on the deleted data)"
+                note = (f"model version {version[:12]} is receipt {rid}'s model_before "
+                        "(trained on the deleted data)")
                 if rid is not None and note not in f.notes:
                     f.notes.append(note)
                 return
@@ -349,7 +352,8 @@ def _int_rows(users: np.ndarray, items: np.ndarray | None) -> tuple[np.ndarray, 
     return u[ok].astype(np.int64), i[ok].astype(np.int64)
 
 
-def verify_deletion(run: str | Path, data: str | Path | None = None, scan: list[str | Path] | None = None) -> Report:
+def verify_deletion(run: str | Path, data: str | Path | None = None,
+                    scan: list[str | Path] | None = None) -> Report:
     """Scan the run folder, ``data`` and every ``scan`` folder for what the run's ledger deleted."""
     run = Path(run)
     if not run.is_dir():

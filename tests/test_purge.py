@@ -1,0 +1,151 @@
+"""Purge: the store loses every deleted interaction (atomically, by revision), the unlearned run
+stays loadable, the source run's checkpoint is no longer referenced, and the ledger secret is
+handled like a key."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tru_dist.cli import main
+from tru_dist.data.store import read_meta, read_store, store_orphans, write_revision, write_store
+from tru_dist.errors import ConfigError
+from tru_dist.unlearn.keyhash import SECRET_ENV, SECRET_FILE_ENV, KeyedHasher, default_secret_path
+
+REV2 = "revisions/2/interactions.parquet"
+
+
+def _pairs(path) -> set[tuple[int, int]]:
+    t = pq.read_table(path, columns=["user_id", "item_id"])
+    return set(zip(t.column("user_id").to_pylist(), t.column("item_id").to_pylist(), strict=True))
+
+
+@pytest.fixture()
+def trained(tmp_path, capsys):
+    store, run = tmp_path / "store", tmp_path / "run"
+    assert main(["data", "synth", "--format", "store", "--out", str(store), "--users", "80", "--items", "50",
+                 "--modalities", "image:8,text:4"]) == 0
+    assert main(["train", "--model", "lightgcn", "--data", str(store), "--out", str(run), "--train.epochs=2",
+                 "--model.dim=8"]) == 0
+    data = read_store(store)
+    train = np.flatnonzero(data.labels == 0)
+    users = [3, 17]  # two users deleted wholly, plus two single pairs of other users
+    pairs = [(int(data.users[k]), int(data.items[k])) for k in train if data.users[k] not in users][::97][:2]
+    req = tmp_path / "req.csv"
+    pd.DataFrame({"request_id": ["u3", "u17", "p1", "p2"], "user_id": users + [p[0] for p in pairs],
+                  "item_id": pd.array([None, None] + [p[1] for p in pairs], dtype="Int64"),
+                  "reason": "gdpr"}).to_csv(req, index=False)
+    all_pairs = zip(data.users.tolist(), data.items.tolist(), strict=True)
+    deleted = {p for p in all_pairs if p[0] in users} | set(pairs)
+    capsys.readouterr()
+    return store, run, req, deleted
+
+
+def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, trained, capsys):
+    store, run, req, deleted = trained
+    before = _pairs(store / "interactions.parquet")
+    assert deleted <= before
+    out = tmp_path / "out"
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out), "--purge",
+                 "--unlearn.epochs=1"]) == 0
+    meta = read_meta(store)
+    assert meta["revision"] == 2 and meta["interactions_file"] == REV2
+    assert not (store / "interactions.parquet").exists() and meta["retained"] == []  # default: none kept
+    after = _pairs(store / meta["interactions_file"])
+    assert after == before - deleted and not any(u in (3, 17) for u, _ in after)
+    assert store_orphans(store) == []
+
+    receipt = json.loads((out / "ledger.jsonl").read_text())
+    purge = receipt["purge"][0]
+    assert purge["status"] == "done" and purge["revision_before"] == 1 and purge["revision"] == 2
+    assert purge["removed_rows"] == len(deleted) == receipt["removed"]["interactions"]
+    assert purge["users_emptied"] == 2 and purge["keep_versions"] == 0
+    assert receipt["hashes"]["deleted_users"] == 2 and receipt["hashes"]["pairs"] == len(deleted)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "source_run" not in metrics and metrics["source_model"] == receipt["model_before"]
+    assert str(run) not in (out / "metrics.json").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "ledger.jsonl", "ledger_hashes",
+                                                     "metrics.json"]
+
+    # the unlearned run loads with the purged store; the source run, trained on the deleted data, does not
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out)]) == 0
+    assert main(["evaluate", "--run", str(run)]) == 2
+    assert "trained on deleted data" in capsys.readouterr().err
+
+    # the same command again: a replay, the store untouched
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out), "--purge"]) == 0
+    assert json.loads(capsys.readouterr().out)["replayed"] is True
+    assert read_meta(store)["revision"] == 2 and len((out / "ledger.jsonl").read_text().splitlines()) == 1
+
+    # a new request naming a purged pair is reported as an overlap, the rest applied
+    data = read_store(store)
+    k = int(np.flatnonzero(data.labels == 0)[5])
+    gone = sorted(deleted - {p for p in deleted if p[0] in (3, 17)})[0]
+    req2 = tmp_path / "req2.csv"
+    pd.DataFrame({"request_id": ["again", "new"], "user_id": [gone[0], int(data.users[k])],
+                  "item_id": [gone[1], int(data.items[k])], "reason": "x"}).to_csv(req2, index=False)
+    assert main(["unlearn", "--run", str(out), "--requests", str(req2), "--out", str(tmp_path / "out2"),
+                 "--purge", "--keep-versions", "1", "--unlearn.epochs=1"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["overlaps"][0]["purged"] is True and second["forget_set"]["n_deleted"] == 1
+    meta = read_meta(store)
+    assert meta["revision"] == 3 and [r["file"] for r in meta["retained"]] == [REV2]
+    assert second["receipt"]["purge"][0]["retained"] == [REV2]
+    assert (int(data.users[k]), int(data.items[k])) not in _pairs(store / meta["interactions_file"])
+
+    # retention 0 on a standalone purge deletes the retained version; every receipt records it
+    assert main(["data", "purge", "--data", str(store), "--ledger", str(tmp_path / "out2")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["removed_rows"] == 0 and summary["superseded_removed"] == [REV2]
+    assert not (store / "revisions" / "2").exists() and read_meta(store)["retained"] == []
+    receipts = [json.loads(x) for x in (tmp_path / "out2" / "ledger.jsonl").read_text().splitlines()]
+    assert len(receipts) == 2 and all(r["purge"][0]["status"] == "done" for r in receipts)
+
+
+def test_revisions_are_atomic_and_orphans_are_found(tmp_path, tiny_data):
+    store = write_store(tiny_data, tmp_path / "s")
+    keep = np.ones(tiny_data.n_interactions, dtype=bool)
+    keep[[0, 5, 9]] = False
+    write_revision(store, keep, record={"receipts": ["x"]})
+    data = read_store(store)  # verify=True: the new content hash is consistent
+    assert data.n_interactions == tiny_data.n_interactions - 3
+    assert np.array_equal(data.users, tiny_data.users[keep])
+    assert np.array_equal(data.items, tiny_data.items[keep])
+    # what a killed purge leaves: an unreferenced revision and a temp file; readers ignore both
+    (store / "revisions" / "3").mkdir()
+    (store / "revisions" / "3" / "interactions.parquet").write_bytes(b"half")
+    (store / ".META.json.abc.tmp").write_text("{")
+    assert [p.name for p in store_orphans(store)] == [".META.json.abc.tmp", "interactions.parquet"]
+    assert read_store(store).n_interactions == data.n_interactions
+
+
+def test_the_ledger_secret_is_created_private_and_refused_when_exposed(tmp_path, monkeypatch):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    monkeypatch.delenv(SECRET_FILE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    path = default_secret_path()
+    assert path == tmp_path / "cfg" / "tru-dist" / "ledger-secret" and not path.exists()
+    first = KeyedHasher()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(path.read_text().strip()) == 64
+    assert KeyedHasher().key_id == first.key_id  # reused, not regenerated
+    other = KeyedHasher(b"x" * 32)
+    assert first.pairs(np.array([1]), np.array([2]))[0] != other.pairs(np.array([1]), np.array([2]))[0]
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="readable by others.*chmod 600"):
+        KeyedHasher()
+    monkeypatch.setenv(SECRET_ENV, "short")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        KeyedHasher()
+    own = tmp_path / "mine"
+    own.write_text("my-own-deployment-secret-value\n")
+    own.chmod(0o600)
+    monkeypatch.delenv(SECRET_ENV)
+    monkeypatch.setenv(SECRET_FILE_ENV, str(own))
+    assert KeyedHasher().key_id == KeyedHasher(b"my-own-deployment-secret-value").key_id
