@@ -146,8 +146,8 @@ def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
 
 
 def test_early_stopping_counts_evaluations_and_restores_best(tiny_data):
-    """lr = 0: nothing ever improves on epoch 1, so training stops after 1 + patience epochs."""
-    _, _, res = fit(small_cfg(epochs=50, lr=0.0, patience=3), tiny_data)
+    """lr = 1e-12 (lr must be > 0): nothing ever improves on epoch 1, so training stops after 1 + patience."""
+    _, _, res = fit(small_cfg(epochs=50, lr=1e-12, patience=3), tiny_data)
     assert res.stopped_early and res.epochs == 4 and res.best_epoch == 1
     model, graph, res = fit(small_cfg(epochs=8, lr=0.05, patience=0), tiny_data)
     assert res.epochs == 8  # patience 0 disables early stopping

@@ -43,6 +43,13 @@ OffOrNonNeg = Annotated[int, Field(ge=-1), Valid("-1 (off) or an integer >= 0")]
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assignments are validated too; a bad value is the same one-line ConfigError."""
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc, root=type(self))) from None
+
 
 class DataConfig(_Strict):
     """Where the data comes from. ``path`` is an MMRec folder or a tru-dist store."""
@@ -193,24 +200,24 @@ class Config(_Strict):
             raise ConfigError(_one_line(exc)) from None
 
 
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown config key '{loc}' (valid keys: {', '.join(valid_keys())})")
             continue
-        valid = _valid_range(err["loc"])
+        valid = _valid_range(err["loc"], root or Config)
         what = repr(err["input"]) if not isinstance(err["input"], dict) else "a mapping"
         why = f"must be {valid}" if valid else err["msg"][0].lower() + err["msg"][1:]
         parts.append(f"invalid value for '{loc}': {what} ({why})")
     return "; ".join(parts)
 
 
-def _valid_range(loc: tuple) -> str | None:
-    """The :class:`Valid` text of the field at ``loc`` (a list index or dict key in ``loc``
-    selects the element type), or None when the field states no range."""
-    model: type[BaseModel] | None = Config
+def _valid_range(loc: tuple, root: type[BaseModel]) -> str | None:
+    """The :class:`Valid` text of the field at ``loc`` below ``root`` (a list index or dict key
+    in ``loc`` selects the element type), or None when the field states no range."""
+    model: type[BaseModel] | None = root
     ann: Any = None
     meta: list = []
     for part in loc:

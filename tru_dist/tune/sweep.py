@@ -123,11 +123,11 @@ def run_sweep(
     spec, config_overrides = load_spec(config_path, overrides)
     adapter.check_search(spec)
     base = base_config(spec, config_overrides)
-    if workers is not None:
-        base.dist.workers = int(workers)
-    if base.dist.workers < 1:
-        raise ConfigError(f"--workers={base.dist.workers}: use 1 (each trial one process) or more "
+    workers = base.dist.workers if workers is None else int(workers)
+    if workers < 1:
+        raise ConfigError(f"--workers={workers}: use 1 (each trial one process) or more "
                           "(each trial a Ray Train run of that many workers)")
+    base.dist.workers = workers
     max_t = base.unlearn.epochs
     if max_t < 1:
         raise ConfigError("unlearn.epochs must be >= 1 (it is the number of epochs every trial reports)")
