@@ -150,7 +150,9 @@ def _original_key(cfg: Config, data) -> str:
 
     labels = np.ascontiguousarray(data.labels).tobytes()
     pairs = np.ascontiguousarray(np.stack([data.users, data.items])).tobytes()
-    blob = json.dumps({"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"],
+    # where it runs and how it reports progress do not change what is learnt
+    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("device", "progress")}
+    blob = json.dumps({"model": cfg.to_dict()["model"], "train": train,
                        "data": data_signature(data), "meta": sorted(map(str, data.meta.get("poison", {})))},
                       sort_keys=True, default=str).encode()
     return hashlib.sha256(blob + hashlib.sha256(pairs + labels).digest()).hexdigest()[:20]
