@@ -430,8 +430,10 @@ def test_sweep_writes_one_tuned_file_per_method_and_regime_that_compare_accepts(
     # the files add up to the sweep's cost: originals + Retrain + every experiment's trials
     timing = json.loads((tiny_sweep.dir / "timing.json").read_text())
     assert sorted(timing) == sorted(f"{m}/{r}" for m in METHODS for r in REGIMES)
+    assert all(entry["finished"] for entry in timing.values())
     prepared = [saved_seconds(tiny_sweep.dir, r, 100) for r in spec.regimes]
-    expected = prepared[0][0] + sum(retrain for _, retrain in prepared) + sum(timing.values())
+    expected = (prepared[0][0] + sum(retrain for _, retrain in prepared)
+                + sum(entry["seconds"] for entry in timing.values()))
     assert total == pytest.approx(expected, rel=1e-3)  # one clean original, shared by both regimes
     assert expected < tiny_sweep.wall  # every part was spent inside the two run_sweep calls
 

@@ -72,18 +72,31 @@ def _timing_key(method: str, regime_id: str) -> str:
     return f"{method}/{regime_id}"
 
 
-def trial_seconds(sweep_dir: Path) -> dict[str, float]:
-    """``{"<method>/<regime id>": wall seconds of its Tune runs so far}``."""
+def experiment_log(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{"<method>/<regime id>": {"seconds": wall seconds of its Tune runs so far, "finished":
+    whether its last run ended with every trial done}}`` (``<sweep>/timing.json``)."""
     path = Path(sweep_dir) / TIMING
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def add_trial_seconds(sweep_dir: Path, method: str, regime_id: str, seconds: float) -> None:
-    """Add one ``Tuner.fit``'s wall time to the experiment's total (kept across ``--resume``)."""
-    totals = trial_seconds(sweep_dir)
+def trial_seconds(sweep_dir: Path) -> dict[str, float]:
+    """``{"<method>/<regime id>": wall seconds of its Tune runs so far}``."""
+    return {key: float(entry["seconds"]) for key, entry in experiment_log(sweep_dir).items()}
+
+
+def is_finished(sweep_dir: Path, method: str, regime_id: str) -> bool:
+    """Whether the experiment's last Tune run ended with no trial in error (nothing to resume)."""
+    return bool(experiment_log(sweep_dir).get(_timing_key(method, regime_id), {}).get("finished", False))
+
+
+def record_fit(sweep_dir: Path, method: str, regime_id: str, seconds: float, finished: bool) -> None:
+    """Add one ``Tuner.fit``'s wall time to the experiment's total (kept across ``--resume``)
+    and whether every trial is now done."""
+    log = experiment_log(sweep_dir)
     key = _timing_key(method, regime_id)
-    totals[key] = totals.get(key, 0.0) + float(seconds)
-    atomic_write_json(Path(sweep_dir) / TIMING, totals)
+    before = float(log.get(key, {}).get("seconds", 0.0))
+    log[key] = {"seconds": before + float(seconds), "finished": bool(finished)}
+    atomic_write_json(Path(sweep_dir) / TIMING, log)
 
 
 def cost_shares(spec: SweepSpec, sweep_dir: Path) -> dict[tuple[str, str], dict[str, float]]:

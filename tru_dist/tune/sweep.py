@@ -19,7 +19,8 @@ point it at shared storage on a cluster):
 * ``tune/<method>/<regime>/trial_<id>/`` — Tune's trial folders: ``result.json``,
   ``progress.csv``, TensorBoard ``events.out.tfevents.*`` (``tensorboard --logdir
   <name>/tune``), checkpoints;
-* ``timing.json`` — wall seconds of each experiment's trials (summed over resumes);
+* ``timing.json`` — per experiment, the wall seconds of its trials (summed over resumes) and
+  whether every trial has finished (a resume skips those experiments);
 * ``tuned/<method>-<regime>.yaml`` — the best configuration per method and plain regime,
   chosen on valid only, with its ``tuning:`` provenance and cost: the folder to pass to
   ``tru-dist compare --tuned`` (:mod:`tru_dist.tune.export`); written when every trial
@@ -44,11 +45,12 @@ reverse_bpr are still trained once, by the driver; the report's single test
 re-evaluation runs at W = 1 (the same numbers to float tolerance). Needs Ray's state API
 (the dashboard; a local Ray started by the sweep has it on 127.0.0.1).
 
-``resume=True`` restores every experiment that exists (``Tuner.restore``): finished trials
-are kept as they are, unfinished and errored ones continue from their last checkpoint,
-experiments never started are started. The sweep file and overrides must be the ones the
-sweep was started with. Trials that end in error make ``run_sweep`` raise (after every
-experiment ran) and skip the tuned files and the report; ``--resume`` then finishes them.
+``resume=True`` skips the experiments whose every trial finished, restores every other one
+that exists (``Tuner.restore``): finished trials are kept as they are, unfinished and
+errored ones continue from their last checkpoint; experiments never started are started.
+The sweep file and overrides must be the ones the sweep was started with. Trials that end
+in error make ``run_sweep`` raise (after every experiment ran) and skip the tuned files and
+the report; ``--resume`` then finishes them.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from tru_dist.errors import ConfigError, TruDistError
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.tune import adapter
 from tru_dist.tune.context import prepare
-from tru_dist.tune.export import add_trial_seconds, write_tuned
+from tru_dist.tune.export import is_finished, record_fit, write_tuned
 from tru_dist.tune.results import experiment_dir
 from tru_dist.tune.shard_trial import shard_trial_task
 from tru_dist.tune.spec import SweepSpec, base_config, load_spec, parse_spec
@@ -167,8 +169,11 @@ def run_sweep(
     failed: list[str] = []
     for method, space in spec.spaces.items():
         for regime in spec.regimes:
-            fn, ctx = _trial(spec, base, sweep_dir, method, regime, contexts[regime.id], max_t, fault)
             experiment = experiment_dir(sweep_dir, method, regime.id)
+            if is_finished(sweep_dir, method, regime.id):
+                _log(f"{method} on {regime.id}: every trial finished in an earlier run")
+                continue
+            fn, ctx = _trial(spec, base, sweep_dir, method, regime, contexts[regime.id], max_t, fault)
             if adapter.can_restore(experiment):
                 _log(f"{method} on {regime.id}: restoring {experiment}")
                 tuner = adapter.restore_tuner(fn, ctx, spec, experiment, workers=workers)
@@ -179,7 +184,7 @@ def run_sweep(
             t1 = time.perf_counter()
             errors = adapter.fit(tuner)
             seconds = time.perf_counter() - t1
-            add_trial_seconds(sweep_dir, method, regime.id, seconds)
+            record_fit(sweep_dir, method, regime.id, seconds, finished=not errors)
             _log(f"{method} on {regime.id}: trials done in {seconds:.1f}s ({len(errors)} in error)")
             failed += [f"{method}/{regime.id}/{e}" for e in errors]
     if failed:
