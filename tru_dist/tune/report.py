@@ -44,7 +44,7 @@ from tru_dist.report.tables import fmt, markdown_table
 from tru_dist.train import evaluate as _evaluate
 from tru_dist.tune.context import SeedContext, prepare
 from tru_dist.tune.epochs import method_at_epoch
-from tru_dist.tune.export import cost_shares, write_tuned
+from tru_dist.tune.export import cost_shares, exported_regimes, write_tuned
 from tru_dist.tune.objective import EPSILON, epoch_metrics, valid_point
 from tru_dist.tune.plots import pareto_plot
 from tru_dist.tune.results import (
@@ -261,7 +261,12 @@ def report_sweep(path: str | Path) -> Path:
          for (m, rid) in rows]))
     lines += ["", "Tuned files for `tru-dist compare --tuned`: [tuned/](tuned/) (one per method and "
               "plain regime; tuning seconds = the trials' wall time + an equal share of Retrain and of "
-              "the originals).", ""]
+              "the originals)."]
+    chosen, skipped = exported_regimes(spec)
+    if skipped:
+        lines.append("Not exported (an earlier regime of the same kind gives its file): " + ", ".join(
+            f"{r.id} (→ {chosen[r.regime].id})" for r in skipped) + ".")
+    lines.append("")
 
     summary = []
     for regime in spec.regimes:
