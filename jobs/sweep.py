@@ -1,4 +1,6 @@
-"""Ray job: a Ray Tune sweep of TRU's hyperparameters across unlearning regimes.
+"""Ray job: a Ray Tune sweep of approximate unlearning methods' hyperparameters across regimes
+(``tru-dist sweep``: every method of the sweep file with the same budget; the tuned
+configurations land in ``<storage>/<name>/tuned/`` for ``tru-dist compare --tuned``).
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/sweep.py --config configs/sweeps/tiny.yaml --storage /tmp/sweeps

@@ -159,11 +159,13 @@ def test_sweep_job_with_two_workers_per_trial(ray_head, tmp_path):
     job = client.submit_job(
         entrypoint=f"python jobs/sweep.py --config configs/sweeps/tiny.yaml --storage {tmp_path} --workers 2 "
                    "--unlearn.epochs=2 --sweep.num_samples=2 --sweep.report=false "
-                   "'--sweep.regimes=[{regime: interactions, fraction: 0.05}]'",
+                   "'--sweep.regimes=[{regime: interactions, fraction: 0.05}]' "
+                   "'--sweep.methods={tru: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}'",
         runtime_env={"working_dir": str(REPO), "env_vars": {"RAY_ADDRESS": ray_head.gcs}})
     status = _wait(client, job, timeout=600)
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-4000:]
-    rows = adapter.trial_rows(tmp_path / "tiny" / "tune" / "interactions-5pct")
+    rows = adapter.trial_rows(tmp_path / "tiny" / "tune" / "tru" / "interactions-5pct")
     assert sorted(r["epoch"] for r in rows) == [1, 1, 2, 2]
     assert all(0.0 < r["valid_recall@20"] <= 1.0 for r in rows)
-    assert len(list((tmp_path / "tiny" / "train" / "interactions-5pct").iterdir())) == 2  # 2 Ray Train runs
+    assert len(list((tmp_path / "tiny" / "train" / "tru" / "interactions-5pct").iterdir())) == 2  # 2 runs
+    assert (tmp_path / "tiny" / "tuned" / "tru-interactions.yaml").exists()

@@ -1,14 +1,16 @@
-"""Ray Tune sweeps across unlearning regimes (tru_dist.tune).
+"""Ray Tune sweeps of the approximate methods across unlearning regimes (tru_dist.tune).
 
-One tiny sweep (configs/sweeps/tiny.yaml: synthetic:tiny, LightGCN, 2 regimes × 3 trials,
-ASHA, 3 unlearning epochs) runs once per module: first with one trial made to fail before
-its 2nd epoch, then resumed, then reported. The tests read what it left behind.
+One tiny sweep (configs/sweeps/tiny.yaml: synthetic:tiny, LightGCN, TRU and reverse_bpr ×
+2 regimes × 3 trials, ASHA, 3 unlearning epochs, tuning seed 100) runs once per module:
+first with one reverse_bpr trial made to fail before its 2nd epoch, then resumed, then
+reported. The tests read what it left behind, including the tuned files compare reads.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,8 +23,13 @@ from tru_dist.errors import ConfigError, TruDistError
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "sweeps" / "tiny.yaml"
 REGIMES = ["users-random-5pct", "interactions-5pct"]
-FAULT = "users-random-5pct:1:2"  # trial 1 of the users regime fails once, before epoch 2
+METHODS = ["tru", "reverse_bpr"]
+SPACE_KEYS = {"tru": {"unlearn.lambda_f", "unlearn.gate.beta", "unlearn.scaling.gamma"},
+              "reverse_bpr": {"unlearn.lambda_f", "unlearn.lambda_r"}}
+FAULT = "reverse_bpr:users-random-5pct:1:2"  # reverse_bpr's trial 1 on users fails once, before epoch 2
 OVERRIDES = ["--dist.max_failures=0", "--sweep.report=false"]
+TRU_ONLY = ("--sweep.methods={tru: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}, "
+            "unlearn.gate.beta: {uniform: [0.0, 1.0]}, unlearn.scaling.gamma: {choice: [0.0, 1.0]}}}")
 
 
 class SplitSpy:
@@ -55,9 +62,10 @@ class SplitSpy:
 
 
 def _trial_files(sweep_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """``{"<method>/<regime>/<trial>": (mtime, result.json)}``."""
     out = {}
-    for f in sorted((sweep_dir / "tune").glob("*/trial_*/result.json")):
-        out[f"{f.parent.parent.name}/{f.parent.name}"] = (f.stat().st_mtime_ns, f.read_bytes())
+    for f in sorted((sweep_dir / "tune").glob("*/*/trial_*/result.json")):
+        out[str(f.parent.relative_to(sweep_dir / "tune"))] = (f.stat().st_mtime_ns, f.read_bytes())
     return out
 
 
@@ -76,11 +84,15 @@ def tiny_sweep(ray_session, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         spy = SplitSpy(mp)
         mp.setenv("TRU_DIST_SWEEP_FAULT", FAULT)
+        t0 = time.perf_counter()
         with pytest.raises(TruDistError, match="rerun with --resume") as failed:
             run_sweep(TINY, overrides=OVERRIDES, storage=storage)
         interrupted = _trial_files(sweep_dir)
+        tuned_after_failure = (sweep_dir / "tuned").exists()
         contexts = {p: p.stat().st_mtime_ns for p in (sweep_dir / "context").rglob("*.pt")}
         out = run_sweep(TINY, overrides=OVERRIDES, resume=True, storage=storage)
+        wall = time.perf_counter() - t0
+        tuned = {p.name: p.read_text() for p in (out / "tuned").glob("*.yaml")}
         end_of_sweep = spy.mark()
         report = report_sweep(out)
         end_of_report = spy.mark()
@@ -88,7 +100,8 @@ def tiny_sweep(ray_session, tmp_path_factory):
         report_sweep(out)  # a second report reuses the final evaluation
         yield SimpleNamespace(dir=out, error=str(failed.value), interrupted=interrupted, contexts=contexts,
                               resumed=_trial_files(out), report=report, spy=spy, end_of_sweep=end_of_sweep,
-                              end_of_report=end_of_report, final_mtime=final_mtime)
+                              end_of_report=end_of_report, final_mtime=final_mtime, tuned=tuned,
+                              tuned_after_failure=tuned_after_failure, wall=wall)
 
 
 # -- pure parts -------------------------------------------------------------------------------------
@@ -98,7 +111,7 @@ def test_trainable_lives_in_the_installed_package():
     import tru_dist
 
     module = importlib.import_module("tru_dist.tune.trainable")
-    assert callable(module.tru_trainable)
+    assert callable(module.method_trainable) and callable(module.workers_trainable)
     assert Path(module.__file__).resolve().is_relative_to(Path(tru_dist.__file__).resolve().parent)
 
 
@@ -115,9 +128,9 @@ def test_epoch_seconds_count_the_run_not_the_evaluation_between_epochs(monkeypat
 
     monkeypatch.setattr(ep.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(ep, "iter_update", fake_run)
-    monkeypatch.setattr(ep, "tru_spec", lambda cfg: None)
+    monkeypatch.setattr(ep, "spec_for", lambda method, cfg: None)
     seconds = []
-    for state in ep.tru_epochs(None, None, None, None, None):
+    for state in ep.method_epochs("grad_ascent", None, None, None):
         seconds.append(state.seconds)
         clock[0] += 100.0  # evaluating and reporting between epochs
     assert seconds == [1.0, 2.0, 3.0]
@@ -149,15 +162,37 @@ def test_selection_pareto_best_row_and_mean_rank():
     assert mean_rank.tolist() == pytest.approx([5 / 3, 4 / 3])
 
 
+TRU_SPACE = {"unlearn.lambda_f": {"uniform": [0.1, 0.2]}}
+
+
+def _tru(space: dict) -> dict:
+    """A patch that makes TRU the only method, searching ``space``."""
+    return {"methods": {"tru": space}}
+
+
+
 @pytest.mark.parametrize("patch, message", [
     ({"colour": "red"}, "unknown sweep key 'colour'"),
-    ({"space": {"train.lr": {"uniform": [0.1, 0.2]}}}, "cannot be searched"),
-    ({"space": {"unlearn.epochs": {"choice": [1, 2]}}}, "cannot be searched"),
-    ({"space": {"unlearn.gate.bta": {"uniform": [0.1, 0.2]}}}, "is not a config key"),
-    ({"space": {"unlearn.lr": {"loguniform": [0.0, 0.1]}}}, "lo > 0"),
-    ({"space": {"unlearn.lr": {"normal": [0.0, 0.1]}}}, "must be one of"),
-    ({"space": {"unlearn.isolation.row_hops": {"uniform": [1, 3]}}}, "is not valid"),
-    ({"search": "optuna", "space": {"unlearn.lr": {"grid": [0.1, 0.2]}}}, "cannot take"),
+    ({"seeds": [0, 100]}, "seeds \\[0\\]: tuning seeds are 100 and up: reporting seeds 0..99 are what "
+                          "compare reports"),
+    ({"methods": {"finetune": {"unlearn.lambda_f": {"uniform": [0.1, 0.2]}}}}, "finetune does not read "
+                                                                                "unlearn.lambda_f"),
+    ({"methods": {"grad_ascent": {"unlearn.lambda_r": {"uniform": [0.1, 0.2]}}}}, "does not read"),
+    ({"methods": {"reverse_bpr": {"unlearn.gate.beta": {"uniform": [0.1, 0.2]}}}}, "does not read"),
+    ({"methods": {"retrain": TRU_SPACE}}, "cannot tune method 'retrain'"),
+    ({"methods": {"tru": TRU_SPACE, "reverse-bpr": TRU_SPACE, "reverse_bpr": TRU_SPACE}}, "method twice"),
+    ({"methods": {}}, "'methods' is empty"),
+    ({"space": TRU_SPACE}, "exactly one of them"),
+    ({"method": "tru"}, "drop 'method'"),
+    ({"methods": {"tru": {"unlearn.lambda_f": {"grid": [0.1, 0.2]}}, "reverse_bpr": TRU_SPACE}},
+     "unequal trial budgets \\(tru: 6, reverse_bpr: 3\\)"),
+    (_tru({"train.lr": {"uniform": [0.1, 0.2]}}), "cannot be searched"),
+    (_tru({"unlearn.epochs": {"choice": [1, 2]}}), "cannot be searched"),
+    (_tru({"unlearn.gate.bta": {"uniform": [0.1, 0.2]}}), "is not a config key"),
+    (_tru({"unlearn.lr": {"loguniform": [0.0, 0.1]}}), "lo > 0"),
+    (_tru({"unlearn.lr": {"normal": [0.0, 0.1]}}), "must be one of"),
+    (_tru({"unlearn.isolation.row_hops": {"uniform": [1, 3]}}), "is not valid"),
+    ({"search": "optuna", **_tru({"unlearn.lr": {"grid": [0.1, 0.2]}})}, "cannot take"),
     ({"regimes": [{"regime": "users", "fraction": 1.5}]}, "regimes.0.fraction"),
     ({"regimes": [{"regime": "users"}, {"regime": "users"}]}, "repeat users-random-5pct"),
 ])
@@ -181,7 +216,79 @@ def test_full_sweep_file_covers_three_regimes_on_scientific_with_mgcn():
     assert cfg.model.name == "mgcn" and cfg.model.knn_k == 10  # MMRec's MGCN defaults layered in
     assert spec.data.endswith("amazon-scientific") and cfg.data.name == "scientific"
     assert len({r.regime for r in spec.regimes}) >= 3 and spec.scheduler == "asha"
-    assert all(k.startswith("unlearn.") for k in spec.space) and len(spec.seed_list) >= 3
+    assert list(spec.spaces) == ["tru"] and all(k.startswith("unlearn.") for k in spec.spaces["tru"])
+    assert len(spec.seed_list) >= 3 and min(spec.seed_list) >= 100
+
+
+@pytest.mark.parametrize("model", ["mgcn", "miggt"])
+def test_fair_sweeps_tune_every_approximate_method_with_one_budget(model):
+    """configs/sweeps/fair-scientific-<model>.yaml: the four methods, the same trials, tuning
+    seeds, users 5% / interactions 5% / items 1%, ASHA over at most 10 epochs."""
+    from tru_dist.tune.spec import base_config, load_spec
+
+    spec, overrides = load_spec(REPO / "configs" / "sweeps" / f"fair-scientific-{model}.yaml")
+    cfg = base_config(spec, overrides)
+    assert cfg.model.name == model and spec.data.endswith("amazon-scientific")
+    assert list(spec.spaces) == ["reverse_bpr", "grad_ascent", "finetune", "tru"]
+    assert {spec.trials(m) for m in spec.spaces} == {spec.num_samples} and 4 <= spec.num_samples <= 8
+    assert spec.seed_list == [100] and spec.scheduler == "asha" and 1 < cfg.unlearn.epochs <= 10
+    assert [(r.regime, r.fraction) for r in spec.regimes] == [("users", 0.05), ("interactions", 0.05),
+                                                              ("items", 0.01)]
+    keys = {m: set(space) for m, space in spec.spaces.items()}
+    assert {"unlearn.lr", "unlearn.lambda_f", "unlearn.lambda_r"} <= keys["reverse_bpr"]
+    assert {"unlearn.lr", "unlearn.lambda_f"} <= keys["grad_ascent"]
+    assert {"unlearn.lr", "unlearn.lambda_r"} <= keys["finetune"]
+    assert "unlearn.lambda_r" not in keys["grad_ascent"] and "unlearn.lambda_f" not in keys["finetune"]
+    assert keys["reverse_bpr"] < keys["tru"] and any(k.startswith("unlearn.gate.") for k in keys["tru"])
+    for key in set.intersection(*keys.values()):  # a key every method searches: the same range for all
+        assert len({json.dumps(space[key]) for space in spec.spaces.values()}) == 1, key
+
+
+def test_seed_count_means_tuning_seeds_and_duplicate_plain_regimes_export_the_first():
+    import yaml
+
+    from tru_dist.tune.export import exported_regimes
+    from tru_dist.tune.spec import load_spec, parse_spec
+
+    tree = yaml.safe_load(TINY.read_text())
+    assert parse_spec({**tree, "seeds": 2}).seed_list == [100, 101]
+    spec, _ = load_spec(REPO / "configs" / "sweeps" / "tru.yaml")  # users random AND users core
+    chosen, skipped = exported_regimes(spec)
+    assert chosen["users"].id == "users-random-5pct" and [r.id for r in skipped] == ["users-core-5pct"]
+    assert sorted(chosen) == ["interactions", "items", "poison", "users"]
+
+
+def test_spec_for_is_what_each_method_runs(tiny_data):
+    """Running the loop with ``spec_for(m)`` gives, parameter for parameter, what the registry's
+    ``unlearn`` gives for every approximate method — and the four specs differ."""
+    import torch
+
+    from tru_dist.config import build_config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.graph.context import build_rec_graph
+    from tru_dist.models.registry import build_model
+    from tru_dist.unlearn.base import APPROXIMATE, get_method
+    from tru_dist.unlearn.deletion import build_deletion
+    from tru_dist.unlearn.engine import run_update
+    from tru_dist.unlearn.specs import spec_for
+
+    cfg = build_config(model="lightgcn", overrides=["unlearn.epochs=2", "unlearn.lr=0.05"])
+    graph = build_rec_graph(tiny_data, knn_k=cfg.model.knn_k, with_knn=False)
+    model = build_model(cfg.model, graph, seed=0)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "users", 0.05, 100))
+    finals = {}
+    for method in APPROXIMATE:
+        via_spec, _ = run_update(model, deletion, cfg, spec_for(method, cfg))
+        via_registry = get_method(method).unlearn(model, deletion, cfg).model
+        other = via_registry.state_dict()
+        for name, a in via_spec.state_dict().items():
+            assert torch.equal(a, other[name]), (method, name)
+        finals[method] = torch.cat([p.detach().flatten() for p in via_spec.parameters()])
+    for i, a in enumerate(APPROXIMATE):
+        for b in APPROXIMATE[i + 1:]:
+            assert not torch.equal(finals[a], finals[b]), (a, b)
+    with pytest.raises(ConfigError, match="not a run of the shared unlearning loop"):
+        spec_for("retrain", cfg)
 
 
 def test_bad_workers_and_resume_without_a_sweep_are_errors(tmp_path):
@@ -208,11 +315,12 @@ def test_optuna_search_without_optuna_fails_before_training(tmp_path, monkeypatc
 # -- the tiny sweep -----------------------------------------------------------------------------------
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tiny_sweep):
     s = tiny_sweep
-    assert "injected fault" in s.error
-    failed = next(k for k in s.interrupted if k.startswith("users-random-5pct/") and k.endswith("_00001"))
+    assert "injected fault" in s.error and not s.tuned_after_failure  # no tuned file from a failed sweep
+    failed = next(k for k in s.interrupted if k.startswith("reverse_bpr/users-random-5pct/")
+                  and k.endswith("_00001"))
     assert _epochs(s.interrupted[failed][1]) == [1]  # checkpointed epoch 1, then failed
     assert set(s.resumed) == set(s.interrupted)  # no trial was added or started again under a new id
-    assert len(s.resumed) == 2 * 3
+    assert len(s.resumed) == len(METHODS) * len(REGIMES) * 3  # the same 3 trials per method and regime
     for key, (_, body) in s.interrupted.items():
         if key != failed:  # finished trials: the same rows, same timestamps (Tune may re-copy the file)
             assert s.resumed[key][1] == body, key
@@ -225,34 +333,36 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tiny_sweep):
 def test_trials_report_every_epoch_with_valid_metrics_and_tensorboard(tiny_sweep):
     from tru_dist.tune import adapter
 
-    for regime in REGIMES:
-        rows = adapter.trial_rows(tiny_sweep.dir / "tune" / regime)
-        trials = {r["trial_id"] for r in rows}
-        assert len(trials) == 3
-        for t in trials:
-            epochs = [r["epoch"] for r in rows if r["trial_id"] == t]
-            assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) <= 3
-        for r in rows:
-            assert set(r["config"]) == {"unlearn.lambda_f", "unlearn.gate.beta", "unlearn.scaling.gamma"}
-            assert 0.0 < r["valid_recall@20"] <= 1.0 and 0.0 <= r["forget_gap"] <= 1.0
-            assert math.isfinite(r["score"]) and r["score"] < 1.5
-        events = (tiny_sweep.dir / "tune" / regime).glob("trial_*/events.out.tfevents.*")
-        assert len({p.parent.name for p in events if p.stat().st_size > 0}) == 3  # a resumed trial adds one
+    for method in METHODS:
+        for regime in REGIMES:
+            rows = adapter.trial_rows(tiny_sweep.dir / "tune" / method / regime)
+            trials = {r["trial_id"] for r in rows}
+            assert len(trials) == 3
+            for t in trials:
+                epochs = [r["epoch"] for r in rows if r["trial_id"] == t]
+                assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) <= 3
+            for r in rows:
+                assert set(r["config"]) == SPACE_KEYS[method]
+                assert 0.0 < r["valid_recall@20"] <= 1.0 and 0.0 <= r["forget_gap"] <= 1.0
+                assert math.isfinite(r["score"]) and r["score"] < 1.5
+            events = (tiny_sweep.dir / "tune" / method / regime).glob("trial_*/events.out.tfevents.*")
+            assert len({p.parent.name for p in events if p.stat().st_size > 0}) == 3
 
 
 def test_nothing_reads_test_before_the_final_reevaluation(tiny_sweep):
     spy = tiny_sweep.spy
     sweep = spy.labels(0, tiny_sweep.end_of_sweep)
-    assert VALID in sweep and TEST not in sweep
+    assert VALID in sweep and TEST not in sweep  # the tuned files were chosen without test data
     assert TEST in spy.labels(tiny_sweep.end_of_sweep, tiny_sweep.end_of_report)
     # the second report reused final.json and the shared-config scores: no evaluation at all
     assert spy.calls[tiny_sweep.end_of_report:] == []
     assert (tiny_sweep.dir / "final.json").stat().st_mtime_ns == tiny_sweep.final_mtime
 
 
-def test_trainable_reads_valid_only_and_matches_the_ray_trials(tiny_sweep, monkeypatch):
+@pytest.mark.parametrize("method", METHODS)
+def test_trainable_reads_valid_only_and_matches_the_ray_trials(tiny_sweep, monkeypatch, method):
     """The trainable's body, run here under the spy: it only reads valid data, and for the same
-    sample it reproduces what the Ray trial reported (same data, same seeds, same metrics)."""
+    sample it reproduces what the Ray trial reported (same data, same seeds, same method)."""
     from tru_dist.tune import adapter
     from tru_dist.tune.context import prepare
     from tru_dist.tune.sweep import load_manifest
@@ -261,17 +371,86 @@ def test_trainable_reads_valid_only_and_matches_the_ray_trials(tiny_sweep, monke
     spec, base, max_t = load_manifest(tiny_sweep.dir)
     regime = REGIMES[1]
     seeds = prepare(spec, base, tiny_sweep.dir, regime_ids=[regime], must_exist=True)[regime]
-    rows = adapter.trial_rows(tiny_sweep.dir / "tune" / regime)
+    rows = adapter.trial_rows(tiny_sweep.dir / "tune" / method / regime)
     ray_row = next(r for r in rows if r["epoch"] == 1)
     spy = SplitSpy(monkeypatch)
     reported = []
-    ctx = TrialContext(regime, [sc.for_trials() for sc in seeds], spec.k, max_t=1)
+    ctx = TrialContext(regime, [sc.for_trials() for sc in seeds], spec.k, max_t=1, method=method)
     run_epochs(ray_row["config"], ctx, 0, lambda metrics, state: reported.append((metrics, state)))
     assert TEST not in spy.labels() and VALID in spy.labels()
     (metrics, state), = reported
     assert state == {"epoch": 1}
     for key in ("valid_recall@20", "forget_hit@20", "forget_gap", "score"):
         assert metrics[key] == pytest.approx(ray_row[key], abs=0.02), key
+    other = TrialContext(regime, ctx.seeds, spec.k, max_t=1, method="finetune")  # the method matters
+    reported_other = []
+    run_epochs(ray_row["config"], other, 0, lambda metrics, state: reported_other.append(metrics))
+    assert reported_other[0]["forget_hit@20"] != pytest.approx(metrics["forget_hit@20"], abs=1e-9)
+
+
+def test_sweep_writes_one_tuned_file_per_method_and_regime_that_compare_accepts(tiny_sweep):
+    """``<sweep>/tuned/<method>-<regime>.yaml``: the best valid row's sample and epoch, the keys
+    the method reads, the tuning provenance and cost; found and merged by compare --tuned."""
+    import yaml
+
+    from tru_dist.compare import CompareSpec, method_configs
+    from tru_dist.tune import adapter
+    from tru_dist.tune.context import saved_seconds
+    from tru_dist.tune.spec import load_spec
+    from tru_dist.tune.sweep import load_manifest
+    from tru_dist.unlearn.tuned import find_tuned, read_tuned
+
+    tuned_dir = tiny_sweep.dir / "tuned"
+    plain = {"users-random-5pct": "users", "interactions-5pct": "interactions"}
+    assert sorted(tiny_sweep.tuned) == sorted(f"{m}-{p}.yaml" for m in METHODS for p in plain.values())
+    spec, base, _ = load_manifest(tiny_sweep.dir)
+    total = 0.0
+    for method in METHODS:
+        for regime, name in plain.items():
+            path = find_tuned(tuned_dir, method, name)
+            assert path.read_text() == tiny_sweep.tuned[path.name]  # the report rewrote the same file
+            overrides, tuning = read_tuned(path)
+            rows = adapter.trial_rows(tiny_sweep.dir / "tune" / method / regime)
+            top = max(rows, key=lambda r: (r["score"], -r["epoch"]))  # highest valid score, fewer epochs
+            block = overrides["unlearn"]
+            assert set(overrides) == {"unlearn"} and block["epochs"] == top["epoch"]
+            for key, value in top["config"].items():
+                node = block
+                for part in key.split(".")[1:-1]:
+                    node = node[part]
+                assert node[key.split(".")[-1]] == pytest.approx(value), key
+            assert ("gate" in block) == (method == "tru") and "seed" not in block
+            assert "reset_deleted_users" not in block and block["lr"] == base.unlearn.lr
+            assert tuning["sweep"] == "tiny" and tuning["seeds"] == [100] and tuning["trials"] == 3
+            assert tuning["regime"] == regime and tuning["score"] == pytest.approx(top["score"], abs=1e-6)
+            parts = tuning["parts"]
+            assert tuning["seconds"] == pytest.approx(sum(parts.values()), abs=0.01)
+            assert min(parts.values()) > 0
+            total += tuning["seconds"]
+    # the files add up to the sweep's cost: originals + Retrain + every experiment's trials
+    timing = json.loads((tiny_sweep.dir / "timing.json").read_text())
+    assert sorted(timing) == sorted(f"{m}/{r}" for m in METHODS for r in REGIMES)
+    assert all(entry["finished"] for entry in timing.values())
+    prepared = [saved_seconds(tiny_sweep.dir, r, 100) for r in spec.regimes]
+    expected = (prepared[0][0] + sum(retrain for _, retrain in prepared)
+                + sum(entry["seconds"] for entry in timing.values()))
+    assert total == pytest.approx(expected, rel=1e-3)  # one clean original, shared by both regimes
+    assert expected < tiny_sweep.wall  # every part was spent inside the two run_sweep calls
+
+    # compare --tuned: each method gets its own file over the base config; TRU's ablation TRU's file
+    spec_c = CompareSpec(regime="users", methods=["retrain", "reverse_bpr", "tru", "tru-no-gate"], seeds=2,
+                         tuned=str(tuned_dir))
+    configs = method_configs(base, spec_c)
+    assert configs["retrain"][1] is None
+    for method in ("reverse_bpr", "tru", "tru-no-gate"):
+        cfg, tuning = configs[method]
+        source = "tru" if method.startswith("tru") else method
+        block = yaml.safe_load((tuned_dir / f"{source}-users.yaml").read_text())["unlearn"]
+        assert cfg.unlearn.epochs == block["epochs"] and cfg.unlearn.lambda_f == block["lambda_f"]
+        assert tuning["seconds"] > 0 and tuning["file"].endswith(f"{source}-users.yaml")
+    assert configs["tru"][0].unlearn.gate.beta == configs["tru-no-gate"][0].unlearn.gate.beta
+    with pytest.raises(ConfigError, match="tuning seeds are 100 and up"):
+        load_spec(TINY, ["--sweep.seeds=[99]"])
 
 
 def test_report_has_pareto_plots_best_configs_and_shared_row(tiny_sweep):
@@ -280,29 +459,35 @@ def test_report_has_pareto_plots_best_configs_and_shared_row(tiny_sweep):
 
     text = tiny_sweep.report.read_text()
     final = json.loads((tiny_sweep.dir / "final.json").read_text())["results"]
+    assert "## Budget per method (equal by construction)" in text
     for regime in REGIMES:
-        png = tiny_sweep.dir / f"pareto-{regime}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-        assert f"## {regime}" in text and f"pareto-{regime}.png" in text
-        # the best config is the highest valid score over all (trial, epoch) rows, written as YAML
-        rows = adapter.trial_rows(tiny_sweep.dir / "tune" / regime)
-        top = max(rows, key=lambda r: (r["score"], -r["epoch"]))
-        cfg = build_config(model="lightgcn", config_file=tiny_sweep.dir / "best" / f"{regime}.yaml")
-        assert cfg.unlearn.epochs == top["epoch"]
-        assert cfg.unlearn.lambda_f == pytest.approx(top["config"]["unlearn.lambda_f"])
-        assert cfg.unlearn.gate.beta == pytest.approx(top["config"]["unlearn.gate.beta"])
+        assert f"## {regime}" in text
+        for method in METHODS:
+            png = tiny_sweep.dir / f"pareto-{method}-{regime}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+            assert f"pareto-{method}-{regime}.png" in text
+            # the best config is the highest valid score over all (trial, epoch) rows, written as YAML
+            rows = adapter.trial_rows(tiny_sweep.dir / "tune" / method / regime)
+            top = max(rows, key=lambda r: (r["score"], -r["epoch"]))
+            best = tiny_sweep.dir / "best" / f"{method}-{regime}.yaml"
+            cfg = build_config(model="lightgcn", config_file=best)
+            assert cfg.unlearn.epochs == top["epoch"] and cfg.unlearn.method == method
+            assert cfg.unlearn.lambda_f == pytest.approx(top["config"]["unlearn.lambda_f"])
+        assert cfg.unlearn.lambda_r == pytest.approx(top["config"]["unlearn.lambda_r"])  # reverse_bpr's
         methods = final[regime]
         assert set(methods) == {"retrain", "reverse_bpr", "tru (tuned for regime)", "tru (shared config)",
-                                "tru (defaults)"}
+                                "tru (defaults)", "reverse_bpr (tuned for regime)",
+                                "reverse_bpr (shared config)"}  # reverse_bpr (defaults) = "reverse_bpr"
         assert methods["retrain"]["score"] == pytest.approx(1.0) and methods["retrain"]["forget_gap"] == 0.0
         for m in methods.values():
             assert 0.0 < m["recall@20"] <= 1.0 and m["seconds"] > 0
-    build_config(model="lightgcn", config_file=tiny_sweep.dir / "best" / "shared.yaml")
+    for method in METHODS:
+        build_config(model="lightgcn", config_file=tiny_sweep.dir / "best" / f"{method}-shared.yaml")
+        deltas = [final[r][f"{method} (tuned for regime)"]["score"]
+                  - final[r][f"{method} (shared config)"]["score"] for r in REGIMES]
+        assert (f"**{method}: tuning per regime beats the shared configuration on" in text
+                and f"mean test-score difference {np.mean(deltas):+.3f}" in text)
     assert "## One shared configuration vs tuning per regime" in text
-    assert "Tuning per regime beats the shared configuration on" in text
-    deltas = [final[r]["tru (tuned for regime)"]["score"] - final[r]["tru (shared config)"]["score"]
-              for r in REGIMES]
-    assert f"mean test-score difference {np.mean(deltas):+.3f}" in text
 
 
 def test_optuna_search_runs_and_repeats_its_samples_for_a_seed(ray_session, tmp_path):
@@ -312,12 +497,13 @@ def test_optuna_search_runs_and_repeats_its_samples_for_a_seed(ray_session, tmp_
     from tru_dist.tune.sweep import run_sweep
 
     pytest.importorskip("optuna")
-    over = ["--sweep.report=false", "--unlearn.epochs=2", "--sweep.regimes=[{regime: interactions}]"]
+    over = ["--sweep.report=false", "--unlearn.epochs=2", "--sweep.regimes=[{regime: interactions}]",
+            TRU_ONLY]
     samples = {}
     for search, name in (("optuna", "a"), ("optuna", "b"), ("random", "c")):
         out = run_sweep(TINY, overrides=[*over, f"--sweep.search={search}", f"--sweep.name={name}"],
                         storage=tmp_path)
-        rows = adapter.trial_rows(out / "tune" / "interactions-5pct")
+        rows = adapter.trial_rows(out / "tune" / "tru" / "interactions-5pct")
         samples[name] = sorted({tuple(sorted(r["config"].items())) for r in rows})
     assert len(samples["a"]) == 3 and samples["a"] == samples["b"] != samples["c"]
     for config in samples["a"]:

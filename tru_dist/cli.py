@@ -7,7 +7,7 @@
     tru-dist verify-deletion --run RUN2 [--data STORE] [--scan DIR ...]
     tru-dist compare --data DIR --model mgcn --regime users --fraction 0.05 --methods ... --seeds 3 --out OUT
     tru-dist audit --run RUN --requests FILE
-    tru-dist sweep --config configs/sweeps/tru.yaml [--resume]
+    tru-dist sweep --config configs/sweeps/fair-scientific-mgcn.yaml [--resume]
     tru-dist report sweep|compare PATH
     tru-dist demo --out DIR
     tru-dist bench train|dist ...
@@ -307,7 +307,7 @@ def cmd_sweep(args, overrides) -> int:
 
     out = run_sweep(args.config, overrides=overrides, resume=args.resume, storage=args.storage,
                     workers=args.workers)
-    print(f"sweep results under {out}")
+    print(f"sweep results under {out}; tuned configurations for `tru-dist compare --tuned`: {out / 'tuned'}")
     return 0
 
 
@@ -432,10 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--original", default=None,
                    help="the run the unlearning started from (default: source_run in RUN/metrics.json)")
 
-    sw = sub.add_parser("sweep", help="Ray Tune sweep across unlearning regimes",
-                        description="Ray Tune sweep across unlearning regimes. --key=value sets a base "
-                        "config key; --sweep.<field>=value sets a field of the sweep file "
-                        "(e.g. --sweep.num_samples=8).")
+    sw = sub.add_parser("sweep", help="tune approximate unlearning methods with Ray Tune, equal budget",
+                        description="Ray Tune sweep of one or more approximate methods (reverse_bpr, "
+                        "grad_ascent, finetune, tru: the sweep file's 'method'+'space' or 'methods') across "
+                        "unlearning regimes, on tuning seeds (100+) and valid data only, with the same "
+                        "trial budget for every method. Writes <storage>/<name>/tuned/<method>-<regime>.yaml "
+                        "for `tru-dist compare --tuned`. --key=value sets a base config key; "
+                        "--sweep.<field>=value sets a field of the sweep file (e.g. --sweep.num_samples=8).")
     sw.add_argument("--config", required=True)
     sw.add_argument("--resume", action="store_true")
     sw.add_argument("--storage", default=None, help="results root (default runs/sweeps)")

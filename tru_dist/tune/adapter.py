@@ -8,7 +8,7 @@ What the rest of ``tru_dist.tune`` needs from Ray, as plain functions:
   submit``; ``ray://host:port``);
 * :func:`search_space` — the YAML space as Tune domains;
 * :func:`make_tuner` / :func:`restore_tuner` / :func:`fit` — one Tune experiment per
-  regime: ASHA (or FIFO) on ``sweep.metric`` (max), random or Optuna search, trials
+  method and regime: ASHA (or FIFO) on ``sweep.metric`` (max), random or Optuna search, trials
   checkpointed (``num_to_keep=1``) and logged as JSON, CSV and TensorBoard (the TBX logger
   callback is named explicitly, so it is on even with Tune's automatic loggers disabled);
 * :func:`report`, :func:`load_checkpoint`, :func:`trial_index` — inside a trial;
@@ -201,9 +201,9 @@ def _run_config(spec, name: str, storage: Path, max_failures: int) -> Any:
     )
 
 
-def make_tuner(fn: Callable, context: Any, spec, *, name: str, storage: Path, max_t: int,
-               max_failures: int, workers: int = 1, address: str = "local") -> Any:
-    """A Tuner for one regime's experiment ``storage/name``."""
+def make_tuner(fn: Callable, context: Any, spec, space: dict[str, dict[str, list]], *, name: str,
+               storage: Path, max_t: int, max_failures: int, workers: int = 1, address: str = "local") -> Any:
+    """A Tuner for the experiment ``storage/name`` of one method (searching ``space``) on one regime."""
     from ray import tune
 
     tune_config = tune.TuneConfig(
@@ -216,7 +216,7 @@ def make_tuner(fn: Callable, context: Any, spec, *, name: str, storage: Path, ma
         reuse_actors=workers <= 1,  # a W > 1 trial owns a Ray Train run: never hand its actor on
         trial_dirname_creator=_trial_dirname,
     )
-    return tune.Tuner(_trainable(fn, spec, context, workers), param_space=search_space(spec.space),
+    return tune.Tuner(_trainable(fn, spec, context, workers), param_space=search_space(space),
                       tune_config=tune_config, run_config=_run_config(spec, name, storage, max_failures))
 
 

@@ -146,6 +146,15 @@ def seed_file(sweep_dir: Path, regime_id: str, seed: int) -> Path:
     return context_dir(sweep_dir) / regime_id / f"seed{seed}.pt"
 
 
+def saved_seconds(sweep_dir: Path, regime: RegimeSpec, seed: int) -> tuple[float, float]:
+    """(training seconds of the shared original, Retrain's seconds — its deletion step
+    included) of one (regime, seed), as saved when they were trained (so a resumed sweep
+    still knows what they cost)."""
+    original = _load_state(original_file(sweep_dir, regime, seed))
+    saved = _load_state(seed_file(sweep_dir, regime.id, seed))
+    return float(original["seconds"]), float(saved["baselines"]["retrain"]["seconds"])
+
+
 def load_forget_and_reference(path: Path) -> tuple[ForgetSet, Reference]:
     """The forget set and the score's reference saved in a :func:`seed_file`."""
     saved = _load_state(path)

@@ -1,32 +1,37 @@
-"""``tru-dist report sweep PATH``: what the sweep found, and whether it holds on test.
+"""``tru-dist report sweep PATH``: what the sweep found for each method, and whether it holds on test.
 
 From a sweep folder (:mod:`tru_dist.tune.sweep`) it writes ``report.md`` and:
 
-* ``pareto-<regime>.png`` — every reported (trial, epoch) as valid recall@K vs forget gap,
-  the Pareto front over them, reverse_bpr and Retrain marked (valid data only);
-* ``best/<regime>.yaml`` — the best configuration per regime (highest valid score over all
-  (trial, epoch) rows; the epoch becomes ``unlearn.epochs``), as a ready-to-use config;
-* ``best/shared.yaml`` — ONE configuration for all regimes: the top
+* ``pareto-<method>-<regime>.png`` — every reported (trial, epoch) as valid recall@K vs forget
+  gap, the Pareto front over them, reverse_bpr and Retrain marked (valid data only);
+* ``best/<method>-<regime>.yaml`` — the best configuration per method and regime (highest
+  valid score over all (trial, epoch) rows, ties to fewer epochs; the epoch becomes
+  ``unlearn.epochs``), the full ``unlearn:`` block, ready for ``--config``;
+* ``best/<method>-shared.yaml`` — ONE configuration per method for all regimes: the top
   ``shared_candidates`` configurations of every regime are each run on every regime
   (valid), ranked per regime by score, and the best mean rank wins (ranks, not scores,
   so that no regime's scale dominates);
+* ``tuned/<method>-<regime>.yaml`` — (re)written by :func:`tru_dist.tune.export.write_tuned`:
+  the per-regime best in the format ``tru-dist compare --tuned`` reads;
 * ``final.json`` — the final re-evaluation, the only place test data is read: per regime
-  and seed, a FRESH TRU run with the regime's best config, one with the shared config
-  and one with the base config's defaults, on the same forget set as the sweep, next to
-  Retrain and reverse_bpr (the models trained before the sweep): test recall/ndcg@K of the
+  and seed, FRESH runs of every method with its regime's best config, with its shared
+  config and with the base config's defaults (reverse_bpr's defaults ARE the untuned
+  ``reverse_bpr`` row, trained before the sweep, so they are not run twice), on the same
+  forget set as the sweep, next to Retrain and reverse_bpr: test recall/ndcg@K of the
   retained users, forget hit@K, gap to Retrain, the test trade-off score, seconds, and the
   audits named in ``audit`` when their module imports. It runs once: a later report on
   the same selection reuses ``final.json``.
 
 The report answers "does tuning per regime beat one shared configuration, and by how much"
-with the test score of both per regime and their difference.
+per method, with the test score of both per regime and their difference. The test rows
+are on the sweep's *tuning* seeds; ``tru-dist compare --tuned <sweep>/tuned`` is where
+methods are compared, on reporting seeds.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,95 +39,57 @@ import numpy as np
 import yaml
 
 from tru_dist.config import Config
-from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json, atomic_write_text
 from tru_dist.report.tables import fmt, markdown_table
 from tru_dist.train import evaluate as _evaluate
-from tru_dist.tune import adapter
 from tru_dist.tune.context import SeedContext, prepare
-from tru_dist.tune.epochs import tru_at_epoch
+from tru_dist.tune.epochs import method_at_epoch
+from tru_dist.tune.export import cost_shares, exported_regimes, write_tuned
 from tru_dist.tune.objective import EPSILON, epoch_metrics, valid_point
 from tru_dist.tune.plots import pareto_plot
-from tru_dist.tune.select import best_mean_rank, best_row, pareto_front
+from tru_dist.tune.results import (
+    Candidate,
+    best_candidate,
+    candidate,
+    experiment_rows,
+    n_trials,
+    num,
+    top_candidates,
+)
+from tru_dist.tune.select import best_mean_rank, pareto_front
 from tru_dist.tune.space import apply_sample
 from tru_dist.tune.spec import SweepSpec
 from tru_dist.tune.sweep import load_manifest
 from tru_dist.unlearn import metrics as _metrics
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """A configuration: the sampled ``unlearn.*`` values plus the number of epochs."""
-
-    sample: dict[str, Any]
-    epochs: int
-
-    @property
-    def key(self) -> str:
-        return json.dumps({"sample": self.sample, "epochs": self.epochs}, sort_keys=True)
-
-    def label(self) -> str:
-        parts = [f"{k.removeprefix('unlearn.')}={_short(v)}" for k, v in sorted(self.sample.items())]
-        return ", ".join(parts + [f"epochs={self.epochs}"])
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-# -- trial rows ---------------------------------------------------------------------------------
-def regime_rows(sweep_dir: Path, regime_id: str) -> list[dict[str, Any]]:
-    """Every epoch reported by every trial of one regime (rows without an ``epoch`` dropped)."""
-    rows = [r for r in adapter.trial_rows(sweep_dir / "tune" / regime_id) if "epoch" in r and "score" in r]
-    if not rows:
-        raise ConfigError(f"no trial results for regime {regime_id} under {sweep_dir}/tune; run or resume "
-                          "the sweep first")
-    return rows
-
-
-def _candidate(row: dict[str, Any]) -> Candidate:
-    return Candidate(dict(row.get("config", {})), int(row["epoch"]))
-
-
-def top_candidates(rows: list[dict[str, Any]], n: int) -> list[Candidate]:
-    """The ``n`` best distinct samples (each at its best epoch), best first."""
-    by_sample: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        key = json.dumps(row.get("config", {}), sort_keys=True)
-        if key not in by_sample or best_row([by_sample[key]["score"], row["score"]],
-                                            [by_sample[key]["epoch"], row["epoch"]]) == 1:
-            by_sample[key] = row
-    ordered = sorted(by_sample.values(), key=lambda r: (-_num(r["score"]), r["epoch"]))
-    return [_candidate(r) for r in ordered[:n]]
-
-
-def _num(x: Any) -> float:
-    return -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+#: the untuned baseline trained with the shared context; reverse_bpr with the base config
+UNTUNED = "reverse_bpr"
 
 
 # -- valid and test evaluation -----------------------------------------------------------------------
-def valid_score(cand: Candidate, seeds: list[SeedContext], k: int) -> float:
-    """The sweep's valid score of ``cand`` on one regime (fresh TRU run per seed)."""
+def valid_score(method: str, cand: Candidate, seeds: list[SeedContext], k: int) -> float:
+    """The sweep's valid score of ``method`` with ``cand`` on one regime (a fresh run per seed)."""
     points = []
     for sc in seeds:
-        state = tru_at_epoch(sc.original, sc.deletion,
-                             apply_sample(sc.cfg, cand.sample), cand.epochs)
+        cfg = apply_sample(sc.cfg, cand.sample)
+        state = method_at_epoch(method, sc.original, sc.deletion, cfg, cand.epochs)
         points.append(valid_point(state.model, sc.graph_after, sc.data_after, sc.forget, k))
     return epoch_metrics(points, [sc.ref for sc in seeds], k)["score"]
 
 
-def shared_matrix(sweep_dir: Path, candidates: list[Candidate], contexts: dict[str, list[SeedContext]],
-                  k: int) -> list[list[float]]:
-    """``[candidate][regime]`` valid scores, cached in ``shared_scores.json`` (valid runs only)."""
+def shared_matrix(sweep_dir: Path, method: str, candidates: list[Candidate],
+                  contexts: dict[str, list[SeedContext]], k: int) -> list[list[float]]:
+    """``[candidate][regime]`` valid scores of ``method``, cached in ``shared_scores.json``
+    (valid runs only)."""
     path = sweep_dir / "shared_scores.json"
     cache: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
     matrix = []
     for cand in candidates:
         row = []
         for rid, seeds in contexts.items():
-            key = f"{rid}|{cand.key}"
+            key = f"{method}|{rid}|{cand.key}"
             if key not in cache:
-                cache[key] = valid_score(cand, seeds, k)
+                cache[key] = valid_score(method, cand, seeds, k)
             row.append(cache[key])
         matrix.append(row)
     atomic_write_json(path, cache)
@@ -160,22 +127,30 @@ def _audits(spec: SweepSpec, sc: SeedContext, models: dict[str, Any]) -> dict[st
     return {name: _flat_audits(f) for name, f in figures.items()}
 
 
-def final_evaluation(spec: SweepSpec, contexts: dict[str, list[SeedContext]], best: dict[str, Candidate],
-                     shared: Candidate, defaults: Candidate) -> dict[str, Any]:
+def labels(method: str) -> list[str]:
+    """The final table's rows for one method (see the module docstring)."""
+    names = [f"{method} (tuned for regime)", f"{method} (shared config)"]
+    return names if method == UNTUNED else names + [f"{method} (defaults)"]
+
+
+def final_evaluation(spec: SweepSpec, contexts: dict[str, list[SeedContext]],
+                     best: dict[tuple[str, str], Candidate], shared: dict[str, Candidate],
+                     defaults: Candidate) -> dict[str, Any]:
     """Test metrics per regime and method (means over seeds) — see the module docstring."""
     k = spec.k
     out: dict[str, Any] = {}
     for rid, seeds in contexts.items():
         per_seed: dict[str, list[dict[str, float]]] = {}
         for sc in seeds:
-            models = {"retrain": sc.models["retrain"], "reverse_bpr": sc.models["reverse_bpr"]}
+            models = {"retrain": sc.models["retrain"], UNTUNED: sc.models[UNTUNED]}
             entries = {n: _test_entry(models[n], sc, k, sc.baselines[n]["seconds"]) for n in models}
-            for name, cand in (("tru (tuned for regime)", best[rid]), ("tru (shared config)", shared),
-                               ("tru (defaults)", defaults)):
-                state = tru_at_epoch(sc.original, sc.deletion,
-                                     apply_sample(sc.cfg, cand.sample), cand.epochs)
-                models[name] = state.model
-                entries[name] = _test_entry(state.model, sc, k, state.seconds)
+            for method in spec.spaces:
+                runs = zip(labels(method), (best[(method, rid)], shared[method], defaults), strict=False)
+                for name, cand in runs:
+                    state = method_at_epoch(method, sc.original, sc.deletion,
+                                            apply_sample(sc.cfg, cand.sample), cand.epochs)
+                    models[name] = state.model
+                    entries[name] = _test_entry(state.model, sc, k, state.seconds)
             retrain_recall = entries["retrain"][f"recall@{k}"]
             scale = max(abs(sc.ref.start_hit - sc.ref.retrain_hit), EPSILON)
             for e in entries.values():
@@ -192,10 +167,12 @@ def final_evaluation(spec: SweepSpec, contexts: dict[str, list[SeedContext]], be
 
 
 # -- writing -------------------------------------------------------------------------------------
-def write_best_yaml(path: Path, base: Config, cand: Candidate, header: str) -> Path:
-    """The full ``unlearn:`` section of the base config with ``cand`` applied, ready for --config."""
+def write_best_yaml(path: Path, base: Config, method: str, cand: Candidate, header: str) -> Path:
+    """The full ``unlearn:`` section of the base config with ``cand`` applied and
+    ``unlearn.method`` set, ready for ``--config``."""
     cfg = apply_sample(base, cand.sample)
     cfg.unlearn.epochs = cand.epochs
+    cfg.unlearn.method = method
     tree = {"unlearn": cfg.to_dict()["unlearn"]}
     tree["unlearn"].pop("seed", None)
     text = "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(tree, sort_keys=False)
@@ -209,41 +186,53 @@ def _row_cells(name: str, e: dict[str, float], k: int, audit_keys: list[str]) ->
 
 
 def report_sweep(path: str | Path) -> Path:
-    """Write ``report.md``, the plots, ``best/*.yaml`` and ``final.json``; return ``report.md``'s path."""
+    """Write ``report.md``, the plots, ``best/*.yaml``, ``tuned/*.yaml`` and ``final.json``;
+    return ``report.md``'s path."""
     sweep_dir = Path(path).resolve()
     spec, base, max_t = load_manifest(sweep_dir)
     k = spec.k
-    rows = {r.id: regime_rows(sweep_dir, r.id) for r in spec.regimes}
+    methods = list(spec.spaces)
+    rows = {(m, r.id): experiment_rows(sweep_dir, m, r.id) for m in methods for r in spec.regimes}
     contexts = prepare(spec, base, sweep_dir, with_baselines=True, must_exist=True)
+    write_tuned(sweep_dir, spec, base)
+    costs = cost_shares(spec, sweep_dir)
 
-    best: dict[str, Candidate] = {}
-    best_rows: dict[str, dict[str, Any]] = {}
-    for rid, rs in rows.items():
-        i = best_row([_num(r["score"]) for r in rs], [r["epoch"] for r in rs])
-        best[rid], best_rows[rid] = _candidate(rs[i]), rs[i]
+    best: dict[tuple[str, str], Candidate] = {}
+    best_rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, rs in rows.items():
+        best[key], best_rows[key] = best_candidate(rs)
 
-    # one shared configuration: best mean rank over regimes, valid only
-    candidates: list[Candidate] = []
-    for rs in rows.values():
-        for cand in top_candidates(rs, spec.shared_candidates):
-            if cand.key not in {c.key for c in candidates}:
-                candidates.append(cand)
-    matrix = shared_matrix(sweep_dir, candidates, contexts, k)
-    chosen, mean_rank = best_mean_rank(matrix)
-    shared = candidates[chosen]
+    # one shared configuration per method: best mean rank over regimes, valid only
+    shared: dict[str, Candidate] = {}
+    shared_tables: dict[str, tuple[list[Candidate], list[list[float]], int, Any]] = {}
+    for method in methods:
+        candidates: list[Candidate] = []
+        for r in spec.regimes:
+            for cand in top_candidates(rows[(method, r.id)], spec.shared_candidates):
+                if cand.key not in {c.key for c in candidates}:
+                    candidates.append(cand)
+        matrix = shared_matrix(sweep_dir, method, candidates, contexts, k)
+        chosen, mean_rank = best_mean_rank(matrix)
+        shared[method] = candidates[chosen]
+        shared_tables[method] = (candidates, matrix, chosen, mean_rank)
     defaults = Candidate({}, max_t)
 
     (sweep_dir / "best").mkdir(exist_ok=True)
-    for rid, cand in best.items():
-        write_best_yaml(sweep_dir / "best" / f"{rid}.yaml", base, cand,
-                        f"TRU tuned for regime {rid} by sweep '{spec.name}' (valid score "
-                        f"{_num(best_rows[rid]['score']):.4f}, trial {best_rows[rid].get('trial_id')}).\n"
-                        f"Use: tru-dist compare --config THIS_FILE ...  (model {base.model.name})")
-    write_best_yaml(sweep_dir / "best" / "shared.yaml", base, shared,
-                    f"TRU, one configuration for all regimes of sweep '{spec.name}' (best mean valid rank "
-                    f"{mean_rank[chosen]:.2f} over {len(rows)} regimes).")
+    for (method, rid), cand in best.items():
+        br = best_rows[(method, rid)]
+        write_best_yaml(sweep_dir / "best" / f"{method}-{rid}.yaml", base, method, cand,
+                        f"{method} tuned for regime {rid} by sweep '{spec.name}' (valid score "
+                        f"{num(br['score']):.4f}, trial {br.get('trial_id')}).\n"
+                        f"Use: tru-dist unlearn --config THIS_FILE ...  (model {base.model.name}); for "
+                        f"compare pass --tuned {sweep_dir / 'tuned'}")
+    for method, cand in shared.items():
+        _, _, chosen, mean_rank = shared_tables[method]
+        write_best_yaml(sweep_dir / "best" / f"{method}-shared.yaml", base, method, cand,
+                        f"{method}, one configuration for all regimes of sweep '{spec.name}' (best mean "
+                        f"valid rank {mean_rank[chosen]:.2f} over {len(spec.regimes)} regimes).")
 
-    selection = {"best": {rid: asdict(c) for rid, c in best.items()}, "shared": asdict(shared),
+    selection = {"best": {f"{m}|{rid}": asdict(c) for (m, rid), c in best.items()},
+                 "shared": {m: asdict(c) for m, c in shared.items()},
                  "defaults": asdict(defaults), "audit": list(spec.audit), "k": k}
     final_path = sweep_dir / "final.json"
     cached = json.loads(final_path.read_text()) if final_path.exists() else None
@@ -254,73 +243,96 @@ def report_sweep(path: str | Path) -> Path:
         atomic_write_json(final_path, {"selection": selection, "results": final})
 
     lines = [f"# Sweep `{spec.name}`", "",
-             f"Model **{base.model.name}**, data `{spec.data}`, seeds {spec.seed_list}, "
-             f"{spec.search} search × {spec.num_samples} samples, scheduler {spec.scheduler} "
-             f"(max_t = {max_t} epochs), metric `{spec.metric}`.", "",
+             f"Model **{base.model.name}**, data `{spec.data}`, tuning seeds {spec.seed_list}, methods "
+             f"{', '.join(methods)}, each with {spec.search} search × {spec.num_samples} samples, scheduler "
+             f"{spec.scheduler} (max_t = {max_t} epochs), metric `{spec.metric}`.", "",
              "Selection uses VALID data only: utility = recall@K on retained users' valid items, forget "
              f"gap = |forget hit@{k} − Retrain's| on the deleted train pairs, and",
              "",
              f"    score = recall@{k} / Retrain's recall@{k} − gap / max(|H_0 − H_r|, {EPSILON})",
              "",
              "(H_0 = forget hit of the untouched original, H_r = Retrain's; Retrain scores 1, doing "
-             "nothing ≈ 0). Test data is read once, by the final re-evaluation below.", ""]
+             "nothing ≈ 0). Test data is read once, by the final re-evaluation below.", "",
+             "## Budget per method (equal by construction)", ""]
+    lines.append(markdown_table(
+        ["method", "regime", "trials", "reported epochs", "best valid score", "tuning seconds"],
+        [[m, rid, str(n_trials(rows[(m, rid)])), str(len(rows[(m, rid)])),
+          fmt(num(best_rows[(m, rid)]["score"]), digits=3), fmt(costs[(m, rid)]["seconds"], digits=1)]
+         for (m, rid) in rows]))
+    lines += ["", "Tuned files for `tru-dist compare --tuned`: [tuned/](tuned/) (one per method and "
+              "plain regime; tuning seconds = the trials' wall time + an equal share of Retrain and of "
+              "the originals)."]
+    chosen, skipped = exported_regimes(spec)
+    if skipped:
+        lines.append("Not exported (an earlier regime of the same kind gives its file): " + ", ".join(
+            f"{r.id} (→ {chosen[r.regime].id})" for r in skipped) + ".")
+    lines.append("")
 
     summary = []
     for regime in spec.regimes:
-        rid, rs = regime.id, rows[regime.id]
+        rid = regime.id
         seeds = contexts[rid]
-        utility = [float(r[f"valid_recall@{k}"]) for r in rs]
-        gap = [float(r["forget_gap"]) for r in rs]
-        front = pareto_front(utility, gap)
         baselines = {}
-        for name in ("retrain", "reverse_bpr"):
+        for name in ("retrain", UNTUNED):
             b = [sc.baselines[name] for sc in seeds]
             baselines[name] = (float(np.mean([abs(x["hit"] - sc.ref.retrain_hit) for x, sc in zip(b, seeds,
                                                                                              strict=True)])),
                                float(np.mean([x["recall"] for x in b])))
-        br = best_rows[rid]
-        n_trials = len({r["trial_id"] for r in rs})
-        pareto_plot(sweep_dir / f"pareto-{rid}.png", f"{rid}: {n_trials} trials", utility, gap, front,
-                    baselines, best=(float(br["forget_gap"]), float(br[f"valid_recall@{k}"])), k=k)
-        lines += [f"## {rid}", "",
-                  f"{regime.regime} ({regime.policy}, {regime.fraction:g}); {n_trials} trials, {len(rs)} "
-                  "reported epochs.", "", f"![Pareto front {rid}](pareto-{rid}.png)", "",
-                  "Pareto front (valid):", ""]
-        lines.append(markdown_table(
-            ["config", f"valid recall@{k}", "forget gap", "score"],
-            [[_candidate(rs[i]).label(), fmt(utility[i]), fmt(gap[i]), fmt(_num(rs[i]["score"]), digits=3)]
-             for i in front[:12]]))
-        lines += ["", f"Best (valid score {_num(br['score']):.4f}): `{best[rid].label()}` → "
-                  f"[best/{rid}.yaml](best/{rid}.yaml). reverse_bpr valid: recall "
-                  f"{baselines['reverse_bpr'][1]:.4f}, gap {baselines['reverse_bpr'][0]:.4f}; Retrain valid "
-                  f"recall {baselines['retrain'][1]:.4f}.", "",
-                  "Test (re-evaluated once, mean over seeds):", ""]
-        methods = final[rid]
-        audit_keys = sorted({a for e in methods.values() for a in e if "." in a})
+        rb_gap, rb_recall = baselines[UNTUNED]
+        lines += [f"## {rid}", "", f"{regime.regime} ({regime.policy}, {regime.fraction:g}). reverse_bpr "
+                  f"(base config) valid: recall {rb_recall:.4f}, gap {rb_gap:.4f}; "
+                  f"Retrain valid recall {baselines['retrain'][1]:.4f}.", ""]
+        for method in methods:
+            rs, br, cand = rows[(method, rid)], best_rows[(method, rid)], best[(method, rid)]
+            utility = [float(r[f"valid_recall@{k}"]) for r in rs]
+            gap = [float(r["forget_gap"]) for r in rs]
+            front = pareto_front(utility, gap)
+            png = f"pareto-{method}-{rid}.png"
+            pareto_plot(sweep_dir / png, f"{method}, {rid}: {n_trials(rs)} trials", utility, gap, front,
+                        baselines, best=(float(br["forget_gap"]), float(br[f"valid_recall@{k}"])), k=k)
+            lines += [f"### {method}", "", f"{n_trials(rs)} trials, {len(rs)} reported epochs.", "",
+                      f"![Pareto front {method} {rid}]({png})", "", "Pareto front (valid):", ""]
+            lines.append(markdown_table(
+                ["config", f"valid recall@{k}", "forget gap", "score"],
+                [[candidate(rs[i]).label(), fmt(utility[i]), fmt(gap[i]), fmt(num(rs[i]["score"]), digits=3)]
+                 for i in front[:12]]))
+            lines += ["", f"Best (valid score {num(br['score']):.4f}): `{cand.label()}` → "
+                      f"[best/{method}-{rid}.yaml](best/{method}-{rid}.yaml).", ""]
+        lines += ["### Test (re-evaluated once, mean over seeds)", ""]
+        entries = final[rid]
+        audit_keys = sorted({a for e in entries.values() for a in e if "." in a})
         lines.append(markdown_table(
             ["method", f"recall@{k}", f"ndcg@{k}", f"forget hit@{k}", "gap to Retrain", "score", "seconds"]
-            + audit_keys, [_row_cells(n, e, k, audit_keys) for n, e in methods.items()]))
+            + audit_keys, [_row_cells(n, e, k, audit_keys) for n, e in entries.items()]))
         lines.append("")
-        tuned, one = methods["tru (tuned for regime)"]["score"], methods["tru (shared config)"]["score"]
-        summary.append((rid, tuned, one, methods["reverse_bpr"]["score"]))
+        for method in methods:
+            tuned_name, shared_name = labels(method)[:2]
+            summary.append((method, rid, entries[tuned_name]["score"], entries[shared_name]["score"]))
 
     lines += ["## One shared configuration vs tuning per regime", "",
-              f"Candidates: the top {spec.shared_candidates} configurations of each regime, each run on "
-              "every regime (valid score; rank 1 = best in that regime).", ""]
-    header = ["candidate"] + [rid for rid in rows] + ["mean rank"]
-    lines.append(markdown_table(header, [[("**" + c.label() + "**") if i == chosen else c.label()]
-                                         + [fmt(v, digits=3) for v in matrix[i]] + [f"{mean_rank[i]:.2f}"]
-                                         for i, c in enumerate(candidates)]))
-    wins = sum(t > o for _, t, o, _ in summary)
-    deltas = [t - o for _, t, o, _ in summary]
-    lines += ["", f"Shared: `{shared.label()}` → [best/shared.yaml](best/shared.yaml).", "",
-              "Test score (same formula on test recall):", ""]
+              f"Candidates per method: the top {spec.shared_candidates} configurations of each regime, each "
+              "run on every regime (valid score; rank 1 = best in that regime).", ""]
+    for method in methods:
+        candidates, matrix, chosen, mean_rank = shared_tables[method]
+        header = ["candidate"] + [r.id for r in spec.regimes] + ["mean rank"]
+        lines += [f"### {method}", ""]
+        lines.append(markdown_table(header, [[("**" + c.label() + "**") if i == chosen else c.label()]
+                                             + [fmt(v, digits=3) for v in matrix[i]] + [f"{mean_rank[i]:.2f}"]
+                                             for i, c in enumerate(candidates)]))
+        lines += ["", f"Shared: `{shared[method].label()}` → "
+                  f"[best/{method}-shared.yaml](best/{method}-shared.yaml).", ""]
+    lines += ["Test score (same formula on test recall):", ""]
     lines.append(markdown_table(
-        ["regime", "tuned per regime", "shared config", "Δ (tuned − shared)", "reverse_bpr"],
-        [[rid, fmt(t, digits=3), fmt(o, digits=3), fmt(t - o, digits=3), fmt(rb, digits=3)]
-         for rid, t, o, rb in summary]))
-    lines += ["", f"**Tuning per regime beats the shared configuration on {wins} of {len(summary)} regimes; "
-              f"mean test-score difference {np.mean(deltas):+.3f}** (score units: 1 = Retrain).", ""]
+        ["method", "regime", "tuned per regime", "shared config", "Δ (tuned − shared)"],
+        [[m, rid, fmt(t, digits=3), fmt(o, digits=3), fmt(t - o, digits=3)] for m, rid, t, o in summary]))
+    lines.append("")
+    for method in methods:
+        mine = [(t, o) for m, _, t, o in summary if m == method]
+        wins = sum(t > o for t, o in mine)
+        lines.append(f"**{method}: tuning per regime beats the shared configuration on {wins} of {len(mine)} "
+                     f"regimes; mean test-score difference {np.mean([t - o for t, o in mine]):+.3f}** "
+                     "(score units: 1 = Retrain).")
+        lines.append("")
     out = sweep_dir / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out

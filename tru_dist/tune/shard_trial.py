@@ -12,7 +12,8 @@ A trial with ``--workers W > 1`` runs as a Ray Train run of W workers
    from ``context/originals/*.pt``), and the forget set and score reference
    (``context/<regime>/seed<k>.pt``);
 2. runs the very loop of the single-process trial, :func:`tru_dist.tune.trainable.run_epochs`
-   — TRU through :func:`tru_dist.unlearn.engine.iter_update`, whose statistics and
+   — the trial's method (any of the shared loop's: reverse_bpr, grad_ascent, finetune,
+   TRU) through :func:`tru_dist.unlearn.engine.iter_update`, whose statistics and
    decisions are global sums, and the VALID metrics, whose counts are all-reduced — so
    every rank reports the same numbers, and they are those of W = 1 to float tolerance
    (``tests/test_tune_workers.py``).
@@ -46,13 +47,15 @@ from tru_dist.tune.trainable import Fault, TrialContext, run_epochs
 from tru_dist.unlearn.deletion import build_deletion
 
 
-def shard_trial_task(spec: SweepSpec, base: Config, sweep_dir: Path, regime: RegimeSpec, max_t: int) -> dict:
-    """What every worker of every trial of ``regime`` needs (paths absolute: workers chdir)."""
+def shard_trial_task(spec: SweepSpec, base: Config, sweep_dir: Path, regime: RegimeSpec, max_t: int,
+                     method: str = "tru") -> dict:
+    """What every worker of every trial of (``method``, ``regime``) needs (paths absolute: workers chdir)."""
     cfg = base.model_copy(deep=True)
     if not is_synthetic(spec.data):
         cfg.data.path = str(Path(spec.data).expanduser().resolve())
     return {"sweep_dir": str(Path(sweep_dir).resolve()), "regime": regime.model_dump(),
-            "seeds": list(spec.seed_list), "config": cfg.to_dict(), "k": spec.k, "max_t": int(max_t)}
+            "seeds": list(spec.seed_list), "config": cfg.to_dict(), "k": spec.k, "max_t": int(max_t),
+            "method": method}
 
 
 def shard_seed_contexts(task: dict[str, Any]) -> list[SeedContext]:
@@ -98,5 +101,5 @@ def run_shard_trial(
     seeds = shard_seed_contexts(task)
     mine = fault if collectives.rank() == 0 else None
     ctx = TrialContext(RegimeSpec(**task["regime"]).id, seeds, int(task["k"]), int(task["max_t"]), mine,
-                       {"trial": trial})
+                       {"trial": trial}, method=task.get("method", "tru"))
     run_epochs(sample, ctx, start, report)

@@ -1,9 +1,31 @@
 """The sweep file (``configs/sweeps/*.yaml``): a strict, typed schema.
 
 A sweep names the data, the backbone and its base config, the unlearning regimes, the
-seeds, and a search space over ``unlearn.*`` keys; everything else (search algorithm,
-scheduler, budget) has a default. Unknown keys are one-line errors, as in
-:mod:`tru_dist.config`.
+tuning seeds, the method(s) to tune and a search space over ``unlearn.*`` keys for each;
+everything else (search algorithm, scheduler, budget) has a default. Unknown keys are
+one-line errors, as in :mod:`tru_dist.config`.
+
+Methods: any approximate method (``reverse_bpr``, ``grad_ascent``, ``finetune``, ``tru``),
+given either as one method and its space::
+
+    method: tru                  # the default
+    space: {unlearn.lr: {loguniform: [1.0e-4, 1.0e-2]}, ...}
+
+or as several, each with its own space, tuned with the SAME budget (``num_samples``,
+search, scheduler, ``unlearn.epochs``): one Tune experiment per method and regime::
+
+    methods:
+      reverse_bpr: {unlearn.lr: ..., unlearn.lambda_f: ..., unlearn.lambda_r: ...}
+      tru: {unlearn.lr: ..., unlearn.gate.beta: ..., ...}
+
+A space may only name keys its method reads (:func:`tru_dist.unlearn.specs.method_keys`:
+finetune has no ``lambda_f``, grad_ascent no ``lambda_r``, only TRU has gate/scaling/
+isolation), and every method gets the same number of trials (a ``grid`` dimension in one
+space must be matched by the others).
+
+Seeds are *tuning seeds*, 100 and up (:data:`tru_dist.data.regimes.TUNING_SEED_BASE`): their
+forget sets are drawn from a pool disjoint from the reporting seeds 0..99 that
+``tru-dist compare`` reports on. ``seeds: N`` means 100 … 100+N−1.
 
 Only ``unlearn.*`` keys may be searched: the original model and Retrain are trained once
 per regime/seed and shared by every trial, so a trial must not change anything they
@@ -26,8 +48,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tru_dist.config import Config, build_config, load_yaml
+from tru_dist.data.regimes import TUNING_SEED_BASE
 from tru_dist.errors import ConfigError
 from tru_dist.tune.space import validate_space
+from tru_dist.unlearn.base import APPROXIMATE
 
 
 class _Strict(BaseModel):
@@ -68,7 +92,9 @@ class SweepSpec(_Strict):
     overrides: dict[str, Any] = {}
     regimes: list[RegimeSpec]
     seeds: int | list[int] = 1
-    space: dict[str, dict[str, list]]
+    method: str | None = None  # the method of ``space`` (tru when not given)
+    space: dict[str, dict[str, list]] | None = None
+    methods: dict[str, dict[str, dict[str, list]]] | None = None
     num_samples: int = Field(8, ge=1)
     search: Literal["random", "optuna"] = "random"
     search_seed: int = 0
@@ -96,7 +122,25 @@ class SweepSpec(_Strict):
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        """The tuning seeds: ``seeds: N`` is 100 … 100+N−1, a list is taken as given."""
+        if isinstance(self.seeds, int):
+            return list(range(TUNING_SEED_BASE, TUNING_SEED_BASE + self.seeds))
+        return list(self.seeds)
+
+    @property
+    def spaces(self) -> dict[str, dict[str, dict[str, list]]]:
+        """``{method: its search space}`` in the file's order (canonical method names)."""
+        if self.methods is not None:
+            return {_method_name(m): dict(s) for m, s in self.methods.items()}
+        return {_method_name(self.method or "tru"): dict(self.space or {})}
+
+    def trials(self, method: str) -> int:
+        """Trials of one experiment of ``method``: ``num_samples`` × every grid's size."""
+        n = self.num_samples
+        for dim in self.spaces[method].values():
+            if isinstance(dim, dict) and "grid" in dim and isinstance(dim["grid"], list):
+                n *= len(dim["grid"])
+        return n
 
     def regime(self, regime_id: str) -> RegimeSpec:
         for r in self.regimes:
@@ -118,15 +162,61 @@ def _one_line(exc: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+def _method_name(name: str) -> str:
+    key = name.strip().lower().replace("-", "_")
+    if key not in APPROXIMATE:
+        raise ConfigError(f"cannot tune method '{name}': a sweep tunes the approximate methods "
+                          f"{', '.join(APPROXIMATE)}")
+    return key
+
+
+def _check_methods(spec: SweepSpec, source: str) -> None:
+    """One method + ``space`` or ``methods``; known approximate methods; spaces of keys each
+    method reads; an equal number of trials for every method."""
+    from tru_dist.unlearn.specs import method_keys, reads
+
+    if (spec.space is None) == (spec.methods is None):
+        raise ConfigError(f"{source}: give either 'space' (one method, named by 'method') or 'methods' "
+                          "(method: space, ...) — exactly one of them")
+    if spec.methods is not None and spec.method is not None:
+        raise ConfigError(f"{source}: 'method' names the method of 'space'; with 'methods' list every "
+                          "method there and drop 'method'")
+    if spec.methods is not None and not spec.methods:
+        raise ConfigError(f"{source}: 'methods' is empty; give at least one method and its space")
+    names = [_method_name(m) for m in (spec.methods or {spec.method or "tru": None})]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{source}: 'methods' names a method twice ({', '.join(names)})")
+    for method, space in spec.spaces.items():
+        try:
+            validate_space(space, spec.search)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {method}: {exc}") from None
+        for key in space:
+            if not reads(method, key):
+                raise ConfigError(f"{source}: {method} does not read {key}, so searching it would only "
+                                  f"waste trials; its keys: {', '.join(method_keys(method))}")
+    budget = {m: spec.trials(m) for m in spec.spaces}
+    if len(set(budget.values())) > 1:
+        raise ConfigError(f"{source}: the methods would get unequal trial budgets "
+                          f"({', '.join(f'{m}: {n}' for m, n in budget.items())}); every method gets "
+                          "num_samples x its grids' sizes, so give their spaces the same grid sizes")
+
+
 def parse_spec(tree: dict[str, Any], source: str = "sweep") -> SweepSpec:
     """Validate a sweep tree (a parsed YAML mapping) into a :class:`SweepSpec`."""
     try:
         spec = SweepSpec.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, source)) from None
-    validate_space(spec.space, spec.search)
+    _check_methods(spec, source)
     if not spec.seed_list:
-        raise ConfigError(f"{source}: 'seeds' is empty; give a count (e.g. 3) or a list of seeds")
+        raise ConfigError(f"{source}: 'seeds' is empty; give a count (e.g. 2: seeds 100, 101) or a list "
+                          "of seeds")
+    reporting = [s for s in spec.seed_list if s < TUNING_SEED_BASE]
+    if reporting:
+        raise ConfigError(f"{source}: seeds {reporting}: tuning seeds are {TUNING_SEED_BASE} and up: "
+                          f"reporting seeds 0..{TUNING_SEED_BASE - 1} are what compare reports "
+                          f"(e.g. seeds: [{TUNING_SEED_BASE}, {TUNING_SEED_BASE + 1}])")
     return spec
 
 

@@ -1,39 +1,56 @@
-"""``tru-dist sweep``: Ray Tune over TRU's hyperparameters, one experiment per regime.
+"""``tru-dist sweep``: Ray Tune over an unlearning method's hyperparameters, one experiment
+per method and regime, with the same budget for every method.
 
     run_sweep("configs/sweeps/tru.yaml")            # → runs/sweeps/<name>/
     run_sweep(path, resume=True)                     # finish an interrupted sweep
+
+A sweep tunes one method (``method:`` + ``space:``) or several (``methods:``, each with its
+own space): reverse_bpr, grad_ascent, finetune or TRU — the shared loop with the method's
+spec (:func:`tru_dist.unlearn.specs.spec_for`) — each with the same ``num_samples``,
+search, scheduler and ``unlearn.epochs`` (the scheduler's time axis), on the same tuning
+seeds (100 and up) and judged by the same valid score against the same Retrain.
 
 Layout of ``<storage>/<name>/`` (``storage`` defaults to ``runs/sweeps``, made absolute;
 point it at shared storage on a cluster):
 
 * ``sweep.json`` — the validated sweep file and the resolved base config;
 * ``context/`` — originals, Retrain and reverse_bpr per regime/seed, trained ONCE by the
-  driver before Tune starts (:mod:`tru_dist.tune.context`) and shared by all trials;
-* ``tune/<regime>/trial_<id>/`` — Tune's trial folders: ``result.json``, ``progress.csv``,
-  TensorBoard ``events.out.tfevents.*`` (``tensorboard --logdir <name>/tune``), checkpoints;
-* ``report.md``, ``pareto-<regime>.png``, ``best/<regime>.yaml``, ``final.json`` — from
+  driver before Tune starts (:mod:`tru_dist.tune.context`) and shared by every method's trials;
+* ``tune/<method>/<regime>/trial_<id>/`` — Tune's trial folders: ``result.json``,
+  ``progress.csv``, TensorBoard ``events.out.tfevents.*`` (``tensorboard --logdir
+  <name>/tune``), checkpoints;
+* ``timing.json`` — per experiment, the wall seconds of its trials (summed over resumes) and
+  whether every trial has finished (a resume skips those experiments);
+* ``tuned/<method>-<regime>.yaml`` — the best configuration per method and plain regime,
+  chosen on valid only, with its ``tuning:`` provenance and cost: the folder to pass to
+  ``tru-dist compare --tuned`` (:mod:`tru_dist.tune.export`); written when every trial
+  has finished;
+* ``report.md``, ``pareto-<method>-<regime>.png``, ``best/``, ``final.json`` — from
   :func:`tru_dist.tune.report.report_sweep`, run at the end unless ``sweep.report: false``.
 
-One experiment per regime (not one experiment with the regime as a dimension): ASHA
+One experiment per method and regime (not one experiment with them as dimensions): ASHA
 compares trials at the same epoch, and scores of different regimes are not comparable —
-a shared scheduler would prune whole regimes. Regimes run one after the other; trials of
-a regime run concurrently (``max_concurrent``, ``resources.cpu`` per trial).
+a shared scheduler would prune whole regimes; and a method must not lose trials to
+another's. Experiments run one after the other (methods in the file's order, then
+regimes); trials of an experiment run concurrently (``max_concurrent``, ``resources.cpu``
+per trial).
 
 ``workers=W > 1`` (``--workers``, or ``dist.workers`` in the base config) runs every trial
 as a Ray Train run of W workers, each holding a shard of the graph and feature store
-(:mod:`tru_dist.tune.shard_trial`); ``resources`` are then per worker, as many trials run at
-once as a local Ray's CPUs/GPUs hold worker groups (on a cluster: ``max_concurrent``), and
-Ray Train's checkpoints live under
-``<sweep>/train/<regime>/trial_<id>``. The shared originals, Retrain and reverse_bpr are
-still trained once, by the driver; the report's single test re-evaluation runs at W = 1
-(the same numbers to float tolerance). Needs Ray's state API (the dashboard; a local Ray
-started by the sweep has it on 127.0.0.1).
+(:mod:`tru_dist.tune.shard_trial`, the same epochs for every method); ``resources`` are then
+per worker, as many trials run at once as a local Ray's CPUs/GPUs hold worker groups (on a
+cluster: ``max_concurrent``), and Ray Train's checkpoints live under
+``<sweep>/train/<method>/<regime>/trial_<id>``. The shared originals, Retrain and
+reverse_bpr are still trained once, by the driver; the report's single test
+re-evaluation runs at W = 1 (the same numbers to float tolerance). Needs Ray's state API
+(the dashboard; a local Ray started by the sweep has it on 127.0.0.1).
 
-``resume=True`` restores every regime's experiment that exists (``Tuner.restore``):
-finished trials are kept as they are, unfinished and errored ones continue from their
-last checkpoint, regimes never started are started. The sweep file and overrides must be
-the ones the sweep was started with. Trials that end in error make ``run_sweep`` raise
-(after every regime ran) and skip the report; ``--resume`` then finishes them.
+``resume=True`` skips the experiments whose every trial finished, restores every other one
+that exists (``Tuner.restore``): finished trials are kept as they are, unfinished and
+errored ones continue from their last checkpoint; experiments never started are started.
+The sweep file and overrides must be the ones the sweep was started with. Trials that end
+in error make ``run_sweep`` raise (after every experiment ran) and skip the tuned files and
+the report; ``--resume`` then finishes them.
 """
 
 from __future__ import annotations
@@ -46,14 +63,16 @@ from tru_dist.errors import ConfigError, TruDistError
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.tune import adapter
 from tru_dist.tune.context import prepare
+from tru_dist.tune.export import is_finished, record_fit, write_tuned
+from tru_dist.tune.results import experiment_dir
 from tru_dist.tune.shard_trial import shard_trial_task
 from tru_dist.tune.spec import SweepSpec, base_config, load_spec, parse_spec
 from tru_dist.tune.trainable import (
     Fault,
     TrialContext,
     WorkersTrialContext,
-    tru_trainable,
-    tru_workers_trainable,
+    method_trainable,
+    workers_trainable,
 )
 
 DEFAULT_STORAGE = "runs/sweeps"
@@ -99,15 +118,16 @@ def _log(msg: str) -> None:
     print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _trial(spec: SweepSpec, base: Config, sweep_dir: Path, regime, seeds, max_t: int, fault):
-    """(trainable, its shared context) for one regime: the in-process trial at W = 1, the
-    Ray Train trial of W workers otherwise (which loads everything from ``sweep_dir``)."""
+def _trial(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, regime, seeds, max_t: int, fault):
+    """(trainable, its shared context) for one (method, regime): the in-process trial at W = 1,
+    the Ray Train trial of W workers otherwise (which loads everything from ``sweep_dir``)."""
     if base.dist.workers <= 1:
-        return tru_trainable, TrialContext(regime.id, [c.for_trials() for c in seeds], spec.k, max_t, fault)
-    task = shard_trial_task(spec, base, sweep_dir, regime, max_t)
+        ctx = TrialContext(regime.id, [c.for_trials() for c in seeds], spec.k, max_t, fault, method=method)
+        return method_trainable, ctx
+    task = shard_trial_task(spec, base, sweep_dir, regime, max_t, method)
     ctx = WorkersTrialContext(task, base.dist.workers, spec.resources.cpu, spec.resources.gpu,
-                              str(sweep_dir / "train" / regime.id), fault)
-    return tru_workers_trainable, ctx
+                              str(sweep_dir / "train" / method / regime.id), fault)
+    return workers_trainable, ctx
 
 
 def run_sweep(
@@ -147,23 +167,30 @@ def run_sweep(
         adapter.check_workers_fit(spec, workers, base.dist.address)
     fault = Fault.from_env(sweep_dir)
     failed: list[str] = []
-    for regime in spec.regimes:
-        fn, ctx = _trial(spec, base, sweep_dir, regime, contexts[regime.id], max_t, fault)
-        experiment = sweep_dir / "tune" / regime.id
-        if adapter.can_restore(experiment):
-            _log(f"{regime.id}: restoring {experiment}")
-            tuner = adapter.restore_tuner(fn, ctx, spec, experiment, workers=workers)
-        else:
-            tuner = adapter.make_tuner(fn, ctx, spec, name=regime.id, storage=sweep_dir / "tune",
-                                       max_t=max_t, max_failures=base.dist.max_failures, workers=workers,
-                                       address=base.dist.address)
-        t1 = time.perf_counter()
-        errors = adapter.fit(tuner)
-        _log(f"{regime.id}: trials done in {time.perf_counter() - t1:.1f}s ({len(errors)} in error)")
-        failed += [f"{regime.id}/{e}" for e in errors]
+    for method, space in spec.spaces.items():
+        for regime in spec.regimes:
+            experiment = experiment_dir(sweep_dir, method, regime.id)
+            if is_finished(sweep_dir, method, regime.id):
+                _log(f"{method} on {regime.id}: every trial finished in an earlier run")
+                continue
+            fn, ctx = _trial(spec, base, sweep_dir, method, regime, contexts[regime.id], max_t, fault)
+            if adapter.can_restore(experiment):
+                _log(f"{method} on {regime.id}: restoring {experiment}")
+                tuner = adapter.restore_tuner(fn, ctx, spec, experiment, workers=workers)
+            else:
+                tuner = adapter.make_tuner(fn, ctx, spec, space, name=regime.id, storage=experiment.parent,
+                                           max_t=max_t, max_failures=base.dist.max_failures, workers=workers,
+                                           address=base.dist.address)
+            t1 = time.perf_counter()
+            errors = adapter.fit(tuner)
+            seconds = time.perf_counter() - t1
+            record_fit(sweep_dir, method, regime.id, seconds, finished=not errors)
+            _log(f"{method} on {regime.id}: trials done in {seconds:.1f}s ({len(errors)} in error)")
+            failed += [f"{method}/{regime.id}/{e}" for e in errors]
     if failed:
         raise TruDistError(f"{len(failed)} trial(s) did not finish ({failed[0]}); rerun with --resume to "
                            f"finish them: tru-dist sweep --config {config_path} --resume")
+    write_tuned(sweep_dir, spec, base)
     if spec.report:
         from tru_dist.tune.report import report_sweep
 

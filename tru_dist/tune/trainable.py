@@ -1,24 +1,26 @@
-"""The Tune trainable: one hyperparameter sample of TRU on one regime, reported every epoch.
+"""The Tune trainable: one hyperparameter sample of one method on one regime, reported every epoch.
 
-``tru_trainable(config, ctx)`` — ``config`` is the trial's sample (``{dotted unlearn key:
-value}``), ``ctx`` the regime's :class:`TrialContext` (shared original models, D_r graphs
-and data, forget sets and Retrain references, supplied once by ``tune.with_parameters``).
+``method_trainable(config, ctx)`` — ``config`` is the trial's sample (``{dotted unlearn key:
+value}``), ``ctx`` the experiment's :class:`TrialContext` (the method, the shared original
+models, D_r graphs and data, forget sets and Retrain references, supplied once by
+``tune.with_parameters``).
 
-For e = 1 … ``max_t``: for every seed, TRU with the sample after e epochs
-(:func:`tru_dist.tune.epochs.tru_epochs`, one run per seed from its shared original, advanced
-in lockstep),
-VALID metrics (:func:`tru_dist.tune.objective.valid_point`), then one report of the means
-over seeds — ``score`` (the trade-off ASHA maximises), ``valid_recall@K``,
-``valid_ndcg@K``, ``forget_hit@K``, ``forget_gap``, ``utility_ratio``, ``seconds`` (TRU's wall
-time for e epochs, mean over seeds) and ``epoch`` — with checkpoint ``{"epoch": e}``. A
-trial restored from its checkpoint replays epochs 1 … e silently (the run is seeded, so
-they are the same states) and reports from e + 1, so nothing else needs saving. The trial
-ends early when the gate has converged for every seed (later epochs would repeat the same
-model).
+For e = 1 … ``max_t``: for every seed, the method (reverse_bpr, grad_ascent, finetune or
+TRU: the shared loop with the method's spec) with the sample after e epochs
+(:func:`tru_dist.tune.epochs.method_epochs`, one run per seed from its shared original,
+advanced in lockstep), VALID metrics (:func:`tru_dist.tune.objective.valid_point`), then one
+report of the means over seeds — ``score`` (the trade-off ASHA maximises),
+``valid_recall@K``, ``valid_ndcg@K``, ``forget_hit@K``, ``forget_gap``, ``utility_ratio``,
+``seconds`` (the method's wall time for e epochs, mean over seeds) and ``epoch`` — with
+checkpoint ``{"epoch": e}``. A trial restored from its checkpoint replays epochs 1 … e
+silently (the run is seeded, so they are the same states) and reports from e + 1, so
+nothing else needs saving. A TRU trial ends early when the gate has converged for every
+seed (later epochs would repeat the same model).
 
-With ``--workers W > 1`` the trial is :func:`tru_workers_trainable` instead: the same
-epochs and reports, computed by a Ray Train run of W workers on shards of the data
-(:mod:`tru_dist.tune.shard_trial`); the Ray Train run's checkpoint carries ``{"epoch": e}``.
+With ``--workers W > 1`` the trial is :func:`workers_trainable` instead: the same epochs
+and reports, computed by a Ray Train run of W workers on shards of the data
+(:mod:`tru_dist.tune.shard_trial`, which calls :func:`run_epochs` too, so every method runs
+there by construction); the Ray Train run's checkpoint carries ``{"epoch": e}``.
 
 Lives in the installed package (Ray workers import it by name); Ray itself is reached
 only through :mod:`tru_dist.tune.adapter`.
@@ -27,13 +29,13 @@ only through :mod:`tru_dist.tune.adapter`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tru_dist.tune import adapter
 from tru_dist.tune.context import SeedContext
-from tru_dist.tune.epochs import tru_epochs
+from tru_dist.tune.epochs import method_epochs
 from tru_dist.tune.objective import epoch_metrics, valid_point
 from tru_dist.tune.space import apply_sample
 
@@ -48,26 +50,31 @@ class InjectedFault(RuntimeError):
 class Fault:
     """Make trial ``trial`` of regime ``regime_id`` fail once, before epoch ``epoch``.
 
-    Set by the driver from ``TRU_DIST_SWEEP_FAULT=REGIME:TRIAL:EPOCH`` to rehearse a
-    crash and ``--resume``; the marker file makes it fire once per sweep directory.
+    Set by the driver from ``TRU_DIST_SWEEP_FAULT=[METHOD:]REGIME:TRIAL:EPOCH`` to rehearse
+    a crash and ``--resume`` (without METHOD: the first method's experiment that reaches
+    it); the marker file makes it fire once per sweep directory.
     """
 
     regime_id: str
     trial: int
     epoch: int
     marker: str
+    method: str | None = None
 
     @classmethod
     def from_env(cls, sweep_dir: Path) -> Fault | None:
         text = os.environ.get(FAULT_ENV, "").strip()
         if not text:
             return None
-        regime_id, trial, epoch = text.rsplit(":", 2)
-        marker = Path(sweep_dir) / f".fault-{regime_id}-{trial}-{epoch}"
-        return cls(regime_id, int(trial), int(epoch), str(marker))
+        head, trial, epoch = text.rsplit(":", 2)
+        method, _, regime_id = head.rpartition(":")
+        marker = Path(sweep_dir) / f".fault-{head.replace(':', '-')}-{trial}-{epoch}"
+        return cls(regime_id, int(trial), int(epoch), str(marker), method or None)
 
-    def maybe_fail(self, regime_id: str, trial: int, epoch: int) -> None:
+    def maybe_fail(self, regime_id: str, trial: int, epoch: int, method: str | None = None) -> None:
         if (regime_id, trial, epoch) != (self.regime_id, self.trial, self.epoch):
+            return
+        if self.method is not None and method != self.method:
             return
         marker = Path(self.marker)
         if marker.exists():
@@ -79,7 +86,8 @@ class Fault:
 
 @dataclass
 class TrialContext:
-    """What every trial of one regime shares (sent once through ``tune.with_parameters``)."""
+    """What every trial of one (method, regime) experiment shares (sent once through
+    ``tune.with_parameters``)."""
 
     regime_id: str
     seeds: list[SeedContext]
@@ -87,15 +95,16 @@ class TrialContext:
     max_t: int
     fault: Fault | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    method: str = "tru"
 
 
 def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) -> None:
     """Epochs ``start+1 … max_t`` of one sample; ``report(metrics, state)`` after each.
 
-    Separate from :func:`tru_trainable` so it runs without Ray (tests, debugging).
+    Separate from :func:`method_trainable` so it runs without Ray (tests, debugging).
     """
     cfgs = [apply_sample(sc.cfg, config) for sc in ctx.seeds]
-    runs = [tru_epochs(sc.original, sc.deletion, cfg)
+    runs = [method_epochs(ctx.method, sc.original, sc.deletion, cfg)
             for sc, cfg in zip(ctx.seeds, cfgs, strict=True)]
     states: list = [None] * len(runs)
     done = [False] * len(runs)
@@ -114,7 +123,7 @@ def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) ->
         if epoch <= start:
             continue
         if ctx.fault is not None:
-            ctx.fault.maybe_fail(ctx.regime_id, ctx.extra.get("trial", -1), epoch)
+            ctx.fault.maybe_fail(ctx.regime_id, ctx.extra.get("trial", -1), epoch, ctx.method)
         points = [valid_point(st.model, sc.graph_after, sc.data_after, sc.forget, ctx.k)
                   for st, sc in zip(states, ctx.seeds, strict=True)]
         metrics = epoch_metrics(points, [sc.ref for sc in ctx.seeds], ctx.k)
@@ -123,13 +132,12 @@ def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) ->
         report(metrics, {"epoch": epoch})
 
 
-def tru_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+def method_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Ray Tune function trainable (see the module docstring)."""
     state = adapter.load_checkpoint()
     start = int(state["epoch"]) if state else 0
     if ctx.fault is not None:
-        ctx = TrialContext(ctx.regime_id, ctx.seeds, ctx.k, ctx.max_t, ctx.fault,
-                           {**ctx.extra, "trial": adapter.trial_index()})
+        ctx = replace(ctx, extra={**ctx.extra, "trial": adapter.trial_index()})
     run_epochs(config, ctx, start, adapter.report)
 
 
@@ -147,7 +155,7 @@ class WorkersTrialContext:
     fault: Fault | None = None
 
 
-def tru_workers_trainable(config: dict[str, Any], ctx: WorkersTrialContext) -> None:
+def workers_trainable(config: dict[str, Any], ctx: WorkersTrialContext) -> None:
     """Ray Tune function trainable for ``--workers W > 1`` (see the module docstring)."""
     adapter.run_train_trial(config, ctx.task, workers=ctx.workers, cpu=ctx.cpu, gpu=ctx.gpu,
                             storage=Path(ctx.storage), fault=ctx.fault)
