@@ -24,7 +24,6 @@ so a token left by an earlier local Ray does not silently switch authentication 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -32,22 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir'
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from tru_dist.cli import main as cli_main
+    from tru_dist.cli import job_main
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    address = "auto"  # inside `ray job submit` the driver joins the running cluster
-    rest: list[str] = []
-    it = iter(argv)
-    for arg in it:
-        if arg == "--address":
-            address = next(it, address)
-        elif arg.startswith("--address="):
-            address = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return cli_main(["sweep", *rest, f"--dist.address={address}"])
+    return job_main("sweep", argv)
 
 
 if __name__ == "__main__":

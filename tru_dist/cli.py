@@ -2,8 +2,8 @@
 
     tru-dist data synth|import-mmrec|stats|encode-text|forget|poison|purge ...
     tru-dist train --model mgcn --data DIR --out RUN [--resume] [--key=value ...]
-    tru-dist evaluate --run RUN
-    tru-dist unlearn --run RUN --requests FILE --method tru --out RUN2 [--purge]
+    tru-dist evaluate --run RUN [--workers W]
+    tru-dist unlearn --run RUN --requests FILE --method tru --out RUN2 [--config YAML] [--workers W] [--purge]
     tru-dist verify-deletion --run RUN2 [--data STORE] [--scan DIR ...]
     tru-dist compare --data DIR --model mgcn --regime users --fraction 0.05 --methods ... --seeds 3 --out OUT
     tru-dist audit --run RUN --requests FILE
@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from tru_dist.errors import ConfigError, TruDistError
+from tru_dist.errors import TruDistError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,27 +108,23 @@ def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for training and unlearning")
 
 
-def _build_cfg(args: argparse.Namespace, overrides: list[str], dataset: str | None = None):
-    from tru_dist.config import build_config
-
-    extra: list[str] = []
-    data = getattr(args, "data", None)
-    if data is not None:
-        extra.append(f"data.path={data}")
-    if getattr(args, "seed", None) is not None:
-        extra += [f"train.seed={args.seed}", f"unlearn.seed={args.seed}"]
+def dist_overrides(args: argparse.Namespace) -> list[str]:
+    """``--workers/--gpus-per-worker/--address`` as config overrides (only the flags given)."""
+    extra = []
     for flag, key in (("workers", "dist.workers"), ("gpus_per_worker", "dist.gpus_per_worker"),
                       ("address", "dist.address")):
         if getattr(args, flag, None) is not None:
             extra.append(f"{key}={getattr(args, flag)}")
-    if dataset is None and data is not None and not str(data).startswith("synthetic"):
-        dataset = Path(str(data)).name.replace("amazon-", "")
-    return build_config(
-        model=getattr(args, "model", None),
-        dataset=dataset,
-        config_file=getattr(args, "config", None),
-        overrides=extra + overrides,
-    )
+    return extra
+
+
+def _build_cfg(args: argparse.Namespace, overrides: list[str]):
+    """The command's config through the one builder (:func:`tru_dist.config.build_config`)."""
+    from tru_dist.config import build_config
+
+    return build_config(model=getattr(args, "model", None), data=getattr(args, "data", None),
+                        config_file=getattr(args, "config", None), seed=getattr(args, "seed", None),
+                        overrides=dist_overrides(args) + list(overrides))
 
 
 def _print_json(obj) -> None:
@@ -210,31 +206,27 @@ def _parse_dims(text: str) -> list[tuple[str, int]]:
 # train / evaluate / unlearn / audit
 # --------------------------------------------------------------------------------------
 def cmd_train(args, overrides) -> int:
+    from tru_dist.distributed import commands
+
     cfg = _build_cfg(args, overrides)
-    if cfg.dist.workers > 1:
-        from tru_dist.distributed.launch import run_distributed
-
-        metrics = run_distributed("train", cfg, out_dir=args.out, resume=args.resume)
-    else:
-        from tru_dist.train.trainer import run_train
-
-        metrics = run_train(cfg, args.out, resume=args.resume)
+    metrics = commands.train(cfg, args.out, resume=args.resume)
     _print_json({k: v for k, v in metrics.items() if k != "config"})
     return 0
 
 
 def cmd_evaluate(args, overrides) -> int:
-    from tru_dist.train.trainer import evaluate_run
+    from tru_dist.distributed import commands
 
-    _print_json(evaluate_run(args.run))
+    _print_json(commands.evaluate(args.run, overrides=dist_overrides(args) + list(overrides)))
     return 0
 
 
 def cmd_unlearn(args, overrides) -> int:
-    from tru_dist.unlearn.run import run_unlearn
+    from tru_dist.distributed import commands
 
-    metrics = run_unlearn(args.run, args.requests, args.method, args.out, overrides=overrides,
-                          purge=args.purge, keep_versions=args.keep_versions)
+    metrics = commands.unlearn(args.run, args.requests, args.out, method=args.method, config_file=args.config,
+                               seed=args.seed, overrides=dist_overrides(args) + list(overrides),
+                               purge=args.purge, keep_versions=args.keep_versions)
     _print_json({k: v for k, v in metrics.items() if k not in ("config", "decisions")})
     return 0
 
@@ -260,12 +252,10 @@ def cmd_audit(args, overrides) -> int:
 # compare / demo / report / sweep / bench
 # --------------------------------------------------------------------------------------
 def cmd_compare(args, overrides) -> int:
-    from tru_dist.compare import CompareSpec, run_compare
+    from tru_dist.compare import CompareSpec
+    from tru_dist.distributed import commands
 
     cfg = _build_cfg(args, overrides)
-    if cfg.dist.workers > 1:
-        raise ConfigError(f"--workers={cfg.dist.workers}: compare runs in one process (its Retrain and every "
-                          "method train on one worker); drop --workers")
     spec = CompareSpec(
         regime=args.regime,
         policy=args.policy,
@@ -276,7 +266,7 @@ def cmd_compare(args, overrides) -> int:
         tuned=args.tuned,
         originals=args.originals,
     )
-    results = run_compare(cfg, spec, args.out)
+    results = commands.compare(cfg, spec, args.out)
     print(results["table"])
     print(f"\nwrote {args.out}/results.json, report.md and plots")
     return 0
@@ -386,18 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dist_flags(t)
 
     e = sub.add_parser("evaluate", help="re-evaluate a run's checkpoint on valid and test")
-    e.add_argument("--run", required=True)
+    e.add_argument("--run", required=True, help="a finished run folder, trained at any --workers")
+    _add_dist_flags(e)
 
-    u = sub.add_parser("unlearn", help="apply deletion requests to a trained run")
-    u.add_argument("--run", required=True)
+    u = sub.add_parser("unlearn", help="apply deletion requests to a trained run (ledgered, at any W)")
+    u.add_argument("--run", required=True, help="a finished run folder, trained at any --workers")
     u.add_argument("--requests", required=True)
-    u.add_argument("--method", default="tru")
+    u.add_argument("--method", default=None, help="default: unlearn.method of the config (tru)")
     u.add_argument("--out", required=True)
     u.set_defaults(out_kind="dir")
+    u.add_argument("--config", default=None,
+                   help="a YAML layered over the run's config, e.g. a tuned file or a sweep's best/*.yaml")
+    u.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for unlearning (and Retrain)")
     u.add_argument("--purge", action="store_true",
                    help="then purge the run's store of every deleted interaction (tru-dist data purge)")
     u.add_argument("--keep-versions", type=_int_at_least(0), default=0,
                    help="with --purge: superseded store versions to keep (default 0)")
+    _add_dist_flags(u)
 
     v = sub.add_parser("verify-deletion", help="scan every artifact for what a run's ledger deleted")
     v.add_argument("--run", required=True, help="the unlearned run (its ledger says what was deleted)")
@@ -496,6 +491,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# --------------------------------------------------------------------------------------
+# jobs/*.py (ray job submit)
+# --------------------------------------------------------------------------------------
+def split_address(argv: list[str], default: str = "auto") -> tuple[str, list[str]]:
+    """(``--address`` value or ``default``, the other arguments)."""
+    address, rest = default, []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--address":
+            address = next(it, address)
+        elif arg.startswith("--address="):
+            address = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return address, rest
+
+
+def job_main(command: str, argv: list[str] | None = None) -> int:
+    """A ``jobs/*.py`` entry point of ``ray job submit``: ``tru-dist <command>`` with the same
+    flags and the same config builder, except that ``--address`` defaults to ``auto`` (inside
+    ``ray job submit`` the driver joins the running cluster; ``local`` starts an in-process
+    Ray, ``none`` spawns local processes), passed on as ``--dist.address=…``, which every
+    command reads. ``RAY_AUTH_MODE`` is set explicitly (``disabled`` unless the environment
+    says otherwise), so a token left by an earlier local Ray does not switch auth on."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address, rest = split_address(list(sys.argv[1:] if argv is None else argv))
+    return main([command, *rest, f"--dist.address={address}"])
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -142,7 +143,30 @@ def needs_held_out_users(spec: CompareSpec) -> bool:
 
 
 def _log(msg: str) -> None:
-    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    if collectives.rank() == 0:
+        print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def check_workers(cfg: Config, spec: CompareSpec) -> None:
+    """What a comparison on W > 1 workers cannot run, refused before anything starts."""
+    w = cfg.dist.workers
+    if w <= 1:
+        return
+    if spec.audits:
+        raise ConfigError(f"--audit runs on one worker (its attackers read every user's scores); "
+                          f"drop --audit or --workers={w}")
+    if any(m.strip().lower() == "sisa" for m in spec.methods):
+        raise ConfigError(f"sisa trains its own shard ensemble in one process; drop it from --methods or "
+                          f"run with --workers=1 (not {w})")
+
+
+def _shard_book(cfg: Config, data):
+    """This rank's partition book at W > 1 (None at W = 1: the trainer's one-shard default)."""
+    if not collectives.is_distributed():
+        return None
+    from tru_dist.graph.partition import PartitionBook
+
+    return PartitionBook.for_data(data, collectives.world_size(), cfg.dist.partition)
 
 
 def _original_key(cfg: Config, data) -> str:
@@ -159,30 +183,40 @@ def _original_key(cfg: Config, data) -> str:
 
 
 def train_original(cfg: Config, data, cache: str | None):
-    """(model, graph, seconds, info): the original, from ``cache`` when it was trained before."""
+    """(model, graph, seconds, info): the original, from ``cache`` when it was trained before.
+
+    At W > 1 every rank trains its shard (same global steps as one process, to float
+    tolerance); the cache holds the full state either way (user rows gathered) and is keyed
+    by W as well when W > 1, so a W = 1 comparison never reuses a W = 2 original."""
     import torch
 
     from tru_dist.graph.context import build_rec_graph
     from tru_dist.models.registry import build_model, model_class
+    from tru_dist.train.checkpoint import gather_state, local_state
     from tru_dist.train.trainer import fit
 
+    book, rank = _shard_book(cfg, data), collectives.rank()
     path = None
     if cache:
-        path = Path(cache) / f"{cfg.model.name}-seed{cfg.train.seed}-{_original_key(cfg, data)}.pt"
+        suffix = f"-w{collectives.world_size()}" if book is not None else ""
+        path = Path(cache) / f"{cfg.model.name}-seed{cfg.train.seed}-{_original_key(cfg, data)}{suffix}.pt"
     if path is not None and path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+        graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=cfg.train.device,
                                 with_knn=model_class(cfg.model.name).uses_knn)
         model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
-        model.load_state_dict(blob["state"])
+        lo, hi = graph.book.user_range(rank)
+        model.load_state_dict(local_state(model, blob["state"], lo, hi))
         model.eval()
         return model, graph, float(blob["seconds"]), dict(blob["info"])
     t0 = time.perf_counter()
-    model, graph, result = fit(cfg, data)
+    model, graph, result = fit(cfg, data, book=book, rank=rank)
     seconds = time.perf_counter() - t0
     info = {"epochs": int(result.epochs), "best_epoch": int(result.best_epoch)}
     if path is not None:
-        atomic_torch_save({"state": model.state_dict(), "seconds": seconds, "info": info}, path)
+        state = gather_state(model) if book is not None else model.state_dict()  # collective at W > 1
+        if rank == 0:
+            atomic_torch_save({"state": state, "seconds": seconds, "info": info}, path)
     return model, graph, seconds, info
 
 
@@ -390,12 +424,15 @@ def write_report(out_dir: Path, results: dict) -> str:
 def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) -> dict:
     """Run every seed, aggregate, write results.json / report.md / plots; return the results."""
     out_dir = Path(out_dir)
+    check_workers(cfg, spec)
     configs = method_configs(cfg, spec)  # refuses overlapping seeds before any training
+    writer = collectives.rank() == 0  # at W > 1 every rank computes the same results; rank 0 writes
     out_dir.mkdir(parents=True, exist_ok=True)
     per_seed = []
     for seed in spec.seed_list:
         per_seed.append(run_seed(cfg, spec, seed, data=data, configs=configs))
-        atomic_write_json(out_dir / f"seed{seed}.json", per_seed[-1])
+        if writer:
+            atomic_write_json(out_dir / f"seed{seed}.json", per_seed[-1])
     results: dict[str, Any] = {
         "config": cfg.to_dict(),
         "spec": {**asdict(spec), "seeds": spec.seed_list},
@@ -405,8 +442,9 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
         "methods": aggregate(per_seed),
         "paired": paired(per_seed),
     }
-    atomic_write_json(out_dir / "results.json", results)
-    results["table"] = write_report(out_dir, results)
+    if writer:
+        atomic_write_json(out_dir / "results.json", results)
+        results["table"] = write_report(out_dir, results)
     return results
 
 

@@ -301,31 +301,61 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def dataset_name(data: str | Path | None) -> str | None:
+    """The dataset YAML a ``--data`` argument names: the folder's name without ``amazon-``
+    (``../shared/data/amazon-scientific`` -> ``scientific``); None for synthetic specs."""
+    if data is None or str(data).startswith("synthetic"):
+        return None
+    return Path(str(data)).name.replace("amazon-", "")
+
+
 def build_config(
     *,
     model: str | None = None,
     dataset: str | None = None,
+    data: str | Path | None = None,
     config_file: str | Path | None = None,
+    seed: int | None = None,
+    base: Config | dict | None = None,
     overrides: list[str] | dict | None = None,
 ) -> Config:
-    """Layer defaults < dataset YAML < model YAML < user YAML < overrides into a Config."""
-    tree: dict = {}
-    if dataset and (CONFIG_ROOT / "datasets" / f"{dataset}.yaml").exists():
-        tree = _deep_merge(tree, load_yaml(CONFIG_ROOT / "datasets" / f"{dataset}.yaml"))
-    if config_file:
-        user_tree = load_yaml(config_file)
-        model = model or user_tree.get("model", {}).get("name")
-    else:
-        user_tree = {}
+    """The one config builder: the CLI, the ``jobs/`` entry points, sweeps, ``unlearn`` and
+    ``evaluate`` all call it.
+
+    Layers, later wins: typed defaults < ``configs/datasets/<dataset>.yaml`` <
+    ``configs/models/<model>.yaml`` < ``config_file`` < ``data``/``seed`` < ``overrides``.
+
+    * ``data`` sets ``data.path`` and, without ``dataset``, names the dataset YAML
+      (:func:`dataset_name`);
+    * ``seed`` sets ``train.seed`` and ``unlearn.seed``;
+    * ``base`` (a trained run's saved config) replaces the first three layers: a run's
+      defaults are what it was trained with, so a later command layers only the file and
+      the overrides over it;
+    * a top-level ``tuning:`` block in ``config_file`` (the provenance of a tuned file,
+      :mod:`tru_dist.unlearn.tuned`, or a sweep's ``best/*.yaml``) is ignored.
+    """
     if overrides is not None and not isinstance(overrides, dict):
         overrides = parse_overrides(list(overrides))
-    overrides = overrides or {}
-    model = overrides.get("model", {}).get("name", model)
-    if model:
-        model_yaml = CONFIG_ROOT / "models" / f"{model}.yaml"
-        if model_yaml.exists():
-            tree = _deep_merge(tree, load_yaml(model_yaml))
-        tree = _deep_merge(tree, {"model": {"name": model}})
+    flags: list[str] = []
+    if data is not None:
+        flags.append(f"data.path={data}")
+        dataset = dataset or dataset_name(data)
+    if seed is not None:
+        flags += [f"train.seed={int(seed)}", f"unlearn.seed={int(seed)}"]
+    overrides = _deep_merge(parse_overrides(flags), overrides or {})
+    user_tree = {k: v for k, v in load_yaml(config_file).items() if k != "tuning"} if config_file else {}
+    if base is not None:
+        tree = base.to_dict() if isinstance(base, Config) else dict(base)
+    else:
+        tree = {}
+        if dataset and (CONFIG_ROOT / "datasets" / f"{dataset}.yaml").exists():
+            tree = _deep_merge(tree, load_yaml(CONFIG_ROOT / "datasets" / f"{dataset}.yaml"))
+        model = overrides.get("model", {}).get("name", model or user_tree.get("model", {}).get("name"))
+        if model:
+            model_yaml = CONFIG_ROOT / "models" / f"{model}.yaml"
+            if model_yaml.exists():
+                tree = _deep_merge(tree, load_yaml(model_yaml))
+            tree = _deep_merge(tree, {"model": {"name": model}})
     tree = _deep_merge(tree, user_tree)
     tree = _deep_merge(tree, overrides)
     return Config.from_dict(tree)

@@ -21,8 +21,10 @@ worker group and the torch process group; every epoch each rank reports its metr
 its checkpoint file (``ray.train.report``; the files of all ranks are merged into one Ray
 checkpoint). After a failure Ray restarts the group, each rank copies its file back from
 ``ray.train.get_checkpoint()`` and resumes, so the run ends as an uninterrupted one would.
-Rank 0's last report carries ``<kind>.json`` as a checkpoint; the driver copies it to
-``out_dir`` (which may be on another node than the workers).
+Rank 0's last report carries the task's result (``result.json``), which the driver reads
+from Ray's storage. The files a task leaves (``metrics.json``, ``checkpoint.pt``, the
+ledger) are written by rank 0 into ``out_dir`` — on several nodes that must be storage
+every node sees (as ``--run``, which every worker reads), on one machine any path.
 
 Network: a locally started Ray binds its dashboard to 127.0.0.1 (or none), and workers
 use the loopback interface for gloo (``GLOO_SOCKET_IFNAME=lo``). Ray's other ports
@@ -42,9 +44,8 @@ from typing import Any
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
 from tru_dist.distributed.process_group import resolve_backend, spawn_local
-from tru_dist.distributed.worker import worker_main
-from tru_dist.errors import ConfigError
-from tru_dist.io_utils import atomic_write_json
+from tru_dist.distributed.worker import RESULT_FILE, worker_main
+from tru_dist.errors import ConfigError, TruDistError
 
 LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "GLOO_SOCKET_IFNAME": "lo"}
 
@@ -78,8 +79,6 @@ def run_distributed(
     task.update({k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items() if v is not None})
     cfg = cfg or Config.from_dict(task["config"])
     task["config"] = cfg.to_dict()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    task.setdefault("out_dir", str(Path("runs") / f"{task.get('kind', 'task')}-{stamp}"))
     if cfg.dist.workers < 1:
         raise ConfigError(f"dist.workers={cfg.dist.workers}; use --dist.workers=1 or more")
     if not uses_ray(cfg):
@@ -155,27 +154,46 @@ def torch_trainer(
 
 def _run_ray(task: dict, cfg: Config) -> dict:
     connect(cfg.dist.address)
-    out_dir = Path(task["out_dir"]).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    task = {**task, "out_dir": str(out_dir)}
-    storage = Path(cfg.dist.storage_path).resolve() if cfg.dist.storage_path else out_dir / "ray"
-    trainer = torch_trainer(
-        train_loop_per_worker, {"task": task}, workers=cfg.dist.workers, cpu=1.0,
-        gpu=cfg.dist.gpus_per_worker, backend=cfg.dist.backend, address=cfg.dist.address,
-        name=f"{task['kind']}-{out_dir.name}-{time.strftime('%H%M%S')}", storage=storage,
-        max_failures=cfg.dist.max_failures, num_to_keep=2)
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"the Ray run in {storage} finished without a final report; see its logs")
-    with result.checkpoint.as_directory() as folder:
-        source = Path(folder) / f"{task['kind']}.json"
-        if not source.exists():
-            raise RuntimeError(f"the Ray run's last checkpoint {result.checkpoint.path} has no {source.name}")
-        final = json.loads(source.read_text())
-    atomic_write_json(out_dir / source.name, final)
-    return final
+    with tempfile.TemporaryDirectory(prefix="tru-dist-ray-") as scratch:
+        out_dir = Path(task["out_dir"]).resolve() if task.get("out_dir") else None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            task = {**task, "out_dir": str(out_dir)}
+        if cfg.dist.storage_path:
+            storage = Path(cfg.dist.storage_path).resolve()
+        else:  # a task without out_dir (evaluate) keeps Ray's files only while it runs
+            storage = out_dir / "ray" if out_dir is not None else Path(scratch)
+        label = out_dir.name if out_dir is not None else "run"
+        trainer = torch_trainer(
+            train_loop_per_worker, {"task": task}, workers=cfg.dist.workers, cpu=1.0,
+            gpu=cfg.dist.gpus_per_worker, backend=cfg.dist.backend, address=cfg.dist.address,
+            name=f"{task['kind']}-{label}-{time.strftime('%H%M%S')}", storage=storage,
+            max_failures=cfg.dist.max_failures, num_to_keep=2)
+        result = trainer.fit()
+        if result.error is not None:
+            raise _user_error(result.error) or result.error
+        if result.checkpoint is None:
+            raise RuntimeError(f"the Ray run in {storage} finished without a final report; see its logs")
+        with result.checkpoint.as_directory() as folder:
+            source = Path(folder) / RESULT_FILE
+            if not source.exists():
+                raise RuntimeError(f"the Ray run's last checkpoint {result.checkpoint.path} has no "
+                                   f"{RESULT_FILE}")
+            return json.loads(source.read_text())
+
+
+def _user_error(exc: BaseException, depth: int = 0) -> TruDistError | None:
+    """The one-line user error (a :class:`TruDistError`) behind a failed Ray run, if any:
+    Ray wraps a worker's exception in its own (``worker_failures``, ``__cause__``)."""
+    if isinstance(exc, TruDistError):
+        return exc
+    if depth > 4:
+        return None
+    inner = [exc.__cause__, exc.__context__, *(getattr(exc, "worker_failures", None) or {}).values()]
+    for e in inner:
+        if isinstance(e, BaseException) and (found := _user_error(e, depth + 1)) is not None:
+            return found
+    return None
 
 
 def train_loop_per_worker(config: dict) -> None:

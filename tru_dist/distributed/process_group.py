@@ -26,7 +26,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tru_dist.errors import TruDistError
+
 LOOPBACK = "127.0.0.1"
+
+
+class _RankError:
+    """A rank's :class:`TruDistError`, carried back to :func:`spawn_local`'s caller."""
+
+    def __init__(self, exc: TruDistError):
+        self.exc = exc
 
 
 def resolve_backend(backend: str = "auto") -> str:
@@ -106,7 +115,10 @@ def _child(
         torch.cuda.set_device(rank % max(1, torch.cuda.device_count()))
     dist.init_process_group(name, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=300))
     try:
-        out = fn(rank, world_size, *args)
+        try:
+            out = fn(rank, world_size, *args)
+        except TruDistError as exc:  # a user error: the parent raises it as is (one line, no traceback)
+            out = _RankError(exc)
         torch.save(out, Path(result_dir) / f"result.{rank}.pt")
     finally:
         destroy()
@@ -123,9 +135,11 @@ def spawn_local(
 
     ``fn`` must be importable (a module-level function) and its return value picklable by
     ``torch.save``; the list of per-rank return values is returned in rank order. A rank
-    that raises makes this raise (``torch.multiprocessing.ProcessRaisedException`` with the
-    child's traceback). ``threads_per_rank`` defaults to ``cpu_count // world_size`` so the
-    ranks do not oversubscribe the cores.
+    that raises a :class:`~tru_dist.errors.TruDistError` (a user error, raised alike by
+    every rank) makes this raise it; any other exception makes this raise
+    ``torch.multiprocessing.ProcessRaisedException`` with the child's traceback.
+    ``threads_per_rank`` defaults to ``cpu_count // world_size`` so the ranks do not
+    oversubscribe the cores.
     """
     import torch.multiprocessing as mp
 
@@ -137,4 +151,8 @@ def spawn_local(
             nprocs=world_size,
             join=True,
         )
-        return [torch.load(Path(tmp) / f"result.{r}.pt", weights_only=False) for r in range(world_size)]
+        results = [torch.load(Path(tmp) / f"result.{r}.pt", weights_only=False) for r in range(world_size)]
+    failed = next((r for r in results if isinstance(r, _RankError)), None)
+    if failed is not None:
+        raise failed.exc
+    return results

@@ -107,15 +107,27 @@ def build_shard_model(cfg: Config, shard: Shard) -> Backbone:
 
 
 def load_full_state(model: Backbone, state: dict[str, torch.Tensor], shard: Shard) -> None:
-    """Load a whole-model (W = 1) ``state`` into this rank's shard ``model`` (eval mode).
+    """Load a full-model ``state`` (a run's ``checkpoint.pt``, whatever W wrote it) into this
+    rank's shard ``model`` (eval mode): user-row tables keep rows ``[lo, hi)`` of this rank's
+    user range, every other entry is replicated and loaded as is
+    (:func:`tru_dist.train.checkpoint.local_state`). The W = 1 model and the W shards then hold
+    exactly the same numbers."""
+    from tru_dist.train.checkpoint import local_state
 
-    User-row tables keep rows ``[lo, hi)`` of this rank's user range; every other entry is
-    replicated and loaded as is. The W = 1 model and the W shards then hold exactly the same
-    numbers, so a model trained once by one process can be unlearned by W workers.
-    """
     lo, hi = shard.book.user_range(shard.rank)
-    names = {id(p): n for n, p in model.named_parameters()}
-    user_keys = {names[id(p)] for p, kind in model.row_tables().values() if kind == "user"}
-    local = {k: (v[lo:hi] if k in user_keys else v) for k, v in state.items()}
-    model.load_state_dict(local)
+    model.load_state_dict(local_state(model, state, lo, hi))
     model.eval()
+
+
+def load_run_model(cfg: Config, shard: Shard, run_dir) -> Backbone:
+    """This rank's shard of a finished run's model (best parameters, eval mode), from the
+    run's full ``checkpoint.pt`` — the same file, the same checks, the same code at every W."""
+    from tru_dist.train.checkpoint import local_state, read_run
+    from tru_dist.train.trainer import check_run_data, load_parameters
+
+    saved = read_run(run_dir)
+    check_run_data(run_dir, saved, shard.data)
+    model = build_shard_model(cfg, shard)
+    lo, hi = shard.book.user_range(shard.rank)
+    load_parameters(model, local_state(model, saved["best_model"], lo, hi), run_dir, cfg.model.name)
+    return model

@@ -1,19 +1,30 @@
-"""Training checkpoints: one self-contained file per rank, written atomically.
+"""Checkpoints: per-rank files to resume training, one full file any W can load.
 
-Layout of ``out_dir``:
+Layout of a run folder:
 
-* ``checkpoint.pt`` when the world size is 1 (the single-process path);
-* ``checkpoint.rank{r}.pt`` for rank ``r`` when the world size is W > 1. User-embedding
-  rows live only on their owner rank, so every rank saves and loads its own shard; the
-  replicated (item-side) parameters appear in every shard, identical. A run is resumed
-  with the same W and partition book (the file of each rank must exist).
+* ``checkpoint.pt`` — **the run's model, whatever W trained it**: ``best_model`` holds the
+  full tables (every user row), so W = 1 code loads it as is and W workers cut their rows
+  out of it (:func:`local_state`). At W = 1 it is also the resume file (written at every
+  evaluation); at W > 1 rank 0 writes it once training ends, from the user rows gathered
+  over the ranks (:func:`gather_state`; rank order is user order, because every rank holds
+  a contiguous user range).
+* ``checkpoint.rank{r}.pt`` (W > 1 only) — rank ``r``'s resume file: its user rows, the
+  replicated (item-side) parameters, its optimizer state. A run resumes with the same W.
+
+Why gather at save rather than reshard on load (``torch.distributed.checkpoint``): the
+only sharded tensors are the user ID tables (n_users × dim, small next to the features,
+which are never saved), they are split along rows in rank order, so a concatenation
+rebuilds them; one plain ``torch.save`` file then opens anywhere — on a laptop without a
+process group, at W = 1, 2 or 4 — with the same loader.
 
 Contents (only tensors and primitive containers, so ``torch.load(weights_only=True)``
 accepts them — no pickled classes): ``model`` (last parameters), ``best_model``,
 ``optimizer``, ``sampler`` (generator state), ``rng`` (torch CPU/CUDA, numpy, Python
 ``random`` states), ``config`` (``Config.to_dict()``), ``epoch``, ``best_epoch``,
 ``best_metric``, ``bad_evals``, ``history``, ``train_seconds``, ``eval_seconds``,
-``finished``, ``world_size``, ``rank``.
+``finished``, ``world_size``, ``rank``. The full file of a W > 1 run holds ``best_model``,
+``config``, ``data``, ``world_size`` and the epoch counters (no optimizer: it is not a
+resume file).
 """
 
 from __future__ import annotations
@@ -100,3 +111,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# -- one full model state, loadable at any W ----------------------------------------------------
+def user_row_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict names of the model's user-row tables (the only sharded parameters)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)] for p, kind in model.row_tables().values() if kind == "user"}
+
+
+@torch.no_grad()
+def gather_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full state of a (sharded) model, on CPU: user-row tables gathered over ranks in
+    rank order, everything else as this rank holds it (replicated). Collective; the identity
+    copy at W = 1."""
+    users = user_row_keys(model)
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach()
+        out[k] = (collectives.all_gather_rows(v.contiguous()) if k in users else v).cpu().clone()
+    return out
+
+
+def local_state(model: torch.nn.Module, full: dict[str, torch.Tensor], lo: int, hi: int
+                ) -> dict[str, torch.Tensor]:
+    """This rank's part of a full state: user rows ``[lo, hi)``, every other entry as is."""
+    users = user_row_keys(model)
+    return {k: (v[lo:hi] if k in users else v) for k, v in full.items()}
+
+
+def read_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The full checkpoint of a finished run (``run_dir/checkpoint.pt``), whatever W wrote it;
+    one-line errors for a missing or foreign file and for a W > 1 run that has not finished."""
+    from tru_dist.config import Config
+    from tru_dist.errors import ConfigError
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"run {run_dir} is a file; pass the run folder (it holds checkpoint.pt)")
+    path = run_dir / "checkpoint.pt"
+    if not path.exists() and any(run_dir.glob("checkpoint.rank*.pt")):
+        raise CheckpointError(
+            f"{run_dir} holds only per-rank resume files (a W > 1 training that did not finish); "
+            f"finish it with tru-dist train --resume --out {run_dir} and the same --workers")
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint in {run_dir}; train first (tru-dist train --out {run_dir})")
+    saved = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in ("config", "data", "best_model") if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by this "
+                              "tru-dist version's train/unlearn; retrain the run")
+    try:
+        Config.from_dict(saved["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} has a config this tru-dist version rejects ({exc}); "
+                              "retrain the run with this version") from None
+    return saved

@@ -42,6 +42,7 @@ from tru_dist.train.checkpoint import (
     checkpoint_path,
     clone_state,
     load_checkpoint,
+    read_run,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -219,10 +220,17 @@ def fit(
     book: PartitionBook | None = None,
     rank: int = 0,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    knn: dict | None = None,
 ) -> tuple[Backbone, RecGraph, TrainResult]:
-    """Build this rank's graph and the seeded model, then train; same config+seed → same result."""
+    """Build this rank's graph and the seeded model, then train; same config+seed → same result.
+
+    ``knn``: item–item graphs built before (they depend on item features only), e.g. a
+    shard's, whose feature slices cannot rebuild them."""
+    uses_knn = model_class(cfg.model.name).uses_knn
     graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=cfg.train.device,
-                            with_knn=model_class(cfg.model.name).uses_knn)
+                            with_knn=uses_knn and not knn)
+    if uses_knn and knn:
+        graph.knn = {m: (a.to(cfg.train.device), at.to(cfg.train.device)) for m, (a, at) in knn.items()}
     model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
     result = train_model(model, graph, data, cfg, out_dir=out_dir, resume=resume, on_epoch=on_epoch)
     return model, graph, result
@@ -245,6 +253,7 @@ def run_metrics(model, graph, data: RecDataset, cfg: Config, result: TrainResult
         "epochs": result.epochs,
         "train_seconds": result.train_seconds,
         "seconds_per_epoch": result.seconds_per_epoch,
+        "world_size": collectives.world_size(),
         "config": cfg.to_dict(),
     }
 
@@ -263,34 +272,31 @@ def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecD
     return metrics
 
 
-def load_run(
-    run_dir: str | Path, data: RecDataset | None = None, device: str | None = None
-) -> tuple[Config, RecDataset, RecGraph, Backbone]:
-    """Rebuild ``(cfg, data, graph, model)`` of a finished W = 1 run with its best parameters.
+def run_config(run_dir: str | Path, *, config_file: str | Path | None = None, seed: int | None = None,
+               overrides: list[str] | dict | None = None) -> Config:
+    """The config of a command on a finished run (``evaluate``, ``unlearn``): the run's saved
+    config < ``config_file`` < ``seed`` < ``overrides``, through the one builder
+    (:func:`tru_dist.config.build_config`). ``dist.*`` says how to run this command, not what
+    the run is, so it starts from the defaults (a run trained on 2 workers is evaluated on
+    one unless ``--workers`` says otherwise). The model cannot change: its parameters are
+    the run's."""
+    from tru_dist.config import build_config
 
-    ``data`` overrides ``cfg.data.path`` (needed when the run was trained on in-memory data);
-    ``device`` overrides ``cfg.train.device``.
-    """
-    path = checkpoint_path(run_dir, rank=0, world_size=1)
-    if Path(run_dir).exists() and not Path(run_dir).is_dir():
-        raise CheckpointError(f"run {run_dir} is a file; pass the run folder (it holds checkpoint.pt)")
-    saved = load_checkpoint(path)
-    missing = [k for k in ("config", "data", "best_model") if not isinstance(saved, dict) or k not in saved]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by this "
-                              "tru-dist version's train/unlearn; retrain the run")
-    try:
-        cfg = Config.from_dict(saved["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path} has a config this tru-dist version rejects ({exc}); "
-                              "retrain the run with this version") from None
-    if device is not None:
-        cfg.train.device = device
-    if data is None:
-        if cfg.data.path is None:
-            raise CheckpointError(f"run {run_dir} was trained on in-memory data; pass data= to load_run")
-        data = _load_data(cfg)
-    # an unlearned run also matches its store once the store is purged of its deletions ("data_after")
+    saved = Config.from_dict(read_run(run_dir)["config"])
+    base = {k: v for k, v in saved.to_dict().items() if k != "dist"}
+    cfg = build_config(base=base, config_file=config_file, seed=seed, overrides=overrides)
+    if cfg.model != saved.model:
+        was = saved.model.model_dump()
+        key = sorted(k for k, v in cfg.model.model_dump().items() if was[k] != v)[0]
+        raise ConfigError(f"model.{key} differs from the run's ({was[key]!r}); "
+                          f"the model of {run_dir} is fixed by its training — drop model.* from the "
+                          "config file and overrides")
+    return cfg
+
+
+def check_run_data(run_dir: str | Path, saved: dict[str, Any], data: RecDataset) -> None:
+    """The data a run's checkpoint was trained on must be ``data`` (counts): the original, or —
+    for an unlearned run — its store once purged of the run's deletions (``data_after``)."""
     if data_signature(data) not in (saved["data"], saved.get("data_after")):
         purged = " (if its store was purged since, this model was trained on deleted data: load the " \
             "unlearned run instead)" if data.meta.get("store") else ""
@@ -298,15 +304,44 @@ def load_run(
             f"run {run_dir} was trained on data with {saved['data']}, not {data_signature(data)}; "
             f"pass the dataset it was trained on{purged}"
         )
+
+
+def load_parameters(model: Backbone, state: dict[str, Any], run_dir: str | Path, name: str) -> None:
+    """``model.load_state_dict(state)`` (eval mode) with a one-line error for another model's
+    or version's parameters."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {Path(run_dir) / 'checkpoint.pt'} does not hold {name} parameters "
+                              f"for this data ({first[:160]}); retrain the run or pass the run it belongs to"
+                              ) from None
+    model.eval()
+
+
+def load_run(
+    run_dir: str | Path, data: RecDataset | None = None, device: str | None = None
+) -> tuple[Config, RecDataset, RecGraph, Backbone]:
+    """Rebuild ``(cfg, data, graph, model)`` of a finished run, in this one process, with its
+    best parameters — whatever W trained it (``checkpoint.pt`` holds full tables,
+    :func:`~tru_dist.train.checkpoint.read_run`).
+
+    ``data`` overrides ``cfg.data.path`` (needed when the run was trained on in-memory data);
+    ``device`` overrides ``cfg.train.device``.
+    """
+    saved = read_run(run_dir)
+    cfg = Config.from_dict(saved["config"])
+    if device is not None:
+        cfg.train.device = device
+    if data is None:
+        if cfg.data.path is None:
+            raise CheckpointError(f"run {run_dir} was trained on in-memory data; pass data= to load_run")
+        data = _load_data(cfg)
+    check_run_data(run_dir, saved, data)
     graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
                             with_knn=model_class(cfg.model.name).uses_knn)
     model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
-    try:
-        model.load_state_dict(saved["best_model"])
-    except (RuntimeError, KeyError, TypeError) as exc:  # another model's or version's parameters
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} does not hold {cfg.model.name} parameters for this data "
-                              f"({first[:160]}); retrain the run or pass the run it belongs to") from None
+    load_parameters(model, saved["best_model"], run_dir, cfg.model.name)
     model.eval()
     return cfg, data, graph, model
 

@@ -13,11 +13,12 @@ What the rest of ``tru_dist.tune`` needs from Ray, as plain functions:
   callback is named explicitly, so it is on even with Tune's automatic loggers disabled);
 * :func:`report`, :func:`load_checkpoint`, :func:`trial_index` — inside a trial;
 * :func:`run_train_trial` — inside a trial of a sweep with ``--workers W > 1``: the trial
-  is a Ray Train run (``TorchTrainer``, W workers, one process group) whose workers run
-  :func:`tru_dist.tune.shard_trial.run_shard_trial`; ``TuneReportCallback`` forwards rank
-  0's per-epoch report to Tune, and the run's own checkpoint (``{"epoch": e}``, named
-  ``trial_<id>`` under ``<sweep>/train/<regime>``) is what a retried or restored trial
-  resumes from (Ray Train V2 restores a run of the same name and storage path);
+  is a Ray Train run (``TorchTrainer``, W workers, one process group) whose workers run the
+  per-worker trial function it is given (:func:`tru_dist.tune.shard_trial.run_shard_trial`);
+  ``TuneReportCallback`` forwards rank 0's per-epoch report to Tune, and the run's own
+  checkpoint (``{"epoch": e}``, named ``trial_<id>`` under ``<sweep>/train/<regime>``) is
+  what a retried or restored trial resumes from (Ray Train V2 restores a run of the same
+  name and storage path);
 * :func:`require_state_api` — W > 1 sweeps need Ray's state API (the dashboard): ASHA stops
   a trial by killing it, and only Ray Train's placement-group cleaner, which asks the
   state API whether the run's controller is gone, then frees the workers' CPUs;
@@ -302,9 +303,13 @@ TRAIN_TRIAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
                    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
 
 
-def run_train_trial(sample: dict[str, Any], task: dict[str, Any], *, workers: int, cpu: float, gpu: float,
-                    storage: Path, fault: Any = None) -> None:
+def run_train_trial(sample: dict[str, Any], task: dict[str, Any], worker: Callable[..., None], *,
+                    workers: int, cpu: float, gpu: float, storage: Path, fault: Any = None) -> None:
     """Run one W-worker trial as a Ray Train run and forward its per-epoch reports to Tune.
+
+    Each worker calls ``worker(task, sample, start_epoch, report, fault=..., trial=...)``
+    (:func:`tru_dist.tune.shard_trial.run_shard_trial`, passed in so that this module does
+    not import the trial code that builds on it).
 
     The run is named after the trial (``trial_<id>`` under ``storage``) and keeps its last
     checkpoint, so when Tune retries the trial (``dist.max_failures``) or ``--resume``
@@ -321,7 +326,8 @@ def run_train_trial(sample: dict[str, Any], task: dict[str, Any], *, workers: in
         os.environ.setdefault(key, value)
     dist_cfg = task["config"]["dist"]
     trainer = torch_trainer(
-        _train_trial_worker, {"task": task, "sample": sample, "trial": trial_index(), "fault": fault},
+        _train_trial_worker,
+        {"task": task, "sample": sample, "trial": trial_index(), "fault": fault, "worker": worker},
         workers=workers, cpu=cpu, gpu=gpu, backend=dist_cfg["backend"], address=dist_cfg["address"],
         name=f"trial_{tune.get_context().get_trial_id()}", storage=storage, max_failures=0, num_to_keep=1,
         callbacks=[TuneReportCallback()])
@@ -332,12 +338,10 @@ def _train_trial_worker(loop_config: dict[str, Any]) -> None:
     """One worker of a W-worker trial: resume after the run's last checkpoint, run the epochs."""
     import ray.train
 
-    from tru_dist.tune.shard_trial import run_shard_trial
-
     state = _read_state(ray.train.get_checkpoint())
     start = int(state["epoch"]) if state else 0
-    run_shard_trial(loop_config["task"], loop_config["sample"], start, _train_report,
-                    fault=loop_config.get("fault"), trial=int(loop_config["trial"]))
+    loop_config["worker"](loop_config["task"], loop_config["sample"], start, _train_report,
+                          fault=loop_config.get("fault"), trial=int(loop_config["trial"]))
 
 
 def _train_report(metrics: dict[str, Any], state: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from tru_dist.train import evaluate as _evaluate
 from tru_dist.tune.context import SeedContext, prepare
 from tru_dist.tune.epochs import method_at_epoch
 from tru_dist.tune.export import cost_shares, exported_regimes, write_tuned
+from tru_dist.tune.manifest import load_manifest
 from tru_dist.tune.objective import EPSILON, epoch_metrics, valid_point
 from tru_dist.tune.plots import pareto_plot
 from tru_dist.tune.results import (
@@ -59,7 +60,6 @@ from tru_dist.tune.results import (
 from tru_dist.tune.select import best_mean_rank, pareto_front
 from tru_dist.tune.space import apply_sample
 from tru_dist.tune.spec import SweepSpec
-from tru_dist.tune.sweep import load_manifest
 from tru_dist.unlearn import metrics as _metrics
 
 #: the untuned baseline trained with the shared context; reverse_bpr with the base config

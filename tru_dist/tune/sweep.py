@@ -64,9 +64,10 @@ from tru_dist.io_utils import atomic_write_json
 from tru_dist.tune import adapter
 from tru_dist.tune.context import prepare
 from tru_dist.tune.export import is_finished, record_fit, write_tuned
+from tru_dist.tune.manifest import MANIFEST, load_manifest
 from tru_dist.tune.results import experiment_dir
-from tru_dist.tune.shard_trial import shard_trial_task
-from tru_dist.tune.spec import SweepSpec, base_config, load_spec, parse_spec
+from tru_dist.tune.shard_trial import run_shard_trial, shard_trial_task
+from tru_dist.tune.spec import SweepSpec, base_config, load_spec
 from tru_dist.tune.trainable import (
     Fault,
     TrialContext,
@@ -76,23 +77,10 @@ from tru_dist.tune.trainable import (
 )
 
 DEFAULT_STORAGE = "runs/sweeps"
-MANIFEST = "sweep.json"
 
 
 def sweep_dir_for(spec: SweepSpec, storage: str | Path | None) -> Path:
     return (Path(storage or DEFAULT_STORAGE).expanduser().resolve()) / spec.name
-
-
-def load_manifest(sweep_dir: str | Path) -> tuple[SweepSpec, Config, int]:
-    """(spec, base config, max_t) of an existing sweep folder."""
-    import json
-
-    path = Path(sweep_dir) / MANIFEST
-    if not path.exists():
-        raise ConfigError(f"{sweep_dir} holds no sweep ({MANIFEST} missing); run "
-                          "tru-dist sweep --config FILE first")
-    saved = json.loads(path.read_text())
-    return parse_spec(saved["spec"], source=str(path)), Config.from_dict(saved["config"]), int(saved["max_t"])
 
 
 def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool) -> None:
@@ -126,7 +114,7 @@ def _trial(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, regime, 
         return method_trainable, ctx
     task = shard_trial_task(spec, base, sweep_dir, regime, max_t, method)
     ctx = WorkersTrialContext(task, base.dist.workers, spec.resources.cpu, spec.resources.gpu,
-                              str(sweep_dir / "train" / method / regime.id), fault)
+                              str(sweep_dir / "train" / method / regime.id), fault, worker=run_shard_trial)
     return workers_trainable, ctx
 
 

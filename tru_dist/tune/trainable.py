@@ -29,6 +29,7 @@ only through :mod:`tru_dist.tune.adapter`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,14 @@ class WorkersTrialContext:
     gpu: float
     storage: str
     fault: Fault | None = None
+    #: what each worker runs (:func:`tru_dist.tune.shard_trial.run_shard_trial`; passed in,
+    #: because shard_trial builds on this module)
+    worker: Callable[..., None] | None = None
 
 
 def workers_trainable(config: dict[str, Any], ctx: WorkersTrialContext) -> None:
     """Ray Tune function trainable for ``--workers W > 1`` (see the module docstring)."""
-    adapter.run_train_trial(config, ctx.task, workers=ctx.workers, cpu=ctx.cpu, gpu=ctx.gpu,
+    if ctx.worker is None:
+        raise ValueError("WorkersTrialContext.worker is unset (the per-worker trial function)")
+    adapter.run_train_trial(config, ctx.task, ctx.worker, workers=ctx.workers, cpu=ctx.cpu, gpu=ctx.gpu,
                             storage=Path(ctx.storage), fault=ctx.fault)

@@ -18,7 +18,8 @@ def unlearn(model, deletion, cfg) -> UnlearnResult:
 
     graph_after = deletion.graph_after
     with Stopwatch() as sw:
-        out, _, result = fit(cfg, deletion.data_after, book=graph_after.book, rank=graph_after.rank)
+        out, _, result = fit(cfg, deletion.data_after, book=graph_after.book, rank=graph_after.rank,
+                             knn=graph_after.knn)  # a shard's feature slices cannot rebuild kNN
     out.eval()
     stats = {"best_epoch": result.best_epoch, "epochs": result.epochs, "valid": result.valid,
              "train_seconds": result.train_seconds}

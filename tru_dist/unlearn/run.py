@@ -1,39 +1,54 @@
-"""``tru-dist unlearn --run RUN --requests FILE --method M --out OUT``: one ledgered deletion.
+"""``tru-dist unlearn --run RUN --requests FILE --out OUT``: one ledgered deletion, the same at every W.
 
-1. Load the trained run (``trainer.load_run``: config, ORIGINAL data from ``data.path``,
-   graph, best parameters) and apply ``--key=value`` overrides to its config.
-2. OUT's ledger starts as a copy of RUN's (so every run folder lists all the deletions
-   behind its model); the request table is resolved against the original data and planned
-   against the ledger: a batch applied before is a no-op returning the earlier receipt and
-   metrics; pairs deleted by an earlier request are reported and skipped.
-3. The shared deletion step (:func:`tru_dist.unlearn.deletion.build_deletion`): D_r and its
-   graph = the original minus every deleted pair (earlier + new), fully deleted users reset;
-   the method unlearns from it; valid/test utility on D_r and the forget metrics are
-   computed. ``seconds`` = deletion step + method.
-4. OUT gets ``checkpoint.pt`` (trainer layout, loadable with ``load_run``; its ``data``
-   signature is the ORIGINAL data's, since the ledger says what was removed from it),
-   ``metrics.json``, and — last, so a receipt means a complete output — the receipt.
-5. With ``purge=True`` the receipt is first written with a pending purge, then the run's
-   store is purged of every deleted row (:mod:`tru_dist.unlearn.purge`) and the receipt
-   records what was purged; OUT then names its source model by version, not by path (the
-   source run's checkpoint was trained on the deleted data).
+Two halves, so that W workers run exactly what one process runs:
 
-Crash safety: orphans of a killed attempt are removed first, and a batch already in the
-ledger is replayed BEFORE the run is loaded (its store may be purged by then), finishing a
-purge the killed attempt left pending; ``TRU_DIST_FAULT`` stages (:mod:`tru_dist.crashpoints`)
-let tests SIGKILL the process at each step.
+* :func:`prepare` — the driver, once, before any worker starts:
+  1. crash safety and replay first: orphans of a killed attempt are removed, OUT's ledger
+     starts as a copy of RUN's (so every run folder lists all the deletions behind its
+     model), and a batch already in the ledger is answered here — the earlier receipt and
+     metrics, no worker starts — BEFORE the run's data is opened (its store may be purged by
+     then), finishing a purge a killed attempt left pending;
+  2. the config: RUN's saved config < ``--config`` file (a tuned YAML; its ``tuning:`` block
+     is ignored) < ``--seed`` < ``--key=value`` overrides (:func:`tru_dist.train.trainer.run_config`,
+     the one config builder); ``dist.*`` comes from the command, not from how RUN was trained;
+  3. the request table is resolved against the ORIGINAL data and planned against the ledger
+     (:func:`plan_requests`: requests a purge already removed and pairs an earlier request
+     deleted are reported as overlaps and skipped); nothing left to delete, a bad request or
+     an unknown method is a one-line error before any worker starts.
+* :func:`apply_requests` — the per-rank body (in this process at W = 1, on each of W workers
+  otherwise, :mod:`tru_dist.distributed.worker`): re-plans the same requests against the
+  same ledger (deterministic: every rank gets the driver's plan), then
+  1. the shared deletion step on this rank's shard
+     (:func:`tru_dist.unlearn.ledger.apply_plan` → :func:`~tru_dist.unlearn.deletion.build_deletion`:
+     D_r = original minus every deleted pair, earlier and new; fully deleted users reset);
+  2. the method unlearns (``get_method(name).unlearn(model, deletion, cfg)``); valid/test
+     utility on D_r and the forget metrics are computed (global: sums over ranks);
+     ``seconds`` = deletion step + method;
+  3. the full model is gathered (:func:`tru_dist.train.checkpoint.gather_state`) and rank 0
+     writes ``OUT/checkpoint.pt`` (full tables: any W opens it; its ``data`` signature is
+     the ORIGINAL data's, since the ledger says what was removed from it, and ``data_after``
+     D_r's, which a purged store matches), ``metrics.json`` and — last, so a receipt means a
+     complete output — the receipt. The model versions in the receipt hash the full state,
+     so they do not depend on W either.
+  4. With ``purge`` (rank 0) the receipt is first written with a pending purge, then the
+     run's store is purged of every deleted row (:mod:`tru_dist.unlearn.purge`) and the
+     receipt records what was purged; OUT then names its source model by version, not by
+     path (the source run's checkpoint was trained on the deleted data).
 
-Single process (W = 1); SISA is refused here (its model is a shard ensemble, see ``compare``).
+``TRU_DIST_FAULT`` stages (:mod:`tru_dist.crashpoints`) let tests SIGKILL the process at each
+step. SISA is refused here (its model is a shard ensemble, see ``compare``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tru_dist.config import Config, parse_overrides
+from tru_dist import comm as collectives
+from tru_dist.config import Config
 from tru_dist.crashpoints import arm_update_fault, fault_point
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json, remove_orphan_temps
@@ -43,15 +58,8 @@ from tru_dist.unlearn.ledger import (
     PAIRS_DIR,
     DeletionLedger,
     apply_plan,
-    model_version,
+    state_version,
 )
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
@@ -67,37 +75,63 @@ def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
 
 def _purge_store_of(run_dir: Path) -> str:
     """The store a run was trained on (``data.path`` in its checkpoint), checked purgeable."""
-    from tru_dist.train.checkpoint import checkpoint_path, load_checkpoint
+    from tru_dist.train.checkpoint import read_run
     from tru_dist.unlearn.purge import check_purgeable
 
-    path = load_checkpoint(checkpoint_path(run_dir, rank=0, world_size=1))["config"]["data"]["path"]
+    path = read_run(run_dir)["config"]["data"]["path"]
     check_purgeable(path or "synthetic")
     return path
 
 
-def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir: str | Path,
-                overrides: list[str] | None = None, data=None, purge: bool = False,
-                keep_versions: int = 0) -> dict[str, Any]:
-    """Apply one request file to a trained run; returns the metrics written to OUT/metrics.json
-    (``replayed: True`` and the earlier receipt when the requests were applied before).
-    ``purge``: then purge the run's store, keeping ``keep_versions`` superseded versions."""
-    import json
-
-    from tru_dist.data.requests import read_requests, resolve_requests
-    from tru_dist.train.checkpoint import checkpoint_path, clone_state, save_checkpoint
-    from tru_dist.train.evaluate import eval_embeddings, evaluate
-    from tru_dist.train.trainer import data_signature, load_run
+def method_name(method: str | None, cfg: Config) -> str:
+    """The canonical method name (``--method``, else ``unlearn.method`` of the config); SISA refused."""
     from tru_dist.unlearn.base import get_method
-    from tru_dist.unlearn.metrics import forget_metrics
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    name = get_method(method).name
+    name = get_method(method or cfg.unlearn.method).name
     if name == "sisa":
         raise ConfigError("method sisa needs its shard ensemble; evaluate it with "
                           "`tru-dist compare --methods sisa`")
-    # -- crash safety and purge (issue 15): checks and replay before the run is loaded ------
-    if overrides:
-        parse_overrides(list(overrides))  # a bad override fails before anything is written
+    return name
+
+
+def plan_requests(data, requests: str | Path, out_dir: Path):
+    """The plan of a request file against OUT's ledger (the same on the driver and every rank):
+    requests a purge already removed are dropped and reported as overlaps, then
+    :meth:`DeletionLedger.plan` (replay, overlaps, the new rows)."""
+    from tru_dist.data.requests import read_requests, resolve_requests
+
+    ledger = DeletionLedger(out_dir)
+    table, purged = ledger.drop_purged_requests(read_requests(requests), data)
+    plan = ledger.plan(data, resolve_requests(data, table))
+    return replace(plan, overlaps=purged + plan.overlaps) if purged else plan
+
+
+@dataclass
+class Prepared:
+    """What the driver hands the workers: the config, the method and the purge settings — or
+    the earlier result of a replayed batch (then nothing is to run)."""
+
+    cfg: Config
+    method: str
+    store: str | None = None
+    keep_versions: int = 0
+    replayed: dict[str, Any] | None = None
+
+
+def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, method: str | None = None,
+            config_file: str | Path | None = None, seed: int | None = None,
+            overrides: list[str] | None = None, data=None, purge: bool = False,
+            keep_versions: int = 0) -> Prepared | dict[str, Any]:
+    """The driver's half (module docstring). Returns a :class:`Prepared`, or the earlier
+    metrics and receipt (``replayed: True``) when the batch was applied before."""
+    from tru_dist.data.requests import read_requests
+    from tru_dist.data.source import open_data
+    from tru_dist.train.trainer import run_config
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg = run_config(run_dir, config_file=config_file, seed=seed, overrides=overrides)  # bad config: now
+    name = method_name(method, cfg)
+    # -- crash safety and purge: checks and replay before the run's data is opened --------------
     table = read_requests(requests)
     store = _purge_store_of(run_dir) if purge else None
     if purge and data is not None:
@@ -108,37 +142,53 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
     earlier_receipt = ledger.replay_of(list(table["request_id"]))
     if earlier_receipt is not None:
         return _replay(out_dir, ledger, earlier_receipt, store, keep_versions)
-    # -- end ----------------------------------------------------------------------------------
-    cfg, data, graph, model = load_run(run_dir, data=data)
-    if overrides:
-        cfg = Config.from_dict(_merge(cfg.to_dict(), parse_overrides(list(overrides))))
-    table, purged = ledger.drop_purged_requests(table, data)  # requests whose data a purge removed
-    forget = resolve_requests(data, table)
-    plan = ledger.plan(data, forget)
-    plan = replace(plan, overlaps=purged + plan.overlaps) if purged else plan
+    # -- the plan, checked here so that a bad batch starts no worker ------------------------------
+    if data is None:
+        if cfg.data.path is None:
+            raise ConfigError(f"run {run_dir} was trained on in-memory data; pass that dataset (data=...)")
+        data = open_data(cfg.data.path)
+    plan = plan_requests(data, requests, out_dir)
     if plan.replay is not None:
-        metrics_path = out_dir / "metrics.json"
-        earlier = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        return {**earlier, "replayed": True, "receipt": plan.replay}
+        return _replay(out_dir, ledger, plan.replay, None, keep_versions)
     if len(plan.forget.users) == 0:
         raise ConfigError("every pair in these requests was deleted by earlier requests "
                           f"({', '.join(o['receipt_id'] for o in plan.overlaps)}); nothing to unlearn")
+    return Prepared(cfg, name, store, keep_versions)
+
+
+def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, method: str, out_dir: str | Path,
+                   data, graph, model, *, store: str | None = None, keep_versions: int = 0) -> dict[str, Any]:
+    """The per-rank half (module docstring) on this rank's ``data``/``graph``/``model`` shard.
+
+    Collective: every rank calls it. Returns the metrics written to ``OUT/metrics.json``
+    (with the receipt on rank 0)."""
+    from tru_dist.train.checkpoint import checkpoint_path, gather_state, save_checkpoint
+    from tru_dist.train.evaluate import eval_embeddings, evaluate
+    from tru_dist.train.trainer import data_signature
+    from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.metrics import forget_metrics
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    plan = plan_requests(data, requests, out_dir)
+    if plan.replay is not None or len(plan.forget.users) == 0:  # the driver checked; the ledger moved
+        raise ConfigError(f"the ledger in {out_dir} changed while these requests were being applied; retry")
 
     # the shared deletion step: before = original minus earlier receipts, after = minus the new pairs too
     deletion = apply_plan(data, graph, plan, reset=cfg.unlearn.reset_deleted_users)
     data_after, graph_after = deletion.data_after, deletion.graph_after
     fault_point("after-deletion")
-    before = model_version(model)
+    before = state_version(gather_state(model))  # the full state: the same version at every W
     arm_update_fault()
-    result = get_method(name).unlearn(model, deletion, cfg)
+    result = get_method(method).unlearn(model, deletion, cfg)
     ks = cfg.eval.ks
     graph_before = deletion.graph_before  # what the model served with before this batch
     before_emb = eval_embeddings(model, graph_before)  # one propagation per model for all its metrics
     after_emb = eval_embeddings(result.model, graph_after)
     metrics: dict[str, Any] = {
-        "method": name,
-        "source_run": str(Path(run_dir).resolve()),
+        "method": method,
+        "source_run": str(run_dir.resolve()),
         "seconds": result.seconds,
+        "world_size": collectives.world_size(),
         # the model before the deletion, served with its own graph, on the same retained targets
         "before": {"test": evaluate(model, graph_before, data_after, "test", ks, emb=before_emb),
                    "forget": forget_metrics(model, graph_before, data_after, plan.forget, ks,
@@ -154,16 +204,18 @@ def run_unlearn(run_dir: str | Path, requests: str | Path, method: str, out_dir:
     if store is not None:  # a purged store no longer holds the source run's data: name it by version
         metrics["source_model"] = before
         del metrics["source_run"]
-    signature = data_signature(data)
-    state = clone_state(result.model)
+    state = gather_state(result.model)  # collective: full tables on every rank
+    if collectives.rank() != 0:
+        return metrics
     # "data_after": the signature of D_r, which a store purged of these deletions matches
-    save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(), "data": signature,
-                     "data_after": data_signature(data_after), "world_size": 1, "rank": 0,
-                     "unlearned_by": name},
+    save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(),
+                     "data": data_signature(data), "data_after": data_signature(data_after),
+                     "world_size": collectives.world_size(), "rank": 0, "unlearned_by": method},
                     checkpoint_path(out_dir, rank=0, world_size=1), fault="mid-model-write")
     atomic_write_json(out_dir / "metrics.json", metrics)
     fault_point("after-model-write")
-    receipt = ledger.commit(plan, method=name, model_before=before, model_after=result.model,
+    ledger = DeletionLedger(out_dir)
+    receipt = ledger.commit(plan, method=method, model_before=before, model_after=state_version(state),
                             seconds=result.seconds,
                             audit={"forget_hit@20": metrics["forget"].get("hit@20"),
                                    "test_recall@20": metrics["test"].get("recall@20")},
@@ -194,8 +246,6 @@ def _replay(out_dir: Path, ledger: DeletionLedger, receipt: dict, store: str | N
             keep_versions: int) -> dict[str, Any]:
     """A batch applied before: its metrics and receipt; with a store, the purge is (re)done
     first — it finishes a purge a killed attempt left pending and is a no-op otherwise."""
-    import json
-
     metrics_path = out_dir / "metrics.json"
     earlier = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     if store is not None:

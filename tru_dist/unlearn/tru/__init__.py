@@ -1,7 +1,8 @@
 """TRU (Targeted Reverse Update), DESIGN §5: ``gate`` (ranking fusion gate), ``scaling``
 (branch-wise modality scaling), ``isolation`` (capacity-aware layer + row isolation), composed
-in ``tru``. The pure decision functions the coordinator calls on all-reduced statistics:
-:func:`decide_gate`, :func:`decide_alphas`, :func:`decide_isolation`.
+in ``tru``. The pure decision functions every rank calls on the same all-reduced statistics
+(replicated, no broadcast: see :mod:`tru_dist.distributed`): :func:`decide_gate`,
+:func:`decide_alphas`, :func:`decide_isolation`.
 """
 
 from tru_dist.unlearn.tru.gate import decide_gate

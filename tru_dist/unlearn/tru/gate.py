@@ -16,7 +16,7 @@ For a forget pair (u, i) under the current scores s:
 
 Identity used by :func:`decide_gate`: when P is computed over the same pairs as the mean,
 Σ_pairs G = β Σ g + (1−β) Σ_i count_i·P_i = Σ g, so mean G = mean g = Σ_i sum_i / Σ_i count_i
-and the convergence test needs only the per-item sums the coordinator already has.
+and the convergence test needs only the per-item sums every rank already has (all-reduced).
 
 Pairs whose target has left the top-K get G ≈ (1−β)·P_i and stop being pushed, which is the
 point: over-forgetting (a target pushed far below where Retrain ranks it) is as detectable by
@@ -86,7 +86,7 @@ def converged(sum_g: float, n: float, eps: float) -> bool:
 
 @dataclass(frozen=True)
 class GateDecision:
-    """What the coordinator broadcasts after a gate pass."""
+    """What every rank decides after a gate pass (the same, from the same all-reduced sums)."""
 
     p_items: torch.Tensor  # P_i, float64 (n_items,)
     mean_g: float  # = mean G (see the module docstring)
