@@ -289,7 +289,7 @@ def test_audit_run_audits_an_unlearn_output_folder(tmp_path):
     from tru_dist.data.regimes import select_forget
     from tru_dist.data.requests import write_requests
     from tru_dist.train.trainer import run_train
-    from tru_dist.unlearn.run import run_unlearn
+    from tru_dist.distributed.commands import unlearn
 
     data = generate_synthetic(n_users=200, n_items=120, n_clusters=4, seed=1, modalities={},
                               mean_extra_interactions=10)
@@ -297,7 +297,7 @@ def test_audit_run_audits_an_unlearn_output_folder(tmp_path):
     cfg.unlearn.epochs = 2
     run_train(cfg, tmp_path / "run", data=data)
     write_requests(select_forget(data, "interactions", 0.1, 0), tmp_path / "req.csv")
-    run_unlearn(tmp_path / "run", tmp_path / "req.csv", "reverse_bpr", tmp_path / "out", data=data)
+    unlearn(tmp_path / "run", tmp_path / "req.csv", tmp_path / "out", method="reverse_bpr", data=data)
 
     out = audit_run(tmp_path / "out", tmp_path / "req.csv", data=data)  # original from source_run
     assert set(out["audits"]) == {"original", "retrain", "reverse_bpr"}

@@ -17,11 +17,25 @@ def test_unknown_config_key_is_one_line_error(capsys, tmp_path):
     assert len(err.splitlines()) == 1
 
 
-def test_compare_on_several_workers_is_refused_in_one_line(capsys, tmp_path):
-    assert main(["compare", "--workers", "2", "--out", str(tmp_path / "c")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --workers=2: compare runs in one process") and len(err.splitlines()) == 1
+def test_what_compare_cannot_run_on_several_workers_is_refused_in_one_line(capsys, tmp_path):
+    for extra, fix in ((["--audit", "mia"], "drop --audit"), (["--methods", "retrain,sisa"], "drop it")):
+        assert main(["compare", "--workers", "2", "--address", "none", "--out", str(tmp_path / "c"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and fix in err and len(err.splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_unlearn_of_an_unfinished_multi_worker_run_is_one_line(capsys, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.rank0.pt").write_bytes(b"")
+    (tmp_path / "req.csv").write_text("request_id,user_id,item_id\nr1,0,\n")
+    for argv in (["evaluate", "--run", str(tmp_path / "run")],
+                 ["unlearn", "--run", str(tmp_path / "run"), "--requests", str(tmp_path / "req.csv"),
+                  "--out", str(tmp_path / "out")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "tru-dist train --resume" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_stray_argument_is_rejected():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tru_dist.config import build_config, parse_overrides, valid_keys
+from tru_dist.config import CONFIG_ROOT, build_config, load_yaml, parse_overrides, valid_keys
 from tru_dist.errors import ConfigError
 
 
@@ -50,3 +50,39 @@ def test_bad_value_and_bad_yaml(tmp_path):
 def test_valid_keys_are_leaves():
     keys = valid_keys()
     assert "unlearn.gate.temperature" in keys and "unlearn.gate" not in keys
+
+
+def test_one_builder_layers_data_seed_file_and_overrides(tmp_path):
+    f = tmp_path / "tuned.yaml"  # a tuned file: a partial config plus its provenance
+    f.write_text("unlearn:\n  lr: 0.02\n  epochs: 4\ntuning: {sweep: s, seeds: [100], trials: 2, seconds: 1.0}\n")
+    cfg = build_config(model="mgcn", data="../shared/data/amazon-scientific", config_file=f, seed=7,
+                       overrides=["unlearn.epochs=6"])
+    assert cfg.data.path == "../shared/data/amazon-scientific" and cfg.model.name == "mgcn"
+    assert cfg.train.seed == cfg.unlearn.seed == 7
+    assert (cfg.unlearn.lr, cfg.unlearn.epochs) == (0.02, 6)  # the file, then the override
+    assert cfg.model.knn_k == load_yaml(CONFIG_ROOT / "models" / "mgcn.yaml")["model"]["knn_k"]
+    # the dataset YAML is named by the folder (amazon-scientific -> configs/datasets/scientific.yaml)
+    assert load_yaml(CONFIG_ROOT / "datasets" / "scientific.yaml")["data"]["name"] == "scientific"
+    assert build_config(data="x/amazon-scientific").data.name == "scientific"
+    assert build_config(data="x/other").data.name == build_config(data="synthetic:tiny").data.name == "synthetic"
+
+
+def test_a_run_config_is_the_base_and_its_model_cannot_change(tmp_path):
+    """``unlearn``/``evaluate``: the run's saved config < --config < seed < overrides; dist.*
+    from the command, not from how the run was trained; model.* fixed by the run."""
+    from tru_dist.train.checkpoint import save_checkpoint
+    from tru_dist.train.trainer import run_config
+
+    trained = build_config(model="lightgcn", overrides=["model.dim=24", "train.lr=0.003", "dist.workers=2",
+                                                        "dist.address=none", "unlearn.lr=0.5"])
+    save_checkpoint({"config": trained.to_dict(), "best_model": {}, "data": {}}, tmp_path / "checkpoint.pt")
+    f = tmp_path / "tuned.yaml"
+    f.write_text("unlearn:\n  lr: 0.02\ntuning: {sweep: s, seeds: [100], trials: 2, seconds: 1.0}\n")
+    cfg = run_config(tmp_path, config_file=f, seed=3, overrides=["dist.workers=4"])
+    assert (cfg.model.dim, cfg.train.lr, cfg.unlearn.lr, cfg.unlearn.seed) == (24, 0.003, 0.02, 3)
+    assert (cfg.dist.workers, cfg.dist.address) == (4, "local")  # not the run's 2 / none
+    assert run_config(tmp_path).unlearn.lr == 0.5
+    g = tmp_path / "other-model.yaml"
+    g.write_text("model:\n  dim: 64\n")
+    with pytest.raises(ConfigError, match="model.dim differs from the run's"):
+        run_config(tmp_path, config_file=g)

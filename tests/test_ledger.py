@@ -151,8 +151,8 @@ def test_a_legacy_ledger_with_raw_pairs_is_read_and_migrated(tmp_path, setup):
 
 
 def test_run_unlearn_twice_applies_once(tmp_path, tiny_data):
+    from tru_dist.distributed.commands import unlearn
     from tru_dist.train.trainer import fit
-    from tru_dist.unlearn.run import run_unlearn
 
     cfg = Config.from_dict({"model": {"name": "lightgcn", "dim": 16},
                             "train": {"epochs": 3, "eval_every": 3, "batch_size": 1024, "progress": "off"},
@@ -160,10 +160,10 @@ def test_run_unlearn_twice_applies_once(tmp_path, tiny_data):
     fit(cfg, tiny_data, out_dir=tmp_path / "run")
     user = int(tiny_data.users[0])
     write_requests(_requests([("u-1", user, None)]), tmp_path / "req.csv")
-    first = run_unlearn(tmp_path / "run", tmp_path / "req.csv", "tru", tmp_path / "out", data=tiny_data)
+    first = unlearn(tmp_path / "run", tmp_path / "req.csv", tmp_path / "out", method="tru", data=tiny_data)
     assert first["replayed"] is False and first["forget_set"]["n_removed_users"] == 1
     ckpt = (tmp_path / "out" / "checkpoint.pt").read_bytes()
-    second = run_unlearn(tmp_path / "run", tmp_path / "req.csv", "tru", tmp_path / "out", data=tiny_data)
+    second = unlearn(tmp_path / "run", tmp_path / "req.csv", tmp_path / "out", method="tru", data=tiny_data)
     assert second["replayed"] is True and second["receipt"] == first["receipt"]
     assert (tmp_path / "out" / "checkpoint.pt").read_bytes() == ckpt
     assert len(DeletionLedger(tmp_path / "out").receipts()) == 1

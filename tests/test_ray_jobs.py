@@ -78,7 +78,7 @@ def test_ray_train_restarts_a_failed_worker_and_matches(tmp_path, ray_session):
     cfg = _train_cfg(workers=2, address="local", fault_rank=1, fault_step=10, max_failures=2)
     result = run_distributed("train", cfg, out_dir=tmp_path / "ray")
     assert (tmp_path / "ray" / "fault.rank1.step10").exists()  # the fault did happen
-    assert json.loads((tmp_path / "ray" / "train.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "ray" / "metrics.json").read_text())["world_size"] == 2
     _same_run(result, reference)
 
 
@@ -138,7 +138,7 @@ def test_jobs_submitted_to_a_local_head_succeed(ray_head, tmp_path):
     assert {"original", "retrain", "reverse_bpr", "tru"} <= set(results["methods"])
     assert all(math.isfinite(results["methods"][m]["test"]["recall@20"]) for m in ("retrain", "tru"))
 
-    trained = json.loads((tmp_path / "train" / "train.json").read_text())
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert trained["world_size"] == 2 and trained["epochs"] == 3
     assert 0.0 < trained["test"]["recall@20"] <= 1.0
     assert any((tmp_path / "storage").rglob("checkpoint.rank1.pt"))  # per-rank files in Ray's checkpoints

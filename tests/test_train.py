@@ -161,7 +161,7 @@ def test_run_train_writes_metrics_and_loadable_checkpoint(tiny_data, tmp_path):
     metrics = run_train(cfg, tmp_path, data=tiny_data)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert set(on_disk) == {"valid", "test", "best_epoch", "epochs", "train_seconds", "seconds_per_epoch",
-                            "config"}
+                            "world_size", "config"}
     assert on_disk["test"] == metrics["test"] and on_disk["config"] == cfg.to_dict()
     assert on_disk["test"]["n_users"] > 0 and 0.0 < on_disk["test"]["recall@20"] <= 1.0
     saved = torch.load(checkpoint_path(tmp_path, 0, 1), weights_only=True)

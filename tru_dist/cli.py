@@ -99,6 +99,7 @@ def _add_dist_flags(p: argparse.ArgumentParser) -> None:
                    help="GPUs per worker (0 on CPU)")
     g.add_argument("--address", default=None,
                    help="local (in-process Ray), none (local processes, no Ray), auto, or ray://host:port")
+    g.add_argument("--storage", default=None, help="Ray Train's storage path (default: OUT/ray)")
 
 
 def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
@@ -109,12 +110,14 @@ def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
 
 
 def dist_overrides(args: argparse.Namespace) -> list[str]:
-    """``--workers/--gpus-per-worker/--address`` as config overrides (only the flags given)."""
+    """``--workers/--gpus-per-worker/--address/--storage`` as config overrides (only those given)."""
     extra = []
     for flag, key in (("workers", "dist.workers"), ("gpus_per_worker", "dist.gpus_per_worker"),
-                      ("address", "dist.address")):
+                      ("address", "dist.address"), ("storage", "dist.storage_path")):
         if getattr(args, flag, None) is not None:
             extra.append(f"{key}={getattr(args, flag)}")
+    if (getattr(args, "gpus_per_worker", None) or 0) > 0:
+        extra.append("train.device=cuda")  # workers placed on GPUs compute there (an override wins)
     return extra
 
 
@@ -210,7 +213,7 @@ def cmd_train(args, overrides) -> int:
 
     cfg = _build_cfg(args, overrides)
     metrics = commands.train(cfg, args.out, resume=args.resume)
-    _print_json({k: v for k, v in metrics.items() if k != "config"})
+    _print_json({k: v for k, v in metrics.items() if k not in ("config", "history")})
     return 0
 
 

@@ -13,7 +13,7 @@ kind         what every rank runs; what rank 0 writes
 ===========  =================================================================================
 train        ``train_model`` on its shard; ``out_dir/metrics.json`` and ``out_dir/checkpoint.pt``
              (full tables, gathered over ranks) — plus ``checkpoint.rank{r}.pt`` resume files
-             at W > 1
+             at W > 1; returns the metrics and the per-epoch ``history``
 evaluate     the run's full ``checkpoint.pt`` cut to its rows, valid/test metrics; nothing
 unlearn      :func:`tru_dist.unlearn.run.apply_requests`: deletion step, method, metrics;
              ``out_dir/checkpoint.pt`` (full), ``metrics.json``, the ledger receipt
@@ -143,7 +143,7 @@ def _train(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Repor
                             checkpoint_path(out_dir, rank=0, world_size=1))
     if shard.rank == 0:
         atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    return {**metrics, "history": result.history}
 
 
 # -- evaluate / unlearn ------------------------------------------------------------------------
