@@ -288,8 +288,8 @@ def test_audit_run_audits_an_unlearn_output_folder(tmp_path):
     from tru_dist.audit.runner import audit_run
     from tru_dist.data.regimes import select_forget
     from tru_dist.data.requests import write_requests
-    from tru_dist.train.trainer import run_train
     from tru_dist.distributed.commands import unlearn
+    from tru_dist.train.trainer import run_train
 
     data = generate_synthetic(n_users=200, n_items=120, n_clusters=4, seed=1, modalities={},
                               mean_extra_interactions=10)

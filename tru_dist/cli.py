@@ -99,7 +99,9 @@ def _add_dist_flags(p: argparse.ArgumentParser) -> None:
                    help="GPUs per worker (0 on CPU)")
     g.add_argument("--address", default=None,
                    help="local (in-process Ray), none (local processes, no Ray), auto, or ray://host:port")
-    g.add_argument("--storage", default=None, help="Ray Train's storage path (default: OUT/ray)")
+    g.add_argument("--storage", default=None,
+                   help="Ray Train's storage path (default: OUT/ray for train, a temporary folder otherwise; "
+                        "storage every node sees on a multi-node cluster)")
 
 
 def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:

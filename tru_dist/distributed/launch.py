@@ -161,8 +161,10 @@ def _run_ray(task: dict, cfg: Config) -> dict:
             task = {**task, "out_dir": str(out_dir)}
         if cfg.dist.storage_path:
             storage = Path(cfg.dist.storage_path).resolve()
-        else:  # a task without out_dir (evaluate) keeps Ray's files only while it runs
-            storage = out_dir / "ray" if out_dir is not None else Path(scratch)
+        elif task["kind"] == "train" and out_dir is not None:  # its per-epoch checkpoints: restarts
+            storage = out_dir / "ray"
+        else:  # the other tasks report only their result: Ray's files last as long as the run,
+            storage = Path(scratch)  # and OUT holds what it holds at W = 1
         label = out_dir.name if out_dir is not None else "run"
         trainer = torch_trainer(
             train_loop_per_worker, {"task": task}, workers=cfg.dist.workers, cpu=1.0,
