@@ -274,3 +274,18 @@ def test_any_w_opens_a_w2_run_and_unlearns_its_requests_alike(tmp_path):
             ["checkpoint.pt", "ledger.jsonl", "ledger_hashes", "metrics.json"]
     # and both unlearned models open in one process and score alike
     _check_values("reopen", evaluate_run(tmp_path / "u2")["test"], evaluate_run(tmp_path / "u1")["test"])
+
+
+def _user_error(rank: int, world: int) -> None:
+    from tru_dist.errors import ConfigError
+
+    raise ConfigError(f"rank {rank} of {world}: bad setting; fix it")
+
+
+def test_a_user_error_on_the_workers_reaches_the_caller_as_itself():
+    """A one-line error raised on every worker is re-raised as is (the CLI prints it and exits 2),
+    not as a ProcessRaisedException with the child's traceback."""
+    from tru_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rank 0 of 2: bad setting"):
+        spawn_local(_user_error, 2)
