@@ -18,8 +18,8 @@ Thin: ``tru-dist sweep`` with one extra flag, ``--address`` (passed as ``--dist.
 here); ``--address local`` starts an in-process Ray instead. ``--storage`` should be
 storage every node sees on a multi-node cluster. Anything of the form ``--key=value`` is an
 override (``--unlearn.epochs=5``; ``--sweep.num_samples=16`` for a field of the sweep file).
-``RAY_AUTH_MODE`` is set explicitly (``disabled`` unless the environment says otherwise),
-so a token left by an earlier local Ray does not silently switch authentication on.
+Authentication is the cluster's: the driver inherits ``RAY_AUTH_MODE`` (and the token) from
+the job's environment; only ``--address local`` turns it off, for its own loopback instance.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ def test_unknown_config_key_is_one_line_error(capsys, tmp_path):
 
 def test_what_compare_cannot_run_on_several_workers_is_refused_in_one_line(capsys, tmp_path):
     for extra, fix in ((["--audit", "mia"], "drop --audit"), (["--methods", "retrain,sisa"], "drop it")):
-        argv = ["compare", "--workers", "2", "--address", "none", "--out", str(tmp_path / "c"), *extra]
+        argv = ["compare", "--data", "synthetic:tiny", "--workers", "2", "--address", "none",
+                "--out", str(tmp_path / "c"), *extra]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and fix in err and len(err.splitlines()) == 1

@@ -217,7 +217,6 @@ def test_workers_sweep_reports_what_one_process_computes(workers_sweep):
 
 
 def test_workers_sweep_without_the_state_api_is_a_one_line_error(ray_session, monkeypatch):
-    import ray._private.services
     import ray.util.state
 
     from tru_dist.errors import ConfigError
@@ -232,7 +231,8 @@ def test_workers_sweep_without_the_state_api_is_a_one_line_error(ray_session, mo
     with pytest.raises(ConfigError, match="need Ray's state API") as info:
         adapter.require_state_api()
     assert "\n" not in str(info.value) and "--workers=1" in str(info.value)
-    monkeypatch.setattr(ray._private.services, "find_gcs_addresses", lambda: {"a:1", "b:2"})
+    assert ray_session.get_runtime_context().gcs_address in adapter.local_gcs_addresses()
+    monkeypatch.setattr(adapter, "local_gcs_addresses", lambda: {"a:1", "b:2"})
     with pytest.raises(ConfigError, match="2 Ray instances run on this machine") as info:
         adapter.require_state_api()
     assert "\n" not in str(info.value) and "RAY_ADDRESS" in str(info.value)

@@ -1,5 +1,19 @@
 """tru-dist: machine unlearning for multimodal recommender systems, distributed on Ray.
 
+The Python API (:mod:`tru_dist.api`, what the CLI itself calls)::
+
+    import tru_dist
+    run = tru_dist.train(data="synthetic:small", model="miggt", out="runs/miggt")
+    tru_dist.evaluate(run); tru_dist.recommend(run, users=[0, 1], k=10)
+    tru_dist.unlearn(run, requests="requests.parquet", method="tru")
+    tru_dist.load_run("runs/miggt"); tru_dist.export_embeddings(run)
+
+Those names are resolved on first access (module ``__getattr__``, PEP 562), so ``import
+tru_dist`` stays light (no torch) and :mod:`tru_dist.api` can import the package's modules
+without an import cycle. ``train`` and ``unlearn`` are also subpackages; those subpackages are
+callable and forward to the API (:mod:`tru_dist._callable`), so ``tru_dist.train(...)`` works
+whichever of the two Python's import system put on the package.
+
 The package is organised by job (see DESIGN.md §2): ``data`` (formats, validation,
 synthetic data, forget-set regimes), ``graph`` (normalized bipartite adjacency, kNN
 graphs, partition book), ``models`` (backbones behind one contract), ``train``
@@ -9,4 +23,33 @@ collectives it shares with the models are ``comm``), ``tune`` (the only ray.tune
 ``report`` and ``cli``. Imports point down that list only (tests/test_layering.py).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "Run", "train", "load_run", "unlearn", "evaluate", "recommend", "export_embeddings"]
+_API = frozenset(__all__) - {"__version__"}
+_SUBPACKAGES = frozenset({"train", "unlearn"})  # callable subpackages named like API functions
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
+    from tru_dist.api import Run, evaluate, export_embeddings, load_run, recommend, train, unlearn
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # sets the attribute itself
+    if name in _API:
+        from tru_dist import api
+
+        value = getattr(api, name)
+        globals()[name] = value  # resolved once
+        return value
+    raise AttributeError(f"module 'tru_dist' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -24,6 +24,7 @@ import torch
 
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
+from tru_dist.device import resolve_device
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
@@ -105,12 +106,12 @@ def bench_train(
     for section, values in (overrides or {}).items():
         tree.setdefault(section, {}).update(values)
     cfg = Config.from_dict(tree)
-    device = torch.device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     t0 = time.perf_counter()
-    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=device,
                             with_knn=model_class(cfg.model.name).uses_knn)
     graph_seconds = time.perf_counter() - t0
     model = build_model(cfg.model, graph, seed=cfg.train.seed).to(device)

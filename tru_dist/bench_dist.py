@@ -31,6 +31,7 @@ import torch
 from tru_dist import comm as collectives
 from tru_dist.config import Config, build_config
 from tru_dist.data.dataset import RecDataset
+from tru_dist.device import synchronize
 from tru_dist.distributed.comm_meter import CommMeter
 from tru_dist.distributed.planner import plan
 from tru_dist.distributed.process_group import spawn_local
@@ -128,8 +129,10 @@ def _bench_rank(rank: int, world_size: int, cfg_dict: dict, data: RecDataset, st
         for _ in range(steps):
             if collectives.is_distributed():
                 torch.distributed.barrier()
+            synchronize()
             start = time.perf_counter()
             step()
+            synchronize()  # CUDA: count the step's kernels, not their launches
             times.append(time.perf_counter() - start)
     lo, hi = shard.book.user_range(rank)
     return {
@@ -159,10 +162,8 @@ def bench_dist(
     """Step time and bytes per step for W = 1 and W = 2 side by side, with the planner's figures."""
     features = _feature_spec(synthetic_features)
     dataset = bench_data(data, features)
-    name = Path(str(data)).name.replace("amazon-", "") if not isinstance(data, RecDataset) else None
-    known = name if name and (Path(__file__).resolve().parent.parent / "configs" / "datasets"
-                              / f"{name}.yaml").exists() else None
-    cfg = build_config(model=model, dataset=known, overrides=list(overrides or []))
+    named = None if isinstance(data, RecDataset) or str(data).startswith("synthetic") else str(data)
+    cfg = build_config(model=model, dataset=named, overrides=list(overrides or []))
     cfg.dist.address = "none"
     train_users, _ = dataset.train_pairs
     feature_dims = {m: int(f.shape[1]) for m, f in dataset.features.items()}

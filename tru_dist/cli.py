@@ -1,9 +1,10 @@
 """``tru-dist`` console script: one entry point, RecBole-style subcommands.
 
     tru-dist data synth|import-mmrec|stats|encode-text|forget|poison|purge ...
-    tru-dist train --model mgcn --data DIR --out RUN [--resume] [--key=value ...]
-    tru-dist evaluate --run RUN [--workers W]
+    tru-dist train --model mgcn --data DIR --out RUN [--resume] [--device auto|cpu|cuda] [--key=value ...]
+    tru-dist evaluate --run RUN [--workers W] [--device auto|cpu|cuda]
     tru-dist unlearn --run RUN --requests FILE --method tru --out RUN2 [--config YAML] [--workers W] [--purge]
+    tru-dist recommend --run RUN --users 0,1,2 --k 20
     tru-dist verify-deletion --run RUN2 [--data STORE] [--scan DIR ...]
     tru-dist compare --data DIR --model mgcn --regime users --fraction 0.05 --methods ... --seeds 3 --out OUT
     tru-dist audit --run RUN --requests FILE
@@ -15,6 +16,9 @@
 Anything after the named flags of the form ``--key=value`` is a config override
 (``--train.lr=1e-3``, ``--beta=0.7``). A user error (a bad flag included) prints
 ``error: <one line>`` and exits 2; an ``--out`` the failed command created is removed.
+``train``, ``evaluate``, ``unlearn`` and ``recommend`` call the Python API (:mod:`tru_dist.api`).
+Results (JSON, tables) go to stdout; progress — the defaults used, one line per training
+epoch — goes to stderr through :mod:`logging`. ``python -m tru_dist`` is the same command.
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ import os
 import sys
 from pathlib import Path
 
-from tru_dist.errors import TruDistError
+from tru_dist import __version__
+from tru_dist.errors import ConfigError, TruDistError
+
+DATA_HELP = ("a dataset folder (MMRec layout or tru-dist store) or a synthetic spec: synthetic, "
+             "synthetic:tiny, synthetic:small, synthetic:USERSxITEMS[:SEED]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,12 +104,18 @@ def _add_dist_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=_int_at_least(1), default=None,
                    help="Ray workers (shards); 1 = single process")
     g.add_argument("--gpus-per-worker", type=_float_in(0, 1024), default=None,
-                   help="GPUs per worker (0 on CPU)")
+                   help="GPUs per worker (0 on CPU; > 0 means CUDA and NCCL)")
     g.add_argument("--address", default=None,
-                   help="local (in-process Ray), none (local processes, no Ray), auto, or ray://host:port")
+                   help="local (a fresh in-process Ray), none (local processes, no Ray), auto (join the "
+                   "running cluster / RAY_ADDRESS), or ray://host:port")
     g.add_argument("--storage", default=None,
                    help="Ray Train's storage path (default: OUT/ray for train, a temporary folder otherwise; "
                         "storage every node sees on a multi-node cluster)")
+
+
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where the model runs: auto (default: CUDA when available), cpu or cuda")
 
 
 def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
@@ -111,25 +125,48 @@ def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for training and unlearning")
 
 
+def placement_overrides(gpus_per_worker: float | None, device: str | None) -> list[str]:
+    """Config overrides for ``--gpus-per-worker`` / ``--device``.
+
+    ``--gpus-per-worker > 0`` means CUDA and NCCL: ``train.device=cuda`` and
+    ``dist.backend=nccl`` (an explicit ``--device cpu`` with GPUs is a contradiction, refused);
+    ``--device`` alone sets ``train.device`` (``auto`` = CUDA when available).
+    """
+    out: list[str] = []
+    if gpus_per_worker is not None:
+        out.append(f"dist.gpus_per_worker={gpus_per_worker}")
+    if gpus_per_worker is not None and gpus_per_worker > 0:
+        if device not in (None, "auto") and not str(device).startswith("cuda"):
+            raise ConfigError(f"--gpus-per-worker {gpus_per_worker:g} asks for GPUs but --device {device} "
+                              "for the CPU; drop one of them")
+        out += [f"train.device={device if device not in (None, 'auto') else 'cuda'}", "dist.backend=nccl"]
+    elif device is not None:
+        out.append(f"train.device={device}")
+    return out
+
+
 def dist_overrides(args: argparse.Namespace) -> list[str]:
-    """``--workers/--gpus-per-worker/--address/--storage`` as config overrides (only those given)."""
+    """``--workers/--gpus-per-worker/--device/--address/--storage`` as config overrides (only
+    those given); see :func:`placement_overrides` for GPUs and devices."""
     extra = []
-    for flag, key in (("workers", "dist.workers"), ("gpus_per_worker", "dist.gpus_per_worker"),
-                      ("address", "dist.address"), ("storage", "dist.storage_path")):
+    for flag, key in (("workers", "dist.workers"), ("address", "dist.address"),
+                      ("storage", "dist.storage_path")):
         if getattr(args, flag, None) is not None:
             extra.append(f"{key}={getattr(args, flag)}")
-    if (getattr(args, "gpus_per_worker", None) or 0) > 0:
-        extra.append("train.device=cuda")  # workers placed on GPUs compute there (an override wins)
-    return extra
+    return extra + placement_overrides(getattr(args, "gpus_per_worker", None), getattr(args, "device", None))
 
 
 def _build_cfg(args: argparse.Namespace, overrides: list[str]):
-    """The command's config through the one builder (:func:`tru_dist.config.build_config`)."""
+    """The command's config through the one builder (:func:`tru_dist.config.build_config`);
+    a command with ``--data`` refuses to run without data (no silent synthetic default)."""
     from tru_dist.config import build_config
 
-    return build_config(model=getattr(args, "model", None), data=getattr(args, "data", None),
-                        config_file=getattr(args, "config", None), seed=getattr(args, "seed", None),
-                        overrides=dist_overrides(args) + list(overrides))
+    cfg = build_config(model=getattr(args, "model", None), data=getattr(args, "data", None),
+                       config_file=getattr(args, "config", None), seed=getattr(args, "seed", None),
+                       overrides=dist_overrides(args) + list(overrides))
+    if hasattr(args, "data") and cfg.data.path is None:
+        raise ConfigError(f"--data is required: {DATA_HELP} (e.g. --data synthetic:small)")
+    return cfg
 
 
 def _print_json(obj) -> None:
@@ -211,28 +248,37 @@ def _parse_dims(text: str) -> list[tuple[str, int]]:
 # train / evaluate / unlearn / audit
 # --------------------------------------------------------------------------------------
 def cmd_train(args, overrides) -> int:
-    from tru_dist.distributed import commands
+    from tru_dist import api
 
-    cfg = _build_cfg(args, overrides)
-    metrics = commands.train(cfg, args.out, resume=args.resume)
-    _print_json({k: v for k, v in metrics.items() if k not in ("config", "history")})
+    run = api.train(config=_build_cfg(args, overrides), out=args.out, resume=args.resume)
+    _print_json({k: v for k, v in run.metrics.items() if k not in ("config", "history")})
     return 0
 
 
 def cmd_evaluate(args, overrides) -> int:
-    from tru_dist.distributed import commands
+    from tru_dist import api
 
-    _print_json(commands.evaluate(args.run, overrides=dist_overrides(args) + list(overrides)))
+    _print_json(api.evaluate(args.run, overrides=dist_overrides(args) + list(overrides)))
     return 0
 
 
 def cmd_unlearn(args, overrides) -> int:
-    from tru_dist.distributed import commands
+    from tru_dist import api
 
-    metrics = commands.unlearn(args.run, args.requests, args.out, method=args.method, config_file=args.config,
-                               seed=args.seed, overrides=dist_overrides(args) + list(overrides),
-                               purge=args.purge, keep_versions=args.keep_versions)
-    _print_json({k: v for k, v in metrics.items() if k not in ("config", "decisions")})
+    run = api.unlearn(args.run, requests=args.requests, method=args.method, config=args.config, out=args.out,
+                      seed=args.seed, overrides=dist_overrides(args) + list(overrides), purge=args.purge,
+                      keep_versions=args.keep_versions)
+    _print_json({k: v for k, v in run.metrics.items() if k not in ("config", "decisions")})
+    return 0
+
+
+def cmd_recommend(args, overrides) -> int:
+    from tru_dist import api
+
+    if overrides:
+        raise ConfigError(f"recommend takes no config overrides ({' '.join(overrides)})")
+    run = api.load_run(args.run, device=args.device or "auto")
+    _print_json(api.recommend(run, args.users, k=args.k, exclude_seen=not args.include_seen))
     return 0
 
 
@@ -261,6 +307,13 @@ def cmd_compare(args, overrides) -> int:
     from tru_dist.distributed import commands
 
     cfg = _build_cfg(args, overrides)
+    import logging
+
+    from tru_dist.config import defaults_used
+    from tru_dist.train.checkpoint import write_run_config
+
+    logging.getLogger("tru_dist.compare").info(defaults_used(cfg.model.name, cfg.data.path))
+    write_run_config(args.out, cfg.to_dict())
     spec = CompareSpec(
         regime=args.regime,
         policy=args.policy,
@@ -326,6 +379,7 @@ def cmd_bench(args, overrides) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tru-dist", description=__doc__.split("\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"tru-dist {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("data", help="create, import, inspect data; make deletion requests")
@@ -374,15 +428,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a backbone with BPR and early stopping on valid")
     _add_config_flags(t)
-    t.add_argument("--data", default="synthetic", help="data folder or synthetic[:spec]")
-    t.add_argument("--out", required=True, help="run folder (metrics.json, checkpoint.pt)")
+    t.add_argument("--data", default=None, help=f"required: {DATA_HELP}")
+    t.add_argument("--out", required=True, help="run folder (config.yaml, metrics.json, checkpoint.pt)")
     t.set_defaults(out_kind="dir")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    _add_device_flag(t)
     _add_dist_flags(t)
 
     e = sub.add_parser("evaluate", help="re-evaluate a run's checkpoint on valid and test")
     e.add_argument("--run", required=True, help="a finished run folder, trained at any --workers")
+    _add_device_flag(e)
     _add_dist_flags(e)
+
+    rc = sub.add_parser("recommend", help="top-k items for some users of a trained run (JSON)")
+    rc.add_argument("--run", required=True, help="a finished train or unlearn run folder")
+    rc.add_argument("--users", required=True, help="user ids separated by commas, e.g. 0,1,2")
+    rc.add_argument("--k", type=int, default=20, help="items per user (default 20)")
+    rc.add_argument("--include-seen", action="store_true", help="also rank the user's train items")
+    _add_device_flag(rc)
 
     u = sub.add_parser("unlearn", help="apply deletion requests to a trained run (ledgered, at any W)")
     u.add_argument("--run", required=True, help="a finished run folder, trained at any --workers")
@@ -397,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then purge the run's store of every deleted interaction (tru-dist data purge)")
     u.add_argument("--keep-versions", type=_int_at_least(0), default=0,
                    help="with --purge: superseded store versions to keep (default 0)")
+    _add_device_flag(u)
     _add_dist_flags(u)
 
     v = sub.add_parser("verify-deletion", help="scan every artifact for what a run's ledger deleted")
@@ -407,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="original vs retrain vs unlearning methods on one forget set")
     _add_config_flags(c)
-    c.add_argument("--data", default="synthetic")
+    c.add_argument("--data", default=None, help=f"required: {DATA_HELP}")
+    _add_device_flag(c)
     c.add_argument("--regime", choices=["interactions", "users", "items", "poison"], default="users")
     c.add_argument("--policy", choices=["random", "core", "edge"], default="random")
     c.add_argument("--fraction", type=_float_in(0, 1, low_open=True), default=0.05)
@@ -473,13 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "unlearn": cmd_unlearn,
-    "audit": cmd_audit, "compare": cmd_compare, "demo": cmd_demo, "report": cmd_report,
-    "sweep": cmd_sweep, "bench": cmd_bench, "verify-deletion": cmd_verify,
+    "recommend": cmd_recommend, "audit": cmd_audit, "compare": cmd_compare, "demo": cmd_demo,
+    "report": cmd_report, "sweep": cmd_sweep, "bench": cmd_bench, "verify-deletion": cmd_verify,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tru_dist.logs import setup_logging
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    setup_logging()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     bad = [r for r in rest if not (r.startswith("--") and "=" in r)]
@@ -520,9 +588,9 @@ def job_main(command: str, argv: list[str] | None = None) -> int:
     flags and the same config builder, except that ``--address`` defaults to ``auto`` (inside
     ``ray job submit`` the driver joins the running cluster; ``local`` starts an in-process
     Ray, ``none`` spawns local processes), passed on as ``--dist.address=…``, which every
-    command reads. ``RAY_AUTH_MODE`` is set explicitly (``disabled`` unless the environment
-    says otherwise), so a token left by an earlier local Ray does not switch auth on."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    command reads. Authentication is the cluster's: the driver inherits ``RAY_AUTH_MODE`` (and
+    the token) from the job's environment; only ``--address local`` turns it off, for its own
+    loopback-only instance (:func:`tru_dist.distributed.launch.connect`)."""
     address, rest = split_address(list(sys.argv[1:] if argv is None else argv))
     return main([command, *rest, f"--dist.address={address}"])
 

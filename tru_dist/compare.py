@@ -44,6 +44,7 @@ import numpy as np
 
 from tru_dist import comm as collectives
 from tru_dist.config import Config
+from tru_dist.device import resolve_device
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
 from tru_dist.report.tables import audit_table, comparison_table, paired_table
@@ -202,9 +203,10 @@ def train_original(cfg: Config, data, cache: str | None):
         path = Path(cache) / f"{cfg.model.name}-seed{cfg.train.seed}-{_original_key(cfg, data)}{suffix}.pt"
     if path is not None and path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=cfg.train.device,
+        graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank,
+                                device=resolve_device(cfg.train.device),
                                 with_knn=model_class(cfg.model.name).uses_knn)
-        model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+        model = build_model(cfg.model, graph, seed=cfg.train.seed).to(graph.ui.norm.device)
         lo, hi = graph.book.user_range(rank)
         model.load_state_dict(local_state(model, blob["state"], lo, hi))
         model.eval()

@@ -1,23 +1,71 @@
 """Typed, layered configuration.
 
-Precedence (later wins): typed defaults < ``configs/datasets/<name>.yaml`` <
-``configs/models/<model>.yaml`` < a user YAML (``--config FILE``) < ``--key=value``
-overrides. Keys are dotted paths (``train.lr=1e-3``); a bare leaf name (``lr=1e-3``) is
-accepted when it is unambiguous. Unknown keys are errors that list the valid ones, as in
-RecBole's layered config but strict (pydantic ``extra="forbid"``).
+Precedence (later wins): typed defaults < the dataset's defaults < the model's published
+defaults < a user YAML (``--config FILE``) < ``--key=value`` overrides. Keys are dotted paths
+(``train.lr=1e-3``); a bare leaf name (``lr=1e-3``) is accepted when it is unambiguous.
+Unknown keys are errors that list the valid ones, as in RecBole's layered config but strict
+(pydantic ``extra="forbid"``).
+
+The model and dataset defaults are package data (``tru_dist/configs/{models,datasets}/*.yaml``,
+read with :mod:`importlib.resources`), so an installed wheel carries them; the repository's
+top-level ``configs/`` holds the user-facing files passed by path (sweeps, tuned unlearning
+configs). Names are canonical: lower case without ``-``/``_`` (``MiG-GT`` → ``miggt``), and a
+dataset folder's ``amazon-`` prefix is dropped (``amazon-scientific`` → ``scientific``). Every
+model has a defaults file: a model without one is an error, never a silent fallback to the
+typed defaults. A dataset without one (your own data) simply has no dataset layer.
 """
 
 from __future__ import annotations
 
+import re
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tru_dist.errors import ConfigError
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def defaults_root() -> Traversable:
+    """The packaged defaults: ``tru_dist/configs`` (``models/``, ``datasets/``)."""
+    return resources.files("tru_dist") / "configs"
+
+
+def canonical_name(name: str) -> str:
+    """``MiG-GT`` / ``MIGGT`` / ``mig_gt`` → ``miggt``: lower case, no separators or spaces."""
+    return re.sub(r"[-_\s]", "", str(name).strip().lower())
+
+
+def canonical_dataset(name: str | Path) -> str:
+    """A dataset name or folder → its canonical name (``../data/amazon-scientific`` → ``scientific``)."""
+    key = canonical_name(Path(str(name).rstrip("/\\")).name)
+    return key[len("amazon"):] if key.startswith("amazon") and len(key) > len("amazon") else key
+
+
+def packaged_names(kind: str) -> list[str]:
+    """Names with a packaged defaults file of ``kind`` (``models`` or ``datasets``)."""
+    folder = defaults_root() / kind
+    if not folder.is_dir():
+        return []
+    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
+
+
+def packaged_defaults(kind: str, name: str) -> dict | None:
+    """The packaged ``kind/name.yaml`` as a mapping, or None when there is no such file."""
+    f = defaults_root() / kind / f"{name}.yaml"
+    if not f.is_file():
+        return None
+    data = yaml.safe_load(f.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"packaged defaults {kind}/{name}.yaml must hold a mapping; reinstall tru-dist")
+    return data
 
 
 class Valid:
@@ -87,9 +135,19 @@ class ModelConfig(_Strict):
     ppr_alpha: Unit = 0.1
     gt_att_dim: PosInt = 4
 
+    @field_validator("name")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        return canonical_name(v)
+
 
 class TrainConfig(_Strict):
-    """BPR training with early stopping on ``eval.metric`` computed on valid."""
+    """BPR training with early stopping on ``eval.metric`` computed on valid.
+
+    ``device``: ``auto`` (CUDA when ``torch.cuda.is_available()``, else CPU — resolved where
+    the model is built, so a run trained on a GPU loads on a CPU machine), ``cpu``, ``cuda``
+    or ``cuda:N``.
+    """
 
     lr: PosFloat = 1e-3
     batch_size: PosInt = 2048
@@ -97,8 +155,16 @@ class TrainConfig(_Strict):
     patience: int = 20
     eval_every: PosInt = 1
     seed: Seed = 0
-    device: str = "cpu"
+    device: str = "auto"
     progress: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = str(v).strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device must be {DEVICES}, not {v!r}")
+        return v
 
 
 class EvalConfig(_Strict):
@@ -302,17 +368,55 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def dataset_name(data: str | Path | None) -> str | None:
-    """The dataset YAML a ``--data`` argument names: the folder's name without ``amazon-``
-    (``../shared/data/amazon-scientific`` -> ``scientific``); None for synthetic specs."""
+    """The dataset a ``--data`` argument names, canonical (``../shared/data/amazon-scientific``
+    -> ``scientific``); None for synthetic specs."""
     if data is None or str(data).startswith("synthetic"):
         return None
-    return Path(str(data)).name.replace("amazon-", "")
+    return canonical_dataset(data)
+
+
+def _flat(tree: dict, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "modality_layers":
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={v}")
+    return out
+
+
+def defaults_used(model: str, data: str | Path | None = None) -> str:
+    """One line naming the packaged defaults under a config of ``model`` trained on ``data`` and
+    every value they set, e.g. ``model defaults miggt (published; tru_dist/configs/models/miggt.yaml):
+    model.dim=64, ..., train.lr=0.01 | dataset defaults scientific: eval.metric=recall@20``."""
+    key = canonical_name(model)
+    text = (f"model defaults {key} (published; tru_dist/configs/models/{key}.yaml): "
+            + ", ".join(_flat(model_defaults(key))))
+    name = dataset_name(data)
+    if name is not None:
+        layer = packaged_defaults("datasets", name)
+        text += (f" | dataset defaults {name}: " + ", ".join(_flat(layer)) if layer is not None
+                 else f" | no packaged dataset defaults for '{name}'")
+    return text
+
+
+def model_defaults(name: str) -> dict:
+    """The published defaults of model ``name`` (any spelling); ConfigError when there are none."""
+    key = canonical_name(name)
+    tree = packaged_defaults("models", key)
+    if tree is None:
+        shipped = packaged_names("models")
+        if not shipped:
+            raise ConfigError("no model defaults are installed (tru_dist/configs/models is missing from the "
+                              "package); reinstall tru-dist")
+        raise ConfigError(f"unknown model '{name}' (choose one of: {', '.join(shipped)})")
+    return tree
 
 
 def build_config(
     *,
     model: str | None = None,
-    dataset: str | None = None,
+    dataset: str | Path | None = None,
     data: str | Path | None = None,
     config_file: str | Path | None = None,
     seed: int | None = None,
@@ -322,11 +426,14 @@ def build_config(
     """The one config builder: the CLI, the ``jobs/`` entry points, sweeps, ``unlearn`` and
     ``evaluate`` all call it.
 
-    Layers, later wins: typed defaults < ``configs/datasets/<dataset>.yaml`` <
-    ``configs/models/<model>.yaml`` < ``config_file`` < ``data``/``seed`` < ``overrides``.
+    Layers, later wins: typed defaults < the dataset's packaged defaults < the model's
+    published defaults < ``config_file`` < ``data``/``seed`` < ``overrides``.
 
-    * ``data`` sets ``data.path`` and, without ``dataset``, names the dataset YAML
-      (:func:`dataset_name`);
+    * ``data`` sets ``data.path`` and, without ``dataset``, names the dataset
+      (:func:`dataset_name`; canonical; no layer when nothing is packaged for it);
+    * the model is the first named of: ``overrides`` ``model.name``, ``model``, the file's
+      ``model.name``, the typed default (``lightgcn``), in any spelling; its packaged defaults
+      are always applied (:func:`defaults_used` says which, for a log line);
     * ``seed`` sets ``train.seed`` and ``unlearn.seed``;
     * ``base`` (a trained run's saved config) replaces the first three layers: a run's
       defaults are what it was trained with, so a later command layers only the file and
@@ -348,14 +455,14 @@ def build_config(
         tree = base.to_dict() if isinstance(base, Config) else dict(base)
     else:
         tree = {}
-        if dataset and (CONFIG_ROOT / "datasets" / f"{dataset}.yaml").exists():
-            tree = _deep_merge(tree, load_yaml(CONFIG_ROOT / "datasets" / f"{dataset}.yaml"))
+        if dataset:
+            layer = packaged_defaults("datasets", canonical_dataset(dataset))
+            if layer is not None:
+                tree = _deep_merge(tree, layer)
         model = overrides.get("model", {}).get("name", model or user_tree.get("model", {}).get("name"))
-        if model:
-            model_yaml = CONFIG_ROOT / "models" / f"{model}.yaml"
-            if model_yaml.exists():
-                tree = _deep_merge(tree, load_yaml(model_yaml))
-            tree = _deep_merge(tree, {"model": {"name": model}})
+        model = canonical_name(model or ModelConfig().name)
+        tree = _deep_merge(tree, model_defaults(model))
+        tree = _deep_merge(tree, {"model": {"name": model}})
     tree = _deep_merge(tree, user_tree)
     tree = _deep_merge(tree, overrides)
     return Config.from_dict(tree)

@@ -29,6 +29,8 @@ every node sees (as ``--run``, which every worker reads), on one machine any pat
 Network: a locally started Ray binds its dashboard to 127.0.0.1 (or none), and workers
 use the loopback interface for gloo (``GLOO_SOCKET_IFNAME=lo``). Ray's other ports
 (GCS, raylet, object manager) listen on all interfaces — see ``cluster/local-start.sh``.
+Token auth is turned off only for that local, loopback-only instance (``LOCAL_ENV``); a
+joined cluster (``auto``, ``ray://``) keeps whatever ``RAY_AUTH_MODE`` its nodes run with.
 """
 
 from __future__ import annotations
@@ -98,18 +100,30 @@ def _spawned(rank: int, world_size: int, task: dict, data: RecDataset | None) ->
 
 # -- Ray ---------------------------------------------------------------------------------------
 def connect(address: str, dashboard: bool = False) -> None:
-    """``ray.init`` for ``local`` (a new in-process cluster: auth off, no usage stats, the
-    dashboard off unless ``dashboard``, and then on 127.0.0.1 only), ``auto`` (the running
-    cluster) or ``ray://host:port``; reuses an initialised Ray."""
+    """``ray.init`` for ``local``, ``auto`` or ``ray://host:port``; reuses an initialised Ray.
+
+    * ``local`` always starts a NEW Ray instance owned by this process
+      (``ray.init(address="local")``: Ray's explicit "start a fresh instance" address, which
+      ignores ``RAY_ADDRESS`` and any running cluster), with usage stats off, the dashboard
+      off unless ``dashboard`` (and then on 127.0.0.1 only), and token auth off — this head
+      is a loopback-only, single-user instance that dies with the process;
+    * ``auto`` joins the cluster named by ``RAY_ADDRESS`` (set by ``ray job submit``) or the
+      one running on this machine; ``ray://host:port`` is Ray Client. Auth is left as the
+      cluster's environment says (``RAY_AUTH_MODE=token`` on a real cluster: see the README).
+
+    ``RAY_TRAIN_V2_ENABLED`` defaults to 1: the launcher uses Train V2 APIs (Ray >= 2.52 has
+    V2 on by default; the variable only guards against an environment that turned it off).
+    """
     import ray
 
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         return
     if address == "local":
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)
-        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False,
-                 log_to_driver=True)
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 configure_logging=False, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=address, configure_logging=False)
@@ -159,6 +173,9 @@ def _run_ray(task: dict, cfg: Config) -> dict:
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             task = {**task, "out_dir": str(out_dir)}
+            from tru_dist.train.checkpoint import write_run_config
+
+            write_run_config(out_dir, cfg.to_dict())  # the driver's copy (workers may run elsewhere)
         if cfg.dist.storage_path:
             storage = Path(cfg.dist.storage_path).resolve()
         elif task["kind"] == "train" and out_dir is not None:  # its per-epoch checkpoints: restarts

@@ -21,7 +21,6 @@ W = 1 is the same code with one shard.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
+from tru_dist.device import resolve_device
 from tru_dist.distributed.knn import distributed_knn
 from tru_dist.distributed.planner import model_profile
 from tru_dist.graph.context import RecGraph, build_rec_graph
@@ -46,16 +46,6 @@ class Shard:
     graph: RecGraph
     rank: int
     world_size: int
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available; a bare ``cuda`` → ``cuda:LOCAL_RANK`` when several GPUs
-    are visible (Ray and torchrun make one GPU visible per worker, where it is ``cuda:0``)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.device_count() > 1:
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    return torch.device(name)
 
 
 def open_full(cfg: Config, data: RecDataset | None = None) -> RecDataset:

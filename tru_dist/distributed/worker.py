@@ -49,6 +49,7 @@ from tru_dist.distributed.process_group import init_from_env
 from tru_dist.distributed.shard import Shard, build_shard_model, load_run_model, load_shard
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json
+from tru_dist.logs import setup_logging
 from tru_dist.models.base import Backbone
 
 Reporter = Callable[[dict[str, Any], list[Path]], None]
@@ -67,12 +68,17 @@ def worker_main(
     if kind not in TASKS:
         raise ConfigError(f"unknown task kind {kind!r} (choose one of: {', '.join(TASKS)})")
     cfg = Config.from_dict(task["config"])
+    setup_logging()  # per-epoch lines from every process that runs a task (Ray workers, torchrun)
     init_from_env(cfg.dist.backend)
     out_dir = Path(task["out_dir"]) if task.get("out_dir") else None
     if kind != "evaluate":
         if out_dir is None:
             raise ConfigError(f"a {kind} task needs out_dir (the folder its results go to)")
         out_dir.mkdir(parents=True, exist_ok=True)
+        if collectives.rank() == 0:  # every run folder holds its resolved config
+            from tru_dist.train.checkpoint import write_run_config
+
+            write_run_config(out_dir, cfg.to_dict())
     if kind == "compare":
         result = _compare(cfg, task, out_dir, data)
     else:

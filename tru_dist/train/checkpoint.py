@@ -25,6 +25,9 @@ accepts them — no pickled classes): ``model`` (last parameters), ``best_model`
 ``finished``, ``world_size``, ``rank``. The full file of a W > 1 run holds ``best_model``,
 ``config``, ``data``, ``world_size`` and the epoch counters (no optimizer: it is not a
 resume file).
+
+Every run folder also holds ``config.yaml``: the resolved config the run was started with
+(:func:`write_run_config`), readable and reusable as ``--config RUN/config.yaml``.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from tru_dist import comm as collectives
 from tru_dist.errors import TruDistError
-from tru_dist.io_utils import atomic_torch_save
+from tru_dist.io_utils import atomic_torch_save, atomic_write_text
+
+CONFIG_FILE = "config.yaml"
 
 
 class CheckpointError(TruDistError):
@@ -52,6 +58,12 @@ def checkpoint_path(out_dir: str | Path, rank: int | None = None, world_size: in
     rank = collectives.rank() if rank is None else rank
     name = "checkpoint.pt" if world_size == 1 else f"checkpoint.rank{rank}.pt"
     return Path(out_dir) / name
+
+
+def write_run_config(out_dir: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``out_dir/config.yaml`` (``Config.to_dict()``) atomically; returns its path."""
+    text = "# the resolved config of this run (tru-dist); reuse it with --config\n"
+    return atomic_write_text(Path(out_dir) / CONFIG_FILE, text + yaml.safe_dump(config, sort_keys=False))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, *, fault: str | None = None) -> Path:

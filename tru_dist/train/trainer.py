@@ -31,6 +31,7 @@ import torch
 from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
+from tru_dist.device import resolve_device, synchronize
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.graph.partition import PartitionBook
@@ -46,9 +47,10 @@ from tru_dist.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_run_config,
 )
 from tru_dist.train.evaluate import METRICS, evaluate
-from tru_dist.train.progress import progress
+from tru_dist.train.progress import log_epoch, progress
 from tru_dist.train.sampler import BPRSampler
 
 
@@ -116,11 +118,12 @@ def train_model(
 
     ``on_epoch(record)`` is called after every epoch (after the checkpoint is written), e.g.
     to report to Ray Tune; an exception raised there interrupts training like a crash would.
-    Collective: every rank calls it with its own graph shard and model.
+    Every epoch also logs one line (:func:`tru_dist.train.progress.log_epoch`). Epoch seconds
+    are CUDA-synchronised. Collective: every rank calls it with its own graph shard and model.
     """
     check_metric(cfg)
     tc = cfg.train
-    device = torch.device(tc.device)
+    device = resolve_device(tc.device)
     model.to(device)
     sampler = BPRSampler(*data.train_pairs, data.n_users, data.n_items, seed=tc.seed,
                          book=graph.book, rank=graph.rank)
@@ -158,6 +161,7 @@ def train_model(
         st["epoch"] += 1
         epoch = st["epoch"]
         model.train()
+        synchronize(device)
         start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for batch in progress(sampler.epoch(tc.batch_size), total=n_batches, desc=f"epoch {epoch}",
@@ -171,6 +175,7 @@ def train_model(
             optimizer.step()
             loss_sum += loss.detach().to(torch.float64)
         collectives.sum_stats(loss_sum)
+        synchronize(device)
         seconds = time.perf_counter() - start
         st["train_seconds"] += seconds
         record: dict[str, Any] = {"epoch": epoch, "loss": float(loss_sum) / max(1, n_batches),
@@ -189,6 +194,7 @@ def train_model(
                 st["bad_evals"] += 1
                 st["stopped_early"] = 0 < tc.patience <= st["bad_evals"]
         st["history"].append(record)
+        log_epoch(cfg.model.name, record, tc.epochs, cfg.eval.metric, st["best_metric"], st["best_epoch"])
         if evaluated:
             save()
         if on_epoch is not None:
@@ -227,11 +233,12 @@ def fit(
     ``knn``: item–item graphs built before (they depend on item features only), e.g. a
     shard's, whose feature slices cannot rebuild them."""
     uses_knn = model_class(cfg.model.name).uses_knn
-    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=cfg.train.device,
+    device = resolve_device(cfg.train.device)
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank, device=device,
                             with_knn=uses_knn and not knn)
     if uses_knn and knn:
-        graph.knn = {m: (a.to(cfg.train.device), at.to(cfg.train.device)) for m, (a, at) in knn.items()}
-    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+        graph.knn = {m: (a.to(device), at.to(device)) for m, (a, at) in knn.items()}
+    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(device)
     result = train_model(model, graph, data, cfg, out_dir=out_dir, resume=resume, on_epoch=on_epoch)
     return model, graph, result
 
@@ -262,8 +269,11 @@ def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecD
     """Train, evaluate test once with the best parameters, write ``out_dir/metrics.json``.
 
     ``metrics.json`` = ``{"valid", "test", "best_epoch", "epochs", "train_seconds",
-    "seconds_per_epoch", "config"}``; the checkpoint is ``out_dir/checkpoint.pt`` (W = 1).
+    "seconds_per_epoch", "config"}``; the checkpoint is ``out_dir/checkpoint.pt`` (W = 1);
+    ``out_dir/config.yaml`` (the resolved config) is written before training starts.
     """
+    if collectives.rank() == 0:
+        write_run_config(out_dir, cfg.to_dict())
     data = data if data is not None else _load_data(cfg)
     model, graph, result = fit(cfg, data, out_dir=out_dir, resume=resume)
     metrics = run_metrics(model, graph, data, cfg, result)
@@ -338,9 +348,10 @@ def load_run(
             raise CheckpointError(f"run {run_dir} was trained on in-memory data; pass data= to load_run")
         data = _load_data(cfg)
     check_run_data(run_dir, saved, data)
-    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+    dev = resolve_device(cfg.train.device)
+    graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=dev,
                             with_knn=model_class(cfg.model.name).uses_knn)
-    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(dev)
     load_parameters(model, saved["best_model"], run_dir, cfg.model.name)
     model.eval()
     return cfg, data, graph, model

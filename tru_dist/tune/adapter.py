@@ -45,12 +45,29 @@ CHECKPOINT_FILE = "state.json"
 
 def connect(address: str = "local", dashboard: bool = False) -> None:
     """``ray.init`` for the sweep driver (reuses an initialised Ray; a local dashboard, when
-    asked for, listens on 127.0.0.1 only)."""
+    asked for, listens on 127.0.0.1 only; auth as :func:`tru_dist.distributed.launch.connect`)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60: 'disabled' or 'token'
     from tru_dist.distributed.launch import connect as ray_connect
 
     ray_connect(address, dashboard=dashboard)
+
+
+def local_gcs_addresses() -> set[str]:
+    """GCS addresses of the Ray instances running on this machine, read from the command lines
+    of their raylets (``--gcs-address=HOST:PORT``) under ``/proc``; empty where there is no
+    ``/proc`` (then nothing is refused). Ray's own helper for this is private API."""
+    found: set[str] = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        if not args or not Path(args[0].decode(errors="replace")).name == "raylet":
+            continue
+        for arg in args[1:]:
+            if arg.startswith(b"--gcs-address="):
+                found.add(arg.split(b"=", 1)[1].decode(errors="replace"))
+    return found
 
 
 def require_state_api() -> None:
@@ -63,10 +80,9 @@ def require_state_api() -> None:
     the job's runtime environment (inherited by every actor of the job) tells it which.
     """
     import ray
-    from ray._private.services import find_gcs_addresses  # private: Ray's own discovery of instances
     from ray.util.state import list_actors
 
-    instances = find_gcs_addresses()
+    instances = local_gcs_addresses()
     job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
     if len(instances) > 1 and "RAY_ADDRESS" not in job_env:
         raise ConfigError(

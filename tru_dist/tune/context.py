@@ -34,6 +34,7 @@ import torch
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
 from tru_dist.data.requests import ForgetSet
+from tru_dist.device import resolve_device
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.io_utils import atomic_torch_save
@@ -177,7 +178,7 @@ class _Data:
             if self._clean is None:
                 self._clean = open_data(self.spec.data)
             data = regime_data(self._clean, regime, seed)
-            graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=cfg.train.device,
+            graph = build_rec_graph(data, knn_k=cfg.model.knn_k, device=resolve_device(cfg.train.device),
                                     with_knn=model_class(cfg.model.name).uses_knn)
             self._cache[key] = (data, graph)
         return self._cache[key]
@@ -188,7 +189,7 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 
 def _model(cfg: Config, graph: RecGraph, state: dict[str, torch.Tensor]):
-    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(graph.ui.norm.device)
     model.load_state_dict(state)
     model.eval()
     return model
@@ -207,7 +208,7 @@ def _original(store: _Data, regime: RegimeSpec, cfg: Config, root: Path) -> tupl
     from tru_dist.train.trainer import train_model
 
     t0 = time.perf_counter()
-    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(cfg.train.device)
+    model = build_model(cfg.model, graph, seed=cfg.train.seed).to(graph.ui.norm.device)
     result = train_model(model, graph, data, cfg)
     seconds = time.perf_counter() - t0
     model.eval()

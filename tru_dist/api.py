@@ -1,0 +1,341 @@
+"""The Python API — the same functions the CLI's ``train``, ``evaluate``, ``unlearn`` and
+``recommend`` commands call.
+
+    import tru_dist
+
+    run = tru_dist.train(data="synthetic:small", model="mgcn", out="runs/mgcn",
+                         overrides={"train.epochs": 50})        # published MGCN defaults + these
+    tru_dist.evaluate(run)                                      # {"valid": {...}, "test": {...}}
+    tru_dist.recommend(run, users=[0, 1], k=10)                 # [{"user": 0, "items": [..], "scores": [..]}]
+    emb = tru_dist.export_embeddings(run)                       # {"user": (n_users, d), "item": (n_items, d)}
+    forgotten = tru_dist.unlearn(run, requests=df, method="tru", config={"unlearn.epochs": 5})
+    again = tru_dist.load_run("runs/mgcn")                      # any finished run folder
+
+A :class:`Run` is a run folder plus what was read from it; the model, graph and data are
+built on first use (``run.model``), on ``device`` (``auto`` = CUDA when available), so a run
+trained on a GPU serves on a CPU machine. Runs trained on W > 1 workers load too (their
+per-rank checkpoints are joined). Errors are :class:`tru_dist.errors.TruDistError` with a
+one-line message, as on the command line.
+
+``unlearn`` is a thin wrapper over :func:`tru_dist.unlearn.run.run_unlearn` (the ledgered
+``tru-dist unlearn``): a request DataFrame is written to a temporary file first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tru_dist.config import Config, build_config, defaults_used, load_yaml, parse_overrides
+from tru_dist.errors import ConfigError, RequestError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Run", "train", "load_run", "unlearn", "evaluate", "recommend", "export_embeddings"]
+
+
+# -- runs -----------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A finished run folder: ``path``, its ``config`` and ``metrics`` (``metrics.json``, or
+    ``train.json`` for a W > 1 run); ``model`` / ``graph`` / ``data`` load on first use."""
+
+    path: Path
+    config: Config
+    metrics: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    device: str = "auto"
+    _bundle: tuple | None = field(default=None, repr=False, compare=False)
+
+    def _load(self) -> tuple:
+        if self._bundle is None:
+            self._bundle = _load_bundle(self)
+        return self._bundle
+
+    @property
+    def data(self):
+        return self._load()[0]
+
+    @property
+    def graph(self):
+        return self._load()[1]
+
+    @property
+    def model(self):
+        return self._load()[2]
+
+
+def load_run(path: str | Path, device: str = "auto") -> Run:
+    """Open a finished run folder (train or unlearn output, any W); ``device``: auto | cpu | cuda."""
+    from tru_dist.train.checkpoint import read_run
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run {path} is a file; pass the run folder (it holds checkpoint.pt)")
+    if not path.is_dir():
+        raise ConfigError(f"run folder {path} does not exist; pass the --out folder of a finished run")
+    saved = read_run(path)
+    cfg = Config.from_dict(saved["config"])
+    metrics: dict[str, Any] = {}
+    if (path / "metrics.json").is_file():
+        metrics = json.loads((path / "metrics.json").read_text())
+    return Run(path=path, config=cfg, metrics=metrics, world_size=int(saved.get("world_size", 1)),
+               device=device)
+
+
+def _load_bundle(run: Run) -> tuple:
+    """``(data, graph, model)`` of ``run`` on ``run.device``, best parameters, eval mode, in this
+    process (``checkpoint.pt`` holds full tables whatever W trained the run)."""
+    from tru_dist.train.trainer import load_run as trainer_load
+
+    _, data, graph, model = trainer_load(run.path, device=run.device)
+    return data, graph, model
+
+
+def _as_run(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else load_run(run)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None) -> list[str]:
+    """``{"unlearn.epochs": 5}`` / ``{"unlearn": {"epochs": 5}}`` / a YAML file / ``["k=v", ...]``
+    → ``["key=value", ...]`` (values as JSON, which parses back unchanged as YAML)."""
+    if config is None:
+        return []
+    if isinstance(config, (str, Path)) and not (isinstance(config, str) and "=" in config):
+        config = load_yaml(config)
+    if isinstance(config, str):
+        return [config]
+    if isinstance(config, Mapping):
+        out: list[str] = []
+
+        def walk(tree: Mapping[str, Any], prefix: str) -> None:
+            for k, v in tree.items():
+                if isinstance(v, Mapping) and k != "modality_layers":
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    out.append(f"{prefix}{k}={json.dumps(v)}")
+
+        walk(config, "")
+        return out
+    return [str(c) for c in config]
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "modality_layers"
+        out[k] = _merge(out[k], v) if nested else v
+    return out
+
+
+def _train_config(config, model, data, overrides, device) -> Config:
+    extra = _override_list(overrides)
+    if data is not None:
+        extra.insert(0, f"data.path={data}")
+    if device is not None:
+        extra.append(f"train.device={device}")
+    if isinstance(config, Config):
+        tree = config.to_dict()
+        if model is not None:
+            tree["model"]["name"] = model
+        return Config.from_dict(_merge(tree, parse_overrides(extra)))
+    from tru_dist.data.source import is_synthetic
+
+    dataset = None if data is None or is_synthetic(str(data)) else str(data)
+    if isinstance(config, Mapping):
+        extra = _override_list(config) + extra
+        config = None
+    return build_config(model=model, dataset=dataset, config_file=config, overrides=extra)
+
+
+# -- commands --------------------------------------------------------------------------------------
+def train(
+    data: str | Path | None = None,
+    *,
+    out: str | Path,
+    model: str | None = None,
+    config: Config | Mapping[str, Any] | str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    device: str | None = None,
+    resume: bool = False,
+) -> Run:
+    """Train a backbone (BPR, early stopping on valid) into ``out``; returns the :class:`Run`.
+
+    ``data``: a dataset folder (MMRec layout or tru-dist store) or a synthetic spec
+    (``synthetic:small``); required unless ``config`` names ``data.path``. ``model``: any
+    spelling of lightgcn | mgcn | miggt (its published defaults apply). ``config``: a
+    :class:`Config` (used as is, e.g. by the CLI), a YAML file, or a mapping of overrides;
+    ``overrides``: ``{"train.epochs": 20}`` or ``["train.epochs=20"]``. ``dist.workers > 1``
+    trains on W workers (Ray or local processes, see ``dist.address``).
+    """
+    cfg = _train_config(config, model, data, overrides, device)
+    if cfg.data.path is None:
+        raise ConfigError("no data named: pass data= (a dataset folder) or a synthetic spec such as "
+                          "data='synthetic:small' (on the command line: --data)")
+    from tru_dist.distributed import commands
+    from tru_dist.distributed.launch import uses_ray
+
+    if not uses_ray(cfg) and cfg.dist.workers == 1:  # trains here: say now if the device is missing
+        from tru_dist.device import resolve_device
+
+        resolve_device(cfg.train.device)
+    log.info(defaults_used(cfg.model.name, cfg.data.path))
+    metrics = commands.train(cfg, out, resume=resume)
+    return Run(path=Path(out), config=cfg, metrics=metrics, world_size=cfg.dist.workers,
+               device=cfg.train.device)
+
+
+def unlearn(
+    run: Run | str | Path,
+    requests: Any,
+    method: str | None = None,
+    config: Mapping[str, Any] | str | Path | Sequence[str] | None = None,
+    out: str | Path | None = None,
+    *,
+    seed: int | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    purge: bool = False,
+    keep_versions: int = 0,
+) -> Run:
+    """Apply deletion requests to a trained run; returns the unlearned :class:`Run`.
+
+    ``requests``: a pandas DataFrame (``request_id, user_id, item_id, reason``; an empty
+    ``item_id`` = all of the user's) or a ``.parquet`` / ``.csv`` file. ``method``: default the
+    config's ``unlearn.method`` (tru). ``config``: a YAML file (e.g. a tuned
+    ``configs/unlearn/*.yaml``) or overrides (a mapping or ``["unlearn.epochs=5"]``) over the
+    run's config, like ``overrides``; ``dist.workers=W`` unlearns on W workers. ``out``
+    defaults to ``<run>-<method>``. Ledgered: the same requests again are a no-op that returns
+    the earlier receipt (``metrics["replayed"]``). ``purge``/``keep_versions``: then purge the
+    run's store of the deleted interactions (``tru-dist unlearn --purge``). A thin wrapper over
+    :func:`tru_dist.distributed.commands.unlearn` (what ``tru-dist unlearn`` runs).
+    """
+    from tru_dist.distributed import commands
+
+    source = _as_run(run)
+    out = Path(out) if out is not None else source.path.with_name(f"{source.path.name}-{method or 'unlearn'}")
+    config_file = None
+    if isinstance(config, (str, Path)) and not (isinstance(config, str) and "=" in config):
+        config_file, config = config, None
+    extra = _override_list(config) + _override_list(overrides)
+
+    def apply(path: str | Path) -> dict[str, Any]:
+        return commands.unlearn(source.path, path, out, method=method, config_file=config_file, seed=seed,
+                                overrides=extra, purge=purge, keep_versions=keep_versions)
+
+    if _is_dataframe(requests):
+        from tru_dist.data.requests import write_requests
+
+        with tempfile.TemporaryDirectory(prefix="tru-dist-requests-") as tmp:
+            metrics = apply(write_requests(requests, Path(tmp) / "requests.parquet"))
+    elif isinstance(requests, (str, Path)):
+        metrics = apply(requests)
+    else:
+        raise RequestError(f"requests must be a pandas DataFrame or a .parquet/.csv file, not "
+                           f"{type(requests).__name__}")
+    result = load_run(out, device=source.device)
+    result.metrics = metrics
+    return result
+
+
+def _is_dataframe(obj: Any) -> bool:
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        return False
+    return isinstance(obj, pd.DataFrame)
+
+
+def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None
+             ) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of the run's best parameters: ``{"valid": {...}, "test": {...}}``, on
+    the run's device (``load_run(..., device=)``) unless ``overrides`` name ``train.device``;
+    ``{"dist.workers": W}`` evaluates on W workers (:func:`tru_dist.distributed.commands.evaluate`)."""
+    from tru_dist.distributed import commands
+
+    run = _as_run(run)
+    extra = _override_list(overrides)
+    if not any(o.lstrip("-").startswith(("train.device=", "device=")) for o in extra):
+        extra.insert(0, f"train.device={run.device}")
+    return commands.evaluate(run.path, overrides=extra)
+
+
+def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np.ndarray:
+    if isinstance(users, str):
+        parts = [p.strip() for p in users.split(",") if p.strip()]
+        bad = [p for p in parts if not p.lstrip("-").isdigit()]
+        if bad or not parts:
+            raise RequestError(f"users must be integer ids separated by commas (e.g. 0,1,2), not {users!r}")
+        users = [int(p) for p in parts]
+    ids = np.atleast_1d(np.asarray(users, dtype=np.int64))
+    unknown = ids[(ids < 0) | (ids >= n_users)]
+    if len(unknown):
+        shown = ", ".join(str(int(u)) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise RequestError(f"unknown user id(s) {shown}: run {where} has users 0..{n_users - 1}")
+    return ids
+
+
+def recommend(run: Run | str | Path, users: int | Iterable[int] | str, k: int = 20,
+              exclude_seen: bool = True) -> list[dict[str, Any]]:
+    """Top-``k`` items per user, best first: ``[{"user", "items", "scores"}, ...]`` in ``users`` order.
+
+    Scores are the model's ``<e_u, e_i>`` in eval mode; ``exclude_seen`` leaves out the user's
+    train interactions (what a recommender serves). Unknown user ids are a one-line error.
+    """
+    import torch
+
+    from tru_dist.data.dataset import TRAIN
+    from tru_dist.train.evaluate import csr_rows, eval_embeddings, history_mask, topk
+
+    run = _as_run(run)
+    if int(k) < 1:
+        raise ConfigError(f"k must be at least 1, not {k}")
+    ids = _user_ids(users, run.data.n_users, run.path)
+    emb = eval_embeddings(run.model, run.graph)
+    user_emb, item_emb = emb.user.detach(), emb.item.detach()
+    exclude = history_mask(run.data, [TRAIN], run.graph) if exclude_seen else None
+    rows = torch.from_numpy(ids - run.graph.user_offset).to(user_emb.device)
+    top = topk(user_emb, item_emb, exclude, int(k), rows=rows)
+    scores = (user_emb[rows].unsqueeze(1) * item_emb[top]).sum(-1)
+    keep = torch.ones_like(top, dtype=torch.bool)
+    if exclude is not None:  # a user with fewer than k unseen items: drop the masked tail
+        pos, cols = csr_rows(exclude, rows.cpu())
+        n_items = item_emb.shape[0]
+        seen = pos.to(top.device) * n_items + cols.to(top.device)
+        here = torch.arange(len(rows), device=top.device)[:, None] * n_items + top
+        keep = ~torch.isin(here, seen)
+    out = []
+    for u, items, s, m in zip(ids.tolist(), top.cpu().tolist(), scores.cpu().tolist(), keep.cpu().tolist(),
+                              strict=True):
+        out.append({"user": int(u), "items": [int(i) for i, ok in zip(items, m, strict=True) if ok],
+                    "scores": [float(v) for v, ok in zip(s, m, strict=True) if ok]})
+    return out
+
+
+def export_embeddings(run: Run | str | Path, out: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Final user and item embeddings (eval mode): ``{"user": (n_users, d), "item": (n_items, d)}``
+    as float32 arrays; with ``out``, also written atomically as ``.npz`` (keys ``user``, ``item``)."""
+    from tru_dist.train.evaluate import eval_embeddings
+
+    run = _as_run(run)
+    emb = eval_embeddings(run.model, run.graph)
+    arrays = {name: t.detach().float().cpu().numpy() for name, t in (("user", emb.user), ("item", emb.item))}
+    if out is not None:
+        from tru_dist.io_utils import atomic_write
+
+        path = Path(out)
+        if path.suffix != ".npz":
+            raise ConfigError(f"embedding file {path} must end in .npz")
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(path, write)
+    return arrays
