@@ -1,0 +1,184 @@
+"""The Python API (tru_dist.api, lazily on the package) and the CLI commands built on it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import tru_dist
+from tru_dist.cli import main
+from tru_dist.config import Config
+from tru_dist.errors import ConfigError, RequestError
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = {"train.epochs": 3, "train.batch_size": 256, "train.progress": "off", "unlearn.epochs": 2}
+
+
+def _run_py(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+
+
+def test_import_is_light_and_exposes_the_api():
+    proc = _run_py("import sys, tru_dist; print('torch' in sys.modules, sorted(tru_dist.__all__)); "
+                   "import tru_dist.train.trainer; import tru_dist.unlearn.metrics as m; "
+                   "print(callable(tru_dist.train), callable(tru_dist.unlearn), "
+                   "callable(tru_dist.recommend))")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first.startswith("False") and all(n in first for n in (
+        "train", "load_run", "unlearn", "evaluate", "recommend", "export_embeddings"))
+    assert second == "True True True"  # the subpackages train/unlearn stay callable after their import
+
+
+def test_python_m_is_the_console_script(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"tru-dist {tru_dist.__version__}"
+    proc = subprocess.run([sys.executable, "-m", "tru_dist", "--version"], capture_output=True, text=True,
+                          cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"tru-dist {tru_dist.__version__}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("api") / "run"
+    return tru_dist.train(data="synthetic:tiny", model="LightGCN", out=out, overrides=FAST, device="auto")
+
+
+def test_train_writes_a_loadable_run_with_its_config(trained):
+    assert trained.config.model.name == "lightgcn" and trained.config.train.device == "auto"
+    saved = Config.from_dict(yaml.safe_load((trained.path / "config.yaml").read_text()))
+    assert saved == trained.config and saved.train.lr == 1e-3  # the published LightGCN default
+    again = tru_dist.load_run(trained.path)
+    assert again.config == trained.config and again.metrics["best_epoch"] == trained.metrics["best_epoch"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        tru_dist.load_run(trained.path.parent / "nope")
+
+
+def test_evaluate_reproduces_the_training_metrics(trained):
+    ev = tru_dist.evaluate(trained)
+    for split in ("valid", "test"):
+        for k, v in trained.metrics[split].items():
+            assert ev[split][k] == pytest.approx(v, abs=1e-9), (split, k)
+
+
+def test_recommend_ranks_unseen_items_by_score(trained):
+    from tru_dist.data.dataset import TRAIN
+    from tru_dist.train.evaluate import eval_embeddings
+
+    recs = tru_dist.recommend(trained, users=[0, 3], k=5)
+    emb = eval_embeddings(trained.model, trained.graph)
+    data = trained.data
+    for rec in recs:
+        u = rec["user"]
+        seen = set(data.items[(data.users == u) & (data.labels == TRAIN)].tolist())
+        scores = (emb.user[u] @ emb.item.T).detach().numpy()
+        scores[list(seen)] = -np.inf
+        assert rec["items"] == np.argsort(-scores, kind="stable")[:5].tolist()
+        assert rec["scores"] == pytest.approx(scores[rec["items"]].tolist(), rel=1e-5)
+        assert not seen & set(rec["items"])
+    with pytest.raises(RequestError, match="unknown user id"):
+        tru_dist.recommend(trained, users=[0, data.n_users], k=5)
+
+
+def test_export_embeddings(trained, tmp_path):
+    from tru_dist.train.evaluate import eval_embeddings
+
+    arrays = tru_dist.export_embeddings(trained, out=tmp_path / "emb.npz")
+    emb = eval_embeddings(trained.model, trained.graph)
+    assert arrays["user"].shape == (trained.data.n_users, 64)
+    assert arrays["item"].shape == (trained.data.n_items, 64)
+    np.testing.assert_allclose(arrays["item"], emb.item.numpy())
+    with np.load(tmp_path / "emb.npz") as f:
+        np.testing.assert_array_equal(f["user"], arrays["user"])
+
+
+def test_unlearn_from_a_dataframe_is_ledgered(trained, tmp_path):
+    requests = pd.DataFrame({"request_id": ["a", "b"], "user_id": [1, 2], "item_id": [None, None],
+                             "reason": ["gdpr", "gdpr"]})
+    out = tmp_path / "tru"
+    done = tru_dist.unlearn(trained, requests=requests, method="tru", config={"unlearn.epochs": 1}, out=out)
+    assert not done.metrics["replayed"] and done.metrics["forget_set"]["n_removed_users"] == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["unlearn"]["epochs"] == 1
+    again = tru_dist.unlearn(trained.path, requests=requests, method="tru", out=out)
+    assert again.metrics["replayed"] and again.metrics["receipt"] == done.metrics["receipt"]
+    assert tru_dist.recommend(done, users="1", k=3)[0]["user"] == 1
+
+
+def test_cli_commands_call_the_api(trained, tmp_path, capsys):
+    assert main(["recommend", "--run", str(trained.path), "--users", "0,1", "--k", "5"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == tru_dist.recommend(trained, users=[0, 1], k=5)
+    assert main(["recommend", "--run", str(trained.path), "--users", "0,99999", "--k", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown user id(s) 99999") and len(err.splitlines()) == 1
+    assert main(["evaluate", "--run", str(trained.path), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(trained.metrics["test"])
+
+
+def test_train_without_data_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", "--model", "mgcn", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --data is required") and "synthetic:small" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    assert main(["compare", "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("error: --data is required")
+    with pytest.raises(ConfigError, match="no data named"):
+        tru_dist.train(out=tmp_path / "r")
+
+
+def test_every_epoch_logs_one_line(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tru_dist")
+    run = tru_dist.train(data="synthetic:tiny", model="mgcn", out=tmp_path / "m",
+                         overrides={**FAST, "train.eval_every": 2})
+    lines = [r.getMessage() for r in caplog.records if r.name == "tru_dist.train"]
+    assert len(lines) == run.metrics["epochs"] == 3
+    assert lines[0].startswith("mgcn epoch 1/3 loss ") and "not evaluated" in lines[0]
+    assert "valid recall@20 " in lines[1] and "(best " in lines[1] and lines[1].endswith("s")
+    defaults = [r.getMessage() for r in caplog.records if r.name == "tru_dist.api"]
+    assert defaults and defaults[0].startswith("model defaults mgcn (published")
+    assert "model.cl_weight=0.01" in defaults[0]
+
+
+def test_cli_without_a_tty_prints_one_line_per_epoch(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tru_dist", "train", "--model", "lightgcn", "--data", "synthetic:tiny",
+         "--out", str(tmp_path / "r"), "--train.epochs=2", "--train.batch_size=512"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stderr
+    epochs = [line for line in proc.stderr.splitlines() if " epoch " in line]
+    assert len(epochs) == 2 and all("loss" in e and "valid recall@20" in e for e in epochs)
+    assert "model defaults lightgcn (published" in proc.stderr
+    assert json.loads(proc.stdout)["epochs"] == 2  # results alone on stdout
+    assert (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_retrain_inside_compare_logs_its_epochs(tmp_path, caplog):
+    from tru_dist.compare import CompareSpec, run_compare
+    from tru_dist.config import build_config
+
+    caplog.set_level(logging.INFO, logger="tru_dist")
+    cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny", "train.epochs=2",
+                                                    'train.progress="off"', "unlearn.epochs=1"])
+    run_compare(cfg, CompareSpec(methods=["retrain"], seeds=1, fraction=0.05), tmp_path / "c")
+    lines = [r.getMessage() for r in caplog.records if r.name == "tru_dist.train"]
+    assert len(lines) == 4  # the original's 2 epochs, then Retrain's 2
+
+
+def test_device_auto_trains_where_torch_can(tmp_path):
+    run = tru_dist.train(data="synthetic:tiny", out=tmp_path / "a", overrides={**FAST, "train.epochs": 1},
+                         config={"train": {"device": "auto"}})
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert run.config.train.device == "auto" and next(run.model.parameters()).device.type == expected
