@@ -117,6 +117,15 @@ def test_timers_synchronise_cuda(monkeypatch):
     assert calls == ["cuda:0", "cuda:0"] and sw.seconds >= 0.0
 
 
+def test_worker_tasks_write_their_config(tmp_path):
+    from tru_dist.distributed.launch import run_distributed
+
+    cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny", "train.epochs=1",
+                                                    "dist.address=none", 'train.progress="off"'])
+    run_distributed("train", cfg, out_dir=tmp_path / "w")
+    assert Config.from_dict(yaml.safe_load((tmp_path / "w" / "config.yaml").read_text())) == cfg
+
+
 # -- Ray ------------------------------------------------------------------------------------------------
 class _FakeRay:
     def __init__(self):
