@@ -110,20 +110,10 @@ def test_timers_synchronise_cuda(monkeypatch):
     monkeypatch.setattr(device.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(device.torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(device.torch.cuda, "synchronize", lambda d=None: calls.append(d))
-    with device.Stopwatch("cuda:0") as sw:
-        pass
-    with device.Stopwatch("cpu"):
-        pass
-    assert calls == ["cuda:0", "cuda:0"] and sw.seconds >= 0.0
-
-
-def test_worker_tasks_write_their_config(tmp_path):
-    from tru_dist.distributed.launch import run_distributed
-
-    cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny", "train.epochs=1",
-                                                    "dist.address=none", 'train.progress="off"'])
-    run_distributed("train", cfg, out_dir=tmp_path / "w")
-    assert Config.from_dict(yaml.safe_load((tmp_path / "w" / "config.yaml").read_text())) == cfg
+    device.synchronize("cuda:0")
+    device.synchronize("cpu")  # nothing to wait for
+    device.synchronize()
+    assert calls == ["cuda:0", None]
 
 
 # -- Ray ------------------------------------------------------------------------------------------------

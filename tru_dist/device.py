@@ -11,13 +11,13 @@ where graphs and models are built:
 
 CUDA kernels run asynchronously, so a ``time.perf_counter()`` difference around model work
 measures the launches, not the work: :func:`synchronize` (a no-op on CPU) is called at both
-ends of every timer that measures model work (:class:`Stopwatch`).
+ends of every timer that measures model work — the trainer's epochs here, and
+:class:`tru_dist.timing.Stopwatch` around unlearning.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 
@@ -58,21 +58,3 @@ def synchronize(device: torch.device | str | None = None) -> None:
         return
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize(device)
-
-
-class Stopwatch:
-    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds``: wall time of the block,
-    CUDA-synchronised at both ends (so the queued kernels of the block are counted)."""
-
-    def __init__(self, device: torch.device | str | None = None):
-        self.device = device
-        self.seconds = 0.0
-
-    def __enter__(self) -> Stopwatch:
-        synchronize(self.device)
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        synchronize(self.device)
-        self.seconds = time.perf_counter() - self.start

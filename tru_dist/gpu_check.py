@@ -96,7 +96,7 @@ def check_model(model: str, data: str, epochs: int, root: Path, device_b: str = 
 
     from tru_dist import api
     from tru_dist.data.regimes import forget_set
-    from tru_dist.device import Stopwatch
+    from tru_dist.timing import Stopwatch
 
     over = _overrides(epochs)
     a = api.train(data=data, model=model, out=root / f"{model}-a-cpu", overrides=over, device="cpu")
@@ -113,9 +113,9 @@ def check_model(model: str, data: str, epochs: int, root: Path, device_b: str = 
     }
     # evaluate: the same (CPU-trained) parameters served on both devices
     on_a, on_b = api.load_run(a.path, device="cpu"), api.load_run(a.path, device=device_b)
-    with Stopwatch("cpu") as sa:
+    with Stopwatch() as sa:
         ev_a = api.evaluate(on_a)
-    with Stopwatch(device_b) as sb:
+    with Stopwatch() as sb:
         ev_b = api.evaluate(on_b)
     keys = [k for k in ev_a["test"] if "@" in k]
     out["evaluate"] = {"abs": max(_max_abs(ev_a[s], ev_b[s], keys) for s in ("valid", "test"))}
