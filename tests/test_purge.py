@@ -70,8 +70,8 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
     metrics = json.loads((out / "metrics.json").read_text())
     assert "source_run" not in metrics and metrics["source_model"] == receipt["model_before"]
     assert str(run) not in (out / "metrics.json").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "ledger.jsonl", "ledger_hashes",
-                                                     "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "ledger.jsonl",
+                                                     "ledger_hashes", "metrics.json"]
 
     # the unlearned run loads with the purged store; the source run, trained on the deleted data, does not
     capsys.readouterr()
