@@ -271,7 +271,7 @@ def test_any_w_opens_a_w2_run_and_unlearns_its_requests_alike(tmp_path):
     _check_values("receipt.audit", r2["audit"], r1["audit"])
     for w in (1, 2):  # the same files at every W
         assert sorted(p.name for p in (tmp_path / f"u{w}").iterdir()) == \
-            ["checkpoint.pt", "ledger.jsonl", "ledger_hashes", "metrics.json"]
+            ["checkpoint.pt", "config.yaml", "ledger.jsonl", "ledger_hashes", "metrics.json"]
     # and both unlearned models open in one process and score alike
     _check_values("reopen", evaluate_run(tmp_path / "u2")["test"], evaluate_run(tmp_path / "u1")["test"])
 
