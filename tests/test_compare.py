@@ -134,3 +134,27 @@ def test_audit_table_shows_the_spread_over_seeds():
                 {"tru": {"mia": {"auc": 0.40}, "backdoor": {"asr@20": 0.03, "removal_ratio": 0.8}}}]
     row = audit_table(aggregate(per_seed)).splitlines()[-1]
     assert "0.3500 ± 0.0707" in row and "0.0200 ± 0.0141" in row and "0.900 ± 0.141" in row
+
+
+def test_shipped_tuned_configurations_are_held_out_and_load():
+    """configs/tuned/<dataset>-<model>/: every file parses, merges over the base config, was
+    tuned on tuning seeds only, and covers each tunable method in each regime it names."""
+    from pathlib import Path
+
+    from tru_dist.data.regimes import is_tuning_seed
+    from tru_dist.unlearn.tuned import TUNABLE, find_tuned, read_tuned
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tuned"
+    folders = [p for p in root.iterdir() if p.is_dir()]
+    assert folders
+    for folder in folders:
+        model = folder.name.split("-")[-1]
+        for regime in ("users", "interactions", "items"):
+            for method in TUNABLE:
+                overrides, tuning = read_tuned(find_tuned(folder, method, regime))
+                assert all(is_tuning_seed(s) for s in tuning["seeds"]) and tuning["seconds"] > 0
+                assert tuning["model"] == model
+                cfg = build_config(model=model, overrides=["data.path=synthetic:tiny"])
+                merged = method_configs(cfg, CompareSpec(regime=regime, methods=[method], seeds=[0],
+                                                         tuned=str(folder)))[method][0]
+                assert merged.unlearn.lr == overrides["unlearn"]["lr"]
