@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from tru_dist.config import Config, build_config, defaults_used, load_yaml, parse_overrides
+from tru_dist.config import Config, build_config, deep_merge, defaults_used, load_yaml, parse_overrides
 from tru_dist.errors import ConfigError, RequestError
 
 log = logging.getLogger(__name__)
@@ -128,14 +128,6 @@ def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None
     return [str(c) for c in config]
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "modality_layers"
-        out[k] = _merge(out[k], v) if nested else v
-    return out
-
-
 def _train_config(config, model, data, overrides, device) -> Config:
     extra = _override_list(overrides)
     if data is not None:
@@ -146,7 +138,7 @@ def _train_config(config, model, data, overrides, device) -> Config:
         tree = config.to_dict()
         if model is not None:
             tree["model"]["name"] = model
-        return Config.from_dict(_merge(tree, parse_overrides(extra)))
+        return Config.from_dict(deep_merge(tree, parse_overrides(extra)))
     from tru_dist.data.source import is_synthetic
 
     dataset = None if data is None or is_synthetic(str(data)) else str(data)

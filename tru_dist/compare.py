@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from tru_dist import comm as collectives
-from tru_dist.config import Config
+from tru_dist.config import Config, deep_merge
 from tru_dist.device import resolve_device
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -78,13 +78,6 @@ def _seeded(cfg: Config, seed: int) -> Config:
     return cfg
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, dict | None]]:
     """{method: (its config, its tuning provenance or None)}; checks the seeds are held out.
 
@@ -112,7 +105,8 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
         if overlap:
             raise ConfigError(f"{path} was tuned on seeds {overlap}, which are reporting seeds here; a "
                               "method must not be judged on the forget sets it was tuned on")
-        out[canonical] = (Config.from_dict(_merge(cfg.to_dict(), overrides)), {**tuning, "file": str(path)})
+        merged = Config.from_dict(deep_merge(cfg.to_dict(), overrides))
+        out[canonical] = (merged, {**tuning, "file": str(path)})
     return out
 
 
@@ -305,18 +299,11 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
     return out
 
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-       10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
 def t95(dof: int) -> float:
-    """Two-sided 95% Student-t quantile for ``dof`` degrees of freedom (scipy when available)."""
-    try:
-        from scipy.stats import t
+    """Two-sided 95% Student-t quantile for ``dof`` degrees of freedom."""
+    from scipy.stats import t
 
-        return float(t.ppf(0.975, dof))
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return T95[min((k for k in T95 if k >= dof), default=30)]
+    return float(t.ppf(0.975, dof))
 
 
 def mean_ci(values: list) -> tuple[float | None, float | None, float | None]:

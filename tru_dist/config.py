@@ -332,11 +332,13 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: dict, top: dict) -> dict:
+    """``top`` layered over ``base`` key by key (nested dicts merged; ``modality_layers`` replaced
+    whole, since it is a mapping of values, not a config section)."""
     out = dict(base)
     for k, v in top.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "modality_layers":
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -449,7 +451,7 @@ def build_config(
         dataset = dataset or dataset_name(data)
     if seed is not None:
         flags += [f"train.seed={int(seed)}", f"unlearn.seed={int(seed)}"]
-    overrides = _deep_merge(parse_overrides(flags), overrides or {})
+    overrides = deep_merge(parse_overrides(flags), overrides or {})
     user_tree = {k: v for k, v in load_yaml(config_file).items() if k != "tuning"} if config_file else {}
     if base is not None:
         tree = base.to_dict() if isinstance(base, Config) else dict(base)
@@ -458,11 +460,11 @@ def build_config(
         if dataset:
             layer = packaged_defaults("datasets", canonical_dataset(dataset))
             if layer is not None:
-                tree = _deep_merge(tree, layer)
+                tree = deep_merge(tree, layer)
         model = overrides.get("model", {}).get("name", model or user_tree.get("model", {}).get("name"))
         model = canonical_name(model or ModelConfig().name)
-        tree = _deep_merge(tree, model_defaults(model))
-        tree = _deep_merge(tree, {"model": {"name": model}})
-    tree = _deep_merge(tree, user_tree)
-    tree = _deep_merge(tree, overrides)
+        tree = deep_merge(tree, model_defaults(model))
+        tree = deep_merge(tree, {"model": {"name": model}})
+    tree = deep_merge(tree, user_tree)
+    tree = deep_merge(tree, overrides)
     return Config.from_dict(tree)

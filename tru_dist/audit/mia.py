@@ -196,6 +196,7 @@ class PairMIA:
         self.n_boot = n_boot
         self.seed = 0
         self.attacker: Pipeline | None = None
+        self.nonmember_source = "held-out pairs"
 
     def fit(self, original_model, graph, data: RecDataset, forget, seed: int = 0,
             nonmember_users: np.ndarray | None = None) -> PairMIA:
@@ -269,4 +270,4 @@ class PairMIA:
         non-members) under ``model``."""
         out = bootstrap_auc(self.eval_labels, self.member_scores(model, graph_after, data_after),
                             self.n_boot, self.seed)
-        return {**out, "nonmembers": getattr(self, "nonmember_source", "held-out pairs")}
+        return {**out, "nonmembers": self.nonmember_source}

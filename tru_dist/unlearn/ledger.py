@@ -237,28 +237,27 @@ class DeletionLedger:
                                "what it deleted; restore the ledger from a backup")
         self._check_key(receipt)
         info = receipt["hashes"]
-        path = self.run_dir / info["file"]
-        try:
-            raw = path.read_bytes()
-        except OSError:
-            raise RequestError(f"{path} (the hashes of receipt {receipt['receipt_id']}) is missing; restore "
-                               "the run directory from a backup") from None
-        if hashlib.sha256(raw).hexdigest() != info["sha256"]:
-            raise RequestError(f"{path} does not match its receipt's hash; the ledger was tampered with or "
-                               "truncated — restore the run directory from a backup")
+        raw = self._checked_bytes(info["file"], info["sha256"],
+                                  f"the hashes of receipt {receipt['receipt_id']}")
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             return Digests(as_digests(z["pairs"]), as_digests(z["touched"]), as_digests(z["users"]))
 
-    def _legacy_pairs(self, receipt: dict) -> np.ndarray:
-        path = self.run_dir / receipt["pairs_file"]
+    def _checked_bytes(self, name: str, sha256: str, what: str) -> bytes:
+        """The bytes of ``run_dir/name``, checked against the sha256 its receipt recorded."""
+        path = self.run_dir / name
         try:
             raw = path.read_bytes()
         except OSError:
-            raise RequestError(f"{path} (the pairs of receipt {receipt['receipt_id']}) is missing; restore "
-                               "the run directory from a backup") from None
-        if hashlib.sha256(raw).hexdigest() != receipt["pairs_sha256"]:
+            raise RequestError(f"{path} ({what}) is missing; restore the run directory from a backup"
+                               ) from None
+        if hashlib.sha256(raw).hexdigest() != sha256:
             raise RequestError(f"{path} does not match its receipt's hash; the ledger was tampered with or "
                                "truncated — restore the run directory from a backup")
+        return raw
+
+    def _legacy_pairs(self, receipt: dict) -> np.ndarray:
+        raw = self._checked_bytes(receipt["pairs_file"], receipt["pairs_sha256"],
+                                  f"the pairs of receipt {receipt['receipt_id']}")
         return np.load(io.BytesIO(raw), allow_pickle=False).reshape(-1, 2)
 
     def all_digests(self, receipts: list[dict] | None = None) -> Digests:
