@@ -46,7 +46,24 @@ def test_results_json_contract(compare_run):
     assert res["method_configs"]["noop"]["tuning"] is None
     assert (out / "report.md").exists() and (out / "tradeoff.png").stat().st_size > 1000
     assert "Paired differences" in (out / "report.md").read_text()
-    assert len(list((out / "originals").glob("*.pt"))) == 2  # one cached original per seed
+    originals = [p for p in (out / "originals").glob("*.pt") if not p.name.startswith("retrain-")]
+    assert len(originals) == 2
+    assert len(list((out / "originals").glob("retrain-*.pt"))) == 2  # and one cached Retrain per seed
+
+
+def test_cached_retrain_is_the_same_model_and_says_so(compare_run, tiny_data, tmp_path):
+    """A second compare on the same cache loads Retrain instead of training it: the same
+    metrics to the last bit, the recorded seconds, and ``stats.cached`` set."""
+    out, _ = compare_run
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=25", "train.patience=5", "unlearn.epochs=5",
+                                                    "data.path=synthetic:tiny"])
+    spec = CompareSpec(regime="users", fraction=0.1, methods=["retrain", "noop"], seeds=[0], audits=["mia"],
+                       originals=str(out / "originals"))
+    run_compare(cfg, spec, tmp_path, data=tiny_data)
+    first = json.loads((out / "seed0.json").read_text())["retrain"]
+    again = json.loads((tmp_path / "seed0.json").read_text())["retrain"]
+    assert again["stats"]["cached"] is True and "cached" not in first["stats"]
+    assert again["test"] == first["test"] and again["seconds"] == first["seconds"]
 
 
 def test_every_method_starts_from_one_timed_deletion_step(compare_run):

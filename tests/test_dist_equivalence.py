@@ -81,10 +81,12 @@ def _probe(rank: int, world: int, data) -> dict:
     out["mgcn_comm"] = meter.by_op()
     out["mgcn_step"] = _state(model)
 
-    mg = _cfg("mgcn", epochs=2, batch=400, unlearn={"epochs": 2, "batch_size": 64})
+    mg = _cfg("mgcn", epochs=2, batch=400, unlearn={"epochs": 2, "batch_size": 64, "gate": {"max_epochs": 3}})
     model = build_shard_model(mg, mshard)
     train_model(model, mshard.graph, mshard.data, mg)
-    forget = forget_set(mshard.data, "users", 0.05, seed=0)
+    # interactions: the calibrated gate really runs (gathered percentiles, line search); whole
+    # users' pairs would be on target at once
+    forget = forget_set(mshard.data, "interactions", 0.05, seed=0)
     deletion = build_deletion(mshard.data, mshard.graph, forget)
     data_after, graph_after = deletion.data_after, deletion.graph_after
     res = get_method("tru").unlearn(model, deletion, mg)

@@ -76,6 +76,77 @@ def test_kth_threshold_ignores_retained_history_but_keeps_the_target():
     assert t.tolist() == [3.0, 3.0]  # candidates 4,3,2,1 (item 1 may be the forget target)
 
 
+def test_quantile_match_hand_case_identity_and_monotone():
+    """Current percentiles 0.00 … 0.49 (step 0.01), reference uniform: the pair at mid-rank
+    u = (k + ½)/50 gets q = u; matched to its own sample, every pair keeps its percentile."""
+    cur = torch.arange(50, dtype=torch.float64) / 100
+    q = gate.quantile_match(cur, cur, None)
+    assert q.tolist() == pytest.approx(((torch.arange(50) + 0.5) / 50).tolist())
+    assert gate.quantile_match(cur, cur, cur).tolist() == pytest.approx(cur.tolist())
+    ties = torch.tensor([0.0, 0.0, 0.0, 0.5], dtype=torch.float64)  # tied pairs share one level
+    assert gate.quantile_match(ties, ties, None).tolist() == pytest.approx([0.375, 0.375, 0.375, 0.875])
+
+
+def test_matched_percentiles_follow_the_reference_distribution():
+    """After quantile matching, the KS distance to the reference (scipy) is at sampling noise,
+    even for a sample piled up at the top ranks (where any fixed binning fails)."""
+    from scipy.stats import ks_2samp
+
+    gen = torch.Generator().manual_seed(0)
+    cur = (torch.rand(4000, generator=gen, dtype=torch.float64) ** 4).sort().values
+    ref = (torch.rand(3000, generator=gen, dtype=torch.float64) ** 1.5).sort().values
+    before = ks_2samp(cur.numpy(), ref.numpy()).statistic
+    q = gate.quantile_match(cur, cur, ref)
+    assert before > 0.3 and ks_2samp(q.numpy(), ref.numpy()).statistic < 0.01
+    assert bool((q[1:] >= q[:-1]).all())  # order-preserving: the transport moves pairs as little as possible
+
+
+def test_calibration_gap_is_the_ks_distance_to_the_target_mixture():
+    from scipy.stats import ks_2samp
+
+    a = torch.tensor([0.01, 0.02, 0.02, 0.3, 0.31, 0.9], dtype=torch.float64)
+    b = torch.tensor([0.05, 0.4, 0.5, 0.6], dtype=torch.float64)
+    assert gate.calibration_gap(a, [(1.0, b)]) == pytest.approx(ks_2samp(a.numpy(), b.numpy()).statistic)
+    # a 50/50 mixture of b and the uniform distribution, against a dense sample of that mixture
+    u = torch.rand(200000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mix = torch.cat([b.repeat(50000), u]).sort().values
+    assert gate.calibration_gap(a, [(2.0, b), (2.0, None)]) == pytest.approx(
+        ks_2samp(a.numpy(), mix.numpy()).statistic, abs=5e-3)
+    assert gate.calibration_gap(a[:0], [(1.0, b)]) == 0.0
+
+
+def test_scores_at_percentile_against_a_brute_force_sort():
+    """τ = the user's score at rank ⌊q·n_u⌋ among non-excluded items, checked by sorting by hand."""
+    gen = torch.Generator().manual_seed(1)
+    users, items = torch.randn(4, 3, generator=gen), torch.randn(9, 3, generator=gen)
+    hist = {0: [1, 4], 2: [0, 2, 3, 8]}  # retained history: excluded
+    crow, col = [0], []
+    for u in range(4):
+        col += hist.get(u, [])
+        crow.append(len(col))
+    exclude = torch.sparse_csr_tensor(torch.tensor(crow), torch.tensor(col),
+                                      torch.ones(len(col), dtype=torch.bool),
+                                      size=(4, 9))
+    lu = torch.tensor([0, 0, 2, 3, 1])
+    q = torch.tensor([0.0, 0.5, 0.99, 0.3, 1.0], dtype=torch.float64)
+    tau = gate.scores_at_percentile(users, items, exclude, lu, q)
+    for k in range(len(lu)):
+        u = int(lu[k])
+        cand = sorted(((users[u] @ items[j]).item() for j in range(9) if j not in hist.get(u, [])),
+                      reverse=True)
+        at = min(int(np.floor(float(q[k]) * len(cand))), len(cand) - 1)
+        assert float(tau[k]) == pytest.approx(cand[at], abs=1e-6)
+
+
+def test_calibrated_loss_is_two_sided():
+    """½(s − τ)² pushes a pair above its target down and pulls a pair below it back up (the
+    top-K hinge only ever pushes down): over-forgetting is corrected, not only avoided."""
+    s = torch.tensor([2.0, -1.0], requires_grad=True)
+    tau = torch.tensor([0.5, 0.5])
+    (0.5 * (s - tau) ** 2).sum().backward()
+    assert s.grad[0] > 0 and s.grad[1] < 0  # descent lowers the first, raises the second
+
+
 # ----------------------------------------------------------------------------- scaling
 def test_alphas_are_one_when_gamma_is_zero():
     a = scaling.decide_alphas({"id": 9.0, "image": 0.01, "text": 1.0}, {"id": 1.0, "image": 4.0, "text": 1.0},
@@ -300,11 +371,11 @@ def test_isolation_freezes_groups_and_rows_outside_the_hops(trained):
 
 def test_gate_convergence_stops_the_update(trained):
     model, _, _, deletion, forget = trained
-    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "epsilon": 1.01}})  # mean G < 1.01 always
+    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "target": "topk", "epsilon": 1.01}})  # mean G < 1.01
     res = get_method("tru").unlearn(model, deletion, cfg)
     assert res.stats["converged_epoch"] == 0 and res.stats["steps"] == 0
     assert torch.equal(res.model.item_emb, model.item_emb)
-    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "epsilon": 0.0}})
+    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "target": "topk", "epsilon": 0.0}})
     res = get_method("tru").unlearn(model, deletion, cfg)
     gates = res.stats["gate"]
     assert res.stats["converged_epoch"] is None and len(gates) == cfg.unlearn.epochs + 1
@@ -341,7 +412,7 @@ def test_iter_update_passes_through_run_update_states(tiny_data):
     from tru_dist.unlearn.tru.tru import tru_spec
 
     cfg = build_config(model="lightgcn", overrides=["train.epochs=5", "unlearn.epochs=3", "unlearn.lr=0.01",
-                                                    "unlearn.gate.epsilon=0"])
+                                                    "unlearn.gate.epsilon=0", "unlearn.gate.target=topk"])
     model, graph, _ = fit(cfg, tiny_data)
     fs = forget_set(tiny_data, "interactions", 0.05, 0)
     deletion = build_deletion(tiny_data, graph, fs)
@@ -373,3 +444,67 @@ def test_iter_update_yields_the_start_state_when_the_gate_is_already_converged(t
     states = list(iter_update(model, build_deletion(tiny_data, graph, fs), cfg, tru_spec(cfg)))
     assert [e for e, _, _ in states] == [0]
     assert states[0][2]["converged_epoch"] == 0
+
+
+def test_calibrated_gate_line_search_keeps_the_best_state(tiny_data):
+    """With a step size far too large the calibration gap rises: the loop backtracks (halves
+    the step), and the model it returns is the state of the smallest gap — the very state
+    the per-epoch generator yielded at that epoch."""
+    import torch
+
+    from tru_dist.config import build_config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.engine import iter_update, run_update
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=30", "unlearn.gate.lr=0.5",
+                                                    "unlearn.gate.max_epochs=12", "unlearn.gate.epsilon=0"])
+    model, graph, _ = fit(cfg, tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
+    snapshots = {e: {k: v.clone() for k, v in m.state_dict().items()}
+                 for e, m, _ in iter_update(model, deletion, cfg, tru_spec(cfg))}
+    out, stats = run_update(model, deletion, cfg, tru_spec(cfg))
+    gaps = [g["calibration_gap"] for g in stats["gate"]]
+    assert stats["gate_target"] == "calibrated" and len(stats["backtracks"]) >= 1
+    assert stats["backtracks"][0]["lr"] == pytest.approx(0.25)
+    best = stats["best_gap"]
+    assert best["gap"] == pytest.approx(min(gaps)) and best["gap"] < gaps[0]
+    if best["epoch"] >= 1:
+        for k, v in out.state_dict().items():
+            torch.testing.assert_close(v, snapshots[best["epoch"]][k], rtol=0, atol=0)
+
+
+def test_calibrated_gate_moves_forget_ranks_to_the_held_out_distribution(tiny_data):
+    """The calibrated target, measured from outside: after TRU the deleted pairs' rank
+    percentiles are much closer (KS) to those of never-trained valid pairs than after the
+    deletion step alone — and a pair is never simply pushed to the bottom (mean percentile
+    stays below the uniform 0.5). Fails for noop (no move) and for an unbounded push."""
+    from scipy.stats import ks_2samp
+
+    from tru_dist.config import build_config
+    from tru_dist.data.dataset import VALID
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.evaluate import eval_embeddings, history_mask, pair_ranks
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.metrics import forget_ranks
+
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=30", "unlearn.scaling.enabled=false"])
+    model, graph, _ = fit(cfg, tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
+    d, g = deletion.data_after, deletion.graph_after
+
+    def pct(m):
+        r, n = forget_ranks(m, g, d, deletion.forget, eval_embeddings(m, g))
+        return (r.double() / n.double()).numpy()
+
+    noop = get_method("noop").unlearn(model, deletion, cfg).model
+    tru = get_method("tru").unlearn(model, deletion, cfg).model
+    emb = eval_embeddings(noop, g)
+    ex = history_mask(d, ["train"], g)
+    vu, vi = torch.from_numpy(d.users[d.labels == VALID]), torch.from_numpy(d.items[d.labels == VALID])
+    n_cand = d.n_items - (ex.crow_indices()[1:] - ex.crow_indices()[:-1])[vu]
+    ref = (pair_ranks(emb.user, emb.item, vu, vi, ex).double() / n_cand.double()).numpy()
+    before, after = ks_2samp(pct(noop), ref).statistic, ks_2samp(pct(tru), ref).statistic
+    assert after < 0.6 * before, (before, after)
+    assert pct(tru).mean() < 0.5

@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of <method>-<regime>.yaml tuned configurations "
                         "(e.g. configs/tuned/scientific-mgcn)")
     c.add_argument("--originals", default=None,
-                   help="cache folder for trained originals, reused across regimes and runs")
+                   help="cache folder for trained originals and Retrain models, reused across regimes and "
+                        "runs")
     c.add_argument("--out", required=True)
     c.set_defaults(out_kind="dir")
     _add_dist_flags(c)

@@ -5,7 +5,10 @@ Per reporting seed s (``train.seed = unlearn.seed = s``; seeds below 100 — tun
 
 1. train the original model once on D (early stopping on valid); with ``originals`` set,
    the trained original is cached there keyed by (model, train config, data, seed), so
-   every regime and every compare on the same data reuses it;
+   every regime and every compare on the same data reuses it — and so is Retrain, keyed by
+   the same on D_r (its recorded ``seconds`` are those of the run that trained it, which a
+   cached row says with ``stats.cached``), so re-running the approximate methods does not
+   retrain;
 2. draw the forget set D_f (seeded); **the shared deletion step**
    (:func:`tru_dist.unlearn.deletion.build_deletion`): D_r, its graph, the users to reset —
    identical for every method, timed, part of every method's ``seconds``;
@@ -191,10 +194,7 @@ def train_original(cfg: Config, data, cache: str | None):
     from tru_dist.train.trainer import fit
 
     book, rank = _shard_book(cfg, data), collectives.rank()
-    path = None
-    if cache:
-        suffix = f"-w{collectives.world_size()}" if book is not None else ""
-        path = Path(cache) / f"{cfg.model.name}-seed{cfg.train.seed}-{_original_key(cfg, data)}{suffix}.pt"
+    path = _cache_path(cache, "", cfg, data)
     if path is not None and path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         graph = build_rec_graph(data, knn_k=cfg.model.knn_k, book=book, rank=rank,
@@ -214,6 +214,45 @@ def train_original(cfg: Config, data, cache: str | None):
         if rank == 0:
             atomic_torch_save({"state": state, "seconds": seconds, "info": info}, path)
     return model, graph, seconds, info
+
+
+def _cache_path(cache: str | None, prefix: str, cfg: Config, data) -> Path | None:
+    if not cache:
+        return None
+    suffix = f"-w{collectives.world_size()}" if collectives.is_distributed() else ""
+    name = f"{prefix}{cfg.model.name}-seed{cfg.train.seed}-{_original_key(cfg, data)}{suffix}.pt"
+    return Path(cache) / name
+
+
+def cached_retrain(cfg: Config, deletion, cache: str | None):
+    """Retrain's :class:`~tru_dist.unlearn.base.UnlearnResult`, from ``cache`` when this very
+    Retrain (model, train config, D_r, seed) was trained before.
+
+    Retrain is deterministic given those, so a cached one is the same model; its ``seconds``
+    are the ones measured when it was trained (deletion step included), flagged by
+    ``stats["cached"] = True`` so a report can say the time was not measured in this run."""
+    import torch
+
+    from tru_dist.models.registry import build_model
+    from tru_dist.train.checkpoint import gather_state, local_state
+    from tru_dist.unlearn.base import UnlearnResult, get_method
+
+    graph = deletion.graph_after
+    path = _cache_path(cache, "retrain-", cfg, deletion.data_after)
+    if path is not None and path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(cfg.model, graph, seed=cfg.train.seed).to(graph.ui.norm.device)
+        lo, hi = graph.book.user_range(graph.rank)
+        model.load_state_dict(local_state(model, blob["state"], lo, hi))
+        model.eval()
+        return UnlearnResult(model, {**blob["stats"], "cached": True}, float(blob["seconds"]))
+    result = get_method("retrain").unlearn(None, deletion, cfg)
+    if path is not None:
+        state = gather_state(result.model) if collectives.is_distributed() else result.model.state_dict()
+        if collectives.rank() == 0:
+            stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))}
+            atomic_torch_save({"state": state, "seconds": result.seconds, "stats": stats}, path)
+    return result
 
 
 def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
@@ -255,7 +294,10 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
         names.insert(0, "retrain")
     for name in names:
         mcfg, tuning = configs[name]
-        result = get_method(name).unlearn(original, deletion, _seeded(mcfg, seed))  # methods copy it
+        if name == "retrain":
+            result = cached_retrain(_seeded(mcfg, seed), deletion, spec.originals)
+        else:
+            result = get_method(name).unlearn(original, deletion, _seeded(mcfg, seed))  # methods copy it
         models[name] = result.model
         out[name] = {"seconds": result.seconds, "stats": result.stats,
                      "tuning_seconds": float(tuning["seconds"]) if tuning else 0.0}

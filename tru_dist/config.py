@@ -175,9 +175,29 @@ class EvalConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """Ranking fusion gate (DESIGN §5): g_ui = σ((s_ui − t_u^K)/T); G = β g + (1−β) P_i."""
+    """Ranking fusion gate (DESIGN §5): g_ui = σ((s_ui − t_ui)/T); G = β g + (1−β) P_i, with
+    t_ui the user's K-th score (``target: topk``) or the pair's quantile-matched target score
+    (``target: calibrated``, :mod:`tru_dist.unlearn.tru.gate`)."""
 
     enabled: bool = True
+    target: Literal["calibrated", "topk"] = "calibrated"
+    #: calibrated target: the gate runs its own optimisation (unlearn.lr / unlearn.epochs are
+    #: the top-K gate's and the other methods'): initial Adam step size (halved on overshoot),
+    #: most epochs, and the weight of its forget term (times unlearn.lambda_f)
+    lr: PosFloat = 0.04
+    max_epochs: PosInt = 30
+    weight: NonNegFloat = 10.0
+    #: held-out (valid) pairs sampled for the calibrated reference (all when fewer)
+    reference_pairs: PosInt = 20000
+    #: κ: weight of the keep term on retained pairs, κ·½[(s_ui − s⁰_ui)² + (s_uj − s⁰_uj)²]
+    #: (s⁰ = the scores after the deletion step); calibrated target only
+    keep_weight: NonNegFloat = 30.0
+    #: calibrated target for pairs of items with no retained train pair: their own ranks with
+    #: the items' ID rows zeroed (``zeroed``), or the uniform distribution (``uniform``)
+    cold_reference: Literal["zeroed", "uniform"] = "zeroed"
+    #: calibrated target: a gate pass without a smaller calibration gap puts the best
+    #: parameters back and halves the step size; after this many halvings in a row, stop
+    patience: NonNegInt = 2
     top_k: PosInt = 20
     temperature: PosFloat = 0.5
     beta: Unit = 0.5
@@ -203,6 +223,9 @@ class IsolationConfig(_Strict):
     budget: Fraction = 0.5
     row_hops: NonNegInt = 2
     delta: PosFloat = 1e-12
+    #: whether groups every user or item passes through (encoders, fusion, transformers) may
+    #: be selected; False = only the row-indexed tables compete for the budget
+    shared_layers: bool = True
 
 
 class UnlearnConfig(_Strict):
