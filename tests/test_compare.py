@@ -125,9 +125,11 @@ def test_reporting_seeds_must_be_held_out_from_tuning(tmp_path, tiny_data):
     with pytest.raises(ConfigError, match="no tuned configuration for reverse_bpr"):
         method_configs(cfg, CompareSpec(methods=["reverse_bpr"], seeds=[0], tuned=str(tuned)))
     # TRU's ablations use TRU's file; retrain and noop have nothing to tune
-    spec = CompareSpec(methods=["retrain", "noop", "tru-no-gate"], seeds=[0], tuned=str(tuned))
+    spec = CompareSpec(methods=["retrain", "noop", "tru-no-gate", "tru-default"], seeds=[0], tuned=str(tuned))
     got = method_configs(cfg, spec)
     assert got["tru-no-gate"][0].unlearn.lr == 0.02 and got["retrain"][1] is None
+    # tru-default is TRU with the built-in defaults beside the tuned TRU: no file, no tuning cost
+    assert got["tru-default"][0].unlearn.lr == cfg.unlearn.lr != 0.02 and got["tru-default"][1] is None
 
 
 def test_aggregate_mean_and_std_over_seeds():
@@ -175,3 +177,11 @@ def test_shipped_tuned_configurations_are_held_out_and_load():
                 merged = method_configs(cfg, CompareSpec(regime=regime, methods=[method], seeds=[0],
                                                          tuned=str(folder)))[method][0]
                 assert merged.unlearn.lr == overrides["unlearn"]["lr"]
+
+
+def test_users_held_out_for_any_membership_audit_or_on_request():
+    from tru_dist.compare import needs_held_out_users
+
+    assert not needs_held_out_users(CompareSpec(audits=[]))
+    assert needs_held_out_users(CompareSpec(audits=["mia"])) and needs_held_out_users(CompareSpec(audits=["user_mia"]))
+    assert needs_held_out_users(CompareSpec(audits=[], hold_out_users=True))  # shares the audited originals

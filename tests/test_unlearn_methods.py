@@ -32,7 +32,7 @@ def _cfg(model: str, **train) -> Config:
 
 def test_registry_names_and_errors():
     names = method_names()
-    for n in ("retrain", "noop", "reverse_bpr", "grad_ascent", "finetune", "sisa", "tru",
+    for n in ("retrain", "noop", "reverse_bpr", "grad_ascent", "finetune", "sisa", "tru", "tru-default",
               "tru-no-gate", "tru-no-scaling", "tru-no-isolation"):
         assert n in names
     assert get_method("reverse-bpr").name == "reverse_bpr"

@@ -323,6 +323,7 @@ def cmd_compare(args, overrides) -> int:
         audits=[a.strip() for a in (args.audit or "").split(",") if a.strip()],
         tuned=args.tuned,
         originals=args.originals,
+        hold_out_users=args.hold_out_users,
     )
     results = commands.compare(cfg, spec, args.out)
     print(results["table"])
@@ -488,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--originals", default=None,
                    help="cache folder for trained originals and Retrain models, reused across regimes and "
                         "runs")
+    c.add_argument("--hold-out-users", action="store_true",
+                   help="hold 5%% of users out of training as a membership audit does, without running one "
+                        "(so a run without audits shares the audited runs' cached originals)")
     c.add_argument("--out", required=True)
     c.set_defaults(out_kind="dir")
     _add_dist_flags(c)

@@ -68,6 +68,7 @@ class CompareSpec:
     audits: list[str] = field(default_factory=list)
     tuned: str | None = None
     originals: str | None = None
+    hold_out_users: bool = False
 
     @property
     def seed_list(self) -> list[int]:
@@ -99,7 +100,8 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
     out: dict[str, tuple[Config, dict | None]] = {}
     for name in spec.methods:
         canonical = get_method(name).name
-        path = find_tuned(spec.tuned, canonical, spec.regime) if spec.tuned else None
+        untuned = canonical == "tru-default"  # the built-in defaults, whatever spec.tuned holds
+        path = find_tuned(spec.tuned, canonical, spec.regime) if spec.tuned and not untuned else None
         if path is None:
             out[canonical] = (cfg, None)
             continue
@@ -136,8 +138,9 @@ def hold_out_users(data, fraction: float, seed: int):
 def needs_held_out_users(spec: CompareSpec) -> bool:
     """User MIA always needs never-trained users, the pair MIA when whole users are deleted.
     Held out for any membership audit, whatever the regime, so that every regime audited on
-    the same data trains (and, with ``originals``, caches) the very same original."""
-    return "user_mia" in spec.audits or "mia" in spec.audits
+    the same data trains (and, with ``originals``, caches) the very same original;
+    ``hold_out_users`` holds them out without an audit (a run that shares those originals)."""
+    return spec.hold_out_users or "user_mia" in spec.audits or "mia" in spec.audits
 
 
 def _log(msg: str) -> None:

@@ -18,8 +18,9 @@ timed the same way. ``stats["method_seconds"]`` keeps the method's part alone.
 
 Names: ``retrain``, ``noop`` (the deletion step alone: original parameters, deleted users
 reset, served on D_r's graph), ``reverse_bpr`` (MMRecUn), ``grad_ascent``, ``finetune``,
-``sisa``, ``tru`` and TRU's ablations ``tru-no-gate``, ``tru-no-scaling``,
-``tru-no-isolation``. ``-`` and ``_`` are interchangeable in lookups.
+``sisa``, ``tru``, ``tru-default`` (TRU itself, named apart so that ``compare --tuned`` can
+report the plug-and-play defaults beside the tuned configuration) and TRU's ablations
+``tru-no-gate``, ``tru-no-scaling``, ``tru-no-isolation``. ``-`` and ``_`` are interchangeable in lookups.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ _METHODS: dict[str, tuple[str, str, str]] = {
     "finetune": ("tru_dist.unlearn.finetune", "unlearn", "BPR on D_r only"),
     "sisa": ("tru_dist.unlearn.sisa", "unlearn", "RecEraser-style user shards, retrain affected shards"),
     "tru": ("tru_dist.unlearn.tru.tru", "unlearn", "targeted reverse update (gate + scaling + isolation)"),
+    "tru-default": ("tru_dist.unlearn.tru.tru", "unlearn",
+                    "TRU with its built-in defaults: compare never applies a tuned file to it"),
     "tru-no-gate": ("tru_dist.unlearn.tru.tru", "unlearn_no_gate", "TRU without the ranking fusion gate"),
     "tru-no-scaling": ("tru_dist.unlearn.tru.tru", "unlearn_no_scaling", "TRU without branch-wise scaling"),
     "tru-no-isolation": ("tru_dist.unlearn.tru.tru", "unlearn_no_isolation", "TRU without layer isolation"),

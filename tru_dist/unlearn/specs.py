@@ -28,6 +28,7 @@ _SPECS: dict[str, Callable[[Config], UpdateSpec]] = {
     "grad_ascent": lambda cfg: grad_ascent.SPEC,
     "finetune": lambda cfg: finetune.SPEC,
     "tru": tru_spec,
+    "tru-default": tru_spec,
     "tru-no-gate": lambda cfg: tru_spec(cfg, gate=False),
     "tru-no-scaling": lambda cfg: tru_spec(cfg, scaling=False),
     "tru-no-isolation": lambda cfg: tru_spec(cfg, isolation=False),
