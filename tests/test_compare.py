@@ -183,5 +183,6 @@ def test_users_held_out_for_any_membership_audit_or_on_request():
     from tru_dist.compare import needs_held_out_users
 
     assert not needs_held_out_users(CompareSpec(audits=[]))
-    assert needs_held_out_users(CompareSpec(audits=["mia"])) and needs_held_out_users(CompareSpec(audits=["user_mia"]))
+    assert needs_held_out_users(CompareSpec(audits=["mia"]))
+    assert needs_held_out_users(CompareSpec(audits=["user_mia"]))
     assert needs_held_out_users(CompareSpec(audits=[], hold_out_users=True))  # shares the audited originals
