@@ -22,7 +22,8 @@ with ``d_u``, ``d_i`` the degrees (0-degree nodes get weight 0, as in ``build_bi
 ``e_v^{(l)} = Σ_w (Â^l)_{vw} e_w^{(0)}`` where ``Â = [[0, R̂], [R̂ᵀ, 0]]`` and ``(Â^l)_{vw}`` is a
 sum over walks of length ``l`` from ``v`` to ``w`` of products of edge weights. A walk of length
 ``l ≤ L`` that starts at a target stays within distance ``L`` of it, and every step it takes
-leaves a node at distance ``≤ L-1`` (the k-th step leaves the k-th node, at distance ``≤ k-1``).
+leaves a node at distance ``≤ L-1`` (step ``k`` leaves the walk's node ``k-1``, counting the target
+as node 0, which is at distance ``≤ k-1``).
 So the final embedding of a target depends only on
 
 * the layer-0 embeddings of nodes within ``L`` hops (the ``L``-ball), and
@@ -45,6 +46,10 @@ shards).
 Node numbering follows PyG for a bipartite graph stored as one graph: users are nodes
 ``0 .. n_users-1``, items ``n_users .. n_users+n_items-1`` (see :func:`to_pyg_edge_index`).
 This module uses torch only (no loops over edges) and depends on nothing above ``graph``.
+
+Cost: finding the neighbourhood scans the edge list once per hop (``O(L·E)`` cheap integer work);
+the floating-point propagation is over the subgraph only. On small dense graphs the ``L``-ball
+is most of the graph for ``L ≥ 3`` (LightGCN neighbourhoods grow fast through popular items).
 """
 
 from __future__ import annotations
