@@ -199,6 +199,18 @@ def test_isolation_hand_cases():
     assert chosen == ["b", "c"] and share == pytest.approx(0.4)
 
 
+def test_isolation_by_forget_mass_hand_cases():
+    """Largest forget Fisher mass first, until the chosen groups hold ``mass`` of it."""
+    f = {"a": 2.0, "b": 6.0, "c": 1.0, "d": 1.0}  # total 10
+    r = dict.fromkeys(f, 1.0)
+    sizes = {"a": 10.0, "b": 50.0, "c": 20.0, "d": 20.0}
+    assert isolation.decide_isolation_by_mass(f, r, sizes, sizes, 0.5, 0.0) == (["b"], 0.5)  # 6 ≥ 5
+    chosen, share = isolation.decide_isolation_by_mass(f, r, sizes, sizes, 0.8, 0.0)
+    assert chosen == ["b", "a"] and share == pytest.approx(0.6)  # 8 ≥ 8
+    # a concentrated deletion needs one group, a diffuse one all of them
+    assert isolation.decide_isolation_by_mass(f, r, sizes, sizes, 1.0, 0.0)[0] == ["b", "a", "c", "d"]
+
+
 def test_isolation_never_exceeds_budget_and_keeps_one_group():
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -226,6 +226,9 @@ class IsolationConfig(_Strict):
     #: whether groups every user or item passes through (encoders, fusion, transformers) may
     #: be selected; False = only the row-indexed tables compete for the budget
     shared_layers: bool = True
+    #: > 0: adaptive budget — the groups (in decreasing Fisher ratio) that hold this share of
+    #: the forget Fisher mass (``isolation.decide_isolation_by_mass``); 0: the fixed budget ρ
+    mass: Fraction = 0.0
 
 
 class UnlearnConfig(_Strict):

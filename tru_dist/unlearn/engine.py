@@ -246,7 +246,11 @@ class _Loop:
             local = [n for n, ps in groups.items() if ps and all(id(p) in row_params for p in ps)]
             f_sum, r_sum = {n: f_sum[n] for n in local}, {n: r_sum[n] for n in local}
             counts = {n: counts[n] for n in local}
-        chosen, share = iso_fn.decide_isolation(f_sum, r_sum, counts, counts, iso.budget, iso.delta)
+        if iso.mass > 0:
+            chosen, share = iso_fn.decide_isolation_by_mass(f_sum, r_sum, counts, counts, iso.mass, iso.delta)
+        else:
+            chosen, share = iso_fn.decide_isolation(f_sum, r_sum, counts, counts, iso.budget, iso.delta)
+        total_f = sum(f_sum.values()) or 1.0
         for name, ps in groups.items():
             if name not in chosen:
                 self.frozen_params.update(id(p) for p in ps)
@@ -258,6 +262,7 @@ class _Loop:
             self.frozen_rows[id(p)] = self.frozen_rows[id(p)] & mask if id(p) in self.frozen_rows else mask
         self.stats["isolation"] = {
             "fisher_ratio": iso_fn.fisher_ratios(f_sum, r_sum, counts, iso.delta),
+            "forget_mass_share": {n: v / total_f for n, v in f_sum.items()},
             "selected_groups": chosen,
             "frozen_groups": [n for n in groups if n not in chosen],
             "param_share": share,

@@ -73,6 +73,37 @@ def decide_isolation(
     return chosen, (used / total if total > 0 else 0.0)
 
 
+def decide_isolation_by_mass(
+    fisher_f_sum: dict[str, float],
+    fisher_r_sum: dict[str, float],
+    counts: dict[str, float],
+    param_counts: dict[str, float],
+    mass: float,
+    delta: float,
+) -> tuple[list[str], float]:
+    """The groups holding ``mass`` of the forget Fisher mass, largest first.
+
+    The budget adapts to how concentrated the deletion's signal is: with M_l = Σ(g_f^l)² the
+    forget Fisher mass of group l, take groups in decreasing M_l (ties: decreasing S_l) and
+    stop at the first prefix with Σ_chosen M_l ≥ mass·Σ_l M_l. A deletion whose gradient sits
+    in a few groups updates only those; a diffuse one updates more. Returns (groups,
+    parameter share).
+    """
+    scores = fisher_ratios(fisher_f_sum, fisher_r_sum, counts, delta)
+    order = sorted(scores, key=lambda name: (-fisher_f_sum[name], -scores[name]))
+    total_mass = float(sum(fisher_f_sum[n] for n in order))
+    total = float(sum(param_counts.values()))
+    chosen: list[str] = []
+    held = 0.0
+    for name in order:
+        chosen.append(name)
+        held += float(fisher_f_sum[name])
+        if held >= mass * total_mass:
+            break
+    used = float(sum(param_counts[n] for n in chosen))
+    return chosen, (used / total if total > 0 else 0.0)
+
+
 def hop_masks(
     forget_users: np.ndarray,
     forget_items: np.ndarray,
