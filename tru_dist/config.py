@@ -228,7 +228,7 @@ class IsolationConfig(_Strict):
     shared_layers: bool = True
     #: > 0: adaptive budget — the groups (in decreasing Fisher ratio) that hold this share of
     #: the forget Fisher mass (``isolation.decide_isolation_by_mass``); 0: the fixed budget ρ
-    mass: Fraction = 0.0
+    mass: Unit = 0.0
 
 
 class UnlearnConfig(_Strict):
