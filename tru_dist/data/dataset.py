@@ -25,7 +25,8 @@ class RecDataset:
         n_users, n_items: id ranges are dense ``[0, n_users)`` / ``[0, n_items)``.
         users, items: int64 arrays of equal length.
         labels: int8 split label per interaction (0 train, 1 valid, 2 test).
-        features: modality name -> float32 array of shape ``(n_items, dim)``.
+        features: modality name -> float32 array of shape ``(n_items, dim)`` (a float16
+            memmap for a store written by the streaming scale generator; consumers cast).
         meta: free-form provenance (name, split seed, content hash, ...).
     """
 

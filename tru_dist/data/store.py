@@ -4,6 +4,8 @@ Layout::
 
     interactions.parquet        INTERACTIONS_SCHEMA, one row per (user, item) pair
     item_features/<m>.npy       float32 (n_items, dim), row i = item i, memory-mappable
+                                (float16 in stores written by ``tru-dist data synth --interactions``;
+                                META's ``features[m]["dtype"]`` says which)
     META.json                   counts, dims, split seed, content hash, created_by, meta
 
 Wide feature matrices are ``.npy`` rather than Parquet because a worker must read a
@@ -15,6 +17,8 @@ Parquet encoder's version::
 
     h_inter = sha256(users:int64 ‖ items:int64 ‖ labels:int8 ‖ ratings:float32 ‖ timestamps:int64)
     h_m     = sha256(m ‖ shape ‖ rows of the float32 matrix, little-endian, C order)
+              (a float16 matrix is hashed as its exact float32 upcast, so the hash is the
+              one write_store computes for the same values)
     content = sha256("interactions:" h_inter ‖ ";" m ":" h_m for each modality m, sorted)
 
 ``META.json`` is written last, so an interrupted write leaves a folder that is not
@@ -65,6 +69,10 @@ from tru_dist.io_utils import atomic_write, atomic_write_json, is_orphan_temp
 
 _REIMPORT = "re-import the dataset (tru-dist data import) to rebuild the store"
 REVISIONS_DIR = "revisions"
+#: feature dtypes a store may hold: write_store writes float32; the streaming scale generator
+#: (:mod:`tru_dist.data.synth_stream`) writes float16 to halve the disk and page-cache footprint.
+#: Consumers cast their slice to what they compute in, so either reads the same way.
+FEATURE_DTYPES = ("float32", "float16")
 
 
 def is_store(folder: str | Path) -> bool:
@@ -250,9 +258,11 @@ def read_store(
         if not path.is_file():
             raise DataError(f"{path} is missing (META.json lists modality '{name}'); {_REIMPORT}")
         full = load_npy(path)
-        if full.dtype != np.float32 or full.shape != (n_items, int(info["dim"])):
+        want = str(info.get("dtype", "float32"))
+        shape = (n_items, int(info["dim"]))
+        if want not in FEATURE_DTYPES or full.dtype != np.dtype(want) or full.shape != shape:
             raise DataError(
-                f"{path} is {full.dtype} {full.shape}, META.json says float32 ({n_items}, {info['dim']});"
+                f"{path} is {full.dtype} {full.shape}, META.json says {want} ({n_items}, {info['dim']});"
                 f" {_REIMPORT}"
             )
         if verify:
