@@ -181,9 +181,16 @@ def cmd_data(args, overrides) -> int:
 
     if args.data_cmd == "synth":
         from tru_dist.data.mmrec import write_mmrec
+        from tru_dist.data.synth_stream import parse_modalities
         from tru_dist.data.synthetic import generate_synthetic
 
-        mods = dict(_parse_dims(args.modalities)) if args.modalities else {"image": 64, "text": 32}
+        mods = parse_modalities(args.modalities) if args.modalities else {"image": 64, "text": 32}
+        if args.interactions is not None:
+            return _synth_stream(args, mods)
+        for flag in ("chunk_users", "feature_dtype"):
+            if getattr(args, flag) is not None:
+                raise TruDistError(f"--{flag.replace('_', '-')} belongs to the scale generator;"
+                                   " add --interactions K")
         data = generate_synthetic(n_users=args.users, n_items=args.items, modalities=mods, seed=args.seed)
         if args.format == "store":
             from tru_dist.data.store import write_store
@@ -234,14 +241,19 @@ def cmd_data(args, overrides) -> int:
     return 0
 
 
-def _parse_dims(text: str) -> list[tuple[str, int]]:
-    out = []
-    for part in text.split(","):
-        name, _, dim = part.partition(":")
-        if not name or not dim.isdigit():
-            raise TruDistError(f"bad modality spec '{part}': write NAME:DIM, e.g. image:4096,text:384")
-        out.append((name, int(dim)))
-    return out
+def _synth_stream(args, mods: dict[str, int]) -> int:
+    """``data synth --interactions K``: the streaming scale generator (a store, float16 features
+    by default); prints a one-line JSON summary, progress goes to stderr."""
+    from tru_dist.data.synth_stream import DEFAULT_CHUNK_USERS, write_synthetic_store
+
+    if args.format == "mmrec":
+        raise TruDistError("--interactions runs the scale generator, which writes a tru-dist store;"
+                           " drop --format mmrec")
+    summary = write_synthetic_store(args.out, args.users, args.items, args.interactions, mods, args.seed,
+                                    chunk_users=args.chunk_users or DEFAULT_CHUNK_USERS,
+                                    feature_dtype=args.feature_dtype or "float16")
+    print(json.dumps(summary))
+    return 0
 
 
 # --------------------------------------------------------------------------------------
@@ -385,14 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="create, import, inspect data; make deletion requests")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    s = dsub.add_parser("synth", help="write a seeded synthetic dataset (MMRec layout)")
+    s = dsub.add_parser("synth", help="write a seeded synthetic dataset (MMRec layout); with --interactions "
+                        "the streaming scale generator (a store)")
     s.add_argument("--out", required=True)
     s.set_defaults(out_kind="dir")
     s.add_argument("--users", type=_int_at_least(2), default=600)
     s.add_argument("--items", type=_int_at_least(2), default=400)
     s.add_argument("--modalities", default=None, help="NAME:DIM,... (default image:64,text:32)")
     s.add_argument("--seed", type=_int_at_least(0), default=0)
-    s.add_argument("--format", choices=["mmrec", "store"], default="mmrec")
+    s.add_argument("--format", choices=["mmrec", "store"], default=None,
+                   help="mmrec (default) or store; --interactions always writes a store")
+    s.add_argument("--interactions", type=_int_at_least(1), default=None,
+                   help="exactly this many interactions, written streaming in bounded memory into a new or "
+                        "empty --out (the scale dataset generator); needs users, items <= K <= users*items")
+    s.add_argument("--chunk-users", type=_int_at_least(1), default=None,
+                   help="users generated at once by --interactions (memory, not the result; default 32768)")
+    s.add_argument("--feature-dtype", choices=["float16", "float32"], default=None,
+                   help="feature dtype of --interactions (default float16)")
     s = dsub.add_parser("import-mmrec", help="validate an MMRec folder and write a tru-dist store")
     s.add_argument("--src", required=True)
     s.add_argument("--out", required=True)

@@ -334,7 +334,7 @@ class _RowGroups:
     def _emit(self, rows: int) -> None:
         cols = [np.concatenate([p[i] for p in self.parts]) for i in range(len(self.parts[0]))]
         head = [c[:rows] for c in cols]
-        self.parts = [tuple(c[rows:] for c in cols)] if rows < len(cols[0]) else []
+        self.parts = [tuple(c[rows:].copy() for c in cols)] if rows < len(cols[0]) else []  # unpin cols
         self.pending -= rows
         users, items, labels, stamps = head
         ratings = np.ones(rows, dtype=np.float32)
@@ -408,9 +408,10 @@ def _write_features(plan: _Plan, path: Path, name: str, dim: int, dtype: str, ce
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_items, dim))
         for b, lo in enumerate(range(0, n_items, FEATURE_BLOCK)):
             hi = min(n_items, lo + FEATURE_BLOCK)
-            jitter = np.random.default_rng([seed, 4, b]).standard_normal((hi - lo, LATENT_DIM), dtype=np.float32)
+            rows = hi - lo
+            jitter = np.random.default_rng([seed, 4, b]).standard_normal((rows, LATENT_DIM), dtype=np.float32)
             latent = centres[plan.item_cluster[lo:hi]] + np.float32(ITEM_NOISE / np.sqrt(LATENT_DIM)) * jitter
-            x = np.random.default_rng([seed, 5, tag, b]).standard_normal((hi - lo, dim), dtype=np.float32)
+            x = np.random.default_rng([seed, 5, tag, b]).standard_normal((rows, dim), dtype=np.float32)
             x *= np.float32(FEATURE_NOISE)
             for d in range(LATENT_DIM):  # elementwise, fixed order: no BLAS-dependent rounding
                 x += latent[:, d : d + 1] * proj[d]
