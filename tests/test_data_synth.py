@@ -99,7 +99,8 @@ def test_dense_data_stays_unique_and_chunk_independent(tmp_path, monkeypatch, ro
 
     monkeypatch.setattr(synth, "_DEDUPE_ROUNDS", rounds)
     for chunk in (7, 50):
-        write_synthetic_store(tmp_path / f"dense{chunk}", 50, 20, 950, {"image": 4}, seed=3, chunk_users=chunk)
+        write_synthetic_store(tmp_path / f"dense{chunk}", 50, 20, 950, {"image": 4}, seed=3,
+                              chunk_users=chunk)
         data = open_data(tmp_path / f"dense{chunk}")  # the reader rejects repeated pairs
         assert data.n_interactions == 950 and (np.bincount(data.users) <= 20).all()
     assert (tmp_path / "dense7/interactions.parquet").read_bytes() == (
