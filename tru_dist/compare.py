@@ -100,8 +100,7 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
     out: dict[str, tuple[Config, dict | None]] = {}
     for name in spec.methods:
         canonical = get_method(name).name
-        untuned = canonical == "tru-default"  # the built-in defaults, whatever spec.tuned holds
-        path = find_tuned(spec.tuned, canonical, spec.regime) if spec.tuned and not untuned else None
+        path = find_tuned(spec.tuned, canonical, spec.regime) if spec.tuned else None
         if path is None:
             out[canonical] = (cfg, None)
             continue

@@ -79,21 +79,41 @@ def is_store(folder: str | Path) -> bool:
     return (Path(folder) / META_FILE).is_file()
 
 
+#: the interaction columns in the order the content hash reads them, with their canonical dtypes
+HASH_COLUMNS = {"users": "<i8", "items": "<i8", "labels": "<i1", "ratings": "<f4", "timestamps": "<i8"}
+
+
+def hash_column(h: hashlib._Hash, column: str, values: np.ndarray) -> None:
+    """Feed (a run of) one interaction column to ``h`` in its canonical dtype. A writer that
+    streams may feed a column in pieces, as long as whole columns follow HASH_COLUMNS' order."""
+    h.update(np.ascontiguousarray(values, dtype=HASH_COLUMNS[column]).tobytes())
+
+
 def interactions_hash(users: np.ndarray, items: np.ndarray, labels: np.ndarray,
                       ratings: np.ndarray, timestamps: np.ndarray) -> str:
     """sha256 over the five interaction columns in their canonical dtypes (see module doc)."""
     h = hashlib.sha256()
-    for arr, dt in ((users, "<i8"), (items, "<i8"), (labels, "<i1"), (ratings, "<f4"), (timestamps, "<i8")):
-        h.update(np.ascontiguousarray(arr, dtype=dt).tobytes())
+    for column, arr in zip(HASH_COLUMNS, (users, items, labels, ratings, timestamps), strict=True):
+        hash_column(h, column, arr)
     return h.hexdigest()
+
+
+def feature_hasher(name: str, shape: tuple[int, ...]) -> hashlib._Hash:
+    """A feature matrix's sha256, started with its header; feed rows with :func:`hash_feature_rows`."""
+    return hashlib.sha256(f"{name}:{tuple(int(s) for s in shape)}".encode())
+
+
+def hash_feature_rows(h: hashlib._Hash, rows: np.ndarray) -> None:
+    """Feed rows of a feature matrix as float32 (a float16 matrix hashes as its exact upcast)."""
+    h.update(np.ascontiguousarray(rows, dtype="<f4").tobytes())
 
 
 def feature_hash(name: str, arr: np.ndarray) -> str:
     """sha256 of one feature matrix, streamed in row chunks (a memmap is never materialised)."""
-    h = hashlib.sha256(f"{name}:{tuple(int(s) for s in arr.shape)}".encode())
+    h = feature_hasher(name, arr.shape)
     step = max(1, v.CHUNK_ELEMENTS // max(1, arr.shape[1] if arr.ndim == 2 else 1))
     for lo in range(0, arr.shape[0], step):
-        h.update(np.ascontiguousarray(arr[lo : lo + step], dtype="<f4").tobytes())
+        hash_feature_rows(h, arr[lo : lo + step])
     return h.hexdigest()
 
 

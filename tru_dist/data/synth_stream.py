@@ -71,7 +71,13 @@ from tru_dist.data.schema import (
     STORE_FORMAT,
     STORE_VERSION,
 )
-from tru_dist.data.store import FEATURE_DTYPES, combine_hashes
+from tru_dist.data.store import (
+    FEATURE_DTYPES,
+    combine_hashes,
+    feature_hasher,
+    hash_column,
+    hash_feature_rows,
+)
 from tru_dist.errors import DataError
 from tru_dist.io_utils import atomic_write, atomic_write_json
 
@@ -357,7 +363,7 @@ def _write_interactions(plan: _Plan, path: Path, chunk_users: int, row_group_row
     n_users, total = plan.n_users, plan.n_interactions
     for lo in range(0, n_users, chunk_users):
         hi = min(n_users, lo + chunk_users)
-        h.update(np.repeat(np.arange(lo, hi, dtype="<i8"), plan.counts[lo:hi]).tobytes())
+        hash_column(h, "users", np.repeat(np.arange(lo, hi, dtype=np.int64), plan.counts[lo:hi]))
 
     start = time.perf_counter()
     n_chunks = -(-n_users // chunk_users)
@@ -369,7 +375,7 @@ def _write_interactions(plan: _Plan, path: Path, chunk_users: int, row_group_row
                 hi = min(n_users, lo + chunk_users)
                 users, pos, labels = _chunk_frame(plan, lo, hi)
                 items = _chunk_items(plan, lo, hi, users)
-                h.update(items.astype("<i8", copy=False).tobytes())
+                hash_column(h, "items", items)
                 groups.add((users, items, labels, pos))
                 if n_chunks > 1:
                     done = int(plan.offsets[hi])
@@ -385,13 +391,13 @@ def _write_interactions(plan: _Plan, path: Path, chunk_users: int, row_group_row
             hi = min(n_users, lo + chunk_users)
             _, pos, labels = _chunk_frame(plan, lo, hi)
             if what == "labels":
-                h.update(labels.astype("<i1").tobytes())
+                hash_column(h, "labels", labels)
                 for name, lab in SPLIT_LABELS.items():
                     counts[name] += int((labels == lab).sum())
             elif what == "ratings":
-                h.update(np.ones(len(pos), dtype="<f4").tobytes())
+                hash_column(h, "ratings", np.ones(len(pos), dtype=np.float32))
             else:
-                h.update(pos.astype("<i8").tobytes())
+                hash_column(h, "timestamps", pos)
     return h.hexdigest(), counts
 
 
@@ -402,7 +408,7 @@ def _write_features(plan: _Plan, path: Path, name: str, dim: int, dtype: str, ce
     tag = zlib.crc32(name.encode())  # a modality's values do not depend on the other modalities
     proj = (np.random.default_rng([seed, 7, tag]).standard_normal((LATENT_DIM, dim), dtype=np.float32)
             / np.float32(np.sqrt(LATENT_DIM)))
-    h = hashlib.sha256(f"{name}:{(n_items, dim)}".encode())
+    h = feature_hasher(name, (n_items, dim))
 
     def write(tmp: str) -> None:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_items, dim))
@@ -417,7 +423,7 @@ def _write_features(plan: _Plan, path: Path, name: str, dim: int, dtype: str, ce
                 x += latent[:, d : d + 1] * proj[d]
             block = x.astype(dtype)
             mm[lo:hi] = block
-            h.update(block.astype("<f4").tobytes())
+            hash_feature_rows(h, block)
         mm.flush()
         del mm
 

@@ -73,6 +73,12 @@ def history_mask(data: RecDataset, split_labels: Iterable[int | str], graph) -> 
     return _csr(lu, li, (graph.n_local_users, graph.n_items), _device(graph))
 
 
+def candidate_counts(exclude_csr: torch.Tensor, rows: torch.Tensor, n_items: int) -> torch.Tensor:
+    """n_u = items not excluded for each given local row: the denominator of a rank percentile."""
+    crow = exclude_csr.crow_indices()
+    return n_items - (crow[1:] - crow[:-1])[rows.to(crow.device)]
+
+
 def csr_rows(csr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Entries of the given CSR rows: ``(position in rows, column)`` pairs, vectorized.
 

@@ -52,7 +52,7 @@ from tru_dist.config import Config, GateConfig, IsolationConfig, ScalingConfig
 from tru_dist.data.dataset import VALID
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings
 from tru_dist.models.registry import torch_seed
-from tru_dist.train.evaluate import history_mask, pair_ranks
+from tru_dist.train.evaluate import candidate_counts, history_mask, pair_ranks
 from tru_dist.train.sampler import BPRSampler
 from tru_dist.unlearn import losses
 from tru_dist.unlearn.batches import equal_batch_size, forget_batches, retain_stream
@@ -328,14 +328,12 @@ class _Loop:
     def _percentiles(self, users: torch.Tensor, items: torch.Tensor, lu: torch.Tensor, li: torch.Tensor
                      ) -> torch.Tensor:
         ranks = pair_ranks(users, items, lu, li, self.exclude)
-        crow = self.exclude.crow_indices()
-        n_cand = self.data.n_items - (crow[1:] - crow[:-1])[lu]
-        return ranks.double() / n_cand.clamp(min=1).double()
+        return ranks.double() / candidate_counts(self.exclude, lu, self.data.n_items).clamp(min=1).double()
 
     @torch.no_grad()
-    def calibrated_gate_pass(self, epoch: int) -> bool:
-        """Targets q_ui (quantile matching), P_i and the calibration gap (module :mod:`.tru.gate`)."""
-        gate = self.spec.gate
+    def _eval_forget_pairs(self) -> tuple[Embeddings, torch.Tensor, torch.Tensor]:
+        """(embeddings in eval mode, local users, items) of this shard's forget pairs — what a
+        gate pass ranks; the model's training mode is left as it was."""
         was = self.model.training
         self.model.eval()
         emb = self.model.embed(self.graph)
@@ -343,11 +341,19 @@ class _Loop:
         mine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
         lu = torch.from_numpy(self.fu[mine] - self.lo).to(self.device)
         li = torch.from_numpy(self.fi[mine]).to(self.device)
+        return emb, lu, li
+
+    @torch.no_grad()
+    def calibrated_gate_pass(self, epoch: int) -> bool:
+        """Targets q_ui (quantile matching), P_i and the calibration gap (module :mod:`.tru.gate`)."""
+        gate = self.spec.gate
+        emb, lu, li = self._eval_forget_pairs()
         users, items = emb.user.detach(), emb.item.detach()
         pct = self._percentiles(users, items, lu, li)
         if self.ref_sorted is None:  # fixed at the start: the model after the deletion step
             ref = self._percentiles(users, items, self.ref_u, self.ref_i)
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
+            self.stats["gate_reference"]["mean_pct"] = float(self.ref_sorted.mean()) if len(ref) else 0.0
             self.start_emb = Embeddings(users.clone(), items.clone()) if gate.keep_weight > 0 else None
             cold = self.cold_pair
             if gate.cold_reference == "uniform":  # its mid-rank in the uniform distribution
@@ -370,7 +376,6 @@ class _Loop:
         targets.append((float(reset_now.numel()), reset_now))
         everything = collectives.all_gather_rows(pct).sort().values
         gap = gate_fn.calibration_gap(everything, targets)  # the whole forget set vs its target mixture
-        ref_mean = float(self.ref_sorted.mean()) if self.ref_sorted.numel() else 0.0
         tau = gate_fn.scores_at_percentile(users, items, self.exclude, lu, q)
         keys = lu.long() * self.data.n_items + li.long()
         order = torch.argsort(keys)
@@ -391,7 +396,7 @@ class _Loop:
             "epoch": epoch, "mean_g": decision.mean_g, "mean_P": decision.mean_p,
             "mean_G": float(extra[0]) / n,
             "calibration_gap": gap, "mean_pct": float(extra[1]) / n, "mean_target_pct": float(extra[2]) / n,
-            "mean_reference_pct": ref_mean, "n_pairs": int(extra[3]),
+            "n_pairs": int(extra[3]),
         })
         return gap < gate.epsilon
 
@@ -443,13 +448,7 @@ class _Loop:
         if self.target_mode == "calibrated":
             return self.calibrated_gate_pass(epoch)
         gate = self.spec.gate
-        was = self.model.training
-        self.model.eval()
-        emb = self.model.embed(self.graph)
-        self.model.train(was)
-        mine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
-        lu = torch.from_numpy(self.fu[mine] - self.lo).to(self.device)
-        li = torch.from_numpy(self.fi[mine]).to(self.device)
+        emb, lu, li = self._eval_forget_pairs()
         users = self.gate_users(emb.user)
         t = gate_fn.kth_thresholds(users, emb.item, self.exclude, lu, gate.top_k)
         s = (users[lu] * emb.item[li]).sum(-1)
@@ -619,7 +618,10 @@ def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSp
     """The same computation as :func:`run_update`, yielding ``(epoch, model, stats)`` after
     every epoch (the model is the live working copy: evaluate it, don't keep it). Stops
     early when the gate converges, exactly where ``run_update`` would; a run that converges
-    before its first epoch yields its starting state once, as epoch 0."""
+    before its first epoch yields its starting state once, as epoch 0. With the calibrated
+    gate the model left after the last yield may be an earlier epoch's (the state of the
+    smallest calibration gap, put back when later epochs overshot — ``stats["best_gap"]``);
+    that is what ``run_update`` returns."""
     work = start_model(model, deletion, cfg.unlearn.seed)
     loop = _Loop(model, work, deletion, cfg, spec)
     ran = False

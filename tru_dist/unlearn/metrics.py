@@ -41,7 +41,7 @@ import torch
 
 from tru_dist import comm as collectives
 from tru_dist.data.dataset import TEST, RecDataset
-from tru_dist.train.evaluate import eval_embeddings, history_mask, pair_ranks, topk
+from tru_dist.train.evaluate import candidate_counts, eval_embeddings, history_mask, pair_ranks, topk
 
 
 def _local_forget(graph, forget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,10 +57,7 @@ def forget_ranks(model, graph, data_after: RecDataset, forget, emb=None) -> tupl
     emb = emb if emb is not None else eval_embeddings(model, graph)
     lu, li = _local_forget(graph, forget)
     exclude = history_mask(data_after, ["train"], graph)
-    ranks = pair_ranks(emb.user, emb.item, lu, li, exclude)
-    crow = exclude.crow_indices()
-    n_hist = (crow[1:] - crow[:-1])[lu]
-    return ranks, graph.n_items - n_hist
+    return pair_ranks(emb.user, emb.item, lu, li, exclude), candidate_counts(exclude, lu, graph.n_items)
 
 
 def forget_metrics(model, graph, data_after: RecDataset, forget, ks: Sequence[int] = (10, 20, 50),

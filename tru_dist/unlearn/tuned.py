@@ -27,8 +27,11 @@ TUNABLE = ("reverse_bpr", "grad_ascent", "finetune", "tru")
 
 
 def tuned_source(method: str) -> str | None:
-    """The method whose tuned file ``method`` uses (TRU's ablations use TRU's), or None."""
+    """The method whose tuned file ``method`` uses (TRU's ablations use TRU's), or None —
+    also for ``tru-default``, TRU with its built-in defaults, which never takes a file."""
     key = method.strip().lower().replace("-", "_")
+    if key == "tru_default":
+        return None
     if key.startswith("tru"):
         return "tru"
     return key if key in TUNABLE else None

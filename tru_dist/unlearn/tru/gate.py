@@ -89,7 +89,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tru_dist.train.evaluate import csr_rows, topk
+from tru_dist.train.evaluate import candidate_counts, csr_rows, topk
 
 
 def persistence(scores_ui: torch.Tensor, thresholds: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -238,7 +238,7 @@ def scores_at_percentile(
     if exclude_csr is not None:
         pos, col = csr_rows(exclude_csr, uniq)
         scores[pos, col] = float("-inf")
-        n_cand -= torch.bincount(pos, minlength=len(uniq))
+        n_cand = candidate_counts(exclude_csr, uniq, scores.shape[1]).to(scores.device)
     ordered = scores.sort(dim=1, descending=True).values
     n = n_cand[inverse]
     at = (q.double() * n.double()).floor().long().clamp(min=0)
