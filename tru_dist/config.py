@@ -157,6 +157,12 @@ class TrainConfig(_Strict):
     seed: Seed = 0
     device: str = "auto"
     progress: Literal["auto", "on", "off"] = "auto"
+    #: ``full``: every step propagates the whole graph; ``local``: only the batch's neighbourhood
+    #: (``Backbone.embed_targets``, :mod:`tru_dist.graph.blocks`), at most ``fanout`` neighbours
+    #: per node and layer (0 = all: the same gradients as ``full``) — sampled-subgraph training
+    #: for graphs whose full propagation does not fit or is too slow.
+    propagation: Literal["full", "local"] = "full"
+    fanout: NonNegInt = 0
 
     @field_validator("device")
     @classmethod
@@ -243,6 +249,10 @@ class UnlearnConfig(_Strict):
     seed: Seed = 0
     reset_deleted_users: bool = True
     sisa_shards: PosInt = 4
+    #: deletion-local updates: ``local`` computes each step's forget and retain terms on the
+    #: batches' neighbourhood only (``fanout`` as in ``train``); gate passes still rank all items.
+    propagation: Literal["full", "local"] = "full"
+    fanout: NonNegInt = 0
     gate: GateConfig = GateConfig()
     scaling: ScalingConfig = ScalingConfig()
     isolation: IsolationConfig = IsolationConfig()

@@ -47,6 +47,20 @@ def spmm(a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _SpMM.apply(a, a_t, x)
 
 
+def csr_row_entries(csr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries of the given CSR rows, vectorized: ``(position in rows, index into col/values)``.
+
+    Row ``rows[p]`` contributes its entries ``crow[r] .. crow[r+1]-1``, tagged with ``p``, in order.
+    """
+    crow = csr.crow_indices()
+    rows = rows.to(crow.device)
+    start, lengths = crow[rows], crow[rows + 1] - crow[rows]
+    pos = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), lengths)
+    first = torch.cumsum(lengths, 0) - lengths  # where each row's run starts in the output
+    offs = torch.arange(len(pos), device=crow.device) - first[pos]
+    return pos, start[pos] + offs
+
+
 def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
     order = np.lexsort((cols, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]

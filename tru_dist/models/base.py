@@ -50,13 +50,41 @@ class BPRBatch:
         return BPRBatch(self.users.to(device), self.pos.to(device), self.neg.to(device), self.scale)
 
 
+class Rows:
+    """Rows of a table computed for some ids only, indexed by id: ``rows[ids]`` is ``values``'
+    rows of those ids (what ``embed_targets`` returns in place of full tables, so the losses
+    index them exactly as they index ``embed``'s). An id it does not hold is an error, never a
+    silent wrong row."""
+
+    def __init__(self, values: torch.Tensor, ids: torch.Tensor):
+        self.values = values
+        self.ids = ids.to(values.device)
+        self._sorted, self._order = torch.sort(self.ids)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.to(self._sorted.device)
+        at = torch.searchsorted(self._sorted, index).clamp(max=max(len(self._sorted) - 1, 0))
+        if index.numel() and (len(self._sorted) == 0 or not bool((self._sorted[at] == index).all())):
+            raise KeyError("Rows: an index asked for is not among the ids these rows were computed for")
+        return self.values[self._order[at]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def new_zeros(self, *size) -> torch.Tensor:
+        """A zero tensor of the rows' dtype and device (as ``Tensor.new_zeros``)."""
+        return self.values.new_zeros(*size)
+
+
 @dataclass
 class Embeddings:
-    """Output of ``embed``: final embeddings plus model-specific tensors for its regularisers."""
+    """Output of ``embed``: final embeddings plus model-specific tensors for its regularisers.
 
-    user: torch.Tensor
-    item: torch.Tensor
-    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    From ``embed_targets`` the fields are :class:`Rows` (indexed by id the same way)."""
+
+    user: torch.Tensor | Rows
+    item: torch.Tensor | Rows
+    aux: dict[str, torch.Tensor | Rows] = field(default_factory=dict)
 
 
 def bpr_loss(emb: Embeddings, batch: BPRBatch) -> torch.Tensor:
@@ -104,6 +132,30 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def embed(self, graph) -> Embeddings:
         """Final embeddings for this worker's users and all items."""
+
+    def embed_targets(self, graph, users: torch.Tensor, items: torch.Tensor, *, fanout: int = 0,
+                      generator: torch.Generator | None = None) -> Embeddings:
+        """Final embeddings of the given (distinct) local users and items only, as :class:`Rows`.
+
+        What a step of a deletion-local update needs (:mod:`tru_dist.graph.blocks`): backbones
+        that can compute it from the targets' neighbourhood override this (exact when
+        ``fanout == 0``); the default runs the full ``embed`` and keeps the rows asked for, so
+        every backbone accepts the call. ``aux`` entries named ``*_user`` / ``*_item`` become
+        per-side rows; others are passed on whole."""
+        emb = self.embed(graph)
+
+        def keep(name: str, value: torch.Tensor) -> torch.Tensor | Rows:
+            if name.endswith("_user"):
+                return Rows(value[users], users)
+            return Rows(value[items], items) if name.endswith("_item") else value
+
+        return Embeddings(Rows(emb.user[users], users), Rows(emb.item[items], items),
+                          {k: keep(k, v) for k, v in emb.aux.items()})
+
+    @property
+    def local_embedding(self) -> bool:
+        """Whether ``embed_targets`` computes from the targets' neighbourhood (not a full ``embed``)."""
+        return type(self).embed_targets is not Backbone.embed_targets
 
     @abstractmethod
     def branches(self) -> dict[str, list[nn.Parameter]]:
@@ -174,3 +226,15 @@ def xavier_table(n: int, dim: int, rows: tuple[int, int] | None = None) -> nn.Pa
     if rows is not None:
         w = w[rows[0] : rows[1]].clone()
     return nn.Parameter(w)
+
+
+def embed_for(model: Backbone, graph, batches: list[BPRBatch], *, local: bool, fanout: int = 0,
+              generator: torch.Generator | None = None) -> Embeddings:
+    """The embeddings a step on ``batches`` needs: ``model.embed(graph)`` (full propagation), or
+    with ``local`` only the batches' users and items (``model.embed_targets``), which the
+    losses index the same way."""
+    if not local:
+        return model.embed(graph)
+    users = torch.unique(torch.cat([b.users for b in batches]))
+    items = torch.unique(torch.cat([t for b in batches for t in (b.pos, b.neg)]))
+    return model.embed_targets(graph, users, items, fanout=fanout, generator=generator)

@@ -11,7 +11,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tru_dist.models.base import Backbone, Embeddings, xavier_table
+from tru_dist import comm as collectives
+from tru_dist.graph.blocks import light_blocks, neighbourhood
+from tru_dist.models.base import Backbone, Embeddings, Rows, xavier_table
 
 
 def light_propagate(
@@ -39,6 +41,16 @@ class LightGCN(Backbone):
     def embed(self, graph) -> Embeddings:
         u, i = light_propagate(graph, self.user_emb, self.item_emb, self.cfg.n_layers)
         return Embeddings(u, i)
+
+    def embed_targets(self, graph, users, items, *, fanout=0, generator=None) -> Embeddings:
+        """The targets' final embeddings from their ``n_layers``-hop blocks (:mod:`tru_dist.graph.blocks`):
+        exact for ``fanout = 0``. Sharded (W > 1) graphs take the full path."""
+        if collectives.is_distributed():
+            return super().embed_targets(graph, users, items, fanout=fanout, generator=generator)
+        hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, self.cfg.n_layers,
+                             fanout=fanout, generator=generator)
+        u, i, _, _ = light_blocks(self.user_emb, self.item_emb, hood)
+        return Embeddings(Rows(u, hood.users[0]), Rows(i, hood.items[0]))
 
     def branches(self) -> dict[str, list[nn.Parameter]]:
         return {"id": [self.user_emb, self.item_emb]}

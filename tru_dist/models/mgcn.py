@@ -50,7 +50,8 @@ from torch import nn
 from tru_dist import comm as collectives
 from tru_dist.errors import ConfigError
 from tru_dist.graph.adjacency import spmm
-from tru_dist.models.base import Backbone, BPRBatch, Embeddings, xavier_table
+from tru_dist.graph.blocks import light_blocks, neighbourhood, propagate_square, square_blocks
+from tru_dist.models.base import Backbone, BPRBatch, Embeddings, Rows, xavier_table
 from tru_dist.models.lightgcn import light_propagate
 
 
@@ -146,6 +147,43 @@ class MGCN(Backbone):
         side_i = self.fuser(torch.stack(items), content_i)
         aux = {"side_user": side_u, "side_item": side_i, "content_user": content_u, "content_item": content_i}
         return Embeddings(content_u + side_u, content_i + side_i, aux)
+
+    def embed_targets(self, graph, users, items, *, fanout=0, generator=None) -> Embeddings:
+        """The same equations on the targets' neighbourhoods only (:mod:`tru_dist.graph.blocks`):
+        the content view through the ``n_layers``-hop user–item blocks; the item–item view for
+        the items a target needs — the targets and the depth-1 items of the target users —
+        through ``mm_layers``-hop kNN blocks, purifying only the feature rows those reach.
+        Exact for ``fanout = 0`` (tested against ``embed``). Sharded graphs take the full path."""
+        if collectives.is_distributed():
+            return super().embed_targets(graph, users, items, fanout=fanout, generator=generator)
+        layers = max(self.cfg.n_layers, 1)  # the side view needs the targets' 1-hop block
+        hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, layers,
+                             fanout=fanout, generator=generator)
+        if layers == self.cfg.n_layers:
+            content_u, content_i, _, _ = light_blocks(self.user_emb, self.item_emb, hood)
+        else:  # n_layers = 0: the content view is the ID rows themselves
+            content_u, content_i = self.user_emb[hood.users[0]], self.item_emb[hood.items[0]]
+        near = hood.items[1]  # the target items first, then the target users' neighbours
+        n_targets = len(hood.items[0])
+        views_u, views_i = [], []
+        for m in self.modalities:
+            if m not in graph.features or m not in graph.knn:
+                raise ConfigError(f"MGCN needs the '{m}' features and item-item kNN graph; build the "
+                                  "graph with build_rec_graph(..., with_knn=True)")
+            a, _ = graph.knn[m]
+            nodes, blocks = square_blocks(a, near, self.cfg.mm_layers)
+            rows = nodes[-1].to(self.item_emb.device)
+            features = graph.features[m][rows].to(self.item_emb.dtype)
+            purified = self.item_emb[rows] * torch.sigmoid(self.purifier[m](self.proj[m](features)))
+            h_near = propagate_square(purified, blocks)
+            views_i.append(h_near[:n_targets])
+            views_u.append(torch.sparse.mm(hood.blocks[0].users_from_items, h_near))
+        side_u = self.fuser(torch.stack(views_u), content_u)
+        side_i = self.fuser(torch.stack(views_i), content_i)
+        tu, ti = hood.users[0], hood.items[0]
+        aux = {"side_user": Rows(side_u, tu), "side_item": Rows(side_i, ti),
+               "content_user": Rows(content_u, tu), "content_item": Rows(content_i, ti)}
+        return Embeddings(Rows(content_u + side_u, tu), Rows(content_i + side_i, ti), aux)
 
     # -- losses ------------------------------------------------------------------------
     def extra_loss(self, emb: Embeddings, batch: BPRBatch) -> torch.Tensor:

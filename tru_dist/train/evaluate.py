@@ -32,6 +32,7 @@ import torch
 
 from tru_dist import comm as collectives
 from tru_dist.data.dataset import SPLIT_LABELS, TRAIN, VALID, RecDataset
+from tru_dist.graph.adjacency import csr_row_entries
 
 METRICS = ("recall", "ndcg", "precision", "hit", "map")
 # Rows per inner matmul/top-k step: ~1k rows keeps the score block cache-friendly on CPU
@@ -84,13 +85,8 @@ def csr_rows(csr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch
 
     Row ``rows[p]`` contributes its columns ``col[crow[r]:crow[r+1]]`` tagged with ``p``.
     """
-    crow, col = csr.crow_indices(), csr.col_indices()
-    rows = rows.to(crow.device)
-    start, lengths = crow[rows], crow[rows + 1] - crow[rows]
-    pos = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), lengths)
-    first = torch.cumsum(lengths, 0) - lengths  # where each row's run starts in the output
-    offs = torch.arange(len(pos), device=crow.device) - first[pos]
-    return pos, col[start[pos] + offs]
+    pos, entry = csr_row_entries(csr, rows)
+    return pos, csr.col_indices()[entry]
 
 
 class _RowMask:

@@ -5,7 +5,9 @@ rank's share of the global-batch loss ``model.loss(batch, graph, emb)`` (BPR + t
 regularisers, scaled by 1/|global batch|), backward, sum the replicated parameters'
 gradients over ranks (``collectives.sum_grads``), Adam step. Because the sampler draws
 the same global batches on every rank and the loss is a sum of shard terms, W ranks take
-the step one process would (DESIGN §7).
+the step one process would (DESIGN §7). With ``train.propagation: local`` the forward runs on
+the batch's neighbourhood only (``models.base.embed_for``; ``train.fanout`` neighbours per node
+and layer, drawn from a generator seeded by (seed, epoch) so a resumed run draws the same).
 
 Valid is evaluated every ``train.eval_every`` epochs and at the last epoch; the best
 ``eval.metric`` (larger is better) is kept, and training stops after ``train.patience``
@@ -36,7 +38,7 @@ from tru_dist.errors import ConfigError
 from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.graph.partition import PartitionBook
 from tru_dist.io_utils import atomic_write_json
-from tru_dist.models.base import Backbone
+from tru_dist.models.base import Backbone, embed_for
 from tru_dist.models.registry import build_model, model_class, torch_seed
 from tru_dist.train.checkpoint import (
     CheckpointError,
@@ -157,6 +159,7 @@ def train_model(
         }, ckpt)
 
     n_batches = sampler.n_batches(tc.batch_size)
+    local = tc.propagation == "local"
     while st["epoch"] < tc.epochs and not st["stopped_early"]:
         st["epoch"] += 1
         epoch = st["epoch"]
@@ -164,11 +167,12 @@ def train_model(
         synchronize(device)
         start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        fanout_rng = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)  # resumable per epoch
         for batch in progress(sampler.epoch(tc.batch_size), total=n_batches, desc=f"epoch {epoch}",
                               mode=tc.progress):
             batch = batch.to(device)
             optimizer.zero_grad(set_to_none=True)
-            emb = model.embed(graph)
+            emb = embed_for(model, graph, [batch], local=local, fanout=tc.fanout, generator=fanout_rng)
             loss = model.loss(batch, graph, emb)
             loss.backward()
             collectives.sum_grads(replicated)

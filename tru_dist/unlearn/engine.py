@@ -35,6 +35,14 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
 
 Every statistic is a global sum (``collectives.sum_stats``), so W shards decide as one
 process would.
+
+*Deletion-local steps* (``unlearn.propagation: local``): the step's forward runs on the forget
+and retain batches' neighbourhood only (``Backbone.embed_targets``, :mod:`tru_dist.graph.blocks`;
+``unlearn.fanout`` neighbours per node and layer, 0 = all, which gives the full-graph
+gradients), so its cost follows the batch, not the graph. Gate passes still rank every item
+once per epoch (one no-grad full forward). Falls back to full propagation, saying why in
+``stats["propagation_note"]``, for backbones without a neighbourhood forward (MIG-GT: its
+global transformer attends to random items), for W > 1 and for the top-K gate.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ import torch
 from tru_dist import comm as collectives
 from tru_dist.config import Config, GateConfig, IsolationConfig, ScalingConfig
 from tru_dist.data.dataset import VALID
-from tru_dist.models.base import Backbone, BPRBatch, Embeddings
+from tru_dist.models.base import Backbone, BPRBatch, Embeddings, embed_for
 from tru_dist.models.registry import torch_seed
 from tru_dist.train.evaluate import candidate_counts, history_mask, pair_ranks
 from tru_dist.train.sampler import BPRSampler
@@ -109,11 +117,36 @@ class _Loop:
         self.cold_q: torch.Tensor | None = None  # … cold-item pairs' own targets, fixed at start
         self.cold_sorted: torch.Tensor | None = None
         self.best: dict[str, Any] = {}  # calibrated gate: smallest gap so far, its epoch and parameters
+        self.local = self._local_propagation()
+        self.fanout_rng = torch.Generator().manual_seed(int(self.uc.seed) * 1_000_003 + 10)
         self.stats: dict[str, Any] = {"n_forget_train": int(len(self.fu)),
                                       "n_removed_users": int(len(forget.removed_users)),
-                                      "reset_users": int(len(deletion.reset_users))}
+                                      "reset_users": int(len(deletion.reset_users)),
+                                      "propagation": "local" if self.local else "full"}
+        if self.uc.propagation == "local" and not self.local:
+            self.stats["propagation_note"] = self.propagation_note
 
     # -- helpers -------------------------------------------------------------------------
+    def _local_propagation(self) -> bool:
+        """``unlearn.propagation: local`` where it applies: a backbone with a neighbourhood
+        forward, one process, and no top-K gate (its per-step thresholds rank all items)."""
+        if self.uc.propagation != "local":
+            return False
+        why = None
+        if not self.model.local_embedding:
+            why = f"{self.model.name} has no neighbourhood forward"
+        elif collectives.is_distributed():
+            why = "sharded (W > 1) runs propagate in full"
+        elif self.spec.gate is not None and self.target_mode == "topk":
+            why = "the top-K gate ranks all items every step"
+        self.propagation_note = why
+        return why is None
+
+    def embed(self, *batches: BPRBatch) -> Embeddings:
+        """The step's embeddings: full propagation, or the batches' neighbourhood only."""
+        return embed_for(self.model, self.graph, list(batches), local=self.local,
+                         fanout=self.uc.fanout, generator=self.fanout_rng)
+
     def _groups(self, named: dict[str, list[torch.nn.Parameter]]) -> dict[str, list[int]]:
         return {name: [self.index[id(p)] for p in ps if id(p) in self.index] for name, ps in named.items()}
 
@@ -210,7 +243,7 @@ class _Loop:
         self.model.zero_grad(set_to_none=True)
         for batch in batches:
             batch = batch.to(self.device)
-            emb = self.model.embed(self.graph)
+            emb = self.embed(batch)
             (loss_fn(emb, batch) * weight_fn(batch)).backward()
         collectives.sum_grads(self.replicated)
         grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
@@ -284,6 +317,7 @@ class _Loop:
         valid = np.flatnonzero(d.labels == VALID)
         if len(valid) == 0:
             self.target_mode = "topk"
+            self.local = False  # the top-K gate's per-step thresholds need every item
             self.stats["gate_target"] = "topk (no held-out valid pairs to calibrate on)"
             return
         if len(valid) > gate.reference_pairs:
@@ -515,7 +549,7 @@ class _Loop:
 
     def step(self, optimizer: torch.optim.Optimizer, f_batch: BPRBatch, r_batch: BPRBatch | None) -> None:
         optimizer.zero_grad(set_to_none=True)
-        emb = self.model.embed(self.graph)
+        emb = self.embed(*(b for b in (f_batch, r_batch) if b is not None))
         loss_f = self.forget_loss(emb, f_batch) if self.spec.forget_term != "none" else None
         loss_r = self.model.loss(r_batch, self.graph, emb) if r_batch is not None else None
         if loss_r is not None and self.start_emb is not None:
