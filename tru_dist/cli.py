@@ -374,6 +374,18 @@ def cmd_sweep(args, overrides) -> int:
 
 def cmd_bench(args, overrides) -> int:
     feats = args.synthetic_features
+    if args.bench_cmd == "scale":
+        from tru_dist.bench_scale import bench_scale
+        from tru_dist.data.synth_stream import parse_modalities
+
+        result = bench_scale(users=args.users, items=args.items, interactions=args.interactions,
+                             modalities=parse_modalities(args.modalities), data=args.data,
+                             synthetic_features=feats, delete_users=args.delete_users, model=args.model,
+                             workers=args.workers, method=args.method, fanout=args.fanout,
+                             train_steps=args.train_steps, retrain_epochs=args.retrain_epochs, seed=args.seed,
+                             work_dir=args.work_dir, out_json=args.out, overrides=overrides)
+        _print_json(result)
+        return 0
     if args.bench_cmd == "train":
         from tru_dist.bench import bench_train
 
@@ -559,6 +571,27 @@ def build_parser() -> argparse.ArgumentParser:
             bb.add_argument("--epochs", type=_int_at_least(1), default=3)
         else:
             bb.add_argument("--steps", type=_int_at_least(1), default=10)
+    sc = bsub.add_parser("scale", help="unlearning cost on a graph too large for full propagation "
+                         "(the 1M-user scale store, or --data)")
+    sc.add_argument("--users", type=_int_at_least(1), default=1_000_000)
+    sc.add_argument("--items", type=_int_at_least(1), default=100_000)
+    sc.add_argument("--interactions", type=_int_at_least(1), default=20_000_000)
+    sc.add_argument("--modalities", default="image:512,text:384", help="NAME:DIM,... of the generated store")
+    sc.add_argument("--data", default=None, help="an existing dataset instead of the generated store")
+    sc.add_argument("--synthetic-features", default=None, help="features added to --data, e.g. image:4096,text:384")
+    sc.add_argument("--delete-users", type=_int_at_least(1), default=1000)
+    sc.add_argument("--model", default="mgcn")
+    sc.add_argument("--workers", type=_int_at_least(1), default=1)
+    sc.add_argument("--method", default="tru")
+    sc.add_argument("--fanout", type=_int_at_least(0), default=10,
+                    help="neighbours kept per node and layer (0 = all: exact, the whole L-hop ball)")
+    sc.add_argument("--train-steps", type=_int_at_least(1), default=100)
+    sc.add_argument("--retrain-epochs", type=_int_at_least(1), default=50,
+                    help="epochs Retrain is projected to need (default 50)")
+    sc.add_argument("--seed", type=_int_at_least(0), default=0)
+    sc.add_argument("--work-dir", default="runs/bench-scale", help="the generated store and kNN cache live here")
+    sc.add_argument("--out", default=None, help="JSON output file")
+    sc.set_defaults(out_kind="file")
     return p
 
 

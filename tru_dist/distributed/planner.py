@@ -160,7 +160,7 @@ class Plan:
 def _memory(
     *, n_users: int, n_items: int, n_edges: int, n_interactions: int, feature_dims: dict[str, int],
     cfg: ModelConfig, world_size: int, feature_dtype: str, shard_users: int | None,
-    shard_edges: int | None, shard_items: int | None,
+    shard_edges: int | None, shard_items: int | None, local_nodes: int | None = None,
 ) -> tuple[dict[str, int], dict[str, int], int]:
     n_r = shard_users if shard_users is not None else math.ceil(n_users / world_size)
     e_r = shard_edges if shard_edges is not None else math.ceil(n_edges / world_size)
@@ -186,7 +186,15 @@ def _memory(
     if uses_features:
         mem["features"] = rows_r * sum(feature_dims.values()) * _DTYPE_BYTES[feature_dtype]
         mem["projected"] = prof.gathered * n_items * d * 4
-    mem["activations"] = 2 * activation_forward_bytes(cfg, prof, n_r, n_items, rows_r, world_size)
+    full_forward = activation_forward_bytes(cfg, prof, n_r, n_items, rows_r, world_size)
+    if local_nodes is None:
+        mem["activations"] = 2 * full_forward
+    else:  # the batch's neighbourhood (fan-out bounded) per step, plus one no-grad full forward
+        # blocks: each depth's sparse product, its buffer and the layer sum, over at most
+        # local_nodes rows in all; MGCN's item views on the kNN neighbourhood of those items
+        near_items = min(n_items, local_nodes * (min(cfg.knn_k, n_items) ** cfg.mm_layers if prof.knn else 1))
+        units = 3 * local_nodes * d + (prof.gathered * 17 * near_items * d if prof.knn else 0)
+        mem["activations"] = 2 * 4 * units + full_forward
     if uses_features and feature_dtype != "float32":
         # the backbones cast the slice to float32 for the projection, and autograd keeps that
         # copy for the weight gradient: half-precision storage saves memory only between steps
@@ -265,6 +273,7 @@ def plan(
     shard_users: int | None = None,
     shard_edges: int | None = None,
     shard_items: int | None = None,
+    local_nodes: int | None = None,
     check: bool = True,
 ) -> Plan:
     """Plan one training run; raise :class:`PlanError` naming remedies when it does not fit.
@@ -272,7 +281,10 @@ def plan(
     ``model`` is a name (``lightgcn``, ``mgcn``, ``miggt``) or a full ``ModelConfig``
     (``dim``/``n_layers`` override its fields). ``shard_*`` give the largest shard's exact
     users, train edges and feature rows (default: an even split, rounded up).
-    ``n_interactions`` counts all splits (default: ``n_edges``).
+    ``n_interactions`` counts all splits (default: ``n_edges``). ``local_nodes``: steps
+    propagate into a batch neighbourhood of at most this many nodes (``train.propagation:
+    local`` with a fan-out limit) — activations are counted on it (items times ``knn_k^mm_layers``
+    for the kNN view), plus one no-grad full forward for evaluation and gate passes.
     """
     if feature_dtype not in _DTYPE_BYTES:
         raise PlanError(f"feature_dtype '{feature_dtype}' is not one of {sorted(_DTYPE_BYTES)}")
@@ -285,7 +297,7 @@ def plan(
             "n_interactions": n_interactions if n_interactions is not None else n_edges,
             "feature_dims": dict(feature_dims), "cfg": cfg, "feature_dtype": feature_dtype}
     mem, shard, repl = _memory(**args, world_size=world_size, shard_users=shard_users,
-                               shard_edges=shard_edges, shard_items=shard_items)
+                               shard_edges=shard_edges, shard_items=shard_items, local_nodes=local_nodes)
     comm, wire = _comm(model_profile(cfg, sorted(feature_dims)), n_items, dim, min(batch_size, n_edges), repl,
                        world_size)
     result = Plan(world_size, int(memory_per_worker_gb * GIB), mem, comm, wire, shard)

@@ -26,9 +26,9 @@ and a target's final embedding is ``mean_l h^{(l)}[target]`` (the targets are th
 at every depth). Without a fan-out limit this is exactly the full-graph value (tested against
 :func:`tru_dist.models.lightgcn.light_propagate`).
 
-*Fan-out* (``fanout = F > 0``): a node with more than ``F`` neighbours keeps ``F`` of them drawn
-without replacement, and their weights are multiplied by ``deg/F``, so the block's row sum is an
-unbiased estimate of the full row's (GraphSAGE/PinSage sampling). Hub items (thousands of
+*Fan-out* (``fanout = F > 0``): a node with more than ``F`` neighbours keeps ``F`` draws from
+them (uniform, with replacement), each weight multiplied by ``deg/F``, so the block's row product
+is an unbiased estimate of the full row's (GraphSAGE-style sampling). Hub items (thousands of
 users) would otherwise pull most of a large graph into every step: with ``L = 2`` the
 neighbourhood of 2,048 random pairs on a 1M-user graph is most of the graph. Nodes with at most
 ``F`` neighbours are exact.
@@ -69,24 +69,35 @@ class Neighbourhood(NamedTuple):
 def sample_rows(
     csr: torch.Tensor, rows: torch.Tensor, fanout: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Entries of the given CSR rows as ``(position in rows, column, value)``, at most ``fanout``
-    per row when ``fanout > 0`` (drawn without replacement, values scaled by ``deg/fanout``)."""
-    pos, entry = csr_row_entries(csr, rows)
-    cols, vals = csr.col_indices()[entry], csr.values()[entry]
-    if fanout <= 0 or pos.numel() == 0:
-        return pos, cols, vals
-    lengths = torch.bincount(pos, minlength=len(rows))
-    if int(lengths.max()) <= fanout:
-        return pos, cols, vals
-    # random order within each row: sort by (row position, uniform key); keep the first F
-    keys = pos.to(torch.float64) + torch.rand(pos.numel(), generator=generator, dtype=torch.float64)
-    order = torch.argsort(keys)
-    first = torch.cumsum(lengths, 0) - lengths
-    rank = torch.arange(pos.numel()) - first[pos[order]]
-    keep = order[rank < fanout]
-    keep = keep.sort().values  # back to row order
-    scale = (lengths.to(vals.dtype) / fanout).clamp(min=1.0)
-    return pos[keep], cols[keep], vals[keep] * scale[pos[keep]]
+    """Entries of the given CSR rows as ``(position in rows, column, value)``.
+
+    With ``fanout = F > 0`` a row with more than ``F`` entries contributes ``F`` entries drawn
+    uniformly *with replacement*, each with its value times ``deg/F`` (an unbiased estimate of
+    the row's product); rows with at most ``F`` entries are kept whole (exact). Drawing offsets
+    directly costs ``O(rows · F)``: the long rows of hub items are never expanded.
+    """
+    crow = csr.crow_indices()
+    rows = rows.to(crow.device)
+    lengths = crow[rows + 1] - crow[rows]
+    if fanout <= 0 or rows.numel() == 0 or int(lengths.max()) <= fanout:
+        pos, entry = csr_row_entries(csr, rows)
+        return pos, csr.col_indices()[entry], csr.values()[entry]
+    short = torch.nonzero(lengths <= fanout).reshape(-1)
+    long = torch.nonzero(lengths > fanout).reshape(-1)
+    pos_s, entry_s = csr_row_entries(csr, rows[short])
+    pos_s = short[pos_s]
+    draws = torch.rand((len(long), fanout), generator=generator, dtype=torch.float64)
+    deg = lengths[long]
+    offsets = (draws * deg[:, None].to(torch.float64)).long().clamp(max=(deg - 1)[:, None])
+    entry_l = (crow[rows[long]][:, None] + offsets).reshape(-1)
+    pos_l = long.repeat_interleave(fanout)
+    scale = (deg.to(csr.values().dtype) / fanout).repeat_interleave(fanout)
+    pos = torch.cat([pos_s, pos_l])
+    entry = torch.cat([entry_s, entry_l])
+    vals = csr.values()[entry]
+    vals = torch.cat([vals[: len(entry_s)], vals[len(entry_s):] * scale])
+    order = torch.argsort(pos, stable=True)  # row order, as the exact path returns
+    return pos[order], csr.col_indices()[entry][order], vals[order]
 
 
 class _Extender:

@@ -107,6 +107,21 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path:
             )
 
 
+def train_step(model: Backbone, graph: RecGraph, batch, optimizer: torch.optim.Optimizer,
+               replicated: list[torch.nn.Parameter], *, local: bool = False, fanout: int = 0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """One BPR step (module docstring): forward (full, or the batch's neighbourhood), this rank's
+    loss, backward, sum of the replicated gradients over ranks, optimizer step. Returns the
+    detached loss."""
+    optimizer.zero_grad(set_to_none=True)
+    emb = embed_for(model, graph, [batch], local=local, fanout=fanout, generator=generator)
+    loss = model.loss(batch, graph, emb)
+    loss.backward()
+    collectives.sum_grads(replicated)
+    optimizer.step()
+    return loss.detach()
+
+
 def train_model(
     model: Backbone,
     graph: RecGraph,
@@ -170,14 +185,9 @@ def train_model(
         fanout_rng = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)  # resumable per epoch
         for batch in progress(sampler.epoch(tc.batch_size), total=n_batches, desc=f"epoch {epoch}",
                               mode=tc.progress):
-            batch = batch.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            emb = embed_for(model, graph, [batch], local=local, fanout=tc.fanout, generator=fanout_rng)
-            loss = model.loss(batch, graph, emb)
-            loss.backward()
-            collectives.sum_grads(replicated)
-            optimizer.step()
-            loss_sum += loss.detach().to(torch.float64)
+            loss = train_step(model, graph, batch.to(device), optimizer, replicated, local=local,
+                              fanout=tc.fanout, generator=fanout_rng)
+            loss_sum += loss.to(torch.float64)
         collectives.sum_stats(loss_sum)
         synchronize(device)
         seconds = time.perf_counter() - start

@@ -1,0 +1,237 @@
+"""``tru-dist bench scale``: unlearning whose cost follows the deletion, on a graph too large to
+propagate in full — one JSON with the numbers.
+
+One call, in this order (every stage timed, the process's peak RSS read at the end):
+
+1. *Data*: the scale store of ``tru-dist data synth --interactions`` (users × items ×
+   interactions, features ``--modalities`` in float16), written streaming into the work folder
+   or reused from it when it is already there (``data_cached``); or ``--data DIR`` (any dataset
+   the CLI opens, e.g. the Amazon Baby graph, with ``--synthetic-features`` for its missing
+   modalities) — the same bench on a 20k-user graph is what "cost follows the deletion" is
+   measured against.
+2. *Graph*: the normalised user–item CSR (and MGCN's item–item kNN graphs, cached on disk in the
+   work folder: they depend on the features only).
+3. *Sampled training*: ``--train-steps`` BPR steps with ``train.propagation: local`` and
+   ``train.fanout`` F (:mod:`tru_dist.graph.blocks`), after one untimed warm-up step. Reported:
+   ``seconds_per_1000_steps``, ``projected_epoch_seconds`` = seconds per step × steps per epoch
+   (⌈train pairs / batch⌉), and ``retrain_projected_seconds`` = ``projected_epoch_seconds`` ×
+   ``--retrain-epochs`` — what Retrain would cost at this step time (a projection, stated as
+   such: the model is not trained to convergence here, so the unlearning below runs on a
+   partly trained model; its *cost*, not its quality, is the measurement).
+4. *Deletion*: ``--delete-users`` users drawn with ``--seed`` among users with a train pair;
+   the deletion step (:func:`tru_dist.unlearn.deletion.build_deletion`) and the method
+   (``--method``, default TRU with its packaged defaults and ``unlearn.propagation: local``)
+   — ``unlearn_seconds`` is the end-to-end time a user waits for (the fair benchmark's
+   ``seconds``: deletion step + method), with the method's steps and the forget-pair metrics
+   before and after.
+
+``planner_peak_gb`` is :func:`tru_dist.distributed.planner.plan`'s per-worker memory for the
+propagation used (``local``: the batch neighbourhood's activations instead of a full-graph
+forward's); ``planner_full_propagation_gb`` is the same plan with full propagation, the figure
+that rules full propagation out at this size. Only ``--workers 1`` runs: neighbourhood
+propagation is single-process here (a sharded run propagates in full), and the bench refuses
+W > 1 with the planner's figures rather than report a number it did not measure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tru_dist.bench import peak_rss_mb, with_synthetic_features
+from tru_dist.config import build_config
+from tru_dist.data.dataset import TRAIN, RecDataset
+from tru_dist.data.requests import resolve_requests
+from tru_dist.errors import ConfigError
+from tru_dist.graph.context import build_rec_graph
+from tru_dist.io_utils import atomic_write_json
+from tru_dist.models.registry import build_model, model_class
+from tru_dist.train.sampler import BPRSampler
+from tru_dist.train.trainer import train_step
+from tru_dist.unlearn.base import get_method
+from tru_dist.unlearn.deletion import build_deletion
+from tru_dist.unlearn.metrics import forget_metrics
+
+GIB = 1024**3
+_LOG = logging.getLogger("tru_dist.bench_scale")
+
+
+def log(msg: str) -> None:
+    _LOG.info(msg)
+
+
+def _store_name(users: int, items: int, interactions: int, modalities: dict[str, int], seed: int) -> str:
+    mods = "-".join(f"{m}{w}" for m, w in sorted(modalities.items())) or "none"
+    return f"synth-{users}x{items}x{interactions}-{mods}-s{seed}"
+
+
+def scale_data(work: Path, users: int, items: int, interactions: int, modalities: dict[str, int],
+               seed: int) -> tuple[RecDataset, dict[str, Any]]:
+    """Open the scale store in ``work`` (writing it first when absent)."""
+    from tru_dist.data.source import open_data
+    from tru_dist.data.synth_stream import write_synthetic_store
+
+    path = work / _store_name(users, items, interactions, modalities, seed)
+    info: dict[str, Any] = {"path": str(path), "data_cached": (path / "META.json").exists()}
+    if not info["data_cached"]:
+        t0 = time.perf_counter()
+        write_synthetic_store(path, users, items, interactions, modalities, seed=seed,
+                              created_by="tru-dist bench scale")
+        info["generate_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = open_data(path)
+    info["load_seconds"] = time.perf_counter() - t0
+    return data, info
+
+
+def pick_users(data: RecDataset, n: int, seed: int) -> np.ndarray:
+    """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted)."""
+    train_users = np.unique(data.users[data.labels == TRAIN])
+    if n < 1 or n > len(train_users):
+        raise ConfigError(f"--delete-users must lie in 1..{len(train_users)} (users with a train pair), got {n}")
+    return np.sort(np.random.default_rng([seed, 31]).choice(train_users, size=n, replace=False))
+
+
+def user_requests(users: np.ndarray):
+    import pandas as pd
+
+    return pd.DataFrame({"request_id": [f"user-{u}" for u in users], "user_id": users.astype(np.int64),
+                         "item_id": pd.array([pd.NA] * len(users), dtype="Int64"),
+                         "reason": ["bench scale"] * len(users)})
+
+
+def planner_figures(data: RecDataset, cfg, workers: int, local_batch_nodes: int | None) -> dict[str, float]:
+    """Per-worker GiB from the planner: full propagation, and the local one when given."""
+    from tru_dist.distributed.planner import plan
+
+    feats = {m: int(f.shape[1]) for m, f in data.features.items()}
+    dtype = str(next(iter(data.features.values())).dtype) if data.features else "float32"
+    n_train = int((data.labels == TRAIN).sum())
+    common = dict(n_users=data.n_users, n_items=data.n_items, n_edges=n_train, feature_dims=feats,
+                  dim=cfg.model.dim, n_layers=cfg.model.n_layers, model=cfg.model, world_size=workers,
+                  memory_per_worker_gb=cfg.dist.memory_per_worker_gb,
+                  feature_dtype=dtype if dtype in ("float16", "float32") else "float32",
+                  n_interactions=len(data.users), batch_size=cfg.train.batch_size, check=False)
+    full = plan(**common)
+    out = {"planner_full_propagation_gb": full.total_bytes / GIB,
+           "planner_full_breakdown_gb": {k: v / GIB for k, v in full.memory_bytes.items()}}
+    if local_batch_nodes is not None:
+        local = plan(**common, local_nodes=local_batch_nodes)
+        out["planner_peak_gb"] = local.total_bytes / GIB
+        out["planner_local_breakdown_gb"] = {k: v / GIB for k, v in local.memory_bytes.items()}
+    return out
+
+
+def bench_scale(
+    *,
+    users: int = 1_000_000,
+    items: int = 100_000,
+    interactions: int = 20_000_000,
+    modalities: dict[str, int] | None = None,
+    data: str | None = None,
+    synthetic_features: str | None = None,
+    delete_users: int = 1000,
+    model: str = "mgcn",
+    workers: int = 1,
+    method: str = "tru",
+    fanout: int = 10,
+    train_steps: int = 100,
+    retrain_epochs: int = 50,
+    seed: int = 0,
+    work_dir: str | Path = "runs/bench-scale",
+    out_json: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run the scale bench (module docstring); write ``out_json`` if given and return the report."""
+    get_method(method)  # an unknown method fails before any work
+    if train_steps < 1 or retrain_epochs < 1 or fanout < 0:
+        raise ConfigError("--train-steps and --retrain-epochs must be >= 1 and --fanout >= 0")
+    modalities = dict(modalities if modalities is not None else {"image": 512, "text": 384})
+    cfg = build_config(model=model, overrides=[
+        "train.propagation=local", f"train.fanout={fanout}", "unlearn.propagation=local",
+        f"unlearn.fanout={fanout}", f"unlearn.seed={seed}", *(overrides or [])])
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"model": model, "method": method, "workers": workers, "fanout": fanout,
+                              "torch_threads": torch.get_num_threads(), "seed": seed}
+    t_start = time.perf_counter()
+    if data is None:
+        dataset, info = scale_data(work, users, items, interactions, modalities, seed)
+    else:
+        from tru_dist.bench import load_for_bench
+
+        t0 = time.perf_counter()
+        dataset = with_synthetic_features(load_for_bench(data), synthetic_features, seed=seed)
+        info = {"path": str(data), "load_seconds": time.perf_counter() - t0}
+    report["data"] = {**info, **dataset.summary()}
+    log(f"bench scale: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.users)} interactions")
+
+    batch_nodes = 3 * cfg.train.batch_size * sum(fanout ** k for k in range(cfg.model.n_layers + 1))
+    report.update(planner_figures(dataset, cfg, workers, batch_nodes if fanout > 0 else None))
+    if workers != 1:
+        report["refused"] = ("neighbourhood propagation runs in one process here; a sharded (W > 1) "
+                             f"run propagates the full graph, which the planner puts at "
+                             f"{report['planner_full_propagation_gb']:.1f} GiB per worker")
+        raise ConfigError(f"bench scale --workers {workers}: {report['refused']}; use --workers 1")
+
+    t0 = time.perf_counter()
+    uses_knn = model_class(cfg.model.name).uses_knn
+    graph = build_rec_graph(dataset, knn_k=cfg.model.knn_k, with_knn=uses_knn,
+                            knn_cache_dir=str(work / "knn-cache") if uses_knn else None)
+    report["graph_build_seconds"] = time.perf_counter() - t0
+    net = build_model(cfg.model, graph, seed=cfg.train.seed)
+    report["n_parameters"] = int(sum(p.numel() for p in net.parameters()))
+
+    # 3. sampled training
+    tc = cfg.train
+    sampler = BPRSampler(*dataset.train_pairs, dataset.n_users, dataset.n_items, seed=tc.seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=tc.lr)
+    replicated = net.replicated_parameters()
+    gen = torch.Generator().manual_seed(tc.seed)
+    batches = sampler.epoch(tc.batch_size)
+    net.train()
+    train_step(net, graph, next(batches), optimizer, replicated, local=True, fanout=fanout, generator=gen)
+    t0 = time.perf_counter()
+    for step in range(train_steps):
+        train_step(net, graph, next(batches), optimizer, replicated, local=True, fanout=fanout, generator=gen)
+        if (step + 1) % max(1, train_steps // 5) == 0:
+            log(f"bench scale: training step {step + 1}/{train_steps}")
+    per_step = (time.perf_counter() - t0) / train_steps
+    steps_per_epoch = math.ceil(len(dataset.train_pairs[0]) / tc.batch_size)
+    report.update(seconds_per_1000_steps=per_step * 1000, steps_per_epoch=steps_per_epoch,
+                  projected_epoch_seconds=per_step * steps_per_epoch, retrain_epochs=retrain_epochs,
+                  retrain_projected_seconds=per_step * steps_per_epoch * retrain_epochs,
+                  train_steps=train_steps)
+
+    # 4. the deletion
+    chosen = pick_users(dataset, delete_users, seed)
+    forget = resolve_requests(dataset, user_requests(chosen), regime="users")
+    net.eval()
+    t0 = time.perf_counter()
+    deletion = build_deletion(dataset, graph, forget)
+    result = get_method(method).unlearn(net, deletion, cfg)
+    report["unlearn_seconds"] = result.seconds
+    report["unlearn_wall_seconds"] = time.perf_counter() - t0
+    stats = result.stats
+    report["unlearn"] = {
+        "deletion_seconds": deletion.seconds, "method_seconds": stats.get("method_seconds"),
+        "n_forget_pairs": len(forget), "n_deleted_users": int(len(chosen)),
+        "steps": stats.get("steps"), "epochs_run": stats.get("epochs_run"),
+        "propagation": stats.get("propagation"), "propagation_note": stats.get("propagation_note"),
+        "converged_epoch": stats.get("converged_epoch"),
+    }
+    with torch.no_grad():
+        before = forget_metrics(net, deletion.graph_after, deletion.data_after, forget, ks=(20,))
+        after = forget_metrics(result.model, deletion.graph_after, deletion.data_after, forget, ks=(20,))
+    report["forget"] = {"before": before, "after": after}
+    report["peak_rss_gb"] = peak_rss_mb() / 1024
+    report["total_seconds"] = time.perf_counter() - t_start
+    if out_json is not None:
+        atomic_write_json(out_json, report)
+    return report
