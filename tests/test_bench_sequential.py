@@ -129,6 +129,7 @@ def test_latency_and_drift_are_consistent(noop_report):
     assert lat["mean"] == pytest.approx(sum(lat["per_request"]) / R)
     win = report["windowed"]
     assert win["n_windows"] == 3 and len(win["latency_seconds"]["per_window"]) == 3  # 2 + 2 + 1
+    assert report["method_steps"] == {"sequential": [0] * R, "batched": 0, "windowed": [0] * 3}
     steps = [p["requests"] for p in report["drift"]]
     assert steps == drift_steps(R) == [0, 1, 2, 3, 4, 5]
     assert drift_steps(100) == [0, *range(10, 101, 10)] and drift_steps(25) == [0, 2, 4, 6, 8, 10, 12, 14,

@@ -51,6 +51,9 @@ Every reported number:
   original): the sequential model's test recall@20 / ndcg@20 on D minus requests 1..k (its
   own serving state), and the forget metrics of the pairs of requests 1..k
   (``forget_hit@20`` etc.; None at k = 0). Evaluation is outside the latency.
+* ``method_steps`` — the optimiser steps each call of the method took (its ``stats["steps"]``:
+  0 for ``noop``, and for a method whose update did nothing — e.g. TRU's gate when the reset
+  users' pairs are already on target), per request / per window / for the batched call.
 * ``seconds`` — training the original, Retrain (its deletion step included), the batched
   call, the sum of the sequential and windowed latencies, the whole benchmark.
 * ``sizes``, ``config`` (the full config used), ``torch_threads``, ``device``.
@@ -226,8 +229,10 @@ def bench_sequential(
     # -- sequential, with the drift curve ---------------------------------------------------------
     marks = set(drift_steps(requests))
     drift = [_drift_point(original, graph, dataset, None, 0, ks)]
+    steps: dict[str, Any] = {"sequential": []}
 
     def on_request(k: int, result, deletion) -> None:
+        steps["sequential"].append(result.stats.get("steps"))
         log.info(f"request {k}/{requests} user {users[k - 1]} ({len(forgets[k - 1])} train pairs): "
                  f"{result.seconds:.3f}s")
         if k in marks:
@@ -237,6 +242,7 @@ def bench_sequential(
     sequential, seq_seconds, _ = apply_in_order(original, dataset, graph, forgets, name, cfg, on_request)
 
     batched = get_method(name).unlearn(original, batch, cfg)
+    steps["batched"] = batched.stats.get("steps")
     log.info(f"batched: one call on all {requests} requests in {batched.seconds:.3f}s")
     models = {"original": original, "retrain": retrain.model, "sequential": sequential,
               "batched": batched.model}
@@ -247,6 +253,7 @@ def bench_sequential(
         wforgets = [forget_of(dataset, table, slice(a, a + window)) for a in starts]
 
         def on_window(k: int, result, deletion) -> None:
+            steps.setdefault("windowed", []).append(result.stats.get("steps"))
             log.info(f"window {k}/{len(starts)} ({len(wforgets[k - 1].request_ids)} requests): "
                      f"{result.seconds:.3f}s")
 
@@ -282,6 +289,7 @@ def bench_sequential(
         "forget": {n: judged[n]["forget"] for n in judged},
         "agreement": {n: judged[n]["agreement"] for n in judged},
         "drift": drift,
+        "method_steps": steps,
         "seconds": {
             "train_original": float(original_seconds), "retrain": float(retrain.seconds),
             "batched": float(batched.seconds), "sequential_total": float(sum(seq_seconds)),
