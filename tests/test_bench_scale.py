@@ -57,8 +57,9 @@ def test_bench_scale_refuses_several_workers_in_one_line(tmp_path, capsys):
 
 def test_planner_local_nodes_count_the_neighbourhood_not_the_graph():
     """At the 1M-user size a full MGCN forward's activations dwarf a fan-out-bounded batch's."""
-    args = dict(n_users=1_000_000, n_items=100_000, n_edges=16_000_000, feature_dims={"image": 512, "text": 384},
-                dim=64, n_layers=2, model="mgcn", world_size=1, memory_per_worker_gb=24, check=False)
+    args = dict(n_users=1_000_000, n_items=100_000, n_edges=16_000_000,
+                feature_dims={"image": 512, "text": 384}, dim=64, n_layers=2, model="mgcn", world_size=1,
+                memory_per_worker_gb=24, check=False)
     full, local = plan(**args), plan(**args, local_nodes=3 * 2048 * 111)
     assert local.memory_bytes["activations"] < full.memory_bytes["activations"]
     assert local.memory_bytes["user_rows"] == full.memory_bytes["user_rows"]

@@ -94,7 +94,8 @@ def pick_users(data: RecDataset, n: int, seed: int) -> np.ndarray:
     """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted)."""
     train_users = np.unique(data.users[data.labels == TRAIN])
     if n < 1 or n > len(train_users):
-        raise ConfigError(f"--delete-users must lie in 1..{len(train_users)} (users with a train pair), got {n}")
+        raise ConfigError(f"--delete-users must lie in 1..{len(train_users)} (users with a train pair), "
+                          f"got {n}")
     return np.sort(np.random.default_rng([seed, 31]).choice(train_users, size=n, replace=False))
 
 

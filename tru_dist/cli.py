@@ -11,7 +11,7 @@
     tru-dist sweep --config configs/sweeps/fair-scientific-mgcn.yaml [--resume]
     tru-dist report sweep|compare PATH
     tru-dist demo --out DIR
-    tru-dist bench train|dist ...
+    tru-dist bench train|dist|sequential|scale ...
 
 Anything after the named flags of the form ``--key=value`` is a config override
 (``--train.lr=1e-3``, ``--beta=0.7``). A user error (a bad flag included) prints
@@ -386,7 +386,13 @@ def cmd_bench(args, overrides) -> int:
                              work_dir=args.work_dir, out_json=args.out, overrides=overrides)
         _print_json(result)
         return 0
-    if args.bench_cmd == "train":
+    if args.bench_cmd == "sequential":
+        from tru_dist.bench_sequential import bench_sequential
+
+        result = bench_sequential(args.data, args.model, requests=args.requests, method=args.method,
+                                  window=args.window, epochs=args.epochs, seed=args.seed,
+                                  synthetic_features=feats, overrides=list(overrides), out_json=args.out)
+    elif args.bench_cmd == "train":
         from tru_dist.bench import bench_train
 
         result = bench_train(args.data, args.model, synthetic_features=feats, epochs=args.epochs,
@@ -578,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--interactions", type=_int_at_least(1), default=20_000_000)
     sc.add_argument("--modalities", default="image:512,text:384", help="NAME:DIM,... of the generated store")
     sc.add_argument("--data", default=None, help="an existing dataset instead of the generated store")
-    sc.add_argument("--synthetic-features", default=None, help="features added to --data, e.g. image:4096,text:384")
+    sc.add_argument("--synthetic-features", default=None,
+                    help="features added to --data, e.g. image:4096,text:384")
     sc.add_argument("--delete-users", type=_int_at_least(1), default=1000)
     sc.add_argument("--model", default="mgcn")
     sc.add_argument("--workers", type=_int_at_least(1), default=1)
@@ -589,9 +596,26 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--retrain-epochs", type=_int_at_least(1), default=50,
                     help="epochs Retrain is projected to need (default 50)")
     sc.add_argument("--seed", type=_int_at_least(0), default=0)
-    sc.add_argument("--work-dir", default="runs/bench-scale", help="the generated store and kNN cache live here")
+    sc.add_argument("--work-dir", default="runs/bench-scale",
+                    help="the generated store and kNN cache live here")
     sc.add_argument("--out", default=None, help="JSON output file")
     sc.set_defaults(out_kind="file")
+    bs = bsub.add_parser("sequential", help="R single-user deletions one at a time vs one batched call, "
+                         "both against one Retrain (latency, retrain_distance, drift)")
+    bs.add_argument("--data", required=True, help=DATA_HELP)
+    bs.add_argument("--model", default="mgcn")
+    bs.add_argument("--synthetic-features", default=None, help="e.g. image:4096,text:384")
+    bs.add_argument("--requests", type=_int_at_least(1), default=100,
+                    help="single-user requests R (distinct users with >= 2 train interactions)")
+    bs.add_argument("--method", default="tru", help="any unlearning method but sisa (default tru)")
+    bs.add_argument("--window", type=_int_at_least(1), default=None,
+                    help="also apply the requests in consecutive windows of N, one call each")
+    bs.add_argument("--epochs", type=_int_at_least(1), default=20,
+                    help="training epochs of the original and of Retrain (default 20)")
+    bs.add_argument("--seed", type=_int_at_least(0), default=0,
+                    help="seed of the users drawn, training and unlearning")
+    bs.add_argument("--out", default=None, help="JSON output file; --key=value overrides apply to the config")
+    bs.set_defaults(out_kind="file")
     return p
 
 

@@ -257,15 +257,46 @@ def cached_retrain(cfg: Config, deletion, cache: str | None):
     return result
 
 
+def judge_models(models: dict[str, Any], graph, graph_after, data_after, forget, ks, users=None
+                 ) -> dict[str, dict]:
+    """Step 4 of the module docstring for every model of ``models`` ({name: model}): ``test`` and
+    ``valid`` utility on ``data_after`` (D_r; ``users``: only these users, None = all),
+    ``forget`` metrics of ``forget``'s deleted train pairs and — when ``models`` holds a
+    ``retrain`` — ``agreement`` with it and ``retrain_distance``. ``original`` serves with
+    ``graph`` (the one it was trained on), every other model with ``graph_after`` (D_r's).
+    One propagation per model for all its figures."""
+    from tru_dist.train.evaluate import eval_embeddings, evaluate
+    from tru_dist.unlearn.metrics import agreement, forget_metrics, retrain_distance
+
+    out: dict[str, dict] = {}
+    retrain = models.get("retrain")
+    retrain_emb = eval_embeddings(retrain, graph_after) if retrain is not None else None
+    for name, model in models.items():
+        # the original serves with the graph it was trained on; every other model with D_r's
+        g = graph if name == "original" else graph_after
+        emb = eval_embeddings(model, g)  # one propagation per model for all its metrics
+        entry = out[name] = {}
+        entry["test"] = evaluate(model, g, data_after, "test", ks, users=users, emb=emb)
+        entry["valid"] = evaluate(model, g, data_after, "valid", ks, users=users, emb=emb)
+        entry["forget"] = forget_metrics(model, g, data_after, forget, ks, emb=emb)
+        if retrain is not None:
+            entry["agreement"] = agreement(model, retrain, g, data_after, forget, retrain_graph=graph_after,
+                                           emb=emb, retrain_emb=retrain_emb)
+    if retrain is not None:
+        r_recall = out["retrain"]["test"]["recall@20"]
+        for entry in out.values():
+            entry["retrain_distance"] = retrain_distance(entry["test"]["recall@20"], r_recall,
+                                                         entry["agreement"]["forget_rank_ks"])
+    return out
+
+
 def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
              configs: dict[str, tuple[Config, dict | None]] | None = None) -> dict:
     """One seed of the comparison: returns {method: {test, forget, agreement, seconds, ...}}."""
     from tru_dist.data.regimes import forget_set
     from tru_dist.data.source import open_data
-    from tru_dist.train.evaluate import eval_embeddings, evaluate
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.deletion import build_deletion
-    from tru_dist.unlearn.metrics import agreement, forget_metrics, retrain_distance
 
     cfg = _seeded(cfg, seed)
     configs = configs if configs is not None else method_configs(cfg, spec)
@@ -306,24 +337,12 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
         _log(f"seed {seed}: {name} done in {result.seconds:.2f}s")
     out["original"] = {"seconds": original_seconds, "stats": info}
 
+    for name, figures in judge_models(models, graph, graph_after, data_after, forget, ks,
+                                      users=scored).items():
+        out[name].update(figures)
     retrain = models.get("retrain")
-    retrain_emb = eval_embeddings(retrain, graph_after) if retrain is not None else None
-    for name, model in models.items():
-        # the original serves with the graph it was trained on; every other model with D_r's
-        g = graph if name == "original" else graph_after
-        emb = eval_embeddings(model, g)  # one propagation per model for all its metrics
-        entry = out[name]
-        entry["test"] = evaluate(model, g, data_after, "test", ks, users=scored, emb=emb)
-        entry["valid"] = evaluate(model, g, data_after, "valid", ks, users=scored, emb=emb)
-        entry["forget"] = forget_metrics(model, g, data_after, forget, ks, emb=emb)
-        if retrain is not None:
-            entry["agreement"] = agreement(model, retrain, g, data_after, forget, retrain_graph=graph_after,
-                                           emb=emb, retrain_emb=retrain_emb)
     if retrain is not None:
-        r_recall = out["retrain"]["test"]["recall@20"]
         for name, entry in out.items():
-            entry["retrain_distance"] = retrain_distance(entry["test"]["recall@20"], r_recall,
-                                                         entry["agreement"]["forget_rank_ks"])
             if name == "original":
                 continue
             r_sec = out["retrain"]["seconds"]
