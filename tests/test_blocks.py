@@ -133,19 +133,21 @@ def test_rows_refuse_ids_they_do_not_hold():
         rows[torch.tensor([3])]
 
 
-@pytest.mark.parametrize(("name", "method", "extra"), [
-    ("lightgcn", "tru", ["unlearn.gate.lr=0.01"]),  # calibrated gate, isolation, scaling
-    ("mgcn", "tru", ["unlearn.gate.enabled=false"]),  # isolation and scaling every step
-    ("mgcn", "reverse_bpr", []),
+@pytest.mark.parametrize(("name", "method", "extra", "regime"), [
+    ("lightgcn", "tru", ["unlearn.gate.lr=0.01"], "interactions"),  # calibrated gate, isolation, scaling
+    ("mgcn", "tru", ["unlearn.gate.enabled=false"], "interactions"),  # isolation and scaling every step
+    ("mgcn", "reverse_bpr", [], "interactions"),
+    ("mgcn", "reverse_bpr", [], "users"),  # deleted users: their snapshot from the neighbourhood
 ])
-def test_local_update_equals_full_update(tiny_data, name, method, extra):
+def test_local_update_equals_full_update(tiny_data, name, method, extra, regime):
     """The whole update lands on the same parameters with ``unlearn.propagation: local``
     (fan-out 0) as with full propagation."""
     over = ["train.epochs=10", "unlearn.epochs=2", "unlearn.lr=0.01", "unlearn.gate.max_epochs=3",
             "unlearn.batch_size=128", *extra]
     cfg = build_config(model=name, overrides=over)
     model, graph, _ = fit(cfg, tiny_data)
-    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.05, 0))
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, regime, 0.05, 0))
+    assert (len(deletion.reset_users) > 0) == (regime == "users")
     out_full, stats_full = run_update(model, deletion, cfg, spec_for(method, cfg))
     local = build_config(model=name, overrides=[*over, "unlearn.propagation=local"])
     out_local, stats_local = run_update(model, deletion, local, spec_for(method, local))
@@ -153,7 +155,9 @@ def test_local_update_equals_full_update(tiny_data, name, method, extra):
     assert stats_local["steps"] == stats_full["steps"] > 0
     moved = 0.0
     for (k, a), b in zip(out_full.state_dict().items(), out_local.state_dict().values(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=k)
+        # float32 rounding differs between the two orders of summation; Adam divides by √v, so on
+        # a row whose gradient is ~1e-8 (an item whose only users were deleted) it shows as ~5e-5
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=2e-4, msg=k)
         moved = max(moved, float((a - model.state_dict()[k]).abs().max()))
     assert moved > 1e-3  # the update did move the parameters (a do-nothing update would pass above)
 

@@ -520,3 +520,22 @@ def test_calibrated_gate_moves_forget_ranks_to_the_held_out_distribution(tiny_da
     before, after = ks_2samp(pct(noop), ref).statistic, ks_2samp(pct(tru), ref).statistic
     assert after < 0.6 * before, (before, after)
     assert pct(tru).mean() < 0.5
+
+
+def test_whole_user_deletion_is_on_target_without_a_gate_pass(trained):
+    """Every deleted pair is a deleted user's: TRU's calibrated target is the served fresh row's
+    own rank, so TRU returns the deletion step's start (noop) without a pass or a step."""
+    from tru_dist.unlearn.deletion import start_model
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    model, _graph, deletion, _, forget = trained
+    assert forget.regime.startswith("users") and len(deletion.reset_users) > 0
+    cfg = _cfg()
+    out, stats = run_update(model, deletion, cfg, tru_spec(cfg))
+    assert stats["steps"] == 0 and stats["converged_epoch"] == 0 and "gate" not in stats
+    assert "on target" in stats["gate_target"]
+    start = start_model(model, deletion, cfg.unlearn.seed)
+    for (k, a), b in zip(out.state_dict().items(), start.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert any(not torch.equal(a, b) for a, b in zip(out.state_dict().values(), model.state_dict().values(),
+                                                     strict=True))  # the reset did happen

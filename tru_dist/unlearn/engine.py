@@ -186,9 +186,12 @@ class _Loop:
             before = copy.deepcopy(before).to(self.device)
         was = before.training
         before.eval()
-        snap = before.embed(self.deletion.graph_before).user
+        if self.local:  # the deleted users' neighbourhood only, exactly (no fan-out limit)
+            snap = before.embed_targets(self.deletion.graph_before, local, local.new_zeros(0)).user[local]
+        else:
+            snap = before.embed(self.deletion.graph_before).user[local]
         before.train(was)
-        self.snap = snap[local].detach().clone()
+        self.snap = snap.detach().clone()
         self.snap_rows = torch.full((self.n_local,), -1, dtype=torch.long, device=self.device)
         self.snap_rows[local] = torch.arange(len(local), device=self.device)
         for p, kind in self.model.row_tables().values():
@@ -584,6 +587,14 @@ class _Loop:
             return
         b = equal_batch_size(n_f, uc.batch_size)
         self.stats["batch_size"] = b
+        if self.target_mode == "calibrated" and bool(np.isin(self.fu, self.deletion.reset_users).all()):
+            # every deleted pair belongs to a deleted user, whose served row is already the fresh
+            # one Retrain would serve: the calibrated target is the pair's own rank (q = p), so the
+            # gate's first pass would find a zero gap. Skip it — and its full forward and ranking:
+            # a whole-user deletion costs the deletion step, not a pass over the graph.
+            self.stats.update(steps=0, epochs_run=0, converged_epoch=0,
+                              gate_target="calibrated (every deleted pair is a deleted user's: on target)")
+            return
         if spec.isolation is not None and spec.gate is None:
             self.isolation_pass(b)
         if spec.gate is not None:
