@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tru_dist.graph.adjacency import build_bipartite, delete_edges, spmm
@@ -65,6 +66,33 @@ def test_deleting_edges_renormalises_like_building_from_retained_edges():
     # the affected degrees really changed: the deleted entries are gone, neighbours reweighted
     assert np.all(after.dense().numpy()[u[drop], i[drop]] == 0)
     assert not np.allclose(after.dense().numpy(), g.dense().numpy())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deleting_edges_equals_building_from_retained_edges_entry_for_entry(seed):
+    """The in-place deletion (no re-sort) gives the very arrays a rebuild gives: crow, columns,
+    float32 values bit for bit, the transpose, degrees and the edge lists — including a user
+    and an item left with no edge, and pairs that are not edges (ignored)."""
+    rng = np.random.default_rng(seed)
+    n_u, n_i, u, i = _edges(seed, n=60)
+    g = build_bipartite(n_u, n_i, u, i)
+    drop = rng.choice(len(u), size=7, replace=False)
+    lonely = np.flatnonzero(u == u[0])  # every edge of one user goes
+    drop = np.unique(np.concatenate([drop, lonely]))
+    absent_u, absent_i = np.array([u[0]]), np.array([(i[lonely].max() + 1) % n_i])
+    if ((u == absent_u[0]) & (i == absent_i[0])).any():
+        absent_u, absent_i = absent_u[:0], absent_i[:0]
+    after = delete_edges(g, np.concatenate([u[drop], absent_u]), np.concatenate([i[drop], absent_i]))
+    keep = np.setdiff1d(np.arange(len(u)), drop)
+    ref = build_bipartite(n_u, n_i, u[keep], i[keep])
+    for name in ("norm", "norm_t"):
+        a, b = getattr(after, name), getattr(ref, name)
+        assert torch.equal(a.crow_indices(), b.crow_indices()), name
+        assert torch.equal(a.col_indices(), b.col_indices()), name
+        assert torch.equal(a.values(), b.values()), name  # bit for bit
+    for name in ("users", "items", "user_degree", "item_degree"):
+        assert torch.equal(getattr(after, name), getattr(ref, name)), name
+    assert after.user_degree[u[0]] == 0
 
 
 def test_shard_rows_equal_full_rows():
