@@ -65,3 +65,15 @@ def test_planner_local_nodes_count_the_neighbourhood_not_the_graph():
     assert local.memory_bytes["user_rows"] == full.memory_bytes["user_rows"]
     # one no-grad full forward is still counted (gate passes and evaluation rank every item)
     assert local.memory_bytes["activations"] > full.memory_bytes["activations"] / 2
+
+
+def test_planner_names_sampled_steps_as_a_remedy_when_they_fit():
+    from tru_dist.errors import PlanError
+
+    args = dict(n_users=1_000_000, n_items=100_000, n_edges=16_000_000, feature_dims={},
+                dim=64, n_layers=2, model="lightgcn", world_size=1)
+    full = plan(**args, memory_per_worker_gb=24, check=False)
+    local = plan(**args, memory_per_worker_gb=24, check=False, local_nodes=3 * 2048 * 111)
+    budget = (local.total_bytes + full.total_bytes) / 2 / 2**30  # local fits, full does not
+    with pytest.raises(PlanError, match="--train.propagation=local --train.fanout=10"):
+        plan(**args, memory_per_worker_gb=budget)

@@ -48,6 +48,7 @@ from tru_dist.bench import peak_rss_mb, with_synthetic_features
 from tru_dist.config import build_config
 from tru_dist.data.dataset import TRAIN, RecDataset
 from tru_dist.data.requests import resolve_requests
+from tru_dist.distributed.planner import local_batch_nodes
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
@@ -173,7 +174,7 @@ def bench_scale(
     report["data"] = {**info, **dataset.summary()}
     log(f"bench scale: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.users)} interactions")
 
-    batch_nodes = 3 * cfg.train.batch_size * sum(fanout ** k for k in range(cfg.model.n_layers + 1))
+    batch_nodes = local_batch_nodes(cfg.model, cfg.train.batch_size, fanout)
     report.update(planner_figures(dataset, cfg, workers, batch_nodes if fanout > 0 else None))
     if workers != 1:
         report["refused"] = ("neighbourhood propagation runs in one process here; a sharded (W > 1) "

@@ -295,19 +295,20 @@ def plan(
     cfg = base.model_copy(update={"dim": dim, "n_layers": n_layers})
     args = {"n_users": n_users, "n_items": n_items, "n_edges": n_edges,
             "n_interactions": n_interactions if n_interactions is not None else n_edges,
-            "feature_dims": dict(feature_dims), "cfg": cfg, "feature_dtype": feature_dtype}
+            "feature_dims": dict(feature_dims), "cfg": cfg, "feature_dtype": feature_dtype,
+            "local_nodes": local_nodes}
     mem, shard, repl = _memory(**args, world_size=world_size, shard_users=shard_users,
-                               shard_edges=shard_edges, shard_items=shard_items, local_nodes=local_nodes)
+                               shard_edges=shard_edges, shard_items=shard_items)
     comm, wire = _comm(model_profile(cfg, sorted(feature_dims)), n_items, dim, min(batch_size, n_edges), repl,
                        world_size)
     result = Plan(world_size, int(memory_per_worker_gb * GIB), mem, comm, wire, shard)
     if check and not result.fits:
-        raise PlanError(_remedies(result, args, memory_per_worker_gb))
+        raise PlanError(_remedies(result, {**args, "batch_size": batch_size}, memory_per_worker_gb))
     return result
 
 
 def _fits(args: dict, world_size: int, budget: int, **change: object) -> bool:
-    a = dict(args)
+    a = {k: v for k, v in args.items() if k != "batch_size"}
     if "dim" in change:
         a["cfg"] = a["cfg"].model_copy(update={"dim": change.pop("dim")})
     a.update(change)
@@ -330,11 +331,21 @@ def _remedies(p: Plan, args: dict, memory_gb: float) -> str:
     if args["feature_dtype"] == "float32" and p.memory_bytes["features"] and _fits(
             args, w, budget, feature_dtype="float16"):
         fixes.append("float16 features (--dist.feature_dtype=float16)")
+    if args.get("local_nodes") is None and w == 1 and _fits(
+            args, w, budget, local_nodes=local_batch_nodes(args["cfg"], args.get("batch_size", 2048), 10)):
+        fixes.append("sampled neighbourhood steps (--train.propagation=local --train.fanout=10)")
     need = math.ceil(p.total_bytes / GIB * 10) / 10
     fixes.append(f"--dist.memory_per_worker_gb={need}")
     return (f"the plan for {w} worker(s) needs {p.total_bytes / GIB:.2f} GiB per worker but "
             f"dist.memory_per_worker_gb={memory_gb:g} (largest: {_LABELS[key]}, {size / GIB:.2f} GiB); "
             f"fix with one of: {', '.join(fixes)}")
+
+
+def local_batch_nodes(cfg: ModelConfig, batch_size: int, fanout: int) -> int:
+    """Upper bound on the nodes one step's neighbourhood holds with ``fanout`` neighbours per node
+    and layer: a batch's B users and 2B items (positive, negative) and F^k times as many at depth
+    k = 1..L (``tru_dist.graph.blocks``)."""
+    return 3 * batch_size * sum(fanout ** k for k in range(cfg.n_layers + 1))
 
 
 def _candidate_workers(w: int, n_users: int) -> list[int]:
