@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tru_dist.graph.adjacency import build_bipartite, delete_edges, spmm
+from tru_dist.graph.adjacency import build_bipartite, compact, delete_edges, spmm
 from tru_dist.graph.knn import feature_hash, knn_graph
 from tru_dist.graph.partition import PartitionBook
 
@@ -69,12 +69,13 @@ def test_deleting_edges_renormalises_like_building_from_retained_edges():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_deleting_edges_equals_building_from_retained_edges_entry_for_entry(seed):
-    """The in-place deletion (no re-sort) gives the very arrays a rebuild gives: crow, columns,
-    float32 values bit for bit, the transpose, degrees and the edge lists — including a user
-    and an item left with no edge, and pairs that are not edges (ignored)."""
+def test_deleting_edges_equals_building_from_retained_edges_bit_for_bit(seed):
+    """In-place deletion (zeros kept, only the renormalised entries recomputed) gives the matrices a
+    rebuild gives — float32 values bit for bit, the transpose, degrees and edge lists — including a
+    user left with no edge and a pair that is not an edge (ignored); a second deletion on top,
+    and the same pair deleted twice (a no-op), too; compaction gives the rebuild's very arrays."""
     rng = np.random.default_rng(seed)
-    n_u, n_i, u, i = _edges(seed, n=60)
+    n_u, n_i, u, i = _edges(seed, n_u=40, n_i=30, n=300)
     g = build_bipartite(n_u, n_i, u, i)
     drop = rng.choice(len(u), size=7, replace=False)
     lonely = np.flatnonzero(u == u[0])  # every edge of one user goes
@@ -83,16 +84,34 @@ def test_deleting_edges_equals_building_from_retained_edges_entry_for_entry(seed
     if ((u == absent_u[0]) & (i == absent_i[0])).any():
         absent_u, absent_i = absent_u[:0], absent_i[:0]
     after = delete_edges(g, np.concatenate([u[drop], absent_u]), np.concatenate([i[drop], absent_i]))
-    keep = np.setdiff1d(np.arange(len(u)), drop)
-    ref = build_bipartite(n_u, n_i, u[keep], i[keep])
-    for name in ("norm", "norm_t"):
-        a, b = getattr(after, name), getattr(ref, name)
-        assert torch.equal(a.crow_indices(), b.crow_indices()), name
-        assert torch.equal(a.col_indices(), b.col_indices()), name
-        assert torch.equal(a.values(), b.values()), name  # bit for bit
-    for name in ("users", "items", "user_degree", "item_degree"):
-        assert torch.equal(getattr(after, name), getattr(ref, name)), name
+    second = rng.choice(np.setdiff1d(np.arange(len(u)), drop), size=5, replace=False)
+    both = np.concatenate([drop, second])
+    after2 = delete_edges(after, np.concatenate([u[second], u[drop[:2]]]),
+                          np.concatenate([i[second], i[drop[:2]]]))
+    for got, gone in ((after, drop), (after2, both)):
+        keep = np.setdiff1d(np.arange(len(u)), gone)
+        ref = build_bipartite(n_u, n_i, u[keep], i[keep])
+        for name in ("norm", "norm_t"):
+            assert torch.equal(getattr(got, name).to_dense(), getattr(ref, name).to_dense()), name
+        for name in ("users", "items", "user_degree", "item_degree"):
+            assert torch.equal(getattr(got, name), getattr(ref, name)), name
+        assert got.n_edges == len(keep)
+        packed = compact(got)
+        assert packed.n_deleted_entries == 0
+        for name in ("norm", "norm_t"):
+            a, b = getattr(packed, name), getattr(ref, name)
+            assert torch.equal(a.crow_indices(), b.crow_indices()) and torch.equal(a.values(), b.values())
     assert after.user_degree[u[0]] == 0
+    assert after.n_deleted_entries == len(drop)  # kept as zeros, structure shared with the original
+    assert after.norm.col_indices().data_ptr() == g.norm.col_indices().data_ptr()
+
+
+def test_deletion_compacts_when_zeros_pile_up():
+    n_u, n_i, u, i = _edges(4, n_u=40, n_i=30, n=300)
+    g = build_bipartite(n_u, n_i, u, i)
+    half = np.arange(len(u) // 2)
+    after = delete_edges(g, u[half], i[half])
+    assert after.n_deleted_entries == 0 and after.n_edges == len(u) - len(half)
 
 
 def test_shard_rows_equal_full_rows():

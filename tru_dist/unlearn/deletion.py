@@ -67,10 +67,6 @@ class Deletion:
                 "deletion_seconds": self.seconds}
 
 
-def _keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
-    return np.asarray(users, dtype=np.int64) * n_items + np.asarray(items, dtype=np.int64)
-
-
 def _remove(data: RecDataset, graph: RecGraph, users: np.ndarray, items: np.ndarray,
             request_ids: list[str] | None = None) -> tuple[RecDataset, RecGraph]:
     """``data``/``graph`` without the listed pairs (every split; train edges from the graph).
@@ -78,10 +74,10 @@ def _remove(data: RecDataset, graph: RecGraph, users: np.ndarray, items: np.ndar
     The dataset's ``content_hash``/``store`` provenance is dropped (it describes the stored
     dataset, not D_r) and ``parent_content_hash`` / ``deleted_requests`` recorded.
     """
-    present = np.isin(_keys(data.users, data.items, data.n_items), _keys(users, items, data.n_items))
+    present = data.pair_mask(users, items)
     if not present.any():
         return data, graph
-    after = data.without_pairs(users, items)
+    after = data.without_rows(present)
     meta = {k: v for k, v in after.meta.items() if k not in ("content_hash", "store")}
     if "content_hash" in data.meta:
         meta["parent_content_hash"] = data.meta["content_hash"]
