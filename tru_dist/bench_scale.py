@@ -25,12 +25,14 @@ One call, in this order (every stage timed, the process's peak RSS read at the e
    ``seconds``: deletion step + method), with the method's steps and the forget-pair metrics
    before and after.
 
-``planner_peak_gb`` is :func:`tru_dist.distributed.planner.plan`'s per-worker memory for the
-propagation used (``local``: the batch neighbourhood's activations instead of a full-graph
-forward's); ``planner_full_propagation_gb`` is the same plan with full propagation, the figure
-that rules full propagation out at this size. Only ``--workers 1`` runs: neighbourhood
-propagation is single-process here (a sharded run propagates in full), and the bench refuses
-W > 1 with the planner's figures rather than report a number it did not measure.
+``rss_gb_after`` is the resident memory after each stage (data, graph and model, training,
+unlearning, the forget metrics), to set against the planner's breakdown. ``planner_peak_gb``
+is :func:`tru_dist.distributed.planner.plan`'s per-worker memory for the propagation used
+(``local``: the batch neighbourhood's activations instead of a full-graph forward's);
+``planner_full_propagation_gb`` is the same plan with full propagation, the figure that rules
+full propagation out at this size. Only ``--workers 1`` runs: neighbourhood propagation is
+single-process here (a sharded run propagates in full), and the bench refuses W > 1 with the
+planner's figures rather than report a number it did not measure.
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ def scale_data(work: Path, users: int, items: int, interactions: int, modalities
     data = open_data(path)
     info["load_seconds"] = time.perf_counter() - t0
     return data, info
+
+
+def rss_gb() -> float:
+    """Current resident set size of this process in GiB (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return peak_rss_mb() / 1024
 
 
 def pick_users(data: RecDataset, n: int, seed: int) -> np.ndarray:
@@ -172,6 +185,7 @@ def bench_scale(
         dataset = with_synthetic_features(load_for_bench(data), synthetic_features, seed=seed)
         info = {"path": str(data), "load_seconds": time.perf_counter() - t0}
     report["data"] = {**info, **dataset.summary()}
+    stages = report["rss_gb_after"] = {"data": rss_gb()}
     log(f"bench scale: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.users)} interactions")
 
     batch_nodes = local_batch_nodes(cfg.model, cfg.train.batch_size, fanout)
@@ -188,6 +202,7 @@ def bench_scale(
                             knn_cache_dir=str(work / "knn-cache") if uses_knn else None)
     report["graph_build_seconds"] = time.perf_counter() - t0
     net = build_model(cfg.model, graph, seed=cfg.train.seed)
+    stages["graph_and_model"] = rss_gb()
     report["n_parameters"] = int(sum(p.numel() for p in net.parameters()))
 
     # 3. sampled training
@@ -210,6 +225,7 @@ def bench_scale(
                   projected_epoch_seconds=per_step * steps_per_epoch, retrain_epochs=retrain_epochs,
                   retrain_projected_seconds=per_step * steps_per_epoch * retrain_epochs,
                   train_steps=train_steps)
+    stages["training"] = rss_gb()
 
     # 4. the deletion
     chosen = pick_users(dataset, delete_users, seed)
@@ -220,6 +236,7 @@ def bench_scale(
     result = get_method(method).unlearn(net, deletion, cfg)
     report["unlearn_seconds"] = result.seconds
     report["unlearn_wall_seconds"] = time.perf_counter() - t0
+    stages["unlearning"] = rss_gb()
     stats = result.stats
     report["unlearn"] = {
         "deletion_seconds": deletion.seconds, "method_seconds": stats.get("method_seconds"),
@@ -232,6 +249,7 @@ def bench_scale(
         before = forget_metrics(net, deletion.graph_after, deletion.data_after, forget, ks=(20,))
         after = forget_metrics(result.model, deletion.graph_after, deletion.data_after, forget, ks=(20,))
     report["forget"] = {"before": before, "after": after}
+    stages["forget_metrics"] = rss_gb()
     report["peak_rss_gb"] = peak_rss_mb() / 1024
     report["total_seconds"] = time.perf_counter() - t_start
     if out_json is not None:
