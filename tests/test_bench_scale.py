@@ -60,7 +60,7 @@ def test_planner_local_nodes_count_the_neighbourhood_not_the_graph():
     args = dict(n_users=1_000_000, n_items=100_000, n_edges=16_000_000,
                 feature_dims={"image": 512, "text": 384}, dim=64, n_layers=2, model="mgcn", world_size=1,
                 memory_per_worker_gb=24, check=False)
-    full, local = plan(**args), plan(**args, local_nodes=3 * 2048 * 111)
+    full, local = plan(**args), plan(**args, local_nodes=3 * 2048 * 121)
     assert local.memory_bytes["activations"] < full.memory_bytes["activations"]
     assert local.memory_bytes["user_rows"] == full.memory_bytes["user_rows"]
     # one no-grad full forward is still counted (gate passes and evaluation rank every item)
@@ -73,7 +73,7 @@ def test_planner_names_sampled_steps_as_a_remedy_when_they_fit():
     args = dict(n_users=1_000_000, n_items=100_000, n_edges=16_000_000, feature_dims={},
                 dim=64, n_layers=2, model="lightgcn", world_size=1)
     full = plan(**args, memory_per_worker_gb=24, check=False)
-    local = plan(**args, memory_per_worker_gb=24, check=False, local_nodes=3 * 2048 * 111)
+    local = plan(**args, memory_per_worker_gb=24, check=False, local_nodes=3 * 2048 * 121)
     budget = (local.total_bytes + full.total_bytes) / 2 / 2**30  # local fits, full does not
     with pytest.raises(PlanError, match="--train.propagation=local --train.fanout=10"):
         plan(**args, memory_per_worker_gb=budget)

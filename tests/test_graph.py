@@ -97,12 +97,12 @@ def test_deleting_edges_equals_building_from_retained_edges_bit_for_bit(seed):
             assert torch.equal(getattr(got, name), getattr(ref, name)), name
         assert got.n_edges == len(keep)
         packed = compact(got)
-        assert packed.n_deleted_entries == 0
+        assert packed.n_zero_entries == 0
         for name in ("norm", "norm_t"):
             a, b = getattr(packed, name), getattr(ref, name)
             assert torch.equal(a.crow_indices(), b.crow_indices()) and torch.equal(a.values(), b.values())
     assert after.user_degree[u[0]] == 0
-    assert after.n_deleted_entries == len(drop)  # kept as zeros, structure shared with the original
+    assert after.n_zero_entries == len(drop)  # kept as zeros, structure shared with the original
     assert after.norm.col_indices().data_ptr() == g.norm.col_indices().data_ptr()
 
 
@@ -111,7 +111,7 @@ def test_deletion_compacts_when_zeros_pile_up():
     g = build_bipartite(n_u, n_i, u, i)
     half = np.arange(len(u) // 2)
     after = delete_edges(g, u[half], i[half])
-    assert after.n_deleted_entries == 0 and after.n_edges == len(u) - len(half)
+    assert after.n_zero_entries == 0 and after.n_edges == len(u) - len(half)
 
 
 def test_shard_rows_equal_full_rows():

@@ -77,8 +77,7 @@ def measured_shard(data, model: str, world: int, rank: int) -> tuple[dict[str, i
     ui = graph.ui
     sampler = BPRSampler(*data.train_pairs, data.n_users, data.n_items, seed=0, book=book, rank=rank)
     mem = {
-        "adjacency": csr_bytes(ui.norm) + csr_bytes(ui.norm_t)
-        + nbytes(ui.users, ui.items, ui.user_degree, ui.item_degree),
+        "adjacency": csr_bytes(ui.norm) + csr_bytes(ui.norm_t) + nbytes(ui.user_degree, ui.item_degree),
         "knn": sum(csr_bytes(a) + csr_bytes(at) for a, at in graph.knn.values()),
         "interactions": data.users.nbytes + data.items.nbytes + data.labels.nbytes
         + sampler.users.nbytes + sampler.items.nbytes + sampler.keys.nbytes,

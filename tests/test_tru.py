@@ -539,3 +539,36 @@ def test_whole_user_deletion_is_on_target_without_a_gate_pass(trained):
         assert torch.equal(a, b), k
     assert any(not torch.equal(a, b) for a, b in zip(out.state_dict().values(), model.state_dict().values(),
                                                      strict=True))  # the reset did happen
+
+
+def test_whole_user_shortcut_is_not_taken_without_valid_pairs(trained, tiny_data):
+    """Without held-out VALID pairs the calibrated gate falls back to the top-K gate, which does
+    move a deleted user's pairs: the whole-user shortcut must not claim they are on target."""
+    import dataclasses
+
+    import numpy as np
+
+    from tru_dist.data.dataset import TEST, VALID
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    model, graph, *_ = trained
+    no_valid = dataclasses.replace(tiny_data, labels=np.where(tiny_data.labels == VALID, TEST,
+                                                              tiny_data.labels).astype(tiny_data.labels.dtype))
+    deletion = build_deletion(no_valid, graph, forget_set(no_valid, "users", 0.05, 0))
+    cfg = _cfg()
+    _, stats = run_update(model, deletion, cfg, tru_spec(cfg))
+    assert stats["gate_target"].startswith("topk") and "gate" in stats
+
+
+def test_pair_mask_matches_only_listed_pairs(tiny_data):
+    import numpy as np
+
+    u, i = tiny_data.users[:3], tiny_data.items[:3]
+    mask = tiny_data.pair_mask(u, i)
+    keys = tiny_data.pair_keys(tiny_data.users, tiny_data.items)
+    assert np.array_equal(mask, np.isin(keys, tiny_data.pair_keys(u, i)))
+    # an out-of-range item must not alias the next user's pair (u·n_items + i)
+    nxt = tiny_data.users == u[0] + 1
+    alias_item = tiny_data.items[nxt][0] + tiny_data.n_items
+    assert not tiny_data.pair_mask(np.array([u[0], u[0] + 1]), np.array([alias_item, -1])).any()

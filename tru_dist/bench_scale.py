@@ -121,7 +121,7 @@ def user_requests(users: np.ndarray):
                          "reason": ["bench scale"] * len(users)})
 
 
-def planner_figures(data: RecDataset, cfg, workers: int, local_batch_nodes: int | None) -> dict[str, float]:
+def planner_figures(data: RecDataset, cfg, workers: int, local_nodes: int | None) -> dict[str, float]:
     """Per-worker GiB from the planner: full propagation, and the local one when given."""
     from tru_dist.distributed.planner import plan
 
@@ -136,8 +136,8 @@ def planner_figures(data: RecDataset, cfg, workers: int, local_batch_nodes: int 
     full = plan(**common)
     out = {"planner_full_propagation_gb": full.total_bytes / GIB,
            "planner_full_breakdown_gb": {k: v / GIB for k, v in full.memory_bytes.items()}}
-    if local_batch_nodes is not None:
-        local = plan(**common, local_nodes=local_batch_nodes)
+    if local_nodes is not None:
+        local = plan(**common, local_nodes=local_nodes)
         out["planner_peak_gb"] = local.total_bytes / GIB
         out["planner_local_breakdown_gb"] = {k: v / GIB for k, v in local.memory_bytes.items()}
     return out
@@ -174,6 +174,7 @@ def bench_scale(
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": model, "method": method, "workers": workers, "fanout": fanout,
+                              "device": "cpu",  # the bench measures the CPU path (graph and model on CPU)
                               "torch_threads": torch.get_num_threads(), "seed": seed}
     t_start = time.perf_counter()
     if data is None:

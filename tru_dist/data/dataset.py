@@ -73,7 +73,7 @@ class RecDataset:
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         items = np.asarray(items, dtype=np.int64).reshape(-1)
         mask = np.zeros(len(self.users), dtype=bool)
-        ok = (users >= 0) & (users < self.n_users)
+        ok = (users >= 0) & (users < self.n_users) & (items >= 0) & (items < self.n_items)
         if not ok.any():
             return mask
         marked = np.zeros(self.n_users, dtype=bool)

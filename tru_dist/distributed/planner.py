@@ -5,9 +5,9 @@ For a graph (n_users, n_items, n_edges train edges), item features of widths
 contiguous user ranges and feature slices (DESIGN §7), worker r's resident bytes are
 (fp32 = 4 bytes, int64 = 8):
 
-* ``adjacency``   — R̂_r as CSR and its transpose plus the edge lists and degrees:
-  ``crow (n_r+1)·8 + col e_r·8 + val e_r·4`` + ``(n_items+1)·8 + e_r·12`` + ``e_r·16``
-  + ``(n_r + n_items)·4``  (n_r users, e_r edges on the shard);
+* ``adjacency``   — R̂_r as CSR and its transpose plus the degrees (the edge lists are
+  read off the CSR on demand): ``crow (n_r+1)·8 + col e_r·8 + val e_r·4`` +
+  ``(n_items+1)·8 + e_r·12`` + ``(n_r + n_items)·4``  (n_r users, e_r edges on the shard);
 * ``knn``         — MGCN's item–item graphs, replicated: per modality Â and Âᵀ as CSR with
   n_items·k entries each;
 * ``interactions``— the interaction table every worker keeps (the sampler draws the same
@@ -172,7 +172,7 @@ def _memory(
     user_params, repl_params = parameter_counts(cfg, n_users, n_items, feature_dims if uses_features else {},
                                                 (0, n_r))
     mem = {
-        "adjacency": (n_r + 1) * 8 + e_r * 12 + (n_items + 1) * 8 + e_r * 12 + e_r * 16 + (n_r + n_items) * 4,
+        "adjacency": (n_r + 1) * 8 + e_r * 12 + (n_items + 1) * 8 + e_r * 12 + (n_r + n_items) * 4,
         "knn": 0,
         "interactions": n_interactions * 17 + n_edges * 24,
         "user_rows": user_params * 4 * 4,
@@ -343,9 +343,10 @@ def _remedies(p: Plan, args: dict, memory_gb: float) -> str:
 
 def local_batch_nodes(cfg: ModelConfig, batch_size: int, fanout: int) -> int:
     """Upper bound on the nodes one step's neighbourhood holds with ``fanout`` neighbours per node
-    and layer: a batch's B users and 2B items (positive, negative) and F^k times as many at depth
-    k = 1..L (``tru_dist.graph.blocks``)."""
-    return 3 * batch_size * sum(fanout ** k for k in range(cfg.n_layers + 1))
+    and layer: a batch's B users and 2B items (positive, negative), each depth keeping the previous
+    one and adding F neighbours per node, ``3B(1+F)^L`` (``tru_dist.graph.blocks``; at least one
+    layer: MGCN's side view needs the targets' one-hop block)."""
+    return 3 * batch_size * (1 + fanout) ** max(cfg.n_layers, 1)
 
 
 def _candidate_workers(w: int, n_users: int) -> list[int]:

@@ -130,11 +130,6 @@ class BipartiteGraph:
     def n_edges(self) -> int:
         return int(self.norm.values().numel()) - self.n_zero_entries
 
-    @property
-    def n_deleted_entries(self) -> int:
-        """Entries kept at value 0 by in-place deletions (dropped at the next compaction)."""
-        return self.n_zero_entries
-
     def users_from_items(self, item_emb: torch.Tensor) -> torch.Tensor:
         """``R̂_r · item_emb`` -> this shard's user rows."""
         return spmm(self.norm, self.norm_t, item_emb)
@@ -292,7 +287,7 @@ def delete_edges(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray) ->
     pos_t, ent_t = csr_row_entries(norm_t, torch.from_numpy(aff_i))
     col_users = norm_t.col_indices().numpy()[ent_t.numpy()]
     col_items = aff_i[pos_t.numpy()]
-    pos_u, ent_u = csr_row_entries(norm, torch.from_numpy(aff_u))
+    pos_u, ent_u = csr_row_entries(norm, torch.from_numpy(aff_u))  # (R̂ᵀ's columns of the users)
     row_items = norm.col_indices().numpy()[ent_u.numpy()]
     row_users = aff_u[pos_u.numpy()]
     new_norm = _renormalise(norm, drop, aff_u, inv_u, inv_i, col_items, col_users)
@@ -308,14 +303,15 @@ def delete_edges(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray) ->
         item_degree=torch.from_numpy(di.astype(np.float32)),
         n_zero_entries=graph.n_zero_entries + len(drop),
     )
-    if out.n_deleted_entries > COMPACT_SHARE * max(1, int(norm.values().numel())):
+    if out.n_zero_entries > COMPACT_SHARE * max(1, int(norm.values().numel())):
         return compact(out)
     return out
 
 
 def compact(graph: BipartiteGraph) -> BipartiteGraph:
     """The same graph rebuilt from its live edges (no zero entries), keeping its item degrees."""
-    return build_bipartite(graph.n_users, graph.n_items, graph.users.numpy() + graph.user_offset,
-                           graph.items.numpy(), user_range=(graph.user_offset,
-                                                            graph.user_offset + graph.n_local_users),
+    users, items = graph._edges()
+    lo = graph.user_offset
+    return build_bipartite(graph.n_users, graph.n_items, users.numpy() + lo, items.numpy(),
+                           user_range=(lo, lo + graph.n_local_users),
                            item_degree=graph.item_degree.numpy().astype(np.float64))

@@ -31,7 +31,10 @@ them (uniform, with replacement), each weight multiplied by ``deg/F``, so the bl
 is an unbiased estimate of the full row's (GraphSAGE-style sampling). Hub items (thousands of
 users) would otherwise pull most of a large graph into every step: with ``L = 2`` the
 neighbourhood of 2,048 random pairs on a 1M-user graph is most of the graph. Nodes with at most
-``F`` neighbours are exact.
+``F`` neighbours are exact. Row lengths count stored entries, including the zero entries of
+edges deleted in place (``adjacency.delete_edges``) until the graph is compacted: such a row
+may be sampled although it has at most ``F`` live neighbours (still unbiased; exact again
+after ``adjacency.compact``).
 
 Everything is torch index arithmetic on the stored CSR (no Python loops over nodes); one call
 costs ``O(entries gathered)`` plus two ``n``-long position maps.
@@ -61,10 +64,6 @@ class Neighbourhood(NamedTuple):
     items: list[torch.Tensor]
     blocks: list[Block]
 
-    @property
-    def n_entries(self) -> int:
-        return int(sum(b.users_from_items._nnz() + b.items_from_users._nnz() for b in self.blocks))
-
 
 def sample_rows(
     csr: torch.Tensor, rows: torch.Tensor, fanout: int, generator: torch.Generator | None = None
@@ -86,7 +85,7 @@ def sample_rows(
     long = torch.nonzero(lengths > fanout).reshape(-1)
     pos_s, entry_s = csr_row_entries(csr, rows[short])
     pos_s = short[pos_s]
-    draws = torch.rand((len(long), fanout), generator=generator, dtype=torch.float64)
+    draws = torch.rand((len(long), fanout), generator=generator, dtype=torch.float64).to(crow.device)
     deg = lengths[long]
     offsets = (draws * deg[:, None].to(torch.float64)).long().clamp(max=(deg - 1)[:, None])
     entry_l = (crow[rows[long]][:, None] + offsets).reshape(-1)
@@ -160,35 +159,28 @@ def neighbourhood(
     return Neighbourhood(depth_u, depth_i, blocks)
 
 
-def light_blocks(
-    user0: torch.Tensor, item0: torch.Tensor, hood: Neighbourhood
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """LightGCN through the blocks: ``(final users, final items)`` of the targets (mean over
-    layers ``0..L``, rows in target order), plus every layer's ``h_I^{(l)}`` on depth ``L-l`` and
-    ``h_U^{(l)}`` likewise (callers that need the depth-1 items reuse them). Differentiable in
-    ``user0`` / ``item0`` (only the rows of depth ``L`` are read)."""
+def light_blocks(user0: torch.Tensor, item0: torch.Tensor, hood: Neighbourhood
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LightGCN through the blocks: ``(final users, final items)`` of the targets (mean over layers
+    ``0..L``, rows in target order). Differentiable in ``user0`` / ``item0`` (only the rows of
+    depth ``L`` are read)."""
     n_layers = len(hood.blocks)
     dev = user0.device
     h_u = user0[hood.users[n_layers].to(dev)]
     h_i = item0[hood.items[n_layers].to(dev)]
     n_tu, n_ti = len(hood.users[0]), len(hood.items[0])
     sum_u, sum_i = h_u[:n_tu], h_i[:n_ti]
-    layers_u, layers_i = [h_u], [h_i]
     for depth in range(n_layers - 1, -1, -1):
         block = hood.blocks[depth]
         h_u, h_i = (torch.sparse.mm(block.users_from_items, h_i),
                     torch.sparse.mm(block.items_from_users, h_u))
-        layers_u.append(h_u)
-        layers_i.append(h_i)
         sum_u, sum_i = sum_u + h_u[:n_tu], sum_i + h_i[:n_ti]
     scale = 1.0 / (n_layers + 1)
-    return sum_u * scale, sum_i * scale, layers_u, layers_i
+    return sum_u * scale, sum_i * scale
 
 
-def square_blocks(
-    a: torch.Tensor, targets: torch.Tensor, hops: int, *, fanout: int = 0,
-    generator: torch.Generator | None = None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def square_blocks(a: torch.Tensor, targets: torch.Tensor, hops: int
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The same layering for one square CSR matrix (an item–item kNN graph ``Â``): node lists
     ``nodes[k]`` (``k = 0..hops``, prefixes, ``nodes[0] = targets``) and COO blocks
     ``blocks[k]`` of shape ``(|nodes[k]|, |nodes[k+1]|)``, so that ``Â^hops x`` on the targets is
@@ -197,7 +189,7 @@ def square_blocks(
     nodes = _Extender(int(a.shape[0]), t)
     depth, raw = [t], []
     for _ in range(hops):
-        p, c, v = sample_rows(a, depth[-1].to(a.device), fanout, generator)
+        p, c, v = sample_rows(a, depth[-1].to(a.device), 0)  # kNN rows have k entries: no fan-out
         depth.append(nodes.extend(c.cpu()).clone())
         raw.append((p, c, v))
     blocks = [torch.sparse_coo_tensor(torch.stack([p, nodes.positions(c.cpu()).to(a.device)]), v,

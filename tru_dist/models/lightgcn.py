@@ -49,7 +49,7 @@ class LightGCN(Backbone):
             return super().embed_targets(graph, users, items, fanout=fanout, generator=generator)
         hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, self.cfg.n_layers,
                              fanout=fanout, generator=generator)
-        u, i, _, _ = light_blocks(self.user_emb, self.item_emb, hood)
+        u, i = light_blocks(self.user_emb, self.item_emb, hood)
         return Embeddings(Rows(u, hood.users[0]), Rows(i, hood.items[0]))
 
     def branches(self) -> dict[str, list[nn.Parameter]]:

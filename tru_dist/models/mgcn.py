@@ -160,7 +160,7 @@ class MGCN(Backbone):
         hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, layers,
                              fanout=fanout, generator=generator)
         if layers == self.cfg.n_layers:
-            content_u, content_i, _, _ = light_blocks(self.user_emb, self.item_emb, hood)
+            content_u, content_i = light_blocks(self.user_emb, self.item_emb, hood)
         else:  # n_layers = 0: the content view is the ID rows themselves
             content_u, content_i = self.user_emb[hood.users[0]], self.item_emb[hood.items[0]]
         near = hood.items[1]  # the target items first, then the target users' neighbours

@@ -21,6 +21,7 @@ uninterrupted epochs bit for bit. A fresh run seeds the global RNGs with ``train
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -78,6 +79,8 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+_LOG = logging.getLogger("tru_dist.train")
 
 def check_metric(cfg: Config) -> None:
     """``eval.metric`` must be one of the computed keys, e.g. ``recall@20`` with 20 in ``eval.ks``."""
@@ -175,6 +178,9 @@ def train_model(
 
     n_batches = sampler.n_batches(tc.batch_size)
     local = tc.propagation == "local"
+    if local and (not model.local_embedding or collectives.is_distributed()):
+        why = "sharded (W > 1)" if model.local_embedding else f"{model.name} has no neighbourhood forward"
+        _LOG.warning("train.propagation=local: %s, so every step runs the full forward", why)
     while st["epoch"] < tc.epochs and not st["stopped_early"]:
         st["epoch"] += 1
         epoch = st["epoch"]

@@ -320,7 +320,10 @@ class _Loop:
         valid = np.flatnonzero(d.labels == VALID)
         if len(valid) == 0:
             self.target_mode = "topk"
-            self.local = False  # the top-K gate's per-step thresholds need every item
+            if self.local:  # the top-K gate's per-step thresholds need every item
+                self.local = False
+                self.stats["propagation"] = "full"
+                self.stats["propagation_note"] = "the top-K gate (no valid pairs) ranks all items every step"
             self.stats["gate_target"] = "topk (no held-out valid pairs to calibrate on)"
             return
         if len(valid) > gate.reference_pairs:
@@ -580,6 +583,17 @@ class _Loop:
         """
         spec, uc = self.spec, self.uc
         torch_seed(uc.seed)
+        if (self.target_mode == "calibrated" and len(self.fu) and (self.data.labels == VALID).any()
+                and bool(np.isin(self.fu, self.deletion.reset_users).all())):
+            # every deleted pair belongs to a deleted user, whose served row is already the fresh
+            # one Retrain would serve: the calibrated target is the pair's own rank (q = p), so the
+            # gate's first pass would find a zero gap. Skip it — and the snapshot, the full forward
+            # and the ranking: a whole-user deletion costs the deletion step, not a pass over the
+            # graph. (Without VALID pairs setup_reference falls back to the top-K gate, which does
+            # move such pairs: not skipped.)
+            self.stats.update(steps=0, epochs_run=0, converged_epoch=0,
+                              gate_target="calibrated (every deleted pair is a deleted user's: on target)")
+            return
         self.freeze_reset_users()
         n_f = len(self.fu)
         if n_f == 0:
@@ -587,14 +601,6 @@ class _Loop:
             return
         b = equal_batch_size(n_f, uc.batch_size)
         self.stats["batch_size"] = b
-        if self.target_mode == "calibrated" and bool(np.isin(self.fu, self.deletion.reset_users).all()):
-            # every deleted pair belongs to a deleted user, whose served row is already the fresh
-            # one Retrain would serve: the calibrated target is the pair's own rank (q = p), so the
-            # gate's first pass would find a zero gap. Skip it — and its full forward and ranking:
-            # a whole-user deletion costs the deletion step, not a pass over the graph.
-            self.stats.update(steps=0, epochs_run=0, converged_epoch=0,
-                              gate_target="calibrated (every deleted pair is a deleted user's: on target)")
-            return
         if spec.isolation is not None and spec.gate is None:
             self.isolation_pass(b)
         if spec.gate is not None:
