@@ -77,3 +77,10 @@ def test_planner_names_sampled_steps_as_a_remedy_when_they_fit():
     budget = (local.total_bytes + full.total_bytes) / 2 / 2**30  # local fits, full does not
     with pytest.raises(PlanError, match="--train.propagation=local --train.fanout=10"):
         plan(**args, memory_per_worker_gb=budget)
+
+
+def test_more_training_steps_than_one_epoch_has_batches(tmp_path):
+    report = bench_scale(users=300, items=60, interactions=2000, modalities={"image": 8},
+                         delete_users=3, model="lightgcn", train_steps=4, work_dir=tmp_path)
+    assert report["steps_per_epoch"] == 1 and report["train_steps"] == 4
+    assert report["unlearn"]["n_deleted_users"] == 3

@@ -104,6 +104,12 @@ def rss_gb() -> float:
     return peak_rss_mb() / 1024
 
 
+def _endless(sampler: BPRSampler, batch_size: int):
+    """The sampler's batches, epoch after epoch (a small graph has fewer batches than steps)."""
+    while True:
+        yield from sampler.epoch(batch_size)
+
+
 def pick_users(data: RecDataset, n: int, seed: int) -> np.ndarray:
     """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted)."""
     train_users = np.unique(data.users[data.labels == TRAIN])
@@ -186,6 +192,7 @@ def bench_scale(
         dataset = with_synthetic_features(load_for_bench(data), synthetic_features, seed=seed)
         info = {"path": str(data), "load_seconds": time.perf_counter() - t0}
     report["data"] = {**info, **dataset.summary()}
+    chosen = pick_users(dataset, delete_users, seed)  # a bad --delete-users fails before any work
     stages = report["rss_gb_after"] = {"data": rss_gb()}
     log(f"bench scale: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.users)} interactions")
 
@@ -212,7 +219,7 @@ def bench_scale(
     optimizer = torch.optim.Adam(net.parameters(), lr=tc.lr)
     replicated = net.replicated_parameters()
     gen = torch.Generator().manual_seed(tc.seed)
-    batches = sampler.epoch(tc.batch_size)
+    batches = _endless(sampler, tc.batch_size)
     net.train()
     train_step(net, graph, next(batches), optimizer, replicated, local=True, fanout=fanout, generator=gen)
     t0 = time.perf_counter()
@@ -229,7 +236,6 @@ def bench_scale(
     stages["training"] = rss_gb()
 
     # 4. the deletion
-    chosen = pick_users(dataset, delete_users, seed)
     forget = resolve_requests(dataset, user_requests(chosen), regime="users")
     net.eval()
     t0 = time.perf_counter()
