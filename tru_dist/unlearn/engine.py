@@ -48,6 +48,7 @@ global transformer attends to random items), for W > 1 and for the top-K gate.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -102,7 +103,6 @@ class _Loop:
         self.sharded = torch.tensor([id(p) in user_ids for p in self.params], dtype=torch.bool)
         self.fu = np.asarray(forget.train_users, dtype=np.int64)
         self.fi = np.asarray(forget.train_items, dtype=np.int64)
-        self.orig_u, self.orig_i = (np.asarray(a, dtype=np.int64) for a in deletion.data_before.train_pairs)
         self.snap: torch.Tensor | None = None  # constant user vectors of reset (deleted) users
         self.snap_rows: torch.Tensor | None = None  # local user -> row of snap, -1 if none
         self.frozen_rows: dict[int, torch.Tensor] = {}  # id(param) -> bool mask of updatable rows
@@ -127,6 +127,12 @@ class _Loop:
             self.stats["propagation_note"] = self.propagation_note
 
     # -- helpers -------------------------------------------------------------------------
+    @functools.cached_property
+    def orig_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """D_before's train pairs (users, items), read on first use: a run that takes no step
+        (a whole-user deletion) never pays for splitting a large interaction table."""
+        return tuple(np.asarray(a, dtype=np.int64) for a in self.deletion.data_before.train_pairs)
+
     def _local_propagation(self) -> bool:
         """``unlearn.propagation: local`` where it applies: a backbone with a neighbourhood
         forward, one process, and no top-K gate (its per-step thresholds rank all items)."""
@@ -256,7 +262,7 @@ class _Loop:
     def isolation_pass(self, batch_size: int) -> None:
         iso = self.spec.isolation
         n_f = len(self.fu)
-        negs = BPRSampler(self.orig_u, self.orig_i, self.data.n_users, self.data.n_items, seed=0)
+        negs = BPRSampler(*self.orig_pairs, self.data.n_users, self.data.n_items, seed=0)
         rng = np.random.default_rng([self.uc.seed, 8])
         f_batches = list(forget_batches(self.fu, self.fi, batch_size, rng, negs, self.graph.book,
                                         self.graph.rank))
@@ -290,7 +296,7 @@ class _Loop:
         for name, ps in groups.items():
             if name not in chosen:
                 self.frozen_params.update(id(p) for p in ps)
-        user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, self.orig_u, self.orig_i,
+        user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
         for p, kind in self.model.row_tables().values():
             rows = user_mask[self.lo : self.lo + self.n_local] if kind == "user" else item_mask
@@ -607,7 +613,7 @@ class _Loop:
             self.exclude = history_mask(self.data, ["train"], self.graph)
             if self.target_mode == "calibrated":
                 self.setup_reference()
-        negs = BPRSampler(self.orig_u, self.orig_i, self.data.n_users, self.data.n_items, seed=0)
+        negs = BPRSampler(*self.orig_pairs, self.data.n_users, self.data.n_items, seed=0)
         rng = np.random.default_rng([uc.seed, 7])
         retain = None
         if spec.retain:
