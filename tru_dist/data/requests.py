@@ -178,11 +178,15 @@ def resolve_requests(data: RecDataset, df: pd.DataFrame, regime: str = "custom")
             f" (valid: 0..{data.n_items - 1}); fix or drop those requests"
         )
 
-    # Rows covered by each request: explicit pairs via a sorted key lookup, users via a mask.
-    keys = data.pair_keys(data.users, data.items)
+    # Rows covered by each request: explicit pairs via a sorted key lookup among the rows of the
+    # users they name (one gather over the table, no sort of every key), users via a mask.
+    pair_req = np.flatnonzero(has_item)
+    marked = np.zeros(data.n_users, dtype=bool)
+    marked[users[pair_req]] = True
+    candidates = np.flatnonzero(marked[data.users]) if len(pair_req) else np.zeros(0, dtype=np.int64)
+    keys = data.pair_keys(data.users[candidates], data.items[candidates])
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
-    pair_req = np.flatnonzero(has_item)
     want = data.pair_keys(users[pair_req], items[pair_req])
     pos = np.searchsorted(sorted_keys, want)
     found = pos < len(sorted_keys)
@@ -193,7 +197,7 @@ def resolve_requests(data: RecDataset, df: pd.DataFrame, regime: str = "custom")
             f"request(s) {_first_few(rid[miss])} name (user, item) pairs that are not interactions, e.g."
             f" ({users[miss[0]]}, {items[miss[0]]}); fix or drop those requests"
         )
-    row_of_pair = order[pos].astype(np.int64)
+    row_of_pair = candidates[order[pos]].astype(np.int64)
 
     user_req = np.flatnonzero(~has_item)
     req_of_user = np.full(data.n_users, -1, dtype=np.int64)
