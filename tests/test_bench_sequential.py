@@ -18,12 +18,12 @@ from tru_dist.bench_sequential import (
     drift_steps,
     eligible_users,
     forget_of,
-    user_requests,
 )
 from tru_dist.cli import main
 from tru_dist.compare import train_original
 from tru_dist.config import build_config
 from tru_dist.data.dataset import TRAIN
+from tru_dist.data.regimes import user_request_table
 from tru_dist.unlearn.base import get_method
 from tru_dist.unlearn.deletion import build_deletion
 from tru_dist.unlearn.ledger import DeletionLedger
@@ -36,7 +36,7 @@ def trained(tiny_data):
     cfg = build_config(model="lightgcn", overrides=["train.epochs=2"])
     model, graph, _, _ = train_original(cfg, tiny_data, None)
     users = draw_users(tiny_data, R, seed=1)
-    table = user_requests(users, "test")
+    table = user_request_table(users, "test")
     forgets = [forget_of(tiny_data, table, [k]) for k in range(R)]
     return cfg, model, graph, table, forgets
 

@@ -192,3 +192,21 @@ def test_local_training_equals_full_training_without_fanout(tiny_data):
         sampled.append(model.state_dict())
     assert all(torch.equal(sampled[0][k], sampled[1][k]) for k in sampled[0])
     assert any(not torch.allclose(sampled[0][k], states["full"][k]) for k in sampled[0])
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_neighbourhood_nodes_are_pygs_k_hop_subgraph(small, layers):
+    """Without a fan-out limit the deepest node lists are exactly PyG's ``k_hop_subgraph`` of the
+    targets on the bipartite graph stored as one graph (items offset by n_users)."""
+    from torch_geometric.utils import k_hop_subgraph
+
+    _, graph = small
+    ui = graph.ui
+    u, i = ui.users, ui.items + ui.n_users
+    edge_index = torch.stack([torch.cat([u, i]), torch.cat([i, u])])
+    tu, ti = torch.tensor([250, 3, 100]), torch.tensor([199, 0])
+    subset, *_ = k_hop_subgraph(torch.cat([tu, ti + ui.n_users]), layers, edge_index,
+                                num_nodes=ui.n_users + ui.n_items)
+    hood = neighbourhood(ui.norm, ui.norm_t, tu, ti, layers)
+    ours = torch.cat([hood.users[layers], hood.items[layers] + ui.n_users]).sort().values
+    assert torch.equal(ours, subset.sort().values)

@@ -49,6 +49,7 @@ import torch
 from tru_dist.bench import peak_rss_mb, with_synthetic_features
 from tru_dist.config import build_config
 from tru_dist.data.dataset import TRAIN, RecDataset
+from tru_dist.data.regimes import user_request_table
 from tru_dist.data.requests import resolve_requests
 from tru_dist.distributed.planner import local_batch_nodes
 from tru_dist.errors import ConfigError
@@ -117,14 +118,6 @@ def pick_users(data: RecDataset, n: int, seed: int) -> np.ndarray:
         raise ConfigError(f"--delete-users must lie in 1..{len(train_users)} (users with a train pair), "
                           f"got {n}")
     return np.sort(np.random.default_rng([seed, 31]).choice(train_users, size=n, replace=False))
-
-
-def user_requests(users: np.ndarray):
-    import pandas as pd
-
-    return pd.DataFrame({"request_id": [f"user-{u}" for u in users], "user_id": users.astype(np.int64),
-                         "item_id": pd.array([pd.NA] * len(users), dtype="Int64"),
-                         "reason": ["bench scale"] * len(users)})
 
 
 def planner_figures(data: RecDataset, cfg, workers: int, local_nodes: int | None) -> dict[str, float]:
@@ -237,14 +230,12 @@ def bench_scale(
 
     # 4. the deletion
     t0 = time.perf_counter()
-    forget = resolve_requests(dataset, user_requests(chosen), regime="users")
+    forget = resolve_requests(dataset, user_request_table(chosen, "bench scale"), regime="users")
     resolve_seconds = time.perf_counter() - t0
     net.eval()
-    t0 = time.perf_counter()
     deletion = build_deletion(dataset, graph, forget)
     result = get_method(method).unlearn(net, deletion, cfg)
     report["unlearn_seconds"] = result.seconds
-    report["unlearn_wall_seconds"] = time.perf_counter() - t0
     stages["unlearning"] = rss_gb()
     stats = result.stats
     report["unlearn"] = {

@@ -72,6 +72,7 @@ import torch
 from tru_dist.bench import load_for_bench, parse_feature_spec, with_synthetic_features
 from tru_dist.config import build_config
 from tru_dist.data.dataset import TRAIN, RecDataset
+from tru_dist.data.regimes import user_request_table
 from tru_dist.data.requests import ForgetSet
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json
@@ -105,14 +106,6 @@ def draw_users(data: RecDataset, n: int, seed: int) -> np.ndarray:
         raise ConfigError(f"--requests {n} exceeds the {len(pool)} users with at least "
                           f"{MIN_TRAIN_INTERACTIONS} train interactions; ask for at most {len(pool)}")
     return np.random.default_rng(seed).choice(pool, size=n, replace=False).astype(np.int64)
-
-
-def user_requests(users: np.ndarray, reason: str):
-    """The request table (:mod:`tru_dist.data.requests`) of one whole-user request per user, in
-    order: request id ``user-<id>`` and an empty ``item_id``, as the users regime writes them."""
-    from tru_dist.data.regimes import _requests
-
-    return _requests([f"user-{u}" for u in users], users, None, reason)
 
 
 def forget_of(data: RecDataset, table, rows: slice | list[int]) -> ForgetSet:
@@ -211,7 +204,7 @@ def bench_sequential(
     cfg.unlearn.method = name
     dataset = with_synthetic_features(load_for_bench(data), synthetic_features)
     users = draw_users(dataset, requests, seed)
-    table = user_requests(users, f"bench sequential seed={seed}")
+    table = user_request_table(users, f"bench sequential seed={seed}")
     forgets = [forget_of(dataset, table, [k]) for k in range(requests)]
     forget_all = forget_of(dataset, table, slice(None))
     ks = tuple(sorted({*cfg.eval.ks, 10, 20, 50}))

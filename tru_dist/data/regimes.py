@@ -74,7 +74,7 @@ def n_selected(fraction: float, population: int) -> int:
     return max(1, min(population, math.floor(fraction * population + 0.5)))
 
 
-def _requests(
+def request_table(
     request_ids: list[str], users: np.ndarray, items: np.ndarray | None, reason: str
 ) -> pd.DataFrame:
     n = len(request_ids)
@@ -88,6 +88,13 @@ def _requests(
         "item_id": item_col,
         "reason": [reason] * n,
     })
+
+
+def user_request_table(users: np.ndarray, reason: str) -> pd.DataFrame:
+    """One whole-user request per user, in order: id ``user-<id>`` and an empty ``item_id``, as
+    the users regime writes them."""
+    users = np.asarray(users, dtype=np.int64)
+    return request_table([f"user-{u}" for u in users], users, None, reason)
 
 
 def rank_users(data: RecDataset, policy: str, rng: np.random.Generator) -> np.ndarray:
@@ -126,14 +133,14 @@ def select_forget(
         pool, note = _in_pool(train, data.pair_keys(data.users[train], data.items[train]), seed, k)
         rows = np.sort(rng.choice(pool, size=k, replace=False))
         u, i = data.users[rows], data.items[rows]
-        return _requests([f"pair-{a}-{b}" for a, b in zip(u, i, strict=True)], u, i, reason + note)
+        return request_table([f"pair-{a}-{b}" for a, b in zip(u, i, strict=True)], u, i, reason + note)
 
     if regime == "users":
         ranked = rank_users(data, policy, rng)
         k = n_selected(fraction, len(ranked))
         pool, note = _in_pool(ranked, ranked, seed, k)  # keeps the policy's order
         chosen = pool[:k]
-        return _requests([f"user-{u}" for u in chosen], chosen, None, reason + note)
+        return request_table([f"user-{u}" for u in chosen], chosen, None, reason + note)
 
     if regime == "items":
         candidates = np.unique(data.items[train])
@@ -143,7 +150,7 @@ def select_forget(
         targets = rng.choice(candidates, size=k, replace=False)
         rows = np.flatnonzero(np.isin(data.items, targets))
         u, i = data.users[rows], data.items[rows]
-        return _requests([f"item-{b}-user-{a}" for a, b in zip(u, i, strict=True)], u, i, reason)
+        return request_table([f"item-{b}-user-{a}" for a, b in zip(u, i, strict=True)], u, i, reason)
 
     poison = data.meta.get("poison") or {}
     fake = np.asarray(poison.get("fake_users", []), dtype=np.int64)
@@ -153,7 +160,7 @@ def select_forget(
             " inject fake users first (tru_dist.data.poison.inject_poison)"
         )
     n_selected(fraction, len(fake))  # validate the fraction even though all fake users go
-    return _requests([f"poison-user-{u}" for u in fake], fake, None, reason)
+    return request_table([f"poison-user-{u}" for u in fake], fake, None, reason)
 
 
 def regime_label(regime: str, policy: str = "random") -> str:

@@ -17,6 +17,7 @@ product with the stored transpose (measured faster than autograd through
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -199,17 +200,21 @@ def build_bipartite(
     )
 
 
+def _row_entries(csr: torch.Tensor, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every stored entry of the given rows: (positions into ``values``, their rows, their columns)."""
+    pos, entry = csr_row_entries(csr, torch.from_numpy(rows))
+    entry = entry.numpy()
+    return entry, rows[pos.numpy()], csr.col_indices().numpy()[entry]
+
+
 def _entries_of(csr: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Positions (into ``col_indices``/``values``) of the live entries (rows[k], cols[k]) — those
     that exist with a nonzero value; reads only the rows named (O(their entries), not O(nnz))."""
     if len(rows) == 0:
         return np.zeros(0, dtype=np.int64)
     n_cols = int(csr.shape[1])
-    uniq = np.unique(rows)
-    pos, entry = csr_row_entries(csr, torch.from_numpy(uniq))
-    pos, entry = pos.numpy(), entry.numpy()
-    keys = uniq[pos] * n_cols + csr.col_indices().numpy()[entry]
-    hit = np.isin(keys, rows * n_cols + cols) & (csr.values().numpy()[entry] != 0)
+    entry, r, c = _row_entries(csr, np.unique(rows))
+    hit = np.isin(r * n_cols + c, rows * n_cols + cols) & (csr.values().numpy()[entry] != 0)
     return entry[hit]
 
 
@@ -229,19 +234,13 @@ def _locate(csr: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
     return lo
 
 
-def _renormalise(csr: torch.Tensor, drop: np.ndarray, rows: np.ndarray, row_inv: np.ndarray,
-                 col_inv: np.ndarray, touched_cols: np.ndarray, rows_of_cols: np.ndarray) -> torch.Tensor:
-    """A copy of ``csr`` whose entries at ``drop`` are 0 and whose live entries in the rows
-    ``rows`` and in the columns ``touched_cols`` are recomputed as row_inv[r]·col_inv[c]
-    (the entries of those columns sit in the rows ``rows_of_cols``, one per entry)."""
+def _renormalise(csr: torch.Tensor, drop: np.ndarray, touched: np.ndarray, rows: np.ndarray,
+                 cols: np.ndarray, row_inv: np.ndarray, col_inv: np.ndarray) -> torch.Tensor:
+    """A copy of ``csr`` (structure shared) whose entries at ``drop`` are 0 and whose live entries
+    at ``touched`` (in rows ``rows``, columns ``cols``) are recomputed as row_inv[r]·col_inv[c]."""
     vals = csr.values().numpy().copy()
-    pos, entry = csr_row_entries(csr, torch.from_numpy(rows))
-    pos, entry = pos.numpy(), entry.numpy()
-    e_rows = np.concatenate([entry, _locate(csr, rows_of_cols, touched_cols)])
-    r = np.concatenate([rows[pos], rows_of_cols])
-    c = np.concatenate([csr.col_indices().numpy()[entry], touched_cols])
-    fresh = (row_inv[r] * col_inv[c]).astype(np.float32)
-    vals[e_rows] = np.where(vals[e_rows] != 0, fresh, np.float32(0.0))
+    fresh = (row_inv[rows] * col_inv[cols]).astype(np.float32)
+    vals[touched] = np.where(vals[touched] != 0, fresh, np.float32(0.0))
     vals[drop] = 0.0
     return torch.sparse_csr_tensor(csr.crow_indices(), csr.col_indices(), torch.from_numpy(vals),
                                    size=csr.shape, check_invariants=False)
@@ -283,22 +282,18 @@ def delete_edges(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray) ->
     inv_u, inv_i = _inv_sqrt(du), _inv_sqrt(di)
     aff_u = np.unique(dropped_users)
     aff_i = np.flatnonzero(lost > 0)  # global: an item may lose edges on another shard only
-    # the entries of the affected items' columns in R̂ (rows of R̂ᵀ), and of the users' in R̂ᵀ
-    pos_t, ent_t = csr_row_entries(norm_t, torch.from_numpy(aff_i))
-    col_users = norm_t.col_indices().numpy()[ent_t.numpy()]
-    col_items = aff_i[pos_t.numpy()]
-    pos_u, ent_u = csr_row_entries(norm, torch.from_numpy(aff_u))  # (R̂ᵀ's columns of the users)
-    row_items = norm.col_indices().numpy()[ent_u.numpy()]
-    row_users = aff_u[pos_u.numpy()]
-    new_norm = _renormalise(norm, drop, aff_u, inv_u, inv_i, col_items, col_users)
-    new_norm_t = _renormalise(norm_t, drop_t, aff_i, inv_i, inv_u, row_users, row_items)
-    out = BipartiteGraph(
-        n_users=graph.n_users,
-        n_items=n_items,
-        user_offset=lo,
-        n_local_users=n_local,
-        norm=new_norm,
-        norm_t=new_norm_t,
+    # entries whose normalisation changed: the affected users' rows and items' columns. Each is
+    # read as a row of one matrix; its entries in the other are found by bisection.
+    ent_u, row_users, row_items = _row_entries(norm, aff_u)
+    ent_t, col_items, col_users = _row_entries(norm_t, aff_i)
+    users_all = np.concatenate([row_users, col_users])
+    items_all = np.concatenate([row_items, col_items])
+    touched = np.concatenate([ent_u, _locate(norm, col_users, col_items)])
+    touched_t = np.concatenate([_locate(norm_t, row_items, row_users), ent_t])
+    out = dataclasses.replace(
+        graph,
+        norm=_renormalise(norm, drop, touched, users_all, items_all, inv_u, inv_i),
+        norm_t=_renormalise(norm_t, drop_t, touched_t, items_all, users_all, inv_i, inv_u),
         user_degree=torch.from_numpy(du.astype(np.float32)),
         item_degree=torch.from_numpy(di.astype(np.float32)),
         n_zero_entries=graph.n_zero_entries + len(drop),

@@ -2,9 +2,12 @@ r"""Layered neighbourhood blocks: propagate into a few target nodes only (deleti
 
 A step of an unlearning update needs the final embeddings of the users and items of its
 batches (a forget batch and a retain batch: a few thousand nodes), not of the whole graph.
-With ``L`` propagation layers those depend only on the ``L``-hop neighbourhood of the batch
-(:mod:`tru_dist.graph.local` proves it for LightGCN). This module builds that neighbourhood
-as *layered blocks*, the message-flow graphs of DGL and of PyG's ``NeighborLoader``:
+With ``L`` propagation layers those depend only on the ``L``-hop neighbourhood of the batch:
+unrolling LightGCN, ``e_v^{(l)} = Σ_w (Â^l)_{vw} e_w^{(0)}`` sums over walks of length ``l ≤ L``
+from ``v``, and such a walk never leaves the ``L``-ball of ``v``; the edge weights it uses are
+the full graph's ``1/\sqrt{d_u d_i}`` (a boundary node has lost edges to the outside, so its
+subgraph degree would be wrong). This module builds that neighbourhood as *layered blocks*, the
+message-flow graphs of DGL and of PyG's ``NeighborLoader``:
 
 .. math::
 

@@ -427,13 +427,7 @@ class _Loop:
         order = torch.argsort(keys)
         self.q_keys, self.tau_vals = keys[order], tau[order].to(items.dtype)
         s = (users[lu] * items[li]).sum(-1)
-        g = gate_fn.persistence(s, tau, gate.temperature)
-        total, count = gate_fn.item_persistence(li, g, self.data.n_items)
-        collectives.sum_stats(total)
-        collectives.sum_stats(count)
-        decision = gate_fn.decide_gate(total, count, gate.epsilon)
-        self.p_items = decision.p_items.to(self.device)
-        fused = gate_fn.fuse(g.double(), self.p_items[li], gate.beta)
+        decision, fused = self._decide(s, tau, li)
         extra = torch.tensor([float(fused.sum()), float(pct.sum()), float(q.sum()), float(len(lu))],
                              dtype=torch.float64)
         collectives.sum_stats(extra)
@@ -489,6 +483,18 @@ class _Loop:
         self.stats["best_gap"] = {"gap": min(last, self.best["gap"]), "restored": restored, "epoch": epoch}
         self.best.pop("state")
 
+    def _decide(self, s: torch.Tensor, t: torch.Tensor, li: torch.Tensor):
+        """The part both gate passes share: pair persistence g = σ((s − t)/T), item persistence P_i
+        summed over shards, the gate decision (stored P_i) and the fused G per pair."""
+        gate = self.spec.gate
+        g = gate_fn.persistence(s, t, gate.temperature)
+        total, count = gate_fn.item_persistence(li, g, self.data.n_items)
+        collectives.sum_stats(total)
+        collectives.sum_stats(count)
+        decision = gate_fn.decide_gate(total, count, gate.epsilon)
+        self.p_items = decision.p_items.to(self.device)
+        return decision, gate_fn.fuse(g.double(), self.p_items[li], gate.beta)
+
     @torch.no_grad()
     def gate_pass(self, epoch: int) -> bool:
         if self.target_mode == "calibrated":
@@ -498,13 +504,7 @@ class _Loop:
         users = self.gate_users(emb.user)
         t = gate_fn.kth_thresholds(users, emb.item, self.exclude, lu, gate.top_k)
         s = (users[lu] * emb.item[li]).sum(-1)
-        g = gate_fn.persistence(s, t, gate.temperature)
-        total, count = gate_fn.item_persistence(li, g, self.data.n_items)
-        collectives.sum_stats(total)
-        collectives.sum_stats(count)
-        decision = gate_fn.decide_gate(total, count, gate.epsilon)
-        self.p_items = decision.p_items.to(self.device)
-        fused = gate_fn.fuse(g.double(), self.p_items[li], gate.beta)
+        decision, fused = self._decide(s, t, li)
         extra = torch.tensor([float(fused.sum()), float((s >= t).sum()), float(len(lu))], dtype=torch.float64)
         collectives.sum_stats(extra)
         n = max(float(extra[2]), 1.0)
