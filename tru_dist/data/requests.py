@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tru_dist.data.dataset import TRAIN, RecDataset
+from tru_dist.data.dataset import TRAIN, PendingDataset, RecDataset
 from tru_dist.data.schema import REQUEST_COLUMNS, REQUESTS_SCHEMA, X_LABEL_NAMES
 from tru_dist.errors import RequestError
 from tru_dist.io_utils import atomic_write
@@ -146,8 +146,10 @@ def write_requests(df: pd.DataFrame, path: str | Path) -> Path:
     raise RequestError(f"request file {path} must end in .parquet or .csv")
 
 
-def resolve_requests(data: RecDataset, df: pd.DataFrame, regime: str = "custom") -> ForgetSet:
-    """Map a request table onto ``data``'s interaction rows.
+def resolve_requests(data: RecDataset | PendingDataset, df: pd.DataFrame,
+                     regime: str = "custom") -> ForgetSet:
+    """Map a request table onto ``data``'s interaction rows (a pending dataset — the state after
+    earlier deletions — is read without being copied out).
 
     A request with an item deletes that (user, item) row; one without deletes all the
     user's rows. Errors (one line, naming request ids): unknown user/item id, a pair that
@@ -178,13 +180,12 @@ def resolve_requests(data: RecDataset, df: pd.DataFrame, regime: str = "custom")
             f" (valid: 0..{data.n_items - 1}); fix or drop those requests"
         )
 
-    # Rows covered by each request: explicit pairs via a sorted key lookup among the rows of the
-    # users they name (one gather over the table, no sort of every key), users via a mask.
+    # Rows covered by each request, found through the rows of the users they name (the data's
+    # user index): O(those users' rows), no pass over the table.
     pair_req = np.flatnonzero(has_item)
-    marked = np.zeros(data.n_users, dtype=bool)
-    marked[users[pair_req]] = True
-    candidates = np.flatnonzero(marked[data.users]) if len(pair_req) else np.zeros(0, dtype=np.int64)
-    keys = data.pair_keys(data.users[candidates], data.items[candidates])
+    candidates = data.rows_of_users(users[pair_req]) if len(pair_req) else np.zeros(0, dtype=np.int64)
+    cand_users, cand_items, _ = data.take(candidates)
+    keys = data.pair_keys(cand_users, cand_items)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     want = data.pair_keys(users[pair_req], items[pair_req])
@@ -200,16 +201,17 @@ def resolve_requests(data: RecDataset, df: pd.DataFrame, regime: str = "custom")
     row_of_pair = candidates[order[pos]].astype(np.int64)
 
     user_req = np.flatnonzero(~has_item)
-    req_of_user = np.full(data.n_users, -1, dtype=np.int64)
     twice = pd.Series(users[user_req]).duplicated(keep=False).to_numpy()
     if twice.any():
         raise RequestError(
             f"requests {_first_few(rid[user_req[twice]])} each delete all interactions of the same user;"
             " keep one request per pair"
         )
-    req_of_user[users[user_req]] = user_req
-    user_rows = np.flatnonzero(req_of_user[data.users] >= 0)
-    user_rows_req = req_of_user[data.users[user_rows]]
+    by_user = np.argsort(users[user_req], kind="stable")
+    named = users[user_req][by_user]
+    user_rows = data.rows_of_users(named) if len(user_req) else np.zeros(0, dtype=np.int64)
+    row_users = data.take(user_rows)[0]
+    user_rows_req = user_req[by_user[np.searchsorted(named, row_users)]] if len(user_rows) else user_rows
     empty = np.setdiff1d(user_req, user_rows_req)
     if len(empty):
         raise RequestError(
@@ -224,19 +226,20 @@ def resolve_requests(data: RecDataset, df: pd.DataFrame, regime: str = "custom")
         r = rows[dup_rows]
         first = r[0]
         involved = owners[dup_rows][r == first]
+        fu, fi, _ = data.take(np.array([first]))
         raise RequestError(
-            f"requests {_first_few(rid[np.sort(involved)])} all delete (user {data.users[first]},"
-            f" item {data.items[first]}) ({len(np.unique(r))} overlapping pairs); keep one request per pair"
+            f"requests {_first_few(rid[np.sort(involved)])} all delete (user {fu[0]},"
+            f" item {fi[0]}) ({len(np.unique(r))} overlapping pairs); keep one request per pair"
         )
 
     rows = np.sort(rows)
-    f_users, f_items, f_labels = data.users[rows], data.items[rows], data.labels[rows]
-    train = data.labels == TRAIN
-    left = np.bincount(data.users[train], minlength=data.n_users) - np.bincount(
-        f_users[f_labels == TRAIN], minlength=data.n_users
-    )
+    f_users, f_items, f_labels = data.take(rows)
+    # users left with no train row: count the touched users' train rows, minus the deleted ones
     touched = np.unique(f_users)
-    removed = touched[left[touched] == 0]
+    t_users, _, t_labels = data.take(data.rows_of_users(touched))
+    n_train = np.bincount(np.searchsorted(touched, t_users[t_labels == TRAIN]), minlength=len(touched))
+    n_gone = np.bincount(np.searchsorted(touched, f_users[f_labels == TRAIN]), minlength=len(touched))
+    removed = touched[n_train - n_gone == 0]
     return ForgetSet(
         users=f_users.astype(np.int64),
         items=f_items.astype(np.int64),
