@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from tru_dist.data.dataset import RecDataset
-from tru_dist.graph.adjacency import BipartiteGraph, build_bipartite, delete_edges
+from tru_dist.graph.adjacency import (
+    BipartiteGraph,
+    GraphBefore,
+    build_bipartite,
+    delete_edges,
+    delete_edges_in_place,
+)
 from tru_dist.graph.knn import knn_graph
 from tru_dist.graph.partition import PartitionBook
 
@@ -71,6 +77,29 @@ class RecGraph:
         """The graph after deleting (global user, item) edges; kNN and features unchanged
         (they depend on item features only, which a user/interaction deletion keeps)."""
         return RecGraph(delete_edges(self.ui, users, items), self.book, self.rank, self.knn, self.features)
+
+    def without_edges_in_place(self, users: np.ndarray, items: np.ndarray) -> tuple[RecGraph, PendingGraph]:
+        """:meth:`without_edges` writing over this graph's adjacency arrays
+        (:func:`~tru_dist.graph.adjacency.delete_edges_in_place`: this graph is given up) and
+        the graph before, restorable on demand."""
+        ui, before = delete_edges_in_place(self.ui, users, items)
+        return (RecGraph(ui, self.book, self.rank, self.knn, self.features),
+                PendingGraph(before, self.book, self.rank, self.knn, self.features))
+
+
+@dataclass
+class PendingGraph:
+    """A :class:`RecGraph` whose adjacency an in-place deletion overwrote; :meth:`restore` makes
+    it again (one copy of the value arrays) while no later in-place deletion has run."""
+
+    before: GraphBefore
+    book: PartitionBook
+    rank: int
+    knn: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    features: dict[str, torch.Tensor]
+
+    def restore(self) -> RecGraph:
+        return RecGraph(self.before.restore(), self.book, self.rank, self.knn, self.features)
 
 
 def build_rec_graph(
