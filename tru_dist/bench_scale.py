@@ -23,7 +23,20 @@ One call, in this order (every stage timed, the process's peak RSS read at the e
    (``--method``, default TRU with its packaged defaults and ``unlearn.propagation: local``)
    — ``unlearn_seconds`` is the end-to-end time a user waits for (the fair benchmark's
    ``seconds``: deletion step + method), with the method's steps and the forget-pair metrics
-   before and after.
+   before and after. The deletion is built ``in_place`` — as a service answering a stream of
+   requests would: the graph's arrays are overwritten, not copied, and a method that takes no
+   step resets the deleted users' rows in the served model itself — and D_r's interaction table
+   is left pending (:class:`~tru_dist.data.dataset.PendingDataset`) until the forget metrics
+   read it; copying it out is reported as ``deferred_seconds.data_after``, outside
+   ``unlearn_seconds`` because serving the unlearned model does not need it. The user → rows
+   index the requests are resolved with and the split counts are built once per loaded dataset
+   (``index_seconds``, also outside).
+5. *A stream*: ``--stream-requests`` R further users (default 20), one single-user request
+   each, applied one after another in place from the state the previous one left
+   (:func:`stream_requests`): ``stream.unlearn_seconds`` {p50, p95, max} per request (deletion
+   step + method) and ``stream.resolve_seconds``. One request's time varies with the degrees of
+   the deleted user's items (every entry of their columns is renormalised), so the stream's
+   median, not one draw, is what "cost follows the deletion" compares between graphs.
 
 ``rss_gb_after`` is the resident memory after each stage (data, graph and model, training,
 unlearning, the forget metrics), to set against the planner's breakdown. ``planner_peak_gb``
@@ -37,6 +50,7 @@ planner's figures rather than report a number it did not measure.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -111,13 +125,41 @@ def _endless(sampler: BPRSampler, batch_size: int):
         yield from sampler.epoch(batch_size)
 
 
-def pick_users(data: RecDataset, n: int, seed: int) -> np.ndarray:
-    """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted)."""
+def pick_users(data: RecDataset, n: int, seed: int, then: int = 0) -> np.ndarray:
+    """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted); with
+    ``then`` > 0, (those, ``then`` further distinct users in the order drawn)."""
     train_users = np.unique(data.users[data.labels == TRAIN])
-    if n < 1 or n > len(train_users):
-        raise ConfigError(f"--delete-users must lie in 1..{len(train_users)} (users with a train pair), "
-                          f"got {n}")
-    return np.sort(np.random.default_rng([seed, 31]).choice(train_users, size=n, replace=False))
+    if n < 1 or n + then > len(train_users):
+        raise ConfigError(f"--delete-users + --stream-requests must lie in 1..{len(train_users)} (users with "
+                          f"a train pair), got {n} + {then}")
+    drawn = np.random.default_rng([seed, 31]).choice(train_users, size=n + then, replace=False)
+    return (np.sort(drawn[:n]), drawn[n:]) if then else np.sort(drawn)
+
+
+def stream_requests(model, data, graph, users: np.ndarray, method: str, cfg) -> dict[str, Any]:
+    """One single-user request per user, one after another, each resolved against and applied
+    in place to the state the previous one left (:func:`build_deletion` ``in_place``): the
+    per-request latency a deletion service answers with. Returns the latencies (resolve,
+    deletion step + method) and the steps taken."""
+    fn = get_method(method)
+    resolve, unlearn, steps = [], [], []
+    for u in users:
+        t0 = time.perf_counter()
+        table = user_request_table(np.array([u]), "bench scale stream")
+        forget = resolve_requests(data, table, regime="users")
+        resolve.append(time.perf_counter() - t0)
+        deletion = build_deletion(data, graph, forget, in_place=True)
+        result = fn.unlearn(model, deletion, cfg)
+        unlearn.append(float(result.seconds))
+        steps.append(int(result.stats.get("steps") or 0))
+        model, data, graph = result.model, deletion.after_state, deletion.graph_after
+
+    def summary(xs: list[float]) -> dict[str, float]:
+        a = np.asarray(xs)
+        return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+
+    return {"requests": len(users), "unlearn_seconds": summary(unlearn), "resolve_seconds": summary(resolve),
+            "steps": int(sum(steps))}
 
 
 def planner_figures(data: RecDataset, cfg, workers: int, local_nodes: int | None) -> dict[str, float]:
@@ -151,6 +193,7 @@ def bench_scale(
     data: str | None = None,
     synthetic_features: str | None = None,
     delete_users: int = 1000,
+    stream: int = 20,
     model: str = "mgcn",
     workers: int = 1,
     method: str = "tru",
@@ -185,7 +228,12 @@ def bench_scale(
         dataset = with_synthetic_features(load_for_bench(data), synthetic_features, seed=seed)
         info = {"path": str(data), "load_seconds": time.perf_counter() - t0}
     report["data"] = {**info, **dataset.summary()}
-    chosen = pick_users(dataset, delete_users, seed)  # a bad --delete-users fails before any work
+    t0 = time.perf_counter()
+    _ = dataset.user_row_index, dataset.split_counts  # once per loaded dataset (O(N)); then O(rows asked)
+    report["index_seconds"] = time.perf_counter() - t0
+    # a bad --delete-users fails before any work
+    chosen, streamed = pick_users(dataset, delete_users, seed, then=stream) if stream else \
+        (pick_users(dataset, delete_users, seed), None)
     stages = report["rss_gb_after"] = {"data": rss_gb()}
     log(f"bench scale: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.users)} interactions")
 
@@ -233,7 +281,8 @@ def bench_scale(
     forget = resolve_requests(dataset, user_request_table(chosen, "bench scale"), regime="users")
     resolve_seconds = time.perf_counter() - t0
     net.eval()
-    deletion = build_deletion(dataset, graph, forget)
+    original = copy.deepcopy(net)  # for the "before" metrics: the in-place deletion may reset net itself
+    deletion = build_deletion(dataset, graph, forget, in_place=True)
     result = get_method(method).unlearn(net, deletion, cfg)
     report["unlearn_seconds"] = result.seconds
     stages["unlearning"] = rss_gb()
@@ -247,10 +296,17 @@ def bench_scale(
         "converged_epoch": stats.get("converged_epoch"),
     }
     with torch.no_grad():
-        before = forget_metrics(net, deletion.graph_after, deletion.data_after, forget, ks=(20,))
+        before = forget_metrics(original, deletion.graph_after, deletion.data_after, forget, ks=(20,))
         after = forget_metrics(result.model, deletion.graph_after, deletion.data_after, forget, ks=(20,))
     report["forget"] = {"before": before, "after": after}
+    report["deferred_seconds"] = {"data_after": getattr(deletion.after_state, "materialise_seconds", 0.0)}
     stages["forget_metrics"] = rss_gb()
+    del original
+    if streamed is not None:
+        log(f"bench scale: {len(streamed)} single-user requests, one after another")
+        report["stream"] = stream_requests(result.model, deletion.after_state, deletion.graph_after, streamed,
+                                           method, cfg)
+        stages["stream"] = rss_gb()
     report["peak_rss_gb"] = peak_rss_mb() / 1024
     report["total_seconds"] = time.perf_counter() - t_start
     if out_json is not None:

@@ -380,7 +380,8 @@ def cmd_bench(args, overrides) -> int:
 
         result = bench_scale(users=args.users, items=args.items, interactions=args.interactions,
                              modalities=parse_modalities(args.modalities), data=args.data,
-                             synthetic_features=feats, delete_users=args.delete_users, model=args.model,
+                             synthetic_features=feats, delete_users=args.delete_users,
+                             stream=args.stream_requests, model=args.model,
                              workers=args.workers, method=args.method, fanout=args.fanout,
                              train_steps=args.train_steps, retrain_epochs=args.retrain_epochs, seed=args.seed,
                              work_dir=args.work_dir, out_json=args.out, overrides=overrides)
@@ -587,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--synthetic-features", default=None,
                     help="features added to --data, e.g. image:4096,text:384")
     sc.add_argument("--delete-users", type=_int_at_least(1), default=1000)
+    sc.add_argument("--stream-requests", type=_int_at_least(0), default=20,
+                    help="single-user requests applied one after another afterwards (0 = none)")
     sc.add_argument("--model", default="mgcn")
     sc.add_argument("--workers", type=_int_at_least(1), default=1)
     sc.add_argument("--method", default="tru")

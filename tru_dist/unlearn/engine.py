@@ -91,7 +91,7 @@ class _Loop:
     def __init__(self, original: Backbone, model: Backbone, deletion: Deletion, cfg: Config,
                  spec: UpdateSpec):
         self.original, self.model, self.deletion, self.cfg, self.spec = original, model, deletion, cfg, spec
-        self.graph, self.data, self.forget = deletion.graph_after, deletion.data_after, deletion.forget
+        self.graph, self.forget = deletion.graph_after, deletion.forget
         forget, graph = self.forget, self.graph
         self.uc = cfg.unlearn
         self.device = graph.ui.norm.device
@@ -127,6 +127,12 @@ class _Loop:
             self.stats["propagation_note"] = self.propagation_note
 
     # -- helpers -------------------------------------------------------------------------
+    @property
+    def data(self):
+        """D_r, copied out of the deletion step on first use (a run that takes no step never
+        reads it)."""
+        return self.deletion.data_after
+
     @functools.cached_property
     def orig_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """D_before's train pairs (users, items), read on first use: a run that takes no step
@@ -589,8 +595,7 @@ class _Loop:
         """
         spec, uc = self.spec, self.uc
         torch_seed(uc.seed)
-        if (self.target_mode == "calibrated" and len(self.fu) and (self.data.labels == VALID).any()
-                and bool(np.isin(self.fu, self.deletion.reset_users).all())):
+        if on_target(self.deletion, self.spec):
             # every deleted pair belongs to a deleted user, whose served row is already the fresh
             # one Retrain would serve: the calibrated target is the pair's own rank (q = p), so the
             # gate's first pass would find a zero gap. Skip it — and the snapshot, the full forward
@@ -663,6 +668,15 @@ class _Loop:
                                      "conflict_steps": sc["conflict_steps"], "steps": sc["steps"]}
 
 
+def on_target(deletion: Deletion, spec: UpdateSpec) -> bool:
+    """Whether the calibrated gate would find every deleted pair on target before any step: every
+    deleted train pair belongs to a deleted (reset) user and D_r keeps VALID pairs (else the
+    gate falls back to top-K). Decided from the forget set and split counts alone."""
+    fu = deletion.forget.train_users
+    return bool(spec.gate is not None and spec.gate.target == "calibrated" and len(fu)
+                and deletion.has_valid_after() and np.isin(fu, deletion.reset_users).all())
+
+
 def run_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSpec
                ) -> tuple[Backbone, dict[str, Any]]:
     """Run the reverse-update loop from the deletion step's start; return (model, stats)."""
@@ -679,7 +693,7 @@ def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSp
     gate the model left after the last yield may be an earlier epoch's (the state of the
     smallest calibration gap, put back when later epochs overshot — ``stats["best_gap"]``);
     that is what ``run_update`` returns."""
-    work = start_model(model, deletion, cfg.unlearn.seed)
+    work = start_model(model, deletion, cfg.unlearn.seed, reuse=on_target(deletion, spec))
     loop = _Loop(model, work, deletion, cfg, spec)
     ran = False
     for epoch in loop.iterate():

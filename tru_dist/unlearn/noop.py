@@ -14,5 +14,5 @@ from tru_dist.unlearn.deletion import start_model
 
 def unlearn(model, deletion, cfg) -> UnlearnResult:
     with Stopwatch() as sw:
-        out = start_model(model, deletion, cfg.unlearn.seed)
+        out = start_model(model, deletion, cfg.unlearn.seed, reuse=True)  # never steps
     return UnlearnResult(out, {"reset_users": int(len(deletion.reset_users)), "steps": 0}, sw.seconds)
