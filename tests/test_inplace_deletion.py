@@ -94,6 +94,7 @@ def _graph(seed=0, n_u=40, n_i=30, n=300):
 
 
 def _same(a, b) -> None:
+    """Bit-for-bit the same stored graph (values, degrees, deferred item scale)."""
     for name in ("norm", "norm_t"):
         x, y = getattr(a, name), getattr(b, name)
         assert torch.equal(x.crow_indices(), y.crow_indices())
@@ -101,6 +102,23 @@ def _same(a, b) -> None:
         assert torch.equal(x.values(), y.values()), name
     assert torch.equal(a.user_degree, b.user_degree) and torch.equal(a.item_degree, b.item_degree)
     assert a.n_zero_entries == b.n_zero_entries
+    for name in ("item_scale", "stored_item_degree"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None) and (x is None or torch.equal(x, y)), name
+
+
+def _equivalent(a, b) -> None:
+    """The same matrix R̂ (to float32 rounding of the deferred item scale), degrees and edges."""
+    assert torch.equal(a.user_degree, b.user_degree) and torch.equal(a.item_degree, b.item_degree)
+    assert a.n_edges == b.n_edges
+    torch.testing.assert_close(a.dense(), b.dense(), rtol=2e-7, atol=0)
+    torch.testing.assert_close(a.dense().T, a.norm_t.to_dense() * (1 if a.item_scale is None
+                                                                  else a.item_scale[:, None]),
+                               rtol=0, atol=0)
+    x = torch.randn(a.n_items, 3, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(a.n_local_users, 3, dtype=torch.float32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a.users_from_items(x), b.users_from_items(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.items_from_users(y), b.items_from_users(y), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [6, 140])  # 140 of ~290 edges: past the compaction share
@@ -112,20 +130,55 @@ def test_in_place_deletion_equals_the_copying_one_and_restores_the_graph_before(
     pristine = build_bipartite(n_u, n_i, u, i)
     expect = delete_edges(g, u[drop], i[drop])
     _same(g, pristine)  # the copying path leaves its input alone
+    _equivalent(expect, build_bipartite(n_u, n_i, np.delete(u, drop), np.delete(i, drop)))
     after, before = delete_edges_in_place(g, u[drop], i[drop])
-    _same(after, expect)  # bit for bit
+    _equivalent(after, expect)
     if size == 6:  # no compaction: the very arrays of the input were overwritten
         assert after.norm.values().data_ptr() == g.norm.values().data_ptr()
         assert not torch.equal(g.norm.values(), pristine.norm.values())
+        assert after.item_scale is not None and (after.item_scale != 1).any()
+    else:  # compaction rebuilt the graph exactly: no deferred scale left
+        assert after.item_scale is None
+        _same(after, expect)
     _same(before.restore(), pristine)
     # a second in-place deletion on the same arrays makes the first before-state stale
     rest = np.setdiff1d(np.arange(len(u)), drop)[:3]
+    after_values = {k: getattr(after, k).values().clone() for k in ("norm", "norm_t")}
+    after_scale = None if after.item_scale is None else after.item_scale.clone()
     after2, before2 = delete_edges_in_place(after, u[rest], i[rest])
-    _same(after2, delete_edges(expect, u[rest], i[rest]))
-    _same(before2.restore(), expect)
+    _equivalent(after2, delete_edges(expect, u[rest], i[rest]))
+    restored = before2.restore()
+    _equivalent(restored, expect)
+    for k in ("norm", "norm_t"):
+        assert torch.equal(getattr(restored, k).values(), after_values[k])
+    assert (after_scale is None) == (restored.item_scale is None)
+    assert after_scale is None or torch.equal(restored.item_scale, after_scale)
+    # the copying path on a graph with a deferred scale writes the affected columns exactly
+    _equivalent(delete_edges(after2, u[drop[:0]], i[drop[:0]]), after2)
+    more = np.setdiff1d(np.arange(len(u)), np.concatenate([drop, rest]))[:4]
+    _equivalent(delete_edges(after2, u[more], i[more]),
+                build_bipartite(n_u, n_i, np.delete(u, np.concatenate([drop, rest, more])),
+                                np.delete(i, np.concatenate([drop, rest, more]))))
     if size == 6:
         with pytest.raises(StaleGraphError, match="later in-place deletion"):
             before.restore()
+
+
+def test_in_place_deletion_writes_only_the_deleted_users_rows():
+    """The deferred item scale is what makes the cost follow the deletion: deleting one user in
+    place overwrites only entries of that user's row (and their mirror in R̂ᵀ), never the
+    other entries of its items' columns — which the copying path rewrites."""
+    n_u, n_i, u, i = _graph(seed=3, n=600)
+    user = int(np.bincount(u).argmax())
+    mine = u == user
+    g = build_bipartite(n_u, n_i, u, i)
+    col_entries = int(sum((i == it).sum() for it in i[mine]))
+    after, before = delete_edges_in_place(g, u[mine], i[mine])
+    written = np.unique(np.concatenate([x.positions for x in before.undo[:1]]))
+    crow = g.norm.crow_indices().numpy()
+    assert set(written) <= set(range(crow[user], crow[user + 1]))
+    assert len(np.unique(before.undo[1].positions)) == mine.sum() < col_entries
+    _equivalent(after, build_bipartite(n_u, n_i, u[~mine], i[~mine]))
 
 
 def _cfg() -> Config:
@@ -153,6 +206,12 @@ def _params_equal(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in pairs)
 
 
+def _params_close(a, b) -> bool:
+    """Equal up to the float32 rounding the deferred item scale introduces (1e-5 relative)."""
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in pairs)
+
+
 @pytest.mark.parametrize("method", ["tru", "noop", "reverse_bpr"])
 def test_an_in_place_deletion_gives_what_the_copying_one_gives(tiny_data, fitted, method):
     """Whole-user deletion through a method: the same parameters, D_r, graph after and graph
@@ -167,7 +226,7 @@ def test_an_in_place_deletion_gives_what_the_copying_one_gives(tiny_data, fitted
     fresh_graph = build_rec_graph(tiny_data, with_knn=False)
     deletion = build_deletion(tiny_data, fresh_graph, forget, in_place=True)
     out = get_method(method).unlearn(model, deletion, cfg)
-    assert _params_equal(out.model, ref.model)
+    assert _params_close(out.model, ref.model)
     assert out.stats["steps"] == ref.stats["steps"]
     assert not _params_equal(out.model, trained)  # something was forgotten (rows reset at least)
     if method == "reverse_bpr":
@@ -176,7 +235,7 @@ def test_an_in_place_deletion_gives_what_the_copying_one_gives(tiny_data, fitted
         assert out.stats["steps"] == 0 and out.model is model  # reset in place, no copy
     for name in ("users", "items", "labels"):
         np.testing.assert_array_equal(getattr(deletion.data_after, name), getattr(ref_del.data_after, name))
-    _same(deletion.graph_after.ui, ref_del.graph_after.ui)
+    _equivalent(deletion.graph_after.ui, ref_del.graph_after.ui)
     _same(deletion.graph_before.ui, graph.ui)
 
 
@@ -207,8 +266,34 @@ def test_a_stream_of_in_place_requests_equals_the_ledgers_rebuilt_path(tiny_data
         model = method.unlearn(model, deletion, cfg).model
         data, g = deletion.after_state, deletion.graph_after
     assert isinstance(data, PendingDataset)
-    assert _params_equal(model, ref_model) and not _params_equal(model, trained)
-    _same(g.ui, ref_del.graph_after.ui)
+    assert _params_close(model, ref_model) and not _params_equal(model, trained)
+    _equivalent(g.ui, ref_del.graph_after.ui)
     for name in ("users", "items", "labels"):
         np.testing.assert_array_equal(getattr(data.materialised, name), getattr(ref_del.data_after, name))
     assert data.split_counts[VALID] == int((ref_del.data_after.labels == VALID).sum())
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "mgcn", "miggt"])
+def test_models_read_the_deferred_item_scale(name):
+    """Every backbone propagates the same R̂ whether the deletion renormalised the item columns
+    (copying path) or deferred them to the item scale (in place) — full propagation for all
+    three, and the deletion-local neighbourhood for the two that have one."""
+    from tru_dist.config import build_config
+    from tru_dist.data.synthetic import generate_synthetic
+
+    data = generate_synthetic(300, 200, modalities={"image": 16, "text": 8}, seed=1)
+    train = data.labels == TRAIN
+    users, items = data.users[train], data.items[train]
+    gone = np.isin(users, [3, 17, 41]) | (np.arange(len(users)) % 9 == 0)  # users and interactions
+    copied = build_rec_graph(data, knn_k=5).without_edges(users[gone], items[gone])
+    in_place, _ = build_rec_graph(data, knn_k=5).without_edges_in_place(users[gone], items[gone])
+    assert in_place.ui.item_scale is not None and copied.ui.item_scale is None
+    model = build_model(build_config(model=name).model, copied, seed=0).eval()  # no dropout
+    ref, got = model.embed(copied), model.embed(in_place)
+    torch.testing.assert_close(got.user, ref.user, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.item, ref.item, rtol=1e-5, atol=1e-6)
+    if model.local_embedding:
+        tu, ti = torch.tensor([5, 3, 100, 7]), torch.tensor([0, 199, 50, 3])
+        local = model.embed_targets(in_place, tu, ti)
+        torch.testing.assert_close(local.user[tu], ref.user[tu], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(local.item[ti], ref.item[ti], rtol=1e-5, atol=1e-6)

@@ -13,6 +13,19 @@ exact on every shard.
 The sparse product uses a custom autograd function whose backward is the transposed
 product with the stored transpose (measured faster than autograd through
 ``torch.sparse.mm`` on CSR; DESIGN §8).
+
+**Deferred item-column scale** (in-place deletions only). Deleting a user changes the degree
+``d_i`` of each of its items, and with it every entry of those items' columns — ``Σ_i d_i``
+entries (~50k for one user of a 20M-edge graph, against ~300 on Amazon Baby), so an exact
+rewrite costs with the graph, not the deletion. An in-place deletion instead keeps each stored
+entry at ``R̃_ui = 1/sqrt(d_u s_i)``, with ``s_i`` the degree its column was last written with,
+and records the per-item factor ``c_i = sqrt(s_i / d_i)`` (0 when ``d_i = 0``):
+
+    R̂ = R̃ · diag(c),   user' = R̃ · (c ⊙ item),   item' = c ⊙ (R̃ᵀ · user)
+
+which is exact (up to float32 rounding of one extra product) and costs O(the deleted user's
+degree) to maintain. Every reader of ``norm`` applies ``item_scale`` (``None`` = all ones, the
+state after building, copying deletions and compaction).
 """
 
 from __future__ import annotations
@@ -99,6 +112,10 @@ class BipartiteGraph:
             edge was deleted in place (:func:`delete_edges`) holds 0 until the next compaction.
         norm_t: CSR ``(n_items, n_local_users)``, the transpose.
         user_degree: local users' degrees; item_degree: global item degrees.
+        item_scale: ``c`` of the module docstring (float32, per item) when an in-place deletion
+            deferred its item columns' renormalisation, else ``None``: ``R̂ = norm · diag(c)``.
+        stored_item_degree: ``s``, the item degrees ``norm``'s columns were written with
+            (``None`` when they are ``item_degree``).
     """
 
     n_users: int
@@ -110,6 +127,8 @@ class BipartiteGraph:
     user_degree: torch.Tensor
     item_degree: torch.Tensor
     n_zero_entries: int = 0  # entries of deleted edges kept at 0 (:func:`delete_edges`)
+    item_scale: torch.Tensor | None = None
+    stored_item_degree: torch.Tensor | None = None
     #: bumped by every in-place deletion that writes over these arrays (shared by the graphs
     #: that share them), so a :class:`GraphBefore` can tell that it went stale
     version: list[int] = dataclasses.field(default_factory=lambda: [0])
@@ -135,21 +154,30 @@ class BipartiteGraph:
         return int(self.norm.values().numel()) - self.n_zero_entries
 
     def users_from_items(self, item_emb: torch.Tensor) -> torch.Tensor:
-        """``R̂_r · item_emb`` -> this shard's user rows."""
+        """``R̂_r · item_emb = R̃_r · (c ⊙ item_emb)`` -> this shard's user rows."""
+        if self.item_scale is not None:
+            item_emb = item_emb * self.item_scale.to(item_emb.dtype).unsqueeze(1)
         return spmm(self.norm, self.norm_t, item_emb)
 
     def items_from_users(self, user_emb: torch.Tensor) -> torch.Tensor:
-        """``Σ_r R̂_rᵀ · user_r`` -> every item row (one differentiable all-reduce)."""
-        return collectives.all_reduce_sum(spmm(self.norm_t, self.norm, user_emb))
+        """``Σ_r R̂_rᵀ · user_r = c ⊙ Σ_r R̃_rᵀ · user_r`` -> every item row (one
+        differentiable all-reduce)."""
+        out = collectives.all_reduce_sum(spmm(self.norm_t, self.norm, user_emb))
+        if self.item_scale is not None:
+            out = out * self.item_scale.to(out.dtype).unsqueeze(1)
+        return out
 
     def to(self, device: torch.device | str) -> BipartiteGraph:
         move = {k: getattr(self, k).to(device) for k in ("norm", "norm_t", "user_degree", "item_degree")}
+        extra = {k: None if getattr(self, k) is None else getattr(self, k).to(device)
+                 for k in ("item_scale", "stored_item_degree")}
         return BipartiteGraph(self.n_users, self.n_items, self.user_offset, self.n_local_users, **move,
-                              n_zero_entries=self.n_zero_entries, version=self.version)
+                              n_zero_entries=self.n_zero_entries, version=self.version, **extra)
 
     def dense(self) -> torch.Tensor:
         """This shard's R̂ as a dense float32 matrix (tests and small data only)."""
-        return self.norm.to_dense()
+        out = self.norm.to_dense()
+        return out if self.item_scale is None else out * self.item_scale.unsqueeze(0)
 
 
 def build_bipartite(
@@ -281,6 +309,7 @@ class GraphBefore:
     degree_undo: tuple[Undo, Undo]  # user_degree, item_degree
     n_zero_entries: int
     version: int
+    scale_undo: Undo | None = None  # item_scale, when the source had one
 
     def restore(self) -> BipartiteGraph:
         if self.source.version[0] != self.version:
@@ -296,11 +325,14 @@ class GraphBefore:
         mats = [torch.sparse_csr_tensor(csr.crow_indices(), csr.col_indices(), undone(csr.values(), undo),
                                         size=csr.shape, check_invariants=False)
                 for csr, undo in zip((self.source.norm, self.source.norm_t), self.undo, strict=True)]
+        src = self.source
+        scale = None if src.item_scale is None else undone(src.item_scale, self.scale_undo)
+        stored = None if src.stored_item_degree is None else src.stored_item_degree.clone()
         return dataclasses.replace(
-            self.source, norm=mats[0], norm_t=mats[1],
-            user_degree=undone(self.source.user_degree, self.degree_undo[0]),
-            item_degree=undone(self.source.item_degree, self.degree_undo[1]),
-            n_zero_entries=self.n_zero_entries, version=[0])
+            src, norm=mats[0], norm_t=mats[1],
+            user_degree=undone(src.user_degree, self.degree_undo[0]),
+            item_degree=undone(src.item_degree, self.degree_undo[1]),
+            n_zero_entries=self.n_zero_entries, version=[0], item_scale=scale, stored_item_degree=stored)
 
 
 #: in-place deletions keep zero entries until they are this share of the stored ones
@@ -331,6 +363,8 @@ def delete_edges(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray) ->
     of the stored ones the graph is rebuilt from its live edges. Item degrees are global: the
     per-item counts of deleted edges are summed over ranks. Pairs that are not (live) edges of
     this shard are ignored here (the request ledger reports unknown pairs before this point).
+    On a graph with a deferred item scale, the affected items' columns are written exactly and
+    their factor reset to 1.
     """
     return _delete(graph, users, items, in_place=False)[0]
 
@@ -338,10 +372,13 @@ def delete_edges(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray) ->
 def delete_edges_in_place(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray
                           ) -> tuple[BipartiteGraph, GraphBefore]:
     """:func:`delete_edges` writing over ``graph``'s value and degree arrays instead of copying
-    them: the caller gives ``graph`` up (its arrays now hold the after-state). Costs O(the
-    entries whose normalisation changed) at W = 1 — a deletion's cost follows the deletion, not
-    the graph. Returns the graph after and a :class:`GraphBefore` that restores the graph before
-    on demand (until the next in-place deletion on the same arrays)."""
+    them, and deferring the item columns' renormalisation to the item scale ``c`` (module
+    docstring): only the deleted entries and the rows of users that lost an edge are written,
+    so it costs O(the deleted users' degrees) at W = 1 — a deletion's cost follows the
+    deletion, not the graph. The matrix it represents equals :func:`delete_edges`' up to float32
+    rounding (tested). The caller gives ``graph`` up (its arrays now hold the after-state).
+    Returns the graph after and a :class:`GraphBefore` that restores the graph before on demand
+    (until the next in-place deletion on the same arrays)."""
     return _delete(graph, users, items, in_place=True)
 
 
@@ -368,14 +405,20 @@ def _delete(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray, in_plac
     user_degree, undo_du = _degrees_after(graph.user_degree, aff_u, lost_u, in_place)
     item_degree, undo_di = _degrees_after(graph.item_degree, aff_i, lost_i, in_place)
     du, di = user_degree.numpy(), item_degree.numpy()
+    scale, stored, scale_undo = _item_scale_after(graph, aff_i, undo_di.old, di, deferred=in_place)
+    col_degree = di if stored is None else stored.numpy()  # the s_i each column is written with
 
-    # entries whose normalisation changed: the affected users' rows and items' columns. Each is
-    # read as a row of one matrix; its entries in the other are found by bisection.
+    # entries whose normalisation changed: the affected users' rows (each read as a row of R̃,
+    # its entries in R̃ᵀ found by bisection) and — when not deferred — the affected items'
+    # columns (read as rows of R̃ᵀ, found in R̃ by bisection).
     ent_u, row_users, row_items = _row_entries(norm, aff_u)
-    ent_t, col_items, col_users = _row_entries(norm_t, aff_i)
+    if in_place:
+        ent_t = col_items = col_users = np.zeros(0, dtype=np.int64)
+    else:
+        ent_t, col_items, col_users = _row_entries(norm_t, aff_i)
     users_all = np.concatenate([row_users, col_users])
     items_all = np.concatenate([row_items, col_items])
-    fresh = (_inv_sqrt(du[users_all].astype(np.float64)) * _inv_sqrt(di[items_all].astype(np.float64))
+    fresh = (_inv_sqrt(du[users_all].astype(np.float64)) * _inv_sqrt(col_degree[items_all].astype(np.float64))
              ).astype(np.float32)
     touched = np.concatenate([ent_u, _locate(norm, col_users, col_items)])
     touched_t = np.concatenate([_locate(norm_t, row_items, row_users), ent_t])
@@ -384,13 +427,43 @@ def _delete(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray, in_plac
     if in_place:
         graph.version[0] += 1
     before = GraphBefore(graph, (undo, undo_t), (undo_du, undo_di), graph.n_zero_entries,
-                         graph.version[0])
+                         graph.version[0], scale_undo)
     out = dataclasses.replace(
         graph, norm=new_norm, norm_t=new_norm_t, user_degree=user_degree, item_degree=item_degree,
-        n_zero_entries=graph.n_zero_entries + len(drop), version=graph.version if in_place else [0])
+        n_zero_entries=graph.n_zero_entries + len(drop), version=graph.version if in_place else [0],
+        item_scale=scale, stored_item_degree=stored)
     if out.n_zero_entries > COMPACT_SHARE * max(1, int(norm.values().numel())):
         out = compact(out)
     return out, before
+
+
+def _item_scale_after(graph: BipartiteGraph, aff_i: np.ndarray, old_di: np.ndarray, di: np.ndarray,
+                      deferred: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, Undo | None]:
+    """``(item_scale, stored_item_degree, undo of item_scale)`` after items ``aff_i`` took the
+    degrees ``di[aff_i]`` (from ``old_di``).
+
+    Deferred (in place): ``c_i = sqrt(s_i / d_i)`` at the affected items, ``s`` unchanged
+    (created as the degrees before, ``c`` as ones, on the first deferred deletion: O(n_items)
+    once). Not deferred (a copy): the affected columns are rewritten with ``d_i``, so
+    ``s_i = d_i`` and ``c_i = 1`` there (copies of both arrays; ``None`` stays ``None``)."""
+    scale, stored = graph.item_scale, graph.stored_item_degree
+    undo = None if scale is None else Undo(aff_i, scale.numpy()[aff_i].copy())
+    if deferred:
+        if scale is None:
+            before = graph.item_degree.numpy().copy()
+            before[aff_i] = old_di  # item_degree may already hold the new degrees
+            scale, stored = torch.ones(graph.n_items, dtype=torch.float32), torch.from_numpy(before)
+        s = stored.numpy()[aff_i].astype(np.float64)
+        d = di[aff_i].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale.numpy()[aff_i] = np.where(d > 0, np.sqrt(s / d), 0.0).astype(np.float32)
+        return scale, stored, undo
+    if scale is None:
+        return None, None, None
+    scale, stored = scale.clone(), stored.clone()
+    scale.numpy()[aff_i] = 1.0
+    stored.numpy()[aff_i] = di[aff_i]
+    return scale, stored, undo
 
 
 def compact(graph: BipartiteGraph) -> BipartiteGraph:

@@ -129,6 +129,7 @@ def neighbourhood(
     *,
     fanout: int = 0,
     generator: torch.Generator | None = None,
+    item_scale: torch.Tensor | None = None,
 ) -> Neighbourhood:
     """The layered blocks of ``n_layers`` propagation steps into the targets (module docstring).
 
@@ -136,6 +137,8 @@ def neighbourhood(
         norm, norm_t: ``R̂`` (users × items) and its transpose as CSR (``BipartiteGraph.norm``).
         target_users, target_items: distinct ids (either may be empty); they are the first rows.
         fanout: at most this many neighbours per node and depth (0 = all: exact).
+        item_scale: the graph's deferred item-column factor ``c`` (``BipartiteGraph.item_scale``):
+            the blocks hold ``R̃ · diag(c)`` = ``R̂``; ``None`` when ``norm`` is ``R̂`` itself.
     """
     n_users, n_items = int(norm.shape[0]), int(norm.shape[1])
     tu = torch.as_tensor(target_users, dtype=torch.int64).reshape(-1).cpu()
@@ -148,6 +151,9 @@ def neighbourhood(
         cur_u, cur_i = depth_u[-1], depth_i[-1]
         pu, cu, vu = sample_rows(norm, cur_u.to(norm.device), fanout, generator)
         pi, ci, vi = sample_rows(norm_t, cur_i.to(norm_t.device), fanout, generator)
+        if item_scale is not None:  # user rows: scale by their column (item); item rows: by their row
+            vu = vu * item_scale.to(vu.device)[cu]
+            vi = vi * item_scale.to(vi.device)[cur_i.to(vi.device)[pi]]
         depth_i.append(items.extend(cu.cpu()).clone())
         depth_u.append(users.extend(ci.cpu()).clone())
         raw.append((pu, cu, vu, pi, ci, vi))

@@ -48,7 +48,7 @@ class LightGCN(Backbone):
         if collectives.is_distributed():
             return super().embed_targets(graph, users, items, fanout=fanout, generator=generator)
         hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, self.cfg.n_layers,
-                             fanout=fanout, generator=generator)
+                             fanout=fanout, generator=generator, item_scale=graph.ui.item_scale)
         u, i = light_blocks(self.user_emb, self.item_emb, hood)
         return Embeddings(Rows(u, hood.users[0]), Rows(i, hood.items[0]))
 

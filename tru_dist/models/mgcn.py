@@ -158,7 +158,7 @@ class MGCN(Backbone):
             return super().embed_targets(graph, users, items, fanout=fanout, generator=generator)
         layers = max(self.cfg.n_layers, 1)  # the side view needs the targets' 1-hop block
         hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, layers,
-                             fanout=fanout, generator=generator)
+                             fanout=fanout, generator=generator, item_scale=graph.ui.item_scale)
         if layers == self.cfg.n_layers:
             content_u, content_i = light_blocks(self.user_emb, self.item_emb, hood)
         else:  # n_layers = 0: the content view is the ID rows themselves

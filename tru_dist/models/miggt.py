@@ -102,6 +102,8 @@ class SelfLoopedGraph:
     def of(cls, graph, dtype: torch.dtype) -> SelfLoopedGraph:
         du, di = graph.ui.user_degree.to(dtype), graph.ui.item_degree.to(dtype)
         su, si = (du / (du + 1)).sqrt(), (di / (di + 1)).sqrt()
+        if graph.ui.item_scale is not None:  # R̂ = norm · diag(c) (adjacency: deferred item scale)
+            si = si * graph.ui.item_scale.to(dtype)
         ui = _rescaled_csr(graph.ui.norm.to(dtype), su, si)
         iu = _rescaled_csr(graph.ui.norm_t.to(dtype), si, su)
         return cls(ui, iu, (1.0 / (du + 1)).unsqueeze(1), (1.0 / (di + 1)).unsqueeze(1))
