@@ -390,10 +390,12 @@ def _delete(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray, in_plac
     mine = (u >= lo) & (u < lo + n_local)
     lu, li = u[mine] - lo, i[mine]
     norm, norm_t = graph.norm, graph.norm_t
-    drop = _entries_of(norm, lu, li)
-    drop_t = _entries_of(norm_t, li, lu)
+    drop = _entries_of(norm, lu, li)  # reads the users' rows only
     dropped_users = np.searchsorted(norm.crow_indices().numpy(), drop, side="right") - 1
     dropped_items = norm.col_indices().numpy()[drop]
+    # their mirror entries in R̃ᵀ, by bisection in the items' rows (not a read of those rows,
+    # which would cost the items' degrees)
+    drop_t = _locate(norm_t, dropped_items, dropped_users)
     aff_u, lost_u = np.unique(dropped_users, return_counts=True)
     if collectives.is_distributed():  # an item may lose edges on another shard only
         lost = torch.from_numpy(np.bincount(dropped_items, minlength=n_items).astype(np.float64))
