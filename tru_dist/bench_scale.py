@@ -34,9 +34,11 @@ One call, in this order (every stage timed, the process's peak RSS read at the e
 5. *A stream*: ``--stream-requests`` R further users (default 20), one single-user request
    each, applied one after another in place from the state the previous one left
    (:func:`stream_requests`): ``stream.unlearn_seconds`` {p50, p95, max} per request (deletion
-   step + method) and ``stream.resolve_seconds``. One request's time varies with the degrees of
-   the deleted user's items (every entry of their columns is renormalised), so the stream's
-   median, not one draw, is what "cost follows the deletion" compares between graphs.
+   step + method) and ``stream.resolve_seconds``. An in-place deletion writes only the deleted
+   user's row (its items' columns keep their stored values; the per-item scale of
+   :mod:`tru_dist.graph.adjacency` carries their new degrees), so one request costs with the
+   user's degree, not with its items' degrees or the graph; the stream's median and p95, not
+   one draw, are what "cost follows the deletion" compares between graphs.
 
 ``rss_gb_after`` is the resident memory after each stage (data, graph and model, training,
 unlearning, the forget metrics), to set against the planner's breakdown. ``planner_peak_gb``
