@@ -186,3 +186,18 @@ def test_users_held_out_for_any_membership_audit_or_on_request():
     assert needs_held_out_users(CompareSpec(audits=["mia"]))
     assert needs_held_out_users(CompareSpec(audits=["user_mia"]))
     assert needs_held_out_users(CompareSpec(audits=[], hold_out_users=True))  # shares the audited originals
+
+
+def test_warm_up_pays_the_first_optimizers_import_before_methods_are_timed():
+    """compare times every method alike only if the one-time import behind the first
+    torch.optim optimizer (torch._dynamo) happens before any of them: checked in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from tru_dist.timing import warm_up_process\n"
+            "assert 'torch._dynamo' not in sys.modules, 'already imported: the check would prove nothing'\n"
+            "warm_up_process()\n"
+            "assert 'torch._dynamo' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

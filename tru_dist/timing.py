@@ -30,3 +30,14 @@ class Stopwatch:
     def __exit__(self, *exc) -> None:
         synchronize()
         self.seconds = time.perf_counter() - self.start
+
+
+def warm_up_process() -> None:
+    """Pay this process's one-time costs before anything is timed side by side.
+
+    The first ``torch.optim`` optimizer built in a process imports ``torch._dynamo`` (its
+    methods are wrapped to disable compilation): ~1 s measured on this machine, every later one
+    ~0.1 ms. Without this, a comparison charges that second to whichever method happens to
+    build an optimizer first (reverse_bpr, after a cached Retrain) — not a cost of the method.
+    """
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
