@@ -243,8 +243,9 @@ class PendingDataset:
         return {lab: n - int(gone[lab]) for lab, n in self.base.split_counts.items()}
 
     def without_rows_at(self, rows: np.ndarray, meta: dict | None = None) -> PendingDataset:
-        """This dataset without further rows (positions into ``base``), again pending."""
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        """This dataset without further rows (positions into ``base``), again pending; rows
+        already dropped are not counted again in ``meta["deleted_interactions"]``."""
+        rows = np.setdiff1d(np.asarray(rows, dtype=np.int64), self.dropped)  # sorted, unique
         meta = dict(self.meta if meta is None else meta)
         meta["deleted_interactions"] = int(meta.get("deleted_interactions", 0)) + len(rows)
         return PendingDataset(self.base, np.union1d(self.dropped, rows), meta)

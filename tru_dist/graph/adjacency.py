@@ -160,12 +160,13 @@ class BipartiteGraph:
         return spmm(self.norm, self.norm_t, item_emb)
 
     def items_from_users(self, user_emb: torch.Tensor) -> torch.Tensor:
-        """``Σ_r R̂_rᵀ · user_r = c ⊙ Σ_r R̃_rᵀ · user_r`` -> every item row (one
-        differentiable all-reduce)."""
-        out = collectives.all_reduce_sum(spmm(self.norm_t, self.norm, user_emb))
+        """``Σ_r R̂_rᵀ · user_r = Σ_r c_r ⊙ (R̃_rᵀ · user_r)`` -> every item row (one
+        differentiable all-reduce). Each shard applies its own scale before the sum: shards
+        compact on their own, so one may hold exact values (no scale) while another defers."""
+        local = spmm(self.norm_t, self.norm, user_emb)
         if self.item_scale is not None:
-            out = out * self.item_scale.to(out.dtype).unsqueeze(1)
-        return out
+            local = local * self.item_scale.to(local.dtype).unsqueeze(1)
+        return collectives.all_reduce_sum(local)
 
     def to(self, device: torch.device | str) -> BipartiteGraph:
         move = {k: getattr(self, k).to(device) for k in ("norm", "norm_t", "user_degree", "item_degree")}
