@@ -325,3 +325,26 @@ def test_sharded_in_place_deletions_agree_when_only_one_shard_compacted():
 
     errors = spawn_local(_items_from_users_probe, 2)
     assert max(errors) < 1e-6, errors
+
+
+def test_a_graph_given_up_to_an_in_place_deletion_refuses_to_be_read():
+    """The caller's graph object after an in-place deletion holds neither the before- nor the
+    after-state (its arrays were overwritten, its scale not): reading it raises, the after-graph
+    (and its device copies) and the restored before-graph read fine — until the next deletion."""
+    n_u, n_i, u, i = _graph()
+    g = build_bipartite(n_u, n_i, u, i)
+    x = torch.ones(n_i, 2)
+    after, before = delete_edges_in_place(g, u[:5], i[:5])
+    with pytest.raises(StaleGraphError, match="given up"):
+        g.users_from_items(x)
+    with pytest.raises(StaleGraphError, match="given up"):
+        delete_edges(g, u[5:7], i[5:7])
+    moved = after.to("cpu")
+    torch.testing.assert_close(moved.users_from_items(x), after.users_from_items(x))
+    restored = before.restore()
+    restored.items_from_users(torch.ones(n_u, 2))
+    delete_edges_in_place(after, u[7:9], i[7:9])
+    for stale in (after, moved):
+        with pytest.raises(StaleGraphError, match="given up"):
+            stale.items_from_users(torch.ones(n_u, 2))
+    restored.dense()  # a restored graph owns its arrays: later deletions do not touch it

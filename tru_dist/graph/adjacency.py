@@ -132,6 +132,17 @@ class BipartiteGraph:
     #: bumped by every in-place deletion that writes over these arrays (shared by the graphs
     #: that share them), so a :class:`GraphBefore` can tell that it went stale
     version: list[int] = dataclasses.field(default_factory=lambda: [0])
+    #: ``version`` when this graph was made: once an in-place deletion moves it on, this graph's
+    #: arrays hold a later state — it was given up, and reading it raises
+    at_version: int = 0
+
+    def check_current(self) -> None:
+        """Raise :class:`StaleGraphError` if an in-place deletion has overwritten this graph's
+        arrays since it was made (it is then neither the graph before nor the one after)."""
+        if self.version[0] != self.at_version:
+            raise StaleGraphError(
+                "this graph was given up to an in-place deletion (its arrays now hold a later "
+                "state); use the deletion's graph_after, or graph_before for the earlier one")
 
     def _edges(self) -> tuple[torch.Tensor, torch.Tensor]:
         crow, col = self.norm.crow_indices(), self.norm.col_indices()
@@ -155,6 +166,7 @@ class BipartiteGraph:
 
     def users_from_items(self, item_emb: torch.Tensor) -> torch.Tensor:
         """``R̂_r · item_emb = R̃_r · (c ⊙ item_emb)`` -> this shard's user rows."""
+        self.check_current()
         if self.item_scale is not None:
             item_emb = item_emb * self.item_scale.to(item_emb.dtype).unsqueeze(1)
         return spmm(self.norm, self.norm_t, item_emb)
@@ -163,6 +175,7 @@ class BipartiteGraph:
         """``Σ_r R̂_rᵀ · user_r = Σ_r c_r ⊙ (R̃_rᵀ · user_r)`` -> every item row (one
         differentiable all-reduce). Each shard applies its own scale before the sum: shards
         compact on their own, so one may hold exact values (no scale) while another defers."""
+        self.check_current()
         local = spmm(self.norm_t, self.norm, user_emb)
         if self.item_scale is not None:
             local = local * self.item_scale.to(local.dtype).unsqueeze(1)
@@ -173,10 +186,12 @@ class BipartiteGraph:
         extra = {k: None if getattr(self, k) is None else getattr(self, k).to(device)
                  for k in ("item_scale", "stored_item_degree")}
         return BipartiteGraph(self.n_users, self.n_items, self.user_offset, self.n_local_users, **move,
-                              n_zero_entries=self.n_zero_entries, version=self.version, **extra)
+                              n_zero_entries=self.n_zero_entries, version=self.version,
+                              at_version=self.at_version, **extra)
 
     def dense(self) -> torch.Tensor:
         """This shard's R̂ as a dense float32 matrix (tests and small data only)."""
+        self.check_current()
         out = self.norm.to_dense()
         return out if self.item_scale is None else out * self.item_scale.unsqueeze(0)
 
@@ -333,7 +348,8 @@ class GraphBefore:
             src, norm=mats[0], norm_t=mats[1],
             user_degree=undone(src.user_degree, self.degree_undo[0]),
             item_degree=undone(src.item_degree, self.degree_undo[1]),
-            n_zero_entries=self.n_zero_entries, version=[0], item_scale=scale, stored_item_degree=stored)
+            n_zero_entries=self.n_zero_entries, version=[0], at_version=0, item_scale=scale,
+            stored_item_degree=stored)
 
 
 #: in-place deletions keep zero entries until they are this share of the stored ones
@@ -385,6 +401,7 @@ def delete_edges_in_place(graph: BipartiteGraph, users: np.ndarray, items: np.nd
 
 def _delete(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray, in_place: bool
             ) -> tuple[BipartiteGraph, GraphBefore]:
+    graph.check_current()
     lo, n_local, n_items = graph.user_offset, graph.n_local_users, graph.n_items
     u = np.asarray(users, dtype=np.int64)
     i = np.asarray(items, dtype=np.int64)
@@ -434,7 +451,7 @@ def _delete(graph: BipartiteGraph, users: np.ndarray, items: np.ndarray, in_plac
     out = dataclasses.replace(
         graph, norm=new_norm, norm_t=new_norm_t, user_degree=user_degree, item_degree=item_degree,
         n_zero_entries=graph.n_zero_entries + len(drop), version=graph.version if in_place else [0],
-        item_scale=scale, stored_item_degree=stored)
+        at_version=graph.version[0] if in_place else 0, item_scale=scale, stored_item_degree=stored)
     if out.n_zero_entries > COMPACT_SHARE * max(1, int(norm.values().numel())):
         out = compact(out)
     return out, before
