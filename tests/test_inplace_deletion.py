@@ -348,3 +348,22 @@ def test_a_graph_given_up_to_an_in_place_deletion_refuses_to_be_read():
         with pytest.raises(StaleGraphError, match="given up"):
             stale.items_from_users(torch.ones(n_u, 2))
     restored.dense()  # a restored graph owns its arrays: later deletions do not touch it
+
+
+def test_in_place_deletion_with_earlier_requests_equals_the_copying_one(tiny_data):
+    """``earlier`` (the ledger's already-deleted pairs) removed in place first: the before-state
+    is D minus earlier, the after-state D minus earlier minus this request — as when copying."""
+    earlier = forget_set(tiny_data, "interactions", 0.05, seed=4)
+    forget = forget_set(tiny_data.without_rows(tiny_data.pair_mask(earlier.users, earlier.items)),
+                        "users", 0.05, seed=5)
+    pairs = (earlier.users, earlier.items)
+    ref = build_deletion(tiny_data, build_rec_graph(tiny_data, with_knn=False), forget, earlier=pairs)
+    got = build_deletion(tiny_data, build_rec_graph(tiny_data, with_knn=False), forget, earlier=pairs,
+                         in_place=True)
+    assert got.graph_after.ui.n_edges < got.graph_before.ui.n_edges < int(
+        (tiny_data.labels == TRAIN).sum())
+    _equivalent(got.graph_after.ui, ref.graph_after.ui)
+    _equivalent(got.graph_before.ui, ref.graph_before.ui)
+    for name in ("users", "items", "labels"):
+        np.testing.assert_array_equal(getattr(got.data_after, name), getattr(ref.data_after, name))
+        np.testing.assert_array_equal(getattr(got.data_before, name), getattr(ref.data_before, name))
