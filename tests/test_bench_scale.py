@@ -38,9 +38,11 @@ def test_bench_scale_cli_writes_the_interface_keys(tmp_path, capsys):
 
 
 def test_pick_users_is_seeded_distinct_and_checked(tiny_data):
-    a, b = pick_users(tiny_data, 7, seed=3), pick_users(tiny_data, 7, seed=3)
-    assert list(a) == list(b) and len(set(a.tolist())) == 7
-    assert list(pick_users(tiny_data, 7, seed=4)) != list(a)
+    (a, none), (b, _) = pick_users(tiny_data, 7, seed=3), pick_users(tiny_data, 7, seed=3)
+    assert list(a) == list(b) and len(set(a.tolist())) == 7 and len(none) == 0
+    assert list(pick_users(tiny_data, 7, seed=4)[0]) != list(a)
+    batch, stream = pick_users(tiny_data, 7, seed=3, then=5)  # the stream's users come after, distinct
+    assert len(stream) == 5 and not set(stream.tolist()) & set(batch.tolist())
     from tru_dist.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--delete-users"):

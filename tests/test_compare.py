@@ -201,3 +201,33 @@ def test_warm_up_pays_the_first_optimizers_import_before_methods_are_timed():
             "assert 'torch._dynamo' in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_run_seed_warms_the_process_up_before_timing_any_method(tiny_data, monkeypatch, tmp_path):
+    """The warm-up must run before the first method (else the first one is charged for it)."""
+    import tru_dist.compare as compare_mod
+    import tru_dist.unlearn.base as base
+
+    events: list[str] = []
+    monkeypatch.setattr(compare_mod, "warm_up_process", lambda: events.append("warm-up"))
+    real = base.get_method
+
+    def recording(name):
+        method = real(name)
+
+        class Recorded:
+            def __getattr__(self, attr):
+                return getattr(method, attr)
+
+            def unlearn(self, *args, **kwargs):
+                events.append(name)
+                return method.unlearn(*args, **kwargs)
+        return Recorded()
+
+    monkeypatch.setattr(base, "get_method", recording)
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=3", "unlearn.epochs=1",
+                                                    "data.path=synthetic:tiny"])
+    spec = CompareSpec(regime="users", fraction=0.1, methods=["noop", "reverse_bpr"], seeds=[0],
+                       originals=str(tmp_path))
+    compare_mod.run_seed(cfg, spec, 0, data=tiny_data)
+    assert events[0] == "warm-up" and set(events[1:]) == {"noop", "reverse_bpr"}

@@ -16,6 +16,7 @@ from tru_dist.data.dataset import TRAIN, VALID, PendingDataset, RecDataset
 from tru_dist.data.regimes import forget_set, user_request_table
 from tru_dist.data.requests import resolve_requests
 from tru_dist.graph.adjacency import StaleGraphError, build_bipartite, delete_edges, delete_edges_in_place
+from tru_dist.graph.blocks import graph_neighbourhood
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.models.registry import build_model
 from tru_dist.train.trainer import train_model
@@ -339,6 +340,10 @@ def test_a_graph_given_up_to_an_in_place_deletion_refuses_to_be_read():
         g.users_from_items(x)
     with pytest.raises(StaleGraphError, match="given up"):
         delete_edges(g, u[5:7], i[5:7])
+    with pytest.raises(StaleGraphError, match="given up"):  # the neighbourhood path, and MIG-GT's
+        graph_neighbourhood(g, torch.tensor([0]), torch.tensor([0]), 2)
+    with pytest.raises(StaleGraphError, match="given up"):
+        g.rescaled(torch.ones(n_u), torch.ones(n_i))
     moved = after.to("cpu")
     torch.testing.assert_close(moved.users_from_items(x), after.users_from_items(x))
     restored = before.restore()

@@ -127,15 +127,15 @@ def _endless(sampler: BPRSampler, batch_size: int):
         yield from sampler.epoch(batch_size)
 
 
-def pick_users(data: RecDataset, n: int, seed: int, then: int = 0) -> np.ndarray:
-    """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted); with
-    ``then`` > 0, (those, ``then`` further distinct users in the order drawn)."""
+def pick_users(data: RecDataset, n: int, seed: int, then: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted), and
+    ``then`` further distinct users in the order drawn (empty for ``then = 0``)."""
     train_users = np.unique(data.users[data.labels == TRAIN])
     if n < 1 or n + then > len(train_users):
         raise ConfigError(f"--delete-users + --stream-requests must lie in 1..{len(train_users)} (users with "
                           f"a train pair), got {n} + {then}")
     drawn = np.random.default_rng([seed, 31]).choice(train_users, size=n + then, replace=False)
-    return (np.sort(drawn[:n]), drawn[n:]) if then else np.sort(drawn)
+    return np.sort(drawn[:n]), drawn[n:]
 
 
 def stream_requests(model, data, graph, users: np.ndarray, method: str, cfg) -> dict[str, Any]:
@@ -234,8 +234,7 @@ def bench_scale(
     _ = dataset.user_row_index, dataset.split_counts  # once per loaded dataset (O(N)); then O(rows asked)
     report["index_seconds"] = time.perf_counter() - t0
     # a bad --delete-users fails before any work
-    chosen, streamed = pick_users(dataset, delete_users, seed, then=stream) if stream else \
-        (pick_users(dataset, delete_users, seed), None)
+    chosen, streamed = pick_users(dataset, delete_users, seed, then=stream)
     stages = report["rss_gb_after"] = {"data": rss_gb()}
     log(f"bench scale: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.users)} interactions")
 
@@ -304,7 +303,7 @@ def bench_scale(
     report["deferred_seconds"] = {"data_after": getattr(deletion.after_state, "materialise_seconds", 0.0)}
     stages["forget_metrics"] = rss_gb()
     del original
-    if streamed is not None:
+    if len(streamed):
         log(f"bench scale: {len(streamed)} single-user requests, one after another")
         report["stream"] = stream_requests(result.model, deletion.after_state, deletion.graph_after, streamed,
                                            method, cfg)

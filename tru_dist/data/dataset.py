@@ -134,10 +134,12 @@ class RecDataset:
     def without_rows_at(self, rows: np.ndarray, meta: dict | None = None) -> PendingDataset:
         """The dataset without the rows at the given positions, as a :class:`PendingDataset`
         (nothing is copied until it is read)."""
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
-        meta = dict(self.meta if meta is None else meta)
-        meta["deleted_interactions"] = int(meta.get("deleted_interactions", 0)) + len(rows)
-        return PendingDataset(self, rows, meta)
+        return PendingDataset(self, np.zeros(0, dtype=np.int64), self.meta).without_rows_at(rows, meta)
+
+    @property
+    def materialised(self) -> RecDataset:
+        """This dataset itself (what :attr:`PendingDataset.materialised` copies out)."""
+        return self
 
     def without_rows(self, drop: np.ndarray) -> RecDataset:
         """The dataset without the rows where the boolean mask ``drop`` is set."""
@@ -260,8 +262,3 @@ class PendingDataset:
                       labels=self.base.labels[keep], meta=dict(self.meta))
         object.__setattr__(self, "materialise_seconds", time.perf_counter() - t0)
         return out
-
-
-def materialise(data: RecDataset | PendingDataset) -> RecDataset:
-    """``data`` as a :class:`RecDataset` (a pending one is copied out once, then cached)."""
-    return data.materialised if isinstance(data, PendingDataset) else data

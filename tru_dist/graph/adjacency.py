@@ -189,11 +189,31 @@ class BipartiteGraph:
                               n_zero_entries=self.n_zero_entries, version=self.version,
                               at_version=self.at_version, **extra)
 
+    def rescaled(self, user_scale: torch.Tensor, item_scale: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``diag(user_scale) · R̂_r · diag(item_scale)`` and its transpose as CSR (same
+        sparsity, values in ``user_scale``'s dtype), the deferred item scale folded in — for a
+        model that propagates a reweighted R̂ (MIG-GT's self-looped adjacency)."""
+        self.check_current()
+        if self.item_scale is not None:
+            item_scale = item_scale * self.item_scale.to(item_scale.dtype)
+        dtype = user_scale.dtype
+        return (_rescaled_csr(self.norm.to(dtype), user_scale, item_scale),
+                _rescaled_csr(self.norm_t.to(dtype), item_scale, user_scale))
+
     def dense(self) -> torch.Tensor:
         """This shard's R̂ as a dense float32 matrix (tests and small data only)."""
         self.check_current()
         out = self.norm.to_dense()
         return out if self.item_scale is None else out * self.item_scale.unsqueeze(0)
+
+
+def _rescaled_csr(a: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """diag(row_scale) · A · diag(col_scale) for a CSR matrix A (same sparsity, new values)."""
+    crow, col = a.crow_indices(), a.col_indices()
+    rows = torch.repeat_interleave(torch.arange(a.shape[0], device=crow.device), crow.diff())
+    values = a.values() * row_scale[rows] * col_scale[col]
+    return torch.sparse_csr_tensor(crow, col, values, a.shape, check_invariants=False)
 
 
 def build_bipartite(

@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import torch
 
-from tru_dist.graph.adjacency import csr_row_entries
+from tru_dist.graph.adjacency import BipartiteGraph, csr_row_entries
 
 
 class Block(NamedTuple):
@@ -166,6 +166,22 @@ def neighbourhood(
                                      (len(depth_i[k]), len(depth_u[k + 1])))
         blocks.append(Block(bu.coalesce(), bi.coalesce()))
     return Neighbourhood(depth_u, depth_i, blocks)
+
+
+def graph_neighbourhood(
+    ui: BipartiteGraph,
+    target_users: torch.Tensor,
+    target_items: torch.Tensor,
+    n_layers: int,
+    *,
+    fanout: int = 0,
+    generator: torch.Generator | None = None,
+) -> Neighbourhood:
+    """:func:`neighbourhood` of a graph's R̂ — its stored values with its deferred item scale
+    applied — refused (``StaleGraphError``) for a graph given up to an in-place deletion."""
+    ui.check_current()
+    return neighbourhood(ui.norm, ui.norm_t, target_users, target_items, n_layers, fanout=fanout,
+                         generator=generator, item_scale=ui.item_scale)
 
 
 def light_blocks(user0: torch.Tensor, item0: torch.Tensor, hood: Neighbourhood

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tru_dist import comm as collectives
-from tru_dist.graph.blocks import light_blocks, neighbourhood
+from tru_dist.graph.blocks import graph_neighbourhood, light_blocks
 from tru_dist.models.base import Backbone, Embeddings, Rows, xavier_table
 
 
@@ -47,8 +47,8 @@ class LightGCN(Backbone):
         exact for ``fanout = 0``. Sharded (W > 1) graphs take the full path."""
         if collectives.is_distributed():
             return super().embed_targets(graph, users, items, fanout=fanout, generator=generator)
-        hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, self.cfg.n_layers,
-                             fanout=fanout, generator=generator, item_scale=graph.ui.item_scale)
+        hood = graph_neighbourhood(graph.ui, users, items, self.cfg.n_layers,
+                                   fanout=fanout, generator=generator)
         u, i = light_blocks(self.user_emb, self.item_emb, hood)
         return Embeddings(Rows(u, hood.users[0]), Rows(i, hood.items[0]))
 

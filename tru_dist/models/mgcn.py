@@ -50,7 +50,7 @@ from torch import nn
 from tru_dist import comm as collectives
 from tru_dist.errors import ConfigError
 from tru_dist.graph.adjacency import spmm
-from tru_dist.graph.blocks import light_blocks, neighbourhood, propagate_square, square_blocks
+from tru_dist.graph.blocks import graph_neighbourhood, light_blocks, propagate_square, square_blocks
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings, Rows, xavier_table
 from tru_dist.models.lightgcn import light_propagate
 
@@ -157,8 +157,8 @@ class MGCN(Backbone):
         if collectives.is_distributed():
             return super().embed_targets(graph, users, items, fanout=fanout, generator=generator)
         layers = max(self.cfg.n_layers, 1)  # the side view needs the targets' 1-hop block
-        hood = neighbourhood(graph.ui.norm, graph.ui.norm_t, users, items, layers,
-                             fanout=fanout, generator=generator, item_scale=graph.ui.item_scale)
+        hood = graph_neighbourhood(graph.ui, users, items, layers,
+                                   fanout=fanout, generator=generator)
         if layers == self.cfg.n_layers:
             content_u, content_i = light_blocks(self.user_emb, self.item_emb, hood)
         else:  # n_layers = 0: the content view is the ID rows themselves

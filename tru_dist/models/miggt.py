@@ -77,14 +77,6 @@ def feature_encoder(n_in: int, hidden: int, dim: int) -> nn.Sequential:
     return nn.Sequential(_xavier_linear(n_in, hidden), nn.PReLU(), _xavier_linear(hidden, dim), nn.PReLU())
 
 
-def _rescaled_csr(a: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
-    """diag(row_scale) · A · diag(col_scale) for a CSR matrix A (same sparsity, new values)."""
-    crow, col = a.crow_indices(), a.col_indices()
-    rows = torch.repeat_interleave(torch.arange(a.shape[0], device=crow.device), crow.diff())
-    values = a.values() * row_scale[rows] * col_scale[col]
-    return torch.sparse_csr_tensor(crow, col, values, a.shape, check_invariants=False)
-
-
 @dataclass
 class SelfLoopedGraph:
     """The user–item blocks and diagonal of Ã = D̃^{-1/2}(A + I)D̃^{-1/2} for one shard.
@@ -102,10 +94,7 @@ class SelfLoopedGraph:
     def of(cls, graph, dtype: torch.dtype) -> SelfLoopedGraph:
         du, di = graph.ui.user_degree.to(dtype), graph.ui.item_degree.to(dtype)
         su, si = (du / (du + 1)).sqrt(), (di / (di + 1)).sqrt()
-        if graph.ui.item_scale is not None:  # R̂ = norm · diag(c) (adjacency: deferred item scale)
-            si = si * graph.ui.item_scale.to(dtype)
-        ui = _rescaled_csr(graph.ui.norm.to(dtype), su, si)
-        iu = _rescaled_csr(graph.ui.norm_t.to(dtype), si, su)
+        ui, iu = graph.ui.rescaled(su, si)
         return cls(ui, iu, (1.0 / (du + 1)).unsqueeze(1), (1.0 / (di + 1)).unsqueeze(1))
 
     def step(self, u: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

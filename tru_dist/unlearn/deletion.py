@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tru_dist.data.dataset import TRAIN, VALID, PendingDataset, RecDataset, materialise
+from tru_dist.data.dataset import TRAIN, VALID, PendingDataset, RecDataset
 from tru_dist.data.requests import ForgetSet
 from tru_dist.graph.context import PendingGraph, RecGraph
 from tru_dist.timing import Stopwatch
@@ -65,11 +65,11 @@ class Deletion:
 
     @functools.cached_property
     def data_before(self) -> RecDataset:
-        return materialise(self.before_state)
+        return self.before_state.materialised
 
     @functools.cached_property
     def data_after(self) -> RecDataset:
-        return materialise(self.after_state)
+        return self.after_state.materialised
 
     @functools.cached_property
     def graph_before(self) -> RecGraph:
