@@ -49,12 +49,26 @@ def test_pick_users_is_seeded_distinct_and_checked(tiny_data):
         pick_users(tiny_data, 10**6, seed=0)
 
 
-def test_bench_scale_refuses_several_workers_in_one_line(tmp_path, capsys):
-    rc = main(["bench", "scale", *SMALL, "--workers", "2", "--model", "lightgcn",
-               "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "s.json")])
-    err = capsys.readouterr().err.strip()
-    assert rc != 0 and len(err.splitlines()) == 1 and "--workers 1" in err and "GiB per worker" in err
-    assert not (tmp_path / "s.json").exists()  # a refused run leaves no result file
+def test_bench_scale_at_two_workers_trains_replicas_side_by_side(tmp_path):
+    report = bench_scale(users=3000, items=400, interactions=30000, modalities={"image": 16, "text": 8},
+                         delete_users=5, stream=2, model="lightgcn", workers=2, train_steps=2,
+                         work_dir=tmp_path / "work", out_json=tmp_path / "s.json")
+    rep = report["replicas"]
+    assert rep["identical_replicas"] is True and sum(rep["pairs_per_rank"]) == report["data"]["n_train"]
+    assert rep["step_time_ratio_over_w1"] == pytest.approx(
+        rep["seconds_per_1000_steps"] / rep["w1_seconds_per_1000_steps"])
+    assert report["seconds_per_1000_steps"] == rep["seconds_per_1000_steps"]  # the projections use W's steps
+    # only the touched rows travel, not the dense tables
+    assert 0 < rep["bytes_per_step_measured"] < rep["bytes_per_step_dense_equivalent"]
+    assert report["unlearn_seconds"] > 0 and (tmp_path / "s.json").exists()
+
+
+def test_bench_scale_refuses_zero_workers_before_any_work(tmp_path):
+    from tru_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--workers"):
+        bench_scale(users=3000, items=400, interactions=30000, workers=0, work_dir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # refused before the store was written
 
 
 def test_planner_local_nodes_count_the_neighbourhood_not_the_graph():

@@ -12,9 +12,7 @@ timed; such numbers are about speed, never about quality.
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from tru_dist.errors import ConfigError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.models.registry import build_model, model_class
+from tru_dist.timing import peak_rss_mb
 from tru_dist.train.evaluate import evaluate
 from tru_dist.train.trainer import train_model
 
@@ -65,12 +64,6 @@ def with_synthetic_features(data: RecDataset, spec: str | None, seed: int = 0) -
     for m, w in sorted(missing.items()):
         feats[m] = rng.standard_normal((data.n_items, w), dtype=np.float32)
     return data.with_features(feats)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _time(fn, repeats: int) -> tuple[float, float]:

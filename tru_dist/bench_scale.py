@@ -44,10 +44,16 @@ One call, in this order (every stage timed, the process's peak RSS read at the e
 unlearning, the forget metrics), to set against the planner's breakdown. ``planner_peak_gb``
 is :func:`tru_dist.distributed.planner.plan`'s per-worker memory for the propagation used
 (``local``: the batch neighbourhood's activations instead of a full-graph forward's);
-``planner_full_propagation_gb`` is the same plan with full propagation, the figure that rules
-full propagation out at this size. Only ``--workers 1`` runs: neighbourhood propagation is
-single-process here (a sharded run propagates in full), and the bench refuses W > 1 with the
-planner's figures rather than report a number it did not measure.
+``planner_full_propagation_gb`` is the same plan with full propagation at ``--workers`` W (the
+sharded path's figure, which rules full propagation out at this size).
+
+``--workers W`` > 1: after the driver's own W = 1 steps, the same number of steps runs on W
+data-parallel replicas (:mod:`tru_dist.distributed.replica`: local processes over gloo, each mapping
+the one saved graph, holding only its users' train pairs and summing gradients row-sparse), so
+``replicas.step_time_ratio_over_w1`` is measured side by side in one run; ``seconds_per_1000_steps``
+and the projections are then the replicas' figures, and the replicas' parameters are the model
+the deletion runs on. The deletion itself stays in the driver process (an in-place deletion edits
+one graph); ``planner_peak_gb`` is one replica's plan (it holds what one process does).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +69,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.bench import peak_rss_mb, with_synthetic_features
+from tru_dist.bench import with_synthetic_features
 from tru_dist.config import build_config
 from tru_dist.data.dataset import TRAIN, RecDataset
 from tru_dist.data.regimes import user_request_table
@@ -72,6 +79,7 @@ from tru_dist.errors import ConfigError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.models.registry import build_model, model_class
+from tru_dist.timing import peak_rss_mb
 from tru_dist.train.sampler import BPRSampler
 from tru_dist.train.trainer import train_step
 from tru_dist.unlearn.base import get_method
@@ -179,11 +187,42 @@ def planner_figures(data: RecDataset, cfg, workers: int, local_nodes: int | None
     full = plan(**common)
     out = {"planner_full_propagation_gb": full.total_bytes / GIB,
            "planner_full_breakdown_gb": {k: v / GIB for k, v in full.memory_bytes.items()}}
-    if local_nodes is not None:
-        local = plan(**common, local_nodes=local_nodes)
+    if local_nodes is not None:  # a data-parallel replica holds what one process does
+        local = plan(**{**common, "world_size": 1}, local_nodes=local_nodes)
         out["planner_peak_gb"] = local.total_bytes / GIB
         out["planner_local_breakdown_gb"] = {k: v / GIB for k, v in local.memory_bytes.items()}
     return out
+
+
+def _train_replicas(report: dict[str, Any], net, graph, dataset: RecDataset, cfg, workers: int, steps: int,
+                    fanout: int, work: Path, w1_per_step: float) -> float:
+    """W data-parallel replicas (:mod:`tru_dist.distributed.replica`) for ``steps`` steps, timed side
+    by side with the driver's own W = 1 steps; their parameters replace ``net``'s. Returns the
+    replicas' seconds per step."""
+    from tru_dist.distributed.replica import train_replicas
+
+    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers))
+    log(f"bench scale: {steps} training steps on {workers} data-parallel replicas ({threads} thread(s) each)")
+    run = train_replicas(graph, *dataset.train_pairs, cfg, world_size=workers, steps=steps, fanout=fanout,
+                         work_dir=work, threads_per_rank=threads)
+    net.load_state_dict(torch.load(run["state_file"], weights_only=True))
+    ranks = run["ranks"]
+    report["replicas"] = {
+        "threads_per_rank": threads, "w1_threads": torch.get_num_threads(),
+        "w1_seconds_per_1000_steps": w1_per_step * 1000,
+        "seconds_per_1000_steps": run["seconds_per_step"] * 1000,
+        "step_time_ratio_over_w1": run["seconds_per_step"] / w1_per_step,
+        "bytes_per_step_measured": run["bytes_per_step"],
+        "bytes_per_step_dense_equivalent": 4 * sum(p.numel() for p in net.parameters()),
+        "share_seconds": run["share_seconds"], "group_wall_seconds": run["group_wall_seconds"],
+        "peak_rss_gb_per_rank": [r["peak_rss_gb"] for r in ranks],
+        "pairs_per_rank": [r["pairs"] for r in ranks],
+        "identical_replicas": len({r["parameter_digest"] for r in ranks}) == 1,
+        "note": ("each rank maps the one saved graph (shared page-cache pages, counted in every rank's "
+                 "RSS) and holds only its users' train pairs; the driver process keeps data, graph and "
+                 "model for the deletion, which runs in one process"),
+    }
+    return run["seconds_per_step"]
 
 
 def bench_scale(
@@ -209,8 +248,8 @@ def bench_scale(
 ) -> dict[str, Any]:
     """Run the scale bench (module docstring); write ``out_json`` if given and return the report."""
     get_method(method)  # an unknown method fails before any work
-    if train_steps < 1 or retrain_epochs < 1 or fanout < 0:
-        raise ConfigError("--train-steps and --retrain-epochs must be >= 1 and --fanout >= 0")
+    if train_steps < 1 or retrain_epochs < 1 or fanout < 0 or workers < 1:
+        raise ConfigError("--train-steps, --retrain-epochs and --workers must be >= 1 and --fanout >= 0")
     modalities = dict(modalities if modalities is not None else {"image": 512, "text": 384})
     cfg = build_config(model=model, overrides=[
         "train.propagation=local", f"train.fanout={fanout}", "unlearn.propagation=local",
@@ -240,12 +279,6 @@ def bench_scale(
 
     batch_nodes = local_batch_nodes(cfg.model, cfg.train.batch_size, fanout)
     report.update(planner_figures(dataset, cfg, workers, batch_nodes if fanout > 0 else None))
-    if workers != 1:
-        report["refused"] = ("neighbourhood propagation runs in one process here; a sharded (W > 1) "
-                             f"run propagates the full graph, which the planner puts at "
-                             f"{report['planner_full_propagation_gb']:.1f} GiB per worker")
-        raise ConfigError(f"bench scale --workers {workers}: {report['refused']}; use --workers 1")
-
     t0 = time.perf_counter()
     uses_knn = model_class(cfg.model.name).uses_knn
     graph = build_rec_graph(dataset, knn_k=cfg.model.knn_k, with_knn=uses_knn,
@@ -270,6 +303,10 @@ def bench_scale(
         if (step + 1) % max(1, train_steps // 5) == 0:
             log(f"bench scale: training step {step + 1}/{train_steps}")
     per_step = (time.perf_counter() - t0) / train_steps
+    if workers > 1:
+        del optimizer  # the replicas hold their own; the driver keeps graph, data and model
+        per_step = _train_replicas(report, net, graph, dataset, cfg, workers, train_steps, fanout, work,
+                                   w1_per_step=per_step)
     steps_per_epoch = math.ceil(len(dataset.train_pairs[0]) / tc.batch_size)
     report.update(seconds_per_1000_steps=per_step * 1000, steps_per_epoch=steps_per_epoch,
                   projected_epoch_seconds=per_step * steps_per_epoch, retrain_epochs=retrain_epochs,

@@ -591,7 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--stream-requests", type=_int_at_least(0), default=20,
                     help="single-user requests applied one after another afterwards (0 = none)")
     sc.add_argument("--model", default="mgcn")
-    sc.add_argument("--workers", type=_int_at_least(1), default=1)
+    sc.add_argument("--workers", type=_int_at_least(1), default=1,
+                    help="W > 1: also train on W data-parallel replicas (local processes) and report the "
+                         "step-time ratio W / W = 1, measured side by side")
     sc.add_argument("--method", default="tru")
     sc.add_argument("--fanout", type=_int_at_least(0), default=10,
                     help="neighbours kept per node and layer (0 = all: exact, the whole L-hop ball)")

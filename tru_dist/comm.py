@@ -12,6 +12,9 @@ would.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.distributed as dist
@@ -24,7 +27,26 @@ warnings.filterwarnings(
 )
 
 
+#: set inside :func:`full_replica`: this process holds the whole model and graph
+_FULL_REPLICA: ContextVar[bool] = ContextVar("tru_dist_full_replica", default=False)
+
+
+@contextmanager
+def full_replica() -> Iterator[None]:
+    """Within: this process is a data-parallel replica (:mod:`tru_dist.distributed.replica`) —
+    it holds the whole model and graph, so the functions below act as at W = 1 (identities)
+    although a process group exists; the replica code synchronises gradients itself."""
+    token = _FULL_REPLICA.set(True)
+    try:
+        yield
+    finally:
+        _FULL_REPLICA.reset(token)
+
+
 def is_distributed() -> bool:
+    """Whether this process holds one shard of a W > 1 group (False inside :func:`full_replica`)."""
+    if _FULL_REPLICA.get():
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 

@@ -1,4 +1,4 @@
-"""Wall-clock timing of work a user waits for (CUDA synchronised).
+"""Wall-clock timing of work a user waits for (CUDA synchronised), and the process's peak memory.
 
 ``with Stopwatch() as sw: ...`` then ``sw.seconds``. On CUDA, kernels run asynchronously:
 without a ``torch.cuda.synchronize()`` at both ends the clock would stop before the GPU has
@@ -7,6 +7,8 @@ finished, so both ends synchronise whenever CUDA has been initialised in this pr
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 
 import torch
@@ -41,3 +43,9 @@ def warm_up_process() -> None:
     build an optimizer first (reverse_bpr, after a cached Retrain) — not a cost of the method.
     """
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

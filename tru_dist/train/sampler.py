@@ -33,7 +33,8 @@ class BPRSampler:
     Args:
         users, items: global ids of the train pairs (unique pairs).
         n_users, n_items: id ranges.
-        seed: seeds the sampler's own ``numpy`` generator (independent of global RNGs).
+        seed: seeds the sampler's own ``numpy`` generator (independent of global RNGs); a list
+            (e.g. ``[seed, rank]``) seeds it with ``numpy``'s ``SeedSequence`` entropy.
         book, rank: the partition book and this rank; ``None`` = one rank owning all users.
     """
 
@@ -43,7 +44,7 @@ class BPRSampler:
         items: np.ndarray,
         n_users: int,
         n_items: int,
-        seed: int,
+        seed: int | list[int],
         book: PartitionBook | None = None,
         rank: int = 0,
     ):
