@@ -63,10 +63,10 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_data):
     assert strip_times(a.history) != strip_times(c.history)
 
 
-@pytest.mark.parametrize("eval_every", [1, 2])
-def test_resume_reproduces_uninterrupted_run(tiny_data, tmp_path, eval_every):
+@pytest.mark.parametrize(("eval_every", "optimizer"), [(1, "adam"), (2, "adam"), (1, "row_sparse_adam")])
+def test_resume_reproduces_uninterrupted_run(tiny_data, tmp_path, eval_every, optimizer):
     """6 epochs straight == crash after epoch 3 + resume (the checkpoint is at epoch 3 or 2)."""
-    cfg = small_cfg(epochs=6, eval_every=eval_every)
+    cfg = small_cfg(epochs=6, eval_every=eval_every, optimizer=optimizer)
     straight, _, res_straight = fit(cfg, tiny_data, out_dir=tmp_path / "a")
 
     def crash(record):
@@ -259,3 +259,44 @@ def test_bench_train_reports_timings_and_sizes(tiny_data, tmp_path):
     assert report["eval_valid_seconds"] > 0 and report["eval_test_seconds"] > 0 and report["peak_rss_mb"] > 0
     assert report["sizes"]["n_parameters"] == 8 * (tiny_data.n_users + tiny_data.n_items)
     assert report["eval_test_users"] == len(np.unique(tiny_data.split("test")[0]))
+
+
+def test_row_sparse_adam_is_adam_on_touched_rows_and_leaves_the_others():
+    """Dense parameters: exactly ``torch.optim.Adam``. A row table: a row with a nonzero gradient
+    takes Adam's step with its own moments; a row without one keeps its value and moments (dense
+    Adam would keep moving it on its momentum — checked to differ)."""
+    from tru_dist.train.optim import RowSparseAdam
+
+    torch.manual_seed(0)
+    table0, dense0 = torch.randn(6, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    grads = [(torch.zeros(6, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)) for _ in range(3)]
+    grads[0][0][[1, 3]] = torch.randn(2, 3, dtype=torch.float64)
+    grads[1][0][[3, 4]] = torch.randn(2, 3, dtype=torch.float64)  # row 1 untouched at step 2
+    grads[2][0][:] = torch.randn(6, 3, dtype=torch.float64)
+
+    def run(make):
+        table, dense = torch.nn.Parameter(table0.clone()), torch.nn.Parameter(dense0.clone())
+        opt = make(table, dense)
+        out = []
+        for g_table, g_dense in grads:
+            table.grad, dense.grad = g_table.clone(), g_dense.clone()
+            opt.step()
+            out.append((table.detach().clone(), dense.detach().clone()))
+        return out
+
+    lazy = run(lambda t, d: RowSparseAdam([t, d], [t], lr=0.1))
+    adam = run(lambda t, d: torch.optim.Adam([t, d], lr=0.1))
+    for (_, ld), (_, ad) in zip(lazy, adam, strict=True):
+        torch.testing.assert_close(ld, ad)  # the dense parameter: Adam exactly
+    # step 1: touched rows take Adam's step, untouched rows are where they started
+    torch.testing.assert_close(lazy[0][0][[1, 3]], adam[0][0][[1, 3]])
+    torch.testing.assert_close(lazy[0][0][[0, 2, 4, 5]], table0[[0, 2, 4, 5]])
+    # step 2: row 1 (touched before, not now) stays; dense Adam moves it on its momentum
+    torch.testing.assert_close(lazy[1][0][1], lazy[0][0][1])
+    assert not torch.allclose(adam[1][0][1], adam[0][0][1])
+    # row 3, touched at both steps, is Adam's two-step result (m, v carried for that row)
+    torch.testing.assert_close(lazy[1][0][3], adam[1][0][3])
+    # hand check of row 1 at step 1: m = 0.1 g, v = 0.001 g², θ -= lr/0.1 · m/(√v/√0.001 + ε)
+    g = grads[0][0][1]
+    expected = table0[1] - 0.1 / (1 - 0.9) * (0.1 * g) / ((0.001 * g * g).sqrt() / (1 - 0.999) ** 0.5 + 1e-8)
+    torch.testing.assert_close(lazy[0][0][1], expected)

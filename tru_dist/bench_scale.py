@@ -11,8 +11,11 @@ One call, in this order (every stage timed, the process's peak RSS read at the e
    measured against.
 2. *Graph*: the normalised user–item CSR (and MGCN's item–item kNN graphs, cached on disk in the
    work folder: they depend on the features only).
-3. *Sampled training*: ``--train-steps`` BPR steps with ``train.propagation: local`` and
-   ``train.fanout`` F (:mod:`tru_dist.graph.blocks`), after one untimed warm-up step. Reported:
+3. *Sampled training*: ``--train-steps`` BPR steps with ``train.propagation: local``,
+   ``train.fanout`` F (:mod:`tru_dist.graph.blocks`) and ``train.optimizer: row_sparse_adam``
+   (:mod:`tru_dist.train.optim`: only the touched embedding rows are stepped; dense Adam over all
+   1M rows was most of a step — ``--train.optimizer=adam`` measures it), after one untimed
+   warm-up step. Reported:
    ``seconds_per_1000_steps``, ``projected_epoch_seconds`` = seconds per step × steps per epoch
    (⌈train pairs / batch⌉), and ``retrain_projected_seconds`` = ``projected_epoch_seconds`` ×
    ``--retrain-epochs`` — what Retrain would cost at this step time (a projection, stated as
@@ -80,6 +83,7 @@ from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.models.registry import build_model, model_class
 from tru_dist.timing import peak_rss_mb
+from tru_dist.train.optim import build_optimizer
 from tru_dist.train.sampler import BPRSampler
 from tru_dist.train.trainer import train_step
 from tru_dist.unlearn.base import get_method
@@ -252,11 +256,13 @@ def bench_scale(
         raise ConfigError("--train-steps, --retrain-epochs and --workers must be >= 1 and --fanout >= 0")
     modalities = dict(modalities if modalities is not None else {"image": 512, "text": 384})
     cfg = build_config(model=model, overrides=[
-        "train.propagation=local", f"train.fanout={fanout}", "unlearn.propagation=local",
+        "train.propagation=local", f"train.fanout={fanout}", "train.optimizer=row_sparse_adam",
+        "unlearn.propagation=local",
         f"unlearn.fanout={fanout}", f"unlearn.seed={seed}", *(overrides or [])])
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": model, "method": method, "workers": workers, "fanout": fanout,
+                              "optimizer": cfg.train.optimizer,
                               "device": "cpu",  # the bench measures the CPU path (graph and model on CPU)
                               "torch_threads": torch.get_num_threads(), "seed": seed}
     t_start = time.perf_counter()
@@ -291,7 +297,7 @@ def bench_scale(
     # 3. sampled training
     tc = cfg.train
     sampler = BPRSampler(*dataset.train_pairs, dataset.n_users, dataset.n_items, seed=tc.seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=tc.lr)
+    optimizer = build_optimizer(net, tc)
     replicated = net.replicated_parameters()
     gen = torch.Generator().manual_seed(tc.seed)
     batches = _endless(sampler, tc.batch_size)

@@ -163,6 +163,10 @@ class TrainConfig(_Strict):
     #: for graphs whose full propagation does not fit or is too slow.
     propagation: Literal["full", "local"] = "full"
     fanout: NonNegInt = 0
+    #: ``adam`` (``torch.optim.Adam``) or ``row_sparse_adam``: Adam that steps only the embedding
+    #: rows a batch touched (:mod:`tru_dist.train.optim`) — for large graphs with local propagation,
+    #: where dense Adam over every row dominates a step
+    optimizer: Literal["adam", "row_sparse_adam"] = "adam"
 
     @field_validator("device")
     @classmethod

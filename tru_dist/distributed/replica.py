@@ -52,6 +52,7 @@ from tru_dist.graph.partition import PartitionBook
 from tru_dist.models.base import Backbone, BPRBatch, embed_for
 from tru_dist.models.registry import build_model
 from tru_dist.timing import peak_rss_mb
+from tru_dist.train.optim import build_optimizer
 from tru_dist.train.sampler import BPRSampler
 
 GRAPH_FILE = "replica-graph.pt"
@@ -180,7 +181,7 @@ def replica_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str, 
         model.train()
         sampler = BPRSampler(pairs[0], pairs[1], graph.n_users, graph.n_items, seed=[cfg.train.seed, rank])
         batches = rank_batches(sampler, int(spec["n_train"]), cfg.train.batch_size)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        optimizer = build_optimizer(model, cfg.train)
         generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank)
         fanout = int(spec["fanout"])
         replica_step(model, graph, next(batches), optimizer, fanout, generator)  # warm-up

@@ -53,6 +53,7 @@ from tru_dist.train.checkpoint import (
     write_run_config,
 )
 from tru_dist.train.evaluate import METRICS, evaluate
+from tru_dist.train.optim import build_optimizer
 from tru_dist.train.progress import log_epoch, progress
 from tru_dist.train.sampler import BPRSampler
 
@@ -147,7 +148,7 @@ def train_model(
     model.to(device)
     sampler = BPRSampler(*data.train_pairs, data.n_users, data.n_items, seed=tc.seed,
                          book=graph.book, rank=graph.rank)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    optimizer = build_optimizer(model, tc)
     replicated = model.replicated_parameters()
     ckpt = checkpoint_path(out_dir) if out_dir is not None else None
 
