@@ -8,6 +8,7 @@ on the union of the two ranks' batches (same initial parameters, same triples, s
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tru_dist.config import build_config
@@ -22,6 +23,7 @@ from tru_dist.distributed.replica import (
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.models.base import BPRBatch
 from tru_dist.models.registry import build_model
+from tru_dist.train.optim import build_optimizer
 from tru_dist.train.sampler import BPRSampler
 from tru_dist.train.trainer import train_step
 
@@ -41,8 +43,10 @@ def _union_batches(pair_files, n_train: int, n_items: int, n_users: int, seed: i
     return out
 
 
-def test_two_lightgcn_replicas_take_the_single_process_step_on_the_union_batch(tiny_data, tmp_path):
-    cfg = build_config(model="lightgcn", overrides=["train.batch_size=64", "train.lr=0.01"])
+@pytest.mark.parametrize("optimizer", ["adam", "row_sparse_adam"])
+def test_two_lightgcn_replicas_step_as_one_process_on_the_union_batch(tiny_data, tmp_path, optimizer):
+    cfg = build_config(model="lightgcn", overrides=["train.batch_size=64", "train.lr=0.01",
+                                                    f"train.optimizer={optimizer}"])
     graph = build_rec_graph(tiny_data, with_knn=False)
     users, items = tiny_data.train_pairs
     run = train_replicas(graph, users, items, cfg, world_size=2, steps=2, fanout=0, work_dir=tmp_path)
@@ -51,11 +55,11 @@ def test_two_lightgcn_replicas_take_the_single_process_step_on_the_union_batch(t
     assert sum(r["pairs"] for r in ranks) == len(users) and min(r["pairs"] for r in ranks) > 0
 
     reference = build_model(cfg.model, graph, seed=cfg.train.seed)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=cfg.train.lr)
+    reference_optimizer = build_optimizer(reference, cfg.train)
     files = sorted(tmp_path.glob("replica-pairs.*.npy"))
     for batch in _union_batches(files, len(users), tiny_data.n_items, tiny_data.n_users, cfg.train.seed,
                                 cfg.train.batch_size, steps=3):  # warm-up + 2 timed steps
-        train_step(reference, graph, batch, optimizer, [], local=False)
+        train_step(reference, graph, batch, reference_optimizer, [], local=False)
     trained = torch.load(run["state_file"], weights_only=True)
     initial = build_model(cfg.model, graph, seed=cfg.train.seed).state_dict()
     moved = 0.0

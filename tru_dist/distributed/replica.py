@@ -52,7 +52,7 @@ from tru_dist.graph.partition import PartitionBook
 from tru_dist.models.base import Backbone, BPRBatch, embed_for
 from tru_dist.models.registry import build_model
 from tru_dist.timing import peak_rss_mb
-from tru_dist.train.optim import build_optimizer
+from tru_dist.train.optim import RowSparseAdam, build_optimizer, touched_rows
 from tru_dist.train.sampler import BPRSampler
 
 GRAPH_FILE = "replica-graph.pt"
@@ -99,9 +99,10 @@ def rank_batches(sampler: BPRSampler, n_total: int, batch_size: int) -> Iterator
 
 
 @torch.no_grad()
-def _table_rows_sum(grad: torch.Tensor) -> None:
-    """Sum a row table's gradient over ranks, moving only the rows some rank touched."""
-    mine = torch.nonzero(grad.ne(0).any(dim=1)).flatten()
+def _table_rows_sum(grad: torch.Tensor) -> torch.Tensor:
+    """Sum a row table's gradient over ranks, moving only the rows some rank touched; returns
+    those rows (the union over ranks)."""
+    mine = touched_rows(grad)
     counts = _counts_over_ranks(len(mine))
     padded = torch.full((max(counts),), -1, dtype=torch.int64)
     padded[: len(mine)] = mine
@@ -111,6 +112,7 @@ def _table_rows_sum(grad: torch.Tensor) -> None:
     values = grad[rows]
     dist.all_reduce(values)
     grad[rows] = values
+    return rows
 
 
 def _counts_over_ranks(n: int) -> list[int]:
@@ -122,19 +124,19 @@ def _counts_over_ranks(n: int) -> list[int]:
 
 
 @torch.no_grad()
-def sum_gradients(model: Backbone) -> None:
+def sum_gradients(model: Backbone) -> dict[int, torch.Tensor] | None:
     """Make every parameter's gradient its sum over ranks (module docstring): row tables
     row-sparse, the rest in one flat all-reduce. A parameter this rank's batch did not reach
-    gets a zero gradient first, so every rank steps the same parameters."""
+    gets a zero gradient first, so every rank steps the same parameters. Returns, per row table
+    (``id``), the rows some rank touched (``None`` without a process group)."""
     for p in model.parameters():
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
+        return None
     tables = [p for p, _ in model.row_tables().values()]
     table_ids = {id(p) for p in tables}
-    for p in tables:
-        _table_rows_sum(p.grad)
+    rows = {id(p): _table_rows_sum(p.grad) for p in tables}
     dense = [p.grad for p in model.parameters() if id(p) not in table_ids]
     if dense:
         flat = torch.cat([g.reshape(-1) for g in dense])
@@ -143,6 +145,7 @@ def sum_gradients(model: Backbone) -> None:
         for g in dense:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+    return rows
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -161,8 +164,11 @@ def replica_step(model: Backbone, graph: RecGraph, batch: BPRBatch, optimizer: t
     emb = embed_for(model, graph, [batch], local=True, fanout=fanout, generator=generator)
     loss = model.loss(batch, graph, emb)
     loss.backward()
-    sum_gradients(model)
-    optimizer.step()
+    rows = sum_gradients(model)
+    if isinstance(optimizer, RowSparseAdam):  # the union rows are the touched rows: no second scan
+        optimizer.step(rows=rows)
+    else:
+        optimizer.step()
     return loss.detach()
 
 
