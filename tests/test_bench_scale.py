@@ -60,6 +60,7 @@ def test_bench_scale_at_two_workers_trains_replicas_side_by_side(tmp_path):
     assert report["seconds_per_1000_steps"] == rep["seconds_per_1000_steps"]  # the projections use W's steps
     # only the touched rows travel, not the dense tables
     assert 0 < rep["bytes_per_step_measured"] < rep["bytes_per_step_dense_equivalent"]
+    assert rep["bytes_per_step_measured"] <= rep["bytes_per_step_planner_bound"]
     assert report["unlearn_seconds"] > 0 and (tmp_path / "s.json").exists()
 
 

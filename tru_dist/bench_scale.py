@@ -198,6 +198,17 @@ def planner_figures(data: RecDataset, cfg, workers: int, local_nodes: int | None
     return out
 
 
+def _replica_bytes_bound(net, cfg, graph, workers: int) -> int:
+    """Upper bound on one step's collective payload per rank: every node of the batch neighbourhood
+    (:func:`~tru_dist.distributed.planner.local_batch_nodes`, at most all rows) as a float32 table
+    row, its int64 row id from each of the W ranks, and the dense parameters."""
+    tables = {id(p) for p, _ in net.row_tables().values()}
+    dense = sum(p.numel() for p in net.parameters() if id(p) not in tables)
+    nodes = min(local_batch_nodes(cfg.model, cfg.train.batch_size, cfg.train.fanout),
+                graph.n_users + graph.n_items)
+    return 4 * (nodes * cfg.model.dim + dense) + 8 * nodes * workers
+
+
 def _train_replicas(report: dict[str, Any], net, graph, dataset: RecDataset, cfg, workers: int, steps: int,
                     fanout: int, work: Path, w1_per_step: float) -> float:
     """W data-parallel replicas (:mod:`tru_dist.distributed.replica`) for ``steps`` steps, timed side
@@ -218,6 +229,7 @@ def _train_replicas(report: dict[str, Any], net, graph, dataset: RecDataset, cfg
         "step_time_ratio_over_w1": run["seconds_per_step"] / w1_per_step,
         "bytes_per_step_measured": run["bytes_per_step"],
         "bytes_per_step_dense_equivalent": 4 * sum(p.numel() for p in net.parameters()),
+        "bytes_per_step_planner_bound": _replica_bytes_bound(net, cfg, graph, workers),
         "share_seconds": run["share_seconds"], "group_wall_seconds": run["group_wall_seconds"],
         "peak_rss_gb_per_rank": [r["peak_rss_gb"] for r in ranks],
         "pairs_per_rank": [r["pairs"] for r in ranks],
