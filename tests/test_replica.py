@@ -49,7 +49,8 @@ def test_two_lightgcn_replicas_step_as_one_process_on_the_union_batch(tiny_data,
                                                     f"train.optimizer={optimizer}"])
     graph = build_rec_graph(tiny_data, with_knn=False)
     users, items = tiny_data.train_pairs
-    run = train_replicas(graph, users, items, cfg, world_size=2, steps=2, fanout=0, work_dir=tmp_path)
+    run = train_replicas(graph, users, items, cfg, world_size=2, steps=2, fanout=0, work_dir=tmp_path,
+                         keep_files=True)
     ranks = run["ranks"]
     assert ranks[0]["parameter_digest"] == ranks[1]["parameter_digest"]  # the replicas stay identical
     assert sum(r["pairs"] for r in ranks) == len(users) and min(r["pairs"] for r in ranks) > 0
@@ -75,6 +76,7 @@ def test_mgcn_replicas_stay_identical_and_share_the_graph_file(tiny_data, tmp_pa
     graph = build_rec_graph(tiny_data)
     users, items = tiny_data.train_pairs
     run = train_replicas(graph, users, items, cfg, world_size=2, steps=2, fanout=3, work_dir=tmp_path)
+    assert not list(tmp_path.glob("replica-pairs.*")) and not (tmp_path / "replica-graph.pt").exists()
     assert run["ranks"][0]["parameter_digest"] == run["ranks"][1]["parameter_digest"]
     assert all(np.isfinite(r["loss_last"]) for r in run["ranks"])
     before = parameter_digest(build_model(cfg.model, graph, seed=cfg.train.seed))

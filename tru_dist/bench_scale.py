@@ -221,6 +221,7 @@ def _train_replicas(report: dict[str, Any], net, graph, dataset: RecDataset, cfg
     run = train_replicas(graph, *dataset.train_pairs, cfg, world_size=workers, steps=steps, fanout=fanout,
                          work_dir=work, threads_per_rank=threads)
     net.load_state_dict(torch.load(run["state_file"], weights_only=True))
+    Path(run["state_file"]).unlink()
     ranks = run["ranks"]
     report["replicas"] = {
         "threads_per_rank": threads, "w1_threads": torch.get_num_threads(),

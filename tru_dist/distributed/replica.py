@@ -212,10 +212,11 @@ def replica_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str, 
 
 def train_replicas(graph: RecGraph, users: np.ndarray, items: np.ndarray, cfg: Config, *,
                    world_size: int, steps: int, fanout: int, work_dir: str | Path,
-                   threads_per_rank: int = 1) -> dict[str, Any]:
+                   threads_per_rank: int = 1, keep_files: bool = False) -> dict[str, Any]:
     """Train ``world_size`` local replicas (gloo, loopback) for ``steps`` timed steps on the train
     pairs ``(users, items)``; return the per-step time (slowest rank), bytes per step, each rank's
-    peak RSS, and the trained parameters' file (rank 0's; every replica holds the same)."""
+    peak RSS, and the trained parameters' file (rank 0's; every replica holds the same). The
+    shared graph and pair files are removed afterwards unless ``keep_files``."""
     from tru_dist.distributed.process_group import spawn_local
 
     work = Path(work_dir)
@@ -228,7 +229,12 @@ def train_replicas(graph: RecGraph, users: np.ndarray, items: np.ndarray, cfg: C
             "state_out": str(work / STATE_FILE)}
     share_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ranks = spawn_local(replica_rank, world_size, (spec,), threads_per_rank=threads_per_rank)
+    try:
+        ranks = spawn_local(replica_rank, world_size, (spec,), threads_per_rank=threads_per_rank)
+    finally:
+        if not keep_files:
+            for path in [spec["graph"], *spec["pairs"]]:
+                Path(path).unlink(missing_ok=True)
     wall = time.perf_counter() - t0
     per_step = max(r["seconds"] for r in ranks) / max(1, steps)
     return {"world_size": world_size, "seconds_per_step": per_step, "share_seconds": share_seconds,
