@@ -55,8 +55,7 @@ def test_bench_scale_at_two_workers_trains_replicas_side_by_side(tmp_path):
                          work_dir=tmp_path / "work", out_json=tmp_path / "s.json")
     rep = report["replicas"]
     assert rep["identical_replicas"] is True and sum(rep["pairs_per_rank"]) == report["data"]["n_train"]
-    assert rep["step_time_ratio_over_w1"] == pytest.approx(
-        rep["seconds_per_1000_steps"] / rep["w1_seconds_per_1000_steps"])
+    assert rep["w1_seconds_per_1000_steps"] > 0 and rep["seconds_per_1000_steps"] > 0
     assert report["seconds_per_1000_steps"] == rep["seconds_per_1000_steps"]  # the projections use W's steps
     # only the touched rows travel, not the dense tables
     assert 0 < rep["bytes_per_step_measured"] < rep["bytes_per_step_dense_equivalent"]

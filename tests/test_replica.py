@@ -71,7 +71,7 @@ def test_two_lightgcn_replicas_step_as_one_process_on_the_union_batch(tiny_data,
     assert run["bytes_per_step"] > 0
 
 
-def test_mgcn_replicas_stay_identical_and_share_the_graph_file(tiny_data, tmp_path):
+def test_mgcn_replicas_stay_identical_and_leave_no_shared_files(tiny_data, tmp_path):
     cfg = build_config(model="mgcn", overrides=["train.batch_size=64"])
     graph = build_rec_graph(tiny_data)
     users, items = tiny_data.train_pairs
@@ -95,3 +95,15 @@ def test_shared_graph_round_trips_and_pairs_split_by_user_range(tiny_data, tmp_p
     assert sum(p.shape[1] for p in parts) == len(users)
     # contiguous user ranges
     assert all(p[0].max() < q[0].min() for p, q in zip(parts[:-1], parts[1:], strict=True))
+
+
+def test_a_rank_without_train_pairs_is_refused_before_any_process_starts(tiny_data, tmp_path):
+    from tru_dist.errors import ConfigError
+
+    cfg = build_config(model="lightgcn")
+    graph = build_rec_graph(tiny_data, with_knn=False)
+    users, items = tiny_data.train_pairs
+    first_half = users < tiny_data.n_users // 2  # rank 1's user range keeps no pair
+    with pytest.raises(ConfigError, match="rank 1 has no train pairs"):
+        train_replicas(graph, users[first_half], items[first_half], cfg, world_size=2, steps=1, fanout=0,
+                       work_dir=tmp_path)

@@ -284,7 +284,7 @@ def test_row_sparse_adam_is_adam_on_touched_rows_and_leaves_the_others():
             out.append((table.detach().clone(), dense.detach().clone()))
         return out
 
-    lazy = run(lambda t, d: RowSparseAdam([t, d], [t], lr=0.1))
+    lazy = run(lambda t, d: RowSparseAdam([t], [d], lr=0.1))
     adam = run(lambda t, d: torch.optim.Adam([t, d], lr=0.1))
     for (_, ld), (_, ad) in zip(lazy, adam, strict=True):
         torch.testing.assert_close(ld, ad)  # the dense parameter: Adam exactly

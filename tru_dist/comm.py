@@ -1,6 +1,7 @@
 """Collectives used by the models, trainer and unlearning code.
 
-This module and ``tru_dist.distributed.launch`` are the only rank-aware code. At world size 1
+This module, ``tru_dist.distributed.launch`` and ``tru_dist.distributed.replica`` (whose replicas
+sum their gradients themselves) are the only rank-aware code. At world size 1
 (no process group initialised) every function is the identity, so the single-process
 path *is* the distributed path with W = 1. With a process group (gloo on CPU, NCCL on
 GPU), ``all_reduce_sum`` / ``all_gather_rows`` are differentiable

@@ -2,7 +2,7 @@
 
 Why this and not the sharded path (:mod:`tru_dist.distributed.shard`): neighbourhood propagation
 (``train.propagation: local``) makes a step cost follow the batch, not the graph, but a sharded
-model propagates the whole graph, which at 1M users / 20M interactions needs ~13 GB per worker
+model propagates the whole graph, which at 1M users / 20M interactions needs ~12 GiB per worker
 at W = 2 (MGCN, by the planner) — more than a 24 GiB machine holds twice. A replica needs no
 full propagation, so W ranks on one machine fit:
 
@@ -13,9 +13,11 @@ full propagation, so W ranks on one machine fit:
 * **No replicated interaction table.** Rank ``r`` receives only the train pairs of its users
   (the contiguous user range ``r`` of :class:`~tru_dist.graph.partition.PartitionBook`), and
   draws its share of every global batch from them: with ``N`` train pairs, ``N_r`` of them
-  rank ``r``'s, and global batch ``B``, an epoch has ``n_b = ⌈N / B⌉`` batches on every rank,
-  rank ``r``'s holding ``⌈N_r / n_b⌉`` triples, each loss term scaled by ``1 / B`` — the global
-  batch is the union of the ranks' batches, drawn stratified by user range.
+  rank ``r``'s, global batch ``B`` and ``n_b = ⌈N / B⌉``, rank ``r`` draws batches of
+  ``⌈N_r / n_b⌉`` of its pairs (its own epochs, one after another, each ending in a partial
+  batch), each loss term scaled by ``1 / B`` — a global batch is the union of the ranks'
+  batches, about ``B`` pairs (up to ``W − 1`` more) drawn stratified by user range. The ranks
+  draw independently, so their epoch ends need not coincide; every rank takes one batch per step.
 * **The step.** Every rank runs the batch-neighbourhood forward on its own triples
   (:func:`~tru_dist.models.base.embed_for`, ``local=True``) and backward; then
   :func:`sum_gradients` makes every rank's gradient the sum over ranks — for a row table
@@ -23,8 +25,11 @@ full propagation, so W ranks on one machine fit:
   nonzero gradient are all-gathered, their union ``U`` formed, and ``grad[U]`` all-reduced
   (``|U| × d`` floats instead of the table's ``n × d``); every other parameter in one flat
   all-reduce. With the same summed gradient and the same initial parameters (seeded
-  construction), Adam keeps the replicas identical, and the step equals one process's step on
-  the union batch wherever the neighbourhood is exact (no fan-out limit; tested).
+  construction), Adam keeps the replicas identical, and — for a loss that is a sum over
+  triples (LightGCN's BPR + L2) — the step equals one process's step on the union batch wherever
+  the neighbourhood is exact (no fan-out limit; tested). MGCN's contrastive term takes its
+  negatives from this rank's batch only (the model's gathers are identities here, as in DDP
+  without a gather): a different objective from one process's on the union batch.
 
 Inside a rank the model's own collectives are identities (:func:`tru_dist.comm.full_replica`):
 the process group carries only the gradient sums. The unlearning a service answers with stays
@@ -47,6 +52,7 @@ import torch.distributed as dist
 
 from tru_dist import comm as collectives
 from tru_dist.config import Config
+from tru_dist.errors import ConfigError
 from tru_dist.graph.context import RecGraph
 from tru_dist.graph.partition import PartitionBook
 from tru_dist.models.base import Backbone, BPRBatch, embed_for
@@ -91,6 +97,8 @@ def split_pairs(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int
 def rank_batches(sampler: BPRSampler, n_total: int, batch_size: int) -> Iterator[BPRBatch]:
     """This rank's share of every global batch, epoch after epoch (module docstring): ``⌈N_r /
     n_b⌉`` of its own pairs per batch, each term scaled by ``1 / batch_size``."""
+    if len(sampler) == 0:
+        raise ConfigError("a replica rank holds no train pairs (its user range has none); use fewer workers")
     n_batches = max(1, math.ceil(n_total / batch_size))
     mine = max(1, math.ceil(len(sampler) / n_batches))
     while True:
@@ -222,6 +230,12 @@ def train_replicas(graph: RecGraph, users: np.ndarray, items: np.ndarray, cfg: C
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    book = PartitionBook.contiguous(graph.n_users, graph.n_items, world_size)
+    empty = [r for r in range(world_size) if not np.any((users >= book.user_range(r)[0])
+                                                         & (users < book.user_range(r)[1]))]
+    if empty:
+        raise ConfigError(f"--workers {world_size}: the user range of rank {empty[0]} has no train pairs, so "
+                          "that replica would have nothing to sample; use fewer workers")
     pair_files = split_pairs(users, items, graph.n_users, graph.n_items, world_size, work)
     spec = {"config": cfg.to_dict(), "graph": str(share_graph(graph, work)),
             "pairs": [str(p) for p in pair_files],

@@ -9,7 +9,8 @@
 
 and every other row — its parameters and both moments — is left as it is; the other parameters
 take the dense Adam step (the same formula with ``U`` = everything, as ``torch.optim.Adam``).
-This is ``torch.optim.SparseAdam``'s rule on dense gradients (one step count per table).
+This is ``torch.optim.Adam``'s formula (ε added after the bias correction) with
+``torch.optim.SparseAdam``'s row-lazy semantics (one step count per table).
 
 Why: with neighbourhood propagation a step touches a few thousand of a 1M-row table's rows, but
 dense Adam reads and writes all of them and their two moments every step — at 1M users most of a
@@ -21,13 +22,12 @@ the dense update dominates, not the default.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from tru_dist.config import TrainConfig
-
-OPTIMIZERS = ("adam", "row_sparse_adam")
+from tru_dist.models.base import Backbone
 
 
 def touched_rows(grad: torch.Tensor) -> torch.Tensor:
@@ -42,20 +42,25 @@ def touched_rows(grad: torch.Tensor) -> torch.Tensor:
 
 
 class RowSparseAdam(torch.optim.Optimizer):
-    """Adam whose step on each parameter in ``row_params`` touches only the rows with a nonzero
-    gradient (module docstring); dense Adam on the rest. No weight decay, no AMSGrad."""
+    """Adam whose step on each of the 2-D ``row_params`` touches only the rows with a nonzero
+    gradient (module docstring); dense Adam on ``dense_params``. No weight decay, no AMSGrad.
+    The two kinds are two parameter groups (``group["rows"]``), so the distinction survives
+    ``state_dict``/``load_state_dict`` and copies."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], row_params: Iterable[torch.nn.Parameter],
+    def __init__(self, row_params: Iterable[torch.nn.Parameter], dense_params: Iterable[torch.nn.Parameter],
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-        self._row_ids = {id(p) for p in row_params}
+        groups = [{"params": list(row_params), "rows": True}, {"params": list(dense_params), "rows": False}]
+        super().__init__([g for g in groups if g["params"]], {"lr": lr, "betas": betas, "eps": eps})
 
     @torch.no_grad()
-    def step(self, closure=None, *, rows: dict[int, torch.Tensor] | None = None):  # noqa: ANN001
-        """One step. ``rows`` (``id(table)`` → row indices) may name, per row table, rows that
-        include every row with a nonzero gradient (e.g. found while summing gradients over
-        ranks), saving the scan for them; a named row whose gradient is zero takes a step with
-        ``g = 0`` (its moments decay), so name exactly the touched rows."""
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, *,
+             rows: dict[int, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One step. ``rows`` (``id(table)`` → row indices) may name, per row table, a superset of
+        the rows with a nonzero gradient (e.g. the union found while summing gradients over
+        ranks), saving the scan for them. A named row whose gradient is exactly zero (touched on
+        some rank, summed to zero) then takes a step with ``g = 0`` — its moments decay and it
+        moves on them — where a scan would have skipped it; for real-valued gradients that is
+        rare, and every replica does the same."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -74,7 +79,7 @@ class RowSparseAdam(torch.optim.Optimizer):
                 t = state["step"]
                 step_size = group["lr"] / (1 - beta1**t)
                 root_bias = math.sqrt(1 - beta2**t)
-                if id(p) in self._row_ids and p.dim() == 2:
+                if group["rows"] and p.dim() == 2:
                     at = rows[id(p)] if rows is not None and id(p) in rows else touched_rows(p.grad)
                     g = p.grad[at]
                     m = state["exp_avg"][at].mul_(beta1).add_(g, alpha=1 - beta1)
@@ -91,9 +96,10 @@ class RowSparseAdam(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: Backbone, tc: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer ``train.optimizer`` names, over all of ``model``'s parameters."""
     if tc.optimizer == "row_sparse_adam":
         tables = [p for p, _ in model.row_tables().values()]
-        return RowSparseAdam(model.parameters(), tables, lr=tc.lr)
+        ids = {id(p) for p in tables}
+        return RowSparseAdam(tables, [p for p in model.parameters() if id(p) not in ids], lr=tc.lr)
     return torch.optim.Adam(model.parameters(), lr=tc.lr)
