@@ -43,11 +43,13 @@ def _union_batches(pair_files, n_train: int, n_items: int, n_users: int, seed: i
     return out
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "row_sparse_adam"])
-def test_two_lightgcn_replicas_step_as_one_process_on_the_union_batch(tiny_data, tmp_path, optimizer):
-    cfg = build_config(model="lightgcn", overrides=["train.batch_size=64", "train.lr=0.01",
-                                                    f"train.optimizer={optimizer}"])
-    graph = build_rec_graph(tiny_data, with_knn=False)
+@pytest.mark.parametrize(("model", "optimizer"),
+                         [("lightgcn", "adam"), ("lightgcn", "row_sparse_adam"), ("mgcn", "adam")])
+def test_two_replicas_step_as_one_process_on_the_union_batch(tiny_data, tmp_path, model, optimizer):
+    """MGCN included: its contrastive negatives are gathered over the replicas' batches."""
+    cfg = build_config(model=model, overrides=["train.batch_size=64", "train.lr=0.01",
+                                               f"train.optimizer={optimizer}"])
+    graph = build_rec_graph(tiny_data, with_knn=model == "mgcn")
     users, items = tiny_data.train_pairs
     run = train_replicas(graph, users, items, cfg, world_size=2, steps=2, fanout=0, work_dir=tmp_path,
                          keep_files=True)
@@ -65,7 +67,7 @@ def test_two_lightgcn_replicas_step_as_one_process_on_the_union_batch(tiny_data,
     initial = build_model(cfg.model, graph, seed=cfg.train.seed).state_dict()
     moved = 0.0
     for name, value in reference.state_dict().items():
-        torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-5)
         moved += float((value - initial[name]).abs().sum())
     assert moved > 0  # the steps did move the parameters (a no-op would not match the reference)
     assert run["bytes_per_step"] > 0

@@ -44,19 +44,25 @@ def full_replica() -> Iterator[None]:
         _FULL_REPLICA.reset(token)
 
 
-def is_distributed() -> bool:
-    """Whether this process holds one shard of a W > 1 group (False inside :func:`full_replica`)."""
-    if _FULL_REPLICA.get():
+def is_distributed(batch: bool = False) -> bool:
+    """Whether this process holds one shard of a W > 1 group (False inside :func:`full_replica`).
+
+    ``batch=True`` asks instead whether the *batch* is split over W > 1 ranks — true for shards
+    and replicas alike: a loss whose terms couple the rows of a batch (MGCN's contrastive
+    negatives) gathers over the ranks either way, so W replicas compute one process's loss."""
+    if _FULL_REPLICA.get() and not batch:
         return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+def world_size(batch: bool = False) -> int:
+    """Ranks in the group (1 at W = 1); ``batch``: as in :func:`is_distributed`."""
+    return dist.get_world_size() if is_distributed(batch) else 1
 
 
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+def rank(batch: bool = False) -> int:
+    """This process's rank (0 at W = 1); ``batch``: as in :func:`is_distributed`."""
+    return dist.get_rank() if is_distributed(batch) else 0
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -68,17 +74,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return dnn.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
-def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Differentiable concatenation of every rank's rows, in rank order (identity at W = 1).
+def all_gather_rows(tensor: torch.Tensor, batch: bool = False) -> torch.Tensor:
+    """Differentiable concatenation of every rank's rows, in rank order (identity at W = 1;
+    ``batch``: as in :func:`is_distributed`).
 
     Ranks may hold different row counts (uneven contiguous slices); shorter slices are
     padded for the collective and trimmed afterwards.
     """
-    if not is_distributed():
+    if not is_distributed(batch):
         return tensor
     import torch.distributed.nn.functional as dnn
 
-    counts = sizes_of(tensor.shape[0], tensor.device)
+    counts = sizes_of(tensor.shape[0], tensor.device, batch=batch)
     width = max(counts)
     if tensor.shape[0] < width:
         pad = tensor.new_zeros((width - tensor.shape[0], *tensor.shape[1:]))
@@ -87,12 +94,12 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)], dim=0)
 
 
-def sizes_of(n: int, device: torch.device | str = "cpu") -> list[int]:
-    """Every rank's value of an integer (e.g. its row count)."""
-    if not is_distributed():
+def sizes_of(n: int, device: torch.device | str = "cpu", batch: bool = False) -> list[int]:
+    """Every rank's value of an integer (e.g. its row count); ``batch``: as in :func:`is_distributed`."""
+    if not is_distributed(batch):
         return [n]
     local = torch.tensor([n], dtype=torch.int64, device=device)
-    out = [torch.zeros_like(local) for _ in range(world_size())]
+    out = [torch.zeros_like(local) for _ in range(world_size(batch))]
     dist.all_gather(out, local)
     return [int(x.item()) for x in out]
 

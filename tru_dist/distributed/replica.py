@@ -25,15 +25,16 @@ full propagation, so W ranks on one machine fit:
   nonzero gradient are all-gathered, their union ``U`` formed, and ``grad[U]`` all-reduced
   (``|U| × d`` floats instead of the table's ``n × d``); every other parameter in one flat
   all-reduce. With the same summed gradient and the same initial parameters (seeded
-  construction), Adam keeps the replicas identical, and — for a loss that is a sum over
-  triples (LightGCN's BPR + L2) — the step equals one process's step on the union batch wherever
-  the neighbourhood is exact (no fan-out limit; tested). MGCN's contrastive term takes its
-  negatives from this rank's batch only (the model's gathers are identities here, as in DDP
-  without a gather): a different objective from one process's on the union batch.
+  construction), Adam keeps the replicas identical, and the step equals one process's step on
+  the union batch wherever the neighbourhood is exact (no fan-out limit; tested for LightGCN and
+  MGCN). MGCN's contrastive term couples a batch's rows (the other rows are its negatives): it
+  gathers the other ranks' rows (``batch=True`` collectives, which span replicas too), so W
+  replicas compute one process's loss, not W smaller ones.
 
-Inside a rank the model's own collectives are identities (:func:`tru_dist.comm.full_replica`):
-the process group carries only the gradient sums. The unlearning a service answers with stays
-single-process (the in-place deletion edits one graph); the replicas are for training.
+Inside a rank the model's shard collectives are identities (:func:`tru_dist.comm.full_replica`):
+the process group carries the gradient sums and the batch-level gathers. The unlearning a
+service answers with stays single-process (the in-place deletion edits one graph); the replicas
+are for training.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def local_features(graph, modality: str, dtype: torch.dtype) -> torch.Tensor:
 
 
 def global_info_nce(view: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Σ_{b local} −log softmax_b' (v̂_b·t̂_b'/τ)[b], negatives t̂_b' from every worker's batch.
+    """Σ_{b local} −log softmax_b' (v̂_b·t̂_b'/τ)[b], negatives t̂_b' from every worker's batch
+    (shards and data-parallel replicas alike: the gathers are ``batch=True``).
 
     ``view`` and ``target`` are this worker's rows (B_r × d); the targets of all workers
     are gathered differentiably (this worker's rows start at ``offset`` in the gather),
@@ -78,9 +79,9 @@ def global_info_nce(view: torch.Tensor, target: torch.Tensor, temperature: float
     """
     v = F.normalize(view, dim=1) / temperature
     t = F.normalize(target, dim=1)
-    counts = collectives.sizes_of(t.shape[0], t.device)
-    offset = sum(counts[: collectives.rank()])
-    logits = v @ collectives.all_gather_rows(t).T
+    counts = collectives.sizes_of(t.shape[0], t.device, batch=True)
+    offset = sum(counts[: collectives.rank(batch=True)])
+    logits = v @ collectives.all_gather_rows(t, batch=True).T
     positives = torch.arange(offset, offset + v.shape[0], device=v.device)
     return F.cross_entropy(logits, positives, reduction="sum")
 
