@@ -113,8 +113,9 @@ def sum_stats(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sum_grads(params: list[torch.nn.Parameter]) -> None:
-    """Sum the gradients of replicated parameters over ranks (one flat all-reduce).
+def sum_grads(params: list[torch.nn.Parameter], batch: bool = False) -> None:
+    """Sum the gradients of replicated parameters over ranks (one flat all-reduce; ``batch``:
+    as in :func:`is_distributed` — data-parallel replicas sum with it).
 
     A parameter without a gradient (not reached by this rank's batch) gets a zero one
     first, on every W including 1: every rank then all-reduces the same tensors, and Adam
@@ -123,7 +124,7 @@ def sum_grads(params: list[torch.nn.Parameter]) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    if not is_distributed():
+    if not is_distributed(batch):
         return
     grads = [p.grad for p in params]
     if not grads:

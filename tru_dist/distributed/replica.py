@@ -83,12 +83,16 @@ def open_shared_graph(path: str | Path) -> RecGraph:
 def split_pairs(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, world_size: int,
                 work_dir: str | Path) -> list[Path]:
     """Write rank ``r``'s train pairs (users in its contiguous range) to ``pairs.r.npy``
-    (a ``(2, N_r)`` int64 array); return the files in rank order."""
+    (a ``(2, N_r)`` int64 array); return the files in rank order. A rank without pairs is a
+    :class:`ConfigError` (it would have nothing to sample), raised before any file is written."""
     book = PartitionBook.contiguous(n_users, n_items, world_size)
+    masks = [(users >= lo) & (users < hi) for lo, hi in map(book.user_range, range(world_size))]
+    empty = next((r for r, mine in enumerate(masks) if not mine.any()), None)
+    if empty is not None:
+        raise ConfigError(f"--workers {world_size}: the user range of rank {empty} has no train pairs, so "
+                          "that replica would have nothing to sample; use fewer workers")
     files = []
-    for r in range(world_size):
-        lo, hi = book.user_range(r)
-        mine = (users >= lo) & (users < hi)
+    for r, mine in enumerate(masks):
         path = Path(work_dir) / f"replica-pairs.{r}.npy"
         np.save(path, np.stack([users[mine], items[mine]]).astype(np.int64))
         files.append(path)
@@ -112,7 +116,7 @@ def _table_rows_sum(grad: torch.Tensor) -> torch.Tensor:
     """Sum a row table's gradient over ranks, moving only the rows some rank touched; returns
     those rows (the union over ranks)."""
     mine = touched_rows(grad)
-    counts = _counts_over_ranks(len(mine))
+    counts = collectives.sizes_of(len(mine), batch=True)
     padded = torch.full((max(counts),), -1, dtype=torch.int64)
     padded[: len(mine)] = mine
     parts = [torch.empty_like(padded) for _ in counts]
@@ -124,37 +128,21 @@ def _table_rows_sum(grad: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def _counts_over_ranks(n: int) -> list[int]:
-    """Every rank's value of ``n`` (through the process group, whatever replica mode says)."""
-    local = torch.tensor([n], dtype=torch.int64)
-    out = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, local)
-    return [int(x) for x in out]
-
-
 @torch.no_grad()
 def sum_gradients(model: Backbone) -> dict[int, torch.Tensor] | None:
     """Make every parameter's gradient its sum over ranks (module docstring): row tables
-    row-sparse, the rest in one flat all-reduce. A parameter this rank's batch did not reach
-    gets a zero gradient first, so every rank steps the same parameters. Returns, per row table
-    (``id``), the rows some rank touched (``None`` without a process group)."""
-    for p in model.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
+    row-sparse, the rest in one flat all-reduce (:func:`tru_dist.comm.sum_grads`). A parameter
+    this rank's batch did not reach gets a zero gradient first, so every rank steps the same
+    parameters. Returns, per row table (``id``), the rows some rank touched (``None`` at W = 1)."""
     tables = [p for p, _ in model.row_tables().values()]
     table_ids = {id(p) for p in tables}
-    rows = {id(p): _table_rows_sum(p.grad) for p in tables}
-    dense = [p.grad for p in model.parameters() if id(p) not in table_ids]
-    if dense:
-        flat = torch.cat([g.reshape(-1) for g in dense])
-        dist.all_reduce(flat)
-        offset = 0
-        for g in dense:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-    return rows
+    for p in tables:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    collectives.sum_grads([p for p in model.parameters() if id(p) not in table_ids], batch=True)
+    if not collectives.is_distributed(batch=True):
+        return None
+    return {id(p): _table_rows_sum(p.grad) for p in tables}
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -231,12 +219,6 @@ def train_replicas(graph: RecGraph, users: np.ndarray, items: np.ndarray, cfg: C
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    book = PartitionBook.contiguous(graph.n_users, graph.n_items, world_size)
-    empty = [r for r in range(world_size) if not np.any((users >= book.user_range(r)[0])
-                                                         & (users < book.user_range(r)[1]))]
-    if empty:
-        raise ConfigError(f"--workers {world_size}: the user range of rank {empty[0]} has no train pairs, so "
-                          "that replica would have nothing to sample; use fewer workers")
     pair_files = split_pairs(users, items, graph.n_users, graph.n_items, world_size, work)
     spec = {"config": cfg.to_dict(), "graph": str(share_graph(graph, work)),
             "pairs": [str(p) for p in pair_files],
