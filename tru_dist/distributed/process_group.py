@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -122,6 +123,12 @@ def _child(
         torch.save(out, Path(result_dir) / f"result.{rank}.pt")
     finally:
         destroy()
+    # The result is on disk and the group torn down: leave without the interpreter's teardown,
+    # whose C++ static destructors can meet a still-joinable gloo thread and abort the process
+    # ("terminate called without an active exception"), failing a run that succeeded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn_local(
