@@ -7,6 +7,7 @@ The Python API (:mod:`tru_dist.api`, what the CLI itself calls)::
     tru_dist.evaluate(run); tru_dist.recommend(run, users=[0, 1], k=10)
     tru_dist.unlearn(run, requests="requests.parquet", method="tru")
     tru_dist.load_run("runs/miggt"); tru_dist.export_embeddings(run)
+    with tru_dist.worker_pool(2) as pool: ...   # W local ranks started once, reused by pool=
 
 Those names are resolved on first access (module ``__getattr__``, PEP 562), so ``import
 tru_dist`` stays light (no torch) and :mod:`tru_dist.api` can import the package's modules
@@ -29,7 +30,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Run", "train", "load_run", "unlearn", "evaluate", "recommend", "export_embeddings"]
+__all__ = ["__version__", "Run", "train", "load_run", "unlearn", "evaluate", "recommend", "export_embeddings",
+           "worker_pool"]
 _API = frozenset(__all__) - {"__version__"}
 _SUBPACKAGES = frozenset({"train", "unlearn"})  # callable subpackages named like API functions
 

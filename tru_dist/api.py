@@ -11,6 +11,10 @@
     forgotten = tru_dist.unlearn(run, requests=df, method="tru", config={"unlearn.epochs": 5})
     again = tru_dist.load_run("runs/mgcn")                      # any finished run folder
 
+    with tru_dist.worker_pool(2) as pool:                       # 2 local ranks, started once
+        for i, df in enumerate(request_frames):                 # each call reuses them (W = 2)
+            run = tru_dist.unlearn(run, requests=df, out=f"runs/mgcn-u{i}", pool=pool)
+
 A :class:`Run` is a run folder plus what was read from it; the model, graph and data are
 built on first use (``run.model``), on ``device`` (``auto`` = CUDA when available), so a run
 trained on a GPU serves on a CPU machine. Runs trained on W > 1 workers load too (their
@@ -19,6 +23,10 @@ one-line message, as on the command line.
 
 ``train``, ``evaluate`` and ``unlearn`` are thin wrappers over :mod:`tru_dist.distributed.commands`
 (what the CLI runs, at any W); ``unlearn`` writes a request DataFrame to a temporary file first.
+Each takes ``pool=``, a :func:`worker_pool` (:class:`tru_dist.distributed.pool.WorkerPool`):
+the command then runs on the pool's W local ranks instead of starting a group of its own —
+``dist.workers`` and ``dist.address`` default to the pool's (W, ``none``); a config that says
+otherwise is a one-line error.
 """
 
 from __future__ import annotations
@@ -29,16 +37,19 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tru_dist.config import Config, build_config, deep_merge, defaults_used, load_yaml, parse_overrides
 from tru_dist.errors import ConfigError, RequestError
 
+if TYPE_CHECKING:
+    from tru_dist.distributed.pool import WorkerPool
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "train", "load_run", "unlearn", "evaluate", "recommend", "export_embeddings"]
+__all__ = ["Run", "train", "load_run", "unlearn", "evaluate", "recommend", "export_embeddings", "worker_pool"]
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -148,6 +159,30 @@ def _train_config(config, model, data, overrides, device) -> Config:
     return build_config(model=model, dataset=dataset, config_file=config, overrides=extra)
 
 
+# -- worker pools ----------------------------------------------------------------------------------
+def worker_pool(workers: int = 2, backend: str = "auto", **options: Any) -> WorkerPool:
+    """Start ``workers`` local ranks (one process group, gloo on loopback or NCCL) to reuse across
+    ``train`` / ``evaluate`` / ``unlearn`` calls (``pool=``): each call then skips the seconds a
+    fresh group costs. Use it as a context manager, or ``close()`` it. ``options``: see
+    :class:`tru_dist.distributed.pool.WorkerPool` (timeouts, ``threads_per_rank``)."""
+    from tru_dist.distributed.pool import WorkerPool
+
+    return WorkerPool(workers, backend, **options)
+
+
+def _pool_overrides(pool: WorkerPool | None) -> list[str]:
+    """The pool's W and ``dist.address=none``, placed before the caller's overrides (which win)."""
+    return [] if pool is None else [f"dist.workers={pool.workers}", "dist.address=none"]
+
+
+def _pool_defaults(cfg: Config, pool: WorkerPool | None) -> Config:
+    """A config left at the single-process defaults (W = 1, ``local``) runs on the pool's ranks."""
+    if pool is not None and cfg.dist.workers == 1 and cfg.dist.address == "local":
+        cfg = cfg.model_copy(deep=True)
+        cfg.dist.workers, cfg.dist.address = pool.workers, "none"
+    return cfg
+
+
 # -- commands --------------------------------------------------------------------------------------
 def train(
     data: str | Path | None = None,
@@ -158,6 +193,7 @@ def train(
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     device: str | None = None,
     resume: bool = False,
+    pool: WorkerPool | None = None,
 ) -> Run:
     """Train a backbone (BPR, early stopping on valid) into ``out``; returns the :class:`Run`.
 
@@ -166,9 +202,10 @@ def train(
     spelling of lightgcn | mgcn | miggt (its published defaults apply). ``config``: a
     :class:`Config` (used as is, e.g. by the CLI), a YAML file, or a mapping of overrides;
     ``overrides``: ``{"train.epochs": 20}`` or ``["train.epochs=20"]``. ``dist.workers > 1``
-    trains on W workers (Ray or local processes, see ``dist.address``).
+    trains on W workers (Ray or local processes, see ``dist.address``); ``pool``: on that
+    :func:`worker_pool`'s ranks.
     """
-    cfg = _train_config(config, model, data, overrides, device)
+    cfg = _pool_defaults(_train_config(config, model, data, overrides, device), pool)
     if cfg.data.path is None:
         raise ConfigError("no data named: pass data= (a dataset folder) or a synthetic spec such as "
                           "data='synthetic:small' (on the command line: --data)")
@@ -180,7 +217,7 @@ def train(
 
         resolve_device(cfg.train.device)
     log.info(defaults_used(cfg.model.name, cfg.data.path))
-    metrics = commands.train(cfg, out, resume=resume)
+    metrics = commands.train(cfg, out, resume=resume, pool=pool)
     return Run(path=Path(out), config=cfg, metrics=metrics, world_size=cfg.dist.workers,
                device=cfg.train.device)
 
@@ -196,6 +233,7 @@ def unlearn(
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     purge: bool = False,
     keep_versions: int = 0,
+    pool: WorkerPool | None = None,
 ) -> Run:
     """Apply deletion requests to a trained run; returns the unlearned :class:`Run`.
 
@@ -207,7 +245,8 @@ def unlearn(
     defaults to ``<run>-<method>``. Ledgered: the same requests again are a no-op that returns
     the earlier receipt (``metrics["replayed"]``). ``purge``/``keep_versions``: then purge the
     run's store of the deleted interactions (``tru-dist unlearn --purge``). A thin wrapper over
-    :func:`tru_dist.distributed.commands.unlearn` (what ``tru-dist unlearn`` runs).
+    :func:`tru_dist.distributed.commands.unlearn` (what ``tru-dist unlearn`` runs); ``pool``: on
+    that :func:`worker_pool`'s ranks.
     """
     from tru_dist.distributed import commands
 
@@ -216,11 +255,11 @@ def unlearn(
     config_file = None
     if isinstance(config, (str, Path)) and not (isinstance(config, str) and "=" in config):
         config_file, config = config, None
-    extra = _override_list(config) + _override_list(overrides)
+    extra = _pool_overrides(pool) + _override_list(config) + _override_list(overrides)
 
     def apply(path: str | Path) -> dict[str, Any]:
         return commands.unlearn(source.path, path, out, method=method, config_file=config_file, seed=seed,
-                                overrides=extra, purge=purge, keep_versions=keep_versions)
+                                overrides=extra, purge=purge, keep_versions=keep_versions, pool=pool)
 
     if _is_dataframe(requests):
         from tru_dist.data.requests import write_requests
@@ -245,18 +284,19 @@ def _is_dataframe(obj: Any) -> bool:
     return isinstance(obj, pd.DataFrame)
 
 
-def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None
-             ) -> dict[str, dict[str, float]]:
+def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+             pool: WorkerPool | None = None) -> dict[str, dict[str, float]]:
     """Full-ranking metrics of the run's best parameters: ``{"valid": {...}, "test": {...}}``, on
     the run's device (``load_run(..., device=)``) unless ``overrides`` name ``train.device``;
-    ``{"dist.workers": W}`` evaluates on W workers (:func:`tru_dist.distributed.commands.evaluate`)."""
+    ``{"dist.workers": W}`` evaluates on W workers (:func:`tru_dist.distributed.commands.evaluate`);
+    ``pool``: on that :func:`worker_pool`'s ranks."""
     from tru_dist.distributed import commands
 
     run = _as_run(run)
-    extra = _override_list(overrides)
+    extra = _pool_overrides(pool) + _override_list(overrides)
     if not any(o.lstrip("-").startswith(("train.device=", "device=")) for o in extra):
         extra.insert(0, f"train.device={run.device}")
-    return commands.evaluate(run.path, overrides=extra)
+    return commands.evaluate(run.path, overrides=extra, pool=pool)
 
 
 def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np.ndarray:

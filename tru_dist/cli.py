@@ -4,6 +4,7 @@
     tru-dist train --model mgcn --data DIR --out RUN [--resume] [--device auto|cpu|cuda] [--key=value ...]
     tru-dist evaluate --run RUN [--workers W] [--device auto|cpu|cuda]
     tru-dist unlearn --run RUN --requests FILE --method tru --out RUN2 [--config YAML] [--workers W] [--purge]
+    tru-dist unlearn --run RUN --requests A --requests B ... --out DIR   (DIR/1-A, DIR/2-B, ...: in order)
     tru-dist recommend --run RUN --users 0,1,2 --k 20
     tru-dist verify-deletion --run RUN2 [--data STORE] [--scan DIR ...]
     tru-dist compare --data DIR --model mgcn --regime users --fraction 0.05 --methods ... --seeds 3 --out OUT
@@ -97,6 +98,10 @@ def _remove_partial(path: Path | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def _is_empty_dir(path: Path | None) -> bool:
+    return path is not None and path.is_dir() and not any(path.iterdir())
 
 
 def _add_dist_flags(p: argparse.ArgumentParser) -> None:
@@ -274,13 +279,36 @@ def cmd_evaluate(args, overrides) -> int:
     return 0
 
 
+def _unlearn_summary(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("config", "decisions")}
+
+
 def cmd_unlearn(args, overrides) -> int:
+    if len(args.requests) > 1:
+        return _unlearn_files(args, overrides)
     from tru_dist import api
 
-    run = api.unlearn(args.run, requests=args.requests, method=args.method, config=args.config, out=args.out,
-                      seed=args.seed, overrides=dist_overrides(args) + list(overrides), purge=args.purge,
-                      keep_versions=args.keep_versions)
-    _print_json({k: v for k, v in run.metrics.items() if k not in ("config", "decisions")})
+    run = api.unlearn(args.run, requests=args.requests[0], method=args.method, config=args.config,
+                      out=args.out, seed=args.seed, overrides=dist_overrides(args) + list(overrides),
+                      purge=args.purge, keep_versions=args.keep_versions)
+    _print_json(_unlearn_summary(run.metrics))
+    return 0
+
+
+def _unlearn_files(args, overrides) -> int:
+    """``--requests`` given N > 1 times: file k applied to file k − 1's output, into OUT/<k>-<stem>
+    (:func:`tru_dist.distributed.commands.unlearn_sequence`; one worker pool at W > 1 with
+    ``--address none``). Prints a JSON list, one summary per file with its ``out`` folder. A
+    failure keeps the outputs of the files applied before it."""
+    from tru_dist.distributed import commands
+
+    args.keeps_completed = True  # main() must not remove OUT: it holds complete, ledgered outputs
+    results = commands.unlearn_sequence(args.run, args.requests, args.out, method=args.method,
+                                        config_file=args.config, seed=args.seed,
+                                        overrides=dist_overrides(args) + list(overrides), purge=args.purge,
+                                        keep_versions=args.keep_versions)
+    dirs = commands.sequence_dirs(args.out, args.requests)
+    _print_json([{"out": str(d), **_unlearn_summary(m)} for d, m in zip(dirs, results, strict=True)])
     return 0
 
 
@@ -490,7 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("unlearn", help="apply deletion requests to a trained run (ledgered, at any W)")
     u.add_argument("--run", required=True, help="a finished run folder, trained at any --workers")
-    u.add_argument("--requests", required=True)
+    u.add_argument("--requests", required=True, action="append",
+                   help="a request file (.parquet/.csv); repeat it to apply several in order, each on the "
+                        "model the previous one left, into OUT/<k>-<file stem> (at --workers W > 1 with "
+                        "--address none the W processes are started once for all of them)")
     u.add_argument("--method", default=None, help="default: unlearn.method of the config (tru)")
     u.add_argument("--out", required=True)
     u.set_defaults(out_kind="dir")
@@ -646,7 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         fresh = _check_out(args)
         return COMMANDS[args.cmd](args, rest)
     except TruDistError as exc:
-        _remove_partial(fresh)
+        if not getattr(args, "keeps_completed", False) or _is_empty_dir(fresh):
+            _remove_partial(fresh)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,8 @@ W = 1 is a plain call. Which path :func:`run_distributed` takes:
 ``none``, W > 1                   ``spawn_local``: W processes, gloo (NCCL on GPUs), loopback
 ``local``, W > 1 or a fault       Ray started in-process (dashboard off), ``TorchTrainer``
 ``auto`` / ``ray://host:port``    the running cluster (``ray job submit`` sets ``auto``)
+``pool=`` given                   that :class:`~tru_dist.distributed.pool.WorkerPool`'s ranks
+                                  (started once, reused; needs ``none`` and its W)
 ================================  ==========================================================
 
 Under Ray, ``TorchTrainer(train_loop_per_worker, ScalingConfig(num_workers=W, use_gpu=…),
@@ -41,13 +43,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
 from tru_dist.distributed.process_group import resolve_backend, spawn_local
 from tru_dist.distributed.worker import RESULT_FILE, worker_main
 from tru_dist.errors import ConfigError, TruDistError
+
+if TYPE_CHECKING:
+    from tru_dist.distributed.pool import WorkerPool
 
 LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "GLOO_SOCKET_IFNAME": "lo"}
 
@@ -66,6 +71,7 @@ def run_distributed(
     task: dict[str, Any] | str,
     cfg: Config | None = None,
     data: RecDataset | None = None,
+    pool: WorkerPool | None = None,
     **fields: Any,
 ) -> dict:
     """Run ``task`` (see :mod:`tru_dist.distributed.worker`) on ``cfg.dist.workers`` workers.
@@ -76,6 +82,8 @@ def run_distributed(
     as keywords, e.g. ``run_distributed("train", cfg, out_dir="runs/x", resume=False)``.
     ``cfg`` defaults to ``task["config"]``; ``data`` (an in-memory dataset) is only
     accepted off Ray (Ray workers regenerate or memory-map ``cfg.data.path`` themselves).
+    ``pool``: run on that :class:`~tru_dist.distributed.pool.WorkerPool` instead of starting a
+    group (the config must say ``dist.address=none`` and the pool's W; refused otherwise).
     """
     task = {"kind": task} if isinstance(task, str) else dict(task)
     task.update({k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items() if v is not None})
@@ -83,6 +91,9 @@ def run_distributed(
     task["config"] = cfg.to_dict()
     if cfg.dist.workers < 1:
         raise ConfigError(f"dist.workers={cfg.dist.workers}; use --dist.workers=1 or more")
+    if pool is not None:
+        pool.check(cfg)
+        return pool.run(task, data)
     if not uses_ray(cfg):
         if cfg.dist.workers == 1:
             return worker_main(task, data=data)
