@@ -572,3 +572,16 @@ def test_pair_mask_matches_only_listed_pairs(tiny_data):
     nxt = tiny_data.users == u[0] + 1
     alias_item = tiny_data.items[nxt][0] + tiny_data.n_items
     assert not tiny_data.pair_mask(np.array([u[0], u[0] + 1]), np.array([alias_item, -1])).any()
+
+
+def test_line_search_order_breaks_exact_gap_ties_by_transport():
+    """(gap, transport) lexicographically: a lower gap wins whatever the transport; an equal gap
+    wins only with a lower transport (pairs closer to their targets); a higher gap never."""
+    from tru_dist.unlearn.tru.gate import improves
+
+    assert improves(0.20, 0.9, 0.25, 0.1)  # lower gap, farther pairs: still better
+    assert improves(11 / 13, 0.40, 11 / 13, 0.44)  # the same KS step, pairs moved closer
+    assert not improves(11 / 13, 0.44, 11 / 13, 0.44)  # nothing moved: a stall
+    assert not improves(11 / 13, 0.50, 11 / 13, 0.44)  # same gap, farther: a stall
+    assert not improves(0.30, 0.01, 0.25, 0.44)  # higher gap: a stall however close
+    assert improves(0.5, 1.0, float("inf"), float("inf"))  # the first pass is the best so far

@@ -73,7 +73,13 @@ Retrain ranks them far lower). So instead of t_u^K each pair gets its own target
 * step size       the gate runs its own optimisation: Adam at ``gate.lr`` for at most
                   ``gate.max_epochs`` epochs, with a line search on the calibration gap —
                   a gate pass that does not lower it restores the best parameters and
-                  halves the step; ``gate.patience`` halvings in a row end the update;
+                  halves the step; ``gate.patience`` halvings in a row end the update. A pass
+                  that leaves the gap exactly where it was but brings the pairs closer to
+                  their targets (transport = mean |p_ui − q_ui| lower) counts as progress
+                  (:func:`improves`): measured on MIG-GT items 1%, tuning seeds 100–105,
+                  retrain_distance 0.424 → 0.340 on average, from the one seed (105) whose
+                  gap sat at 0.846 for three passes and stopped the search at the start
+                  (0.845 → 0.329; the other five moved by −0.007 to +0.018);
 * convergence     the calibration gap, sup_x |F_cur(x) − F_ref(x)|: the KS distance between
                   all deleted pairs and their target mixture (each group's reference weighted
                   by the group's size), below ε.
@@ -217,6 +223,20 @@ def calibration_gap(current_sorted: torch.Tensor,
         target = sum(w * (x if t is None else ecdf(t, x, right)) for w, t in targets) / total
         gap = max(gap, float((ecdf(current_sorted, x, right) - target).abs().max()))
     return gap
+
+
+def improves(gap: float, transport: float, best_gap: float, best_transport: float,
+             tol: float = 1e-12) -> bool:
+    """The line search's order on gate passes: lexicographic in (gap, transport).
+
+    gap = the calibration gap (a KS distance); transport = mean |p_ui − q_ui| over the deleted
+    pairs, how far they still are from their targets. On a small forget set the gap is a step
+    function of a few pairs (multiples of 1/13 with 13 deleted items) and can stay put while
+    every pair moves towards its target; the transport then decides. Equal gaps are gaps
+    within ``tol`` (both are computed the same way each pass, so a tie is exact)."""
+    if gap < best_gap - tol:
+        return True
+    return abs(gap - best_gap) <= tol and transport < best_transport
 
 
 @torch.no_grad()
