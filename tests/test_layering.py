@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"audit", "report"},
     {"compare"},
     {"distributed"},  # runs train / unlearn / compare on W workers
-    {"tune", "bench", "bench_dist", "bench_sequential", "bench_scale", "demo"},
+    {"tune", "bench", "bench_dist", "bench_sequential", "bench_scale", "bench_pool", "demo"},
     {"api", "gpu_check"},  # the Python API (over distributed.commands) and the GPU check over it
     {"cli", "__main__"},
 ]

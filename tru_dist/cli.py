@@ -12,7 +12,7 @@
     tru-dist sweep --config configs/sweeps/fair-scientific-mgcn.yaml [--resume]
     tru-dist report sweep|compare PATH
     tru-dist demo --out DIR
-    tru-dist bench train|dist|sequential|scale ...
+    tru-dist bench train|dist|sequential|scale|pool ...
 
 Anything after the named flags of the form ``--key=value`` is a config override
 (``--train.lr=1e-3``, ``--beta=0.7``). A user error (a bad flag included) prints
@@ -401,7 +401,7 @@ def cmd_sweep(args, overrides) -> int:
 
 
 def cmd_bench(args, overrides) -> int:
-    feats = args.synthetic_features
+    feats = getattr(args, "synthetic_features", None)
     if args.bench_cmd == "scale":
         from tru_dist.bench_scale import bench_scale
         from tru_dist.data.synth_stream import parse_modalities
@@ -414,6 +414,14 @@ def cmd_bench(args, overrides) -> int:
                              train_steps=args.train_steps, retrain_epochs=args.retrain_epochs, seed=args.seed,
                              work_dir=args.work_dir, out_json=args.out, overrides=overrides)
         _print_json(result)
+        return 0
+    if args.bench_cmd == "pool":
+        from tru_dist.bench_pool import bench_pool
+
+        result = bench_pool(args.data, args.model, workers=args.workers, requests=args.requests,
+                            method=args.method, epochs=args.epochs, seed=args.seed, work_dir=args.work_dir,
+                            out_json=args.out, overrides=list(overrides))
+        _print_json({k: v for k, v in result.items() if k != "config"})
         return 0
     if args.bench_cmd == "sequential":
         from tru_dist.bench_sequential import bench_sequential
@@ -652,6 +660,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed of the users drawn, training and unlearning")
     bs.add_argument("--out", default=None, help="JSON output file; --key=value overrides apply to the config")
     bs.set_defaults(out_kind="file")
+    bp = bsub.add_parser("pool", help="N single-user deletions at W > 1: a fresh worker group per request "
+                         "vs one worker pool started once (seconds per request, identical models)")
+    bp.add_argument("--data", default="synthetic:small", help=f"{DATA_HELP} (default synthetic:small)")
+    bp.add_argument("--model", default="lightgcn")
+    bp.add_argument("--workers", type=_int_at_least(2), default=2, help="ranks W (default 2)")
+    bp.add_argument("--requests", type=_int_at_least(1), default=10,
+                    help="single-user request files N, applied in order (default 10)")
+    bp.add_argument("--method", default="tru", help="any unlearning method but sisa (default tru)")
+    bp.add_argument("--epochs", type=_int_at_least(1), default=5, help="training epochs of the original")
+    bp.add_argument("--seed", type=_int_at_least(0), default=0,
+                    help="seed of the users drawn, training and unlearning")
+    bp.add_argument("--work-dir", default="runs/bench-pool",
+                    help="the store, the original, the request files and both chains' outputs go here")
+    bp.add_argument("--out", default=None, help="JSON output file; --key=value overrides apply to the config")
+    bp.set_defaults(out_kind="file")
     return p
 
 
