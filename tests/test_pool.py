@@ -184,6 +184,25 @@ def test_a_bug_surfaces_with_its_traceback_and_the_pool_refuses_after():
     pool.close()
 
 
+def _user_error_on_rank0(rank: int, world: int) -> None:
+    import torch.distributed as dist
+
+    if rank == 0:
+        raise ConfigError("only rank 0 sees this bad setting; fix it")
+    dist.barrier()  # rank 1 waits for rank 0, which never comes: the group's timeout ends it
+
+
+def test_a_one_sided_user_error_is_still_that_error_and_closes_the_pool():
+    """Rank 0's user error leaves rank 1 in a collective: after the group's timeout the caller gets
+    rank 0's one-line error (the cause, not rank 1's timeout), and the pool is closed."""
+    pool = WorkerPool(2, collective_timeout_s=2)
+    with pytest.raises(ConfigError, match="only rank 0 sees this bad setting"):
+        pool.call(_user_error_on_rank0)
+    with pytest.raises(WorkerPoolError, match="closed: rank 1 failed"):
+        pool.call(_rank_and_group)
+    pool.close()
+
+
 def test_a_killed_rank_is_a_clear_error_not_a_hang():
     pool = WorkerPool(2)
     start = time.monotonic()
@@ -204,9 +223,10 @@ def test_a_killed_rank_is_a_clear_error_not_a_hang():
     idle.close()
 
 
-def test_close_is_idempotent_and_the_ranks_leave_cleanly():
-    with WorkerPool(2) as pool:
-        assert [r[2] for r in pool.call(_rank_and_group)] == [0, 1]
+def test_close_is_idempotent_and_the_ranks_leave_cleanly(pool):
+    """Last in this module: closes the shared pool (whose fixture closes it again, idempotently)."""
+    assert [r[2] for r in pool.call(_rank_and_group)] == [0, 1]
+    pool.close()
     assert pool.closed and all(p.exitcode == 0 for p in pool._procs)  # destroy(), then os._exit(0)
     pool.close()
     with pytest.raises(WorkerPoolError, match="closed"):

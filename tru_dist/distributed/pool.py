@@ -34,11 +34,13 @@ Failures. A :class:`~tru_dist.errors.TruDistError` raised by the task (a user er
 alike by every rank) comes back as itself — the same one-line error as through
 ``spawn_local`` — and the pool stays usable. Anything else leaves the group in an unknown
 state (a peer may sit in a collective), so the pool closes itself: a rank's exception is
-raised as :class:`PoolTaskError` with that rank's traceback; a rank that died (killed, out of
-memory) or a task past ``task_timeout_s`` raises :class:`WorkerPoolError` (one line); every
-later call raises :class:`WorkerPoolError` too. Nothing waits forever: the driver watches
-every rank's process sentinel while it waits, a collective whose peer is gone fails within the
-group's ``collective_timeout_s``, and ranks exit when the driver's end of their pipe closes.
+raised as :class:`PoolTaskError` with that rank's traceback (or, when another rank raised a
+user error first and left this one waiting in a collective until the group's timeout, as
+that user error); a rank that died (killed, out of memory) or a task past ``task_timeout_s``
+raises :class:`WorkerPoolError` (one line); every later call raises :class:`WorkerPoolError`
+too. Nothing waits forever: the driver watches every rank's process sentinel while it waits, a
+collective whose peer is gone fails within the group's ``collective_timeout_s``, and ranks
+exit when the driver's end of their pipe closes.
 
 Closing (``close()``, idempotent, also on leaving the ``with`` block or garbage collection):
 each idle rank destroys the group after a barrier and leaves with ``os._exit(0)`` — as in
@@ -256,11 +258,13 @@ class WorkerPool:
             self._busy = False
         self.tasks_run += 1
         failed = next((r for r in replies if r[0] == "fail"), None)
+        user = next((r for r in replies if r[0] == "user"), None)
         if failed is not None:
             rank = replies.index(failed)
             self._break(f"rank {rank} failed ({failed[1]})")
+            if user is not None:  # one rank's user error left a peer in a collective: the cause
+                raise user[1]
             raise PoolTaskError(f"worker pool rank {rank} failed: {failed[1]}\n\n{failed[2]}")
-        user = next((r for r in replies if r[0] == "user"), None)
         if user is not None:
             raise user[1]
         return [r[1] for r in replies]
@@ -315,7 +319,8 @@ class WorkerPool:
     # -- closing ---------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop every rank (idle ones leave cleanly, see the module docstring). Idempotent."""
-        self._shutdown(graceful=self._broken is None and not self._busy)
+        whole = all(p.is_alive() for p in self._procs)  # else the survivors' barrier could not end
+        self._shutdown(graceful=self._broken is None and not self._busy and whole)
 
     def _shutdown(self, graceful: bool) -> None:
         if self._closed:
