@@ -125,9 +125,15 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, threads: int
     conn.send_bytes(_dumps(("ready", os.getpid())))
     while True:
         try:
-            message = _loads(conn.recv_bytes())
+            raw = conn.recv_bytes()
         except (EOFError, OSError):  # the driver is gone: peers may be too, so no barrier
             _leave(1)
+        try:
+            message = _loads(raw)  # a function this process cannot import fails here, not the rank
+        except Exception as exc:
+            conn.send_bytes(_dumps(("fail", f"rank {rank} could not read the task: {type(exc).__name__}: "
+                                    f"{exc}", traceback.format_exc())))
+            continue
         if message[0] == "stop":
             break
         _, fn, args = message
