@@ -366,7 +366,7 @@ class WorkerPool:
 
 def _label(fn: Callable[..., Any], args: tuple) -> str:
     if fn is _run_task and args and isinstance(args[0], dict):
-        return f"a {args[0].get('kind')} task"
+        return f"the {args[0].get('kind')} task"
     return getattr(fn, "__name__", "a task")
 
 
