@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -291,3 +292,30 @@ def test_a_user_error_on_the_workers_reaches_the_caller_as_itself():
 
     with pytest.raises(ConfigError, match="rank 0 of 2: bad setting"):
         spawn_local(_user_error, 2)
+
+
+def _one_user_probe(rank: int, world: int, data, model_name: str) -> dict:
+    """reverse_bpr after deleting one whole user: at W = 2 only one rank holds that user."""
+    from tru_dist.data.regimes import user_request_table
+    from tru_dist.data.requests import resolve_requests
+    from tru_dist.unlearn.base import get_method
+
+    cfg = _cfg(model_name, epochs=1, batch=400, unlearn={"epochs": 1, "batch_size": 64})
+    shard = load_shard(cfg, data)
+    model = build_shard_model(cfg, shard)
+    user = int(shard.data.users[shard.data.labels == 0].max())  # the last user: rank 1's at W = 2
+    forget = resolve_requests(shard.data, user_request_table(np.array([user]), "test"), regime="users")
+    res = get_method("reverse_bpr").unlearn(model, build_deletion(shard.data, shard.graph, forget), cfg)
+    return {"rank": rank, "state": _state(res.model), "steps": res.stats["steps"], "user": user,
+            "user_range": shard.book.user_range(rank) if world > 1 else (0, data.n_users)}
+
+
+def test_a_one_user_deletion_held_by_one_rank_unlearns_at_w2_as_at_w1(tiny_data):
+    """The reset user's snapshot is a collective forward: the rank without that user must join
+    it (it used to return early — gloo aborted on LightGCN, hung to its timeout on MGCN)."""
+    single = _one_user_probe(0, 1, tiny_data, "lightgcn")
+    ranks = spawn_local(_one_user_probe, 2, (tiny_data, "lightgcn"))
+    assert single["steps"] > 0 and all(r["steps"] == single["steps"] for r in ranks)
+    lo, hi = ranks[1]["user_range"]
+    assert lo <= ranks[1]["user"] == single["user"] < hi  # the deleted user lives on rank 1 only
+    _check_state("one_user_reverse_bpr", single, ranks, "state")

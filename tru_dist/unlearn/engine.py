@@ -189,9 +189,16 @@ class _Loop:
     @torch.no_grad()
     def freeze_reset_users(self) -> None:
         """Snapshot the reset users' final vectors (original model, before-graph) and freeze
-        their fresh rows (already re-drawn by :func:`~.deletion.start_model`)."""
+        their fresh rows (already re-drawn by :func:`~.deletion.start_model`).
+
+        The snapshot's forward is a collective at W > 1, so whether to take it is decided from
+        the global count: a rank holding none of the reset users still joins the forward (it
+        used to return early, and a one-user deletion mismatched the ranks' collectives —
+        gloo aborted, or hung to its timeout on MGCN)."""
         removed = self.deletion.local_reset_users()
-        if len(removed) == 0:
+        count = torch.tensor([float(len(removed))], dtype=torch.float64)
+        collectives.sum_stats(count)
+        if float(count[0]) == 0:
             return
         local = torch.from_numpy(removed).to(self.device)
         before = self.original
@@ -204,6 +211,8 @@ class _Loop:
         else:
             snap = before.embed(self.deletion.graph_before).user[local]
         before.train(was)
+        if len(removed) == 0:  # joined the collective forward; nothing of this rank's to freeze
+            return
         self.snap = snap.detach().clone()
         self.snap_rows = torch.full((self.n_local,), -1, dtype=torch.long, device=self.device)
         self.snap_rows[local] = torch.arange(len(local), device=self.device)
