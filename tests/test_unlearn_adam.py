@@ -1,4 +1,4 @@
-"""The unlearning loop's own Adam: bit-identical to torch.optim.Adam, and no torch._dynamo import."""
+"""PlainAdam (the unlearning loop's optimizer): bit-identical to torch.optim.Adam, no torch._dynamo import."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from tru_dist.unlearn.adam import Adam
+from tru_dist.train.optim import PlainAdam
 
 
 def test_matches_torch_adam_bit_for_bit_including_skipped_parameters():
@@ -18,7 +18,7 @@ def test_matches_torch_adam_bit_for_bit_including_skipped_parameters():
     shapes = [(40, 8), (8,), (5, 3)]
     ours = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
     ref = [p.detach().clone().requires_grad_() for p in ours]
-    mine, theirs = Adam(ours, lr=0.05), torch.optim.Adam(ref, lr=0.05)
+    mine, theirs = PlainAdam(ours, lr=0.05), torch.optim.Adam(ref, lr=0.05)
     for step in range(7):
         grads = [torch.randn(s, generator=gen) for s in shapes]
         for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
@@ -39,7 +39,7 @@ def test_matches_torch_adam_bit_for_bit_including_skipped_parameters():
 
 def test_refuses_a_non_positive_learning_rate():
     with pytest.raises(ValueError, match="lr=0"):
-        Adam([torch.zeros(2, requires_grad=True)], lr=0.0)
+        PlainAdam([torch.zeros(2, requires_grad=True)], lr=0.0)
 
 
 def test_an_unlearning_request_never_imports_torch_dynamo():

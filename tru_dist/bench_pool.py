@@ -100,7 +100,9 @@ def bench_pool(
 
     from tru_dist.distributed import commands
     from tru_dist.distributed.pool import WorkerPool
+    from tru_dist.unlearn.base import get_method
 
+    get_method(method)  # an unknown method fails before the data and the original are made
     if workers < 2:
         raise ConfigError(f"--workers must be at least 2 (a pool of one is the calling process), "
                           f"got {workers}")

@@ -50,23 +50,27 @@ rank that finished cleanly. A pool closed mid-task, broken, or slow to leave is 
 
 from __future__ import annotations
 
-import datetime
 import io
 import os
 import signal
-import sys
 import time
 import traceback
 import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.distributed.process_group import LOOPBACK, destroy, free_port, resolve_backend
+from tru_dist.distributed.process_group import (
+    destroy,
+    exit_without_teardown,
+    free_port,
+    join_local_group,
+    resolve_backend,
+)
 from tru_dist.errors import ConfigError, TruDistError
 
 #: seconds a rank may take to leave after ``close()`` before it is terminated
@@ -111,23 +115,14 @@ def _run_task(rank: int, world_size: int, task: dict[str, Any], data: RecDataset
 def _rank_main(rank: int, world_size: int, port: int, backend: str, threads: int, timeout_s: float,
                conn: Connection) -> None:
     """A rank's life: join the group once, then answer tasks until told to stop (or orphaned)."""
-    import torch.distributed as dist
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it closes the pool
-    os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(threads)
-    if backend == "nccl":
-        torch.cuda.set_device(rank % max(1, torch.cuda.device_count()))
-    dist.init_process_group(backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    join_local_group(rank, world_size, port, backend, threads, timeout_s)
     conn.send_bytes(_dumps(("ready", os.getpid())))
     while True:
         try:
             raw = conn.recv_bytes()
         except (EOFError, OSError):  # the driver is gone: peers may be too, so no barrier
-            _leave(1)
+            exit_without_teardown(1)
         try:
             message = _loads(raw)  # a function this process cannot import fails here, not the rank
         except Exception as exc:
@@ -151,14 +146,7 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, threads: int
     try:
         destroy()  # barrier, then tear the group down
     finally:
-        _leave(0)
-
-
-def _leave(code: int) -> NoReturn:
-    """Exit without interpreter teardown (see the module docstring)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        exit_without_teardown(0)
 
 
 def _kill(processes: list) -> None:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -92,6 +92,31 @@ def destroy() -> None:
             dist.destroy_process_group()
 
 
+def join_local_group(rank: int, world_size: int, port: int, backend: str, threads: int,
+                     timeout_s: float) -> None:
+    """Start of a local rank (:func:`spawn_local`'s and the worker pool's): loopback rendezvous
+    on ``port`` (``MASTER_ADDR=127.0.0.1``, ``GLOO_SOCKET_IFNAME=lo``), ``threads`` torch
+    threads, one CUDA device per rank under NCCL, then the default group."""
+    os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(threads)
+    name = resolve_backend(backend)
+    if name == "nccl":
+        torch.cuda.set_device(rank % max(1, torch.cuda.device_count()))
+    dist.init_process_group(name, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Leave a finished rank without the interpreter's teardown, whose C++ static destructors can
+    meet a still-joinable gloo thread and abort the process ("terminate called without an active
+    exception"), failing a run that succeeded."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _child(
     rank: int,
     world_size: int,
@@ -102,19 +127,7 @@ def _child(
     fn: Callable[..., Any],
     args: tuple,
 ) -> None:
-    os.environ.update(
-        MASTER_ADDR=LOOPBACK,
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(threads)
-    name = resolve_backend(backend)
-    if name == "nccl":
-        torch.cuda.set_device(rank % max(1, torch.cuda.device_count()))
-    dist.init_process_group(name, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=300))
+    join_local_group(rank, world_size, port, backend, threads, timeout_s=300.0)
     try:
         try:
             out = fn(rank, world_size, *args)
@@ -123,12 +136,7 @@ def _child(
         torch.save(out, Path(result_dir) / f"result.{rank}.pt")
     finally:
         destroy()
-    # The result is on disk and the group torn down: leave without the interpreter's teardown,
-    # whose C++ static destructors can meet a still-joinable gloo thread and abort the process
-    # ("terminate called without an active exception"), failing a run that succeeded.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown(0)  # the result is on disk and the group torn down
 
 
 def spawn_local(

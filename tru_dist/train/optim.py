@@ -12,6 +12,9 @@ take the dense Adam step (the same formula with ``U`` = everything, as ``torch.o
 This is ``torch.optim.Adam``'s formula (ε added after the bias correction) with
 ``torch.optim.SparseAdam``'s row-lazy semantics (one step count per table).
 
+:class:`PlainAdam` is ``torch.optim.Adam``'s dense step without ``torch.optim`` (the unlearning
+loop's optimizer, see its docstring); both share :func:`adam_update_`.
+
 Why: with neighbourhood propagation a step touches a few thousand of a 1M-row table's rows, but
 dense Adam reads and writes all of them and their two moments every step — at 1M users most of a
 step's time (``tru-dist bench scale``). Dense Adam also keeps moving untouched rows on their
@@ -77,9 +80,9 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
                 t = state["step"]
-                step_size = group["lr"] / (1 - beta1**t)
-                root_bias = math.sqrt(1 - beta2**t)
                 if group["rows"] and p.dim() == 2:
+                    step_size = group["lr"] / (1 - beta1**t)
+                    root_bias = math.sqrt(1 - beta2**t)
                     at = rows[id(p)] if rows is not None and id(p) in rows else touched_rows(p.grad)
                     g = p.grad[at]
                     m = state["exp_avg"][at].mul_(beta1).add_(g, alpha=1 - beta1)
@@ -89,11 +92,61 @@ class RowSparseAdam(torch.optim.Optimizer):
                     update = m.div_(v.sqrt_().div_(root_bias).add_(group["eps"]))
                     p.index_add_(0, at, update, alpha=-step_size)
                 else:
-                    m, v = state["exp_avg"], state["exp_avg_sq"]
-                    m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    p.addcdiv_(m, v.sqrt().div_(root_bias).add_(group["eps"]), value=-step_size)
+                    adam_update_(p, p.grad, state["exp_avg"], state["exp_avg_sq"], t, group["lr"],
+                                 beta1, beta2, group["eps"])
         return loss
+
+
+@torch.no_grad()
+def adam_update_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                 step: int, lr: float, beta1: float, beta2: float, eps: float) -> None:
+    """One dense Adam step at step count ``step`` (≥ 1), in place, operation for operation as
+    ``torch.optim.Adam``'s single-tensor path (bit-identical on CPU):
+    m ← m + (1 − β₁)(g − m), v ← β₂v + (1 − β₂)g², θ ← θ − lr/(1 − β₁ᵗ) · m / (√v/√(1 − β₂ᵗ) + ε)."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    t = float(step)
+    denom = (exp_avg_sq.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
+
+
+class PlainAdam:
+    """``torch.optim.Adam(params, lr)`` with its defaults (β = (0.9, 0.999), ε = 1e-8, no weight
+    decay), bit-identical, without the ``torch.optim.Optimizer`` base class: the first such
+    optimizer a process builds imports ``torch._dynamo`` (1.3 s measured here), which every
+    ``tru-dist unlearn`` call paid for an update that never compiles anything. The unlearning
+    loop steps with it (a fresh one per run and per line-search halving). Parameters whose
+    ``grad`` is None are skipped and keep their own step count, as torch's."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if not lr > 0.0:
+            raise ValueError(f"PlainAdam: lr={lr} must be > 0")
+        self.params = list(params)
+        self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
+        self.steps = [0] * len(self.params)
+        self.moments: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop (or zero) every parameter's gradient."""
+        for p in self.params:
+            if p.grad is not None:
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step on every parameter that has a gradient."""
+        for k, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if self.moments[k] is None:
+                self.moments[k] = (torch.zeros_like(p), torch.zeros_like(p))
+            self.steps[k] += 1
+            m, v = self.moments[k]
+            adam_update_(p, p.grad, m, v, self.steps[k], self.lr, *self.betas, self.eps)
 
 
 def build_optimizer(model: Backbone, tc: TrainConfig) -> torch.optim.Optimizer:

@@ -13,7 +13,7 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
    still reversed — that is how their imprint on the shared item side is removed — but
    scored with a constant snapshot of their final embedding taken from the ORIGINAL model
    on the before-graph (the vector that pulled their items up during training), not with
-   the random fresh row. The unlearning optimizer is a fresh Adam (:mod:`.adam`), so no optimizer state
+   the random fresh row. The unlearning optimizer is a fresh Adam (``PlainAdam``), so no optimizer state
    of theirs survives.
 2. *Isolation statistics* (TRU): one dedicated pass before the first step (after the first
    gate pass when the gate is on: a forget set already on target needs none) — the gradient of
@@ -62,9 +62,9 @@ from tru_dist.data.dataset import VALID
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings, embed_for
 from tru_dist.models.registry import torch_seed
 from tru_dist.train.evaluate import candidate_counts, history_mask, pair_ranks
+from tru_dist.train.optim import PlainAdam
 from tru_dist.train.sampler import BPRSampler
 from tru_dist.unlearn import losses
-from tru_dist.unlearn.adam import Adam
 from tru_dist.unlearn.batches import equal_batch_size, forget_batches, retain_stream
 from tru_dist.unlearn.deletion import Deletion, start_model
 from tru_dist.unlearn.tru import gate as gate_fn
@@ -489,7 +489,7 @@ class _Loop:
             p.copy_(saved)
         if not self.best["stopped"]:
             self.lr *= 0.5
-            self.optimizer = Adam(self.params, lr=self.lr)
+            self.optimizer = PlainAdam(self.params, lr=self.lr)
             self.stats.setdefault("backtracks", []).append({"epoch": last["epoch"], "lr": self.lr})
         return self.best["stopped"]
 
@@ -589,7 +589,7 @@ class _Loop:
             elif p.grad is not None and id(p) in self.frozen_rows:
                 p.grad.mul_(self.frozen_rows[id(p)].to(p.grad.dtype)[:, None])
 
-    def step(self, optimizer: Adam, f_batch: BPRBatch, r_batch: BPRBatch | None) -> None:
+    def step(self, optimizer: PlainAdam, f_batch: BPRBatch, r_batch: BPRBatch | None) -> None:
         optimizer.zero_grad(set_to_none=True)
         emb = self.embed(*(b for b in (f_batch, r_batch) if b is not None))
         loss_f = self.forget_loss(emb, f_batch) if self.spec.forget_term != "none" else None
@@ -651,7 +651,7 @@ class _Loop:
             retain = retain_stream(sampler, b)
         calibrated = self.target_mode == "calibrated"
         self.lr = spec.gate.lr if calibrated else uc.lr
-        self.optimizer = Adam(self.params, lr=self.lr)
+        self.optimizer = PlainAdam(self.params, lr=self.lr)
         self.model.train()
         steps, converged_at, epochs_run = 0, None, 0
         alpha_epochs: list[dict[str, float]] = []
