@@ -337,6 +337,54 @@ def test_branch_scaling_changes_a_multimodal_update(tiny_data):
     assert gap[0.0] < 1e-4 and gap[1.0] > 1e-2, gap
 
 
+@pytest.fixture(scope="module")
+def mgcn_trained(tiny_data):
+    cfg = _cfg(**OFF)
+    cfg.model.name = "mgcn"
+    graph = build_rec_graph(tiny_data)
+    model = build_model(cfg.model, graph, seed=0)
+    cfg.train.epochs = 5
+    train_model(model, graph, tiny_data, cfg)
+    forget = forget_set(tiny_data, "interactions", 0.05, seed=0)
+    return model, build_deletion(tiny_data, graph, forget)
+
+
+def _mgcn_cfg(**unlearn) -> Config:
+    cfg = _cfg(**{**OFF, **unlearn})
+    cfg.model.name = "mgcn"
+    return cfg
+
+
+def test_scaling_measures_only_the_branches_that_move(mgcn_trained):
+    """With only the ID row tables live (isolation without shared layers) the image and text
+    branches never move, so they do not damp the ID branch: its α is 1 and the update equals
+    the unscaled one (to rounding). Measuring the ratios over every parameter, frozen ones
+    included, gave the ID branch α < 1 here."""
+    model, deletion = mgcn_trained
+    iso = {"enabled": True, "shared_layers": False, "budget": 1.0, "row_hops": 1}
+    scaled = get_method("tru").unlearn(model, deletion, _mgcn_cfg(
+        isolation=iso, scaling={"enabled": True, "gamma": 1.0}))
+    plain = get_method("tru").unlearn(model, deletion, _mgcn_cfg(isolation=iso))
+    assert scaled.stats["scaling"]["alpha_last"] == {"id": 1.0}
+    a, b, before = scaled.model.state_dict(), plain.model.state_dict(), model.state_dict()
+    assert not torch.equal(a["item_emb"], before["item_emb"])
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-5, k
+
+
+def test_isolation_statistics_of_row_tables_do_not_depend_on_the_candidates(mgcn_trained):
+    """Without shared layers only the row tables' gradients are computed for the isolation
+    statistics (the backward skips the encoders); their Fisher ratios equal those of the pass
+    that computes every group's."""
+    model, deletion = mgcn_trained
+    stats = {shared: get_method("tru").unlearn(model, deletion, _mgcn_cfg(isolation={
+        "enabled": True, "shared_layers": shared})).stats["isolation"] for shared in (True, False)}
+    assert len(stats[True]["fisher_ratio"]) > 2
+    assert set(stats[False]["fisher_ratio"]) == {"user_emb", "item_emb"}
+    for name, ratio in stats[False]["fisher_ratio"].items():
+        assert ratio == pytest.approx(stats[True]["fisher_ratio"][name], rel=1e-6), name
+
+
 def test_deleted_users_rows_reset_fresh_and_frozen(trained):
     model, _, deletion, no_reset, forget = trained
     assert len(forget.removed_users) > 0

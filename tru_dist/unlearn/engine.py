@@ -27,11 +27,14 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
    Per step: one forward ``emb = model.embed(graph_after)``;
        L_f = forget term (reverse BPR, its gated form, or −BPR for gradient ascent),
        L_r = ``model.loss`` on the D_r batch;
-   without scaling: backward of λ_f·L_f + λ_r·L_r; with scaling: g_f = ∇L_f and g_r = ∇L_r
-   separately (``torch.autograd.grad``), then per branch g = λ_r·g_r + λ_f·α_b·g_f (after the
-   optional conflict projection). Replicated gradients are summed over ranks, isolation
-   masks applied (frozen groups get no gradient, rows outside the k-hop set and the reset
-   users' rows get zero), Adam step.
+   gradients are computed for the *live* parameters only — those of no frozen layer group
+   (``torch.autograd.grad``; the backward skips every layer that leads only to frozen ones:
+   on MIG-GT with only the ID rows live, the encoders and the transformer's weights).
+   Without scaling: ∇(λ_f·L_f + λ_r·L_r); with scaling: g_f = ∇L_f and g_r = ∇L_r separately,
+   then per live branch g = λ_r·g_r + λ_f·α_b·g_f (after the optional conflict projection;
+   one backward of the sum when a single branch is live, whose α is then 1). Replicated
+   gradients are summed over ranks, isolation masks applied (frozen groups get no gradient,
+   rows outside the k-hop set and the reset users' rows get zero), Adam step.
 
 Every statistic is a global sum (``collectives.sum_stats``), so W shards decide as one
 process would.
@@ -99,7 +102,6 @@ class _Loop:
         self.lo, self.n_local = graph.user_offset, graph.n_local_users
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.index = {id(p): k for k, p in enumerate(self.params)}
-        self.replicated = [p for p in model.replicated_parameters() if p.requires_grad]
         user_ids = {id(p) for p, kind in model.row_tables().values() if kind == "user"}
         self.sharded = torch.tensor([id(p) in user_ids for p in self.params], dtype=torch.bool)
         self.fu = np.asarray(forget.train_users, dtype=np.int64)
@@ -264,16 +266,30 @@ class _Loop:
         return 0.5 * (d_pos ** 2 + d_neg ** 2).sum() * batch.scale
 
     # -- 2. isolation ------------------------------------------------------------------------
-    def _accumulate(self, batches, loss_fn, weight_fn) -> list[torch.Tensor]:
-        self.model.zero_grad(set_to_none=True)
+    def _accumulate(self, batches, loss_fn, weight_fn, wanted: list[int]) -> list[torch.Tensor]:
+        """Σ over ``batches`` of ∇(loss·weight) for the parameters ``wanted`` (indices into
+        ``self.params``; zeros for the rest, whose gradients are not computed — the backward
+        skips every layer that leads only to them), replicated ones summed over ranks."""
+        acc = [torch.zeros_like(p) for p in self.params]
+        wanted_params = [self.params[k] for k in wanted]
         for batch in batches:
             batch = batch.to(self.device)
             emb = self.embed(batch)
-            (loss_fn(emb, batch) * weight_fn(batch)).backward()
-        collectives.sum_grads(self.replicated)
-        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        self.model.zero_grad(set_to_none=True)
-        return grads
+            loss = loss_fn(emb, batch) * weight_fn(batch)
+            got = torch.autograd.grad(loss, wanted_params, allow_unused=True)
+            for k, g in zip(wanted, got, strict=True):
+                if g is not None:
+                    acc[k] += g
+        return self._sum_replicated(acc, wanted)
+
+    def _candidate_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The layer groups that compete for the isolation budget: all of them, or with
+        ``isolation.shared_layers: false`` only those made of row tables."""
+        groups = self.model.layer_groups()
+        if self.spec.isolation.shared_layers:
+            return groups
+        row_params = {id(p) for p, _ in self.model.row_tables().values()}
+        return {n: ps for n, ps in groups.items() if ps and all(id(p) in row_params for p in ps)}
 
     def isolation_pass(self, batch_size: int) -> None:
         iso = self.spec.isolation
@@ -282,16 +298,18 @@ class _Loop:
         rng = np.random.default_rng([self.uc.seed, 8])
         f_batches = list(forget_batches(self.fu, self.fi, batch_size, rng, negs, self.graph.book,
                                         self.graph.rank))
+        candidates = self._candidate_groups()
+        wanted = sorted(set().union(*(self._groups(candidates).values())))
         g_f = self._accumulate(f_batches, lambda e, b: losses.reverse_bpr_loss(
             *losses.pair_scores(self.user_vectors(e.user, b.users), e.item, b.pos, b.neg), b.scale),
-            lambda b: 1.0 / (b.scale * n_f))
+            lambda b: 1.0 / (b.scale * n_f), wanted)
         r_sampler = BPRSampler(*self.data.train_pairs, self.data.n_users, self.data.n_items,
                                seed=self.uc.seed + 2, book=self.graph.book, rank=self.graph.rank)
         stream = retain_stream(r_sampler, batch_size)
         r_batches = [next(stream) for _ in f_batches]
         n_r = sum(round(1.0 / b.scale) for b in r_batches)
         g_r = self._accumulate(r_batches, lambda e, b: self.model.loss(b, self.graph, e),
-                               lambda b: 1.0 / (b.scale * n_r))
+                               lambda b: 1.0 / (b.scale * n_r), wanted)
         per = torch.tensor([[float(f.double().pow(2).sum()), float(r.double().pow(2).sum()), float(f.numel())]
                             for f, r in zip(g_f, g_r, strict=True)], dtype=torch.float64)
         sums = group_sums(self._groups(self.model.layer_groups()), per, self.sharded)
@@ -299,11 +317,8 @@ class _Loop:
         r_sum = {k: v[1] for k, v in sums.items()}
         counts = {k: v[2] for k, v in sums.items()}
         groups = self.model.layer_groups()
-        if not iso.shared_layers:  # only groups made of row tables compete (see IsolationConfig)
-            row_params = {id(p) for p, _ in self.model.row_tables().values()}
-            local = [n for n, ps in groups.items() if ps and all(id(p) in row_params for p in ps)]
-            f_sum, r_sum = {n: f_sum[n] for n in local}, {n: r_sum[n] for n in local}
-            counts = {n: counts[n] for n in local}
+        f_sum, r_sum = {n: f_sum[n] for n in candidates}, {n: r_sum[n] for n in candidates}
+        counts = {n: counts[n] for n in candidates}
         if iso.mass > 0:
             chosen, share = iso_fn.decide_isolation_by_mass(f_sum, r_sum, counts, counts, iso.mass, iso.delta)
         else:
@@ -545,9 +560,29 @@ class _Loop:
         return decision.converged
 
     # -- one step ------------------------------------------------------------------------------
-    def _sum_replicated(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
-        out = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
-        rep = [k for k in range(len(self.params)) if not bool(self.sharded[k])]
+    def live(self) -> list[int]:
+        """Indices (into ``self.params``) of the parameters an update may move: those of no frozen
+        layer group. Gradients are computed for these only."""
+        return [k for k, p in enumerate(self.params) if id(p) not in self.frozen_params]
+
+    def _grads(self, loss: torch.Tensor, live: list[int], retain_graph: bool = False
+               ) -> list[torch.Tensor | None]:
+        """∇loss for the parameters ``live`` (None elsewhere and where the loss does not reach)."""
+        got = torch.autograd.grad(loss, [self.params[k] for k in live], retain_graph=retain_graph,
+                                  allow_unused=True)
+        out: list[torch.Tensor | None] = [None] * len(self.params)
+        for k, g in zip(live, got, strict=True):
+            out[k] = g
+        return out
+
+    def _sum_replicated(self, grads: list[torch.Tensor | None], live: list[int]) -> list[torch.Tensor | None]:
+        """The ``live`` gradients (zeros where None) with the replicated ones summed over ranks in
+        one flat all-reduce; the others are left as they are."""
+        out = list(grads)
+        for k in live:
+            if out[k] is None:
+                out[k] = torch.zeros_like(self.params[k])
+        rep = [k for k in live if not bool(self.sharded[k])]
         if collectives.is_distributed() and rep:
             flat = torch.cat([out[k].reshape(-1) for k in rep])
             collectives.sum_stats(flat)
@@ -557,21 +592,53 @@ class _Loop:
                 offset += out[k].numel()
         return out
 
+    def _row_masked(self, k: int, g: torch.Tensor) -> torch.Tensor:
+        """g with the rows outside parameter k's row mask zeroed (g itself when it has none)."""
+        mask = self.frozen_rows.get(id(self.params[k]))
+        return g if mask is None else g * mask.to(g.dtype)[:, None]
+
+    def set_gradients(self, total: torch.Tensor) -> None:
+        """.grad = ∇total for the live parameters (replicated ones summed over ranks)."""
+        live = self.live()
+        grads = self._sum_replicated(self._grads(total, live), live)
+        for k in live:
+            self.params[k].grad = grads[k]
+
     def scaled_gradients(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> None:
+        """Branch-wise scaling (:mod:`.tru.scaling`) of what the update moves: the ratios r_b are
+        measured on the live parameters' gradients with the row masks applied — a frozen layer
+        group, or a row outside the k-hop set, never moves, so its forget/retain balance does not
+        damp the branches that do. Only branches with a live parameter get an α. With one such
+        branch its α is 1 (r_b / max r = 1) and g = λ_r·g_r + λ_f·g_f is one backward of
+        λ_f·L_f + λ_r·L_r (unless conflicts are projected, which needs g_f and g_r apart)."""
         sc = self.spec.scaling
-        g_f = self._sum_replicated(list(torch.autograd.grad(loss_f, self.params, retain_graph=True,
-                                                            allow_unused=True)))
-        g_r = self._sum_replicated(list(torch.autograd.grad(loss_r, self.params, allow_unused=True)))
-        per = torch.tensor([[float(f.double().pow(2).sum()), float(r.double().pow(2).sum()),
-                             float((f.double() * r.double()).sum())] for f, r in zip(g_f, g_r, strict=True)],
-                           dtype=torch.float64)
-        branches = self._groups(self.model.branches())
+        live = self.live()
+        live_set = set(live)
+        named = self._groups(self.model.branches())
+        branches = {b: [k for k in idx if k in live_set] for b, idx in named.items()}
+        branches = {b: idx for b, idx in branches.items() if idx}
+        log = self.stats.setdefault("scaling", {"steps": 0, "alpha_sum": {}, "conflict_steps": {}})
+        log["steps"] += 1
+        if len(branches) <= 1 and not sc.project_conflicts:
+            self.set_gradients(self.uc.lambda_f * loss_f + self.uc.lambda_r * loss_r)
+            alphas = dict.fromkeys(branches, 1.0)
+            for b in branches:
+                log["alpha_sum"][b] = log["alpha_sum"].get(b, 0.0) + 1.0
+                log["conflict_steps"].setdefault(b, 0)
+            log["alpha_last"] = alphas
+            return
+        g_f = self._sum_replicated(self._grads(loss_f, live, retain_graph=True), live)
+        g_r = self._sum_replicated(self._grads(loss_r, live), live)
+        for k in live:
+            g_f[k], g_r[k] = self._row_masked(k, g_f[k]), self._row_masked(k, g_r[k])
+        per = torch.zeros(len(self.params), 3, dtype=torch.float64)
+        for k in live:
+            f, r = g_f[k].double(), g_r[k].double()
+            per[k] = torch.stack([f.pow(2).sum(), r.pow(2).sum(), (f * r).sum()])
         sums = group_sums(branches, per, self.sharded)
         forget_sq = {b: v[0] for b, v in sums.items()}
         retain_sq = {b: v[1] for b, v in sums.items()}
         alphas = scale_fn.decide_alphas(forget_sq, retain_sq, sc.gamma, sc.alpha_min, sc.delta)
-        log = self.stats.setdefault("scaling", {"steps": 0, "alpha_sum": {}, "conflict_steps": {}})
-        log["steps"] += 1
         for b, idx in branches.items():
             coef = scale_fn.projection_coefficient(sums[b][2], sums[b][1]) if sc.project_conflicts else 0.0
             combined = scale_fn.combine([g_f[k] for k in idx], [g_r[k] for k in idx], alphas[b], coef,
@@ -604,8 +671,7 @@ class _Loop:
                 total = self.uc.lambda_f * loss_f
             if loss_r is not None:
                 total = self.uc.lambda_r * loss_r if total is None else total + self.uc.lambda_r * loss_r
-            total.backward()
-            collectives.sum_grads(self.replicated)
+            self.set_gradients(total)
         self.apply_masks()
         optimizer.step()
 

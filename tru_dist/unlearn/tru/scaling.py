@@ -4,8 +4,18 @@ Per modality branch b (``Backbone.branches()``: ``id``, one per modality, ``shar
 g_f^b, g_r^b the gradients of the forget and retain losses restricted to b's parameters:
 
 * squared norms   ‖g_f^b‖², ‖g_r^b‖² and the inner product <g_f^b, g_r^b>, each a SUM over
-                  b's parameter entries — shard-local sums for user-row tables all-reduced,
-                  replicated parameters counted once (:func:`tru_dist.unlearn.tru.reduce.group_sums`);
+                  b's LIVE entries — the parameters of no frozen layer group, rows outside the
+                  isolation row masks zeroed: what the update moves — shard-local sums for
+                  user-row tables all-reduced, replicated parameters counted once
+                  (:func:`tru_dist.unlearn.tru.reduce.group_sums`); only branches with a live
+                  parameter take part (the engine, ``_Loop.scaled_gradients``). Measured over
+                  every parameter instead, frozen branches set max r: with only the ID rows
+                  live (MIG-GT's isolation; the test case, a small MGCN) the ID branch got
+                  α = 0.64 from encoders that never move. On Scientific's tuning seeds the
+                  change left retrain_distance where it was (mean over seeds, old → new: MGCN
+                  interactions 0.062 → 0.061, items 0.183 → 0.189; MIG-GT interactions
+                  0.057 → 0.059, items 0.298 → 0.304) — there the default isolation leaves
+                  one live branch, so α = 1 and a step takes one backward, not two;
 * ratio           r_b = ‖g_f^b‖ / (‖g_r^b‖ + δ);
 * scale           α_b = clip((r_b / max_b' r_b')^γ, α_min, 1)   (γ = 0 → α_b = 1 for all b);
 * optional conflict projection, when <g_f^b, g_r^b> < 0:
