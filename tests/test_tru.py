@@ -633,3 +633,43 @@ def test_line_search_order_breaks_exact_gap_ties_by_transport():
     assert not improves(11 / 13, 0.50, 11 / 13, 0.44)  # same gap, farther: a stall
     assert not improves(0.30, 0.01, 0.25, 0.44)  # higher gap: a stall however close
     assert improves(0.5, 1.0, float("inf"), float("inf"))  # the first pass is the best so far
+
+
+def test_owner_keep_term_holds_the_moved_users_other_scores(tiny_data):
+    """κ_o (``gate.owner_keep_weight``) anchors the retained train pairs of the users whose rows
+    the update moves: per unit of motion of the deleted pairs, their other scores drift less
+    than without it. A small fixed step size and no early stop, so both runs take the same
+    number of steps. Fails for noop (nothing moves) and for a term that is not applied (the
+    two runs would be equal)."""
+    from tru_dist.config import build_config
+    from tru_dist.train.trainer import fit
+
+    cfg = build_config(model="lightgcn", overrides=[
+        "train.epochs=30", "unlearn.isolation.row_hops=1", "unlearn.gate.lr=0.01",
+        "unlearn.gate.max_epochs=4", "unlearn.gate.epsilon=0", "unlearn.gate.patience=10"])
+    model, graph, _ = fit(cfg, tiny_data)
+    forget = forget_set(tiny_data, "interactions", 0.1, 0)
+    deletion = build_deletion(tiny_data, graph, forget)
+    with torch.no_grad():
+        start = get_method("noop").unlearn(model, deletion, cfg).model.eval().embed(deletion.graph_after)
+    tu, ti = (np.asarray(a) for a in deletion.data_after.train_pairs)
+    owners = np.isin(tu, forget.train_users)
+    ou, oi = torch.from_numpy(tu[owners]), torch.from_numpy(ti[owners])
+    fu, fi = torch.from_numpy(forget.train_users), torch.from_numpy(forget.train_items)
+
+    def change(emb, u, i):
+        now, then = (emb.user[u] * emb.item[i]).sum(-1), (start.user[u] * start.item[i]).sum(-1)
+        return float((now - then).abs().mean())
+
+    drift, moved = {}, {}
+    for weight in (0.0, 30.0):
+        run = copy.deepcopy(cfg)
+        run.unlearn.gate.owner_keep_weight = weight
+        res = get_method("tru").unlearn(model, deletion, run)
+        assert res.stats["epochs_run"] == 4
+        with torch.no_grad():
+            emb = res.model.eval().embed(deletion.graph_after)
+        drift[weight], moved[weight] = change(emb, ou, oi), change(emb, fu, fi)
+    assert moved[30.0] > 0 and moved[0.0] > 0, moved
+    assert drift[30.0] < 0.5 * drift[0.0], drift
+    assert drift[30.0] / moved[30.0] < 0.9 * drift[0.0] / moved[0.0], (drift, moved)

@@ -202,6 +202,9 @@ class GateConfig(_Strict):
     #: κ: weight of the keep term on retained pairs, κ·½[(s_ui − s⁰_ui)² + (s_uj − s⁰_uj)²]
     #: (s⁰ = the scores after the deletion step); calibrated target only
     keep_weight: NonNegFloat = 30.0
+    #: κ_o: the same keep term on the retained train pairs of the deleted pairs' own users (not
+    #: reset) — the users whose rows the update moves — one batch per step; calibrated only
+    owner_keep_weight: NonNegFloat = 0.0
     #: calibrated target for pairs of items with no retained train pair: their own ranks with
     #: the items' ID rows zeroed (``zeroed``), or the uniform distribution (``uniform``)
     cold_reference: Literal["zeroed", "uniform"] = "zeroed"

@@ -258,7 +258,10 @@ class _Loop:
         """½Σ[(s_ui − s⁰_ui)² + (s_uj − s⁰_uj)²]·scale over a D_r batch: retained users' scores
         stay where the deletion step left them, so their top-K lists do not drift while the
         deleted pairs move (measured: without it, top-20 Jaccard with Retrain fell from the
-        start's 0.78 to 0.49 on Scientific + MGCN interactions 5%)."""
+        start's 0.78 to 0.49 on Scientific + MGCN interactions 5%). With κ_o > 0
+        (``gate.owner_keep_weight``) the same term runs, weighted κ_o, on a batch of the
+        retained train pairs of the deleted pairs' own users (:meth:`owner_stream`): the users
+        whose rows move, whom a uniform D_r batch rarely holds."""
         s0 = self.start_emb
         u, u0 = emb.user[batch.users], s0.user[batch.users]
         d_pos = (u * emb.item[batch.pos]).sum(-1) - (u0 * s0.item[batch.pos]).sum(-1)
@@ -431,7 +434,8 @@ class _Loop:
             ref = self._percentiles(users, items, self.ref_u, self.ref_i)
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
             self.stats["gate_reference"]["mean_pct"] = float(self.ref_sorted.mean()) if len(ref) else 0.0
-            self.start_emb = Embeddings(users.clone(), items.clone()) if gate.keep_weight > 0 else None
+            keeps = gate.keep_weight > 0 or gate.owner_keep_weight > 0
+            self.start_emb = Embeddings(users.clone(), items.clone()) if keeps else None
             cold = self.cold_pair
             if gate.cold_reference == "uniform":  # its mid-rank in the uniform distribution
                 current = collectives.all_gather_rows(pct[cold]).sort().values
@@ -656,13 +660,32 @@ class _Loop:
             elif p.grad is not None and id(p) in self.frozen_rows:
                 p.grad.mul_(self.frozen_rows[id(p)].to(p.grad.dtype)[:, None])
 
-    def step(self, optimizer: PlainAdam, f_batch: BPRBatch, r_batch: BPRBatch | None) -> None:
+    def owner_stream(self, batch_size: int) -> Iterator[BPRBatch] | None:
+        """Batches of the retained train pairs of the deleted pairs' own users (those not reset),
+        for the owners' keep term (``gate.owner_keep_weight``); None when it is off or there
+        are no such pairs."""
+        gate = self.spec.gate
+        if gate is None or self.target_mode != "calibrated" or gate.owner_keep_weight <= 0:
+            return None
+        tu, ti = (np.asarray(a, dtype=np.int64) for a in self.data.train_pairs)
+        owners = np.setdiff1d(self.fu, np.asarray(self.deletion.reset_users, dtype=np.int64))
+        mine = np.isin(tu, owners)
+        if not mine.any():
+            return None
+        sampler = BPRSampler(tu[mine], ti[mine], self.data.n_users, self.data.n_items,
+                             seed=self.uc.seed + 3, book=self.graph.book, rank=self.graph.rank)
+        return retain_stream(sampler, batch_size)
+
+    def step(self, optimizer: PlainAdam, f_batch: BPRBatch, r_batch: BPRBatch | None,
+             o_batch: BPRBatch | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
-        emb = self.embed(*(b for b in (f_batch, r_batch) if b is not None))
+        emb = self.embed(*(b for b in (f_batch, r_batch, o_batch) if b is not None))
         loss_f = self.forget_loss(emb, f_batch) if self.spec.forget_term != "none" else None
         loss_r = self.model.loss(r_batch, self.graph, emb) if r_batch is not None else None
         if loss_r is not None and self.start_emb is not None:
             loss_r = loss_r + self.spec.gate.keep_weight * self.keep_loss(emb, r_batch)
+        if o_batch is not None and loss_r is not None:
+            loss_r = loss_r + self.spec.gate.owner_keep_weight * self.keep_loss(emb, o_batch)
         if self.spec.scaling is not None and loss_f is not None and loss_r is not None:
             self.scaled_gradients(loss_f, loss_r)
         else:
@@ -715,6 +738,7 @@ class _Loop:
             sampler = BPRSampler(*self.data.train_pairs, self.data.n_users, self.data.n_items,
                                  seed=uc.seed + 1, book=self.graph.book, rank=self.graph.rank)
             retain = retain_stream(sampler, b)
+        owners = self.owner_stream(b) if retain is not None else None
         calibrated = self.target_mode == "calibrated"
         self.lr = spec.gate.lr if calibrated else uc.lr
         self.optimizer = PlainAdam(self.params, lr=self.lr)
@@ -734,7 +758,8 @@ class _Loop:
             before_steps = self.stats.get("scaling", {}).get("steps", 0)
             for f_batch in forget_batches(self.fu, self.fi, b, rng, negs, self.graph.book, self.graph.rank):
                 r_batch = next(retain).to(self.device) if retain is not None else None
-                self.step(self.optimizer, f_batch.to(self.device), r_batch)
+                o_batch = next(owners).to(self.device) if owners is not None else None
+                self.step(self.optimizer, f_batch.to(self.device), r_batch, o_batch)
                 steps += 1
             epochs_run += 1
             if "scaling" in self.stats:
