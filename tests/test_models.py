@@ -289,6 +289,31 @@ def test_miggt_sampling_is_fresh_in_training_and_fixed_in_evaluation(tiny_graph)
     assert torch.equal(twin.embed(tiny_graph).item, first.item)
 
 
+def test_miggt_reuses_a_frozen_encoders_view_only_while_it_cannot_change(tiny_graph):
+    """Inside ``constant_branches`` a modality whose encoder has requires_grad False is encoded
+    once and reused — the embeddings equal those computed without the context, bit for bit —
+    and re-encoded after a write to its parameters (a restored state) or when it trains."""
+    model = _model("miggt", tiny_graph).eval()
+    reference = model.embed(tiny_graph)
+    calls = {m: 0 for m in model.modalities}
+    for m in model.modalities:
+        model.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    frozen = model.modalities[0]
+    for q in model.encoders[frozen].parameters():
+        q.requires_grad_(False)
+    with model.constant_branches():
+        views = [model.embed(tiny_graph) for _ in range(3)]
+        assert calls[frozen] == 1 and all(calls[m] == 3 for m in model.modalities[1:])
+        for v in views:
+            assert torch.equal(v.user, reference.user) and torch.equal(v.item, reference.item)
+        with torch.no_grad():
+            next(model.encoders[frozen].parameters()).mul_(1.5)  # a written parameter: re-encoded
+        changed = model.embed(tiny_graph)
+        assert calls[frozen] == 2 and not torch.equal(changed.item, reference.item)
+    model.embed(tiny_graph)  # outside the context: computed every call
+    assert calls[frozen] == 3
+
+
 def test_miggt_tur_loss_is_the_positive_cross_entropy(tiny_data, tiny_graph):
     model = _model("miggt", tiny_graph, extra=["cl_weight=1.0"])
     batch = _full_batch(tiny_data)

@@ -427,6 +427,8 @@ def test_isolation_freezes_groups_and_rows_outside_the_hops(trained):
     moved = np.flatnonzero((new != old).any(1).numpy())
     allowed = set(forget.train_users.tolist()) if kept == "user_emb" else set(forget.train_items.tolist())
     assert len(moved) > 0 and set(moved.tolist()) <= allowed  # hops=1: only D_f's own rows
+    # frozen groups run with requires_grad False; the model handed back trains like any other
+    assert all(p.requires_grad for p in res.model.parameters())
 
 
 def test_gate_convergence_stops_the_update(trained):

@@ -21,6 +21,8 @@ Both partitions must cover every trainable parameter exactly once (tested).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -127,6 +129,37 @@ class Backbone(nn.Module, ABC):
         self.n_items = n_items
         self.modalities = sorted(feature_dims)
         self.feature_dims = dict(feature_dims)
+
+    #: see :meth:`constant_branches`; None outside it
+    _constant_cache: dict | None = None
+
+    @contextmanager
+    def constant_branches(self) -> Iterator[None]:
+        """Within this context ``embed`` may reuse, from one call to the next, the output of a
+        branch whose parameters all have ``requires_grad`` False and whose other inputs are the
+        graph's fixed features — e.g. MIG-GT's modality encoders and their propagation while an
+        unlearning update moves only ID rows (over half of its forward on Scientific). Entries
+        are keyed by the graph object and the parameters' version counters, so an in-place write
+        to those parameters (a restored state) recomputes them; the caller must not edit the
+        graph in place while the context is open. Backbones without such a branch ignore it."""
+        self._constant_cache = {}
+        try:
+            yield
+        finally:
+            self._constant_cache = None
+
+    def constant_branch(self, key: tuple, params: list[nn.Parameter], compute):
+        """``compute()``, or its stored result when inside :meth:`constant_branches`, no parameter
+        in ``params`` requires grad and none was written since (same ``key``, graph, versions)."""
+        cache = self._constant_cache
+        if cache is None or any(p.requires_grad for p in params):
+            return compute()
+        full = (*key, tuple(p._version for p in params))
+        if full not in cache:
+            if len(cache) >= 64:  # stale versions pile up only after many restores: start afresh
+                cache.clear()
+            cache[full] = compute()
+        return cache[full]
 
     # -- the contract ----------------------------------------------------------------
     @abstractmethod

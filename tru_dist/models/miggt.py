@@ -207,11 +207,14 @@ class MIGGT(Backbone):
         looped = SelfLoopedGraph.of(graph, user0.dtype)
         z_u, z_i = restart_propagate(graph, user0, item0, self.hops["id"], self.cfg.ppr_alpha, looped)
         for m in self.modalities:
-            encoded = collectives.all_gather_rows(self.encoders[m](local_features(graph, m, z_i.dtype)))
-            if p > 0:
-                encoded = _dropout(encoded, p, gen)
-            u_m, i_m = restart_propagate(graph, user0.new_zeros(user0.shape), encoded, self.hops[m],
-                                         self.cfg.ppr_alpha, looped)
+            def view(m: str = m) -> tuple[torch.Tensor, torch.Tensor]:
+                return self._modality_view(graph, m, user0, p, gen, looped)
+
+            if p > 0:  # dropout draws fresh masks every call: nothing to reuse
+                u_m, i_m = view()
+            else:  # a frozen encoder's view is a constant of the graph (Backbone.constant_branches)
+                u_m, i_m = self.constant_branch(("modality", m, id(graph), user0.dtype, user0.device),
+                                                list(self.encoders[m].parameters()), view)
             z_u, z_i = z_u + u_m, z_i + i_m
         if self.gt is None:
             return Embeddings(z_u, z_i)
@@ -222,6 +225,15 @@ class MIGGT(Backbone):
         e_i = self._attend(z_i, z_i, item_samples)
         aux = {"gt_item_input": z_i, "gt_item_samples": item_samples, "gt_user_samples": samples[lo:hi]}
         return Embeddings(e_u, e_i, aux)
+
+    def _modality_view(self, graph, m: str, user0: torch.Tensor, p: float, gen: torch.Generator,
+                       looped) -> tuple[torch.Tensor, torch.Tensor]:
+        """Modality m's (user, item) view: its encoded features, restart-propagated from the items."""
+        encoded = collectives.all_gather_rows(self.encoders[m](local_features(graph, m, user0.dtype)))
+        if p > 0:
+            encoded = _dropout(encoded, p, gen)
+        return restart_propagate(graph, user0.new_zeros(user0.shape), encoded, self.hops[m],
+                                 self.cfg.ppr_alpha, looped)
 
     def _attend(self, z: torch.Tensor, z_items: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         """e_n for query rows ``z`` whose memory is [z_n; z_items[samples_n]]."""

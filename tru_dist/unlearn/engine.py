@@ -330,6 +330,8 @@ class _Loop:
         for name, ps in groups.items():
             if name not in chosen:
                 self.frozen_params.update(id(p) for p in ps)
+                for p in ps:  # autograd then skips them; iter_update turns it back on at the end
+                    p.requires_grad_(False)
         user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
         for p, kind in self.model.row_tables().values():
@@ -811,10 +813,17 @@ def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSp
     work = start_model(model, deletion, cfg.unlearn.seed, reuse=on_target(deletion, spec))
     loop = _Loop(model, work, deletion, cfg, spec)
     ran = False
-    for epoch in loop.iterate():
-        ran = True
-        work.eval()
-        yield epoch, work, loop.stats
+    # frozen groups get requires_grad False for the run (isolation_pass), so a branch made of
+    # them only is a constant the backbone may compute once (Backbone.constant_branches)
+    try:
+        with work.constant_branches():
+            for epoch in loop.iterate():
+                ran = True
+                work.eval()
+                yield epoch, work, loop.stats
+    finally:
+        for p in loop.params:
+            p.requires_grad_(True)
     if not ran:  # converged before the first epoch (or nothing to forget): the state is the start
         work.eval()
         yield 0, work, loop.stats
