@@ -502,17 +502,23 @@ class _Loop:
         last = self.stats["gate"][-1]
         if self._improves(last):
             self.best.update(gap=last["calibration_gap"], transport=last["transport"], epoch=last["epoch"],
-                             stalls=0, state=[p.detach().clone() for p in self.params])
+                             stalls=0, state={k: self.params[k].detach().clone() for k in self.live()})
             return False
         self.best["stalls"] = self.best.get("stalls", 0) + 1
         self.best["stopped"] = self.best["stalls"] > self.spec.gate.patience
-        for p, saved in zip(self.params, self.best["state"], strict=True):
-            p.copy_(saved)
+        self._put_back_best()
         if not self.best["stopped"]:
             self.lr *= 0.5
             self.optimizer = PlainAdam(self.params, lr=self.lr)
             self.stats.setdefault("backtracks", []).append({"epoch": last["epoch"], "lr": self.lr})
         return self.best["stopped"]
+
+    @torch.no_grad()
+    def _put_back_best(self) -> None:
+        """Copy the best state's parameters back — the live ones saved with it (a frozen group
+        never changes, and leaving it unwritten keeps its constant branches cached)."""
+        for k, saved in self.best["state"].items():
+            self.params[k].copy_(saved)
 
     def _improves(self, last: dict[str, Any]) -> bool:
         """Whether a gate pass beats the best so far (:func:`.tru.gate.improves`)."""
@@ -528,8 +534,7 @@ class _Loop:
         last = self.stats["gate"][-1]
         restored = self.best["epoch"] != last["epoch"] and not self._improves(last)
         if restored:
-            for p, saved in zip(self.params, self.best["state"], strict=True):
-                p.copy_(saved)
+            self._put_back_best()
         kept = self.best if restored else {"gap": last["calibration_gap"], "epoch": last["epoch"]}
         self.stats["best_gap"] = {"gap": kept["gap"], "restored": restored, "epoch": kept["epoch"]}
         self.best.pop("state")
