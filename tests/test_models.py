@@ -289,7 +289,7 @@ def test_miggt_sampling_is_fresh_in_training_and_fixed_in_evaluation(tiny_graph)
     assert torch.equal(twin.embed(tiny_graph).item, first.item)
 
 
-def test_miggt_reuses_a_frozen_encoders_view_only_while_it_cannot_change(tiny_graph):
+def test_miggt_reuses_a_frozen_encoders_view_only_while_it_cannot_change(tiny_data, tiny_graph):
     """Inside ``constant_branches`` a modality whose encoder has requires_grad False is encoded
     once and reused — the embeddings equal those computed without the context, bit for bit —
     and re-encoded after a write to its parameters (a restored state) or when it trains."""
@@ -310,8 +310,16 @@ def test_miggt_reuses_a_frozen_encoders_view_only_while_it_cannot_change(tiny_gr
             next(model.encoders[frozen].parameters()).mul_(1.5)  # a written parameter: re-encoded
         changed = model.embed(tiny_graph)
         assert calls[frozen] == 2 and not torch.equal(changed.item, reference.item)
-    model.embed(tiny_graph)  # outside the context: computed every call
-    assert calls[frozen] == 3
+        other = build_rec_graph(tiny_data, knn_k=5)  # another graph object: encoded afresh
+        model.embed(other)
+        assert calls[frozen] == 3
+        model.train()  # dropout draws fresh masks every call: nothing is reused
+        model.cfg.dropout = 0.3
+        model.embed(tiny_graph), model.embed(tiny_graph)
+        assert calls[frozen] == 5
+        model.cfg.dropout = 0.0
+    model.eval().embed(tiny_graph)  # outside the context: computed every call
+    assert calls[frozen] == 6
 
 
 def test_miggt_tur_loss_is_the_positive_cross_entropy(tiny_data, tiny_graph):

@@ -166,6 +166,17 @@ def test_alphas_hand_values_max_one_and_monotone_in_ratio():
     assert [a2[k] for k in order] == sorted(a2.values())
 
 
+def test_gradient_statistics_count_only_the_rows_that_move():
+    f = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, -1.0]])
+    r = torch.tensor([[2.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    # all rows: ‖f‖² = 1+4+9+1 = 15, ‖r‖² = 4+1+1+25+25 = 56, <f,r> = 2+3−5 = 0
+    assert scaling.gradient_statistics(f, r).tolist() == [15.0, 56.0, 0.0]
+    # rows 0 and 1 only: 14, 6, 5 — row 2 (outside the mask) never moves, so it does not count
+    rows = torch.tensor([True, True, False])
+    assert scaling.gradient_statistics(f, r, rows).tolist() == [14.0, 6.0, 5.0]
+    assert scaling.gradient_statistics(f, r).dtype == torch.float64
+
+
 def test_conflict_projection_removes_the_conflicting_component():
     gen = torch.Generator().manual_seed(1)
     g_r = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
@@ -370,6 +381,42 @@ def test_scaling_measures_only_the_branches_that_move(mgcn_trained):
     assert not torch.equal(a["item_emb"], before["item_emb"])
     for k in a:
         assert (a[k] - b[k]).abs().max() < 1e-5, k
+
+
+def test_scaling_gives_each_moving_branch_its_own_alpha(mgcn_trained):
+    """With every layer group live (budget 1) the image, text and shared branches move too: each
+    gets an α, some below 1, and the update differs from the unscaled one."""
+    model, deletion = mgcn_trained
+    iso = {"enabled": True, "shared_layers": True, "budget": 1.0, "row_hops": 1}
+    scaled = get_method("tru").unlearn(model, deletion, _mgcn_cfg(
+        isolation=iso, scaling={"enabled": True, "gamma": 1.0}))
+    plain = get_method("tru").unlearn(model, deletion, _mgcn_cfg(isolation=iso))
+    alphas = scaled.stats["scaling"]["alpha_last"]
+    assert set(alphas) >= {"id", "image", "text"}
+    assert max(alphas.values()) == 1.0 and min(alphas.values()) < 0.99
+    a, b = scaled.model.state_dict(), plain.model.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-3
+
+
+def test_frozen_groups_are_handed_back_trainable_even_when_the_loop_is_left_early(tiny_data):
+    """iter_update turns requires_grad off for frozen groups while it runs; closing the
+    generator after its first epoch turns it back on, and the caller's model is never frozen."""
+    from tru_dist.config import build_config
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.engine import iter_update
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=10", "unlearn.gate.epsilon=0",
+                                                    "unlearn.isolation.budget=0.01"])
+    model, graph, _ = fit(cfg, tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
+    run = iter_update(model, deletion, cfg, tru_spec(cfg))
+    _, work, stats = next(run)
+    frozen = stats["isolation"]["frozen_groups"]
+    assert frozen and not any(p.requires_grad for n in frozen for p in work.layer_groups()[n])
+    assert all(p.requires_grad for p in model.parameters())
+    run.close()
+    assert all(p.requires_grad for p in work.parameters())
 
 
 def test_isolation_statistics_of_row_tables_do_not_depend_on_the_candidates(mgcn_trained):

@@ -20,11 +20,12 @@ Both partitions must cover every trainable parameter exactly once (tested).
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,13 @@ def bpr_loss(emb: Embeddings, batch: BPRBatch) -> torch.Tensor:
     return F.softplus(-diff).sum() * batch.scale
 
 
+T = TypeVar("T")
+
+#: Backbone -> its constant-branch store while :meth:`Backbone.constant_branches` is open (kept
+#: outside the module's own attributes, so ``copy.deepcopy`` of a model never copies it)
+_CONSTANT_STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class Backbone(nn.Module, ABC):
     """Base class: subclasses implement ``embed`` and the three parameter partitions."""
 
@@ -130,36 +138,43 @@ class Backbone(nn.Module, ABC):
         self.modalities = sorted(feature_dims)
         self.feature_dims = dict(feature_dims)
 
-    #: see :meth:`constant_branches`; None outside it
-    _constant_cache: dict | None = None
-
     @contextmanager
     def constant_branches(self) -> Iterator[None]:
         """Within this context ``embed`` may reuse, from one call to the next, the output of a
         branch whose parameters all have ``requires_grad`` False and whose other inputs are the
         graph's fixed features — e.g. MIG-GT's modality encoders and their propagation while an
-        unlearning update moves only ID rows (over half of its forward on Scientific). Entries
-        are keyed by the graph object and the parameters' version counters, so an in-place write
-        to those parameters (a restored state) recomputes them; the caller must not edit the
-        graph in place while the context is open. Backbones without such a branch ignore it."""
-        self._constant_cache = {}
+        unlearning update moves only ID rows (over half of its forward on Scientific).
+
+        An entry is served only for the same graph object and the same parameter objects at the
+        same version counters, so an in-place write to those parameters (a restored state)
+        recomputes it; the caller must not edit the graph in place while the context is open.
+        The store is kept outside the module (a copy of the model made inside the context caches
+        nothing), and a branch must be replicated: its hits are then the same on every rank, so a
+        collective inside ``compute`` runs on all of them or none. Backbones without such a branch
+        ignore the context."""
+        _CONSTANT_STORES[self] = {}
         try:
             yield
         finally:
-            self._constant_cache = None
+            _CONSTANT_STORES.pop(self, None)
 
-    def constant_branch(self, key: tuple, params: list[nn.Parameter], compute):
+    def constant_branch(self, key: tuple, graph: object, params: list[nn.Parameter],
+                        compute: Callable[[], T]) -> T:
         """``compute()``, or its stored result when inside :meth:`constant_branches`, no parameter
-        in ``params`` requires grad and none was written since (same ``key``, graph, versions)."""
-        cache = self._constant_cache
-        if cache is None or any(p.requires_grad for p in params):
+        in ``params`` requires grad, and ``key``, ``graph``, ``params`` and their versions are
+        those it was stored with."""
+        store = _CONSTANT_STORES.get(self)
+        if store is None or any(p.requires_grad for p in params):
             return compute()
-        full = (*key, tuple(p._version for p in params))
-        if full not in cache:
-            if len(cache) >= 64:  # stale versions pile up only after many restores: start afresh
-                cache.clear()
-            cache[full] = compute()
-        return cache[full]
+        versions = tuple(p._version for p in params)
+        hit = store.get(key)
+        if hit is not None:
+            g, ps, vs, value = hit
+            if g is graph and vs == versions and all(a is b for a, b in zip(ps, params, strict=True)):
+                return value
+        value = compute()
+        store[key] = (graph, tuple(params), versions, value)
+        return value
 
     # -- the contract ----------------------------------------------------------------
     @abstractmethod

@@ -213,7 +213,7 @@ class MIGGT(Backbone):
             if p > 0:  # dropout draws fresh masks every call: nothing to reuse
                 u_m, i_m = view()
             else:  # a frozen encoder's view is a constant of the graph (Backbone.constant_branches)
-                u_m, i_m = self.constant_branch(("modality", m, id(graph), user0.dtype, user0.device),
+                u_m, i_m = self.constant_branch(("modality", m, user0.dtype, user0.device), graph,
                                                 list(self.encoders[m].parameters()), view)
             z_u, z_i = z_u + u_m, z_i + i_m
         if self.gt is None:
@@ -227,7 +227,7 @@ class MIGGT(Backbone):
         return Embeddings(e_u, e_i, aux)
 
     def _modality_view(self, graph, m: str, user0: torch.Tensor, p: float, gen: torch.Generator,
-                       looped) -> tuple[torch.Tensor, torch.Tensor]:
+                       looped: SelfLoopedGraph) -> tuple[torch.Tensor, torch.Tensor]:
         """Modality m's (user, item) view: its encoded features, restart-propagated from the items."""
         encoded = collectives.all_gather_rows(self.encoders[m](local_features(graph, m, user0.dtype)))
         if p > 0:

@@ -275,7 +275,7 @@ class _Loop:
         skips every layer that leads only to them), replicated ones summed over ranks."""
         acc = [torch.zeros_like(p) for p in self.params]
         wanted_params = [self.params[k] for k in wanted]
-        for batch in batches:
+        for batch in batches if wanted else ():
             batch = batch.to(self.device)
             emb = self.embed(batch)
             loss = loss_fn(emb, batch) * weight_fn(batch)
@@ -315,11 +315,11 @@ class _Loop:
                                lambda b: 1.0 / (b.scale * n_r), wanted)
         per = torch.tensor([[float(f.double().pow(2).sum()), float(r.double().pow(2).sum()), float(f.numel())]
                             for f, r in zip(g_f, g_r, strict=True)], dtype=torch.float64)
-        sums = group_sums(self._groups(self.model.layer_groups()), per, self.sharded)
+        groups = self.model.layer_groups()
+        sums = group_sums(self._groups(groups), per, self.sharded)
         f_sum = {k: v[0] for k, v in sums.items()}
         r_sum = {k: v[1] for k, v in sums.items()}
         counts = {k: v[2] for k, v in sums.items()}
-        groups = self.model.layer_groups()
         f_sum, r_sum = {n: f_sum[n] for n in candidates}, {n: r_sum[n] for n in candidates}
         counts = {n: counts[n] for n in candidates}
         if iso.mass > 0:
@@ -332,6 +332,9 @@ class _Loop:
                 self.frozen_params.update(id(p) for p in ps)
                 for p in ps:  # autograd then skips them; iter_update turns it back on at the end
                     p.requires_grad_(False)
+        if "state" in self.best:  # saved at the first gate pass, before anything was frozen
+            live = set(self.live())
+            self.best["state"] = {k: v for k, v in self.best["state"].items() if k in live}
         user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
         for p, kind in self.model.row_tables().values():
@@ -579,16 +582,20 @@ class _Loop:
     def _grads(self, loss: torch.Tensor, live: list[int], retain_graph: bool = False
                ) -> list[torch.Tensor | None]:
         """∇loss for the parameters ``live`` (None elsewhere and where the loss does not reach)."""
+        out: list[torch.Tensor | None] = [None] * len(self.params)
+        if not live:  # every group frozen: nothing to differentiate (autograd.grad refuses [])
+            return out
         got = torch.autograd.grad(loss, [self.params[k] for k in live], retain_graph=retain_graph,
                                   allow_unused=True)
-        out: list[torch.Tensor | None] = [None] * len(self.params)
         for k, g in zip(live, got, strict=True):
             out[k] = g
         return out
 
     def _sum_replicated(self, grads: list[torch.Tensor | None], live: list[int]) -> list[torch.Tensor | None]:
         """The ``live`` gradients (zeros where None) with the replicated ones summed over ranks in
-        one flat all-reduce; the others are left as they are."""
+        one flat all-reduce; the others are left as they are. A live parameter this rank's loss
+        did not reach gets a zero gradient — a user table whose shard holds none of the batch's
+        users included — so Adam steps the same parameters at every W (``comm.sum_grads``)."""
         out = list(grads)
         for k in live:
             if out[k] is None:
@@ -602,11 +609,6 @@ class _Loop:
                 out[k] = flat[offset : offset + out[k].numel()].view_as(out[k]).clone()
                 offset += out[k].numel()
         return out
-
-    def _row_masked(self, k: int, g: torch.Tensor) -> torch.Tensor:
-        """g with the rows outside parameter k's row mask zeroed (g itself when it has none)."""
-        mask = self.frozen_rows.get(id(self.params[k]))
-        return g if mask is None else g * mask.to(g.dtype)[:, None]
 
     def set_gradients(self, total: torch.Tensor) -> None:
         """.grad = ∇total for the live parameters (replicated ones summed over ranks)."""
@@ -640,12 +642,9 @@ class _Loop:
             return
         g_f = self._sum_replicated(self._grads(loss_f, live, retain_graph=True), live)
         g_r = self._sum_replicated(self._grads(loss_r, live), live)
-        for k in live:
-            g_f[k], g_r[k] = self._row_masked(k, g_f[k]), self._row_masked(k, g_r[k])
         per = torch.zeros(len(self.params), 3, dtype=torch.float64)
-        for k in live:
-            f, r = g_f[k].double(), g_r[k].double()
-            per[k] = torch.stack([f.pow(2).sum(), r.pow(2).sum(), (f * r).sum()])
+        for k in live:  # rows outside the masks: not counted here, zeroed by apply_masks after
+            per[k] = scale_fn.gradient_statistics(g_f[k], g_r[k], self.frozen_rows.get(id(self.params[k])))
         sums = group_sums(branches, per, self.sharded)
         forget_sq = {b: v[0] for b, v in sums.items()}
         retain_sq = {b: v[1] for b, v in sums.items()}
@@ -685,11 +684,14 @@ class _Loop:
 
     def step(self, optimizer: PlainAdam, f_batch: BPRBatch, r_batch: BPRBatch | None,
              o_batch: BPRBatch | None = None) -> None:
+        """One update: forward on the batches, L_f on the forget batch, L_r = the model's loss on
+        the retain batch plus κ·keep on it and κ_o·keep on the owners' batch ``o_batch``;
+        gradients (scaled per branch or not), masks, Adam."""
         optimizer.zero_grad(set_to_none=True)
         emb = self.embed(*(b for b in (f_batch, r_batch, o_batch) if b is not None))
         loss_f = self.forget_loss(emb, f_batch) if self.spec.forget_term != "none" else None
         loss_r = self.model.loss(r_batch, self.graph, emb) if r_batch is not None else None
-        if loss_r is not None and self.start_emb is not None:
+        if loss_r is not None and self.start_emb is not None and self.spec.gate.keep_weight > 0:
             loss_r = loss_r + self.spec.gate.keep_weight * self.keep_loss(emb, r_batch)
         if o_batch is not None and loss_r is not None:
             loss_r = loss_r + self.spec.gate.owner_keep_weight * self.keep_loss(emb, o_batch)
@@ -814,7 +816,9 @@ def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSp
     before its first epoch yields its starting state once, as epoch 0. With the calibrated
     gate the model left after the last yield may be an earlier epoch's (the state of the
     smallest calibration gap, put back when later epochs overshot — ``stats["best_gap"]``);
-    that is what ``run_update`` returns."""
+    that is what ``run_update`` returns. Between yields the groups isolation froze have
+    ``requires_grad`` False (and the model's constant branches may be cached); both are undone
+    when the generator ends, is closed, or raises."""
     work = start_model(model, deletion, cfg.unlearn.seed, reuse=on_target(deletion, spec))
     loop = _Loop(model, work, deletion, cfg, spec)
     ran = False

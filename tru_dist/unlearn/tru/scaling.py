@@ -55,6 +55,17 @@ def decide_alphas(
     return {b: float(min(1.0, max(alpha_min, (r / top) ** gamma))) for b, r in ratios.items()}
 
 
+def gradient_statistics(g_f: torch.Tensor, g_r: torch.Tensor,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(‖g_f‖², ‖g_r‖², <g_f, g_r>) in float64 over one parameter's entries — for a row table
+    with a row mask ``rows`` (bool, one per row) only the rows the update may move."""
+    f, r = g_f.double(), g_r.double()
+    if rows is not None:
+        keep = rows.to(device=f.device, dtype=f.dtype).reshape(-1, *([1] * (f.dim() - 1)))
+        f, r = f * keep, r * keep
+    return torch.stack([f.pow(2).sum(), r.pow(2).sum(), (f * r).sum()])
+
+
 def projection_coefficient(dot: float, retain_sq: float) -> float:
     """c in g_f ← g_f − c·g_r: <g_f,g_r>/‖g_r‖² when the two conflict (dot < 0), else 0."""
     if dot >= 0.0 or retain_sq <= 0.0:
