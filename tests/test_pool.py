@@ -233,3 +233,22 @@ def test_close_is_idempotent_and_the_ranks_leave_cleanly(pool):
         pool.call(_rank_and_group)
     with pytest.raises(ConfigError, match="2 or more workers"):
         WorkerPool(1)
+
+
+def test_bench_pool_reports_both_chains_and_finds_them_identical(tmp_path):
+    """``tru-dist bench pool`` end to end (2 ranks, 2 single-user requests): both chains are
+    timed per request and, as the pool must, end in bit-identical models and receipts."""
+    from tru_dist.cli import main
+
+    out = tmp_path / "pool.json"
+    code = main(["bench", "pool", "--data", "synthetic:tiny", "--model", "lightgcn", "--workers", "2",
+                 "--requests", "2", "--method", "reverse_bpr", "--epochs", "2",
+                 "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["identical"] is True and report["receipts_identical"] is True
+    assert report["digest"]["fresh"] == report["digest"]["pool"]
+    for chain_name in ("fresh", "pool"):
+        chain = report[chain_name]
+        assert len(chain["per_request"]) == 2 and chain["p50"] > 0
+    assert report["pool"]["start_seconds"] > 0 and report["ratio_p50"] > 0
