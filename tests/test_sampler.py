@@ -94,6 +94,26 @@ def test_two_shards_reproduce_the_global_batch():
         assert union == sorted(zip(w.users.tolist(), w.pos.tolist(), w.neg.tolist(), strict=True))
 
 
+def test_never_negative_pairs_are_neither_negatives_nor_positives():
+    """Sampling a user's retained pairs while their deleted ones are excluded from the negatives:
+    every pair drawn is retained, no negative is one of the user's pairs of either kind."""
+    users, items, nu, ni = dense_pairs(density=0.5)
+    held = np.arange(len(users)) % 3 == 0  # a third of the pairs "deleted"
+    s = BPRSampler(users[~held], items[~held], nu, ni, seed=0, never_negative=(users[held], items[held]))
+    kept = set(zip(users[~held].tolist(), items[~held].tolist(), strict=True))
+    deleted = set(zip(users[held].tolist(), items[held].tolist(), strict=True))
+    n_neg = 0
+    for _ in range(5):
+        for b in s.epoch(50):
+            for u, i, j in zip(b.users.tolist(), b.pos.tolist(), b.neg.tolist(), strict=True):
+                assert (u, i) in kept and (u, j) not in kept and (u, j) not in deleted
+                n_neg += 1
+    assert n_neg == 5 * int((~held).sum())
+    plain = BPRSampler(users[~held], items[~held], nu, ni, seed=0)  # without it, deleted pairs are drawn
+    drawn = [(u, j) for b in plain.epoch(50) for u, j in zip(b.users.tolist(), b.neg.tolist(), strict=True)]
+    assert any(pair in deleted for pair in drawn)
+
+
 def test_negatives_are_uniform_over_non_positives():
     users = np.zeros(5, dtype=np.int64)
     items = np.arange(5, dtype=np.int64)  # user 0 likes items 0..4 of 10

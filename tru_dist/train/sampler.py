@@ -36,6 +36,9 @@ class BPRSampler:
         seed: seeds the sampler's own ``numpy`` generator (independent of global RNGs); a list
             (e.g. ``[seed, rank]``) seeds it with ``numpy``'s ``SeedSequence`` entropy.
         book, rank: the partition book and this rank; ``None`` = one rank owning all users.
+        never_negative: more (users, items) pairs that are never drawn as negatives (nor as
+            positives) — e.g. a user's deleted interactions, when only the retained ones are
+            sampled but no item of the user's history may serve as a negative.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class BPRSampler:
         seed: int | list[int],
         book: PartitionBook | None = None,
         rank: int = 0,
+        never_negative: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.users = np.asarray(users, dtype=np.int64)
         self.items = np.asarray(items, dtype=np.int64)
@@ -55,6 +59,9 @@ class BPRSampler:
         self.n_users = int(n_users)
         self.n_items = int(n_items)
         self.keys = np.unique(self.users * self.n_items + self.items)  # sorted positives
+        if never_negative is not None:  # … and the pairs that may not be negatives either
+            extra_u, extra_i = (np.asarray(a, dtype=np.int64) for a in never_negative)
+            self.keys = np.union1d(self.keys, extra_u * self.n_items + extra_i)
         degree = np.bincount(self.users, minlength=self.n_users)
         if len(degree) and degree.max(initial=0) >= self.n_items:
             u = int(degree.argmax())

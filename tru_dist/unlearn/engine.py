@@ -678,8 +678,11 @@ class _Loop:
         mine = np.isin(tu, owners)
         if not mine.any():
             return None
+        # negatives: never one of the owner's own items, retained or deleted (as the forget
+        # batches draw them), so the term never holds a deleted item's score in place
         sampler = BPRSampler(tu[mine], ti[mine], self.data.n_users, self.data.n_items,
-                             seed=self.uc.seed + 3, book=self.graph.book, rank=self.graph.rank)
+                             seed=self.uc.seed + 3, book=self.graph.book, rank=self.graph.rank,
+                             never_negative=(self.fu, self.fi))
         return retain_stream(sampler, batch_size)
 
     def step(self, optimizer: PlainAdam, f_batch: BPRBatch, r_batch: BPRBatch | None,
