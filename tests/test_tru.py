@@ -321,33 +321,6 @@ def test_tru_with_all_switches_off_is_reverse_bpr_bit_for_bit(trained):
         assert (c.item_emb - b.item_emb).abs().max() > 1e-4, part
 
 
-def test_branch_scaling_changes_a_multimodal_update(tiny_data):
-    """On MGCN (id, image, text branches) scaling with γ = 1 gives branches α < 1 and moves the
-    update away from reverse_bpr's; with γ = 0 every α is 1 and it is reverse_bpr's (to rounding)."""
-    cfg = _cfg(**OFF)
-    cfg.model.name = "mgcn"
-    graph = build_rec_graph(tiny_data)
-    model = build_model(cfg.model, graph, seed=0)
-    cfg.train.epochs = 5
-    train_model(model, graph, tiny_data, cfg)
-    forget = forget_set(tiny_data, "interactions", 0.05, seed=0)
-    deletion = build_deletion(tiny_data, graph, forget)
-    base = get_method("reverse_bpr").unlearn(model, deletion, cfg)
-    runs = {}
-    for gamma in (0.0, 1.0):
-        on = _cfg(**{**OFF, "scaling": {"enabled": True, "gamma": gamma}})
-        on.model.name = "mgcn"
-        runs[gamma] = get_method("tru").unlearn(model, deletion, on)
-    alphas = runs[1.0].stats["scaling"]["alpha_last"]
-    assert set(alphas) >= {"id", "image", "text"} and min(alphas.values()) < 0.99
-    assert all(a == pytest.approx(1.0) for a in runs[0.0].stats["scaling"]["alpha_last"].values())
-    ref = base.model.state_dict()
-    gap = {g: max((v - ref[k]).abs().max().item() for k, v in runs[g].model.state_dict().items())
-           for g in runs}
-    # γ = 0 differs from reverse_bpr only by summing g_f and g_r separately (float rounding)
-    assert gap[0.0] < 1e-4 and gap[1.0] > 1e-2, gap
-
-
 @pytest.fixture(scope="module")
 def mgcn_trained(tiny_data):
     cfg = _cfg(**OFF)
@@ -364,6 +337,23 @@ def _mgcn_cfg(**unlearn) -> Config:
     cfg = _cfg(**{**OFF, **unlearn})
     cfg.model.name = "mgcn"
     return cfg
+
+
+def test_branch_scaling_changes_a_multimodal_update(mgcn_trained):
+    """On MGCN (id, image, text branches) scaling with γ = 1 gives branches α < 1 and moves the
+    update away from reverse_bpr's; with γ = 0 every α is 1 and it is reverse_bpr's (to rounding)."""
+    model, deletion = mgcn_trained
+    base = get_method("reverse_bpr").unlearn(model, deletion, _mgcn_cfg())
+    runs = {gamma: get_method("tru").unlearn(model, deletion, _mgcn_cfg(
+        scaling={"enabled": True, "gamma": gamma})) for gamma in (0.0, 1.0)}
+    alphas = runs[1.0].stats["scaling"]["alpha_last"]
+    assert set(alphas) >= {"id", "image", "text"} and min(alphas.values()) < 0.99
+    assert all(a == pytest.approx(1.0) for a in runs[0.0].stats["scaling"]["alpha_last"].values())
+    ref = base.model.state_dict()
+    gap = {g: max((v - ref[k]).abs().max().item() for k, v in runs[g].model.state_dict().items())
+           for g in runs}
+    # γ = 0 differs from reverse_bpr only by summing g_f and g_r separately (float rounding)
+    assert gap[0.0] < 1e-4 and gap[1.0] > 1e-2, gap
 
 
 def test_scaling_measures_only_the_branches_that_move(mgcn_trained):
