@@ -319,3 +319,30 @@ def test_a_one_user_deletion_held_by_one_rank_unlearns_at_w2_as_at_w1(tiny_data)
     lo, hi = ranks[1]["user_range"]
     assert lo <= ranks[1]["user"] == single["user"] < hi  # the deleted user lives on rank 1 only
     _check_state("one_user_reverse_bpr", single, ranks, "state")
+
+
+def test_miggt_tru_at_w2_equals_w1_with_its_encoders_frozen(tmp_path):
+    """MIG-GT's TRU default moves only ID rows, so its frozen encoders' views are computed once
+    per update (``Backbone.constant_branches``) — an all-gather inside the reused computation at
+    W = 2. Every rank must hit and miss alike: the same gate trajectory, decisions and metrics
+    at W = 1 and W = 2 (a rank that skipped the gather alone would hang or diverge)."""
+    from tru_dist.data.regimes import select_forget
+    from tru_dist.data.requests import write_requests
+    from tru_dist.data.source import open_data
+    from tru_dist.distributed import commands
+
+    cfg = build_config(model="miggt", data="synthetic:tiny", overrides=[
+        "train.epochs=3", "model.dim=16", "model.feat_hidden=32", "dist.address=none", "dist.workers=1"])
+    run = tmp_path / "run"
+    commands.train(cfg, run)
+    requests = tmp_path / "req.csv"
+    write_requests(select_forget(open_data("synthetic:tiny"), "interactions", 0.05, 0, "random"), requests)
+    out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
+                               overrides=[f"dist.workers={w}", "dist.address=none"]) for w in (1, 2)}
+    d1, d2 = out[1]["decisions"], out[2]["decisions"]
+    assert out[2]["world_size"] == 2 and d1["steps"] > 0
+    assert d1["isolation"]["selected_groups"] == d2["isolation"]["selected_groups"] == ["item_emb"]
+    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
+    assert gaps[2] == pytest.approx(gaps[1])
+    for key in ("test", "forget"):
+        _check_values(f"miggt.{key}", out[2][key], out[1][key])
