@@ -49,6 +49,7 @@ Simplifications vs the reference code (stated, not hidden):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -207,9 +208,7 @@ class MIGGT(Backbone):
         looped = SelfLoopedGraph.of(graph, user0.dtype)
         z_u, z_i = restart_propagate(graph, user0, item0, self.hops["id"], self.cfg.ppr_alpha, looped)
         for m in self.modalities:
-            def view(m: str = m) -> tuple[torch.Tensor, torch.Tensor]:
-                return self._modality_view(graph, m, user0, p, gen, looped)
-
+            view = functools.partial(self._modality_view, graph, m, user0, p, gen, looped)
             if p > 0:  # dropout draws fresh masks every call: nothing to reuse
                 u_m, i_m = view()
             else:  # a frozen encoder's view is a constant of the graph (Backbone.constant_branches)

@@ -93,8 +93,9 @@ class _Loop:
     """State of one run (kept in one object so the step is readable)."""
 
     def __init__(self, original: Backbone, model: Backbone, deletion: Deletion, cfg: Config,
-                 spec: UpdateSpec):
+                 spec: UpdateSpec, start_on_target: bool):
         self.original, self.model, self.deletion, self.cfg, self.spec = original, model, deletion, cfg, spec
+        self.start_on_target = start_on_target  # on_target(deletion, spec), decided once by iter_update
         self.graph, self.forget = deletion.graph_after, deletion.forget
         forget, graph = self.forget, self.graph
         self.uc = cfg.unlearn
@@ -332,9 +333,6 @@ class _Loop:
                 self.frozen_params.update(id(p) for p in ps)
                 for p in ps:  # autograd then skips them; iter_update turns it back on at the end
                     p.requires_grad_(False)
-        if "state" in self.best:  # saved at the first gate pass, before anything was frozen
-            live = set(self.live())
-            self.best["state"] = {k: v for k, v in self.best["state"].items() if k in live}
         user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
         for p, kind in self.model.row_tables().values():
@@ -518,10 +516,13 @@ class _Loop:
 
     @torch.no_grad()
     def _put_back_best(self) -> None:
-        """Copy the best state's parameters back — the live ones saved with it (a frozen group
-        never changes, and leaving it unwritten keeps its constant branches cached)."""
-        for k, saved in self.best["state"].items():
-            self.params[k].copy_(saved)
+        """Copy the best state's parameters back — only those that may move now: a frozen group
+        never changes (a state saved before isolation froze it holds it too), and leaving it
+        unwritten keeps its constant branches cached."""
+        state = self.best["state"]
+        for k in self.live():
+            if k in state:
+                self.params[k].copy_(state[k])
 
     def _improves(self, last: dict[str, Any]) -> bool:
         """Whether a gate pass beats the best so far (:func:`.tru.gate.improves`)."""
@@ -630,24 +631,30 @@ class _Loop:
         named = self._groups(self.model.branches())
         branches = {b: [k for k in idx if k in live_set] for b, idx in named.items()}
         branches = {b: idx for b, idx in branches.items() if idx}
-        log = self.stats.setdefault("scaling", {"steps": 0, "alpha_sum": {}, "conflict_steps": {}})
-        log["steps"] += 1
         if len(branches) <= 1 and not sc.project_conflicts:
             self.set_gradients(self.uc.lambda_f * loss_f + self.uc.lambda_r * loss_r)
-            alphas = dict.fromkeys(branches, 1.0)
-            for b in branches:
-                log["alpha_sum"][b] = log["alpha_sum"].get(b, 0.0) + 1.0
-                log["conflict_steps"].setdefault(b, 0)
-            log["alpha_last"] = alphas
-            return
+            alphas, conflicts = dict.fromkeys(branches, 1.0), dict.fromkeys(branches, False)
+        else:
+            alphas, conflicts = self._combine_branches(loss_f, loss_r, live, branches)
+        log = self.stats.setdefault("scaling", {"steps": 0, "alpha_sum": {}, "conflict_steps": {}})
+        log["steps"] += 1
+        for b in branches:
+            log["alpha_sum"][b] = log["alpha_sum"].get(b, 0.0) + alphas[b]
+            log["conflict_steps"][b] = log["conflict_steps"].get(b, 0) + int(conflicts[b])
+        log["alpha_last"] = alphas
+
+    def _combine_branches(self, loss_f: torch.Tensor, loss_r: torch.Tensor, live: list[int],
+                          branches: dict[str, list[int]]) -> tuple[dict[str, float], dict[str, bool]]:
+        """g_f, g_r apart; α per branch from their masked statistics; .grad = the combined step.
+        Returns (α per branch, whether the branch's g_f and g_r conflicted)."""
+        sc = self.spec.scaling
         g_f = self._sum_replicated(self._grads(loss_f, live, retain_graph=True), live)
         g_r = self._sum_replicated(self._grads(loss_r, live), live)
         per = torch.zeros(len(self.params), 3, dtype=torch.float64)
         for k in live:  # rows outside the masks: not counted here, zeroed by apply_masks after
             per[k] = scale_fn.gradient_statistics(g_f[k], g_r[k], self.frozen_rows.get(id(self.params[k])))
         sums = group_sums(branches, per, self.sharded)
-        forget_sq = {b: v[0] for b, v in sums.items()}
-        retain_sq = {b: v[1] for b, v in sums.items()}
+        forget_sq, retain_sq = {b: v[0] for b, v in sums.items()}, {b: v[1] for b, v in sums.items()}
         alphas = scale_fn.decide_alphas(forget_sq, retain_sq, sc.gamma, sc.alpha_min, sc.delta)
         for b, idx in branches.items():
             coef = scale_fn.projection_coefficient(sums[b][2], sums[b][1]) if sc.project_conflicts else 0.0
@@ -655,9 +662,7 @@ class _Loop:
                                         self.uc.lambda_f, self.uc.lambda_r)
             for k, g in zip(idx, combined, strict=True):
                 self.params[k].grad = g
-            log["alpha_sum"][b] = log["alpha_sum"].get(b, 0.0) + alphas[b]
-            log["conflict_steps"][b] = log["conflict_steps"].get(b, 0) + int(sums[b][2] < 0)
-        log["alpha_last"] = alphas
+        return alphas, {b: sums[b][2] < 0 for b in branches}
 
     def apply_masks(self) -> None:
         for p in self.params:
@@ -720,7 +725,7 @@ class _Loop:
         """
         spec, uc = self.spec, self.uc
         torch_seed(uc.seed)
-        if on_target(self.deletion, self.spec):
+        if self.start_on_target:
             # every deleted pair belongs to a deleted user, whose served row is already the fresh
             # one Retrain would serve: the calibrated target is the pair's own rank (q = p), so the
             # gate's first pass would find a zero gap. Skip it — and the snapshot, the full forward
@@ -822,8 +827,9 @@ def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSp
     that is what ``run_update`` returns. Between yields the groups isolation froze have
     ``requires_grad`` False (and the model's constant branches may be cached); both are undone
     when the generator ends, is closed, or raises."""
-    work = start_model(model, deletion, cfg.unlearn.seed, reuse=on_target(deletion, spec))
-    loop = _Loop(model, work, deletion, cfg, spec)
+    reuse = on_target(deletion, spec)
+    work = start_model(model, deletion, cfg.unlearn.seed, reuse=reuse)
+    loop = _Loop(model, work, deletion, cfg, spec, start_on_target=reuse)
     ran = False
     # frozen groups get requires_grad False for the run (isolation_pass), so a branch made of
     # them only is a constant the backbone may compute once (Backbone.constant_branches)
