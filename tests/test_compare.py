@@ -231,3 +231,21 @@ def test_run_seed_warms_the_process_up_before_timing_any_method(tiny_data, monke
                        originals=str(tmp_path))
     compare_mod.run_seed(cfg, spec, 0, data=tiny_data)
     assert events[0] == "warm-up" and set(events[1:]) == {"noop", "reverse_bpr"}
+
+
+def test_sign_test_reads_the_consistency_a_divergent_seed_hides():
+    """Ten seeds, TRU closer on all ten, one baseline seed diverged: the t-interval of the mean
+    difference crosses 0 (verdict tie), the exact sign test gives p = 2·(½)^10 = 2/1024."""
+    from tru_dist.compare import paired, sign_test
+
+    tru = [0.04, 0.07, 0.10, 0.04, 0.04, 0.06, 0.08, 0.05, 0.09, 0.07]
+    base = [0.06, 0.12, 1.46, 0.11, 0.05, 0.10, 0.09, 0.08, 0.12, 0.10]
+    per_seed = [{"tru": {"retrain_distance": t}, "reverse_bpr": {"retrain_distance": b}}
+                for t, b in zip(tru, base, strict=True)]
+    got = paired(per_seed)["tru"]["reverse_bpr"]
+    assert got["verdict"] == "tie" and got["ci"][1] > 0  # the outlier widens the t-interval
+    assert (got["lower_on"], got["higher_on"]) == (10, 0)
+    assert got["sign_p"] == pytest.approx(2 / 1024)
+    # by hand: 7 lower, 2 higher, 1 exact tie (dropped): p = 2·Σ_{k≤2} C(9,k)/2^9 = 2·46/512
+    assert sign_test([-1, -1, -1, -1, -1, -1, -1, 2, 3, 0.0]) == (7, 2, pytest.approx(92 / 512))
+    assert sign_test([0.0, 0.0]) == (0, 0, 1.0)  # TRU = noop exactly on every seed: no evidence

@@ -54,17 +54,21 @@ def comparison_table(methods: dict, k: int = 20) -> str:
 
 
 def paired_table(paired: dict) -> str:
-    """TRU − method on retrain_distance, per pair: mean difference, 95% CI, verdict."""
+    """TRU − method on retrain_distance, per pair: mean difference, 95% CI, verdict, and the
+    secondary distribution-free reading (seeds where TRU is lower / higher, sign-test p)."""
     rows = []
     for tru_name, others in paired.items():
         for other, d in others.items():
             lo, hi = d.get("ci", [None, None])
             ci = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else "—"
+            signs = f"{d['lower_on']} / {d['higher_on']}" if "lower_on" in d else "—"
+            sign_p = f"{d['sign_p']:.3f}" if "sign_p" in d else "—"
             rows.append([tru_name, other, f"{d['diff_mean']:+.4f}", ci, str(d.get("n")),
-                         d.get("verdict", "")])
+                         d.get("verdict", ""), signs, sign_p])
     if not rows:
         return ""
-    header = ["TRU variant", "vs", "mean Δ retrain_distance", "95% CI", "seeds", "verdict"]
+    header = ["TRU variant", "vs", "mean Δ retrain_distance", "95% CI", "seeds", "verdict (t-CI)",
+              "TRU lower / higher on", "sign-test p"]
     return markdown_table(header, rows)
 
 
