@@ -574,6 +574,45 @@ def test_calibrated_gate_line_search_keeps_the_best_state(tiny_data):
         torch.testing.assert_close(v, snapshots[best["epoch"]][k], rtol=0, atol=0)
 
 
+def test_line_search_plateau_stops_the_creeping_phase(tiny_data):
+    """After the first halving, ``gate.plateau`` passes in a row without a lower calibration
+    gap end the update at the best state: fewer epochs than without the rule, the stop only
+    after a halving, and no pass of the last ``plateau`` lowered the gap. Fails when the rule is
+    missing (no stop, same epochs) or stops while the gap still falls."""
+    from tru_dist.config import build_config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.engine import run_update
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    base = ["train.epochs=30", "unlearn.gate.max_epochs=30", "unlearn.gate.lr=0.04"]
+    cfg = build_config(model="lightgcn", overrides=base)
+    model, graph, _ = fit(cfg, tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "items", 0.05, 0))
+    runs = {}
+    for plateau in (0, 3):
+        c = build_config(model="lightgcn", overrides=[*base, f"unlearn.gate.plateau={plateau}"])
+        runs[plateau] = run_update(model, deletion, c, tru_spec(c))[1]
+    off, on = runs[0], runs[3]
+    assert "plateau_stop" not in off
+    stop = on["plateau_stop"]
+    assert on["epochs_run"] == stop < off["epochs_run"]
+    assert on["backtracks"] and on["backtracks"][0]["epoch"] < stop  # only after a halving
+    gaps = [g["calibration_gap"] for g in on["gate"]]
+    assert len(gaps) == stop + 1 and min(gaps[-3:]) >= min(gaps[:-3])  # the last three: no lower gap
+    assert on["gate"][: len(gaps)] == off["gate"][: len(gaps)]  # the same run up to the stop
+    assert on["best_gap"]["gap"] == min(gaps)
+
+
+def test_plateau_rule_by_hand():
+    from tru_dist.unlearn.tru.gate import plateaued
+
+    assert plateaued(3, 1, 3) and plateaued(5, 2, 3)
+    assert not plateaued(2, 1, 3)  # the gap fell two passes ago
+    assert not plateaued(9, 0, 3)  # no halving yet: a flat gap at the start is the tie-break's case
+    assert not plateaued(9, 4, 0)  # switched off
+
+
 def test_calibrated_gate_moves_forget_ranks_to_the_held_out_distribution(tiny_data):
     """The calibrated target, measured from outside: after TRU the deleted pairs' rank
     percentiles are much closer (KS) to those of never-trained valid pairs than after the

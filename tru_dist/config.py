@@ -211,6 +211,10 @@ class GateConfig(_Strict):
     #: calibrated target: a gate pass without a smaller calibration gap puts the best
     #: parameters back and halves the step size; after this many halvings in a row, stop
     patience: NonNegInt = 2
+    #: calibrated target: once the line search has halved the step at least once, stop when this
+    #: many gate passes in a row have not lowered the calibration gap (progress by the transport
+    #: tie-break alone: the creeping phase); 0 = off
+    plateau: NonNegInt = 3
     top_k: PosInt = 20
     temperature: PosFloat = 0.5
     beta: Unit = 0.5

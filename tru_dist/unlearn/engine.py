@@ -497,13 +497,22 @@ class _Loop:
         items 1% (tuning seed 105, 13 deleted items) it read 0.846 three passes running while
         the pairs moved towards their targets, and the search stopped at the start model
         (retrain_distance 0.845, `noop` 0.888); a tie in the gap now counts as progress when
-        the pairs got closer."""
+        the pairs got closer. Once the step has been halved, ``gate.plateau`` passes in a row
+        without a lower gap — progress by the tie-break alone — end the update at the best
+        state (:func:`.tru.gate.plateaued`; ``stats["plateau_stop"]`` = the epoch)."""
         if self.target_mode != "calibrated" or not self.stats.get("gate"):
             return False
         last = self.stats["gate"][-1]
+        gap_fell = last["calibration_gap"] < self.best.get("gap", float("inf")) - gate_fn.GAP_TOL
+        self.best["flat"] = 0 if gap_fell else self.best.get("flat", 0) + 1  # passes since the gap fell
         if self._improves(last):
             self.best.update(gap=last["calibration_gap"], transport=last["transport"], epoch=last["epoch"],
                              stalls=0, state={k: self.params[k].detach().clone() for k in self.live()})
+            halvings = len(self.stats.get("backtracks", []))
+            if gate_fn.plateaued(self.best["flat"], halvings, self.spec.gate.plateau):
+                self.best["stopped"] = True  # at the best state: nothing to put back
+                self.stats["plateau_stop"] = last["epoch"]
+                return True
             return False
         self.best["stalls"] = self.best.get("stalls", 0) + 1
         self.best["stopped"] = self.best["stalls"] > self.spec.gate.patience
