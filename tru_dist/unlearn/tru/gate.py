@@ -259,8 +259,9 @@ def plateaued(passes_since_gap_fell: int, halvings: int, plateau: int) -> bool:
     items, seed 100: gap 0.168 from epoch 18 to 23, transport 0.1437 → 0.1311, then 0.160 to
     the 30-epoch cap). Measured, ``plateau`` 3 vs off, tuning seeds: MIG-GT items 100–105
     retrain_distance never higher (0.311 → 0.303, 0.171 → 0.155, 0.220 → 0.209, three equal),
-    MIG-GT interactions 100–102 identical (it converges before any halving), MGCN items and
-    interactions in the module README; ``plateau`` 2 was worse on seed 105 (0.231)."""
+    MGCN items 100–101 0.202 → 0.185 and 0.221 → 0.191 at 60% of the time, interactions
+    100–102 identical on both backbones (they converge before any halving); ``plateau`` 2 was
+    worse on MIG-GT items seed 105 (0.231)."""
     return plateau > 0 and halvings > 0 and passes_since_gap_fell >= plateau
 
 
