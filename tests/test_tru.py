@@ -605,8 +605,9 @@ def test_line_search_plateau_stops_the_creeping_phase(tiny_data):
 
 
 def test_plateau_rule_by_hand():
-    from tru_dist.unlearn.tru.gate import plateaued
+    from tru_dist.unlearn.tru.gate import gap_fell, plateaued
 
+    assert gap_fell(0.20, 0.25) and not gap_fell(11 / 13, 11 / 13) and not gap_fell(0.3, 0.25)
     assert plateaued(3, 1, 3) and plateaued(5, 2, 3)
     assert not plateaued(2, 1, 3)  # the gap fell two passes ago
     assert not plateaued(9, 0, 3)  # no halving yet: a flat gap at the start is the tie-break's case

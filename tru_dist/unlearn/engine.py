@@ -503,8 +503,8 @@ class _Loop:
         if self.target_mode != "calibrated" or not self.stats.get("gate"):
             return False
         last = self.stats["gate"][-1]
-        gap_fell = last["calibration_gap"] < self.best.get("gap", float("inf")) - gate_fn.GAP_TOL
-        self.best["flat"] = 0 if gap_fell else self.best.get("flat", 0) + 1  # passes since the gap fell
+        fell = gate_fn.gap_fell(last["calibration_gap"], self.best.get("gap", float("inf")))
+        self.best["flat"] = 0 if fell else self.best.get("flat", 0) + 1  # passes since the gap fell
         if self._improves(last):
             self.best.update(gap=last["calibration_gap"], transport=last["transport"], epoch=last["epoch"],
                              stalls=0, state={k: self.params[k].detach().clone() for k in self.live()})
