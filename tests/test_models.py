@@ -402,3 +402,48 @@ def test_two_workers_compute_the_single_process_loss_and_gradient(tmp_path):
                 got = parts[0][name]["grads"][key]
                 torch.testing.assert_close(parts[1][name]["grads"][key], got)
             torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
+
+
+def test_miggt_embed_rows_are_embeds_rows_with_the_same_gradients(tiny_graph):
+    """``embed_rows`` (attention on the asked rows only) gives ``embed``'s rows bit for bit, in
+    training mode too (the same random draws), and a loss on those rows the same gradients on
+    the ID tables up to float rounding — what lets an unlearning step take it in place of
+    ``embed``. The fast path is
+    really taken (``cheap_rows``); a backbone without it returns ``embed``'s rows."""
+    users = torch.arange(0, tiny_graph.n_users, 3)
+    items = torch.arange(1, tiny_graph.n_items, 4)
+    grads = {}
+    for how in ("embed", "rows"):
+        model = _model("miggt", tiny_graph)  # the same seed: the same weights and random stream
+        assert model.cheap_rows
+        if how == "embed":
+            full = model.embed(tiny_graph)
+            u, i = full.user[users], full.item[items]
+        else:
+            part = model.embed_rows(tiny_graph, users, items)
+            u, i = part.user[users], part.item[items]
+            assert len(part.user) == len(users) and len(part.item) == len(items)
+        loss = (u.sum(1) * torch.linspace(-1, 1, len(users))).sum() + i.pow(2).sum()
+        grads[how] = (u.detach(), i.detach(),
+                      *torch.autograd.grad(loss, [model.user_emb, model.item_emb]))
+    for a, b in zip(grads["embed"][:2], grads["rows"][:2], strict=True):  # the rows: bit for bit
+        assert torch.equal(a, b)
+    for a, b in zip(grads["embed"][2:], grads["rows"][2:], strict=True):  # the backward sums the
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)  # attention's paths in another order
+    assert grads["rows"][2].abs().sum() > 0  # the gradients are not trivially both zero
+    empty = _model("miggt", tiny_graph).embed_rows(tiny_graph, users, users.new_zeros(0))
+    assert empty.item.values.shape == (0, 16)
+    lightgcn = _model("lightgcn", tiny_graph)
+    assert not lightgcn.cheap_rows
+    ref = lightgcn.embed(tiny_graph)
+    assert torch.equal(lightgcn.embed_rows(tiny_graph, users, items).user[users], ref.user[users])
+
+
+def test_select_rows_keeps_the_rows_asked_in_their_order():
+    from tru_dist.train.evaluate import select_rows
+
+    dense = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    csr = dense.to_sparse_csr()
+    out = select_rows(csr, torch.tensor([2, 0, 1]))
+    assert torch.equal(out.to_dense(), dense[[2, 0, 1]])
+    assert out.crow_indices().tolist() == [0, 3, 5, 5]

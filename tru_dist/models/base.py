@@ -187,23 +187,30 @@ class Backbone(nn.Module, ABC):
 
         What a step of a deletion-local update needs (:mod:`tru_dist.graph.blocks`): backbones
         that can compute it from the targets' neighbourhood override this (exact when
-        ``fanout == 0``); the default runs the full ``embed`` and keeps the rows asked for, so
-        every backbone accepts the call. ``aux`` entries named ``*_user`` / ``*_item`` become
-        per-side rows; others are passed on whole."""
-        emb = self.embed(graph)
-
-        def keep(name: str, value: torch.Tensor) -> torch.Tensor | Rows:
-            if name.endswith("_user"):
-                return Rows(value[users], users)
-            return Rows(value[items], items) if name.endswith("_item") else value
-
-        return Embeddings(Rows(emb.user[users], users), Rows(emb.item[items], items),
-                          {k: keep(k, v) for k, v in emb.aux.items()})
+        ``fanout == 0``); the default propagates in full (:meth:`embed_rows`), so every
+        backbone accepts the call."""
+        return self.embed_rows(graph, users, items)
 
     @property
     def local_embedding(self) -> bool:
         """Whether ``embed_targets`` computes from the targets' neighbourhood (not a full ``embed``)."""
         return type(self).embed_targets is not Backbone.embed_targets
+
+    def embed_rows(self, graph, users: torch.Tensor, items: torch.Tensor) -> Embeddings:
+        """Final embeddings of the given (distinct, local) users and items as :class:`Rows`,
+        from the FULL propagation — unlike :meth:`embed_targets`, no neighbourhood is cut out.
+
+        The values are ``embed``'s rows. A backbone whose last stage is row-wise (MIG-GT's
+        global attention: each node's output depends on the propagated table, but no node's
+        output on another's) overrides this to run that stage on the rows asked for only: what
+        an unlearning step needs, whose batches hold a few hundred of the graph's nodes. The
+        default runs ``embed`` and keeps the rows (:func:`rows_of`)."""
+        return rows_of(self.embed(graph), users, items)
+
+    @property
+    def cheap_rows(self) -> bool:
+        """Whether ``embed_rows`` computes less than a full ``embed`` (an override exists)."""
+        return type(self).embed_rows is not Backbone.embed_rows
 
     @abstractmethod
     def branches(self) -> dict[str, list[nn.Parameter]]:
@@ -276,13 +283,29 @@ def xavier_table(n: int, dim: int, rows: tuple[int, int] | None = None) -> nn.Pa
     return nn.Parameter(w)
 
 
+def rows_of(emb: Embeddings, users: torch.Tensor, items: torch.Tensor) -> Embeddings:
+    """``emb`` cut to the given users and items, as :class:`Rows`; ``aux`` entries named
+    ``*_user`` / ``*_item`` become per-side rows, others are passed on whole."""
+
+    def keep(name: str, value: torch.Tensor) -> torch.Tensor | Rows:
+        if name.endswith("_user"):
+            return Rows(value[users], users)
+        return Rows(value[items], items) if name.endswith("_item") else value
+
+    return Embeddings(Rows(emb.user[users], users), Rows(emb.item[items], items),
+                      {k: keep(k, v) for k, v in emb.aux.items()})
+
+
 def embed_for(model: Backbone, graph, batches: list[BPRBatch], *, local: bool, fanout: int = 0,
               generator: torch.Generator | None = None) -> Embeddings:
-    """The embeddings a step on ``batches`` needs: ``model.embed(graph)`` (full propagation), or
-    with ``local`` only the batches' users and items (``model.embed_targets``), which the
-    losses index the same way."""
-    if not local:
+    """The embeddings a step on ``batches`` needs: with ``local`` only the batches' users and
+    items from their neighbourhood (``model.embed_targets``); otherwise the full propagation —
+    ``model.embed(graph)``, or the batches' rows of it (``model.embed_rows``) where the backbone
+    computes those for less. The losses index either the same way."""
+    if not local and not model.cheap_rows:
         return model.embed(graph)
     users = torch.unique(torch.cat([b.users for b in batches]))
     items = torch.unique(torch.cat([t for b in batches for t in (b.pos, b.neg)]))
+    if not local:
+        return model.embed_rows(graph, users, items)
     return model.embed_targets(graph, users, items, fanout=fanout, generator=generator)

@@ -60,7 +60,7 @@ from torch import nn
 from tru_dist import comm as collectives
 from tru_dist.errors import ConfigError
 from tru_dist.graph.adjacency import spmm
-from tru_dist.models.base import Backbone, BPRBatch, Embeddings, xavier_table
+from tru_dist.models.base import Backbone, BPRBatch, Embeddings, Rows, rows_of, xavier_table
 from tru_dist.models.mgcn import local_features
 
 
@@ -145,8 +145,9 @@ class SampledGlobalAttention(nn.Module):
         """``queries``: (N, Q, d), ``memory``: (N, S, d) -> (N, Q, d)."""
         n, nq, d = queries.shape
         h = self.heads
-        q = self.q(queries).view(n, nq, h, -1)
-        k = self.k(memory).view(n, memory.shape[1], h, -1)
+        a = self.q.out_features // h  # explicit, so that zero query rows (n = 0) reshape too
+        q = self.q(queries).view(n, nq, h, a)
+        k = self.k(memory).view(n, memory.shape[1], h, a)
         v = memory.view(n, memory.shape[1], h, d // h)
         logits = torch.einsum("nqha,nsha->nhqs", q, k) / q.shape[-1] ** 0.5
         attended = torch.einsum("nhqs,nshd->nqhd", logits.softmax(-1), v).reshape(n, nq, d)
@@ -196,6 +197,20 @@ class MIGGT(Backbone):
 
     # -- forward -----------------------------------------------------------------------
     def embed(self, graph) -> Embeddings:
+        return self._embed(graph, None, None)
+
+    def embed_rows(self, graph, users: torch.Tensor, items: torch.Tensor) -> Embeddings:
+        """The given rows of ``embed``: propagation in full, the global attention (step 3, row-wise)
+        for these users and items only, as :class:`Rows`. The random draws are ``embed``'s (made
+        for every node), so the rows are ``embed``'s values — the attention of a subset of rows
+        is the same arithmetic on each row (tested bit for bit at ≥ 4 rows; 1–3 rows go through
+        another matrix-product kernel and may differ in the last bit). An unlearning step's
+        batches hold a few hundred of Scientific's 4,513 nodes: attending all of them was ~3/4
+        of a TRU step (forward and backward) on MIG-GT."""
+        return self._embed(graph, users, items)
+
+    def _embed(self, graph, users: torch.Tensor | None, items: torch.Tensor | None) -> Embeddings:
+        """``embed`` (``users`` None), or the rows ``users`` / ``items`` of it as :class:`Rows`."""
         device = self.user_emb.device
         gen = self._generator(device)
         p = self.cfg.dropout if self.training else 0.0
@@ -216,14 +231,18 @@ class MIGGT(Backbone):
                                                 list(self.encoders[m].parameters()), view)
             z_u, z_i = z_u + u_m, z_i + i_m
         if self.gt is None:
-            return Embeddings(z_u, z_i)
+            emb = Embeddings(z_u, z_i)
+            return emb if users is None else rows_of(emb, users, items)
         samples = torch.randint(0, self.n_items, (self.n_users + self.n_items, self.cfg.gt_samples),
                                 generator=gen, device=device)
-        item_samples = samples[self.n_users :]
-        e_u = self._attend(z_u, z_i, samples[lo:hi])
-        e_i = self._attend(z_i, z_i, item_samples)
-        aux = {"gt_item_input": z_i, "gt_item_samples": item_samples, "gt_user_samples": samples[lo:hi]}
-        return Embeddings(e_u, e_i, aux)
+        item_samples, user_samples = samples[self.n_users :], samples[lo:hi]
+        aux = {"gt_item_input": z_i, "gt_item_samples": item_samples, "gt_user_samples": user_samples}
+        if users is None:
+            return Embeddings(self._attend(z_u, z_i, user_samples), self._attend(z_i, z_i, item_samples), aux)
+        users, items = users.to(device), items.to(device)
+        e_u = self._attend(z_u[users], z_i, user_samples[users])
+        e_i = self._attend(z_i[items], z_i, item_samples[items])
+        return Embeddings(Rows(e_u, users), Rows(e_i, items), aux)
 
     def _modality_view(self, graph, m: str, user0: torch.Tensor, p: float, gen: torch.Generator,
                        looped: SelfLoopedGraph) -> tuple[torch.Tensor, torch.Tensor]:

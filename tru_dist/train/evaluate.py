@@ -89,6 +89,16 @@ def csr_rows(csr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch
     return pos, csr.col_indices()[entry]
 
 
+def select_rows(csr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The CSR of the given rows only, in that order: row p of the result is row ``rows[p]``
+    (an exclusion mask for a few users' compact score rows)."""
+    pos, cols = csr_rows(csr, rows)
+    crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=pos.device)
+    crow[1:] = torch.cumsum(torch.bincount(pos, minlength=len(rows)), 0)
+    return torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols), dtype=torch.bool, device=cols.device),
+                                   size=(len(rows), csr.shape[1]))
+
+
 class _RowMask:
     """Excluded entries of a fixed list of rows, expanded once and sliced per chunk.
 

@@ -24,7 +24,10 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
 3. *Epochs* (``unlearn.epochs``) over D_f in global batches of ≈ ``unlearn.batch_size``
    (all equal), each paired with an equally large D_r batch. With the gate on, a gate pass
    over D_f at the start of every epoch computes P_i and stops when mean G < ε.
-   Per step: one forward ``emb = model.embed(graph_after)``;
+   Per step: one forward ``emb = model.embed(graph_after)`` — the batches' rows of it
+   (``Backbone.embed_rows``) where the backbone computes those for less: MIG-GT's global
+   attention runs on the few hundred nodes a step's batches hold, not on all of them (the
+   top-K gate, which ranks every item per step, keeps the full tables);
        L_f = forget term (reverse BPR, its gated form, or −BPR for gradient ascent),
        L_r = ``model.loss`` on the D_r batch;
    gradients are computed for the *live* parameters only — those of no frozen layer group
@@ -64,7 +67,7 @@ from tru_dist.config import Config, GateConfig, IsolationConfig, ScalingConfig
 from tru_dist.data.dataset import VALID
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings, embed_for
 from tru_dist.models.registry import torch_seed
-from tru_dist.train.evaluate import candidate_counts, history_mask, pair_ranks
+from tru_dist.train.evaluate import candidate_counts, history_mask, pair_ranks, select_rows
 from tru_dist.train.optim import PlainAdam
 from tru_dist.train.sampler import BPRSampler
 from tru_dist.unlearn import losses
@@ -112,6 +115,7 @@ class _Loop:
         self.frozen_rows: dict[int, torch.Tensor] = {}  # id(param) -> bool mask of updatable rows
         self.frozen_params: set[int] = set()
         self.exclude: torch.Tensor | None = None
+        self.exclude_rows: torch.Tensor | None = None  # self.exclude cut to the forget pairs' users
         self.p_items: torch.Tensor | None = None
         self.target_mode = spec.gate.target if spec.gate is not None else None
         self.q_keys: torch.Tensor | None = None  # calibrated gate: sorted pair keys u·n_items + i
@@ -159,7 +163,10 @@ class _Loop:
         return why is None
 
     def embed(self, *batches: BPRBatch) -> Embeddings:
-        """The step's embeddings: full propagation, or the batches' neighbourhood only."""
+        """The step's embeddings: full propagation, or the batches' neighbourhood only. The top-K
+        gate ranks every item for the batch's users each step, so it takes the full tables."""
+        if self.spec.gate is not None and self.target_mode == "topk":
+            return self.model.embed(self.graph)
         return embed_for(self.model, self.graph, list(batches), local=self.local,
                          fanout=self.uc.fanout, generator=self.fanout_rng)
 
@@ -209,10 +216,10 @@ class _Loop:
             before = copy.deepcopy(before).to(self.device)
         was = before.training
         before.eval()
-        if self.local:  # the deleted users' neighbourhood only, exactly (no fan-out limit)
-            snap = before.embed_targets(self.deletion.graph_before, local, local.new_zeros(0)).user[local]
-        else:
-            snap = before.embed(self.deletion.graph_before).user[local]
+        # the deleted users' rows only: from their neighbourhood (exactly: no fan-out limit), or
+        # from the full propagation
+        rows = before.embed_targets if self.local else before.embed_rows
+        snap = rows(self.deletion.graph_before, local, local.new_zeros(0)).user[local]
         before.train(was)
         if len(removed) == 0:  # joined the collective forward; nothing of this rank's to freeze
             return
@@ -295,6 +302,13 @@ class _Loop:
         row_params = {id(p) for p, _ in self.model.row_tables().values()}
         return {n: ps for n, ps in groups.items() if ps and all(id(p) in row_params for p in ps)}
 
+    def _freeze(self, groups: dict[str, list[torch.nn.Parameter]]) -> None:
+        """Freeze these layer groups for the update (``iter_update`` unfreezes them at the end)."""
+        for ps in groups.values():
+            self.frozen_params.update(id(p) for p in ps)
+            for p in ps:  # autograd then skips them
+                p.requires_grad_(False)
+
     def isolation_pass(self, batch_size: int) -> None:
         iso = self.spec.isolation
         n_f = len(self.fu)
@@ -304,6 +318,10 @@ class _Loop:
                                         self.graph.rank))
         candidates = self._candidate_groups()
         wanted = sorted(set().union(*(self._groups(candidates).values())))
+        # a group that may not compete is frozen whatever the Fisher says: freeze it before the
+        # Fisher passes, so their forwards do not rebuild what it computes (MIG-GT's encoders
+        # with isolation.shared_layers false: a constant of the graph from here on)
+        self._freeze({n: ps for n, ps in self.model.layer_groups().items() if n not in candidates})
         g_f = self._accumulate(f_batches, lambda e, b: losses.reverse_bpr_loss(
             *losses.pair_scores(self.user_vectors(e.user, b.users), e.item, b.pos, b.neg), b.scale),
             lambda b: 1.0 / (b.scale * n_f), wanted)
@@ -328,11 +346,7 @@ class _Loop:
         else:
             chosen, share = iso_fn.decide_isolation(f_sum, r_sum, counts, counts, iso.budget, iso.delta)
         total_f = sum(f_sum.values()) or 1.0
-        for name, ps in groups.items():
-            if name not in chosen:
-                self.frozen_params.update(id(p) for p in ps)
-                for p in ps:  # autograd then skips them; iter_update turns it back on at the end
-                    p.requires_grad_(False)
+        self._freeze({n: ps for n, ps in groups.items() if n not in chosen})
         user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
         for p, kind in self.model.row_tables().values():
@@ -408,10 +422,13 @@ class _Loop:
         emb = cold.embed(self.graph)
         return self._percentiles(emb.user.detach(), emb.item.detach(), lu, li)
 
-    def _percentiles(self, users: torch.Tensor, items: torch.Tensor, lu: torch.Tensor, li: torch.Tensor
-                     ) -> torch.Tensor:
-        ranks = pair_ranks(users, items, lu, li, self.exclude)
-        return ranks.double() / candidate_counts(self.exclude, lu, self.data.n_items).clamp(min=1).double()
+    def _percentiles(self, users: torch.Tensor, items: torch.Tensor, lu: torch.Tensor, li: torch.Tensor,
+                     exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Rank percentiles of pairs (rows ``lu`` of ``users``); ``exclude`` is the mask of those
+        rows (None: ``self.exclude``, the mask of every local user)."""
+        exclude = self.exclude if exclude is None else exclude
+        ranks = pair_ranks(users, items, lu, li, exclude)
+        return ranks.double() / candidate_counts(exclude, lu, self.data.n_items).clamp(min=1).double()
 
     @torch.no_grad()
     def _eval_forget_pairs(self) -> tuple[Embeddings, torch.Tensor, torch.Tensor]:
@@ -427,12 +444,37 @@ class _Loop:
         return emb, lu, li
 
     @torch.no_grad()
+    def _forget_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor | None]:
+        """What a calibrated gate pass ranks: (user rows, item matrix, each forget pair's row in
+        the user rows, the pairs' local users, their items, the user rows' exclusion mask).
+
+        The first pass takes every user (the reference pairs and the keep term's start need
+        them). Later passes rank the forget pairs only, so where the backbone computes a few
+        rows for less (``embed_rows``: MIG-GT's attention, ~1/3 of its forward, run on the
+        forget pairs' users instead of all of them) they take those users' rows alone — the
+        same values — with the exclusion mask cut to them once."""
+        if self.ref_sorted is None or not self.model.cheap_rows:
+            emb, lu, li = self._eval_forget_pairs()
+            return emb.user.detach(), emb.item.detach(), lu, lu, li, self.exclude
+        mine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
+        lu = torch.from_numpy(self.fu[mine] - self.lo).to(self.device)
+        li = torch.from_numpy(self.fi[mine]).to(self.device)
+        rows, at = torch.unique(lu, return_inverse=True)
+        if self.exclude_rows is None:
+            self.exclude_rows = select_rows(self.exclude, rows)
+        was = self.model.training
+        self.model.eval()
+        emb = self.model.embed_rows(self.graph, rows, torch.arange(self.data.n_items, device=self.device))
+        self.model.train(was)
+        return emb.user.values.detach(), emb.item.values.detach(), at, lu, li, self.exclude_rows
+
+    @torch.no_grad()
     def calibrated_gate_pass(self, epoch: int) -> bool:
         """Targets q_ui (quantile matching), P_i and the calibration gap (module :mod:`.tru.gate`)."""
         gate = self.spec.gate
-        emb, lu, li = self._eval_forget_pairs()
-        users, items = emb.user.detach(), emb.item.detach()
-        pct = self._percentiles(users, items, lu, li)
+        users, items, at, lu, li, exclude = self._forget_view()
+        pct = self._percentiles(users, items, at, li, exclude)
         if self.ref_sorted is None:  # fixed at the start: the model after the deletion step
             ref = self._percentiles(users, items, self.ref_u, self.ref_i)
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
@@ -460,11 +502,11 @@ class _Loop:
         targets.append((float(reset_now.numel()), reset_now))
         everything = collectives.all_gather_rows(pct).sort().values
         gap = gate_fn.calibration_gap(everything, targets)  # the whole forget set vs its target mixture
-        tau = gate_fn.scores_at_percentile(users, items, self.exclude, lu, q)
+        tau = gate_fn.scores_at_percentile(users, items, exclude, at, q)
         keys = lu.long() * self.data.n_items + li.long()
         order = torch.argsort(keys)
         self.q_keys, self.tau_vals = keys[order], tau[order].to(items.dtype)
-        s = (users[lu] * items[li]).sum(-1)
+        s = (users[at] * items[li]).sum(-1)
         decision, fused = self._decide(s, tau, li)
         extra = torch.tensor([float(fused.sum()), float(pct.sum()), float(q.sum()), float(len(lu)),
                               float((pct - q).abs().sum())], dtype=torch.float64)
