@@ -309,6 +309,15 @@ class _Loop:
             for p in ps:  # autograd then skips them
                 p.requires_grad_(False)
 
+    def freeze_non_candidates(self) -> None:
+        """Freeze the layer groups that may not compete for the isolation budget: frozen whatever
+        the Fisher says. Done before the first forward, so that every forward of the update —
+        the first gate pass, the Fisher passes — can reuse what those groups compute (MIG-GT's
+        encoders with ``isolation.shared_layers: false``: a constant of the graph, encoded once
+        per update instead of three times)."""
+        candidates = self._candidate_groups()
+        self._freeze({n: ps for n, ps in self.model.layer_groups().items() if n not in candidates})
+
     def isolation_pass(self, batch_size: int) -> None:
         iso = self.spec.isolation
         n_f = len(self.fu)
@@ -318,10 +327,7 @@ class _Loop:
                                         self.graph.rank))
         candidates = self._candidate_groups()
         wanted = sorted(set().union(*(self._groups(candidates).values())))
-        # a group that may not compete is frozen whatever the Fisher says: freeze it before the
-        # Fisher passes, so their forwards do not rebuild what it computes (MIG-GT's encoders
-        # with isolation.shared_layers false: a constant of the graph from here on)
-        self._freeze({n: ps for n, ps in self.model.layer_groups().items() if n not in candidates})
+        self.freeze_non_candidates()  # (done already at the start of the loop; idempotent)
         g_f = self._accumulate(f_batches, lambda e, b: losses.reverse_bpr_loss(
             *losses.pair_scores(self.user_vectors(e.user, b.users), e.item, b.pos, b.neg), b.scale),
             lambda b: 1.0 / (b.scale * n_f), wanted)
@@ -793,6 +799,8 @@ class _Loop:
             return
         b = equal_batch_size(n_f, uc.batch_size)
         self.stats["batch_size"] = b
+        if spec.isolation is not None:
+            self.freeze_non_candidates()
         if spec.isolation is not None and spec.gate is None:
             self.isolation_pass(b)
         if spec.gate is not None:
