@@ -109,3 +109,51 @@ def test_a_rank_without_train_pairs_is_refused_before_any_process_starts(tiny_da
     with pytest.raises(ConfigError, match="rank 1 has no train pairs"):
         train_replicas(graph, users[first_half], items[first_half], cfg, world_size=2, steps=1, fanout=0,
                        work_dir=tmp_path)
+
+
+def _replica_cfg(epochs: int, **extra):
+    over = {"train.propagation": "local", "dist.workers": 2, "dist.address": "none", "train.epochs": epochs,
+            "train.eval_every": 1, "train.patience": 0, "train.batch_size": 128, "train.lr": 0.02, "dim": 16,
+            **extra}
+    return build_config(model="lightgcn", overrides=[f"{k}={v}" for k, v in over.items()])
+
+
+def test_train_on_two_replicas_learns_resumes_and_leaves_a_run_w1_opens(tiny_data, tmp_path):
+    """``train`` with sampled steps on 2 workers trains replicas for whole epochs: it learns (test
+    recall well above the untrained model's, which a do-nothing loop would leave), the run's
+    ``checkpoint.pt`` opens at W = 1 with the same test metrics, and 2 epochs + ``resume`` to 4
+    give the 4-epoch run's parameters bit for bit."""
+    from tru_dist.distributed import commands
+    from tru_dist.train.checkpoint import load_checkpoint
+    from tru_dist.train.evaluate import evaluate
+
+    cfg = _replica_cfg(4)
+    metrics = commands.train(cfg, tmp_path / "a", data=tiny_data)
+    assert metrics["replicas"] and metrics["epochs"] == 4 and metrics["world_size"] == 2
+    graph = build_rec_graph(tiny_data, with_knn=False)
+    untrained = build_model(cfg.model, graph, seed=cfg.train.seed)
+    before = evaluate(untrained, graph, tiny_data, "test", ks=[20])["recall@20"]
+    assert metrics["test"]["recall@20"] > before + 0.02
+    again = commands.evaluate(tmp_path / "a", data=tiny_data)
+    assert again["test"]["recall@20"] == pytest.approx(metrics["test"]["recall@20"], abs=1e-9)
+    assert not (tmp_path / "a" / "replica-work").exists()  # the shared graph and pair files are gone
+
+    commands.train(_replica_cfg(2), tmp_path / "b", data=tiny_data)
+    resumed = commands.train(_replica_cfg(4), tmp_path / "b", data=tiny_data, resume=True)
+    assert resumed["epochs"] == 4 and resumed["best_epoch"] == metrics["best_epoch"]
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["best_model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["best_model"]
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
+
+
+def test_replica_training_refuses_ray_and_a_changed_resume(tiny_data, tmp_path):
+    from tru_dist.distributed import commands
+    from tru_dist.errors import ConfigError
+    from tru_dist.train.checkpoint import CheckpointError
+
+    with pytest.raises(ConfigError, match="--address none"):
+        commands.train(_replica_cfg(1, **{"dist.address": "local"}), tmp_path / "ray", data=tiny_data)
+    commands.train(_replica_cfg(1), tmp_path / "c", data=tiny_data)
+    with pytest.raises(CheckpointError, match="train.lr"):
+        commands.train(_replica_cfg(2, **{"train.lr": 0.01}), tmp_path / "c", data=tiny_data, resume=True)

@@ -43,7 +43,17 @@ if TYPE_CHECKING:
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, data: RecDataset | None = None,
           pool: WorkerPool | None = None) -> dict:
-    """Train ``cfg`` into ``out_dir``; returns the metrics written to ``out_dir/metrics.json``."""
+    """Train ``cfg`` into ``out_dir``; returns the metrics written to ``out_dir/metrics.json``.
+    Sampled steps on several workers (``train.propagation: local``, W > 1) train W data-parallel
+    replicas (:mod:`tru_dist.distributed.replica_train`), not W shards."""
+    from tru_dist.distributed.replica_train import run_replica_train, wants_replicas
+
+    if wants_replicas(cfg):
+        if pool is not None:
+            raise ConfigError("a worker pool runs sharded tasks; sampled training on replicas "
+                              "(train.propagation=local) starts its own ranks: train without pool=, or "
+                              "with --train.propagation=full on the pool")
+        return run_replica_train(cfg, out_dir, resume=resume, data=data)
     if pool is None and cfg.dist.workers == 1 and not uses_ray(cfg):
         from tru_dist.train.trainer import run_train
 
