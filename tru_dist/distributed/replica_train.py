@@ -54,6 +54,7 @@ from tru_dist.distributed.shard import open_full
 from tru_dist.errors import ConfigError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
+from tru_dist.logs import setup_logging
 from tru_dist.models.base import BPRBatch
 from tru_dist.models.registry import build_model, model_class, torch_seed
 from tru_dist.train.checkpoint import (
@@ -141,6 +142,7 @@ def replica_train_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict
     cfg = Config.from_dict(spec["config"])
     tc = cfg.train
     out = Path(spec["out_dir"])
+    setup_logging()  # rank 0's per-epoch lines reach stderr, as a W = 1 run's do
     with collectives.full_replica():
         graph = open_shared_graph(spec["graph"])
         pairs = np.load(spec["pairs"][rank])
