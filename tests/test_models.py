@@ -433,6 +433,8 @@ def test_miggt_embed_rows_are_embeds_rows_with_the_same_gradients(tiny_graph):
     assert grads["rows"][2].abs().sum() > 0  # the gradients are not trivially both zero
     empty = _model("miggt", tiny_graph).embed_rows(tiny_graph, users, users.new_zeros(0))
     assert empty.item.values.shape == (0, 16)
+    no_users = _model("miggt", tiny_graph).embed_rows(tiny_graph, users.new_zeros(0), items)  # a rank
+    assert no_users.user.values.shape == (0, 16)  # holding no forget user at W > 1
     lightgcn = _model("lightgcn", tiny_graph)
     assert not lightgcn.cheap_rows
     ref = lightgcn.embed(tiny_graph)

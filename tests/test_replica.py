@@ -113,6 +113,7 @@ def test_a_rank_without_train_pairs_is_refused_before_any_process_starts(tiny_da
 
 def _replica_cfg(epochs: int, **extra):
     over = {"train.propagation": "local", "dist.workers": 2, "dist.address": "none", "train.epochs": epochs,
+            "train.device": "cpu",
             "train.eval_every": 1, "train.patience": 0, "train.batch_size": 128, "train.lr": 0.02, "dim": 16,
             **extra}
     return build_config(model="lightgcn", overrides=[f"{k}={v}" for k, v in over.items()])
@@ -141,19 +142,25 @@ def test_train_on_two_replicas_learns_resumes_and_leaves_a_run_w1_opens(tiny_dat
     commands.train(_replica_cfg(2), tmp_path / "b", data=tiny_data)
     resumed = commands.train(_replica_cfg(4), tmp_path / "b", data=tiny_data, resume=True)
     assert resumed["epochs"] == 4 and resumed["best_epoch"] == metrics["best_epoch"]
-    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["best_model"]
-    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["best_model"]
-    for k, v in a.items():
-        assert torch.equal(v, b[k]), k
+    full_a, full_b = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("a", "b"))
+    for k, v in full_a["best_model"].items():
+        assert torch.equal(v, full_b["best_model"][k]), k
+    assert [r["epoch"] for r in full_b["history"]] == [r["epoch"] for r in full_a["history"]] == [1, 2, 3, 4]
 
 
-def test_replica_training_refuses_ray_and_a_changed_resume(tiny_data, tmp_path):
+def test_replica_training_refuses_ray_a_gpu_and_a_changed_resume(tiny_data, tmp_path):
     from tru_dist.distributed import commands
     from tru_dist.errors import ConfigError
     from tru_dist.train.checkpoint import CheckpointError
 
     with pytest.raises(ConfigError, match="--address none"):
         commands.train(_replica_cfg(1, **{"dist.address": "local"}), tmp_path / "ray", data=tiny_data)
+    with pytest.raises(ConfigError, match="CPU ranks"):
+        commands.train(_replica_cfg(1, **{"train.device": "cuda"}), tmp_path / "gpu", data=tiny_data)
     commands.train(_replica_cfg(1), tmp_path / "c", data=tiny_data)
     with pytest.raises(CheckpointError, match="train.lr"):
         commands.train(_replica_cfg(2, **{"train.lr": 0.01}), tmp_path / "c", data=tiny_data, resume=True)
+    users, items = tiny_data.train_pairs
+    fewer = tiny_data.without_pairs(users[:1], items[:1])  # another dataset: one train pair fewer
+    with pytest.raises(CheckpointError, match="different data"):
+        commands.train(_replica_cfg(2), tmp_path / "c", data=fewer, resume=True)

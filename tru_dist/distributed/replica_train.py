@@ -46,9 +46,8 @@ import torch.distributed as dist
 from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
-from tru_dist.device import resolve_device
 from tru_dist.distributed.launch import uses_ray
-from tru_dist.distributed.process_group import resolve_backend, spawn_local
+from tru_dist.distributed.process_group import spawn_local
 from tru_dist.distributed.replica import open_shared_graph, replica_step, share_graph, split_pairs
 from tru_dist.distributed.shard import open_full
 from tru_dist.errors import ConfigError
@@ -97,7 +96,7 @@ def run_replica_train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
                           f"--workers {cfg.dist.workers}) runs data-parallel replicas as local processes, "
                           "not on Ray: add --address none (or train with --train.propagation=full on Ray)")
     check_metric(cfg)
-    if resolve_device(cfg.train.device).type != "cpu":
+    if str(cfg.train.device).strip().lower().startswith("cuda"):  # auto: CPU ranks, also where CUDA is
         raise ConfigError(f"train.device={cfg.train.device}: sampled training on replicas runs on CPU ranks "
                           "(not measured on GPUs yet); use --device cpu, or --train.propagation=full on GPUs")
     out = Path(out_dir)
@@ -113,13 +112,12 @@ def run_replica_train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
         pair_files = split_pairs(users, items, data.n_users, data.n_items, cfg.dist.workers, work)
         spec = {"config": cfg.to_dict(), "graph": str(share_graph(graph, work)),
                 "pairs": [str(p) for p in pair_files], "n_train": int(len(users)), "out_dir": str(out),
-                "resume": bool(resume), "data": None}
+                "resume": bool(resume), "data": None, "data_signature": data_signature(data)}
         if in_memory:  # rank 0 evaluates on it; a dataset named by a path it opens itself
             torch.save(data, work / DATA_FILE)
             spec["data"] = str(work / DATA_FILE)
         del graph
-        ranks = spawn_local(replica_train_rank, cfg.dist.workers, (spec,),
-                            backend=resolve_backend(cfg.dist.backend))
+        ranks = spawn_local(replica_train_rank, cfg.dist.workers, (spec,), backend="gloo")  # CPU ranks
     finally:
         shutil.rmtree(work, ignore_errors=True)
     metrics = ranks[0]
@@ -162,7 +160,8 @@ def replica_train_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict
                               "bad_evals": 0, "history": [], "train_seconds": 0.0, "eval_seconds": 0.0,
                               "stopped_early": False}
         if spec["resume"]:
-            _resume(rank, world_size, cfg, out, model, optimizer, sampler, fanout_rng, st)
+            _resume(rank, world_size, cfg, out, model, optimizer, sampler, fanout_rng, st,
+                    spec["data_signature"])
         else:
             torch_seed(tc.seed)
         while st["epoch"] < tc.epochs and not st["stopped_early"]:
@@ -177,17 +176,19 @@ def replica_train_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict
             st["train_seconds"] += seconds
             record: dict[str, Any] = {"epoch": st["epoch"], "loss": float(loss_sum) / n_batches,
                                       "seconds": seconds}
-            if st["epoch"] % max(1, tc.eval_every) == 0 or st["epoch"] == tc.epochs:
+            evaluated = st["epoch"] % max(1, tc.eval_every) == 0 or st["epoch"] == tc.epochs
+            if evaluated:
                 if rank == 0:
                     _validate(cfg, model, graph, data, st, record)
                 stop = torch.tensor([float(st["stopped_early"])])
                 dist.broadcast(stop, 0)  # rank 0 decided: the ranks leave the loop together
                 st["stopped_early"] = bool(stop.item())
-                _save(rank, world_size, cfg, out, model, optimizer, sampler, fanout_rng, st)
-            if rank == 0:
+            if rank == 0:  # the epoch's record goes into the resume file written next
                 st["history"].append(record)
                 log_epoch(cfg.model.name, record, tc.epochs, cfg.eval.metric, st["best_metric"],
                           st["best_epoch"])
+            if evaluated:
+                _save(rank, world_size, cfg, out, model, optimizer, sampler, fanout_rng, st, data)
         if rank != 0:
             return None
         return _finish(cfg, model, graph, data, st, out, world_size)
@@ -209,23 +210,25 @@ def _validate(cfg: Config, model, graph, data: RecDataset, st: dict[str, Any],
 
 
 def _save(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer, sampler: BPRSampler,
-          fanout_rng: torch.Generator, st: dict[str, Any]) -> None:
+          fanout_rng: torch.Generator, st: dict[str, Any], data: RecDataset | None) -> None:
     state: dict[str, Any] = {"sampler": sampler.state_dict(), "fanout_rng": fanout_rng.get_state(),
                              "epoch": st["epoch"], "world_size": world_size, "config": cfg.to_dict()}
     if rank == 0:  # the parameters and optimizer are the same on every rank: one copy
         state.update(model=clone_state(model), optimizer=optimizer.state_dict(), rng=rng_state(),
-                     **{k: v for k, v in st.items() if k != "epoch"})
+                     data=data_signature(data), **{k: v for k, v in st.items() if k != "epoch"})
     save_checkpoint(state, replica_file(out, rank))
     dist.barrier()  # every rank's file of this epoch is down before any rank goes on
 
 
 def _resume(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer, sampler: BPRSampler,
-            fanout_rng: torch.Generator, st: dict[str, Any]) -> None:
+            fanout_rng: torch.Generator, st: dict[str, Any], data: dict[str, int]) -> None:
     mine, first = load_checkpoint(replica_file(out, rank)), load_checkpoint(replica_file(out, 0))
     now = cfg.to_dict()
     for saved in (mine, first):  # what the trainer's resume checks, plus the replicas' own draws
         was = saved["config"]
         fields = [("world size", saved["world_size"], world_size), ("model", was["model"], now["model"])]
+        if "data" in saved:
+            fields.append(("data", saved["data"], data))
         fields += [(f"train.{k}", was["train"][k], now["train"][k])
                    for k in ("seed", "lr", "batch_size", "fanout", "optimizer")]
         for what, old, new in fields:
@@ -247,9 +250,7 @@ def _resume(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer
 def _finish(cfg: Config, model, graph, data: RecDataset, st: dict[str, Any], out: Path,
             world_size: int) -> dict[str, Any]:
     """Rank 0: the best parameters back, test once, the run's ``checkpoint.pt``; the metrics."""
-    if st["best_model"] is None:  # zero epochs: the initial parameters are the best we have
-        st["best_model"] = clone_state(model)
-    model.load_state_dict(st["best_model"])
+    model.load_state_dict(st["best_model"])  # train.epochs >= 1 and the last epoch validates: set
     valid = next((r["valid"] for r in st["history"] if r["epoch"] == st["best_epoch"] and "valid" in r), None)
     if valid is None:
         valid = evaluate(model, graph, data, "valid", ks=cfg.eval.ks, batch_users=cfg.eval.batch_users)

@@ -1,6 +1,7 @@
 """BPR training with early stopping on valid, exact checkpoint/resume, shard-aware.
 
-One step (every rank, in lock-step): full forward ``emb = model.embed(graph)``, this
+One step (every rank, in lock-step): full forward ``emb = model.embed(graph)`` (or its rows the
+batch uses, ``model.embed_rows``, where the backbone computes those for less: MIG-GT), this
 rank's share of the global-batch loss ``model.loss(batch, graph, emb)`` (BPR + the model's
 regularisers, scaled by 1/|global batch|), backward, sum the replicated parameters'
 gradients over ranks (``collectives.sum_grads``), Adam step. Because the sampler draws
@@ -8,6 +9,8 @@ the same global batches on every rank and the loss is a sum of shard terms, W ra
 the step one process would (DESIGN §7). With ``train.propagation: local`` the forward runs on
 the batch's neighbourhood only (``models.base.embed_for``; ``train.fanout`` neighbours per node
 and layer, drawn from a generator seeded by (seed, epoch) so a resumed run draws the same).
+At W > 1 such sampled training runs as data-parallel replicas instead of shards
+(:mod:`tru_dist.distributed.replica_train`; ``tru-dist train`` routes it there).
 
 Valid is evaluated every ``train.eval_every`` epochs and at the last epoch; the best
 ``eval.metric`` (larger is better) is kept, and training stops after ``train.patience``
