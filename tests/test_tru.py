@@ -138,6 +138,38 @@ def test_scores_at_percentile_against_a_brute_force_sort():
         assert float(tau[k]) == pytest.approx(cand[at], abs=1e-6)
 
 
+def test_rank_percentiles_from_sorted_rows_equal_pair_ranks_and_a_hand_count():
+    """A gate pass reads the pairs' ranks off the sorted score rows it sorts for τ anyway: the
+    same ranks as ``pair_ranks`` (history excluded, the pair's own item kept, ties in the item's
+    favour), divided by n_u — checked against both, with a tied score planted."""
+    from tru_dist.train.evaluate import candidate_counts, pair_ranks
+
+    gen = torch.Generator().manual_seed(3)
+    users, items = torch.randn(5, 4, generator=gen), torch.randn(12, 4, generator=gen)
+    items[7] = items[2]  # item 7 ties item 2 for every user
+    hist = {0: [1, 4, 2], 3: [0, 5]}  # user 0's deleted pair (0, 2) is in its history: kept
+    crow, col = [0], []
+    for u in range(5):
+        col += hist.get(u, [])
+        crow.append(len(col))
+    exclude = torch.sparse_csr_tensor(torch.tensor(crow), torch.tensor(col),
+                                      torch.ones(len(col), dtype=torch.bool), size=(5, 12))
+    lu, li = torch.tensor([0, 0, 3, 4, 1, 4]), torch.tensor([2, 9, 6, 2, 7, 11])
+    rows = gate.score_rows(users, items, exclude, lu, li)
+    got = gate.rank_percentiles(rows)
+    ref = pair_ranks(users, items, lu, li, exclude).double() / candidate_counts(exclude, lu, 12).double()
+    assert torch.equal(got, ref)
+    for k in range(len(lu)):
+        u, i = int(lu[k]), int(li[k])
+        s = [(users[u] @ items[j]).item() for j in range(12)]
+        others = [j for j in range(12) if j != i and (j not in hist.get(u, []))]
+        n_u = 12 - len(hist.get(u, []))
+        assert float(got[k]) == pytest.approx(sum(s[j] > s[i] for j in others) / n_u)
+    tau = gate.score_at_rows(rows, torch.full((6,), 0.5, dtype=torch.float64))
+    assert torch.equal(tau, gate.scores_at_percentile(users, items, exclude, lu, torch.full((6,), 0.5,
+                                                                                         dtype=torch.float64)))
+
+
 def test_calibrated_loss_is_two_sided():
     """½(s − τ)² pushes a pair above its target down and pulls a pair below it back up (the
     top-K hinge only ever pushes down): over-forgetting is corrected, not only avoided."""

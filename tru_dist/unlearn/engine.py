@@ -480,7 +480,10 @@ class _Loop:
         """Targets q_ui (quantile matching), P_i and the calibration gap (module :mod:`.tru.gate`)."""
         gate = self.spec.gate
         users, items, at, lu, li, exclude = self._forget_view()
-        pct = self._percentiles(users, items, at, li, exclude)
+        # the forget users' score rows, sorted once: the pairs' ranks and their targets τ both
+        # read off them (one product and one sort per pass, where ranking then sorting took two)
+        rows = gate_fn.score_rows(users, items, exclude, at, li)
+        pct = gate_fn.rank_percentiles(rows)
         if self.ref_sorted is None:  # fixed at the start: the model after the deletion step
             ref = self._percentiles(users, items, self.ref_u, self.ref_i)
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
@@ -508,7 +511,7 @@ class _Loop:
         targets.append((float(reset_now.numel()), reset_now))
         everything = collectives.all_gather_rows(pct).sort().values
         gap = gate_fn.calibration_gap(everything, targets)  # the whole forget set vs its target mixture
-        tau = gate_fn.scores_at_percentile(users, items, exclude, at, q)
+        tau = gate_fn.score_at_rows(rows, q)
         keys = lu.long() * self.data.n_items + li.long()
         order = torch.argsort(keys)
         self.q_keys, self.tau_vals = keys[order], tau[order].to(items.dtype)

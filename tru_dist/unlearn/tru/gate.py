@@ -271,6 +271,59 @@ def plateaued(passes_since_gap_fell: int, halvings: int, plateau: int) -> bool:
     return plateau > 0 and halvings > 0 and passes_since_gap_fell >= plateau
 
 
+@dataclass
+class ScoreRows:
+    """The sorted score rows of the users of a list of pairs — what a gate pass reads both the
+    pairs' ranks and their target scores from (one score product and one sort per pass).
+
+    ``ascending``: one row per distinct user, its scores over all items sorted ascending with the
+    excluded items at −inf (first); ``inverse``: each pair's row; ``n_cand``: each row's
+    non-excluded count n_u; ``own``: each pair's own score s_ui, read from the same rows."""
+
+    ascending: torch.Tensor
+    inverse: torch.Tensor
+    n_cand: torch.Tensor
+    own: torch.Tensor | None
+
+
+@torch.no_grad()
+def score_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, exclude_csr: torch.Tensor | None,
+               users_local: torch.Tensor, items: torch.Tensor | None = None) -> ScoreRows:
+    """:class:`ScoreRows` of the pairs (``users_local``, ``items``); ``items`` None: no own scores."""
+    uniq, inverse = torch.unique(users_local.long(), return_inverse=True)
+    scores = user_emb[uniq] @ item_emb.T
+    n_cand = torch.full((len(uniq),), scores.shape[1], dtype=torch.long, device=scores.device)
+    own = None if items is None else scores[inverse, items.long().to(scores.device)]
+    if exclude_csr is not None and uniq.numel():
+        pos, col = csr_rows(exclude_csr, uniq)
+        scores[pos, col] = float("-inf")
+        n_cand = candidate_counts(exclude_csr, uniq, scores.shape[1]).to(scores.device)
+    return ScoreRows(sorted_rows(scores), inverse, n_cand, own)
+
+
+def rank_percentiles(rows: ScoreRows) -> torch.Tensor:
+    """Each pair's rank percentile rank_ui / n_u, with rank_ui = #{j not excluded : s_uj > s_ui}
+    (ties in the item's favour; its own item never excluded) — ``pair_ranks`` / n_u, read off the
+    sorted row: rank_ui = n_items − #{j : s_uj ≤ s_ui} (a right-sided binary search; the excluded
+    items sit at −inf, below every score)."""
+    if rows.own is None:
+        raise ValueError("rank_percentiles needs the pairs' own scores: score_rows(..., items=...)")
+    ascending = rows.ascending[rows.inverse]
+    n_items = ascending.shape[1]
+    below = torch.searchsorted(ascending, rows.own.unsqueeze(1).contiguous(), right=True).squeeze(1)
+    return (n_items - below).double() / rows.n_cand[rows.inverse].clamp(min=1).double()
+
+
+def score_at_rows(rows: ScoreRows, q: torch.Tensor) -> torch.Tensor:
+    """τ = each pair's user's score at descending rank ⌊q·n_u⌋ (clamped to n_u − 1)."""
+    if rows.inverse.numel() == 0:
+        return rows.ascending.new_zeros(0)
+    n = rows.n_cand[rows.inverse]
+    at = (q.double() * n.double()).floor().long().clamp(min=0)
+    at = torch.minimum(at, (n - 1).clamp(min=0))
+    return rows.ascending[rows.inverse, rows.ascending.shape[1] - 1 - at]  # descending rank `at`
+
+
 @torch.no_grad()
 def scores_at_percentile(
     user_emb: torch.Tensor,
@@ -282,20 +335,9 @@ def scores_at_percentile(
     """τ = u's score at rank ⌊q·n_u⌋ among its non-excluded items (n_u of them), per pair.
 
     One sorted score row per distinct user; excluded items sorted last (−inf)."""
-    uniq, inverse = torch.unique(users_local.long(), return_inverse=True)
-    if uniq.numel() == 0:
+    if users_local.numel() == 0:
         return user_emb.new_zeros(0)
-    scores = user_emb[uniq] @ item_emb.T
-    n_cand = torch.full((len(uniq),), scores.shape[1], dtype=torch.long, device=scores.device)
-    if exclude_csr is not None:
-        pos, col = csr_rows(exclude_csr, uniq)
-        scores[pos, col] = float("-inf")
-        n_cand = candidate_counts(exclude_csr, uniq, scores.shape[1]).to(scores.device)
-    ascending = sorted_rows(scores)
-    n = n_cand[inverse]
-    at = (q.double() * n.double()).floor().long().clamp(min=0)
-    at = torch.minimum(at, (n - 1).clamp(min=0))
-    return ascending[inverse, scores.shape[1] - 1 - at]  # descending rank `at`
+    return score_at_rows(score_rows(user_emb, item_emb, exclude_csr, users_local), q)
 
 
 def sorted_rows(scores: torch.Tensor) -> torch.Tensor:
