@@ -184,6 +184,30 @@ def test_a_bug_surfaces_with_its_traceback_and_the_pool_refuses_after():
     pool.close()
 
 
+def _bug_on_rank1(rank: int, world: int) -> None:
+    import torch.distributed as dist
+
+    if rank == 1:
+        raise ValueError("a bug on rank 1 only")
+    dist.barrier()  # rank 0 waits for rank 1, which never comes (the group's timeout is minutes)
+
+
+def test_a_one_sided_bug_fails_the_call_without_waiting_out_the_group_timeout():
+    """Rank 1's bug leaves rank 0 in a collective for the group's timeout (300 s here): the pool
+    is broken anyway, so the call gives rank 0 only FAIL_GRACE_S to answer, then stops it."""
+    from tru_dist.distributed.pool import FAIL_GRACE_S
+
+    pool = WorkerPool(2, collective_timeout_s=300)
+    start = time.monotonic()
+    with pytest.raises(PoolTaskError, match="rank 1 failed: ValueError: a bug on rank 1 only"):
+        pool.call(_bug_on_rank1)
+    assert time.monotonic() - start < FAIL_GRACE_S + 30  # not the 300 s group timeout
+    assert all(not p.is_alive() for p in pool._procs)  # the rank stuck in the barrier was stopped
+    with pytest.raises(WorkerPoolError, match="closed: rank 1 failed"):
+        pool.call(_rank_and_group)
+    pool.close()
+
+
 def _user_error_on_rank0(rank: int, world: int) -> None:
     import torch.distributed as dist
 

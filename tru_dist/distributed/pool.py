@@ -38,9 +38,11 @@ raised as :class:`PoolTaskError` with that rank's traceback (or, when another ra
 user error first and left this one waiting in a collective until the group's timeout, as
 that user error); a rank that died (killed, out of memory) or a task past ``task_timeout_s``
 raises :class:`WorkerPoolError` (one line); every later call raises :class:`WorkerPoolError`
-too. Nothing waits forever: the driver watches every rank's process sentinel while it waits, a
-collective whose peer is gone fails within the group's ``collective_timeout_s``, and ranks
-exit when the driver's end of their pipe closes.
+too. Once one rank has failed, the others get :data:`FAIL_GRACE_S` to answer, not the group's
+collective timeout (a peer left in a collective with the failed rank would sit there
+minutes). Nothing waits forever: the driver watches every rank's process sentinel while it
+waits, a collective whose peer is gone fails within the group's ``collective_timeout_s``, and
+ranks exit when the driver's end of their pipe closes.
 
 Closing (``close()``, idempotent, also on leaving the ``with`` block or garbage collection):
 each idle rank destroys the group after a barrier and leaves with ``os._exit(0)`` — as in
@@ -75,6 +77,8 @@ from tru_dist.errors import ConfigError, TruDistError
 
 #: seconds a rank may take to leave after ``close()`` before it is terminated
 CLOSE_TIMEOUT_S = 30.0
+#: seconds the other ranks may still take to answer once one rank's task has failed
+FAIL_GRACE_S = 5.0
 
 
 class WorkerPoolError(TruDistError):
@@ -275,7 +279,13 @@ class WorkerPool:
 
     def _collect(self, timeout_s: float | None, what: str) -> list[tuple]:
         """One reply per rank, watching every rank's process while waiting (never forever:
-        a death or ``timeout_s`` ends the wait)."""
+        a death or ``timeout_s`` ends the wait).
+
+        Once a rank has failed (a ``fail`` reply: the pool will break), its peers get
+        :data:`FAIL_GRACE_S` more to answer — long enough for a user error raised alike on
+        every rank to arrive, not the group's whole collective timeout a peer stuck in a
+        collective with the failed rank would take; those that have not answered by then are
+        recorded as ``("abandoned", ...)``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         replies: dict[int, tuple] = {}
         while len(replies) < self.workers:
@@ -283,6 +293,10 @@ class WorkerPool:
             watch = {self._conns[r]: r for r in pending} | {self._procs[r].sentinel: r for r in pending}
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = wait(list(watch), timeout=left)
+            if not ready and any(r[0] == "fail" for r in replies.values()):
+                for rank in pending:
+                    replies[rank] = ("abandoned", f"no answer within {FAIL_GRACE_S:g} s of a peer's failure")
+                break
             if not ready:
                 slow = ", ".join(str(r) for r in pending)
                 raise self._break(f"rank(s) {slow} did not answer within {timeout_s:g} s while {what}")
@@ -294,6 +308,9 @@ class WorkerPool:
                 if conn.poll():  # a reply (possibly sent just before the rank exited)
                     try:
                         replies[rank] = _loads(conn.recv_bytes())
+                        if replies[rank][0] == "fail":  # peers in a collective with it may never answer
+                            grace = time.monotonic() + FAIL_GRACE_S
+                            deadline = grace if deadline is None else min(deadline, grace)
                         continue
                     except (EOFError, OSError):
                         pass
