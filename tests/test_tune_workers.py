@@ -6,7 +6,9 @@ sweep folder — and every epoch's report must equal, on both ranks, what the si
 trial reports for the same sample (TRU with gate, scaling and isolation on; both a users
 regime, which resets deleted users, and an interactions regime; and reverse_bpr,
 grad_ascent and finetune, the other methods a sweep tunes). Through Ray, a W = 2 sweep of
-reverse_bpr is interrupted and resumed.
+reverse_bpr is interrupted and resumed, with each trial its own Ray Train run and with the
+trials on one reused worker group (``dist.trial_groups``); both must report what one process
+computes.
 """
 
 from __future__ import annotations
@@ -154,26 +156,29 @@ def _rows_by_trial(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def workers_sweep(ray_session, tmp_path_factory):
-    """2 trials × 2 epochs, W = 2; trial 1 fails once before epoch 2, then ``--resume``."""
+@pytest.fixture(scope="module", params=["per-trial", "reused"])
+def workers_sweep(request, ray_session, tmp_path_factory):
+    """2 trials × 2 epochs, W = 2; trial 1 fails once before epoch 2, then ``--resume``; each
+    trial its own Ray Train run (``per-trial``), or both on one worker group (``reused``)."""
     import time
 
     from tru_dist.errors import TruDistError
     from tru_dist.tune.sweep import run_sweep
 
-    storage = tmp_path_factory.mktemp("sweeps-w2")
+    mode = request.param
+    overrides = [*W2_OVERRIDES, f"--dist.trial_groups={mode}"]
+    storage = tmp_path_factory.mktemp(f"sweeps-w2-{mode}")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRU_DIST_SWEEP_FAULT", f"{W2_REGIME}:1:2")
         with pytest.raises(TruDistError, match="rerun with --resume") as failed:
-            run_sweep(TINY, overrides=W2_OVERRIDES, storage=storage, workers=2)
+            run_sweep(TINY, overrides=overrides, storage=storage, workers=2)
         interrupted = _rows_by_trial(storage / "tiny" / "tune" / W2_METHOD / W2_REGIME)
-        out = run_sweep(TINY, overrides=W2_OVERRIDES, resume=True, storage=storage, workers=2)
+        out = run_sweep(TINY, overrides=overrides, resume=True, storage=storage, workers=2)
     deadline = time.monotonic() + 60  # stopped trials' worker groups must give their CPUs back
     while ray_session.available_resources().get("CPU", 0.0) < 2.0 and time.monotonic() < deadline:
         time.sleep(1.0)
-    return {"dir": out, "error": str(failed.value), "interrupted": interrupted,
-            "cpus": ray_session.available_resources().get("CPU", 0.0)}
+    return {"dir": out, "error": str(failed.value), "interrupted": interrupted, "mode": mode,
+            "overrides": overrides, "cpus": ray_session.available_resources().get("CPU", 0.0)}
 
 
 def test_workers_sweep_resumes_the_failed_trial_after_its_last_epoch(workers_sweep):
@@ -183,16 +188,24 @@ def test_workers_sweep_resumes_the_failed_trial_after_its_last_epoch(workers_swe
     assert [r["epoch"] for r in before[failed]] == [1]
     after = _rows_by_trial(workers_sweep["dir"] / "tune" / W2_METHOD / W2_REGIME)
     assert set(after) == set(before) and len(after) == 2
-    for rows in after.values():  # epoch 1 is not reported twice: the Ray Train run resumed after it
+    for rows in after.values():  # epoch 1 is not reported twice: the trial resumed after it
         assert [r["epoch"] for r in rows] == [1, 2]
     from tru_dist.errors import ConfigError
     from tru_dist.tune.sweep import run_sweep
 
+    storage = workers_sweep["dir"].parent
     with pytest.raises(ConfigError, match="resume it with --workers=2"):
-        run_sweep(TINY, overrides=W2_OVERRIDES, resume=True, storage=workers_sweep["dir"].parent, workers=1)
-    runs = sorted(p.name for p in (workers_sweep["dir"] / "train" / W2_METHOD / W2_REGIME).iterdir())
-    assert runs == sorted(f"trial_{t}" for t in after)  # one Ray Train run per trial, reused on resume
-    assert workers_sweep["cpus"] == 2.0  # no placement group leaked by trials Tune stopped
+        run_sweep(TINY, overrides=workers_sweep["overrides"], resume=True, storage=storage, workers=1)
+    other = "reused" if workers_sweep["mode"] == "per-trial" else "per-trial"
+    with pytest.raises(ConfigError, match=f"resume it with --dist.trial_groups={workers_sweep['mode']}"):
+        run_sweep(TINY, overrides=[*W2_OVERRIDES, f"--dist.trial_groups={other}"], resume=True,
+                  storage=storage, workers=2)
+    train_runs = workers_sweep["dir"] / "train" / W2_METHOD / W2_REGIME
+    if workers_sweep["mode"] == "per-trial":  # one Ray Train run per trial, reused on resume
+        assert sorted(p.name for p in train_runs.iterdir()) == sorted(f"trial_{t}" for t in after)
+    else:  # no Ray Train runs: the trials checkpoint in Tune
+        assert not train_runs.exists()
+    assert workers_sweep["cpus"] == 2.0  # no placement group or worker group leaked
     from tru_dist.unlearn.tuned import read_tuned
 
     _, tuning = read_tuned(workers_sweep["dir"] / "tuned" / f"{W2_METHOD}-interactions.yaml")
@@ -205,7 +218,7 @@ def test_workers_sweep_reports_what_one_process_computes(workers_sweep):
     from tru_dist.tune.trainable import TrialContext, run_epochs
 
     spec, base, max_t = load_manifest(workers_sweep["dir"])
-    assert base.dist.workers == 2
+    assert base.dist.workers == 2 and base.dist.trial_groups == workers_sweep["mode"]
     seeds = prepare(spec, base, workers_sweep["dir"], regime_ids=[W2_REGIME], must_exist=True)[W2_REGIME]
     for rows in _rows_by_trial(workers_sweep["dir"] / "tune" / W2_METHOD / W2_REGIME).values():
         single: list[dict] = []

@@ -278,7 +278,10 @@ class DistConfig(_Strict):
     ``fault_rank``/``fault_step``: make that rank raise once at that global step (tests of
     Ray Train's restart from the last checkpoint). ``partition``: user ranges with equal
     edge counts (``balanced``) or equal user counts. ``feature_dtype``: dtype of the
-    feature slice a worker keeps resident.
+    feature slice a worker keeps resident. ``trial_groups`` (sweeps at W > 1): ``per-trial``
+    runs every trial as its own Ray Train run; ``reused`` starts a few W-rank worker groups
+    once and sends every trial to them (:mod:`tru_dist.tune.group_trials`); ``auto`` is
+    ``reused`` on a local Ray and ``per-trial`` on a cluster.
     """
 
     workers: PosInt = 1
@@ -292,6 +295,7 @@ class DistConfig(_Strict):
     memory_per_worker_gb: PosFloat = 8.0
     partition: Literal["balanced", "contiguous"] = "balanced"
     feature_dtype: Literal["float32", "float16"] = "float32"
+    trial_groups: Literal["auto", "per-trial", "reused"] = "auto"
 
 
 class Config(_Strict):

@@ -19,7 +19,12 @@ What the rest of ``tru_dist.tune`` needs from Ray, as plain functions:
   checkpoint (``{"epoch": e}``, named ``trial_<id>`` under ``<sweep>/train/<regime>``) is
   what a retried or restored trial resumes from (Ray Train V2 restores a run of the same
   name and storage path);
-* :func:`require_state_api` — W > 1 sweeps need Ray's state API (the dashboard): ASHA stops
+* :func:`start_trial_groups` / :func:`run_group_trial` / :func:`stop_trial_groups` — the
+  same W-worker trials on worker groups started once per sweep (``dist.trial_groups=reused``,
+  the default on a local Ray): each group a Ray actor holding W workers' CPUs/GPUs that runs
+  trials one epoch per call (:mod:`tru_dist.tune.group_trials`); the trial reports to Tune
+  with the checkpoint ``{"epoch": e}`` itself, as at W = 1;
+* :func:`require_state_api` — per-trial W > 1 sweeps need Ray's state API (the dashboard): ASHA stops
   a trial by killing it, and only Ray Train's placement-group cleaner, which asks the
   state API whether the run's controller is gone, then frees the workers' CPUs;
 * :func:`trial_rows` — every reported row of an experiment, read from the trials'
@@ -178,8 +183,9 @@ def _trial_dirname(trial) -> str:
 
 def _trainable(fn: Callable, spec, context: Any, workers: int = 1) -> Any:
     """The trial function with its shared context and resources: ``resources`` per trial at
-    W = 1; at W > 1 the trial itself only waits on its Ray Train run (no CPU: Ray needs a
-    non-empty bundle, hence one byte of memory) and ``resources`` go to each worker."""
+    W = 1; at W > 1 the trial itself only waits on its Ray Train run or its worker group (no
+    CPU: Ray needs a non-empty bundle, hence one byte of memory) and ``resources`` go to each
+    worker."""
     from ray import tune
 
     if workers > 1:
@@ -204,6 +210,15 @@ def max_concurrent_trials(spec, workers: int, address: str) -> int:
     return min(fit, spec.max_concurrent) if spec.max_concurrent else fit
 
 
+def trial_group_count(spec, workers: int, address: str) -> int:
+    """How many reused worker groups a W > 1 sweep starts: on a local Ray as many as its
+    CPUs/GPUs hold (capped by ``max_concurrent``); on a cluster ``max_concurrent``, or as many
+    as the cluster holds now when that is 0 (no cap). At least one."""
+    if address == "local":
+        return max(1, max_concurrent_trials(spec, workers, address))
+    return max(1, spec.max_concurrent or _groups_that_fit(spec, workers))
+
+
 def _run_config(spec, name: str, storage: Path, max_failures: int) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
@@ -219,8 +234,12 @@ def _run_config(spec, name: str, storage: Path, max_failures: int) -> Any:
 
 
 def make_tuner(fn: Callable, context: Any, spec, space: dict[str, dict[str, list]], *, name: str,
-               storage: Path, max_t: int, max_failures: int, workers: int = 1, address: str = "local") -> Any:
-    """A Tuner for the experiment ``storage/name`` of one method (searching ``space``) on one regime."""
+               storage: Path, max_t: int, max_failures: int, workers: int = 1, address: str = "local",
+               groups: int = 0) -> Any:
+    """A Tuner for the experiment ``storage/name`` of one method (searching ``space``) on one regime.
+
+    ``groups``: the number of reused worker groups the trials share (0: none, per-trial
+    groups); as many trials run at once as there are groups."""
     from ray import tune
 
     tune_config = tune.TuneConfig(
@@ -229,7 +248,7 @@ def make_tuner(fn: Callable, context: Any, spec, space: dict[str, dict[str, list
         search_alg=_search(spec),
         scheduler=_scheduler(spec, max_t),
         num_samples=spec.num_samples,
-        max_concurrent_trials=max_concurrent_trials(spec, workers, address) or None,
+        max_concurrent_trials=groups or max_concurrent_trials(spec, workers, address) or None,
         reuse_actors=workers <= 1,  # a W > 1 trial owns a Ray Train run: never hand its actor on
         trial_dirname_creator=_trial_dirname,
     )
@@ -366,6 +385,63 @@ def _train_report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
 
     rank0 = ray.train.get_context().get_world_rank() == 0
     _report_state(ray.train.report, ray.train.Checkpoint, metrics, state if rank0 else None)
+
+
+# -- trials on reused worker groups (dist.trial_groups=reused) ------------------------------------
+def start_trial_groups(count: int, group_cls: type, *, workers: int, cpu: float, gpu: float,
+                       backend: str) -> list[Any]:
+    """``count`` actors of ``group_cls`` (:class:`tru_dist.tune.group_trials.TrialGroup`, passed
+    in so that this module does not import the trial code), each holding the CPUs and GPUs of
+    W workers (``W × cpu``, ``W × gpu``) for the whole sweep; each starts its W ranks on its
+    first call. A Ray-level failure of the actor restarts it (its next call starts fresh ranks)."""
+    import ray
+
+    actor = ray.remote(num_cpus=workers * cpu, num_gpus=workers * gpu, max_restarts=2)(group_cls)
+    threads = max(1, int(cpu))
+    return [actor.remote(workers, backend, threads) for _ in range(max(1, count))]
+
+
+def trial_group_info(groups: list[Any]) -> list[dict[str, Any]]:
+    """Every group's :meth:`~tru_dist.tune.group_trials.TrialGroup.info` (pool starts, seconds)."""
+    import ray
+
+    return ray.get([g.info.remote() for g in groups])
+
+
+def stop_trial_groups(groups: list[Any]) -> None:
+    """Close the groups' ranks and end their actors (their CPUs/GPUs go back to Ray)."""
+    import ray
+
+    for group in groups:
+        try:
+            ray.get(group.close.remote(), timeout=60)
+        except Exception:  # a dead or stuck actor: killing it below frees its ranks' resources
+            pass
+        ray.kill(group)
+
+
+def run_group_trial(sample: dict[str, Any], task: dict[str, Any], groups: list[Any], *,
+                    experiment: str, fault: Any = None) -> None:
+    """One W-worker trial on a reused group: ask the group for one epoch at a time, report each
+    to Tune with the checkpoint ``{"epoch": e}`` (a retried or restored trial continues after it).
+
+    The group is ``groups[trial index mod len(groups)]``; trials that share a group take turns,
+    one epoch each (its actor runs one call at a time). A failure on a rank fails the trial,
+    and Tune's failure policy (``dist.max_failures``) decides whether it runs again.
+    """
+    import ray
+    from ray import tune
+
+    state = load_checkpoint()
+    epoch = int(state["epoch"]) if state else 0
+    index = trial_index()
+    group = groups[max(index, 0) % len(groups)]
+    key = f"{experiment}/{tune.get_context().get_trial_id()}"
+    while (out := ray.get(group.epoch.remote(key, task, sample, epoch + 1, fault, index))) is not None:
+        metrics, state = out
+        report(metrics, state)
+        epoch = int(state["epoch"])
+    group.forget.remote(key)
 
 
 # -- results (plain files) --------------------------------------------------------------------

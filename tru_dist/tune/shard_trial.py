@@ -24,7 +24,7 @@ workers on any node; the sweep folder must be on storage every node sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from tru_dist.tune.context import (
     seeded,
 )
 from tru_dist.tune.spec import RegimeSpec, SweepSpec
-from tru_dist.tune.trainable import Fault, TrialContext, run_epochs
+from tru_dist.tune.trainable import Fault, TrialContext, iter_epochs
 from tru_dist.unlearn.deletion import build_deletion
 
 
@@ -84,6 +84,29 @@ def shard_seed_contexts(task: dict[str, Any]) -> list[SeedContext]:
     return out
 
 
+def shard_trial_epochs(
+    task: dict[str, Any],
+    sample: dict[str, Any],
+    start: int,
+    fault: Fault | None = None,
+    trial: int = -1,
+    seeds: list[SeedContext] | None = None,
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Epochs ``start+1 … max_t`` of ``sample`` on this rank's shard, one ``(metrics, state)``
+    at a time (collective: every rank advances it in step). ``seeds``: this rank's
+    :func:`shard_seed_contexts` for ``task``, when the caller kept them from an earlier trial.
+
+    ``fault`` (the rehearsal of a crash) fires on rank 0 only: one failing worker is what a
+    real crash looks like, and the whole group is then torn down.
+    """
+    init_from_env(Config.from_dict(task["config"]).dist.backend)
+    seeds = shard_seed_contexts(task) if seeds is None else seeds
+    mine = fault if collectives.rank() == 0 else None
+    ctx = TrialContext(RegimeSpec(**task["regime"]).id, seeds, int(task["k"]), int(task["max_t"]), mine,
+                       {"trial": trial}, method=task.get("method", "tru"))
+    return iter_epochs(sample, ctx, start)
+
+
 def run_shard_trial(
     task: dict[str, Any],
     sample: dict[str, Any],
@@ -92,14 +115,7 @@ def run_shard_trial(
     fault: Fault | None = None,
     trial: int = -1,
 ) -> None:
-    """Epochs ``start+1 … max_t`` of ``sample`` on this rank's shard; ``report`` on every rank.
-
-    ``fault`` (the rehearsal of a crash) fires on rank 0 only: one failing worker is what a
-    real crash looks like, and Ray Train then tears the whole group down.
-    """
-    init_from_env(Config.from_dict(task["config"]).dist.backend)
-    seeds = shard_seed_contexts(task)
-    mine = fault if collectives.rank() == 0 else None
-    ctx = TrialContext(RegimeSpec(**task["regime"]).id, seeds, int(task["k"]), int(task["max_t"]), mine,
-                       {"trial": trial}, method=task.get("method", "tru"))
-    run_epochs(sample, ctx, start, report)
+    """Epochs ``start+1 … max_t`` of ``sample`` on this rank's shard; ``report`` on every rank
+    (:func:`shard_trial_epochs` driven to the end)."""
+    for metrics, state in shard_trial_epochs(task, sample, start, fault, trial):
+        report(metrics, state)

@@ -45,6 +45,15 @@ reverse_bpr are still trained once, by the driver; the report's single test
 re-evaluation runs at W = 1 (the same numbers to float tolerance). Needs Ray's state API
 (the dashboard; a local Ray started by the sweep has it on 127.0.0.1).
 
+``dist.trial_groups`` says how a W > 1 trial gets its workers: ``per-trial`` (above: a Ray
+Train run per trial, W fresh processes that each rebuild their shard — seconds per trial)
+or ``reused`` (:mod:`tru_dist.tune.group_trials`: the sweep starts as many W-rank groups as
+trials run at once, each a Ray actor holding W workers' CPUs/GPUs, once for all experiments;
+a trial sends its sample to a group one epoch at a time, the ranks keep their shards
+between trials, and the trial checkpoints ``{"epoch": e}`` in Tune as at W = 1; no state API
+needed). ``auto`` (the default) is ``reused`` on a local Ray, ``per-trial`` on a cluster. A
+sweep resumes in the mode it started in.
+
 ``resume=True`` skips the experiments whose every trial finished, restores every other one
 that exists (``Tuner.restore``): finished trials are kept as they are, unfinished and
 errored ones continue from their last checkpoint; experiments never started are started.
@@ -64,14 +73,17 @@ from tru_dist.io_utils import atomic_write_json
 from tru_dist.tune import adapter
 from tru_dist.tune.context import prepare
 from tru_dist.tune.export import is_finished, record_fit, write_tuned
+from tru_dist.tune.group_trials import TrialGroup
 from tru_dist.tune.manifest import MANIFEST, load_manifest
 from tru_dist.tune.results import experiment_dir
 from tru_dist.tune.shard_trial import run_shard_trial, shard_trial_task
 from tru_dist.tune.spec import SweepSpec, base_config, load_spec
 from tru_dist.tune.trainable import (
     Fault,
+    GroupTrialContext,
     TrialContext,
     WorkersTrialContext,
+    group_trainable,
     method_trainable,
     workers_trainable,
 )
@@ -81,6 +93,15 @@ DEFAULT_STORAGE = "runs/sweeps"
 
 def sweep_dir_for(spec: SweepSpec, storage: str | Path | None) -> Path:
     return (Path(storage or DEFAULT_STORAGE).expanduser().resolve()) / spec.name
+
+
+def trial_groups_mode(requested: str, workers: int, address: str) -> str:
+    """``per-trial`` or ``reused`` for a W > 1 sweep (``dist.trial_groups``): ``auto`` reuses
+    groups on a local Ray (one machine: the groups' ranks are local processes) and starts one
+    Ray Train run per trial on a cluster (which may place a trial's workers on several nodes)."""
+    if requested != "auto":
+        return requested
+    return "reused" if address == "local" else "per-trial"
 
 
 def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool) -> None:
@@ -100,22 +121,57 @@ def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool
         if old_cfg.dist.workers != base.dist.workers:  # W = 1 trials checkpoint in Tune, W > 1 in Ray Train
             raise ConfigError(f"{sweep_dir} was started with --workers={old_cfg.dist.workers}; resume it "
                               f"with --workers={old_cfg.dist.workers} (its trials resume from there)")
+        # per-trial groups checkpoint in Ray Train, reused ones in Tune (sweeps before the
+        # option existed recorded "auto" and ran per-trial)
+        old_mode = "per-trial" if old_cfg.dist.trial_groups == "auto" else old_cfg.dist.trial_groups
+        if base.dist.workers > 1 and old_mode != base.dist.trial_groups:
+            raise ConfigError(f"{sweep_dir} was started with --dist.trial_groups={old_mode}; resume it with "
+                              f"--dist.trial_groups={old_mode} (its trials' checkpoints are kept there)")
 
 
 def _log(msg: str) -> None:
     print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _trial(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, regime, seeds, max_t: int, fault):
-    """(trainable, its shared context) for one (method, regime): the in-process trial at W = 1,
-    the Ray Train trial of W workers otherwise (which loads everything from ``sweep_dir``)."""
+def _trial(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, regime, seeds, max_t: int, fault,
+           groups: list | None = None):
+    """(trainable, its shared context) for one (method, regime): the in-process trial at W = 1;
+    at W > 1 (the task loads everything from ``sweep_dir``) the trial on the sweep's reused
+    worker ``groups`` when there are any, else the Ray Train run of W workers."""
     if base.dist.workers <= 1:
         ctx = TrialContext(regime.id, [c.for_trials() for c in seeds], spec.k, max_t, fault, method=method)
         return method_trainable, ctx
     task = shard_trial_task(spec, base, sweep_dir, regime, max_t, method)
+    if groups:
+        return group_trainable, GroupTrialContext(task, groups, f"{method}/{regime.id}", fault)
     ctx = WorkersTrialContext(task, base.dist.workers, spec.resources.cpu, spec.resources.gpu,
                               str(sweep_dir / "train" / method / regime.id), fault, worker=run_shard_trial)
     return workers_trainable, ctx
+
+
+def _experiment(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, regime, space, contexts,
+                max_t: int, fault, groups: list) -> list[str]:
+    """Run (or restore, or skip when finished) the Tune experiment of one method on one regime;
+    return its trials' error lines."""
+    workers = base.dist.workers
+    experiment = experiment_dir(sweep_dir, method, regime.id)
+    if is_finished(sweep_dir, method, regime.id):
+        _log(f"{method} on {regime.id}: every trial finished in an earlier run")
+        return []
+    fn, ctx = _trial(spec, base, sweep_dir, method, regime, contexts[regime.id], max_t, fault, groups)
+    if adapter.can_restore(experiment):
+        _log(f"{method} on {regime.id}: restoring {experiment}")
+        tuner = adapter.restore_tuner(fn, ctx, spec, experiment, workers=workers)
+    else:
+        tuner = adapter.make_tuner(fn, ctx, spec, space, name=regime.id, storage=experiment.parent,
+                                   max_t=max_t, max_failures=base.dist.max_failures, workers=workers,
+                                   address=base.dist.address, groups=len(groups))
+    t1 = time.perf_counter()
+    errors = adapter.fit(tuner)
+    seconds = time.perf_counter() - t1
+    record_fit(sweep_dir, method, regime.id, seconds, finished=not errors)
+    _log(f"{method} on {regime.id}: trials done in {seconds:.1f}s ({len(errors)} in error)")
+    return [f"{method}/{regime.id}/{e}" for e in errors]
 
 
 def run_sweep(
@@ -136,6 +192,9 @@ def run_sweep(
         raise ConfigError(f"--workers={workers}: use 1 (each trial one process) or more "
                           "(each trial a Ray Train run of that many workers)")
     base.dist.workers = workers
+    if workers > 1:
+        base.dist.trial_groups = trial_groups_mode(base.dist.trial_groups, workers, base.dist.address)
+    reused = workers > 1 and base.dist.trial_groups == "reused"
     max_t = base.unlearn.epochs
     if max_t < 1:
         raise ConfigError("unlearn.epochs must be >= 1 (it is the number of epochs every trial reports)")
@@ -148,33 +207,31 @@ def run_sweep(
     t0 = time.perf_counter()
     contexts = prepare(spec, base, sweep_dir)
     _log(f"shared originals / Retrain / reverse_bpr ready in {time.perf_counter() - t0:.1f}s")
-    workers = base.dist.workers
-    adapter.connect(base.dist.address, dashboard=workers > 1)
+    adapter.connect(base.dist.address, dashboard=workers > 1 and not reused)
     if workers > 1:
-        adapter.require_state_api()
+        if not reused:
+            adapter.require_state_api()
         adapter.check_workers_fit(spec, workers, base.dist.address)
     fault = Fault.from_env(sweep_dir)
     failed: list[str] = []
-    for method, space in spec.spaces.items():
-        for regime in spec.regimes:
-            experiment = experiment_dir(sweep_dir, method, regime.id)
-            if is_finished(sweep_dir, method, regime.id):
-                _log(f"{method} on {regime.id}: every trial finished in an earlier run")
-                continue
-            fn, ctx = _trial(spec, base, sweep_dir, method, regime, contexts[regime.id], max_t, fault)
-            if adapter.can_restore(experiment):
-                _log(f"{method} on {regime.id}: restoring {experiment}")
-                tuner = adapter.restore_tuner(fn, ctx, spec, experiment, workers=workers)
-            else:
-                tuner = adapter.make_tuner(fn, ctx, spec, space, name=regime.id, storage=experiment.parent,
-                                           max_t=max_t, max_failures=base.dist.max_failures, workers=workers,
-                                           address=base.dist.address)
-            t1 = time.perf_counter()
-            errors = adapter.fit(tuner)
-            seconds = time.perf_counter() - t1
-            record_fit(sweep_dir, method, regime.id, seconds, finished=not errors)
-            _log(f"{method} on {regime.id}: trials done in {seconds:.1f}s ({len(errors)} in error)")
-            failed += [f"{method}/{regime.id}/{e}" for e in errors]
+    groups: list = []
+    try:
+        if reused:
+            groups = adapter.start_trial_groups(
+                adapter.trial_group_count(spec, workers, base.dist.address), TrialGroup, workers=workers,
+                cpu=spec.resources.cpu, gpu=spec.resources.gpu, backend=base.dist.backend)
+            _log(f"{len(groups)} worker group(s) of {workers} ranks, reused by every trial")
+        for method, space in spec.spaces.items():
+            for regime in spec.regimes:
+                failed += _experiment(spec, base, sweep_dir, method, regime, space, contexts, max_t, fault,
+                                      groups)
+        if groups:
+            for i, info in enumerate(adapter.trial_group_info(groups)):
+                _log(f"worker group {i}: ranks started {info['pools_started']}x "
+                     f"({info['start_seconds']:.1f}s in all)")
+    finally:
+        if groups:
+            adapter.stop_trial_groups(groups)
     if failed:
         raise TruDistError(f"{len(failed)} trial(s) did not finish ({failed[0]}); rerun with --resume to "
                            f"finish them: tru-dist sweep --config {config_path} --resume")

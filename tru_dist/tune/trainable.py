@@ -20,7 +20,10 @@ seed (later epochs would repeat the same model).
 With ``--workers W > 1`` the trial is :func:`workers_trainable` instead: the same epochs
 and reports, computed by a Ray Train run of W workers on shards of the data
 (:mod:`tru_dist.tune.shard_trial`, which calls :func:`run_epochs` too, so every method runs
-there by construction); the Ray Train run's checkpoint carries ``{"epoch": e}``.
+there by construction); the Ray Train run's checkpoint carries ``{"epoch": e}``. With
+``dist.trial_groups=reused`` (the default on a local Ray) it is :func:`group_trainable`: the
+same epochs on worker groups the sweep started once (:mod:`tru_dist.tune.group_trials`), asked
+for one epoch at a time; the trial's own Tune checkpoint carries ``{"epoch": e}``, as at W = 1.
 
 Lives in the installed package (Ray workers import it by name); Ray itself is reached
 only through :mod:`tru_dist.tune.adapter`.
@@ -29,7 +32,7 @@ only through :mod:`tru_dist.tune.adapter`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,10 +102,13 @@ class TrialContext:
     method: str = "tru"
 
 
-def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) -> None:
-    """Epochs ``start+1 … max_t`` of one sample; ``report(metrics, state)`` after each.
+def iter_epochs(config: dict[str, Any], ctx: TrialContext, start: int
+                ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Epochs ``start+1 … max_t`` of one sample: ``(metrics, state)`` after each.
 
-    Separate from :func:`method_trainable` so it runs without Ray (tests, debugging).
+    A generator, so that a caller may advance a trial one epoch at a time and put it aside
+    between epochs (:mod:`tru_dist.tune.group_trials` keeps trials live in reused worker
+    groups); :func:`run_epochs` drives it to the end.
     """
     cfgs = [apply_sample(sc.cfg, config) for sc in ctx.seeds]
     runs = [method_epochs(ctx.method, sc.original, sc.deletion, cfg)
@@ -130,7 +136,16 @@ def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) ->
         metrics = epoch_metrics(points, [sc.ref for sc in ctx.seeds], ctx.k)
         seconds = [st.seconds for st in states]
         metrics.update(epoch=epoch, seconds=sum(seconds) / len(seconds), converged=all(done))
-        report(metrics, {"epoch": epoch})
+        yield metrics, {"epoch": epoch}
+
+
+def run_epochs(config: dict[str, Any], ctx: TrialContext, start: int, report) -> None:
+    """Epochs ``start+1 … max_t`` of one sample; ``report(metrics, state)`` after each.
+
+    Separate from :func:`method_trainable` so it runs without Ray (tests, debugging).
+    """
+    for metrics, state in iter_epochs(config, ctx, start):
+        report(metrics, state)
 
 
 def method_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -165,3 +180,21 @@ def workers_trainable(config: dict[str, Any], ctx: WorkersTrialContext) -> None:
         raise ValueError("WorkersTrialContext.worker is unset (the per-worker trial function)")
     adapter.run_train_trial(config, ctx.task, ctx.worker, workers=ctx.workers, cpu=ctx.cpu, gpu=ctx.gpu,
                             storage=Path(ctx.storage), fault=ctx.fault)
+
+
+@dataclass
+class GroupTrialContext:
+    """What every W-worker trial of one regime shares when the sweep reuses worker groups
+    (``dist.trial_groups=reused``): the task (as for :class:`WorkersTrialContext`), the
+    groups (Ray actor handles of :class:`tru_dist.tune.group_trials.TrialGroup`, started once
+    by the sweep) and the experiment's name (part of every trial's key in the groups)."""
+
+    task: dict[str, Any]
+    groups: list[Any]
+    experiment: str
+    fault: Fault | None = None
+
+
+def group_trainable(config: dict[str, Any], ctx: GroupTrialContext) -> None:
+    """Ray Tune function trainable for ``--workers W > 1`` on reused groups (module docstring)."""
+    adapter.run_group_trial(config, ctx.task, ctx.groups, experiment=ctx.experiment, fault=ctx.fault)
