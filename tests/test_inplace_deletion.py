@@ -55,6 +55,10 @@ def test_pending_dataset_equals_the_copied_one_and_chains(tiny_data):
     p1 = tiny_data.without_rows_at(first)
     p2 = p1.without_rows_at(second)
     assert isinstance(p2, PendingDataset) and "materialised" not in p2.__dict__  # nothing copied yet
+    np.testing.assert_array_equal(p2.dropped, np.union1d(first, second))  # ascending, unique: merged
+    p3 = p2.without_rows_at(np.concatenate([second[::-1], second]))  # only rows already gone, repeated
+    np.testing.assert_array_equal(p3.dropped, p2.dropped)
+    assert p3.meta["deleted_interactions"] == p2.meta["deleted_interactions"]
     drop = np.zeros(tiny_data.n_interactions, dtype=bool)
     drop[first] = True
     drop[second] = True
