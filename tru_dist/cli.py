@@ -592,8 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true")
     sw.add_argument("--storage", default=None, help="results root (default runs/sweeps)")
     sw.add_argument("--workers", type=_int_at_least(1), default=None,
-                    help="workers per trial (default 1: each trial one process; W > 1: each trial a "
-                    "Ray Train run of W workers; sweep resources are then per worker)")
+                    help="workers per trial (default 1: each trial one process; W > 1: each trial on "
+                    "W workers, from groups started once per sweep on a local Ray, a Ray Train run "
+                    "per trial on a cluster: --dist.trial_groups=reused|per-trial; sweep resources "
+                    "are then per worker)")
 
     r = sub.add_parser("report", help="write report.md + plots for a sweep or compare folder")
     r.add_argument("kind", choices=["sweep", "compare"])

@@ -190,7 +190,7 @@ def run_sweep(
     workers = base.dist.workers if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"--workers={workers}: use 1 (each trial one process) or more "
-                          "(each trial a Ray Train run of that many workers)")
+                          "(each trial on that many workers)")
     base.dist.workers = workers
     if workers > 1:
         base.dist.trial_groups = trial_groups_mode(base.dist.trial_groups, workers, base.dist.address)
