@@ -139,7 +139,7 @@ def test_a_trial_starting_after_a_checkpoint_reports_only_later_epochs(prepared)
     assert resumed[0]["score"] == full[1]["score"]  # epoch 1 replayed silently: the same state after it
 
 
-# -- through Ray: each trial a Ray Train run of 2 workers ---------------------------------------------
+# -- through Ray: W = 2 trials, each a Ray Train run or all on one reused worker group ----------------------
 W2_REGIME = "interactions-5pct"
 W2_METHOD = "reverse_bpr"
 W2_OVERRIDES = ["--unlearn.epochs=2", "--sweep.regimes=[{regime: interactions, fraction: 0.05}]",
