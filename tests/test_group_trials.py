@@ -87,7 +87,7 @@ def test_a_reused_group_reports_what_a_fresh_group_reports(tiny_sweep):
         assert state == {"epoch": 3}
         live, contexts = group.cache_sizes()
         assert contexts == 1  # one regime: built once, shared by both methods and all trials
-        assert live <= 3
+        assert live == 4  # a, b, r and a-restored: none evicted (MAX_LIVE = 4), none forgotten
         assert group.info()["pools_started"] == 1
     finally:
         group.close()
@@ -97,6 +97,19 @@ def test_a_reused_group_reports_what_a_fresh_group_reports(tiny_sweep):
         for mine, theirs in zip(got[key], fresh, strict=True):
             _same(mine, theirs, key)
     _same(restored, fresh_a[2], "restored")
+
+    # ranks that keep one trial live: a and b evict each other every epoch, so every epoch
+    # after the first is a replay from the seed — and must report the same
+    evicting = TrialGroup(2, "gloo")
+    try:
+        with pytest.MonkeyPatch.context() as mp:  # the ranks read it when they start: on the first call
+            mp.setenv("TRU_DIST_TRIAL_GROUP_MAX_LIVE", "1")
+            for epoch in (1, 2, 3):
+                for key, sample, fresh in (("a", TRU_A, fresh_a), ("b", TRU_B, fresh_b)):
+                    _same(evicting.epoch(key, tru, sample, epoch)[0], fresh[epoch - 1], f"evicted {key}")
+        assert evicting.cache_sizes()[0] == 1
+    finally:
+        evicting.close()
 
 
 def test_a_failed_trial_breaks_the_pool_and_the_next_call_starts_a_fresh_one(tiny_sweep, tmp_path):

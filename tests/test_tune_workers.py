@@ -264,3 +264,40 @@ def test_workers_that_cannot_fit_the_local_ray_are_refused(ray_session):
     with pytest.raises(ConfigError, match="--workers=3: a trial needs 3 x 1 CPU"):
         adapter.check_workers_fit(spec, 3, "local")
     adapter.check_workers_fit(spec, 3, "auto")  # a cluster may autoscale: Ray decides there
+
+
+def test_resume_keeps_the_trial_group_mode_the_sweep_started_in(tmp_path):
+    """``auto`` on --resume is the recorded mode (sweeps recorded before the option, as ``auto``,
+    ran per-trial), not the address's default; an explicit other mode is refused. Ray-free."""
+    from tru_dist.errors import ConfigError
+    from tru_dist.io_utils import atomic_write_json
+    from tru_dist.tune.manifest import MANIFEST
+    from tru_dist.tune.spec import base_config, load_spec
+    from tru_dist.tune.sweep import _check_manifest, _resolved_trial_groups
+
+    spec, over = load_spec(TINY, [])
+    sweep_dir = tmp_path / spec.name
+    sweep_dir.mkdir()
+
+    def record(mode: str):
+        base = base_config(spec, over)
+        base.dist.workers, base.dist.trial_groups = 2, mode
+        atomic_write_json(sweep_dir / MANIFEST, {"spec": spec.model_dump(mode="json"),
+                                                 "config": base.to_dict(), "max_t": base.unlearn.epochs,
+                                                 "config_path": str(TINY)})
+
+    def now(mode: str = "auto"):
+        base = base_config(spec, over)
+        base.dist.workers, base.dist.trial_groups = 2, mode
+        return base
+
+    assert _resolved_trial_groups(sweep_dir, now(), resume=False) == "reused"  # a new local sweep
+    for recorded, expected in (("auto", "per-trial"), ("per-trial", "per-trial"), ("reused", "reused")):
+        record(recorded)
+        base = now()
+        base.dist.trial_groups = _resolved_trial_groups(sweep_dir, base, resume=True)
+        assert base.dist.trial_groups == expected, recorded
+        _check_manifest(sweep_dir, spec, base, resume=True)  # accepted
+        other = now("reused" if expected == "per-trial" else "per-trial")
+        with pytest.raises(ConfigError, match=f"resume it with --dist.trial_groups={expected}"):
+            _check_manifest(sweep_dir, spec, other, resume=True)

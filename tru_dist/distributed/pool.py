@@ -316,6 +316,10 @@ class WorkerPool:
                         pass
                 proc = self._procs[rank]
                 proc.join(1.0)
+                if any(r[0] == "fail" for r in replies.values()):  # keep the failure that came first
+                    why = _exit_text(proc.exitcode)
+                    replies[rank] = ("abandoned", f"died after a peer's failure ({why})")
+                    continue
                 raise self._break(f"rank {rank} (pid {proc.pid}) died while {what} "
                                   f"({_exit_text(proc.exitcode)})")
         return [replies[r] for r in range(self.workers)]

@@ -388,6 +388,10 @@ def _train_report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
 
 
 # -- trials on reused worker groups (dist.trial_groups=reused) ------------------------------------
+#: seconds the sweep waits for Ray to place its worker groups' actors
+GROUP_START_TIMEOUT_S = 300.0
+
+
 def start_trial_groups(count: int, group_cls: type, *, workers: int, cpu: float, gpu: float,
                        backend: str) -> list[Any]:
     """``count`` actors of ``group_cls`` (:class:`tru_dist.tune.group_trials.TrialGroup`, passed
@@ -398,14 +402,31 @@ def start_trial_groups(count: int, group_cls: type, *, workers: int, cpu: float,
 
     actor = ray.remote(num_cpus=workers * cpu, num_gpus=workers * gpu, max_restarts=2)(group_cls)
     threads = max(1, int(cpu))
-    return [actor.remote(workers, backend, threads) for _ in range(max(1, count))]
+    groups = [actor.remote(workers, backend, threads) for _ in range(max(1, count))]
+    try:  # an actor Ray cannot place (its CPUs held elsewhere) would leave every trial waiting
+        ray.get([g.info.remote() for g in groups], timeout=GROUP_START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        stop_trial_groups(groups)
+        need = f"{workers} x {cpu:g} CPU" + (f" and {workers} x {gpu:g} GPU" if gpu else "")
+        raise ConfigError(
+            f"{len(groups)} worker group(s) of {need} did not start within {GROUP_START_TIMEOUT_S:g} s (Ray "
+            "has not got those resources free): free them, lower --workers or the sweep's resources, or use "
+            "--dist.trial_groups=per-trial") from None
+    return groups
 
 
 def trial_group_info(groups: list[Any]) -> list[dict[str, Any]]:
-    """Every group's :meth:`~tru_dist.tune.group_trials.TrialGroup.info` (pool starts, seconds)."""
+    """Every group's :meth:`~tru_dist.tune.group_trials.TrialGroup.info` (pool starts, seconds);
+    ``{}`` for a group that does not answer (for logs only: never fails a finished sweep)."""
     import ray
 
-    return ray.get([g.info.remote() for g in groups])
+    out = []
+    for group in groups:
+        try:
+            out.append(ray.get(group.info.remote(), timeout=60))
+        except Exception:  # a dead or busy actor
+            out.append({})
+    return out
 
 
 def stop_trial_groups(groups: list[Any]) -> None:
@@ -437,10 +458,18 @@ def run_group_trial(sample: dict[str, Any], task: dict[str, Any], groups: list[A
     index = trial_index()
     group = groups[max(index, 0) % len(groups)]
     key = f"{experiment}/{tune.get_context().get_trial_id()}"
-    while (out := ray.get(group.epoch.remote(key, task, sample, epoch + 1, fault, index))) is not None:
+    max_t = int(task["max_t"])
+    # stop at max_t or convergence without asking the group: a restored trial's group may no
+    # longer hold it live and would replay every epoch only to answer None
+    while epoch < max_t:
+        out = ray.get(group.epoch.remote(key, task, sample, epoch + 1, fault, index))
+        if out is None:
+            break
         metrics, state = out
         report(metrics, state)
         epoch = int(state["epoch"])
+        if metrics.get("converged"):
+            break
     group.forget.remote(key)
 
 

@@ -34,14 +34,20 @@ Every rank receives the same calls in the same order, so every rank makes the sa
 eviction decisions and their collectives stay in step. Reports equal those of a per-trial
 group to float tolerance (``tests/test_group_trials.py``).
 
-Failures. A rank's error breaks the pool (:mod:`tru_dist.distributed.pool`): the call
-raises, the trial fails as it would under Ray Train, and the group's next call starts a
-fresh pool (and rebuilds the contexts), so a retried trial resumes from its checkpoint.
+Failures. Any error of a call closes the group's pool (:mod:`tru_dist.distributed.pool`
+closes it itself for anything but a user error, and a user error raised by some ranks only
+would leave their caches out of step): the call raises, the trial fails as it would under
+Ray Train, and the group's next call starts a fresh pool (and rebuilds the contexts), so a
+retried trial resumes from its checkpoint. Memory: each rank holds up to
+:data:`MAX_CONTEXTS` regimes' shards and :data:`MAX_LIVE` trials' models and optimiser
+states for the whole sweep, beyond what ``dist.memory_per_worker_gb`` plans for one trial
+(``TRU_DIST_TRIAL_GROUP_MAX_LIVE=1`` keeps one: other trials then replay on every epoch).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -51,8 +57,9 @@ from tru_dist.tune.context import SeedContext
 from tru_dist.tune.shard_trial import shard_seed_contexts, shard_trial_epochs
 from tru_dist.tune.trainable import Fault
 
-#: trials a rank keeps live between their epochs (the oldest is dropped first)
-MAX_LIVE = 4
+#: trials a rank keeps live between their epochs (the oldest is dropped first); the
+#: environment variable of the same name, read when a rank starts, overrides it (less memory)
+MAX_LIVE = max(1, int(os.environ.get("TRU_DIST_TRIAL_GROUP_MAX_LIVE", "4")))
 #: tasks whose seed contexts a rank keeps (one per regime of a sweep is what is reused)
 MAX_CONTEXTS = 4
 
@@ -101,6 +108,8 @@ def rank_epoch(rank: int, world_size: int, trial_key: str, task: dict[str, Any],
     rank of a :class:`~tru_dist.distributed.pool.WorkerPool` (module docstring)."""
     if epoch < 1:
         raise ValueError(f"epoch must be >= 1, not {epoch}")
+    if epoch > int(task["max_t"]):
+        return None
     live = _LIVE.get(trial_key)
     if live is None or live.next_epoch != epoch:
         _drop(trial_key)
@@ -155,8 +164,17 @@ class TrialGroup:
 
     def epoch(self, trial_key: str, task: dict[str, Any], sample: dict[str, Any], epoch: int,
               fault: Fault | None = None, trial: int = -1) -> Report | None:
-        """Epoch ``epoch`` of a trial: rank 0's ``(metrics, state)``, or None after its last."""
-        return self._ready_pool().call(rank_epoch, trial_key, task, sample, epoch, fault, trial)[0]
+        """Epoch ``epoch`` of a trial: rank 0's ``(metrics, state)``, or None after its last.
+
+        Any error closes the pool (the next call starts fresh ranks): a user error raised on
+        some ranks only leaves the ranks' caches out of step, and every later collective would
+        then pair different trials' epochs."""
+        pool = self._ready_pool()
+        try:
+            return pool.call(rank_epoch, trial_key, task, sample, epoch, fault, trial)[0]
+        except BaseException:
+            self.close()
+            raise
 
     def forget(self, trial_key: str) -> None:
         if self._pool is not None and not self._pool.closed:

@@ -51,8 +51,8 @@ or ``reused`` (:mod:`tru_dist.tune.group_trials`: the sweep starts as many W-ran
 trials run at once, each a Ray actor holding W workers' CPUs/GPUs, once for all experiments;
 a trial sends its sample to a group one epoch at a time, the ranks keep their shards
 between trials, and the trial checkpoints ``{"epoch": e}`` in Tune as at W = 1; no state API
-needed). ``auto`` (the default) is ``reused`` on a local Ray, ``per-trial`` on a cluster. A
-sweep resumes in the mode it started in.
+needed). ``auto`` (the default) is ``reused`` on a local Ray, ``per-trial`` on a cluster; on
+``--resume`` it is the mode the sweep started in (another explicit mode is refused).
 
 ``resume=True`` skips the experiments whose every trial finished, restores every other one
 that exists (``Tuner.restore``): finished trials are kept as they are, unfinished and
@@ -104,6 +104,21 @@ def trial_groups_mode(requested: str, workers: int, address: str) -> str:
     return "reused" if address == "local" else "per-trial"
 
 
+def _recorded_mode(recorded: Config) -> str:
+    """The trial-group mode a sweep ran in (sweeps from before the option recorded ``auto``
+    and ran one Ray Train run per trial)."""
+    return "per-trial" if recorded.dist.trial_groups == "auto" else recorded.dist.trial_groups
+
+
+def _resolved_trial_groups(sweep_dir: Path, base: Config, resume: bool) -> str:
+    """``dist.trial_groups`` for this run: ``auto`` resumes in the mode the sweep started in,
+    and otherwise resolves by address (:func:`trial_groups_mode`)."""
+    requested = base.dist.trial_groups
+    if requested == "auto" and resume and (sweep_dir / MANIFEST).exists():
+        return _recorded_mode(load_manifest(sweep_dir)[1])
+    return trial_groups_mode(requested, base.dist.workers, base.dist.address)
+
+
 def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool) -> None:
     exists = (sweep_dir / MANIFEST).exists()
     if exists and not resume:
@@ -123,7 +138,7 @@ def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool
                               f"with --workers={old_cfg.dist.workers} (its trials resume from there)")
         # per-trial groups checkpoint in Ray Train, reused ones in Tune (sweeps before the
         # option existed recorded "auto" and ran per-trial)
-        old_mode = "per-trial" if old_cfg.dist.trial_groups == "auto" else old_cfg.dist.trial_groups
+        old_mode = _recorded_mode(old_cfg)
         if base.dist.workers > 1 and old_mode != base.dist.trial_groups:
             raise ConfigError(f"{sweep_dir} was started with --dist.trial_groups={old_mode}; resume it with "
                               f"--dist.trial_groups={old_mode} (its trials' checkpoints are kept there)")
@@ -192,13 +207,13 @@ def run_sweep(
         raise ConfigError(f"--workers={workers}: use 1 (each trial one process) or more "
                           "(each trial on that many workers)")
     base.dist.workers = workers
-    if workers > 1:
-        base.dist.trial_groups = trial_groups_mode(base.dist.trial_groups, workers, base.dist.address)
-    reused = workers > 1 and base.dist.trial_groups == "reused"
     max_t = base.unlearn.epochs
     if max_t < 1:
         raise ConfigError("unlearn.epochs must be >= 1 (it is the number of epochs every trial reports)")
     sweep_dir = sweep_dir_for(spec, storage)
+    if workers > 1:
+        base.dist.trial_groups = _resolved_trial_groups(sweep_dir, base, resume)
+    reused = workers > 1 and base.dist.trial_groups == "reused"
     _check_manifest(sweep_dir, spec, base, resume)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sweep_dir / MANIFEST, {"spec": spec.model_dump(mode="json"), "config": base.to_dict(),
@@ -227,8 +242,9 @@ def run_sweep(
                                       groups)
         if groups:
             for i, info in enumerate(adapter.trial_group_info(groups)):
-                _log(f"worker group {i}: ranks started {info['pools_started']}x "
-                     f"({info['start_seconds']:.1f}s in all)")
+                if info:
+                    _log(f"worker group {i}: ranks started {info['pools_started']}x "
+                         f"({info['start_seconds']:.1f}s in all)")
     finally:
         if groups:
             adapter.stop_trial_groups(groups)
