@@ -12,7 +12,10 @@ The only package (with ``tru_dist.distributed.launch``) that imports Ray, and on
 * :mod:`.context` — originals, Retrain, reverse_bpr per regime/seed, trained once in the driver;
 * :mod:`.epochs` — a method's state after e epochs (exact), for per-epoch reports;
 * :mod:`.objective` — valid-only metrics and the trade-off score ASHA maximises;
-* :mod:`.trainable` — the Tune trainable (``method_trainable``);
+* :mod:`.trainable` — the Tune trainables (``method_trainable``; at W > 1 ``workers_trainable``,
+  a Ray Train run per trial, or ``group_trainable``, on reused worker groups);
+* :mod:`.shard_trial` — a W > 1 trial's epochs on one rank's shard of the data;
+* :mod:`.group_trials` — worker groups started once per sweep that run trials epoch by epoch;
 * :mod:`.sweep` — ``run_sweep`` (``tru-dist sweep``), one Tune experiment per method and regime, resume;
 * :mod:`.results` — an experiment's rows and its best configuration (valid only);
 * :mod:`.export` — ``<sweep>/tuned/<method>-<regime>.yaml`` and what tuning cost;
