@@ -288,12 +288,13 @@ class WorkerPool:
         recorded as ``("abandoned", ...)``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         replies: dict[int, tuple] = {}
+        a_rank_failed = False
         while len(replies) < self.workers:
             pending = [r for r in range(self.workers) if r not in replies]
             watch = {self._conns[r]: r for r in pending} | {self._procs[r].sentinel: r for r in pending}
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = wait(list(watch), timeout=left)
-            if not ready and any(r[0] == "fail" for r in replies.values()):
+            if not ready and a_rank_failed:
                 for rank in pending:
                     replies[rank] = ("abandoned", f"no answer within {FAIL_GRACE_S:g} s of a peer's failure")
                 break
@@ -308,7 +309,8 @@ class WorkerPool:
                 if conn.poll():  # a reply (possibly sent just before the rank exited)
                     try:
                         replies[rank] = _loads(conn.recv_bytes())
-                        if replies[rank][0] == "fail":  # peers in a collective with it may never answer
+                        if replies[rank][0] == "fail" and not a_rank_failed:  # peers may never answer
+                            a_rank_failed = True
                             grace = time.monotonic() + FAIL_GRACE_S
                             deadline = grace if deadline is None else min(deadline, grace)
                         continue
@@ -316,7 +318,7 @@ class WorkerPool:
                         pass
                 proc = self._procs[rank]
                 proc.join(1.0)
-                if any(r[0] == "fail" for r in replies.values()):  # keep the failure that came first
+                if a_rank_failed:  # keep the failure that came first
                     why = _exit_text(proc.exitcode)
                     replies[rank] = ("abandoned", f"died after a peer's failure ({why})")
                     continue

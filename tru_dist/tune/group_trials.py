@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from tru_dist.distributed.pool import WorkerPool
@@ -69,7 +69,7 @@ Report = tuple[dict[str, Any], dict[str, Any]]
 class _Live:
     """One trial's epochs on this rank, and the epoch its generator yields next."""
 
-    def __init__(self, epochs: Iterator[Report], next_epoch: int):
+    def __init__(self, epochs: Generator[Report, None, None], next_epoch: int):
         self.epochs = epochs
         self.next_epoch = next_epoch
 
@@ -98,7 +98,7 @@ def _contexts(task: dict[str, Any]) -> list[SeedContext]:
 def _drop(trial_key: str) -> None:
     live = _LIVE.pop(trial_key, None)
     if live is not None:
-        live.epochs.close()  # type: ignore[attr-defined]
+        live.epochs.close()
 
 
 def rank_epoch(rank: int, world_size: int, trial_key: str, task: dict[str, Any], sample: dict[str, Any],

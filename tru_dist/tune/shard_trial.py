@@ -24,7 +24,7 @@ workers on any node; the sweep folder must be on storage every node sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def shard_trial_epochs(
     fault: Fault | None = None,
     trial: int = -1,
     seeds: list[SeedContext] | None = None,
-) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+) -> Generator[tuple[dict[str, Any], dict[str, Any]], None, None]:
     """Epochs ``start+1 … max_t`` of ``sample`` on this rank's shard, one ``(metrics, state)``
     at a time (collective: every rank advances it in step). ``seeds``: this rank's
     :func:`shard_seed_contexts` for ``task``, when the caller kept them from an earlier trial.

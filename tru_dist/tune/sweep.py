@@ -95,15 +95,6 @@ def sweep_dir_for(spec: SweepSpec, storage: str | Path | None) -> Path:
     return (Path(storage or DEFAULT_STORAGE).expanduser().resolve()) / spec.name
 
 
-def trial_groups_mode(requested: str, workers: int, address: str) -> str:
-    """``per-trial`` or ``reused`` for a W > 1 sweep (``dist.trial_groups``): ``auto`` reuses
-    groups on a local Ray (one machine: the groups' ranks are local processes) and starts one
-    Ray Train run per trial on a cluster (which may place a trial's workers on several nodes)."""
-    if requested != "auto":
-        return requested
-    return "reused" if address == "local" else "per-trial"
-
-
 def _recorded_mode(recorded: Config) -> str:
     """The trial-group mode a sweep ran in (sweeps from before the option recorded ``auto``
     and ran one Ray Train run per trial)."""
@@ -111,12 +102,16 @@ def _recorded_mode(recorded: Config) -> str:
 
 
 def _resolved_trial_groups(sweep_dir: Path, base: Config, resume: bool) -> str:
-    """``dist.trial_groups`` for this run: ``auto`` resumes in the mode the sweep started in,
-    and otherwise resolves by address (:func:`trial_groups_mode`)."""
+    """``per-trial`` or ``reused`` for a W > 1 sweep (``dist.trial_groups``). An explicit mode
+    stands; ``auto`` is the recorded mode on ``--resume``, else ``reused`` on a local Ray (one
+    machine: the groups' ranks are local processes) and ``per-trial`` on a cluster (which may
+    place a trial's workers on several nodes)."""
     requested = base.dist.trial_groups
-    if requested == "auto" and resume and (sweep_dir / MANIFEST).exists():
+    if requested != "auto":
+        return requested
+    if resume and (sweep_dir / MANIFEST).exists():
         return _recorded_mode(load_manifest(sweep_dir)[1])
-    return trial_groups_mode(requested, base.dist.workers, base.dist.address)
+    return "reused" if base.dist.address == "local" else "per-trial"
 
 
 def _check_manifest(sweep_dir: Path, spec: SweepSpec, base: Config, resume: bool) -> None:

@@ -32,7 +32,7 @@ only through :mod:`tru_dist.tune.adapter`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ class TrialContext:
 
 
 def iter_epochs(config: dict[str, Any], ctx: TrialContext, start: int
-                ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+                ) -> Generator[tuple[dict[str, Any], dict[str, Any]], None, None]:
     """Epochs ``start+1 … max_t`` of one sample: ``(metrics, state)`` after each.
 
     A generator, so that a caller may advance a trial one epoch at a time and put it aside
