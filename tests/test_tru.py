@@ -288,6 +288,33 @@ def test_row_isolation_hops_on_a_hand_graph():
     assert sets(0) == ({0, 1, 2, 3}, {0, 1, 2, 3, 4})  # disabled
 
 
+def test_unused_items_only_keeps_the_items_no_retained_pair_uses():
+    # retained pairs use items 1, 2 and 2 again; items 0 and 3 have none; item 4 is not a candidate
+    mask = np.array([True, True, True, True, False])
+    out = isolation.unused_items_only(mask, np.array([1, 2, 2]), 5)
+    assert out.tolist() == [True, False, False, True, False]
+
+
+def test_retained_item_rows_false_moves_the_owners_rows_and_no_used_item_row(mgcn_trained):
+    """``isolation.retained_item_rows: false`` on an interactions deletion: every item row that a
+    retained pair still uses keeps its value bit for bit, while the deleted pairs' users' rows
+    move; with the generic default some of those item rows move,
+    so the check is not vacuous."""
+    model, deletion = mgcn_trained
+    iso = {"enabled": True, "shared_layers": False, "budget": 1.0, "row_hops": 1}
+    used = np.bincount(np.asarray(deletion.data_after.train_pairs[1]), minlength=model.item_emb.shape[0]) > 0
+    fu = np.unique(deletion.forget.train_users)
+    before = model.state_dict()
+    frozen = get_method("tru").unlearn(model, deletion, _mgcn_cfg(
+        isolation={**iso, "retained_item_rows": False})).model.state_dict()
+    free = get_method("tru").unlearn(model, deletion, _mgcn_cfg(isolation=iso)).model.state_dict()
+    assert used[np.unique(deletion.forget.train_items)].all()  # interactions: every deleted item is still used
+    assert torch.equal(frozen["item_emb"][used], before["item_emb"][used])
+    assert not torch.equal(free["item_emb"][used], before["item_emb"][used])
+    moved = (frozen["user_emb"] != before["user_emb"]).any(1).numpy()
+    assert moved[fu].any() and not np.delete(moved, fu).any()
+
+
 def test_group_sums_counts_replicated_once():
     per = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
     out = group_sums({"x": [0, 2], "y": [1], "z": []}, per, torch.tensor([True, False, False]))

@@ -243,6 +243,10 @@ class IsolationConfig(_Strict):
     #: whether groups every user or item passes through (encoders, fusion, transformers) may
     #: be selected; False = only the row-indexed tables compete for the budget
     shared_layers: bool = True
+    #: whether the rows of D_f's items that still have a retained train pair may move. False:
+    #: only items left with no retained pair move (an item row serves every user who ranks the
+    #: item, a user row one list), so an interactions deletion runs through its users' rows
+    retained_item_rows: bool = True
     #: > 0: adaptive budget — the groups (in decreasing Fisher ratio) that hold this share of
     #: the forget Fisher mass (``isolation.decide_isolation_by_mass``); 0: the fixed budget ρ
     mass: Unit = 0.0

@@ -355,6 +355,8 @@ class _Loop:
         self._freeze({n: ps for n, ps in groups.items() if n not in chosen})
         user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
+        if not iso.retained_item_rows:
+            item_mask = iso_fn.unused_items_only(item_mask, self.data.train_pairs[1], self.data.n_items)
         for p, kind in self.model.row_tables().values():
             rows = user_mask[self.lo : self.lo + self.n_local] if kind == "user" else item_mask
             mask = torch.from_numpy(rows.copy()).to(p.device)
@@ -366,6 +368,7 @@ class _Loop:
             "frozen_groups": [n for n in groups if n not in chosen],
             "param_share": share,
             "row_hops": iso.row_hops,
+            "retained_item_rows": iso.retained_item_rows,
             "rows_users": int(user_mask.sum()),
             "rows_items": int(item_mask.sum()),
             "n_users": self.data.n_users,
