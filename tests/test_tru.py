@@ -298,8 +298,7 @@ def test_unused_items_only_keeps_the_items_no_retained_pair_uses():
 def test_retained_item_rows_false_moves_the_owners_rows_and_no_used_item_row(mgcn_trained):
     """``isolation.retained_item_rows: false`` on an interactions deletion: every item row that a
     retained pair still uses keeps its value bit for bit, while the deleted pairs' users' rows
-    move; with the generic default some of those item rows move,
-    so the check is not vacuous."""
+    move; with the generic default some of those item rows move, so the check is not vacuous."""
     model, deletion = mgcn_trained
     iso = {"enabled": True, "shared_layers": False, "budget": 1.0, "row_hops": 1}
     used = np.bincount(np.asarray(deletion.data_after.train_pairs[1]), minlength=model.item_emb.shape[0]) > 0
