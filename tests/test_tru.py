@@ -288,13 +288,6 @@ def test_row_isolation_hops_on_a_hand_graph():
     assert sets(0) == ({0, 1, 2, 3}, {0, 1, 2, 3, 4})  # disabled
 
 
-def test_unused_items_only_keeps_the_items_no_retained_pair_uses():
-    # retained pairs use items 1, 2 and 2 again; items 0 and 3 have none; item 4 is not a candidate
-    mask = np.array([True, True, True, True, False])
-    out = isolation.unused_items_only(mask, np.array([1, 2, 2]), 5)
-    assert out.tolist() == [True, False, False, True, False]
-
-
 def test_retained_item_rows_false_moves_the_owners_rows_and_no_used_item_row(mgcn_trained):
     """``isolation.retained_item_rows: false`` on an interactions deletion: every item row that a
     retained pair still uses keeps its value bit for bit, while the deleted pairs' users' rows

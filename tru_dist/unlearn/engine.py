@@ -147,6 +147,18 @@ class _Loop:
         (a whole-user deletion) never pays for splitting a large interaction table."""
         return tuple(np.asarray(a, dtype=np.int64) for a in self.deletion.data_before.train_pairs)
 
+    @functools.cached_property
+    def retained_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """D_r's train pairs (users, items), split out of the table once per update (the retain
+        sampler, the Fisher pass, the gate's reference and the owners' term all read them)."""
+        return tuple(np.asarray(a, dtype=np.int64) for a in self.data.train_pairs)
+
+    @functools.cached_property
+    def items_in_use(self) -> np.ndarray:
+        """Per item, whether some retained train pair still uses it (False: a deleted item, or
+        one every pair of which was deleted — a cold item)."""
+        return np.bincount(self.retained_pairs[1], minlength=self.data.n_items) > 0
+
     def _local_propagation(self) -> bool:
         """``unlearn.propagation: local`` where it applies: a backbone with a neighbourhood
         forward, one process, and no top-K gate (its per-step thresholds rank all items)."""
@@ -331,7 +343,7 @@ class _Loop:
         g_f = self._accumulate(f_batches, lambda e, b: losses.reverse_bpr_loss(
             *losses.pair_scores(self.user_vectors(e.user, b.users), e.item, b.pos, b.neg), b.scale),
             lambda b: 1.0 / (b.scale * n_f), wanted)
-        r_sampler = BPRSampler(*self.data.train_pairs, self.data.n_users, self.data.n_items,
+        r_sampler = BPRSampler(*self.retained_pairs, self.data.n_users, self.data.n_items,
                                seed=self.uc.seed + 2, book=self.graph.book, rank=self.graph.rank)
         stream = retain_stream(r_sampler, batch_size)
         r_batches = [next(stream) for _ in f_batches]
@@ -356,7 +368,7 @@ class _Loop:
         user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
         if not iso.retained_item_rows:
-            item_mask = iso_fn.unused_items_only(item_mask, self.data.train_pairs[1], self.data.n_items)
+            item_mask = item_mask & ~self.items_in_use  # items no retained pair uses (.tru.isolation)
         for p, kind in self.model.row_tables().values():
             rows = user_mask[self.lo : self.lo + self.n_local] if kind == "user" else item_mask
             mask = torch.from_numpy(rows.copy()).to(p.device)
@@ -399,8 +411,7 @@ class _Loop:
         mine = (ru >= self.lo) & (ru < self.lo + self.n_local)
         self.ref_u = torch.from_numpy(ru[mine] - self.lo).to(self.device)
         self.ref_i = torch.from_numpy(ri[mine]).to(self.device)
-        tu, ti = (np.asarray(a, dtype=np.int64) for a in d.train_pairs)
-        kept_items = np.bincount(ti, minlength=d.n_items) > 0
+        kept_items = self.items_in_use
         reset = np.zeros(d.n_users, dtype=bool)
         reset[np.asarray(self.deletion.reset_users, dtype=np.int64)] = True
         fmine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
@@ -741,7 +752,7 @@ class _Loop:
         gate = self.spec.gate
         if gate is None or self.target_mode != "calibrated" or gate.owner_keep_weight <= 0:
             return None
-        tu, ti = (np.asarray(a, dtype=np.int64) for a in self.data.train_pairs)
+        tu, ti = self.retained_pairs
         owners = np.setdiff1d(self.fu, np.asarray(self.deletion.reset_users, dtype=np.int64))
         mine = np.isin(tu, owners)
         if not mine.any():
@@ -817,7 +828,7 @@ class _Loop:
         rng = np.random.default_rng([uc.seed, 7])
         retain = None
         if spec.retain:
-            sampler = BPRSampler(*self.data.train_pairs, self.data.n_users, self.data.n_items,
+            sampler = BPRSampler(*self.retained_pairs, self.data.n_users, self.data.n_items,
                                  seed=uc.seed + 1, book=self.graph.book, rank=self.graph.rank)
             retain = retain_stream(sampler, b)
         owners = self.owner_stream(b) if retain is not None else None

@@ -28,14 +28,14 @@ only the ones with no retained train pair may move,
 
     I_move = I_h ∩ {i : deg_{D_r}(i) = 0},
 
-so an interactions deletion moves its users' rows only (an item row serves every user who
-ranks the item, a user row only that user's list) while an items deletion still moves the
-deleted items' own rows. Measured on tuning seeds 100–102, MGCN interactions 5%: on Scientific
-retrain_distance 0.058 → 0.056 and top-20 Jaccard with Retrain 0.771 → 0.769 (a tie); on
-sparse synthetic data with one modality (2,000 users, 7 interactions each) 0.050 → 0.050 and
-Jaccard 0.830 → 0.846 — above `noop`'s 0.840, where moving the items' rows had left it below.
-On MIG-GT it is not used: its fixed budget there may select ``item_emb`` alone, and then
-nothing would move.
+(``_Loop.items_in_use`` in :mod:`tru_dist.unlearn.engine`), so an interactions deletion moves
+its users' rows only (an item row serves every user who ranks the item, a user row only that
+user's list) while an items deletion still moves the deleted items' own rows. Measured on
+tuning seeds 100–102, MGCN interactions 5%: on Scientific retrain_distance 0.058 → 0.056 and
+top-20 Jaccard with Retrain 0.771 → 0.769 (a tie); on sparse synthetic data with one modality
+(2,000 users, 7 interactions each) 0.050 → 0.050 and Jaccard 0.830 → 0.846 — above `noop`'s
+0.840, where moving the items' rows had left it below. On MIG-GT it is not used: its fixed
+budget there may select ``item_emb`` alone, and then nothing would move.
 """
 
 from __future__ import annotations
@@ -146,9 +146,3 @@ def hop_masks(
         item_mask |= new_items
     return user_mask, item_mask
 
-
-def unused_items_only(item_mask: np.ndarray, retained_items: np.ndarray, n_items: int) -> np.ndarray:
-    """``item_mask`` restricted to items with no retained train pair (``retained_items``: the
-    item of every retained train pair, global ids)."""
-    used = np.bincount(np.asarray(retained_items, dtype=np.int64), minlength=n_items) > 0
-    return np.asarray(item_mask, dtype=bool) & ~used
