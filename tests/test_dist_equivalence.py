@@ -346,3 +346,31 @@ def test_miggt_tru_at_w2_equals_w1_with_its_encoders_frozen(tmp_path):
     assert gaps[2] == pytest.approx(gaps[1])
     for key in ("test", "forget"):
         _check_values(f"miggt.{key}", out[2][key], out[1][key])
+
+
+def test_miggt_items_deletion_content_neighbours_at_w2_equal_w1(tmp_path):
+    """MIG-GT's cold-item reference (``gate.cold_reference: neighbours``) reads the item
+    features, which each rank holds a slice of: the cold items' nearest retained items are
+    merged over ranks, so an items deletion takes the same gate trajectory and metrics at W = 2
+    as at W = 1 (a rank that looked only at its own slice would pick other neighbours)."""
+    from tru_dist.data.regimes import select_forget
+    from tru_dist.data.requests import write_requests
+    from tru_dist.data.source import open_data
+    from tru_dist.distributed import commands
+
+    cfg = build_config(model="miggt", data="synthetic:tiny", overrides=[
+        "train.epochs=3", "model.dim=16", "model.feat_hidden=32", "dist.address=none", "dist.workers=1"])
+    run = tmp_path / "run"
+    commands.train(cfg, run)
+    requests = tmp_path / "req.csv"
+    write_requests(select_forget(open_data("synthetic:tiny"), "items", 0.05, 0, "random"), requests)
+    out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
+                               overrides=[f"dist.workers={w}", "dist.address=none"]) for w in (1, 2)}
+    d1, d2 = out[1]["decisions"], out[2]["decisions"]
+    assert out[2]["world_size"] == 2 and d1["steps"] > 0
+    assert d1["gate_reference"]["cold_neighbours"] == d2["gate_reference"]["cold_neighbours"] == 5
+    assert d1["gate_reference"]["cold_item_share"] > 0
+    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
+    assert gaps[2] == pytest.approx(gaps[1])
+    for key in ("test", "forget"):
+        _check_values(f"miggt.items.{key}", out[2][key], out[1][key])

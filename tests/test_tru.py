@@ -852,3 +852,58 @@ def test_miggt_update_through_embed_rows_equals_the_full_forward(tiny_data, monk
         torch.testing.assert_close(fast.state_dict()[k], v, rtol=1e-4, atol=1e-6, msg=k)
         moved = max(moved, float((v.double() - model.state_dict()[k].double()).abs().max()))
     assert moved > 1e-3  # the update moved the model: equal do-nothing runs would pass above
+
+
+def test_content_neighbours_hand_case():
+    """Two modalities of different widths each count once (rows L2-normalised per modality):
+    item 0's nearest retained items by Σ_m cos are 2 and 4 (a tie: the lower id first), then 3,
+    though item 1 is nearest on the wide modality alone; no features → None."""
+    wide = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0.8, 0.6, 0, 0], [0, 1, 0, 0], [0.8, 0.6, 0, 0]],
+                    np.float32)
+    narrow = np.array([[1, 0], [-1, 0], [1, 0], [1, 0], [1, 0]], np.float32)
+    feats = {"wide": 10 * wide, "narrow": narrow}  # scale does not matter either
+    nn = gate.content_neighbours(feats, np.array([0]), np.array([1, 2, 3, 4]), 3)
+    # sims: item1 1−1 = 0, item2 0.8+1 = 1.8, item3 0+1 = 1, item4 1.8 (tie with 2: lower id first)
+    assert nn.tolist() == [[2, 4, 3]]
+    assert gate.content_neighbours(feats, np.array([0]), np.array([1, 2]), 5).shape == (1, 2)
+    assert gate.content_neighbours({}, np.array([0]), np.array([1]), 3) is None
+
+
+def test_neighbours_cold_reference_moves_deleted_items_differently_and_is_uniform_for_id_only(tiny_data):
+    """``gate.cold_reference: neighbours`` on an items deletion (MGCN): it records its k, and its
+    update differs from the uniform reference's (the option is not a no-op); for an ID-only
+    backbone (LightGCN, whose workers hold no features) it is the uniform reference bit for bit."""
+    from tru_dist.config import build_config
+    from tru_dist.train.trainer import fit
+
+    def run(model_name, reference):
+        cfg = build_config(model=model_name, overrides=[
+            "train.epochs=5", "unlearn.isolation.retained_item_rows=true",
+            f"unlearn.gate.cold_reference={reference}"])
+        model, graph, _ = fit(cfg, tiny_data)
+        deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "items", 0.05, 0))
+        return get_method("tru").unlearn(model, deletion, cfg)
+
+    nb, uni = run("mgcn", "neighbours"), run("mgcn", "uniform")
+    assert nb.stats["gate_reference"]["cold_neighbours"] == 5
+    assert nb.stats["gate_reference"]["cold_item_share"] > 0
+    assert not torch.equal(nb.model.item_emb, uni.model.item_emb)
+    nb0, uni0 = run("lightgcn", "neighbours"), run("lightgcn", "uniform")
+    assert "cold_neighbours" not in nb0.stats["gate_reference"]
+    same, other = nb0.model.state_dict(), uni0.model.state_dict()
+    assert same.keys() == other.keys() and all(torch.equal(same[k], other[k]) for k in same)
+
+
+def test_nearest_merged_over_shards_equals_one_pass():
+    """Every shard proposes its best k and the merge keeps the best k by the same order: the
+    result equals one pass over all kept items (what makes the neighbours W-independent)."""
+    rng = np.random.default_rng(0)
+    unit = gate.unit_rows({"a": rng.normal(size=(60, 7)), "b": rng.normal(size=(60, 3))})
+    unit[41] = unit[40]  # an exact tie across the shard boundary
+    cold, kept = np.array([3, 17, 40]), np.setdiff1d(np.arange(60), [3, 17])
+    whole = gate.content_neighbours({"u": unit}, cold, kept, 6)
+    props = [gate.nearest(unit[cold], unit[part], part, 6) for part in (kept[kept < 41], kept[kept >= 41])]
+    merged = gate.merge_nearest(np.concatenate([p[0] for p in props], 1),
+                                np.concatenate([p[1] for p in props], 1), 6)[1]
+    assert np.array_equal(merged, whole)
+    assert whole[2, 0] == 40 and whole[2, 1] == 41  # itself (kept), then its exact copy

@@ -206,8 +206,12 @@ class GateConfig(_Strict):
     #: reset) — the users whose rows the update moves — one batch per step; calibrated only
     owner_keep_weight: NonNegFloat = 0.0
     #: calibrated target for pairs of items with no retained train pair: their own ranks with
-    #: the items' ID rows zeroed (``zeroed``), or the uniform distribution (``uniform``)
-    cold_reference: Literal["zeroed", "uniform"] = "zeroed"
+    #: the items' ID rows zeroed (``zeroed``), the uniform distribution (``uniform``), or their
+    #: ranks with each such item's embedding replaced by the mean embedding of its
+    #: ``cold_neighbours`` nearest retained items in content-feature space (``neighbours``;
+    #: uniform on data without item features)
+    cold_reference: Literal["zeroed", "uniform", "neighbours"] = "zeroed"
+    cold_neighbours: PosInt = 5
     #: calibrated target: a gate pass without a smaller calibration gap puts the best
     #: parameters back and halves the step size; after this many halvings in a row, stop
     patience: NonNegInt = 2

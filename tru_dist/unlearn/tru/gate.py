@@ -45,8 +45,14 @@ Retrain ranks them far lower). So instead of t_u^K each pair gets its own target
                   (``gate.cold_reference: zeroed``). On MIG-GT, whose items are mostly
                   their content, zeroing the ID rows barely moves them (mean percentile
                   0.08 vs Retrain's 0.42; KS 0.46) and the uniform distribution is closer
-                  (KS 0.30): ``cold_reference: uniform`` matches those pairs to it instead
-                  (MIG-GT's shipped default);
+                  (KS 0.30): ``cold_reference: uniform`` matches those pairs to it instead.
+                  ``cold_reference: neighbours`` (MIG-GT's shipped default) gives each such
+                  item the mean start embedding of its k nearest retained items in content
+                  space (:func:`content_neighbours`), e_i ← (1/k)Σ_{j∈N_k(i)} e_j — what its
+                  content shares with items still trained on, without its own memorised row:
+                  MIG-GT items 1%, tuning seeds 100–102, retrain_distance 0.336 → 0.263
+                  (Scientific) and 0.366 → 0.243 (sparse one-modality synthetic data) against
+                  uniform; on MGCN it is far worse than zeroed (KS 0.685 vs 0.179);
 * reset users     a pair of a user the deletion step reset is on target as it is: that
                   user is served the fresh row Retrain would serve (q_ui = p_ui, no loss).
                   Matching those pairs to the uniform distribution instead chased sampling
@@ -205,6 +211,57 @@ def quantile_match(pct: torch.Tensor, current_sorted: torch.Tensor, reference_so
     below = torch.searchsorted(current_sorted, x, right=False)
     at_most = torch.searchsorted(current_sorted, x, right=True)
     return sorted_quantile(reference_sorted, (below + at_most).double() / (2.0 * n))
+
+
+def unit_rows(features: dict[str, np.ndarray | torch.Tensor]) -> np.ndarray | None:
+    """Each modality's rows L2-normalised, concatenated in modality-name order, float64 — so
+    u_i·u_j = Σ_m cos(x_m,i, x_m,j) and every modality counts once whatever its width or
+    scale. ``None`` without features."""
+    if not features:
+        return None
+    parts = []
+    for _, x in sorted(features.items()):
+        x = (x.float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(np.float64)
+        parts.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+    return np.concatenate(parts, axis=1)
+
+
+def nearest(cold_unit: np.ndarray, kept_unit: np.ndarray, kept_ids: np.ndarray, k: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of the ``k`` most similar of the given kept items to each cold row,
+    ordered by (similarity descending, id ascending), padded with (−inf, −1) where fewer than
+    ``k`` are given — one shard's candidates, for :func:`merge_nearest`."""
+    sims = np.full((len(cold_unit), k), -np.inf)
+    ids = np.full((len(cold_unit), k), -1, dtype=np.int64)
+    if len(kept_ids) and len(cold_unit):
+        candidates = np.broadcast_to(kept_ids, (len(cold_unit), len(kept_ids)))
+        return merge_nearest(cold_unit @ kept_unit.T, candidates, k)
+    return sims, ids
+
+
+def merge_nearest(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of each row's candidates by (similarity descending, id ascending) — the
+    same order whichever shard proposed them, so merging every shard's :func:`nearest` equals
+    one pass over all kept items. Padded with (−inf, −1)."""
+    order = np.lexsort((ids, -sims), axis=1)[:, :k]
+    top_s, top_i = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+    if top_s.shape[1] < k:
+        pad = k - top_s.shape[1]
+        top_s = np.pad(top_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        top_i = np.pad(top_i, ((0, 0), (0, pad)), constant_values=-1)
+    return top_s, top_i
+
+
+def content_neighbours(features: dict[str, np.ndarray], cold: np.ndarray, kept: np.ndarray, k: int
+                       ) -> np.ndarray | None:
+    """The ``min(k, len(kept))`` items of ``kept`` nearest to each item of ``cold`` in content
+    space (Σ_m cos over the modalities, :func:`unit_rows`), nearest first, ties to the lower
+    id; ``None`` without features or kept items. One process holding every feature row; the
+    engine runs the same :func:`nearest` / :func:`merge_nearest` over feature shards."""
+    unit = unit_rows(features)
+    if unit is None or len(kept) == 0 or len(cold) == 0:
+        return None
+    return nearest(unit[cold], unit[kept], kept, min(k, len(kept)))[1]
 
 
 def calibration_gap(current_sorted: torch.Tensor,
