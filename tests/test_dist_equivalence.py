@@ -349,7 +349,7 @@ def test_miggt_tru_at_w2_equals_w1_with_its_encoders_frozen(tmp_path):
 
 
 def test_miggt_items_deletion_content_neighbours_at_w2_equal_w1(tmp_path):
-    """MIG-GT's cold-item reference (``gate.cold_reference: neighbours``) reads the item
+    """The content-neighbour cold-item reference (``gate.cold_reference: neighbours``) reads the item
     features, which each rank holds a slice of: the cold items' nearest retained items are
     merged over ranks, so an items deletion takes the same gate trajectory and metrics at W = 2
     as at W = 1 (a rank that looked only at its own slice would pick other neighbours)."""
@@ -365,7 +365,8 @@ def test_miggt_items_deletion_content_neighbours_at_w2_equal_w1(tmp_path):
     requests = tmp_path / "req.csv"
     write_requests(select_forget(open_data("synthetic:tiny"), "items", 0.05, 0, "random"), requests)
     out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
-                               overrides=[f"dist.workers={w}", "dist.address=none"]) for w in (1, 2)}
+                               overrides=[f"dist.workers={w}", "dist.address=none",
+                                          "unlearn.gate.cold_reference=neighbours"]) for w in (1, 2)}
     d1, d2 = out[1]["decisions"], out[2]["decisions"]
     assert out[2]["world_size"] == 2 and d1["steps"] > 0
     assert d1["gate_reference"]["cold_neighbours"] == d2["gate_reference"]["cold_neighbours"] == 5

@@ -486,7 +486,9 @@ class _Loop:
         synthetic data 0.279 (uniform 0.395, zeroed 0.550); Scientific 0.339 (uniform 0.339,
         zeroed 0.506). On MGCN it is far worse than ``zeroed`` (Scientific 0.685 vs 0.179):
         MGCN's zeroed item still has its item–item content graph, which is this average
-        already, learnt."""
+        already, learnt. Not a default anywhere: where Retrain sinks a deleted item below an
+        unknown one (dense synthetic data, Retrain's percentile ~0.70: trained only as a
+        negative) it under-forgets badly (module :mod:`.tru.gate`)."""
         neighbours = self.content_neighbours()
         if neighbours is None:
             return None

@@ -45,14 +45,17 @@ Retrain ranks them far lower). So instead of t_u^K each pair gets its own target
                   (``gate.cold_reference: zeroed``). On MIG-GT, whose items are mostly
                   their content, zeroing the ID rows barely moves them (mean percentile
                   0.08 vs Retrain's 0.42; KS 0.46) and the uniform distribution is closer
-                  (KS 0.30): ``cold_reference: uniform`` matches those pairs to it instead.
-                  ``cold_reference: neighbours`` (MIG-GT's shipped default) gives each such
+                  (KS 0.30): ``cold_reference: uniform`` matches those pairs to it instead
+                  (MIG-GT's shipped default). ``cold_reference: neighbours`` gives each such
                   item the mean start embedding of its k nearest retained items in content
                   space (:func:`content_neighbours`), e_i ← (1/k)Σ_{j∈N_k(i)} e_j — what its
                   content shares with items still trained on, without its own memorised row:
                   MIG-GT items 1%, tuning seeds 100–102, retrain_distance 0.336 → 0.263
                   (Scientific) and 0.366 → 0.243 (sparse one-modality synthetic data) against
-                  uniform; on MGCN it is far worse than zeroed (KS 0.685 vs 0.179);
+                  uniform, but 0.237 → 0.611 on dense three-modality synthetic data, where
+                  Retrain ranks a deleted item's pairs at percentile ~0.70 (trained only as a
+                  negative, it sinks below an unknown item), so it is not MIG-GT's default;
+                  on MGCN it is far worse than zeroed (KS 0.685 vs 0.179);
 * reset users     a pair of a user the deletion step reset is on target as it is: that
                   user is served the fresh row Retrain would serve (q_ui = p_ui, no loss).
                   Matching those pairs to the uniform distribution instead chased sampling
