@@ -898,7 +898,7 @@ def test_nearest_merged_over_shards_equals_one_pass():
     """Every shard proposes its best k and the merge keeps the best k by the same order: the
     result equals one pass over all kept items (what makes the neighbours W-independent)."""
     rng = np.random.default_rng(0)
-    unit = gate.unit_rows({"a": rng.normal(size=(60, 7)), "b": rng.normal(size=(60, 3))})
+    unit = gate.unit_rows({"a": rng.normal(size=(60, 7)), "b": rng.normal(size=(60, 3))}, np.arange(60))
     unit[41] = unit[40]  # an exact tie across the shard boundary
     cold, kept = np.array([3, 17, 40]), np.setdiff1d(np.arange(60), [3, 17])
     whole = gate.content_neighbours({"u": unit}, cold, kept, 6)
@@ -906,4 +906,6 @@ def test_nearest_merged_over_shards_equals_one_pass():
     merged = gate.merge_nearest(np.concatenate([p[0] for p in props], 1),
                                 np.concatenate([p[1] for p in props], 1), 6)[1]
     assert np.array_equal(merged, whole)
+    chunked = gate.nearest_in_chunks(unit[cold], {"u": unit}, kept, kept, 6, chunk=7)[1]
+    assert np.array_equal(chunked, whole)
     assert whole[2, 0] == 40 and whole[2, 1] == 41  # itself (kept), then its exact copy

@@ -209,7 +209,7 @@ class GateConfig(_Strict):
     #: the items' ID rows zeroed (``zeroed``), the uniform distribution (``uniform``), or their
     #: ranks with each such item's embedding replaced by the mean embedding of its
     #: ``cold_neighbours`` nearest retained items in content-feature space (``neighbours``;
-    #: uniform on data without item features)
+    #: uniform on data without item features and for ID-only backbones)
     cold_reference: Literal["zeroed", "uniform", "neighbours"] = "zeroed"
     cold_neighbours: PosInt = 5
     #: calibrated target: a gate pass without a smaller calibration gap puts the best

@@ -451,19 +451,20 @@ class _Loop:
         (:func:`.tru.gate.merge_nearest`) — the same neighbours at every W. ``None`` for an
         ID-only backbone (its workers hold no feature slice, so it reads none at any W), where
         the graph has no features, or where no item is retained."""
-        unit = gate_fn.unit_rows(self.graph.features) if self.model.requires != "none" else None
+        features = self.graph.features if self.model.requires != "none" else {}
         kept = np.flatnonzero(self.items_in_use)
-        if unit is None or len(kept) == 0:
+        if not features or len(kept) == 0:
             return None
         lo, hi = self.graph.item_range
         cold = self.cold_items
-        cold_unit = torch.zeros((len(cold), unit.shape[1]), dtype=torch.float64)
         mine = (cold >= lo) & (cold < hi)
-        cold_unit[torch.from_numpy(mine)] = torch.from_numpy(unit[cold[mine] - lo])
+        held = gate_fn.unit_rows(features, cold[mine] - lo)
+        cold_unit = torch.zeros((len(cold), held.shape[1]), dtype=torch.float64)
+        cold_unit[torch.from_numpy(mine)] = torch.from_numpy(held)
         collectives.sum_stats(cold_unit)
         k = min(self.spec.gate.cold_neighbours, len(kept))
         local = kept[(kept >= lo) & (kept < hi)]
-        sims, ids = gate_fn.nearest(cold_unit.numpy(), unit[local - lo], local, k)
+        sims, ids = gate_fn.nearest_in_chunks(cold_unit.numpy(), features, local - lo, local, k)
         all_sims = collectives.all_gather_rows(torch.from_numpy(sims).T.contiguous()).T.numpy()
         # ids travel as float64 (exact below 2^53) through the same gather as the similarities
         all_ids = collectives.all_gather_rows(torch.from_numpy(ids.astype(np.float64)).T.contiguous()).T
@@ -562,7 +563,7 @@ class _Loop:
             self.start_emb = Embeddings(users.clone(), items.clone()) if keeps else None
             cold = self.cold_pair
             neighbours = (self.neighbour_percentiles(users, items, lu[cold], li[cold])
-                          if gate.cold_reference == "neighbours" else None)
+                          if gate.cold_reference == "neighbours" and len(self.cold_items) else None)
             if neighbours is not None:
                 self.cold_q = neighbours
             elif gate.cold_reference in ("uniform", "neighbours"):  # its mid-rank in the uniform

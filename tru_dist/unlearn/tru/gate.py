@@ -216,17 +216,17 @@ def quantile_match(pct: torch.Tensor, current_sorted: torch.Tensor, reference_so
     return sorted_quantile(reference_sorted, (below + at_most).double() / (2.0 * n))
 
 
-def unit_rows(features: dict[str, np.ndarray | torch.Tensor]) -> np.ndarray | None:
-    """Each modality's rows L2-normalised, concatenated in modality-name order, float64 — so
-    u_i·u_j = Σ_m cos(x_m,i, x_m,j) and every modality counts once whatever its width or
-    scale. ``None`` without features."""
-    if not features:
-        return None
+def unit_rows(features: dict[str, np.ndarray | torch.Tensor], rows: np.ndarray) -> np.ndarray:
+    """The given rows of every modality, each L2-normalised, concatenated in modality-name
+    order, float64 — so u_i·u_j = Σ_m cos(x_m,i, x_m,j) and every modality counts once whatever
+    its width or scale. Only these rows are converted (a whole feature store in float64 would
+    be eight times its float16 size)."""
     parts = []
     for _, x in sorted(features.items()):
-        x = (x.float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(np.float64)
+        x = x[torch.from_numpy(rows)] if isinstance(x, torch.Tensor) else np.asarray(x)[rows]
+        x = (x.float().cpu().numpy() if isinstance(x, torch.Tensor) else x).astype(np.float64)
         parts.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
-    return np.concatenate(parts, axis=1)
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0))
 
 
 def nearest(cold_unit: np.ndarray, kept_unit: np.ndarray, kept_ids: np.ndarray, k: int
@@ -240,6 +240,19 @@ def nearest(cold_unit: np.ndarray, kept_unit: np.ndarray, kept_ids: np.ndarray, 
         candidates = np.broadcast_to(kept_ids, (len(cold_unit), len(kept_ids)))
         return merge_nearest(cold_unit @ kept_unit.T, candidates, k)
     return sims, ids
+
+
+def nearest_in_chunks(cold_unit: np.ndarray, features: dict[str, np.ndarray | torch.Tensor],
+                      kept_rows: np.ndarray, kept_ids: np.ndarray, k: int, chunk: int = 65536
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest` over ``kept_rows`` of ``features`` (their ids ``kept_ids``), ``chunk``
+    rows at a time, each chunk's best k merged into the running best (the same result: the
+    merge order is total)."""
+    best = nearest(cold_unit, np.zeros((0, cold_unit.shape[1])), kept_ids[:0], k)
+    for at in range(0, len(kept_rows), chunk):
+        part = nearest(cold_unit, unit_rows(features, kept_rows[at:at + chunk]), kept_ids[at:at + chunk], k)
+        best = merge_nearest(np.concatenate([best[0], part[0]], 1), np.concatenate([best[1], part[1]], 1), k)
+    return best
 
 
 def merge_nearest(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,10 +274,9 @@ def content_neighbours(features: dict[str, np.ndarray], cold: np.ndarray, kept: 
     space (Σ_m cos over the modalities, :func:`unit_rows`), nearest first, ties to the lower
     id; ``None`` without features or kept items. One process holding every feature row; the
     engine runs the same :func:`nearest` / :func:`merge_nearest` over feature shards."""
-    unit = unit_rows(features)
-    if unit is None or len(kept) == 0 or len(cold) == 0:
+    if not features or len(kept) == 0 or len(cold) == 0:
         return None
-    return nearest(unit[cold], unit[kept], kept, min(k, len(kept)))[1]
+    return nearest_in_chunks(unit_rows(features, cold), features, kept, kept, min(k, len(kept)))[1]
 
 
 def calibration_gap(current_sorted: torch.Tensor,
