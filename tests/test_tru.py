@@ -308,6 +308,34 @@ def test_retained_item_rows_false_moves_the_owners_rows_and_no_used_item_row(mgc
     assert moved[fu].any() and not np.delete(moved, fu).any()
 
 
+def test_cold_only_users_hand_case():
+    """U_cold = users of D_f all of whose deleted pairs are on items no retained pair uses: user 0
+    has one cold and one warm pair (moves), 1 and 2 only cold ones (frozen), 3 a warm one, 4 none."""
+    in_use = np.array([True] * 5 + [False, True, False, True])  # items 5, 7 cold; 6, 8 warm
+    mask = isolation.cold_only_users(np.array([0, 0, 1, 2, 3]), np.array([5, 6, 5, 7, 8]), in_use, 5)
+    assert mask.tolist() == [False, True, True, False, False]
+
+
+def test_cold_item_user_rows_false_moves_an_items_deletion_through_item_rows_alone(mgcn_trained, tiny_data):
+    """``isolation.cold_item_user_rows: false`` on an items deletion (every deleted item cold):
+    no user row moves, bit for bit, while the deleted items' rows do; with the generic default
+    the same update moves deleted pairs' users' rows, so the check is not vacuous."""
+    model, _ = mgcn_trained
+    forget = forget_set(tiny_data, "items", 0.05, seed=0)
+    deletion = build_deletion(tiny_data, build_rec_graph(tiny_data), forget)
+    items = np.unique(deletion.forget.train_items)
+    used = np.bincount(np.asarray(deletion.data_after.train_pairs[1]), minlength=model.item_emb.shape[0]) > 0
+    assert len(items) and not used[items].any()  # an items deletion: every deleted item is cold
+    iso = {"enabled": True, "shared_layers": False, "budget": 1.0, "row_hops": 1}
+    before = model.state_dict()
+    frozen = get_method("tru").unlearn(model, deletion, _mgcn_cfg(
+        isolation={**iso, "cold_item_user_rows": False})).model.state_dict()
+    free = get_method("tru").unlearn(model, deletion, _mgcn_cfg(isolation=iso)).model.state_dict()
+    assert torch.equal(frozen["user_emb"], before["user_emb"])
+    assert not torch.equal(free["user_emb"], before["user_emb"])
+    assert not torch.equal(frozen["item_emb"][items], before["item_emb"][items])
+
+
 def test_group_sums_counts_replicated_once():
     per = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
     out = group_sums({"x": [0, 2], "y": [1], "z": []}, per, torch.tensor([True, False, False]))

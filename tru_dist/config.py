@@ -251,6 +251,10 @@ class IsolationConfig(_Strict):
     #: only items left with no retained pair move (an item row serves every user who ranks the
     #: item, a user row one list), so an interactions deletion runs through its users' rows
     retained_item_rows: bool = True
+    #: whether a deleted pair's user row may move when the pair's item is cold (no retained train
+    #: pair uses it). False: such a pair moves through its item's row alone (a row no retained
+    #: list reads), so a user whose deleted pairs are all on cold items keeps its row and list
+    cold_item_user_rows: bool = True
     #: > 0: adaptive budget — the groups (in decreasing Fisher ratio) that hold this share of
     #: the forget Fisher mass (``isolation.decide_isolation_by_mass``); 0: the fixed budget ρ
     mass: Unit = 0.0

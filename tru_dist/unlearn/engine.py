@@ -369,6 +369,9 @@ class _Loop:
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
         if not iso.retained_item_rows:
             item_mask = item_mask & ~self.items_in_use  # items no retained pair uses (.tru.isolation)
+        if not iso.cold_item_user_rows:  # users whose deleted pairs are all on cold items (.tru.isolation)
+            user_mask = user_mask & ~iso_fn.cold_only_users(self.fu, self.fi, self.items_in_use,
+                                                             self.data.n_users)
         for p, kind in self.model.row_tables().values():
             rows = user_mask[self.lo : self.lo + self.n_local] if kind == "user" else item_mask
             mask = torch.from_numpy(rows.copy()).to(p.device)
@@ -381,6 +384,7 @@ class _Loop:
             "param_share": share,
             "row_hops": iso.row_hops,
             "retained_item_rows": iso.retained_item_rows,
+            "cold_item_user_rows": iso.cold_item_user_rows,
             "rows_users": int(user_mask.sum()),
             "rows_items": int(item_mask.sum()),
             "n_users": self.data.n_users,
