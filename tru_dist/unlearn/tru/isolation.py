@@ -37,17 +37,17 @@ top-20 Jaccard with Retrain 0.771 → 0.769 (a tie); on sparse synthetic data wi
 0.840, where moving the items' rows had left it below. On MIG-GT it is not used: its fixed
 budget there may select ``item_emb`` alone, and then nothing would move.
 
-*Cold items' users* (``isolation.cold_item_user_rows: false``, MIG-GT's default): a deleted pair
-whose item is cold moves through the item's row alone, so the users all of whose deleted pairs
-are on cold items keep their rows (:func:`cold_only_users`):
+*Cold items' users* (``isolation.cold_item_user_rows: false``, an option): a deleted pair whose
+item is cold moves through the item's row alone, so the users all of whose deleted pairs are on
+cold items keep their rows (:func:`cold_only_users`):
 
     U_move = U_h − {u ∈ users(D_f) : ∀ (u, i) ∈ D_f, deg_{D_r}(i) = 0}.
 
-It is what lets MIG-GT take the adaptive budget (``mass``) on every regime: on an items deletion
-that budget may add ``user_emb`` to ``item_emb`` (items 1%, tuning seed 102: retrain_distance
-0.390 → 0.440, recall 0.963 → 0.913 × Retrain's), and with this rule those user rows stay where
-they were, the update the fixed budget ρ ran (item_emb alone). Measurements: the README (Unlearn,
-item 3).
+It makes the adaptive budget (``mass``) safe on items deletions, where that budget may add
+``user_emb`` to ``item_emb`` (MIG-GT items 1%, tuning seed 102: retrain_distance 0.390 → 0.440,
+recall 0.963 → 0.913 × Retrain's; with the rule, the fixed budget's update on all six seeds).
+MIG-GT with both was closer to Retrain on Scientific's interactions tuning seeds but farther on
+dense synthetic data, so neither is its default (measurements: the README, Unlearn item 3).
 """
 
 from __future__ import annotations
