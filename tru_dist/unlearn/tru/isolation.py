@@ -159,7 +159,6 @@ def hop_masks(
     return user_mask, item_mask
 
 
-
 def cold_only_users(forget_users: np.ndarray, forget_items: np.ndarray, items_in_use: np.ndarray,
                     n_users: int) -> np.ndarray:
     """Mask of the users of D_f all of whose deleted pairs are on cold items (``items_in_use``
