@@ -130,6 +130,30 @@ def test_reporting_seeds_must_be_held_out_from_tuning(tmp_path, tiny_data):
     assert got["tru-no-gate"][0].unlearn.lr == 0.02 and got["retrain"][1] is None
     # tru-default is TRU with the built-in defaults beside the tuned TRU: no file, no tuning cost
     assert got["tru-default"][0].unlearn.lr == cfg.unlearn.lr != 0.02 and got["tru-default"][1] is None
+    # the file sets lr only: every other key TRU reads comes from the base config, and says so
+    inherited = got["tru-no-gate"][1]["inherited"]
+    assert "unlearn.lr" not in inherited and inherited["unlearn.epochs"] == cfg.unlearn.epochs
+    assert inherited["unlearn.gate.plateau"] == cfg.unlearn.gate.plateau
+    assert inherited["unlearn.isolation.mass"] == cfg.unlearn.isolation.mass
+
+
+def test_inherited_keys_hand_case():
+    """A tuned file's unset keys, read against a hand-made base tree: blocks expand to leaves,
+    set leaves (nested or not) drop out, methods with nothing to tune inherit nothing."""
+    from tru_dist.unlearn.tuned import inherited_keys
+
+    base = {"unlearn": {"epochs": 5, "lr": 0.1, "batch_size": 64, "lambda_f": 1.0, "lambda_r": 2.0,
+                        "gate": {"lr": 0.1, "plateau": 3}, "scaling": {"gamma": 1.0},
+                        "isolation": {"mass": 0.9, "budget": 0.5}}, "train": {"lr": 9.0}}
+    overrides = {"unlearn": {"epochs": 7, "lr": 0.2, "batch_size": 64, "lambda_f": 3.0, "lambda_r": 1.0,
+                             "gate": {"lr": 0.05}, "isolation": {"budget": 0.4}}}
+    assert inherited_keys("tru", overrides, base) == {
+        "unlearn.gate.plateau": 3, "unlearn.scaling.gamma": 1.0, "unlearn.isolation.mass": 0.9}
+    assert inherited_keys("tru-no-gate", overrides, base) == inherited_keys("tru", overrides, base)
+    # grad_ascent reads no TRU block and no lambda_r (it has no retain term)
+    assert inherited_keys("grad_ascent", {"unlearn": {"epochs": 1, "lr": 0.1}}, base) == {
+        "unlearn.batch_size": 64, "unlearn.lambda_f": 1.0}
+    assert inherited_keys("noop", {}, base) == {} and inherited_keys("tru-default", {}, base) == {}
 
 
 def test_aggregate_mean_and_std_over_seeds():
@@ -174,9 +198,11 @@ def test_shipped_tuned_configurations_are_held_out_and_load():
                 assert all(is_tuning_seed(s) for s in tuning["seeds"]) and tuning["seconds"] > 0
                 assert tuning["model"] == model
                 cfg = build_config(model=model, overrides=["data.path=synthetic:tiny"])
-                merged = method_configs(cfg, CompareSpec(regime=regime, methods=[method], seeds=[0],
-                                                         tuned=str(folder)))[method][0]
+                spec = CompareSpec(regime=regime, methods=[method], seeds=[0], tuned=str(folder))
+                merged, provenance = method_configs(cfg, spec)[method]
                 assert merged.unlearn.lr == overrides["unlearn"]["lr"]
+                # every key the method reads is pinned: a packaged default's change cannot move it
+                assert provenance["inherited"] == {}, (folder.name, method, regime)
 
 
 def test_users_held_out_for_any_membership_audit_or_on_request():

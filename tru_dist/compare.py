@@ -91,7 +91,7 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
     100 and disjoint from every file's tuning seeds."""
     from tru_dist.data.regimes import is_tuning_seed
     from tru_dist.unlearn.base import get_method
-    from tru_dist.unlearn.tuned import find_tuned, read_tuned
+    from tru_dist.unlearn.tuned import find_tuned, inherited_keys, read_tuned
 
     seeds = spec.seed_list
     bad = [s for s in seeds if is_tuning_seed(s)]
@@ -110,8 +110,13 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
         if overlap:
             raise ConfigError(f"{path} was tuned on seeds {overlap}, which are reporting seeds here; a "
                               "method must not be judged on the forget sets it was tuned on")
-        merged = Config.from_dict(deep_merge(cfg.to_dict(), overrides))
-        out[canonical] = (merged, {**tuning, "file": str(path)})
+        base = cfg.to_dict()
+        merged = Config.from_dict(deep_merge(base, overrides))
+        inherited = inherited_keys(canonical, overrides, base)
+        if inherited:
+            _log(f"{path} does not set {', '.join(inherited)}: {canonical} takes them from the base config "
+                 "(recorded as tuning.inherited); pin them in the file to keep its tuned run fixed")
+        out[canonical] = (merged, {**tuning, "file": str(path), "inherited": inherited})
     return out
 
 

@@ -11,6 +11,13 @@ this method and regime: originals, Retrain references and trials) and is reporte
 method's ``tuning_seconds``. TRU's ablations (``tru-no-gate`` ...) use TRU's file with one
 component off — the ablation measures the component, not a different tuning. ``retrain``,
 ``noop`` and ``sisa`` have nothing to tune and use the base config.
+
+A file pins the keys the method reads (:func:`~tru_dist.unlearn.specs.method_keys`, blocks
+expanded to their leaves) as the sweep ran them. A key added to tru-dist after the sweep is
+not in the file, and takes whatever the base config (the model's packaged defaults) gives —
+so a later change of a packaged default would silently change the "tuned" method too.
+:func:`inherited_keys` names such keys; ``compare`` records them in the method's provenance
+(``tuning.inherited``) and says so in its log. The shipped files pin every key.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 import yaml
 
 from tru_dist.errors import ConfigError
+from tru_dist.unlearn.specs import method_keys
 
 #: the methods a tuned file may name (the approximate methods with hyperparameters)
 TUNABLE = ("reverse_bpr", "grad_ascent", "finetune", "tru")
@@ -77,3 +85,36 @@ def read_tuned(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"{path} has no complete 'tuning: {{sweep, seeds, trials, seconds}}' block; "
                           "a tuned configuration must say where it came from")
     return doc, tuning
+
+
+def _leaves(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """{dotted key: value} of every leaf under ``tree`` (named ``prefix``)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}"
+        out.update(_leaves(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def _node(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def inherited_keys(method: str, overrides: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """{dotted key: the base's value} of every key ``method`` reads that the tuned file's
+    ``overrides`` do not set — what the run takes from ``base`` (the resolved config tree the
+    file is layered over) rather than from the sweep. Empty for a method with nothing to tune."""
+    source = tuned_source(method)
+    if source is None:
+        return {}
+    want: dict[str, Any] = {}
+    for key in method_keys(source):
+        value = _node(base, key)
+        want.update(_leaves(value, key) if isinstance(value, dict) else {key: value})
+    have = _leaves(overrides, "")
+    have = {k[1:]: v for k, v in have.items()}  # drop the leading "."
+    return {k: v for k, v in want.items() if k not in have}
