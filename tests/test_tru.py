@@ -336,6 +336,42 @@ def test_cold_item_user_rows_false_moves_an_items_deletion_through_item_rows_alo
     assert not torch.equal(frozen["item_emb"][items], before["item_emb"][items])
 
 
+def test_movable_groups_hand_case():
+    kinds, free = {"user_emb": "user", "item_emb": "item"}, {"user": 0, "item": 3}
+    assert isolation.movable_groups(["user_emb", "encoder_text"], kinds, free) == ["encoder_text"]
+    assert isolation.movable_groups(["user_emb", "item_emb"], kinds, free) == ["item_emb"]
+    assert isolation.movable_groups(["user_emb"], kinds, free) == []
+    assert isolation.movable_groups([], kinds, {"user": 5, "item": 3}) == []
+
+
+@pytest.mark.parametrize("gate_on", [False, True])
+def test_isolation_that_leaves_nothing_to_move_stops_at_the_start_and_says_so(mgcn_trained, tiny_data,
+                                                                              monkeypatch, caplog, gate_on):
+    """An items deletion whose budget chose ``user_emb`` alone, with ``cold_item_user_rows: false``
+    (every deleted pair's user is frozen): no step can move a parameter. The update stops before
+    its first step, warns, and returns the start model bit for bit; with the user rows free the
+    same forced choice does move the model, so the check is not vacuous."""
+    model, _ = mgcn_trained
+    forget = forget_set(tiny_data, "items", 0.05, seed=0)
+    deletion = build_deletion(tiny_data, build_rec_graph(tiny_data), forget)
+    forced = lambda *a, **k: (["user_emb"], 0.5)  # noqa: E731
+    monkeypatch.setattr(isolation, "decide_isolation", forced)
+    monkeypatch.setattr(isolation, "decide_isolation_by_mass", forced)
+    iso = {"enabled": True, "shared_layers": False, "budget": 0.5, "row_hops": 1}
+    gate_cfg = {"enabled": gate_on}
+    before = model.state_dict()
+    with caplog.at_level("WARNING", logger="tru_dist.unlearn"):
+        stuck = get_method("tru").unlearn(model, deletion, _mgcn_cfg(
+            gate=gate_cfg, isolation={**iso, "cold_item_user_rows": False}))
+    assert stuck.stats["isolation"]["movable_groups"] == [] and stuck.stats["steps"] == 0
+    assert stuck.stats["stop_reason"] == "isolation left nothing to move"
+    assert "left nothing to move" in caplog.text
+    assert all(torch.equal(v, before[k]) for k, v in stuck.model.state_dict().items())
+    free = get_method("tru").unlearn(model, deletion, _mgcn_cfg(gate=gate_cfg, isolation=iso))
+    assert free.stats["isolation"]["movable_groups"] == ["user_emb"] and free.stats["steps"] > 0
+    assert not torch.equal(free.model.state_dict()["user_emb"], before["user_emb"])
+
+
 def test_group_sums_counts_replicated_once():
     per = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
     out = group_sums({"x": [0, 2], "y": [1], "z": []}, per, torch.tensor([True, False, False]))

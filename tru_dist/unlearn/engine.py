@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,6 +78,8 @@ from tru_dist.unlearn.tru import gate as gate_fn
 from tru_dist.unlearn.tru import isolation as iso_fn
 from tru_dist.unlearn.tru import scaling as scale_fn
 from tru_dist.unlearn.tru.reduce import group_sums
+
+_LOG = logging.getLogger("tru_dist.unlearn")
 
 ForgetTerm = Literal["reverse", "ascent", "none"]
 
@@ -390,6 +393,15 @@ class _Loop:
             "n_users": self.data.n_users,
             "n_items": self.data.n_items,
         }
+        kinds = {name: kind for name, (_p, kind) in self.model.row_tables().items()}
+        free = {"user": int(user_mask.sum()), "item": int(item_mask.sum())}
+        movable = iso_fn.movable_groups(chosen, kinds, free)
+        self.stats["isolation"]["movable_groups"] = movable
+        if not movable and collectives.rank() == 0:
+            _LOG.warning("TRU isolation left nothing to move (chosen groups %s have no free rows: users %d, "
+                         "items %d): the update stops at the deletion step's model; raise isolation.budget "
+                         "or isolation.mass, or set isolation.cold_item_user_rows / retained_item_rows true",
+                         ", ".join(chosen) or "none", int(user_mask.sum()), int(item_mask.sum()))
 
     # -- gate pass ---------------------------------------------------------------------------
     def setup_reference(self) -> None:
@@ -912,6 +924,9 @@ class _Loop:
                 break
             if epoch == 0 and spec.isolation is not None and spec.gate is not None:
                 self.isolation_pass(b)  # after the first gate pass: nothing to isolate if already converged
+            if self.stats.get("isolation", {}).get("movable_groups") == []:
+                self.stats["stop_reason"] = "isolation left nothing to move"
+                break  # no step could change a parameter: the result is the start model
             before = dict(self.stats.get("scaling", {}).get("alpha_sum", {}))
             before_steps = self.stats.get("scaling", {}).get("steps", 0)
             for f_batch in forget_batches(self.fu, self.fi, b, rng, negs, self.graph.book, self.graph.rank):

@@ -174,3 +174,11 @@ def cold_only_users(forget_users: np.ndarray, forget_items: np.ndarray, items_in
     mask[fu] = True
     mask[fu[warm]] = False
     return mask
+
+
+def movable_groups(chosen: list[str], row_kinds: dict[str, str], free_rows: dict[str, int]) -> list[str]:
+    """The chosen groups an update can still move: a dense group always, a row table
+    (``row_kinds[name]`` = ``"user"`` / ``"item"``) only when some of its rows are free
+    (``free_rows[kind]`` > 0). Empty means the update cannot change the model — e.g. an items
+    deletion whose budget chose ``user_emb`` alone with ``cold_item_user_rows: false``."""
+    return [n for n in chosen if n not in row_kinds or free_rows.get(row_kinds[n], 0) > 0]
