@@ -375,3 +375,35 @@ def test_miggt_items_deletion_content_neighbours_at_w2_equal_w1(tmp_path):
     assert gaps[2] == pytest.approx(gaps[1])
     for key in ("test", "forget"):
         _check_values(f"miggt.items.{key}", out[2][key], out[1][key])
+
+
+def test_miggt_items_deletion_with_cold_items_users_frozen_at_w2_equals_w1(tmp_path):
+    """``isolation.cold_item_user_rows: false`` reads a global mask (the items retained pairs
+    still use) sliced to each rank's users: on an items deletion every deleted pair's user is
+    frozen at W = 2 as at W = 1 (no user row free, the item rows alone move), with the same gate
+    trajectory and metrics (a rank that judged coldness from its own pairs alone would free
+    users the other rank freezes)."""
+    from tru_dist.data.regimes import select_forget
+    from tru_dist.data.requests import write_requests
+    from tru_dist.data.source import open_data
+    from tru_dist.distributed import commands
+
+    cfg = build_config(model="miggt", data="synthetic:tiny", overrides=[
+        "train.epochs=3", "model.dim=16", "model.feat_hidden=32", "dist.address=none", "dist.workers=1"])
+    run = tmp_path / "run"
+    commands.train(cfg, run)
+    requests = tmp_path / "req.csv"
+    write_requests(select_forget(open_data("synthetic:tiny"), "items", 0.05, 0, "random"), requests)
+    rule = ["unlearn.isolation.budget=1.0", "unlearn.isolation.cold_item_user_rows=false"]
+    out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
+                               overrides=[f"dist.workers={w}", "dist.address=none", *rule]) for w in (1, 2)}
+    d1, d2 = out[1]["decisions"], out[2]["decisions"]
+    assert out[2]["world_size"] == 2 and d1["steps"] > 0
+    for d in (d1, d2):
+        assert set(d["isolation"]["selected_groups"]) == {"user_emb", "item_emb"}
+        assert d["isolation"]["rows_users"] == 0 and d["isolation"]["rows_items"] > 0
+        assert d["isolation"]["movable_groups"] == ["item_emb"]
+    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
+    assert gaps[2] == pytest.approx(gaps[1])
+    for key in ("test", "forget"):
+        _check_values(f"miggt.cold_users.{key}", out[2][key], out[1][key])
