@@ -202,6 +202,10 @@ class GateConfig(_Strict):
     #: RMS 0.36 on Scientific and 0.07–0.16 on synthetic data, where lr 0.1 moved each entry by
     #: more than its typical size. 0 = off (``lr`` as given)
     lr_rms: NonNegFloat = 0.0
+    #: calibrated target: until the line search first halves the step, every gate pass that
+    #: improves multiplies the step size by ``grow`` (Adam's moments kept); 1 = off. A small
+    #: first step then finds its own scale instead of creeping to the epoch cap
+    grow: Annotated[float, Field(ge=1), Valid("a finite number >= 1 (1 = off)")] = 1.0
     max_epochs: PosInt = 30
     weight: NonNegFloat = 10.0
     #: held-out (valid) pairs sampled for the calibrated reference (all when fewer)

@@ -655,6 +655,10 @@ class _Loop:
                 self.best["stopped"] = True  # at the best state: nothing to put back
                 self.stats["plateau_stop"] = last["epoch"]
                 return True
+            if halvings == 0 and self.spec.gate.grow > 1.0 and last["epoch"] > 0:
+                self.lr *= self.spec.gate.grow  # still descending: a larger step, same moments
+                self.optimizer.lr = self.lr
+                self.stats["grown_lr"] = self.lr
             return False
         self.best["stalls"] = self.best.get("stalls", 0) + 1
         self.best["stopped"] = self.best["stalls"] > self.spec.gate.patience
