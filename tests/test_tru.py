@@ -372,49 +372,6 @@ def test_isolation_that_leaves_nothing_to_move_stops_at_the_start_and_says_so(mg
     assert not torch.equal(free.model.state_dict()["user_emb"], before["user_emb"])
 
 
-def test_gate_lr_rms_sets_the_step_from_the_live_entries_scale(mgcn_trained):
-    """``gate.lr_rms``: the initial step is lr_rms × the RMS of the entries the update may move —
-    checked against a float64 RMS of the start model's free rows (the deleted pairs' own users
-    and items, ``row_hops: 1``) in the groups isolation chose; off (0) it leaves ``gate.lr``."""
-    model, deletion = mgcn_trained
-    iso = {"enabled": True, "shared_layers": False, "budget": 1.0, "row_hops": 1}
-    scaled = get_method("tru").unlearn(model, deletion, _mgcn_cfg(
-        gate={"enabled": True, "lr_rms": 0.5}, isolation=iso))
-    plain = get_method("tru").unlearn(model, deletion, _mgcn_cfg(gate={"enabled": True}, isolation=iso))
-    chosen = scaled.stats["isolation"]["selected_groups"]
-    assert "user_emb" in chosen and "gate_step" not in plain.stats
-    users = np.unique(deletion.forget.train_users)
-    items = np.unique(deletion.forget.train_items)
-    rows = {"user_emb": users, "item_emb": items}
-    parts = []
-    for name in chosen:
-        for p in model.layer_groups()[name]:
-            x = p.detach().double()
-            parts.append((x[torch.from_numpy(rows[name])] if name in rows else x).reshape(-1))
-    want = float(torch.cat(parts).pow(2).mean().sqrt())
-    step = scaled.stats["gate_step"]
-    assert step["live_rms"] == pytest.approx(want, rel=1e-9)
-    assert step["lr"] == pytest.approx(0.5 * want, rel=1e-12) and step["lr"] != 0.04
-    assert not torch.equal(scaled.model.user_emb, plain.model.user_emb)
-
-
-def test_gate_grow_doubles_the_step_on_each_improving_pass_until_the_first_halving(mgcn_trained):
-    """``gate.grow: 2``: each improving gate pass before any halving doubles the step (the last
-    grown step is lr·2^k, k ≥ 1), and the first halving halves exactly that step — growth stops
-    there; off (1) the update is another one."""
-    model, deletion = mgcn_trained
-    iso = {"enabled": True, "shared_layers": False, "budget": 1.0, "row_hops": 1}
-    grown = get_method("tru").unlearn(model, deletion, _mgcn_cfg(gate={"enabled": True, "grow": 2.0},
-                                                                 isolation=iso))
-    plain = get_method("tru").unlearn(model, deletion, _mgcn_cfg(gate={"enabled": True}, isolation=iso))
-    lr = grown.stats["grown_lr"]
-    k = round(np.log2(lr / 0.04))
-    assert k >= 1 and lr == pytest.approx(0.04 * 2**k, rel=1e-12)
-    assert grown.stats["backtracks"][0]["lr"] == pytest.approx(lr / 2, rel=1e-12)  # here: 0.64 -> 0.32
-    assert "grown_lr" not in plain.stats
-    assert not torch.equal(grown.model.user_emb, plain.model.user_emb)
-
-
 def test_group_sums_counts_replicated_once():
     per = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
     out = group_sums({"x": [0, 2], "y": [1], "z": []}, per, torch.tensor([True, False, False]))

@@ -195,17 +195,6 @@ class GateConfig(_Strict):
     #: the top-K gate's and the other methods'): initial Adam step size (halved on overshoot),
     #: most epochs, and the weight of its forget term (times unlearn.lambda_f)
     lr: PosFloat = 0.04
-    #: calibrated target: when > 0 the initial step size is ``lr_rms`` × the RMS of the entries
-    #: the update may move (measured at the start, after isolation) and ``lr`` is not read. Adam's
-    #: first step moves every live entry by ≈ its step size whatever the gradient's magnitude, so
-    #: an absolute step means a different relative move on every model: MIG-GT's ID rows have
-    #: RMS 0.36 on Scientific and 0.07–0.16 on synthetic data, where lr 0.1 moved each entry by
-    #: more than its typical size. 0 = off (``lr`` as given)
-    lr_rms: NonNegFloat = 0.0
-    #: calibrated target: until the line search first halves the step, every gate pass that
-    #: improves multiplies the step size by ``grow`` (Adam's moments kept); 1 = off. A small
-    #: first step then finds its own scale instead of creeping to the epoch cap
-    grow: Annotated[float, Field(ge=1), Valid("a finite number >= 1 (1 = off)")] = 1.0
     max_epochs: PosInt = 30
     weight: NonNegFloat = 10.0
     #: held-out (valid) pairs sampled for the calibrated reference (all when fewer)

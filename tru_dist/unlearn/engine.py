@@ -655,10 +655,6 @@ class _Loop:
                 self.best["stopped"] = True  # at the best state: nothing to put back
                 self.stats["plateau_stop"] = last["epoch"]
                 return True
-            if halvings == 0 and self.spec.gate.grow > 1.0 and last["epoch"] > 0:
-                self.lr *= self.spec.gate.grow  # still descending: a larger step, same moments
-                self.optimizer.lr = self.lr
-                self.stats["grown_lr"] = self.lr
             return False
         self.best["stalls"] = self.best.get("stalls", 0) + 1
         self.best["stopped"] = self.best["stalls"] > self.spec.gate.patience
@@ -668,31 +664,6 @@ class _Loop:
             self.optimizer = PlainAdam(self.params, lr=self.lr)
             self.stats.setdefault("backtracks", []).append({"epoch": last["epoch"], "lr": self.lr})
         return self.best["stopped"]
-
-    @torch.no_grad()
-    def live_rms(self) -> float:
-        """RMS of the entries the update may move: every parameter of a live group, only the free
-        rows of a row table with frozen rows; user rows summed over shards, replicated tables
-        counted once (:func:`.tru.reduce.group_sums`)."""
-        per = torch.zeros(len(self.params), 2, dtype=torch.float64)
-        for k in self.live():
-            rows = self.frozen_rows.get(id(self.params[k]))
-            p = self.params[k].detach()
-            if rows is not None:
-                p = p[rows.to(p.device)]
-            per[k, 0] = float(p.double().pow(2).sum())
-            per[k, 1] = float(p.numel())
-        total, count = group_sums({"live": self.live()}, per, self.sharded)["live"]
-        return (total / count) ** 0.5 if count > 0 else 0.0
-
-    def scale_free_step(self) -> None:
-        """``gate.lr_rms``: the initial step size η = lr_rms · RMS(live entries), set before the
-        first step (the halvings of :meth:`stalled` then act on it)."""
-        rms = self.live_rms()
-        if rms > 0:
-            self.lr = self.spec.gate.lr_rms * rms
-            self.optimizer = PlainAdam(self.params, lr=self.lr)
-        self.stats["gate_step"] = {"live_rms": rms, "lr": self.lr}
 
     @torch.no_grad()
     def _put_back_best(self) -> None:
@@ -953,8 +924,6 @@ class _Loop:
                 break
             if epoch == 0 and spec.isolation is not None and spec.gate is not None:
                 self.isolation_pass(b)  # after the first gate pass: nothing to isolate if already converged
-            if epoch == 0 and calibrated and spec.gate.lr_rms > 0:
-                self.scale_free_step()
             if self.stats.get("isolation", {}).get("movable_groups") == []:
                 self.stats["stop_reason"] = "isolation left nothing to move"
                 break  # no step could change a parameter: the result is the start model
