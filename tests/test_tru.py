@@ -372,6 +372,52 @@ def test_isolation_that_leaves_nothing_to_move_stops_at_the_start_and_says_so(mg
     assert not torch.equal(free.model.state_dict()["user_emb"], before["user_emb"])
 
 
+def test_untrained_items_reference_targets_the_start_models_ranks_of_never_trained_items(tiny_data):
+    """``gate.untrained_items_min``: with 15 items made never-trained (their train pairs relabelled
+    test), an items deletion's cold pairs are matched to the start model's ranks of those items
+    for the cold pairs' users: the first gate pass's mean target percentile equals the mean of
+    that distribution, computed here with NumPy from the model's scores; below the threshold the
+    reference is the packaged one and the statistic is absent."""
+    from dataclasses import replace
+
+    from tru_dist.data.dataset import TEST, TRAIN
+
+    labels = tiny_data.labels.copy()
+    train = labels == TRAIN
+    trained = np.flatnonzero(np.bincount(tiny_data.items[train], minlength=tiny_data.n_items) > 0)
+    labels[train & np.isin(tiny_data.items, trained[:15])] = TEST
+    data = replace(tiny_data, labels=labels)
+    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "untrained_items_min": 10}})
+    graph = build_rec_graph(data, with_knn=False)
+    model = build_model(cfg.model, graph, seed=0)
+    train_model(model, graph, data, cfg)
+    deletion = build_deletion(data, graph, forget_set(data, "items", 0.05, seed=0))
+    after = deletion.data_after
+    kept = np.bincount(after.train_pairs[1], minlength=data.n_items) > 0
+    fu, fi = deletion.forget.train_users, deletion.forget.train_items
+    assert len(fi) and not kept[fi].any()  # every deleted pair is cold
+    untrained = np.setdiff1d(np.flatnonzero(~kept), fi)
+    assert len(untrained) >= 15
+    res = get_method("tru").unlearn(model, deletion, cfg)
+    assert res.stats["gate_reference"]["untrained_items"] == len(untrained)
+    # the reference, independently: percentile = items scored higher / candidates (train history masked)
+    model.eval()
+    with torch.no_grad():
+        emb = model.embed(deletion.graph_after)
+        scores = (emb.user @ emb.item.T).double().numpy()
+    history = np.zeros(scores.shape, dtype=bool)
+    history[after.train_pairs[0], after.train_pairs[1]] = True
+    users = np.unique(fu)
+    sub = np.where(history[users], -np.inf, scores[users])
+    pct = (sub[:, :, None] > sub[:, None, untrained]).sum(1) / (~history[users]).sum(1, keepdims=True)
+    first = res.stats["gate"][0]
+    assert first["mean_target_pct"] == pytest.approx(float(pct.mean()), abs=0.005)  # 0.5838 vs 0.5847
+    off = get_method("tru").unlearn(model, deletion, _cfg(**{**OFF, "gate": {"enabled": True,
+                                                                             "untrained_items_min": 100}}))
+    assert "untrained_items" not in off.stats["gate_reference"]
+    assert abs(off.stats["gate"][0]["mean_target_pct"] - first["mean_target_pct"]) > 0.05  # zeroed: 0.416
+
+
 def test_group_sums_counts_replicated_once():
     per = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
     out = group_sums({"x": [0, 2], "y": [1], "z": []}, per, torch.tensor([True, False, False]))

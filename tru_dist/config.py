@@ -212,6 +212,12 @@ class GateConfig(_Strict):
     #: uniform on data without item features and for ID-only backbones)
     cold_reference: Literal["zeroed", "uniform", "neighbours"] = "zeroed"
     cold_neighbours: PosInt = 5
+    #: when > 0 and the training data hold at least this many items no train pair ever used
+    #: (deleted items aside), the cold pairs' targets are quantile-matched to the ranks the start
+    #: model gives those items (for the cold pairs' users) instead of ``cold_reference``: the
+    #: model's own picture of an item it only ever saw as a negative, which is what Retrain
+    #: makes of a deleted item. 0 = off
+    untrained_items_min: NonNegInt = 0
     #: calibrated target: a gate pass without a smaller calibration gap puts the best
     #: parameters back and halves the step size; after this many halvings in a row, stop
     patience: NonNegInt = 2
