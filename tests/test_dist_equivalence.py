@@ -407,3 +407,41 @@ def test_miggt_items_deletion_with_cold_items_users_frozen_at_w2_equals_w1(tmp_p
     assert gaps[2] == pytest.approx(gaps[1])
     for key in ("test", "forget"):
         _check_values(f"miggt.cold_users.{key}", out[2][key], out[1][key])
+
+
+def test_never_trained_items_reference_at_w2_equals_w1(tmp_path, tiny_data):
+    """``gate.untrained_items_min``: the (user, never-trained item) sample is drawn globally and
+    each rank ranks the pairs of its own users, gathered: on an items deletion over a catalogue
+    with 15 never-trained items the reference, the gate trajectory and the metrics at W = 2 are
+    W = 1's (a rank that sampled on its own would match other targets)."""
+    from dataclasses import replace
+
+    from tru_dist.data.dataset import TEST, TRAIN
+    from tru_dist.data.mmrec import write_mmrec
+    from tru_dist.data.regimes import select_forget
+    from tru_dist.data.requests import write_requests
+    from tru_dist.data.source import open_data
+    from tru_dist.distributed import commands
+
+    labels = tiny_data.labels.copy()
+    train = labels == TRAIN
+    trained = np.flatnonzero(np.bincount(tiny_data.items[train], minlength=tiny_data.n_items) > 0)
+    labels[train & np.isin(tiny_data.items, trained[:15])] = TEST
+    folder = tmp_path / "data"
+    write_mmrec(replace(tiny_data, labels=labels), folder, name="cold")
+    cfg = build_config(model="mgcn", data=str(folder), overrides=[
+        "train.epochs=3", "model.dim=16", "dist.address=none", "dist.workers=1"])
+    run = tmp_path / "run"
+    commands.train(cfg, run)
+    requests = tmp_path / "req.csv"
+    write_requests(select_forget(open_data(str(folder)), "items", 0.05, 0, "random"), requests)
+    out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
+                               overrides=[f"dist.workers={w}", "dist.address=none",
+                                          "unlearn.gate.untrained_items_min=10"]) for w in (1, 2)}
+    d1, d2 = out[1]["decisions"], out[2]["decisions"]
+    assert out[2]["world_size"] == 2 and d1["steps"] > 0
+    assert d1["gate_reference"]["untrained_items"] == d2["gate_reference"]["untrained_items"] >= 15
+    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
+    assert gaps[2] == pytest.approx(gaps[1])
+    for key in ("test", "forget"):
+        _check_values(f"mgcn.untrained.{key}", out[2][key], out[1][key])
