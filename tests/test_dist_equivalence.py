@@ -321,31 +321,44 @@ def test_a_one_user_deletion_held_by_one_rank_unlearns_at_w2_as_at_w1(tiny_data)
     _check_state("one_user_reverse_bpr", single, ranks, "state")
 
 
-def test_miggt_tru_at_w2_equals_w1_with_its_encoders_frozen(tmp_path):
-    """MIG-GT's TRU default moves only ID rows, so its frozen encoders' views are computed once
-    per update (``Backbone.constant_branches``) — an all-gather inside the reused computation at
-    W = 2. Every rank must hit and miss alike: the same gate trajectory, decisions and metrics
-    at W = 1 and W = 2 (a rank that skipped the gather alone would hang or diverge)."""
+def _tru_at_w1_and_w2(tmp_path, model: str, data: str, regime: str, overrides: list[str],
+                      model_overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """Train ``model`` on ``data`` (3 epochs, dim 16), unlearn a seeded 5% ``regime`` request with
+    TRU at W = 1 and W = 2 under ``overrides``; check both ran the same gate trajectory and
+    metrics (:func:`_check_values`); return the two runs' decisions."""
     from tru_dist.data.regimes import select_forget
     from tru_dist.data.requests import write_requests
     from tru_dist.data.source import open_data
     from tru_dist.distributed import commands
 
-    cfg = build_config(model="miggt", data="synthetic:tiny", overrides=[
-        "train.epochs=3", "model.dim=16", "model.feat_hidden=32", "dist.address=none", "dist.workers=1"])
+    cfg = build_config(model=model, data=data, overrides=[
+        "train.epochs=3", "model.dim=16", *model_overrides, "dist.address=none", "dist.workers=1"])
     run = tmp_path / "run"
     commands.train(cfg, run)
     requests = tmp_path / "req.csv"
-    write_requests(select_forget(open_data("synthetic:tiny"), "interactions", 0.05, 0, "random"), requests)
+    write_requests(select_forget(open_data(data), regime, 0.05, 0, "random"), requests)
     out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
-                               overrides=[f"dist.workers={w}", "dist.address=none"]) for w in (1, 2)}
+                               overrides=[f"dist.workers={w}", "dist.address=none", *overrides])
+           for w in (1, 2)}
     d1, d2 = out[1]["decisions"], out[2]["decisions"]
     assert out[2]["world_size"] == 2 and d1["steps"] > 0
-    assert d1["isolation"]["selected_groups"] == d2["isolation"]["selected_groups"] == ["item_emb"]
     gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
     assert gaps[2] == pytest.approx(gaps[1])
     for key in ("test", "forget"):
-        _check_values(f"miggt.{key}", out[2][key], out[1][key])
+        _check_values(f"{model}.{regime}.{key}", out[2][key], out[1][key])
+    return d1, d2
+
+
+_MIGGT_SMALL = ("model.feat_hidden=32",)
+
+
+def test_miggt_tru_at_w2_equals_w1_with_its_encoders_frozen(tmp_path):
+    """MIG-GT's TRU default moves only ID rows, so its frozen encoders' views are computed once
+    per update (``Backbone.constant_branches``) — an all-gather inside the reused computation at
+    W = 2. Every rank must hit and miss alike: the same gate trajectory, decisions and metrics
+    at W = 1 and W = 2 (a rank that skipped the gather alone would hang or diverge)."""
+    d1, d2 = _tru_at_w1_and_w2(tmp_path, "miggt", "synthetic:tiny", "interactions", [], _MIGGT_SMALL)
+    assert d1["isolation"]["selected_groups"] == d2["isolation"]["selected_groups"] == ["item_emb"]
 
 
 def test_miggt_items_deletion_content_neighbours_at_w2_equal_w1(tmp_path):
@@ -353,28 +366,10 @@ def test_miggt_items_deletion_content_neighbours_at_w2_equal_w1(tmp_path):
     features, which each rank holds a slice of: the cold items' nearest retained items are
     merged over ranks, so an items deletion takes the same gate trajectory and metrics at W = 2
     as at W = 1 (a rank that looked only at its own slice would pick other neighbours)."""
-    from tru_dist.data.regimes import select_forget
-    from tru_dist.data.requests import write_requests
-    from tru_dist.data.source import open_data
-    from tru_dist.distributed import commands
-
-    cfg = build_config(model="miggt", data="synthetic:tiny", overrides=[
-        "train.epochs=3", "model.dim=16", "model.feat_hidden=32", "dist.address=none", "dist.workers=1"])
-    run = tmp_path / "run"
-    commands.train(cfg, run)
-    requests = tmp_path / "req.csv"
-    write_requests(select_forget(open_data("synthetic:tiny"), "items", 0.05, 0, "random"), requests)
-    out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
-                               overrides=[f"dist.workers={w}", "dist.address=none",
-                                          "unlearn.gate.cold_reference=neighbours"]) for w in (1, 2)}
-    d1, d2 = out[1]["decisions"], out[2]["decisions"]
-    assert out[2]["world_size"] == 2 and d1["steps"] > 0
+    d1, d2 = _tru_at_w1_and_w2(tmp_path, "miggt", "synthetic:tiny", "items",
+                               ["unlearn.gate.cold_reference=neighbours"], _MIGGT_SMALL)
     assert d1["gate_reference"]["cold_neighbours"] == d2["gate_reference"]["cold_neighbours"] == 5
     assert d1["gate_reference"]["cold_item_share"] > 0
-    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
-    assert gaps[2] == pytest.approx(gaps[1])
-    for key in ("test", "forget"):
-        _check_values(f"miggt.items.{key}", out[2][key], out[1][key])
 
 
 def test_miggt_items_deletion_with_cold_items_users_frozen_at_w2_equals_w1(tmp_path):
@@ -383,30 +378,11 @@ def test_miggt_items_deletion_with_cold_items_users_frozen_at_w2_equals_w1(tmp_p
     frozen at W = 2 as at W = 1 (no user row free, the item rows alone move), with the same gate
     trajectory and metrics (a rank that judged coldness from its own pairs alone would free
     users the other rank freezes)."""
-    from tru_dist.data.regimes import select_forget
-    from tru_dist.data.requests import write_requests
-    from tru_dist.data.source import open_data
-    from tru_dist.distributed import commands
-
-    cfg = build_config(model="miggt", data="synthetic:tiny", overrides=[
-        "train.epochs=3", "model.dim=16", "model.feat_hidden=32", "dist.address=none", "dist.workers=1"])
-    run = tmp_path / "run"
-    commands.train(cfg, run)
-    requests = tmp_path / "req.csv"
-    write_requests(select_forget(open_data("synthetic:tiny"), "items", 0.05, 0, "random"), requests)
     rule = ["unlearn.isolation.budget=1.0", "unlearn.isolation.cold_item_user_rows=false"]
-    out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
-                               overrides=[f"dist.workers={w}", "dist.address=none", *rule]) for w in (1, 2)}
-    d1, d2 = out[1]["decisions"], out[2]["decisions"]
-    assert out[2]["world_size"] == 2 and d1["steps"] > 0
-    for d in (d1, d2):
+    for d in _tru_at_w1_and_w2(tmp_path, "miggt", "synthetic:tiny", "items", rule, _MIGGT_SMALL):
         assert set(d["isolation"]["selected_groups"]) == {"user_emb", "item_emb"}
         assert d["isolation"]["rows_users"] == 0 and d["isolation"]["rows_items"] > 0
         assert d["isolation"]["movable_groups"] == ["item_emb"]
-    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
-    assert gaps[2] == pytest.approx(gaps[1])
-    for key in ("test", "forget"):
-        _check_values(f"miggt.cold_users.{key}", out[2][key], out[1][key])
 
 
 def test_never_trained_items_reference_at_w2_equals_w1(tmp_path, tiny_data):
@@ -418,10 +394,6 @@ def test_never_trained_items_reference_at_w2_equals_w1(tmp_path, tiny_data):
 
     from tru_dist.data.dataset import TEST, TRAIN
     from tru_dist.data.mmrec import write_mmrec
-    from tru_dist.data.regimes import select_forget
-    from tru_dist.data.requests import write_requests
-    from tru_dist.data.source import open_data
-    from tru_dist.distributed import commands
 
     labels = tiny_data.labels.copy()
     train = labels == TRAIN
@@ -429,19 +401,6 @@ def test_never_trained_items_reference_at_w2_equals_w1(tmp_path, tiny_data):
     labels[train & np.isin(tiny_data.items, trained[:15])] = TEST
     folder = tmp_path / "data"
     write_mmrec(replace(tiny_data, labels=labels), folder, name="cold")
-    cfg = build_config(model="mgcn", data=str(folder), overrides=[
-        "train.epochs=3", "model.dim=16", "dist.address=none", "dist.workers=1"])
-    run = tmp_path / "run"
-    commands.train(cfg, run)
-    requests = tmp_path / "req.csv"
-    write_requests(select_forget(open_data(str(folder)), "items", 0.05, 0, "random"), requests)
-    out = {w: commands.unlearn(run, requests, tmp_path / f"u{w}", method="tru",
-                               overrides=[f"dist.workers={w}", "dist.address=none",
-                                          "unlearn.gate.untrained_items_min=10"]) for w in (1, 2)}
-    d1, d2 = out[1]["decisions"], out[2]["decisions"]
-    assert out[2]["world_size"] == 2 and d1["steps"] > 0
+    rule = ["unlearn.gate.untrained_items_min=10"]
+    d1, d2 = _tru_at_w1_and_w2(tmp_path, "mgcn", str(folder), "items", rule)
     assert d1["gate_reference"]["untrained_items"] == d2["gate_reference"]["untrained_items"] >= 15
-    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
-    assert gaps[2] == pytest.approx(gaps[1])
-    for key in ("test", "forget"):
-        _check_values(f"mgcn.untrained.{key}", out[2][key], out[1][key])
