@@ -379,6 +379,7 @@ class _Loop:
             rows = user_mask[self.lo : self.lo + self.n_local] if kind == "user" else item_mask
             mask = torch.from_numpy(rows.copy()).to(p.device)
             self.frozen_rows[id(p)] = self.frozen_rows[id(p)] & mask if id(p) in self.frozen_rows else mask
+        free = {"user": int(user_mask.sum()), "item": int(item_mask.sum())}  # rows that may move
         self.stats["isolation"] = {
             "fisher_ratio": iso_fn.fisher_ratios(f_sum, r_sum, counts, iso.delta),
             "forget_mass_share": {n: v / total_f for n, v in f_sum.items()},
@@ -388,20 +389,18 @@ class _Loop:
             "row_hops": iso.row_hops,
             "retained_item_rows": iso.retained_item_rows,
             "cold_item_user_rows": iso.cold_item_user_rows,
-            "rows_users": int(user_mask.sum()),
-            "rows_items": int(item_mask.sum()),
+            "rows_users": free["user"],
+            "rows_items": free["item"],
             "n_users": self.data.n_users,
             "n_items": self.data.n_items,
+            "movable_groups": iso_fn.movable_groups(
+                chosen, {name: kind for name, (_p, kind) in self.model.row_tables().items()}, free),
         }
-        kinds = {name: kind for name, (_p, kind) in self.model.row_tables().items()}
-        free = {"user": int(user_mask.sum()), "item": int(item_mask.sum())}
-        movable = iso_fn.movable_groups(chosen, kinds, free)
-        self.stats["isolation"]["movable_groups"] = movable
-        if not movable and collectives.rank() == 0:
+        if not self.stats["isolation"]["movable_groups"] and collectives.rank() == 0:
             _LOG.warning("TRU isolation left nothing to move (chosen groups %s have no free rows: users %d, "
                          "items %d): the update stops at the deletion step's model; raise isolation.budget "
                          "or isolation.mass, or set isolation.cold_item_user_rows / retained_item_rows true",
-                         ", ".join(chosen) or "none", int(user_mask.sum()), int(item_mask.sum()))
+                         ", ".join(chosen) or "none", free["user"], free["item"])
 
     # -- gate pass ---------------------------------------------------------------------------
     def setup_reference(self) -> None:
@@ -430,6 +429,7 @@ class _Loop:
         kept_items = self.items_in_use
         reset = np.zeros(d.n_users, dtype=bool)
         reset[np.asarray(self.deletion.reset_users, dtype=np.int64)] = True
+        self.reset_mask = reset  # global: user -> reset by the deletion step
         fmine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
         fu, fi = self.fu[fmine], self.fi[fmine]
         self.reset_pair = torch.from_numpy(reset[fu]).to(self.device)
@@ -534,9 +534,7 @@ class _Loop:
         untrained = np.setdiff1d(self.cold_items, self.fi)
         if gate.untrained_items_min == 0 or len(untrained) < gate.untrained_items_min:
             return None
-        reset = np.zeros(self.data.n_users, dtype=bool)
-        reset[np.asarray(self.deletion.reset_users, dtype=np.int64)] = True
-        cold_users = np.unique(self.fu[~reset[self.fu] & ~self.items_in_use[self.fi]])
+        cold_users = np.unique(self.fu[~self.reset_mask[self.fu] & ~self.items_in_use[self.fi]])
         if len(cold_users) == 0:
             return None
         if len(cold_users) * len(untrained) <= gate.reference_pairs:  # every pair
