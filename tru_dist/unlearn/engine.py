@@ -429,11 +429,12 @@ class _Loop:
         kept_items = self.items_in_use
         reset = np.zeros(d.n_users, dtype=bool)
         reset[np.asarray(self.deletion.reset_users, dtype=np.int64)] = True
-        self.reset_mask = reset  # global: user -> reset by the deletion step
+        # every deleted pair (all ranks'): its user not reset and its item used by no retained pair
+        self.cold_forget = ~reset[self.fu] & ~kept_items[self.fi]
         fmine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
-        fu, fi = self.fu[fmine], self.fi[fmine]
+        fu = self.fu[fmine]
         self.reset_pair = torch.from_numpy(reset[fu]).to(self.device)
-        self.cold_pair = torch.from_numpy(~reset[fu] & ~kept_items[fi]).to(self.device)
+        self.cold_pair = torch.from_numpy(self.cold_forget[fmine]).to(self.device)
         self.cold_items = np.flatnonzero(~kept_items)
         n = max(len(fu), 1)
         self.stats["gate_target"] = "calibrated"
@@ -534,7 +535,7 @@ class _Loop:
         untrained = np.setdiff1d(self.cold_items, self.fi)
         if gate.untrained_items_min == 0 or len(untrained) < gate.untrained_items_min:
             return None
-        cold_users = np.unique(self.fu[~self.reset_mask[self.fu] & ~self.items_in_use[self.fi]])
+        cold_users = np.unique(self.fu[self.cold_forget])
         if len(cold_users) == 0:
             return None
         if len(cold_users) * len(untrained) <= gate.reference_pairs:  # every pair
@@ -966,6 +967,7 @@ class _Loop:
                 self.isolation_pass(b)  # after the first gate pass: nothing to isolate if already converged
             if self.stats.get("isolation", {}).get("movable_groups") == []:
                 self.stats["stop_reason"] = "isolation left nothing to move"
+                self.best["stopped"] = True  # nor a closing gate pass: the model is the one just ranked
                 break  # no step could change a parameter: the result is the start model
             before = dict(self.stats.get("scaling", {}).get("alpha_sum", {}))
             before_steps = self.stats.get("scaling", {}).get("steps", 0)

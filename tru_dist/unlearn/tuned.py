@@ -87,11 +87,11 @@ def read_tuned(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return doc, tuning
 
 
-def _leaves(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """{dotted key: value} of every leaf under ``tree`` (named ``prefix``)."""
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of every leaf under ``tree`` (its keys prefixed ``prefix.``, if any)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        name = f"{prefix}.{key}"
+        name = f"{prefix}.{key}" if prefix else str(key)
         out.update(_leaves(value, name) if isinstance(value, dict) else {name: value})
     return out
 
@@ -115,6 +115,5 @@ def inherited_keys(method: str, overrides: dict[str, Any], base: dict[str, Any])
     for key in method_keys(source):
         value = _node(base, key)
         want.update(_leaves(value, key) if isinstance(value, dict) else {key: value})
-    have = _leaves(overrides, "")
-    have = {k[1:]: v for k, v in have.items()}  # drop the leading "."
+    have = _leaves(overrides)
     return {k: v for k, v in want.items() if k not in have}
