@@ -47,6 +47,23 @@ def tiny_data():
 
 
 @pytest.fixture(scope="session")
+def never_trained_data(tiny_data):
+    """``synthetic:tiny`` with 15 items made never-trained (their train pairs relabelled test): a
+    catalogue that, like Amazon's, holds items no train pair ever used."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from tru_dist.data.dataset import TEST, TRAIN
+
+    labels = tiny_data.labels.copy()
+    train = labels == TRAIN
+    trained = np.flatnonzero(np.bincount(tiny_data.items[train], minlength=tiny_data.n_items) > 0)
+    labels[train & np.isin(tiny_data.items, trained[:15])] = TEST
+    return replace(tiny_data, labels=labels)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (``ray.init`` costs ~5 s): 2 CPUs, auth and
     usage stats off, the dashboard on 127.0.0.1 (a free port) because W > 1 sweeps need the

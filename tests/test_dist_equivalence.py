@@ -385,22 +385,33 @@ def test_miggt_items_deletion_with_cold_items_users_frozen_at_w2_equals_w1(tmp_p
         assert d["isolation"]["movable_groups"] == ["item_emb"]
 
 
-def test_never_trained_items_reference_at_w2_equals_w1(tmp_path, tiny_data):
+def _never_trained_folder(data, tmp_path) -> str:
+    """``never_trained_data`` written in MMRec layout (Ray workers read it from disk)."""
+    from tru_dist.data.mmrec import write_mmrec
+
+    folder = tmp_path / "data"
+    write_mmrec(data, folder, name="cold")
+    return str(folder)
+
+
+def test_never_trained_items_reference_at_w2_equals_w1(tmp_path, never_trained_data):
     """``gate.untrained_items_min``: the (user, never-trained item) sample is drawn globally and
     each rank ranks the pairs of its own users, gathered: on an items deletion over a catalogue
     with 15 never-trained items the reference, the gate trajectory and the metrics at W = 2 are
     W = 1's (a rank that sampled on its own would match other targets)."""
-    from dataclasses import replace
-
-    from tru_dist.data.dataset import TEST, TRAIN
-    from tru_dist.data.mmrec import write_mmrec
-
-    labels = tiny_data.labels.copy()
-    train = labels == TRAIN
-    trained = np.flatnonzero(np.bincount(tiny_data.items[train], minlength=tiny_data.n_items) > 0)
-    labels[train & np.isin(tiny_data.items, trained[:15])] = TEST
-    folder = tmp_path / "data"
-    write_mmrec(replace(tiny_data, labels=labels), folder, name="cold")
     rule = ["unlearn.gate.untrained_items_min=10"]
-    d1, d2 = _tru_at_w1_and_w2(tmp_path, "mgcn", str(folder), "items", rule)
+    folder = _never_trained_folder(never_trained_data, tmp_path)
+    d1, d2 = _tru_at_w1_and_w2(tmp_path, "mgcn", folder, "items", rule)
     assert d1["gate_reference"]["untrained_items"] == d2["gate_reference"]["untrained_items"] >= 15
+
+
+def test_negative_row_reference_at_w2_equals_w1(tmp_path, never_trained_data):
+    """``gate.cold_reference: negative`` reads the mean user row, which each rank holds a slice of
+    (summed over ranks): on an items deletion over a catalogue with never-trained items the
+    negative row's norm, the gate trajectory and the metrics at W = 2 are W = 1's (a rank that
+    averaged its own users alone would point the deleted items elsewhere)."""
+    rule = ["unlearn.gate.cold_reference=negative"]
+    folder = _never_trained_folder(never_trained_data, tmp_path)
+    d1, d2 = _tru_at_w1_and_w2(tmp_path, "mgcn", folder, "items", rule)
+    norms = [d["gate_reference"]["negative_row_norm"] for d in (d1, d2)]
+    assert norms[0] == pytest.approx(norms[1]) and norms[0] > 0

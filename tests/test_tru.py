@@ -372,30 +372,31 @@ def test_isolation_that_leaves_nothing_to_move_stops_at_the_start_and_says_so(mg
     assert not torch.equal(free.model.state_dict()["user_emb"], before["user_emb"])
 
 
-def test_untrained_items_reference_targets_the_start_models_ranks_of_never_trained_items(tiny_data):
+@pytest.fixture(scope="module")
+def never_trained_deletion(never_trained_data):
+    """(LightGCN trained on ``never_trained_data``, an items 5% deletion, the items retained train
+    pairs still use); every deleted pair is cold."""
+    data = never_trained_data
+    graph = build_rec_graph(data, with_knn=False)
+    model = build_model(_cfg().model, graph, seed=0)
+    train_model(model, graph, data, _cfg())
+    deletion = build_deletion(data, graph, forget_set(data, "items", 0.05, seed=0))
+    kept = np.bincount(deletion.data_after.train_pairs[1], minlength=data.n_items) > 0
+    assert len(deletion.forget.train_items) and not kept[deletion.forget.train_items].any()
+    return model, deletion, kept
+
+
+def test_untrained_items_reference_targets_the_start_models_ranks_of_never_trained_items(
+        never_trained_deletion):
     """``gate.untrained_items_min``: with 15 items made never-trained (their train pairs relabelled
     test), an items deletion's cold pairs are matched to the start model's ranks of those items
     for the cold pairs' users: the first gate pass's mean target percentile equals the mean of
     that distribution, computed here with NumPy from the model's scores; below the threshold the
     reference is the packaged one and the statistic is absent."""
-    from dataclasses import replace
-
-    from tru_dist.data.dataset import TEST, TRAIN
-
-    labels = tiny_data.labels.copy()
-    train = labels == TRAIN
-    trained = np.flatnonzero(np.bincount(tiny_data.items[train], minlength=tiny_data.n_items) > 0)
-    labels[train & np.isin(tiny_data.items, trained[:15])] = TEST
-    data = replace(tiny_data, labels=labels)
     cfg = _cfg(**{**OFF, "gate": {"enabled": True, "untrained_items_min": 10}})
-    graph = build_rec_graph(data, with_knn=False)
-    model = build_model(cfg.model, graph, seed=0)
-    train_model(model, graph, data, cfg)
-    deletion = build_deletion(data, graph, forget_set(data, "items", 0.05, seed=0))
+    model, deletion, kept = never_trained_deletion
     after = deletion.data_after
-    kept = np.bincount(after.train_pairs[1], minlength=data.n_items) > 0
     fu, fi = deletion.forget.train_users, deletion.forget.train_items
-    assert len(fi) and not kept[fi].any()  # every deleted pair is cold
     untrained = np.setdiff1d(np.flatnonzero(~kept), fi)
     assert len(untrained) >= 15
     res = get_method("tru").unlearn(model, deletion, cfg)
@@ -416,6 +417,47 @@ def test_untrained_items_reference_targets_the_start_models_ranks_of_never_train
                                                                              "untrained_items_min": 100}}))
     assert "untrained_items" not in off.stats["gate_reference"]
     assert abs(off.stats["gate"][0]["mean_target_pct"] - first["mean_target_pct"]) > 0.05  # zeroed: 0.416
+
+
+def test_negative_cold_reference_gives_deleted_items_a_negative_only_row(never_trained_deletion, trained,
+                                                                         tiny_data):
+    """``gate.cold_reference: negative``: the deleted items' targets are their pairs' ranks with
+    each deleted item's ID row set to e⁻ = −r·ū/‖ū‖ (ū the mean user row, r the never-trained
+    items' mean row norm), recomputed here in float64 with NumPy: the first gate pass's mean
+    target percentile equals it, and differs from ``zeroed``'s; on a catalogue without
+    never-trained items it is ``zeroed`` bit for bit."""
+    cfg = _cfg(**{**OFF, "gate": {"enabled": True, "cold_reference": "negative"}})
+    model, deletion, kept = never_trained_deletion
+    after = deletion.data_after
+    fu, fi = deletion.forget.train_users, deletion.forget.train_items
+    never = np.setdiff1d(np.flatnonzero(~kept), fi)
+    user_rows, item_rows = model.user_emb.detach().double().numpy(), model.item_emb.detach().double().numpy()
+    mean_user = user_rows.mean(0)
+    radius = np.linalg.norm(item_rows[never], axis=1).mean()
+    res = get_method("tru").unlearn(model, deletion, cfg)
+    assert res.stats["gate_reference"]["negative_row_norm"] == pytest.approx(radius)
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        probe.item_emb[torch.from_numpy(np.unique(fi))] = torch.from_numpy(
+            -radius * mean_user / np.linalg.norm(mean_user)).float()
+        probe.eval()
+        emb = probe.embed(deletion.graph_after)
+        scores = (emb.user @ emb.item.T).double().numpy()
+    history = np.zeros(scores.shape, dtype=bool)
+    history[after.train_pairs[0], after.train_pairs[1]] = True
+    sub = np.where(history, -np.inf, scores)
+    pct = (sub[fu] > sub[fu, fi][:, None]).sum(1) / (~history[fu]).sum(1)
+    first = res.stats["gate"][0]
+    assert first["mean_target_pct"] == pytest.approx(float(pct.mean()), abs=0.005)
+    zeroed = get_method("tru").unlearn(model, deletion, _cfg(**{**OFF, "gate": {"enabled": True}}))
+    assert abs(zeroed.stats["gate"][0]["mean_target_pct"] - first["mean_target_pct"]) > 0.05
+    # synthetic:tiny has no never-trained item: nothing to take r from, the deleted rows are zeroed
+    model0, graph0 = trained[0], trained[1]
+    deletion0 = build_deletion(tiny_data, graph0, forget_set(tiny_data, "items", 0.05, seed=0))
+    a = get_method("tru").unlearn(model0, deletion0, cfg)
+    b = get_method("tru").unlearn(model0, deletion0, _cfg(**{**OFF, "gate": {"enabled": True}}))
+    assert "negative_row_norm" not in a.stats["gate_reference"] and a.stats["steps"] > 0
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
 
 
 def test_group_sums_counts_replicated_once():

@@ -209,8 +209,10 @@ class GateConfig(_Strict):
     #: the items' ID rows zeroed (``zeroed``), the uniform distribution (``uniform``), or their
     #: ranks with each such item's embedding replaced by the mean embedding of its
     #: ``cold_neighbours`` nearest retained items in content-feature space (``neighbours``;
-    #: uniform on data without item features and for ID-only backbones)
-    cold_reference: Literal["zeroed", "uniform", "neighbours"] = "zeroed"
+    #: uniform on data without item features and for ID-only backbones), or their ranks with
+    #: the deleted items' ID rows set to the row of an item trained only as a negative
+    #: (``negative``: −r·ē_u/‖ē_u‖, r the never-trained items' mean row norm; zeroed without any)
+    cold_reference: Literal["zeroed", "negative", "uniform", "neighbours"] = "zeroed"
     cold_neighbours: PosInt = 5
     #: when > 0 and the training data hold at least this many items no train pair ever used
     #: (deleted items aside), the cold pairs' targets are quantile-matched to the ranks the start
