@@ -419,6 +419,24 @@ def test_untrained_items_reference_targets_the_start_models_ranks_of_never_train
     assert abs(off.stats["gate"][0]["mean_target_pct"] - first["mean_target_pct"]) > 0.05  # zeroed: 0.416
 
 
+def test_mgcn_packaged_gate_takes_the_negative_row_below_the_never_trained_threshold(never_trained_deletion):
+    """MGCN's shipped gate (``untrained_items_min: 20``, ``cold_reference: negative``) on a catalogue
+    with 15 never-trained items: too few for the never-trained items' ranks, so the deleted items
+    get the negative-only row; with the threshold at 10 the never-trained ranks win instead."""
+    from tru_dist.config import packaged_defaults
+
+    shipped = packaged_defaults("models", "mgcn")["unlearn"]["gate"]
+    assert shipped["cold_reference"] == "negative" and shipped["untrained_items_min"] == 20
+    model, deletion, _ = never_trained_deletion
+    below = get_method("tru").unlearn(model, deletion, _cfg(**{**OFF, "gate": {"enabled": True, **shipped}}))
+    assert "negative_row_norm" in below.stats["gate_reference"]
+    assert "untrained_items" not in below.stats["gate_reference"]
+    above = get_method("tru").unlearn(model, deletion, _cfg(**{**OFF, "gate": {
+        "enabled": True, **shipped, "untrained_items_min": 10}}))
+    assert above.stats["gate_reference"]["untrained_items"] >= 15
+    assert "negative_row_norm" not in above.stats["gate_reference"]
+
+
 def test_negative_cold_reference_gives_deleted_items_a_negative_only_row(never_trained_deletion, trained,
                                                                          tiny_data):
     """``gate.cold_reference: negative``: the deleted items' targets are their pairs' ranks with

@@ -58,7 +58,8 @@ Retrain ranks them far lower). So instead of t_u^K each pair gets its own target
                   on MGCN it is far worse than zeroed (KS 0.685 vs 0.179).
                   ``cold_reference: negative`` sets a deleted item's ID rows to those of an
                   item trained only as a negative, −r·ū/‖ū‖ (engine ``negative_item_row``;
-                  MGCN items, Scientific tuning seeds 100–105, 0.172 → 0.145; an option). Where the
+                  MGCN's default below 20 never-trained items; MGCN items, Scientific
+                  tuning seeds 100–105, 0.172 → 0.145 against zeroed). Where the
                   catalogue has items no train pair ever used (at least
                   ``gate.untrained_items_min``; MGCN's default 20), the cold pairs are
                   quantile-matched to the start model's ranks of (their users, those items):
