@@ -5,6 +5,7 @@ propagation against a dense self-looped reference, and W = 2 workers (gloo) agai
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -320,6 +321,52 @@ def test_miggt_reuses_a_frozen_encoders_view_only_while_it_cannot_change(tiny_da
         model.cfg.dropout = 0.0
     model.eval().embed(tiny_graph)  # outside the context: computed every call
     assert calls[frozen] == 6
+
+
+def test_mgcn_reuses_a_frozen_purifier_gate_only_while_it_cannot_change(tiny_data, tiny_graph):
+    """Inside ``constant_branches`` the purifier gate σ(W_m(X_m P_m + p_m) + b_m) of a modality
+    whose ``proj`` and ``purifier`` are frozen is computed once — the embeddings equal those
+    computed without the context, bit for bit, while the ID rows move — and recomputed after a
+    write to those parameters, for another graph, or while one of them trains."""
+    model = _model("mgcn", tiny_graph).eval()
+    calls = {m: 0 for m in model.modalities}
+    for m in model.modalities:
+        model.proj[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    frozen = model.modalities[0]
+    for q in [*model.proj[frozen].parameters(), *model.purifier[frozen].parameters()]:
+        q.requires_grad_(False)
+    with model.constant_branches():
+        for step in range(3):
+            with torch.no_grad():
+                model.item_emb.add_(0.01 * (step + 1))  # the ID rows move: the gate may not
+            got = model.embed(tiny_graph)
+            with _without_constant_store(model):
+                want = model.embed(tiny_graph)
+            assert torch.equal(got.user, want.user) and torch.equal(got.item, want.item)
+        assert calls[frozen] == 1 + 3 and calls[model.modalities[1]] == 3 + 3  # + the references
+        with torch.no_grad():
+            model.purifier[frozen].bias.add_(0.5)  # a written parameter: recomputed
+        changed = model.embed(tiny_graph)
+        assert calls[frozen] == 5
+        with _without_constant_store(model):
+            assert torch.equal(changed.item, model.embed(tiny_graph).item)
+        model.embed(build_rec_graph(tiny_data, knn_k=5))  # another graph object: computed afresh
+        assert calls[frozen] == 7
+        model.purifier[frozen].bias.requires_grad_(True)  # a live parameter: never reused
+        model.embed(tiny_graph), model.embed(tiny_graph)
+        assert calls[frozen] == 9
+
+
+@contextmanager
+def _without_constant_store(model):
+    """The reference computation: ``embed`` with the model's constant-branch store set aside."""
+    from tru_dist.models.base import _CONSTANT_STORES
+
+    store = _CONSTANT_STORES.pop(model)
+    try:
+        yield
+    finally:
+        _CONSTANT_STORES[model] = store
 
 
 def test_miggt_tur_loss_is_the_positive_cross_entropy(tiny_data, tiny_graph):
