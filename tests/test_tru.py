@@ -1079,3 +1079,49 @@ def test_nearest_merged_over_shards_equals_one_pass():
     chunked = gate.nearest_in_chunks(unit[cold], {"u": unit}, kept, kept, 6, chunk=7)[1]
     assert np.array_equal(chunked, whole)
     assert whole[2, 0] == 40 and whole[2, 1] == 41  # itself (kept), then its exact copy
+
+
+def test_mgcn_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(tiny_data, monkeypatch):
+    """MGCN's forward is the same in eval and train mode, so the calibrated gate pass builds it
+    with autograd on and the step after it takes it instead of running it again. The run must
+    be the one two forwards give — the same gate passes and parameters — including after the
+    line search puts a best state back (a write the step must see: a forward kept across it
+    would step from the overshot parameters)."""
+    from tru_dist.config import build_config
+    from tru_dist.models.mgcn import MGCN
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.engine import run_update
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    cfg = build_config(model="mgcn", overrides=["train.epochs=5", "dim=16", "unlearn.gate.lr=0.02",
+                                                "unlearn.gate.max_epochs=10", "unlearn.gate.epsilon=0"])
+    model, graph, _ = fit(cfg, tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
+    calls = []
+    embed = MGCN.embed
+
+    def counted(self, graph):
+        calls.append(1)
+        return embed(self, graph)
+
+    monkeypatch.setattr(MGCN, "embed", counted)
+    shared, shared_stats = run_update(model, deletion, cfg, tru_spec(cfg))
+    n_shared = len(calls)
+    monkeypatch.setattr(MGCN, "mode_free_forward", False)
+    calls.clear()
+    twice, twice_stats = run_update(model, deletion, cfg, tru_spec(cfg))
+    reused = shared_stats["gate_forwards_reused"]
+    assert "gate_forwards_reused" not in twice_stats
+    assert twice_stats["backtracks"] and twice_stats["steps"] >= 3  # a put-back happened between steps
+    assert 0 < reused < twice_stats["steps"]  # … and the step after it ran its own forward
+    assert len(calls) - n_shared == reused
+    assert shared_stats["epochs_run"] == twice_stats["epochs_run"]
+    assert shared_stats["backtracks"] == twice_stats["backtracks"]
+    for a, b in zip(shared_stats["gate"], twice_stats["gate"], strict=True):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+    moved = 0.0
+    for k, v in twice.state_dict().items():
+        torch.testing.assert_close(shared.state_dict()[k], v, rtol=1e-5, atol=1e-7, msg=k)
+        moved = max(moved, float((v.double() - model.state_dict()[k].double()).abs().max()))
+    assert moved > 1e-3

@@ -112,6 +112,10 @@ class Backbone(nn.Module, ABC):
     requires: ClassVar[Literal["none", "any"]] = "none"
     #: whether ``embed`` reads the item–item kNN graphs (``graph.knn``); builders skip them otherwise
     uses_knn: ClassVar[bool] = False
+    #: whether ``embed`` computes the same values in training and eval mode (no dropout, no
+    #: sampling, no RNG): an unlearning step may then take its forward from the gate pass's
+    #: eval-mode one over the same parameters (``unlearn.engine``) instead of running it again
+    mode_free_forward: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ def light_propagate(
 class LightGCN(Backbone):
     name = "lightgcn"
     requires = "none"
+    mode_free_forward = True  # no dropout or sampling in its forward
 
     def __init__(self, n_users, n_items, feature_dims, cfg, user_range=None):
         super().__init__(n_users, n_items, feature_dims, cfg, user_range)

@@ -115,6 +115,7 @@ class MGCN(Backbone):
     name = "mgcn"
     requires = "any"
     uses_knn = True
+    mode_free_forward = True  # no dropout or sampling in its forward
 
     def __init__(self, n_users, n_items, feature_dims, cfg, user_range=None):
         super().__init__(n_users, n_items, feature_dims, cfg, user_range)

@@ -27,7 +27,12 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
    Per step: one forward ``emb = model.embed(graph_after)`` — the batches' rows of it
    (``Backbone.embed_rows``) where the backbone computes those for less: MIG-GT's global
    attention runs on the few hundred nodes a step's batches hold, not on all of them (the
-   top-K gate, which ranks every item per step, keeps the full tables);
+   top-K gate, which ranks every item per step, keeps the full tables). Where that forward
+   is the full ``embed`` and the backbone's forward is the same in eval mode
+   (``Backbone.mode_free_forward``: MGCN, LightGCN), the calibrated gate pass just before
+   builds it with autograd on and the step takes it, unless a parameter was written in between
+   (a best state put back): one forward per epoch, not two — MGCN on Scientific, tuning seed
+   100, 1.14x per request on interactions 5% and 1.13x on items 1%, the same gate passes;
        L_f = forget term (reverse BPR, its gated form, or −BPR for gradient ascent),
        L_r = ``model.loss`` on the D_r batch;
    gradients are computed for the *live* parameters only — those of no frozen layer group
@@ -129,6 +134,12 @@ class _Loop:
         self.cold_sorted: torch.Tensor | None = None
         self.best: dict[str, Any] = {}  # calibrated gate: smallest gap so far, its epoch and parameters
         self.local = self._local_propagation()
+        # the calibrated gate ranks the model a step then starts from: where the step's forward is
+        # the full ``embed`` and the backbone computes the same values in eval mode, the gate
+        # pass builds that forward with autograd on and the step takes it (one forward, not two)
+        self.shares_forward = (self.target_mode == "calibrated" and not self.local
+                               and not model.cheap_rows and model.mode_free_forward)
+        self.gate_forward: tuple[tuple[int, ...], frozenset[int], Embeddings] | None = None
         self.fanout_rng = torch.Generator().manual_seed(int(self.uc.seed) * 1_000_003 + 10)
         self.stats: dict[str, Any] = {"n_forget_train": int(len(self.fu)),
                                       "n_removed_users": int(len(forget.removed_users)),
@@ -599,7 +610,13 @@ class _Loop:
         gate pass ranks; the model's training mode is left as it was."""
         was = self.model.training
         self.model.eval()
-        emb = self.model.embed(self.graph)
+        if self.shares_forward:
+            with torch.enable_grad():
+                emb = self.model.embed(self.graph)
+            self.gate_forward = (self._versions(), frozenset(
+                k for k, p in enumerate(self.params) if p.requires_grad), emb)
+        else:
+            emb = self.model.embed(self.graph)
         self.model.train(was)
         mine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
         lu = torch.from_numpy(self.fu[mine] - self.lo).to(self.device)
@@ -916,13 +933,36 @@ class _Loop:
                              never_negative=(self.fu, self.fi))
         return retain_stream(sampler, batch_size)
 
+    def _versions(self) -> tuple[int, ...]:
+        """The parameters' in-place version counters: any write (an Adam step, a best state put
+        back) changes one."""
+        return tuple(p._version for p in self.params)
+
+    def take_gate_forward(self) -> Embeddings | None:
+        """The last gate pass's forward (built with autograd, :attr:`shares_forward`) if no
+        parameter has been written since and every live parameter required grad when it was
+        built; else None. Taken once: a second call returns None.
+
+        Measured on MGCN (Scientific, interactions 5%, tuning seed 100) where each epoch is one
+        gate pass and one step: the forward is ≈ 9 of the step's ≈ 25 ms."""
+        held, self.gate_forward = self.gate_forward, None
+        if held is None:
+            return None
+        versions, had_grad, emb = held
+        if versions != self._versions() or not set(self.live()) <= had_grad:
+            return None
+        self.stats["gate_forwards_reused"] = self.stats.get("gate_forwards_reused", 0) + 1
+        return emb
+
     def step(self, optimizer: PlainAdam, f_batch: BPRBatch, r_batch: BPRBatch | None,
              o_batch: BPRBatch | None = None) -> None:
         """One update: forward on the batches, L_f on the forget batch, L_r = the model's loss on
         the retain batch plus κ·keep on it and κ_o·keep on the owners' batch ``o_batch``;
         gradients (scaled per branch or not), masks, Adam."""
         optimizer.zero_grad(set_to_none=True)
-        emb = self.embed(*(b for b in (f_batch, r_batch, o_batch) if b is not None))
+        emb = self.take_gate_forward()
+        if emb is None:
+            emb = self.embed(*(b for b in (f_batch, r_batch, o_batch) if b is not None))
         loss_f = self.forget_loss(emb, f_batch) if self.spec.forget_term != "none" else None
         loss_r = self.model.loss(r_batch, self.graph, emb) if r_batch is not None else None
         if loss_r is not None and self.start_emb is not None and self.spec.gate.keep_weight > 0:
@@ -1022,6 +1062,7 @@ class _Loop:
             if self.gate_pass(epochs_run):
                 converged_at = epochs_run
             self.stalled()
+        self.gate_forward = None  # no step follows: free its autograd graph
         self.restore_best()
         self.stats.update(steps=steps, epochs_run=epochs_run)
         if spec.gate is not None:
