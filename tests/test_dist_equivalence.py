@@ -191,6 +191,8 @@ def test_tru_statistics_decisions_and_unlearned_model(runs):
     single, ranks = runs
     stats = single["tru_stats"]
     assert stats["isolation"]["selected_groups"] and stats["gate"] and stats["steps"] > 0
+    # MGCN's steps took gate passes' forwards (collectives inside them run once, on every rank)
+    assert 0 < stats["gate_forwards_reused"] < stats["steps"]
     for r in ranks:
         _check_values("tru_stats", r["tru_stats"], stats)
         _check_values("tru_metrics", r["tru_metrics"], single["tru_metrics"])
