@@ -1081,20 +1081,27 @@ def test_nearest_merged_over_shards_equals_one_pass():
     assert whole[2, 0] == 40 and whole[2, 1] == 41  # itself (kept), then its exact copy
 
 
-def test_mgcn_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(tiny_data, monkeypatch):
+@pytest.mark.parametrize("batch_overrides", [
+    ["unlearn.gate.lr=0.02"],  # one step per epoch
+    ["unlearn.gate.lr=0.002", "unlearn.batch_size=16"],  # 11 steps per epoch
+])
+def test_mgcn_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(tiny_data, monkeypatch,
+                                                                              batch_overrides):
     """MGCN's forward is the same in eval and train mode, so the calibrated gate pass builds it
     with autograd on and the step after it takes it instead of running it again. The run must
     be the one two forwards give — the same gate passes and parameters — including after the
     line search puts a best state back (a write the step must see: a forward kept across it
-    would step from the overshot parameters)."""
+    would step from the overshot parameters) and with several steps per epoch (only the first
+    starts from the parameters the gate pass ranked)."""
     from tru_dist.config import build_config
     from tru_dist.models.mgcn import MGCN
     from tru_dist.train.trainer import fit
     from tru_dist.unlearn.engine import run_update
     from tru_dist.unlearn.tru.tru import tru_spec
 
-    cfg = build_config(model="mgcn", overrides=["train.epochs=5", "dim=16", "unlearn.gate.lr=0.02",
-                                                "unlearn.gate.max_epochs=10", "unlearn.gate.epsilon=0"])
+    cfg = build_config(model="mgcn", overrides=["train.epochs=5", "dim=16",
+                                                "unlearn.gate.max_epochs=10", "unlearn.gate.epsilon=0",
+                                                *batch_overrides])
     model, graph, _ = fit(cfg, tiny_data)
     deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
     calls = []
@@ -1114,6 +1121,7 @@ def test_mgcn_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(t
     assert "gate_forwards_reused" not in twice_stats
     assert twice_stats["backtracks"] and twice_stats["steps"] >= 3  # a put-back happened between steps
     assert 0 < reused < twice_stats["steps"]  # … and the step after it ran its own forward
+    assert reused <= twice_stats["epochs_run"]  # at most the first step of an epoch
     assert len(calls) - n_shared == reused
     assert shared_stats["epochs_run"] == twice_stats["epochs_run"]
     assert shared_stats["backtracks"] == twice_stats["backtracks"]
@@ -1125,3 +1133,27 @@ def test_mgcn_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(t
         torch.testing.assert_close(shared.state_dict()[k], v, rtol=1e-5, atol=1e-7, msg=k)
         moved = max(moved, float((v.double() - model.state_dict()[k].double()).abs().max()))
     assert moved > 1e-3
+
+
+def test_a_subclass_that_overrides_embed_does_not_inherit_a_mode_free_forward():
+    """``mode_free_forward`` lets a step reuse an eval-mode forward; a subclass that changes
+    ``embed`` (dropout, noise in training mode) must declare it again to keep it."""
+    from tru_dist.models.lightgcn import LightGCN
+    from tru_dist.models.mgcn import MGCN
+
+    class NoisyLightGCN(LightGCN):
+        def embed(self, graph):
+            return super().embed(graph)
+
+    class DeclaredLightGCN(LightGCN):
+        mode_free_forward = True
+
+        def embed(self, graph):
+            return super().embed(graph)
+
+    class SameMGCN(MGCN):
+        pass
+
+    assert LightGCN.mode_free_forward and MGCN.mode_free_forward and SameMGCN.mode_free_forward
+    assert not NoisyLightGCN.mode_free_forward
+    assert DeclaredLightGCN.mode_free_forward

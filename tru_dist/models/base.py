@@ -117,6 +117,13 @@ class Backbone(nn.Module, ABC):
     #: eval-mode one over the same parameters (``unlearn.engine``) instead of running it again
     mode_free_forward: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass that overrides ``embed`` without declaring ``mode_free_forward`` itself does
+        not inherit its parent's True: it may add dropout or noise in training mode."""
+        super().__init_subclass__(**kwargs)
+        if "embed" in cls.__dict__ and "mode_free_forward" not in cls.__dict__:
+            cls.mode_free_forward = False
+
     def __init__(
         self,
         n_users: int,

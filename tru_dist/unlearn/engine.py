@@ -134,11 +134,6 @@ class _Loop:
         self.cold_sorted: torch.Tensor | None = None
         self.best: dict[str, Any] = {}  # calibrated gate: smallest gap so far, its epoch and parameters
         self.local = self._local_propagation()
-        # the calibrated gate ranks the model a step then starts from: where the step's forward is
-        # the full ``embed`` and the backbone computes the same values in eval mode, the gate
-        # pass builds that forward with autograd on and the step takes it (one forward, not two)
-        self.shares_forward = (self.target_mode == "calibrated" and not self.local
-                               and not model.cheap_rows and model.mode_free_forward)
         self.gate_forward: tuple[tuple[int, ...], frozenset[int], Embeddings] | None = None
         self.fanout_rng = torch.Generator().manual_seed(int(self.uc.seed) * 1_000_003 + 10)
         self.stats: dict[str, Any] = {"n_forget_train": int(len(self.fu)),
@@ -172,6 +167,15 @@ class _Loop:
         """Per item, whether some retained train pair still uses it (False: a deleted item, or
         one every pair of which was deleted — a cold item)."""
         return np.bincount(self.retained_pairs[1], minlength=self.data.n_items) > 0
+
+    @property
+    def shares_forward(self) -> bool:
+        """Whether a calibrated gate pass builds its forward for the step after it: the gate ranks
+        the model that step starts from, so where the step's forward is the full ``embed`` and
+        the backbone computes the same values in eval mode (``Backbone.mode_free_forward``) one
+        forward serves both. Read per pass: ``setup_reference`` may fall back to the top-K gate."""
+        return (self.target_mode == "calibrated" and not self.local and not self.model.cheap_rows
+                and self.model.mode_free_forward)
 
     def _local_propagation(self) -> bool:
         """``unlearn.propagation: local`` where it applies: a backbone with a neighbourhood
