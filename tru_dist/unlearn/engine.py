@@ -173,9 +173,12 @@ class _Loop:
         """Whether a calibrated gate pass builds its forward for the step after it: the gate ranks
         the model that step starts from, so where the step's forward is the full ``embed`` and
         the backbone computes the same values in eval mode (``Backbone.mode_free_forward``) one
-        forward serves both. Read per pass: ``setup_reference`` may fall back to the top-K gate."""
+        forward serves both. Read per pass: ``setup_reference`` may fall back to the top-K gate.
+        Not while the isolation pass is still to run (after the first gate pass): its own
+        forwards and backwards would run with the kept graph alive, doubling peak memory."""
+        isolation_pending = self.spec.isolation is not None and "isolation" not in self.stats
         return (self.target_mode == "calibrated" and not self.local and not self.model.cheap_rows
-                and self.model.mode_free_forward)
+                and self.model.mode_free_forward and not isolation_pending)
 
     def _local_propagation(self) -> bool:
         """``unlearn.propagation: local`` where it applies: a backbone with a neighbourhood
