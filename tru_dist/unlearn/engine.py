@@ -31,8 +31,9 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
    is the full ``embed`` and the backbone's forward is the same in eval mode
    (``Backbone.mode_free_forward``: MGCN, LightGCN), the calibrated gate pass just before
    builds it with autograd on and the step takes it, unless a parameter was written in between
-   (a best state put back): one forward per epoch, not two — MGCN on Scientific, tuning seed
-   100, 1.14x per request on interactions 5% and 1.13x on items 1%, the same gate passes;
+   (a best state put back) or the isolation pass runs in between: one forward per epoch, not
+   two — MGCN on Scientific, tuning seed 100, 1.06-1.14x per request on interactions 5% and
+   1.07-1.13x on items 1% (runs hours apart on a drifting machine), the same gate passes;
        L_f = forget term (reverse BPR, its gated form, or −BPR for gradient ascent),
        L_r = ``model.loss`` on the D_r batch;
    gradients are computed for the *live* parameters only — those of no frozen layer group
@@ -951,7 +952,7 @@ class _Loop:
         built; else None. Taken once: a second call returns None.
 
         Measured on MGCN (Scientific, interactions 5%, tuning seed 100) where each epoch is one
-        gate pass and one step: the forward is ≈ 9 of the step's ≈ 25 ms."""
+        gate pass and one step: the forward is ≈ 9 of the step's ≈ 25 ms; 1.06-1.14x per request."""
         held, self.gate_forward = self.gate_forward, None
         if held is None:
             return None
