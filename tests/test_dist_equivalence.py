@@ -82,7 +82,10 @@ def _probe(rank: int, world: int, data) -> dict:
     out["mgcn_comm"] = meter.by_op()
     out["mgcn_step"] = _state(model)
 
-    mg = _cfg("mgcn", epochs=2, batch=400, unlearn={"epochs": 2, "batch_size": 64, "gate": {"max_epochs": 3}})
+    # gate.lr 0.01: the line search halves the step (epochs 1, 2, 4) and keeps epoch 3's state, so
+    # the update moves the model and a step takes a gate pass's forward (epoch 3)
+    mg = _cfg("mgcn", epochs=2, batch=400,
+              unlearn={"epochs": 2, "batch_size": 64, "gate": {"max_epochs": 4, "lr": 0.01}})
     model = build_shard_model(mg, mshard)
     train_model(model, mshard.graph, mshard.data, mg)
     # interactions: the calibrated gate really runs (gathered percentiles, line search); whole
@@ -192,7 +195,8 @@ def test_tru_statistics_decisions_and_unlearned_model(runs):
     stats = single["tru_stats"]
     assert stats["isolation"]["selected_groups"] and stats["gate"] and stats["steps"] > 0
     # MGCN's steps took gate passes' forwards (collectives inside them run once, on every rank)
-    assert 0 < stats["gate_forwards_reused"] < stats["steps"]
+    assert 0 < stats["gate_forwards_reused"] < stats["steps"] and stats["backtracks"]
+    assert stats["best_gap"]["epoch"] > 0  # the kept state is not the start model
     for r in ranks:
         _check_values("tru_stats", r["tru_stats"], stats)
         _check_values("tru_metrics", r["tru_metrics"], single["tru_metrics"])
