@@ -1081,40 +1081,43 @@ def test_nearest_merged_over_shards_equals_one_pass():
     assert whole[2, 0] == 40 and whole[2, 1] == 41  # itself (kept), then its exact copy
 
 
-@pytest.mark.parametrize("batch_overrides", [
-    ["unlearn.gate.lr=0.02"],  # one step per epoch
-    ["unlearn.gate.lr=0.002", "unlearn.batch_size=16"],  # 11 steps per epoch
+@pytest.mark.parametrize(("name", "overrides"), [
+    ("mgcn", ["train.epochs=5", "dim=16", "unlearn.gate.lr=0.02"]),  # one step per epoch
+    ("mgcn", ["train.epochs=5", "dim=16", "unlearn.gate.lr=0.002", "unlearn.batch_size=16"]),  # 11 per epoch
+    ("lightgcn", ["train.epochs=30", "unlearn.gate.lr=0.05"]),
+    ("lightgcn", ["train.epochs=30", "unlearn.gate.lr=0.01", "unlearn.batch_size=16"]),
 ])
-def test_mgcn_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(tiny_data, monkeypatch,
-                                                                              batch_overrides):
-    """MGCN's forward is the same in eval and train mode, so the calibrated gate pass builds it
-    with autograd on and the step after it takes it instead of running it again. The run must
-    be the one two forwards give — the same gate passes and parameters — including after the
-    line search puts a best state back (a write the step must see: a forward kept across it
-    would step from the overshot parameters) and with several steps per epoch (only the first
-    starts from the parameters the gate pass ranked)."""
+def test_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(tiny_data, monkeypatch, name,
+                                                                         overrides):
+    """MGCN's and LightGCN's forwards are the same in eval and train mode, so the calibrated gate
+    pass builds it with autograd on and the step after it takes it instead of running it again.
+    The run must be the one two forwards give — the same gate passes and parameters — including
+    after the line search puts a best state back (a write the step must see: a forward kept
+    across it would step from the overshot parameters) and with several steps per epoch (only
+    the first starts from the parameters the gate pass ranked)."""
     from tru_dist.config import build_config
+    from tru_dist.models.lightgcn import LightGCN
     from tru_dist.models.mgcn import MGCN
     from tru_dist.train.trainer import fit
     from tru_dist.unlearn.engine import run_update
     from tru_dist.unlearn.tru.tru import tru_spec
 
-    cfg = build_config(model="mgcn", overrides=["train.epochs=5", "dim=16",
-                                                "unlearn.gate.max_epochs=10", "unlearn.gate.epsilon=0",
-                                                *batch_overrides])
+    backbone = {"mgcn": MGCN, "lightgcn": LightGCN}[name]
+    cfg = build_config(model=name, overrides=["unlearn.gate.max_epochs=10", "unlearn.gate.epsilon=0",
+                                              *overrides])
     model, graph, _ = fit(cfg, tiny_data)
     deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
     calls = []
-    embed = MGCN.embed
+    embed = backbone.embed
 
     def counted(self, graph):
         calls.append(1)
         return embed(self, graph)
 
-    monkeypatch.setattr(MGCN, "embed", counted)
+    monkeypatch.setattr(backbone, "embed", counted)
     shared, shared_stats = run_update(model, deletion, cfg, tru_spec(cfg))
     n_shared = len(calls)
-    monkeypatch.setattr(MGCN, "mode_free_forward", False)
+    monkeypatch.setattr(backbone, "mode_free_forward", False)
     calls.clear()
     twice, twice_stats = run_update(model, deletion, cfg, tru_spec(cfg))
     reused = shared_stats["gate_forwards_reused"]
