@@ -976,6 +976,21 @@ def test_owner_keep_term_holds_the_moved_users_other_scores(tiny_data):
     assert drift[30.0] / moved[30.0] < 0.9 * drift[0.0] / moved[0.0], (drift, moved)
 
 
+def _assert_same_run(model_a, stats_a: dict, model_b, stats_b: dict, start, rtol: float, atol: float) -> None:
+    """Two runs of one update are the same: equal gate-pass statistics and parameters (to the
+    given tolerances), and the update moved the model away from ``start`` — equal do-nothing
+    runs would pass the first two checks."""
+    for a, b in zip(stats_a["gate"], stats_b["gate"], strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=rtol, abs=atol), k
+    moved = 0.0
+    for k, v in model_b.state_dict().items():
+        torch.testing.assert_close(model_a.state_dict()[k], v, rtol=rtol, atol=atol, msg=k)
+        moved = max(moved, float((v.double() - start.state_dict()[k].double()).abs().max()))
+    assert moved > 1e-3
+
+
 @pytest.mark.parametrize("target", ["calibrated", "topk"])
 def test_miggt_update_through_embed_rows_equals_the_full_forward(tiny_data, monkeypatch, target):
     """On MIG-GT the update's steps and later gate passes take only the rows they use
@@ -1013,15 +1028,7 @@ def test_miggt_update_through_embed_rows_equals_the_full_forward(tiny_data, monk
     full, full_stats = run_update(model, deletion, cfg, tru_spec(cfg))
     assert not calls
     assert fast_stats["epochs_run"] == full_stats["epochs_run"] >= 2
-    for a, b in zip(fast_stats["gate"], full_stats["gate"], strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
-    moved = 0.0
-    for k, v in full.state_dict().items():
-        torch.testing.assert_close(fast.state_dict()[k], v, rtol=1e-4, atol=1e-6, msg=k)
-        moved = max(moved, float((v.double() - model.state_dict()[k].double()).abs().max()))
-    assert moved > 1e-3  # the update moved the model: equal do-nothing runs would pass above
+    _assert_same_run(fast, fast_stats, full, full_stats, model, rtol=1e-4, atol=1e-6)
 
 
 def test_content_neighbours_hand_case():
@@ -1128,14 +1135,7 @@ def test_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(tiny_d
     assert len(calls) - n_shared == reused
     assert shared_stats["epochs_run"] == twice_stats["epochs_run"]
     assert shared_stats["backtracks"] == twice_stats["backtracks"]
-    for a, b in zip(shared_stats["gate"], twice_stats["gate"], strict=True):
-        for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
-    moved = 0.0
-    for k, v in twice.state_dict().items():
-        torch.testing.assert_close(shared.state_dict()[k], v, rtol=1e-5, atol=1e-7, msg=k)
-        moved = max(moved, float((v.double() - model.state_dict()[k].double()).abs().max()))
-    assert moved > 1e-3
+    _assert_same_run(shared, shared_stats, twice, twice_stats, model, rtol=1e-5, atol=1e-7)
 
 
 def test_a_subclass_that_overrides_embed_does_not_inherit_a_mode_free_forward():
