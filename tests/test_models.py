@@ -323,6 +323,74 @@ def test_miggt_reuses_a_frozen_encoders_view_only_while_it_cannot_change(tiny_da
     assert calls[frozen] == 6
 
 
+def test_miggt_hands_a_no_grad_id_propagation_on_to_the_next_grad_call_only(tiny_graph, monkeypatch):
+    """Inside ``constant_branches`` a no-grad forward (a gate pass) builds the ID propagation with
+    autograd on; the grad-enabled forward right after (the step) takes it instead of propagating
+    again, with the same embeddings and the same gradient as a fresh forward. It is taken once,
+    and never after a write to an ID table (an optimizer step or a restored state). The
+    self-looped adjacency Ã, a constant of the graph, is built once in the context."""
+    import copy
+
+    import tru_dist.models.miggt as miggt
+
+    model = _model("miggt", tiny_graph)
+    for q in model.encoders.parameters():  # an unlearning update: only the ID rows move
+        q.requires_grad_(False)
+    calls = {"n": 0}
+    real = miggt.restart_propagate
+
+    def counted(graph, user0, item0, *args):
+        calls["n"] += user0 is model.user_emb  # the ID branch of `model` (not of its copies)
+        return real(graph, user0, item0, *args)
+
+    monkeypatch.setattr(miggt, "restart_propagate", counted)
+    built = {"n": 0}
+    real_of = miggt.SelfLoopedGraph.of
+
+    def counted_of(graph, dtype):
+        built["n"] += 1
+        return real_of(graph, dtype)
+
+    monkeypatch.setattr(miggt.SelfLoopedGraph, "of", staticmethod(counted_of))
+
+    def loss_and_grad(m):
+        emb = m.embed(tiny_graph)
+        loss = (emb.user[:7] @ emb.item[:5].T).pow(2).sum() + emb.item.sum()
+        return emb, torch.autograd.grad(loss, [m.user_emb, m.item_emb])
+
+    def assert_fresh(emb, grads, twin):  # the same forward and gradient as a copy propagating afresh
+        reference_emb, reference_grads = loss_and_grad(twin)
+        assert torch.equal(emb.user, reference_emb.user) and torch.equal(emb.item, reference_emb.item)
+        for g, r in zip(grads, reference_grads, strict=True):
+            assert torch.equal(g, r)
+
+    with model.constant_branches():
+        with torch.no_grad():
+            model.embed(tiny_graph)  # the gate pass
+        assert calls["n"] == 1
+        twin = copy.deepcopy(model)  # same parameters and sampling stream, outside the context
+        emb, grads = loss_and_grad(model)  # the step takes the gate pass's propagation
+        assert calls["n"] == 1
+        assert_fresh(emb, grads, twin)
+        loss_and_grad(model)  # taken once (its graph is freed): the next grad call propagates itself
+        assert calls["n"] == 2
+        with torch.no_grad():
+            model.user_emb.add_(0.01 * grads[0])  # the step's optimizer write
+        with torch.no_grad():
+            model.embed(tiny_graph)  # a gate pass ...
+            assert calls["n"] == 3
+            model.user_emb.mul_(1.5)  # ... then a put-back: what it stored is stale
+        twin = copy.deepcopy(model)
+        emb, grads = loss_and_grad(model)
+        assert calls["n"] == 4
+        assert_fresh(emb, grads, twin)
+    assert built["n"] == 1 + 2  # Ã once per graph inside the context (+ the two copies' own)
+    with torch.no_grad():
+        model.embed(tiny_graph)  # outside the context: nothing is stored
+    loss_and_grad(model)
+    assert calls["n"] == 6
+
+
 def test_mgcn_reuses_a_frozen_purifier_gate_only_while_it_cannot_change(tiny_data, tiny_graph):
     """Inside ``constant_branches`` the purifier gate σ(W_m(X_m P_m + p_m) + b_m) of a modality
     whose ``proj`` and ``purifier`` are frozen is computed once — the embeddings equal those

@@ -187,6 +187,41 @@ class Backbone(nn.Module, ABC):
         store[key] = (graph, tuple(params), versions, value)
         return value
 
+    def handed_on_branch(self, key: tuple, graph: object, params: list[nn.Parameter],
+                         compute: Callable[[], T]) -> T:
+        """``compute()`` for a branch whose parameters may move, shared between a no-grad call
+        and the one grad-enabled call after it while the parameters stay as they were.
+
+        Inside :meth:`constant_branches` a call under ``torch.no_grad`` (a gate pass) computes
+        the branch with autograd on and stores it; the next call with grad enabled (the step
+        that follows) takes the stored value — its autograd graph included — if ``key``,
+        ``graph``, ``params``, their version counters and ``requires_grad`` flags are those it
+        was stored with, and removes it: a graph is backpropagated once. Other no-grad calls
+        read it in between. Any in-place write to a parameter (an optimizer step, a restored
+        state) bumps its version, so a stale value is never served. Outside the context, or
+        when no parameter requires grad, it is plain ``compute()`` (:meth:`constant_branch`
+        serves that case). Every rank makes the same calls with the same versions, so a
+        collective inside ``compute`` runs on all ranks or none. Only for a branch that is the
+        same computation in train and eval mode (no dropout, no sampling)."""
+        store = _CONSTANT_STORES.get(self)
+        if store is None or torch.is_inference_mode_enabled() or not any(p.requires_grad for p in params):
+            return compute()
+        stamp = tuple((p._version, p.requires_grad) for p in params)
+        hit = store.get(key)
+        if hit is not None:
+            g, ps, vs, value = hit
+            if g is graph and vs == stamp and all(a is b for a, b in zip(ps, params, strict=True)):
+                if torch.is_grad_enabled():
+                    del store[key]
+                return value
+        if torch.is_grad_enabled():
+            store.pop(key, None)
+            return compute()
+        with torch.enable_grad():
+            value = compute()
+        store[key] = (graph, tuple(params), stamp, value)
+        return value
+
     # -- the contract ----------------------------------------------------------------
     @abstractmethod
     def embed(self, graph) -> Embeddings:

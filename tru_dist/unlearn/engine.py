@@ -33,7 +33,9 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
    builds it with autograd on and the step takes it, unless a parameter was written in between
    (a best state put back) or the isolation pass runs in between: one forward per epoch, not
    two — MGCN on Scientific, tuning seed 100, 1.06-1.14x per request on interactions 5% and
-   1.07-1.13x on items 1% (runs hours apart on a drifting machine), the same gate passes;
+   1.07-1.13x on items 1% (runs hours apart on a drifting machine), the same gate passes.
+   MIG-GT's step draws fresh attention samples, so it takes only the gate pass's ID
+   propagation (``Backbone.handed_on_branch``, inside the loop's ``constant_branches``);
        L_f = forget term (reverse BPR, its gated form, or −BPR for gradient ascent),
        L_r = ``model.loss`` on the D_r batch;
    gradients are computed for the *live* parameters only — those of no frozen layer group
