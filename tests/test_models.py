@@ -367,6 +367,9 @@ def test_miggt_hands_a_no_grad_id_propagation_on_to_the_next_grad_call_only(tiny
     with model.constant_branches():
         with torch.no_grad():
             model.embed(tiny_graph)  # the gate pass
+            seen = model.handed_on_branch(("id", torch.float32, torch.device("cpu")), tiny_graph,
+                                          [model.user_emb, model.item_emb], lambda: None)
+            assert not any(t.requires_grad for t in seen)  # a no-grad caller reads it detached
         assert calls["n"] == 1
         twin = copy.deepcopy(model)  # same parameters and sampling stream, outside the context
         emb, grads = loss_and_grad(model)  # the step takes the gate pass's propagation

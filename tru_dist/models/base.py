@@ -104,6 +104,15 @@ T = TypeVar("T")
 _CONSTANT_STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _detached(value: T) -> T:
+    """``value`` (a tensor, or a tuple / list of them) with every tensor detached."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    return value
+
+
 class Backbone(nn.Module, ABC):
     """Base class: subclasses implement ``embed`` and the three parameter partitions."""
 
@@ -201,8 +210,10 @@ class Backbone(nn.Module, ABC):
         state) bumps its version, so a stale value is never served. Outside the context, or
         when no parameter requires grad, it is plain ``compute()`` (:meth:`constant_branch`
         serves that case). Every rank makes the same calls with the same versions, so a
-        collective inside ``compute`` runs on all ranks or none. Only for a branch that is the
-        same computation in train and eval mode (no dropout, no sampling)."""
+        collective inside ``compute`` runs on all ranks or none. No-grad callers get detached
+        tensors (they never see, or extend, the stored graph); none may write them in place. Only
+        for a branch that is the same computation in train and eval mode (no dropout, no
+        sampling)."""
         store = _CONSTANT_STORES.get(self)
         if store is None or torch.is_inference_mode_enabled() or not any(p.requires_grad for p in params):
             return compute()
@@ -211,8 +222,9 @@ class Backbone(nn.Module, ABC):
         if hit is not None:
             g, ps, vs, value = hit
             if g is graph and vs == stamp and all(a is b for a, b in zip(ps, params, strict=True)):
-                if torch.is_grad_enabled():
-                    del store[key]
+                if not torch.is_grad_enabled():
+                    return _detached(value)
+                del store[key]
                 return value
         if torch.is_grad_enabled():
             store.pop(key, None)
@@ -220,7 +232,7 @@ class Backbone(nn.Module, ABC):
         with torch.enable_grad():
             value = compute()
         store[key] = (graph, tuple(params), stamp, value)
-        return value
+        return _detached(value)
 
     # -- the contract ----------------------------------------------------------------
     @abstractmethod
