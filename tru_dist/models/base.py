@@ -104,6 +104,13 @@ T = TypeVar("T")
 _CONSTANT_STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _stored_for(entry: tuple, graph: object, params: list[nn.Parameter], stamp: tuple) -> bool:
+    """Whether a store entry ``(graph, params, stamp, value)`` was stored for this very graph
+    object, these parameter objects and this stamp of their state."""
+    g, ps, st, _ = entry
+    return g is graph and st == stamp and all(a is b for a, b in zip(ps, params, strict=True))
+
+
 def _detached(value: T) -> T:
     """``value`` (a tensor, or a tuple / list of them) with every tensor detached."""
     if isinstance(value, torch.Tensor):
@@ -188,10 +195,8 @@ class Backbone(nn.Module, ABC):
             return compute()
         versions = tuple(p._version for p in params)
         hit = store.get(key)
-        if hit is not None:
-            g, ps, vs, value = hit
-            if g is graph and vs == versions and all(a is b for a, b in zip(ps, params, strict=True)):
-                return value
+        if hit is not None and _stored_for(hit, graph, params, versions):
+            return hit[3]
         value = compute()
         store[key] = (graph, tuple(params), versions, value)
         return value
@@ -219,13 +224,11 @@ class Backbone(nn.Module, ABC):
             return compute()
         stamp = tuple((p._version, p.requires_grad) for p in params)
         hit = store.get(key)
-        if hit is not None:
-            g, ps, vs, value = hit
-            if g is graph and vs == stamp and all(a is b for a, b in zip(ps, params, strict=True)):
-                if not torch.is_grad_enabled():
-                    return _detached(value)
-                del store[key]
-                return value
+        if hit is not None and _stored_for(hit, graph, params, stamp):
+            if not torch.is_grad_enabled():
+                return _detached(hit[3])
+            del store[key]
+            return hit[3]
         if torch.is_grad_enabled():
             store.pop(key, None)
             return compute()
