@@ -218,7 +218,11 @@ class Backbone(nn.Module, ABC):
         collective inside ``compute`` runs on all ranks or none. No-grad callers get detached
         tensors (they never see, or extend, the stored graph); none may write them in place. Only
         for a branch that is the same computation in train and eval mode (no dropout, no
-        sampling)."""
+        sampling). A whole forward that is the same in both modes (``mode_free_forward``) is
+        shared by the unlearning loop instead (``_Loop.shares_forward``): only the loop knows
+        whether its step will run that full forward (not a deletion-local one, not rows) and
+        when to drop it; this is for a branch every forward of the backbone runs in full, such
+        as MIG-GT's ID propagation under its sampled attention."""
         store = _CONSTANT_STORES.get(self)
         if store is None or torch.is_inference_mode_enabled() or not any(p.requires_grad for p in params):
             return compute()
