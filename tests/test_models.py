@@ -18,6 +18,7 @@ from tru_dist.data.synthetic import generate_synthetic
 from tru_dist.errors import ConfigError
 from tru_dist.graph import PartitionBook, build_rec_graph
 from tru_dist.models import BPRBatch, build_model
+from tru_dist.models.base import Embeddings
 from tru_dist.models.miggt import restart_propagate
 
 MODELS = ["lightgcn", "mgcn", "miggt"]
@@ -567,3 +568,31 @@ def test_select_rows_keeps_the_rows_asked_in_their_order():
     out = select_rows(csr, torch.tensor([2, 0, 1]))
     assert torch.equal(out.to_dense(), dense[[2, 0, 1]])
     assert out.crow_indices().tolist() == [0, 3, 5, 5]
+
+
+def test_a_handed_on_forward_reaches_no_grad_callers_detached_and_can_be_dropped(tiny_graph):
+    """The unlearning loop hands a whole MGCN forward (an :class:`Embeddings`, aux included) from
+    its gate pass to its step through ``handed_on_branch``: the gate pass must read it detached
+    (it never extends the stored graph), the step must take the very value stored, and once the
+    loop drops it (no step follows) the next grad-enabled call must compute afresh."""
+    model = _model("mgcn", tiny_graph)
+    params = [p for p in model.parameters() if p.requires_grad]
+    runs = []
+
+    def forward():
+        runs.append(1)
+        return model.embed(tiny_graph)
+
+    with model.constant_branches():
+        with torch.no_grad():
+            seen = model.handed_on_branch(("embed",), tiny_graph, params, forward)
+        assert isinstance(seen, Embeddings) and seen.aux
+        assert not seen.user.requires_grad and not seen.item.requires_grad
+        assert not any(t.requires_grad for t in seen.aux.values())
+        taken = model.handed_on_branch(("embed",), tiny_graph, params, forward)
+        assert len(runs) == 1 and taken.user.requires_grad and torch.equal(taken.user, seen.user)
+        with torch.no_grad():
+            model.handed_on_branch(("embed",), tiny_graph, params, forward)
+        model.drop_handed_on(("embed",))
+        model.handed_on_branch(("embed",), tiny_graph, params, forward)
+        assert len(runs) == 3

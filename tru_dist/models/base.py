@@ -112,11 +112,16 @@ def _stored_for(entry: tuple, graph: object, params: list[nn.Parameter], stamp: 
 
 
 def _detached(value: T) -> T:
-    """``value`` (a tensor, or a tuple / list of them) with every tensor detached."""
+    """``value`` (a tensor, a tuple / list / dict of them, or :class:`Embeddings`) with every
+    tensor detached."""
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, (tuple, list)):
         return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    if isinstance(value, Embeddings):
+        return Embeddings(_detached(value.user), _detached(value.item), _detached(value.aux))
     return value
 
 
@@ -218,11 +223,12 @@ class Backbone(nn.Module, ABC):
         collective inside ``compute`` runs on all ranks or none. No-grad callers get detached
         tensors (they never see, or extend, the stored graph); none may write them in place. Only
         for a branch that is the same computation in train and eval mode (no dropout, no
-        sampling). A whole forward that is the same in both modes (``mode_free_forward``) is
-        shared by the unlearning loop instead (``_Loop.shares_forward``): only the loop knows
-        whether its step will run that full forward (not a deletion-local one, not rows) and
-        when to drop it; this is for a branch every forward of the backbone runs in full, such
-        as MIG-GT's ID propagation under its sampled attention."""
+        sampling). Two users: MIG-GT's ID propagation under its sampled attention (a branch
+        every forward runs in full), and the unlearning loop's whole forward on a backbone that
+        is the same in both modes (``mode_free_forward``; ``_Loop.shared_forward``) — the loop,
+        not the backbone, makes that call, as only it knows whether its step runs the full
+        forward (not a deletion-local one, not rows) and when to drop it
+        (:meth:`drop_handed_on`)."""
         store = _CONSTANT_STORES.get(self)
         if store is None or torch.is_inference_mode_enabled() or not any(p.requires_grad for p in params):
             return compute()
@@ -240,6 +246,14 @@ class Backbone(nn.Module, ABC):
             value = compute()
         store[key] = (graph, tuple(params), stamp, value)
         return _detached(value)
+
+    def drop_handed_on(self, key: tuple) -> None:
+        """Forget the value :meth:`handed_on_branch` stored under ``key``, if any: its caller
+        knows no grad-enabled call will take it (the run ends), so its autograd graph is freed
+        now rather than when :meth:`constant_branches` closes."""
+        store = _CONSTANT_STORES.get(self)
+        if store is not None:
+            store.pop(key, None)
 
     # -- the contract ----------------------------------------------------------------
     @abstractmethod

@@ -30,8 +30,9 @@ the model with the deletion's fully deleted users re-drawn (:func:`~.deletion.st
    top-K gate, which ranks every item per step, keeps the full tables). Where that forward
    is the full ``embed`` and the backbone's forward is the same in eval mode
    (``Backbone.mode_free_forward``: MGCN, LightGCN), the calibrated gate pass just before
-   builds it with autograd on and the step takes it, unless a parameter was written in between
-   (a best state put back) or the isolation pass runs in between: one forward per epoch, not
+   builds it with autograd on and the step takes it (both through ``Backbone.handed_on_branch``),
+   unless a parameter was written in between (a best state put back) or the isolation pass runs
+   in between: one forward per epoch, not
    two — MGCN on Scientific, tuning seed 100, 1.06-1.14x per request on interactions 5% and
    1.07-1.13x on items 1% (runs hours apart on a drifting machine), the same gate passes.
    MIG-GT's step draws fresh attention samples, so it takes only the gate pass's ID
@@ -137,7 +138,6 @@ class _Loop:
         self.cold_sorted: torch.Tensor | None = None
         self.best: dict[str, Any] = {}  # calibrated gate: smallest gap so far, its epoch and parameters
         self.local = self._local_propagation()
-        self.gate_forward: tuple[tuple[int, ...], Embeddings] | None = None  # (versions, forward)
         self.fanout_rng = torch.Generator().manual_seed(int(self.uc.seed) * 1_000_003 + 10)
         self.stats: dict[str, Any] = {"n_forget_train": int(len(self.fu)),
                                       "n_removed_users": int(len(forget.removed_users)),
@@ -620,12 +620,7 @@ class _Loop:
         gate pass ranks; the model's training mode is left as it was."""
         was = self.model.training
         self.model.eval()
-        if self.shares_forward:
-            with torch.enable_grad():
-                emb = self.model.embed(self.graph)
-            self.gate_forward = (self._versions(), emb)
-        else:
-            emb = self.model.embed(self.graph)
+        emb = self.shared_forward() if self.shares_forward else self.model.embed(self.graph)
         self.model.train(was)
         mine = (self.fu >= self.lo) & (self.fu < self.lo + self.n_local)
         lu = torch.from_numpy(self.fu[mine] - self.lo).to(self.device)
@@ -942,23 +937,21 @@ class _Loop:
                              never_negative=(self.fu, self.fi))
         return retain_stream(sampler, batch_size)
 
-    def _versions(self) -> tuple[int, ...]:
-        """The parameters' in-place version counters: any write (an Adam step, a best state put
-        back) changes one."""
-        return tuple(p._version for p in self.params)
+    def shared_forward(self) -> Embeddings:
+        """The full forward ``model.embed(graph)`` as one :meth:`Backbone.handed_on_branch`
+        (:attr:`shares_forward`): a gate pass (no grad) builds it with autograd on and ranks a
+        detached view; the step after it takes it if no parameter was written in between (an
+        Adam step, a best state put back) and none froze — else it runs its own. Reuses are
+        counted in ``stats["gate_forwards_reused"]``. What it saves: the module docstring."""
+        computed = []
 
-    def take_gate_forward(self) -> Embeddings | None:
-        """The last gate pass's forward (built with autograd, :attr:`shares_forward`) if no
-        parameter has been written since; else None. Taken once: a second call returns None.
-        (Groups only ever freeze during a run, so every parameter live now was live when the
-        forward was built: its graph reaches them all.) What it saves: the module docstring."""
-        held, self.gate_forward = self.gate_forward, None
-        if held is None:
-            return None
-        versions, emb = held
-        if versions != self._versions():
-            return None
-        self.stats["gate_forwards_reused"] = self.stats.get("gate_forwards_reused", 0) + 1
+        def forward() -> Embeddings:
+            computed.append(True)
+            return self.model.embed(self.graph)
+
+        emb = self.model.handed_on_branch(("embed",), self.graph, self.params, forward)
+        if torch.is_grad_enabled() and not computed:
+            self.stats["gate_forwards_reused"] = self.stats.get("gate_forwards_reused", 0) + 1
         return emb
 
     def step(self, optimizer: PlainAdam, f_batch: BPRBatch, r_batch: BPRBatch | None,
@@ -967,8 +960,9 @@ class _Loop:
         the retain batch plus κ·keep on it and κ_o·keep on the owners' batch ``o_batch``;
         gradients (scaled per branch or not), masks, Adam."""
         optimizer.zero_grad(set_to_none=True)
-        emb = self.take_gate_forward()
-        if emb is None:
+        if self.shares_forward:  # the full forward, the gate pass's if it is still current
+            emb = self.shared_forward()
+        else:
             emb = self.embed(*(b for b in (f_batch, r_batch, o_batch) if b is not None))
         loss_f = self.forget_loss(emb, f_batch) if self.spec.forget_term != "none" else None
         loss_r = self.model.loss(r_batch, self.graph, emb) if r_batch is not None else None
@@ -1069,7 +1063,7 @@ class _Loop:
             if self.gate_pass(epochs_run):
                 converged_at = epochs_run
             self.stalled()
-        self.gate_forward = None  # no step follows: free its autograd graph
+        self.model.drop_handed_on(("embed",))  # no step follows: free its autograd graph
         self.restore_best()
         self.stats.update(steps=steps, epochs_run=epochs_run)
         if spec.gate is not None:
