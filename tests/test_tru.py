@@ -372,6 +372,45 @@ def test_isolation_that_leaves_nothing_to_move_stops_at_the_start_and_says_so(mg
     assert not torch.equal(free.model.state_dict()["user_emb"], before["user_emb"])
 
 
+def test_cold_row_groups_hand_case():
+    """Only item-table groups the budget left out are opened; a chosen one, a user table and a
+    dense group never are."""
+    u, i, w = object(), object(), object()
+    cand = {"user_emb": [u], "item_emb": [i], "encoder_text": [w]}
+    assert isolation.cold_row_groups(["user_emb"], cand, {id(i)}) == ["item_emb"]
+    assert isolation.cold_row_groups(["item_emb"], cand, {id(i)}) == []
+    assert isolation.cold_row_groups(["encoder_text"], {**cand, "mixed": [i, w]}, {id(i)}) == ["item_emb"]
+
+
+@pytest.mark.parametrize("regime", ["items", "interactions"])
+def test_free_cold_item_rows_moves_only_the_cold_items_rows_when_the_budget_froze_their_table(
+        mgcn_trained, tiny_data, monkeypatch, regime):
+    """A budget that chose ``user_emb`` alone freezes the item table: without the option no item
+    row moves; with ``isolation.free_cold_item_rows`` exactly the rows of D_f's items that no
+    retained pair uses may move (and some do), every other item row bit for bit as before."""
+    model, _ = mgcn_trained
+    forget = forget_set(tiny_data, regime, 0.05 if regime == "items" else 0.3, seed=0)
+    deletion = build_deletion(tiny_data, build_rec_graph(tiny_data), forget)
+    used = np.bincount(np.asarray(deletion.data_after.train_pairs[1]), minlength=model.item_emb.shape[0]) > 0
+    cold = np.zeros_like(used)
+    cold[np.unique(deletion.forget.train_items)] = True
+    cold &= ~used
+    assert cold.any() and (regime == "items" or (~cold[np.unique(deletion.forget.train_items)]).any())
+    forced = lambda *a, **k: (["user_emb"], 0.5)  # noqa: E731
+    monkeypatch.setattr(isolation, "decide_isolation", forced)
+    monkeypatch.setattr(isolation, "decide_isolation_by_mass", forced)
+    iso = {"enabled": True, "shared_layers": False, "budget": 0.5, "row_hops": 1}
+    before = model.state_dict()["item_emb"]
+    off = get_method("tru").unlearn(model, deletion, _mgcn_cfg(isolation=iso))
+    on = get_method("tru").unlearn(model, deletion, _mgcn_cfg(isolation={**iso, "free_cold_item_rows": True}))
+    assert torch.equal(off.model.state_dict()["item_emb"], before)
+    assert off.stats["isolation"]["cold_rows_added"] == []
+    assert on.stats["isolation"]["cold_rows_added"] == ["item_emb"]
+    assert on.stats["isolation"]["cold_item_rows"] == int(cold.sum())
+    moved = (on.model.state_dict()["item_emb"] != before).any(1).numpy()
+    assert moved[cold].any() and not moved[~cold].any()
+
+
 @pytest.fixture(scope="module")
 def never_trained_deletion(never_trained_data):
     """(LightGCN trained on ``never_trained_data``, an items 5% deletion, the items retained train

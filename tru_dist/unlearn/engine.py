@@ -338,6 +338,10 @@ class _Loop:
         row_params = {id(p) for p, _ in self.model.row_tables().values()}
         return {n: ps for n, ps in groups.items() if ps and all(id(p) in row_params for p in ps)}
 
+    def _item_table_ids(self) -> set[int]:
+        """ids of the model's item-indexed row tables."""
+        return {id(p) for p, kind in self.model.row_tables().values() if kind == "item"}
+
     def _freeze(self, groups: dict[str, list[torch.nn.Parameter]]) -> None:
         """Freeze these layer groups for the update (``iter_update`` unfreezes them at the end)."""
         for ps in groups.values():
@@ -388,16 +392,22 @@ class _Loop:
         else:
             chosen, share = iso_fn.decide_isolation(f_sum, r_sum, counts, counts, iso.budget, iso.delta)
         total_f = sum(f_sum.values()) or 1.0
-        self._freeze({n: ps for n, ps in groups.items() if n not in chosen})
         user_mask, item_mask = iso_fn.hop_masks(self.fu, self.fi, *self.orig_pairs,
                                                 self.data.n_users, self.data.n_items, iso.row_hops)
+        cold_rows = item_mask & ~self.items_in_use
+        added = (iso_fn.cold_row_groups(chosen, candidates, self._item_table_ids())
+                 if iso.free_cold_item_rows and cold_rows.any() else [])
+        self._freeze({n: ps for n, ps in groups.items() if n not in chosen and n not in added})
         if not iso.retained_item_rows:
             item_mask = item_mask & ~self.items_in_use  # items no retained pair uses (.tru.isolation)
         if not iso.cold_item_user_rows:  # users whose deleted pairs are all on cold items (.tru.isolation)
             user_mask = user_mask & ~iso_fn.cold_only_users(self.fu, self.fi, self.items_in_use,
                                                              self.data.n_users)
+        added_ids = {id(p) for n in added for p in groups[n]}
         for p, kind in self.model.row_tables().values():
             rows = user_mask[self.lo : self.lo + self.n_local] if kind == "user" else item_mask
+            if id(p) in added_ids:  # opened for the cold rows only
+                rows = cold_rows
             mask = torch.from_numpy(rows.copy()).to(p.device)
             self.frozen_rows[id(p)] = self.frozen_rows[id(p)] & mask if id(p) in self.frozen_rows else mask
         free = {"user": int(user_mask.sum()), "item": int(item_mask.sum())}  # rows that may move
@@ -410,12 +420,14 @@ class _Loop:
             "row_hops": iso.row_hops,
             "retained_item_rows": iso.retained_item_rows,
             "cold_item_user_rows": iso.cold_item_user_rows,
+            "cold_rows_added": added,
+            "cold_item_rows": int(cold_rows.sum()),
             "rows_users": free["user"],
             "rows_items": free["item"],
             "n_users": self.data.n_users,
             "n_items": self.data.n_items,
             "movable_groups": iso_fn.movable_groups(
-                chosen, {name: kind for name, (_p, kind) in self.model.row_tables().items()}, free),
+                chosen + added, {name: kind for name, (_p, kind) in self.model.row_tables().items()}, free),
         }
         if not self.stats["isolation"]["movable_groups"] and collectives.rank() == 0:
             _LOG.warning("TRU isolation left nothing to move (chosen groups %s have no free rows: users %d, "

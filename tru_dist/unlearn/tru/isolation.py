@@ -48,6 +48,15 @@ It makes the adaptive budget (``mass``) safe on items deletions, where that budg
 recall 0.963 → 0.913 × Retrain's; with the rule, the fixed budget's update on all six seeds).
 MIG-GT with both was closer to Retrain on Scientific's interactions tuning seeds but farther on
 dense synthetic data, so neither is its default (measurements: the README, Unlearn item 3).
+
+*Cold items' rows* (``isolation.free_cold_item_rows: true``, an option): an item table the
+budget left frozen is opened for D_f's cold items' rows alone (:func:`cold_row_groups`),
+
+    I_move = I_h ∩ {i : deg_{D_r}(i) = 0}:
+
+no retained pair trains those rows, so they hold none of D_r's capacity. It targets an items
+deletion whose fixed budget chose ``user_emb`` (MIG-GT items 1% on one of five freshly trained
+originals: recall 0.879 × Retrain's, the deleted items' users moved instead of the items).
 """
 
 from __future__ import annotations
@@ -182,3 +191,17 @@ def movable_groups(chosen: list[str], row_kinds: dict[str, str], free_rows: dict
     (``free_rows[kind]`` > 0). Empty means the update cannot change the model — e.g. an items
     deletion whose budget chose ``user_emb`` alone with ``cold_item_user_rows: false``."""
     return [n for n in chosen if n not in row_kinds or free_rows.get(row_kinds[n], 0) > 0]
+
+
+def cold_row_groups(chosen: list[str], candidates: dict[str, list], item_table_ids: set[int]) -> list[str]:
+    """With ``isolation.free_cold_item_rows``: the candidate groups made only of item row tables
+    that the budget left frozen — opened for D_f's cold items' rows alone,
+
+        I_move(t) = I_h ∩ {i : deg_{D_r}(i) = 0}   for every such table t.
+
+    A row no retained pair trains holds none of D_r's capacity (its retain Fisher is only that of
+    a negative), so freezing it protects nothing, while it is where an items deletion's signal
+    lives: an items deletion whose fixed budget chose ``user_emb`` moved the deleted items' users
+    instead of the items."""
+    return [n for n, ps in candidates.items()
+            if n not in chosen and ps and all(id(p) in item_table_ids for p in ps)]
