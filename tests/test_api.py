@@ -115,6 +115,37 @@ def test_unlearn_from_a_dataframe_is_ledgered(trained, tmp_path):
     assert tru_dist.recommend(done, users="1", k=3)[0]["user"] == 1
 
 
+def test_an_unlearned_run_is_evaluated_and_served_without_what_it_deleted(trained, tmp_path):
+    """Evaluate and recommend read an unlearned run with the graph and history it serves with —
+    its ledger's deletions removed: evaluate reproduces unlearn's own figures (scored on D_r, not
+    on the graph still holding the deleted pairs, which gives other figures), and a deleted
+    item is no longer hidden from its user as "seen" (the original run still hides it)."""
+    from tru_dist.data.dataset import TRAIN
+    from tru_dist.train.evaluate import evaluate
+    from tru_dist.train.trainer import load_run as trainer_load
+
+    data = trained.data
+    train = data.labels == TRAIN
+    users = np.unique(data.users[train])[:20]
+    firsts = [int(data.items[train & (data.users == u)][0]) for u in users]
+    requests = pd.DataFrame({"request_id": [f"p{u}" for u in users], "user_id": users, "item_id": firsts,
+                             "reason": "gdpr"})
+    done = tru_dist.unlearn(trained, requests=requests, method="reverse_bpr", config={"unlearn.epochs": 1},
+                            out=tmp_path / "u")
+    ev = tru_dist.evaluate(done, overrides=["train.device=cpu"])
+    for split in ("valid", "test"):
+        assert ev[split] == pytest.approx(done.metrics[split], abs=1e-9), split
+    cfg, full, graph, model = trainer_load(done.path)  # the same model over the graph before deletion
+    stale = {split: evaluate(model, graph, full, split, cfg.eval.ks) for split in ("valid", "test")}
+    assert any(stale[split] != pytest.approx(ev[split], abs=1e-9) for split in ("valid", "test"))
+    u, i = int(users[0]), firsts[0]
+    everything = data.n_items  # every item the user has not (or no longer) got in train
+    served = tru_dist.recommend(done, users=[u], k=everything)[0]["items"]
+    hidden = tru_dist.recommend(trained, users=[u], k=everything)[0]["items"]
+    assert i in served and i not in hidden
+    assert len(served) == len(hidden) + 1
+
+
 def test_cli_commands_call_the_api(trained, tmp_path, capsys):
     assert main(["recommend", "--run", str(trained.path), "--users", "0,1", "--k", "5"]) == 0
     printed = json.loads(capsys.readouterr().out)

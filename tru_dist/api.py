@@ -103,10 +103,13 @@ def load_run(path: str | Path, device: str = "auto") -> Run:
 
 def _load_bundle(run: Run) -> tuple:
     """``(data, graph, model)`` of ``run`` on ``run.device``, best parameters, eval mode, in this
-    process (``checkpoint.pt`` holds full tables whatever W trained the run)."""
+    process (``checkpoint.pt`` holds full tables whatever W trained the run); data and graph
+    are what the run serves with — without every pair its ledger deleted."""
     from tru_dist.train.trainer import load_run as trainer_load
+    from tru_dist.unlearn.ledger import served_state
 
     _, data, graph, model = trainer_load(run.path, device=run.device)
+    data, graph = served_state(run.path, data, graph)  # an unlearned run: without what it deleted
     return data, graph, model
 
 

@@ -111,16 +111,6 @@ def _json_safe(obj):
     return obj
 
 
-def _served_state(run_dir: Path, data: RecDataset, graph):
-    """(data, graph) a run's model serves with: the original minus its ledger's deletions."""
-    from tru_dist.data.requests import ForgetSet
-    from tru_dist.unlearn.ledger import apply_deletion
-
-    empty = np.zeros(0, dtype=np.int64)
-    nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")
-    return apply_deletion(run_dir, data, graph, nothing)
-
-
 def audit_run(
     run_dir: str | Path,
     requests_path: str | Path,
@@ -143,7 +133,7 @@ def audit_run(
     from tru_dist.train.trainer import load_run
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.deletion import build_deletion
-    from tru_dist.unlearn.ledger import DeletionLedger
+    from tru_dist.unlearn.ledger import DeletionLedger, served_state
 
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
@@ -154,7 +144,7 @@ def audit_run(
                          "metrics.json); pass it with --original RUN")
     cfg, data, graph, original_model = load_run(original, data=data)
     _, _, _, unlearned = load_run(run_dir, data=data)
-    data_before, graph_before = _served_state(Path(original), data, graph)
+    data_before, graph_before = served_state(Path(original), data, graph)
     forget = resolve_requests(data_before, read_requests(requests_path))
     missing = [rid for rid in forget.request_ids if DeletionLedger(run_dir).receipt_for(rid) is None]
     if missing:

@@ -36,8 +36,8 @@ once the store was purged). :func:`apply_plan` turns a dataset, its graph and a 
 the shared deletion step (:func:`tru_dist.unlearn.deletion.build_deletion`): the
 before-state without every pair deleted by earlier receipts, the after-state without the
 new ones too (graph renormalised, provenance updated — see that module).
-:func:`apply_deletion` is the (data_after, graph_after) pair of it, for readers that only
-need what a run serves with.
+:func:`apply_deletion` is the (data_after, graph_after) pair of it, and :func:`served_state`
+what a run's model serves with (evaluate, recommend, export, audits).
 """
 
 from __future__ import annotations
@@ -434,6 +434,20 @@ def apply_deletion(run_dir: str | Path, data: RecDataset, graph, forget: ForgetS
     plan = DeletionLedger(run_dir).plan(data, forget)
     deletion = apply_plan(data, graph, plan)
     return deletion.data_after, deletion.graph_after
+
+
+def served_state(run_dir: str | Path, data: RecDataset, graph):
+    """(data, graph) the model of ``run_dir`` serves with: ``data``/``graph`` minus every pair
+    its ledger deleted (the same objects when the run deleted nothing, or when the data were
+    purged of it). Evaluate, recommend, export and the audits read a run through this: an
+    unlearned run is never scored or served over its deleted interactions, and a deleted item
+    is no longer hidden from its user as "seen" (which would both change the lists and reveal
+    what was deleted)."""
+    if not DeletionLedger(run_dir).receipts():
+        return data, graph
+    empty = np.zeros(0, dtype=np.int64)
+    nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")
+    return apply_deletion(run_dir, data, graph, nothing)
 
 
 def apply_plan(data: RecDataset, graph, plan: DeletionPlan, *, reset: bool = True):
