@@ -50,6 +50,9 @@ def test_request_file_errors(tmp_path):
     (tmp_path / "r.csv").write_text("request_id,user_id,item_id,reason\nx,1,,a\ny,two,3,b\n")
     with pytest.raises(RequestError, match="request y has user_id 'two', not an integer id"):
         read_requests(tmp_path / "r.csv")
+    (tmp_path / "r.csv").write_text("request_id,user_id,item_id,reason\nx,0.5,3,a\n")  # not np.float64(0.5)
+    with pytest.raises(RequestError, match=r"request x has user_id 0\.5, not an integer id"):
+        read_requests(tmp_path / "r.csv")
     (tmp_path / "r.csv").write_text("request_id,user_id,item_id,reason\nx,,3,a\n")
     with pytest.raises(RequestError, match="request x has user_id empty"):
         read_requests(tmp_path / "r.csv")
@@ -99,7 +102,8 @@ def test_removed_users_counts_train_only(small):
         ),
         ([("a", 0, 1, ""), ("a", 2, 3, "")], r"duplicate request_id\(s\) a"),
         ([("a", 2, 3, ""), ("b", 2, None, "")], r"requests a, b all delete \(user 2, item 3\)"),
-        ([("a", 2, 3, ""), ("b", 2, 3, ""), ("c", 0, 0, "")], r"requests a, b all delete \(user 2, item 3\)"),
+        ([("a", 2, 3, ""), ("b", 2, 3, ""), ("c", 0, 0, "")],
+         r"requests a, b all delete \(user 2, item 3\) \(1 overlapping pair\); keep"),
         (
             [("a", 1, None, ""), ("b", 1, None, "")],
             r"requests a, b each delete all interactions of the same user",

@@ -102,7 +102,10 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
             bad = (~missing_val & not_int) | (missing_val & (not nullable))
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            what = "empty" if missing_val[k] else repr(raw.iloc[k])
+            value = raw.iloc[k]
+            if isinstance(value, np.generic):  # shown as its plain value: 0.5, not np.float64(0.5)
+                value = value.item()
+            what = "empty" if missing_val[k] else repr(value)
             raise RequestError(
                 f"{source}: request {out['request_id'][k]} has {col} {what}, not an integer id; fix that row"
             )
@@ -227,9 +230,10 @@ def resolve_requests(data: RecDataset | PendingDataset, df: pd.DataFrame,
         first = r[0]
         involved = owners[dup_rows][r == first]
         fu, fi, _ = data.take(np.array([first]))
+        n = len(np.unique(r))
         raise RequestError(
             f"requests {_first_few(rid[np.sort(involved)])} all delete (user {fu[0]},"
-            f" item {fi[0]}) ({len(np.unique(r))} overlapping pairs); keep one request per pair"
+            f" item {fi[0]}) ({n} overlapping pair{'' if n == 1 else 's'}); keep one request per pair"
         )
 
     rows = np.sort(rows)
