@@ -279,6 +279,28 @@ def test_a_stream_of_in_place_requests_equals_the_ledgers_rebuilt_path(tiny_data
     assert data.split_counts[VALID] == int((ref_del.data_after.labels == VALID).sum())
 
 
+def test_a_deletion_that_leaves_no_train_pair_is_refused_before_the_graph_changes(tiny_data):
+    """Earlier requests plus this batch deleting every train pair leave nothing to retain (TRU's
+    retain stream raised a bare ValueError): a one-line RequestError counting the pairs, raised
+    before an in-place deletion overwrites the graph; one pair fewer is still a deletion."""
+    from tru_dist.errors import RequestError
+
+    users = np.unique(tiny_data.users[tiny_data.labels == TRAIN])
+    earlier = resolve_requests(tiny_data, user_request_table(users[:-1], "test"), regime="users")
+    last = resolve_requests(tiny_data, user_request_table(users[-1:], "test"), regime="users")
+    graph = build_rec_graph(tiny_data, with_knn=False)
+    before = graph.ui.norm.to_dense().clone()
+    n_train = int((tiny_data.labels == TRAIN).sum())
+    counted = rf"every train interaction \({n_train} of {n_train}, with earlier"
+    with pytest.raises(RequestError, match=counted):
+        build_deletion(tiny_data, graph, last, earlier=(earlier.users, earlier.items), in_place=True)
+    assert torch.equal(graph.ui.norm.to_dense(), before)  # refused before anything was deleted
+    everyone = resolve_requests(tiny_data, user_request_table(users, "test"), regime="users")
+    with pytest.raises(RequestError, match="delete less"):
+        build_deletion(tiny_data, graph, everyone)
+    assert build_deletion(tiny_data, graph, earlier).data_after.split_counts[TRAIN] > 0
+
+
 @pytest.mark.parametrize("name", ["lightgcn", "mgcn", "miggt"])
 def test_models_read_the_deferred_item_scale(name):
     """Every backbone propagates the same R̂ whether the deletion renormalised the item columns

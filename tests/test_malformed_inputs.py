@@ -312,6 +312,31 @@ def _other_data_run(env: Env, tmp: Path) -> list[str]:
     return ["unlearn", "--run", str(run), "--requests", str(env.requests), "--out", str(tmp / "out")]
 
 
+def _train_on_inter(edit: Callable[[list[str]], list[str]]):
+    """Train on a copy of the MMRec folder whose .inter lines are ``edit``-ed (a readable file)."""
+    def build(env: Env, tmp: Path) -> list[str]:
+        mm = _mmrec_copy(env, tmp)
+        inter = next(mm.glob("*.inter"))
+        inter.write_text("\n".join(edit(inter.read_text().splitlines())) + "\n")
+        return _train_on(mm, tmp)
+
+    return build
+
+
+def _all_labelled(label: str):
+    """Every data row's x_label (the last column) set to ``label``."""
+    return lambda ls: [ls[0]] + [x.rsplit("\t", 1)[0] + "\t" + label for x in ls[1:]]
+
+
+def _every_user(env: Env, tmp: Path) -> list[str]:
+    """One whole-user request per user of the store: nothing is left to retain."""
+    users = sorted(set(pq.read_table(env.store / "interactions.parquet").to_pandas().user_id))
+    path = tmp / "everyone.csv"
+    pd.DataFrame({"request_id": [f"user-{u}" for u in users], "user_id": users,
+                  "item_id": [None] * len(users), "reason": ["x"] * len(users)}).to_csv(path, index=False)
+    return _unlearn_with(path, tmp, env)
+
+
 def _dup_feature_rows(p: Path) -> None:
     np.save(p, np.zeros((7, 8), dtype=np.float32))
 
@@ -337,6 +362,7 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
     ("mmrec-no-inter", _no_inter_file, "exactly one"),
     ("inter-ids-not-dense", _edit_inter(lambda ls: [ls[0]] + [x for x in ls[1:] if x.split("\t")[0] != "5"]),
      "userID"),
+    ("inter-no-train-rows", _train_on_inter(_all_labelled("1")), "no train interaction (x_label 0)"),
     # -- feature matrices (.npy) ---------------------------------------------------------------
     ("feat-wrong-rows", _feature(_dup_feature_rows), "image_feat.npy"),
     ("feat-not-npy", _feature(lambda p: p.write_bytes(b"not a numpy file at all")), "image_feat.npy"),
@@ -389,6 +415,11 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
     ("req-empty-request-id", _requests(text="request_id,user_id,item_id,reason\n,1,2,x\n"), "request_id"),
     ("req-corrupt-parquet", _requests(text="PAR1 garbage", name="req.parquet"), "cannot be read"),
     ("req-mixed-replay", _mixed_replay, "already applied"),
+    ("req-deletes-every-train-pair", _every_user, "every train interaction"),
+    ("cli-compare-deletes-every-train-pair",
+     _argv("compare", "--data", "{store}", "--model", "lightgcn", "--regime", "items", "--fraction", "1.0",
+           "--methods", "tru", "--seeds", "1", "--out", "{out}", "--train.epochs=1"),
+     "every train interaction"),
     # -- configs and overrides -------------------------------------------------------------------------
     ("cfg-negative-lr", _override("--train.lr=-1"), "train.lr"),
     ("cfg-nan-lr", _override("--train.lr=nan"), "train.lr"),

@@ -156,6 +156,44 @@ def test_early_stopping_counts_evaluations_and_restores_best(tiny_data):
     assert evaluate(model, graph, tiny_data, "valid", ks=(10, 20)) == best["valid"]
 
 
+def test_a_non_finite_loss_stops_training_naming_the_epoch(tiny_data, tmp_path):
+    """MIG-GT on finite float32 features of ~1e30 gives a NaN loss from epoch 1; training used to
+    go on, checkpoint the NaN model and report recall over NaN scores. Now one TrainingError
+    names the epoch and the fix, before any checkpoint is written."""
+    from tru_dist.errors import TrainingError
+
+    huge = tiny_data.with_features({m: (f * 1e30).astype(np.float32) for m, f in tiny_data.features.items()})
+    assert all(np.isfinite(f).all() for f in huge.features.values())
+    cfg = Config.from_dict({"model": {"name": "miggt", "dim": 8},
+                            "train": {"epochs": 3, "batch_size": 512, "progress": "off"},
+                            "eval": {"ks": [10, 20]}})
+    with pytest.raises(TrainingError, match=r"miggt training diverged at epoch 1: the loss is nan; normalise "
+                                            r"the item features .* lower train\.lr"):
+        fit(cfg, huge, out_dir=tmp_path)
+    assert not checkpoint_path(tmp_path).exists()
+
+
+def test_data_without_train_rows_is_refused_and_without_valid_rows_trains_every_epoch(tiny_data, caplog):
+    """No train row: a one-line DataError (it "trained" with loss 0 and checkpointed the initial
+    model). No valid row: every valid metric is 0, so early stopping kept epoch 1 and stopped
+    after `patience` evaluations; now one warning, every epoch runs and the last one is kept."""
+    from dataclasses import replace
+
+    from tru_dist.data.dataset import TEST, TRAIN, VALID
+    from tru_dist.errors import DataError
+
+    no_train = replace(tiny_data, labels=np.where(tiny_data.labels == TRAIN, VALID, tiny_data.labels))
+    with pytest.raises(DataError, match=r"dataset 'synthetic' has no train interaction \(x_label 0\)"):
+        fit(small_cfg(epochs=2), no_train)
+    no_valid = replace(tiny_data, labels=np.where(tiny_data.labels == VALID, TEST, tiny_data.labels))
+    with caplog.at_level("WARNING", logger="tru_dist.train"):
+        _, _, res = fit(small_cfg(epochs=4, patience=1), no_valid)
+    assert res.epochs == 4 and res.best_epoch == 4 and not res.stopped_early
+    assert [r.getMessage() for r in caplog.records].count(
+        "dataset 'synthetic' has no valid rows (x_label 1): lightgcn trains all train.epochs without early "
+        "stopping and keeps the last epoch; label some rows x_label=1 to select the best epoch") == 1
+
+
 def test_run_train_writes_metrics_and_loadable_checkpoint(tiny_data, tmp_path):
     cfg = small_cfg(epochs=3)
     metrics = run_train(cfg, tmp_path, data=tiny_data)

@@ -302,7 +302,7 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
     from tru_dist.data.regimes import forget_set
     from tru_dist.data.source import open_data
     from tru_dist.unlearn.base import get_method
-    from tru_dist.unlearn.deletion import build_deletion
+    from tru_dist.unlearn.deletion import build_deletion, check_retains_train
 
     cfg = _seeded(cfg, seed)
     configs = configs if configs is not None else method_configs(cfg, spec)
@@ -314,11 +314,14 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
     held_out = None
     if needs_held_out_users(spec):
         data, held_out = hold_out_users(data, 0.05, seed)
+    # the forget set depends on the data and seed only: drawn (and a deletion of every train pair
+    # refused) before the original trains
+    forget = forget_set(data, spec.regime, spec.fraction, seed, policy=spec.policy)
+    check_retains_train(data, forget)
     original, graph, original_seconds, info = train_original(cfg, data, spec.originals)
     _log(f"seed {seed}: original {cfg.model.name} ready ({original_seconds:.1f}s to train, "
          f"{info['epochs']} epochs, best {info['best_epoch']})")
 
-    forget = forget_set(data, spec.regime, spec.fraction, seed, policy=spec.policy)
     deletion = build_deletion(data, graph, forget, reset=cfg.unlearn.reset_deleted_users)
     graph_after, data_after = deletion.graph_after, deletion.data_after
     ks = tuple(sorted({*cfg.eval.ks, 10, 20, 50}))

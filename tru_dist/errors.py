@@ -24,3 +24,7 @@ class RequestError(TruDistError):
 
 class PlanError(TruDistError):
     """A distributed plan does not fit the workers; the message says what would fix it."""
+
+
+class TrainingError(TruDistError):
+    """Training cannot go on (e.g. the loss is NaN/inf): the message names the epoch and the fix."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from tru_dist.data.dataset import RecDataset
+from tru_dist.data.dataset import TRAIN, RecDataset
 from tru_dist.data.schema import X_LABEL_NAMES
 from tru_dist.errors import DataError
 
@@ -162,6 +162,26 @@ def check_train_coverage(
         raise DataError(
             f"{source}: user {u} has no train interaction{where_txt}"
             f" ({len(lacking)} such users); give each user at least one x_label=0 row or drop the user"
+        )
+
+
+def dataset_source(data: RecDataset) -> str:
+    """How a message names ``data``: its folder when read from one, else its name."""
+    path = data.meta.get("path")
+    return str(path) if path else f"dataset '{data.meta.get('name', 'dataset')}'"
+
+
+def require_train_rows(data: RecDataset) -> None:
+    """A dataset to train on holds at least one train (x_label 0) row.
+
+    Checked where training starts, not where data is read: a dataset without train rows is
+    valid to read, store or purge (e.g. in-memory test data), but training on it would take no
+    step, report loss 0 and checkpoint the initial parameters as if it had learned."""
+    if data.split_counts[TRAIN] == 0:
+        raise DataError(
+            f"{dataset_source(data)} has no train interaction (x_label 0) among its {data.n_interactions} "
+            "rows, so there is nothing to train on; label most of each user's rows x_label=0 "
+            "(1 = valid, 2 = test)"
         )
 
 

@@ -45,7 +45,8 @@ import torch.distributed as dist
 
 from tru_dist import comm as collectives
 from tru_dist.config import Config
-from tru_dist.data.dataset import RecDataset
+from tru_dist.data.dataset import VALID, RecDataset
+from tru_dist.data.validate import require_train_rows
 from tru_dist.distributed.launch import uses_ray
 from tru_dist.distributed.process_group import spawn_local
 from tru_dist.distributed.replica import open_shared_graph, replica_step, share_graph, split_pairs
@@ -70,7 +71,7 @@ from tru_dist.train.evaluate import evaluate
 from tru_dist.train.optim import build_optimizer
 from tru_dist.train.progress import log_epoch
 from tru_dist.train.sampler import BPRSampler
-from tru_dist.train.trainer import check_metric, data_signature
+from tru_dist.train.trainer import check_loss, check_metric, data_signature, has_valid_rows
 
 WORK_DIR = "replica-work"
 DATA_FILE = "eval-data.pt"
@@ -104,6 +105,8 @@ def run_replica_train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     write_run_config(out, cfg.to_dict())
     in_memory = data is not None
     data = open_full(cfg, data)
+    require_train_rows(data)
+    has_valid_rows(data, cfg.model.name)  # the warning, once; rank 0's _validate keeps the last epoch
     graph = build_rec_graph(data, knn_k=cfg.model.knn_k, with_knn=model_class(cfg.model.name).uses_knn)
     users, items = data.train_pairs
     work = out / WORK_DIR
@@ -176,6 +179,7 @@ def replica_train_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict
             st["train_seconds"] += seconds
             record: dict[str, Any] = {"epoch": st["epoch"], "loss": float(loss_sum) / n_batches,
                                       "seconds": seconds}
+            check_loss(record["loss"], st["epoch"], cfg)  # every rank: the summed loss is the same
             evaluated = st["epoch"] % max(1, tc.eval_every) == 0 or st["epoch"] == tc.epochs
             if evaluated:
                 if rank == 0:
@@ -202,7 +206,7 @@ def _validate(cfg: Config, model, graph, data: RecDataset, st: dict[str, Any],
     st["eval_seconds"] += time.perf_counter() - t0
     record["valid"] = metrics
     value = metrics[cfg.eval.metric]
-    if value > st["best_metric"]:
+    if value > st["best_metric"] or not data.split_counts[VALID]:  # no valid rows: the last epoch (trainer)
         st.update(best_metric=value, best_epoch=record["epoch"], best_model=clone_state(model), bad_evals=0)
     else:
         st["bad_evals"] += 1

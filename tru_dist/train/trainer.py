@@ -15,7 +15,9 @@ At W > 1 such sampled training runs as data-parallel replicas instead of shards
 Valid is evaluated every ``train.eval_every`` epochs and at the last epoch; the best
 ``eval.metric`` (larger is better) is kept, and training stops after ``train.patience``
 evaluations without improvement (``patience <= 0`` disables early stopping). The best
-parameters are restored at the end.
+parameters are restored at the end. Data without valid rows trains every epoch and keeps the
+last (:func:`has_valid_rows`, one warning); data without train rows is a one-line DataError,
+and so is an epoch whose loss is NaN/inf (:func:`check_loss`), before it is checkpointed.
 
 Every evaluation writes a checkpoint (``checkpoint.py``); ``resume=True`` restores model,
 optimizer, sampler and global RNG states, so 3 epochs + resume 3 epochs reproduces 6
@@ -36,9 +38,10 @@ import torch
 
 from tru_dist import comm as collectives
 from tru_dist.config import Config
-from tru_dist.data.dataset import RecDataset
+from tru_dist.data.dataset import VALID, RecDataset
+from tru_dist.data.validate import dataset_source, require_train_rows
 from tru_dist.device import resolve_device, synchronize
-from tru_dist.errors import ConfigError
+from tru_dist.errors import ConfigError, TrainingError
 from tru_dist.graph.context import RecGraph, build_rec_graph
 from tru_dist.graph.partition import PartitionBook
 from tru_dist.io_utils import atomic_write_json
@@ -114,6 +117,33 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path:
             )
 
 
+def has_valid_rows(data: RecDataset, model_name: str) -> bool:
+    """Whether ``data`` holds valid (x_label 1) rows to select the best epoch on; logs one
+    warning when it does not. Without them every valid metric is 0, so "best" would always be
+    the first evaluation and early stopping would end training ``train.patience`` evaluations
+    later: instead every evaluation counts as the best so far, so training runs all
+    ``train.epochs`` and keeps the last epoch's parameters (what training without a
+    validation split means)."""
+    if data.split_counts[VALID] > 0:
+        return True
+    if collectives.rank() == 0:  # every rank holds every row: one line, not W
+        _LOG.warning("%s has no valid rows (x_label 1): %s trains all train.epochs without early stopping "
+                     "and keeps the last epoch; label some rows x_label=1 to select the best epoch",
+                     dataset_source(data), model_name)
+    return False
+
+
+def check_loss(loss: float, epoch: int, cfg: Config) -> None:
+    """Stop training whose epoch loss (summed over ranks, so every rank stops alike) is NaN or
+    infinite: the parameters are then NaN too, and would otherwise be ranked, checkpointed and
+    served (``recommend`` printing NaN scores) as if training had worked. Huge feature values
+    (unnormalised, ~1e30) or a too large learning rate are the usual causes."""
+    if not math.isfinite(loss):
+        raise TrainingError(f"{cfg.model.name} training diverged at epoch {epoch}: the loss is {loss}; "
+                            "normalise the item features (e.g. to unit norm per item) or lower "
+                            f"train.lr (now {cfg.train.lr:g})")
+
+
 def train_step(model: Backbone, graph: RecGraph, batch, optimizer: torch.optim.Optimizer,
                replicated: list[torch.nn.Parameter], *, local: bool = False, fanout: int = 0,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -146,9 +176,11 @@ def train_model(
     are CUDA-synchronised. Collective: every rank calls it with its own graph shard and model.
     """
     check_metric(cfg)
+    require_train_rows(data)
     tc = cfg.train
     device = resolve_device(tc.device)
     model.to(device)
+    selects = has_valid_rows(data, cfg.model.name)  # False: no early stopping, the last epoch is kept
     sampler = BPRSampler(*data.train_pairs, data.n_users, data.n_items, seed=tc.seed,
                          book=graph.book, rank=graph.rank)
     optimizer = build_optimizer(model, tc)
@@ -204,6 +236,7 @@ def train_model(
         st["train_seconds"] += seconds
         record: dict[str, Any] = {"epoch": epoch, "loss": float(loss_sum) / max(1, n_batches),
                                   "seconds": seconds}
+        check_loss(record["loss"], epoch, cfg)  # before a NaN model is evaluated or checkpointed
 
         evaluated = epoch % max(1, tc.eval_every) == 0 or epoch == tc.epochs
         if evaluated:
@@ -212,7 +245,7 @@ def train_model(
             st["eval_seconds"] += time.perf_counter() - t0
             record["valid"] = metrics
             value = metrics[cfg.eval.metric]
-            if value > st["best_metric"]:
+            if value > st["best_metric"] or not selects:
                 st.update(best_metric=value, best_epoch=epoch, best_model=clone_state(model), bad_evals=0)
             else:
                 st["bad_evals"] += 1

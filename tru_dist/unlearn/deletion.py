@@ -33,8 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tru_dist import comm as collectives
 from tru_dist.data.dataset import TRAIN, VALID, PendingDataset, RecDataset
 from tru_dist.data.requests import ForgetSet
+from tru_dist.errors import RequestError
 from tru_dist.graph.context import PendingGraph, RecGraph
 from tru_dist.timing import Stopwatch
 
@@ -122,6 +124,32 @@ def _remove(data: RecDataset | PendingDataset, graph: RecGraph, users: np.ndarra
     return after, graph.without_edges(ru[train], ri[train]), None
 
 
+def check_retains_train(
+    data: RecDataset | PendingDataset,
+    forget: ForgetSet,
+    earlier: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """Refuse a deletion that leaves D_r no TRAIN pair: ``forget`` plus the ``earlier``
+    deleted pairs (the ledger's) remove every train interaction of ``data``.
+
+    Nothing is then left to fit or unlearn against (Retrain would train on nothing, TRU draws
+    its retain batches from D_r), so the deletion is a one-line :class:`RequestError`. Callers
+    that write an output (``unlearn``'s driver, ``compare``) call it before any training or
+    write; :func:`build_deletion` calls it too, before it touches the graph. O(the listed users'
+    rows).
+    """
+    users, items = forget.users, forget.items
+    with_earlier = earlier is not None and len(earlier[0]) > 0
+    if with_earlier:
+        users, items = np.concatenate([earlier[0], users]), np.concatenate([earlier[1], items])
+    n_train = data.split_counts[TRAIN]
+    gone = int((data.take(data.pair_rows(users, items))[2] == TRAIN).sum())
+    if gone and gone >= n_train:
+        counted = f"{gone} of {n_train}" + (", with earlier requests" if with_earlier else "")
+        raise RequestError(f"this deletion removes every train interaction ({counted}), so nothing is "
+                           "left to unlearn against; delete less (fewer requests or a smaller --fraction)")
+
+
 def build_deletion(
     data: RecDataset | PendingDataset,
     graph: RecGraph,
@@ -144,7 +172,13 @@ def build_deletion(
     restored on demand (``graph_before``) until the next in-place deletion. With it and the
     pending data sides, a whole-user deletion costs O(the deleted users' rows and the entries
     whose normalisation changes), not O(the graph).
+
+    A deletion that leaves no train pair is refused first (:func:`check_retains_train`) — in one
+    process only: a shard holds its own users' rows, and one that loses them all is not a
+    deletion of everything (the driver checked the whole data before any worker started).
     """
+    if not collectives.is_distributed():
+        check_retains_train(data, forget, earlier)
     with Stopwatch() as sw:
         data_before, graph_before = data, graph
         if earlier is not None and len(earlier[0]):

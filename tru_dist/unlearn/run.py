@@ -13,8 +13,8 @@ Two halves, so that W workers run exactly what one process runs:
      the one config builder); ``dist.*`` comes from the command, not from how RUN was trained;
   3. the request table is resolved against the ORIGINAL data and planned against the ledger
      (:func:`plan_requests`: requests a purge already removed and pairs an earlier request
-     deleted are reported as overlaps and skipped); nothing left to delete, a bad request or
-     an unknown method is a one-line error before any worker starts.
+     deleted are reported as overlaps and skipped); nothing left to delete, no train pair left
+     to retain, a bad request or an unknown method is a one-line error before any worker starts.
 * :func:`apply_requests` — the per-rank body (in this process at W = 1, on each of W workers
   otherwise, :mod:`tru_dist.distributed.worker`): re-plans the same requests against the
   same ledger (deterministic: every rank gets the driver's plan), then
@@ -127,6 +127,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     from tru_dist.data.requests import read_requests
     from tru_dist.data.source import open_data
     from tru_dist.train.trainer import run_config
+    from tru_dist.unlearn.deletion import check_retains_train
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = run_config(run_dir, config_file=config_file, seed=seed, overrides=overrides)  # bad config: now
@@ -153,6 +154,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     if len(plan.forget.users) == 0:
         raise ConfigError("every pair in these requests was deleted by earlier requests "
                           f"({', '.join(o['receipt_id'] for o in plan.overlaps)}); nothing to unlearn")
+    check_retains_train(data, plan.forget, plan.earlier)  # deleting everything: refused before any worker
     return Prepared(cfg, name, store, keep_versions)
 
 
