@@ -83,12 +83,15 @@ def _import(src: Path, tmp: Path) -> list[str]:
     return ["data", "import-mmrec", "--src", str(src), "--out", str(tmp / "out")]
 
 
-def _edit_inter(edit: Callable[[list[str]], list[str]]):
+def _edit_inter(edit: Callable[[list[str]], list[str]],
+                command: Callable[[Path, Path], list[str]] | None = None):
+    """A copy of the MMRec folder whose .inter lines are ``edit``-ed, then ``command`` on it
+    (default: import it)."""
     def build(env: Env, tmp: Path) -> list[str]:
         mm = _mmrec_copy(env, tmp)
         inter = next(mm.glob("*.inter"))
         inter.write_text("\n".join(edit(inter.read_text().splitlines())) + "\n")
-        return _import(mm, tmp)
+        return (command or _import)(mm, tmp)
 
     return build
 
@@ -314,13 +317,7 @@ def _other_data_run(env: Env, tmp: Path) -> list[str]:
 
 def _train_on_inter(edit: Callable[[list[str]], list[str]]):
     """Train on a copy of the MMRec folder whose .inter lines are ``edit``-ed (a readable file)."""
-    def build(env: Env, tmp: Path) -> list[str]:
-        mm = _mmrec_copy(env, tmp)
-        inter = next(mm.glob("*.inter"))
-        inter.write_text("\n".join(edit(inter.read_text().splitlines())) + "\n")
-        return _train_on(mm, tmp)
-
-    return build
+    return _edit_inter(edit, _train_on)
 
 
 def _all_labelled(label: str):
