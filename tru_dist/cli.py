@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fraction", type=_float_in(0, 1, low_open=True), default=0.05)
     c.add_argument("--methods", default="retrain,noop,reverse_bpr,tru",
                    help="comma list of methods (retrain, noop, reverse_bpr, grad_ascent, finetune, sisa, "
-                        "tru, tru-no-gate, tru-no-scaling, tru-no-isolation)")
+                        "tru, tru-default, tru-no-gate, tru-no-scaling, tru-no-isolation)")
     c.add_argument("--seeds", type=_int_at_least(1), default=5,
                    help="reporting seeds 0..N-1 (N < 100; 100+ are tuning seeds)")
     c.add_argument("--audit", default="", help="comma list: mia,user_mia,backdoor")
