@@ -265,7 +265,8 @@ class IsolationConfig(_Strict):
     cold_item_user_rows: bool = True
     #: whether D_f's cold items' rows (no retained train pair uses them) move whatever the budget
     #: chose: a row no retained pair trains claims no capacity of D_r, so an item table the budget
-    #: left frozen is still opened for those rows alone (``stats["isolation"]["cold_rows_added"]``)
+    #: left frozen is still opened for those rows alone (``stats["isolation"]["cold_rows_added"]``;
+    #: MIG-GT's default, measured in ``tru_dist.unlearn.tru.isolation``)
     free_cold_item_rows: bool = False
     #: > 0: adaptive budget — the groups (in decreasing Fisher ratio) that hold this share of
     #: the forget Fisher mass (``isolation.decide_isolation_by_mass``); 0: the fixed budget ρ

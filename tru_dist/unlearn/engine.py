@@ -410,7 +410,8 @@ class _Loop:
                 rows = cold_rows
             mask = torch.from_numpy(rows.copy()).to(p.device)
             self.frozen_rows[id(p)] = self.frozen_rows[id(p)] & mask if id(p) in self.frozen_rows else mask
-        free = {"user": int(user_mask.sum()), "item": int(item_mask.sum())}  # rows that may move
+        # rows that may move (an item table opened for its cold rows only moves those)
+        free = {"user": int(user_mask.sum()), "item": int((cold_rows if added else item_mask).sum())}
         self.stats["isolation"] = {
             "fisher_ratio": iso_fn.fisher_ratios(f_sum, r_sum, counts, iso.delta),
             "forget_mass_share": {n: v / total_f for n, v in f_sum.items()},
