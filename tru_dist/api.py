@@ -41,7 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tru_dist.config import Config, build_config, deep_merge, defaults_used, load_yaml, parse_overrides
+from tru_dist.config import (
+    Config,
+    build_config,
+    deep_merge,
+    defaults_used,
+    load_yaml,
+    parse_overrides,
+    record_data_location,
+)
 from tru_dist.errors import ConfigError, RequestError
 
 if TYPE_CHECKING:
@@ -208,7 +216,7 @@ def train(
     trains on W workers (Ray or local processes, see ``dist.address``); ``pool``: on that
     :func:`worker_pool`'s ranks.
     """
-    cfg = _pool_defaults(_train_config(config, model, data, overrides, device), pool)
+    cfg = record_data_location(_pool_defaults(_train_config(config, model, data, overrides, device), pool))
     if cfg.data.path is None:
         raise ConfigError("no data named: pass data= (a dataset folder) or a synthetic spec such as "
                           "data='synthetic:small' (on the command line: --data)")

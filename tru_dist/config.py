@@ -100,10 +100,15 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where the data comes from. ``path`` is an MMRec folder or a tru-dist store."""
+    """Where the data comes from. ``path`` is an MMRec folder or a tru-dist store, as given
+    (relative paths stay relative, so a run copied with its data opens the copy's).
+    ``resolved_path`` is a record, not a setting: the absolute form of ``path`` where the run
+    was trained, which a command on the run falls back to when ``path`` does not exist from
+    its directory (:mod:`tru_dist.data.location`); None in runs recorded before it existed."""
 
     path: str | None = None
     name: str = "synthetic"
+    resolved_path: str | None = None
 
 
 class ModelConfig(_Strict):
@@ -420,6 +425,10 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
+#: recorded by train (:func:`record_data_location`), never set by a layer
+RECORDED_KEY = "data.resolved_path"
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["train.lr=1e-3", "--beta=0.7"]`` -> nested dict; values parsed as YAML scalars."""
     tree: dict = {}
@@ -428,8 +437,23 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{raw}' is not of the form --key=value (e.g. --train.lr=1e-3)")
         key, text = item.split("=", 1)
-        _set_dotted(tree, _resolve_key(key.strip()), yaml.safe_load(text) if text else None)
+        key = _resolve_key(key.strip())
+        if key == RECORDED_KEY:
+            raise ConfigError(f"{RECORDED_KEY} is recorded by train (the absolute form of data.path); "
+                              "set data.path instead")
+        _set_dotted(tree, key, yaml.safe_load(text) if text else None)
     return tree
+
+
+def record_data_location(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose ``data.resolved_path`` is ``data.path`` made absolute from the
+    current directory (None for a synthetic spec): train calls it, so that the run finds its
+    data from another directory too (:mod:`tru_dist.data.location`)."""
+    from tru_dist.data.location import absolute_data_path
+
+    out = cfg.model_copy(deep=True)
+    out.data.resolved_path = absolute_data_path(cfg.data.path)
+    return out
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -516,6 +540,9 @@ def build_config(
     * ``base`` (a trained run's saved config) replaces the first three layers: a run's
       defaults are what it was trained with, so a later command layers only the file and
       the overrides over it;
+    * ``data.resolved_path`` is a record (:class:`DataConfig`): ``base``'s is kept, a config
+      file's is ignored, an override of it is an error, and a layer that changes ``base``'s
+      ``data.path`` records the new path's absolute form (:func:`record_data_location`);
     * a top-level ``tuning:`` block in ``config_file`` (the provenance of a tuned file,
       :mod:`tru_dist.unlearn.tuned`, or a sweep's ``best/*.yaml``) is ignored.
     """
@@ -529,6 +556,8 @@ def build_config(
         flags += [f"train.seed={int(seed)}", f"unlearn.seed={int(seed)}"]
     overrides = deep_merge(parse_overrides(flags), overrides or {})
     user_tree = {k: v for k, v in load_yaml(config_file).items() if k != "tuning"} if config_file else {}
+    if isinstance(user_tree.get("data"), dict):  # a run's config.yaml reused: its record is not a setting
+        user_tree["data"] = {k: v for k, v in user_tree["data"].items() if k != "resolved_path"}
     if base is not None:
         tree = base.to_dict() if isinstance(base, Config) else dict(base)
     else:
@@ -543,4 +572,9 @@ def build_config(
         tree = deep_merge(tree, {"model": {"name": model}})
     tree = deep_merge(tree, user_tree)
     tree = deep_merge(tree, overrides)
-    return Config.from_dict(tree)
+    cfg = Config.from_dict(tree)
+    if base is not None:
+        given = base.data.path if isinstance(base, Config) else (base.get("data") or {}).get("path")
+        if cfg.data.path != given:  # a command on a run given another data.path: record that one
+            cfg = record_data_location(cfg)
+    return cfg

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from tru_dist.config import Config
 from tru_dist.data.dataset import RecDataset
 from tru_dist.distributed.launch import run_distributed, uses_ray
-from tru_dist.errors import ConfigError, TruDistError
+from tru_dist.errors import ConfigError, DataError, TruDistError
 
 if TYPE_CHECKING:
     from tru_dist.distributed.pool import WorkerPool
@@ -45,9 +45,13 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, data: RecDa
           pool: WorkerPool | None = None) -> dict:
     """Train ``cfg`` into ``out_dir``; returns the metrics written to ``out_dir/metrics.json``.
     Sampled steps on several workers (``train.propagation: local``, W > 1) train W data-parallel
-    replicas (:mod:`tru_dist.distributed.replica_train`), not W shards."""
+    replicas (:mod:`tru_dist.distributed.replica_train`), not W shards. The run records
+    ``data.path``'s absolute form too (:func:`tru_dist.config.record_data_location`), so
+    commands on it find the data from other directories."""
+    from tru_dist.config import record_data_location
     from tru_dist.distributed.replica_train import run_replica_train, wants_replicas
 
+    cfg = record_data_location(cfg)
     if wants_replicas(cfg):
         if pool is not None:
             raise ConfigError("a worker pool runs sharded tasks; sampled training on replicas "
@@ -68,6 +72,10 @@ def evaluate(run_dir: str | Path, *, overrides: list[str] | None = None,
     from tru_dist.train.trainer import run_config
 
     cfg = run_config(run_dir, overrides=overrides)
+    if data is None:  # neither data.path nor where the run was trained: one error naming both, here
+        from tru_dist.data.location import check_data_found
+
+        check_data_found(cfg.data.path, cfg.data.resolved_path)
     return run_distributed("evaluate", cfg, data=data, pool=pool, model_dir=str(Path(run_dir).resolve()))
 
 
@@ -81,8 +89,13 @@ def unlearn(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     store, keeping ``keep_versions`` superseded versions."""
     from tru_dist.unlearn.run import prepare
 
-    ready = prepare(run_dir, requests, out_dir, method=method, config_file=config_file, seed=seed,
-                    overrides=overrides, data=data, purge=purge, keep_versions=keep_versions)
+    try:
+        ready = prepare(run_dir, requests, out_dir, method=method, config_file=config_file, seed=seed,
+                        overrides=overrides, data=data, purge=purge, keep_versions=keep_versions)
+    except DataError:
+        if data is None:  # the run's data is at neither data.path nor where it was trained: say both
+            _check_run_data_found(run_dir, config_file=config_file, seed=seed, overrides=overrides)
+        raise
     if isinstance(ready, dict):  # applied before: the earlier receipt, no worker starts
         return ready
     return run_distributed("unlearn", ready.cfg, data=data, pool=pool, model_dir=str(Path(run_dir).resolve()),
@@ -186,6 +199,16 @@ def unlearn_sequence(run_dir: str | Path, requests: list[str | Path], out_dir: s
                 raise _retitled(exc, f"request file {k} of {len(requests)} ({path}): {exc}{done}") from exc
             source = target
     return results
+
+
+def _check_run_data_found(run_dir: str | Path, **layers: Any) -> None:
+    """:func:`tru_dist.data.location.check_data_found` on the data a command on ``run_dir``
+    opens (its config with the command's ``layers``)."""
+    from tru_dist.data.location import check_data_found
+    from tru_dist.train.trainer import run_config
+
+    cfg = run_config(run_dir, **layers)
+    check_data_found(cfg.data.path, cfg.data.resolved_path)
 
 
 def _retitled(exc: TruDistError, message: str) -> TruDistError:

@@ -154,8 +154,11 @@ def local_state(model: torch.nn.Module, full: dict[str, torch.Tensor], lo: int, 
 
 def read_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The full checkpoint of a finished run (``run_dir/checkpoint.pt``), whatever W wrote it;
-    one-line errors for a missing or foreign file and for a W > 1 run that has not finished."""
+    one-line errors for a missing or foreign file and for a W > 1 run that has not finished.
+    Its ``config.data.path`` is where the data is from here: the recorded absolute path when
+    the relative one does not exist from this directory (:func:`tru_dist.data.location.locate_data`)."""
     from tru_dist.config import Config
+    from tru_dist.data.location import locate_data
     from tru_dist.errors import ConfigError
 
     run_dir = Path(run_dir)
@@ -178,4 +181,7 @@ def read_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> d
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} has a config this tru-dist version rejects ({exc}); "
                               "retrain the run with this version") from None
+    data = saved["config"].get("data") or {}
+    if data.get("path") is not None:  # a relative data.path missing from here: where train found it
+        data["path"] = locate_data(data["path"], data.get("resolved_path"))
     return saved

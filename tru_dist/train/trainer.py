@@ -301,9 +301,12 @@ def fit(
 
 
 def _load_data(cfg: Config) -> RecDataset:
-    """``cfg.data.path``: a folder, or a synthetic spec (default: the embedded demo data)."""
+    """``cfg.data.path``: a folder, or a synthetic spec (default: the embedded demo data); when
+    neither it nor the run's recorded ``data.resolved_path`` exists, the error names both."""
+    from tru_dist.data.location import check_data_found
     from tru_dist.data.source import open_data
 
+    check_data_found(cfg.data.path, cfg.data.resolved_path)
     return open_data(cfg.data.path)
 
 
