@@ -135,7 +135,10 @@ def test_non_finite_features_name_the_item_row(tmp_path, bad):
 def test_float64_overflowing_float32_is_reported(tmp_path):
     f = np.zeros((3, 2), np.float64)
     f[1, 0] = 1e300
-    assert "row 1 (item 1) has NaN/inf" in error_of(write_folder(tmp_path, GOOD, features={"image": f}))
+    f[2, 1] = -3e305
+    msg = error_of(write_folder(tmp_path, GOOD, features={"image": f}))
+    assert "image_feat.npy row 1 (item 1) has values beyond float32's range (max |value| 3e+305" in msg
+    assert "NaN" not in msg and "rescale" in msg
 
 
 @pytest.mark.parametrize("arr", [np.ones((3, 2), np.int64), np.array([["a", "b"]] * 3)])

@@ -206,9 +206,28 @@ def check_feature_matrix(arr: np.ndarray, n_items: int, source: str) -> np.ndarr
     check_finite_rows(arr, source)
     if arr.dtype != np.float32:
         with np.errstate(over="ignore"):
-            arr = arr.astype(np.float32)
-        check_finite_rows(arr, source)  # float64 values beyond float32's range overflow to inf
+            cast = arr.astype(np.float32)
+        check_fits_float32(arr, cast, source)  # float64 values beyond float32's range overflow to inf
+        arr = cast
     return arr
+
+
+def check_fits_float32(arr: np.ndarray, cast: np.ndarray, source: str) -> None:
+    """Finite ``arr`` whose float32 ``cast`` overflowed (|value| beyond ~3.4e38) is named as
+    such — not as NaN/inf, which the file does not hold — with the first such row and the
+    largest |value|, so the user knows to rescale rather than to look for missing values."""
+    step = max(1, CHUNK_ELEMENTS // max(1, cast.shape[1]))
+    for lo in range(0, cast.shape[0], step):
+        ok = np.isfinite(cast[lo : lo + step]).all(axis=1)
+        if not ok.all():
+            row = lo + int(np.argmin(ok))
+            peak = max(float(np.abs(np.asarray(arr[i : i + step], dtype=np.float64)).max())
+                       for i in range(0, arr.shape[0], step))
+            raise DataError(
+                f"{source} row {row} (item {row}) has values beyond float32's range (max |value| {peak:.3g},"
+                f" float32 holds up to {float(np.finfo(np.float32).max):.3g}); features are used as float32:"
+                " rescale them (e.g. normalise each row) and save them again"
+            )
 
 
 def check_finite_rows(arr: np.ndarray, source: str, row_offset: int = 0) -> None:
