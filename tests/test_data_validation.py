@@ -141,10 +141,27 @@ def test_float64_overflowing_float32_is_reported(tmp_path):
     assert "NaN" not in msg and "rescale" in msg
 
 
-@pytest.mark.parametrize("arr", [np.ones((3, 2), np.int64), np.array([["a", "b"]] * 3)])
-def test_non_float_features(tmp_path, arr):
+def test_non_numeric_features(tmp_path):
+    arr = np.array([["a", "b"]] * 3)
     msg = error_of(write_folder(tmp_path, GOOD, features={"image": arr}))
-    assert f"image_feat.npy has dtype {arr.dtype}; item features must be floats" in msg
+    assert f"image_feat.npy has dtype {arr.dtype}; item features must be floats or integers" in msg
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, np.int8])
+def test_integer_features_exact_in_float32_are_cast(tmp_path, dtype):
+    hi, lo = min(2**24, np.iinfo(dtype).max), max(-(2**24), np.iinfo(dtype).min)  # the exact extremes
+    arr = np.array([[0, 1], [hi, 7], [3, lo]], dtype=dtype)
+    feats = read_mmrec(write_folder(tmp_path, GOOD, features={"image": arr})).features["image"]
+    assert feats.dtype == np.float32 and np.array_equal(feats.astype(np.int64), arr.astype(np.int64))
+
+
+@pytest.mark.parametrize("big", [2**24 + 1, -(2**24 + 1), 2**40])
+def test_integer_features_beyond_float32_exactness_are_refused(tmp_path, big):
+    arr = np.zeros((3, 2), np.int64)
+    arr[2, 1] = big
+    msg = error_of(write_folder(tmp_path, GOOD, features={"image": arr}))
+    assert f"image_feat.npy has dtype int64 with values up to |v| = {abs(big)} (first in row 2," in msg
+    assert "2**24 = 16777216" in msg and "astype(numpy.float32)" in msg
 
 
 def test_object_features_are_unreadable(tmp_path):

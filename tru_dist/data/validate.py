@@ -189,11 +189,15 @@ def check_feature_matrix(arr: np.ndarray, n_items: int, source: str) -> np.ndarr
     """A float (n_items, dim) matrix with finite values, returned as float32.
 
     A float32 input (e.g. a read-only memmap) is returned as is, without a copy; other
-    float widths are converted (that is the only place a copy is made).
+    float widths, and integers float32 holds exactly (:func:`check_exact_in_float32`), are
+    converted (that is the only place a copy is made).
     """
-    if not np.issubdtype(arr.dtype, np.floating):
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.ndim == 2:  # other shapes: the shape error below
+            check_exact_in_float32(arr, source)
+    elif not np.issubdtype(arr.dtype, np.floating):
         raise DataError(
-            f"{source} has dtype {arr.dtype}; item features must be floats — save them with"
+            f"{source} has dtype {arr.dtype}; item features must be floats or integers — save them with"
             " numpy.save(path, features.astype(numpy.float32))"
         )
     if arr.ndim != 2:
@@ -210,6 +214,31 @@ def check_feature_matrix(arr: np.ndarray, n_items: int, source: str) -> np.ndarr
         check_fits_float32(arr, cast, source)  # float64 values beyond float32's range overflow to inf
         arr = cast
     return arr
+
+
+#: integers up to this magnitude are exact in float32 (its 24-bit significand)
+FLOAT32_EXACT_INT = 2**24
+
+
+def check_exact_in_float32(arr: np.ndarray, source: str) -> None:
+    """Integer features (e.g. counts or one-hot columns saved as int64) are used as float32,
+    which is exact only up to |v| <= 2**24; beyond that the cast would change values silently,
+    so it is a one-line error naming the first such row and the largest |value|."""
+    step = max(1, CHUNK_ELEMENTS // max(1, arr.shape[1]))
+    for lo in range(0, arr.shape[0], step):
+        chunk = np.asarray(arr[lo : lo + step])
+        big = (chunk > FLOAT32_EXACT_INT).any(axis=1)
+        if np.issubdtype(chunk.dtype, np.signedinteger):
+            big |= (chunk < -FLOAT32_EXACT_INT).any(axis=1)
+        if big.any():
+            row = lo + int(np.argmax(big))
+            peak = max(abs(int(arr.min())), abs(int(arr.max())))
+            raise DataError(
+                f"{source} has dtype {arr.dtype} with values up to |v| = {peak} (first in row {row},"
+                f" item {row}), beyond 2**24 = {FLOAT32_EXACT_INT}, where float32 (what features are used as)"
+                " stops being exact; rescale them, or if rounding is acceptable save them as floats yourself"
+                " (numpy.save(path, features.astype(numpy.float32)))"
+            )
 
 
 def check_fits_float32(arr: np.ndarray, cast: np.ndarray, source: str) -> None:
