@@ -68,6 +68,14 @@ def test_one_builder_layers_data_seed_file_and_overrides(tmp_path):
     assert build_config(data="x/other").data.name == "synthetic"  # no such YAML: the default name
 
 
+def test_the_dataset_defaults_line_names_the_folder_as_given():
+    from tru_dist.config import defaults_used
+
+    line = defaults_used("lightgcn", "/data/dense_train/")  # no YAML: the name as the user wrote it
+    assert "no packaged dataset defaults for 'dense_train' (packaged: baby, scientific)" in line
+    assert "| dataset defaults scientific: " in defaults_used("lightgcn", "x/Amazon_Scientific")  # the lookup
+
+
 def test_a_run_config_is_the_base_and_its_model_cannot_change(tmp_path):
     """``unlearn``/``evaluate``: the run's saved config < --config < seed < overrides; dist.*
     from the command, not from how the run was trained; model.* fixed by the run."""

@@ -494,11 +494,13 @@ def defaults_used(model: str, data: str | Path | None = None) -> str:
     key = canonical_name(model)
     text = (f"model defaults {key} (published; tru_dist/configs/models/{key}.yaml): "
             + ", ".join(_flat(model_defaults(key))))
-    name = dataset_name(data)
+    name = dataset_name(data)  # canonical: the lookup key only (dense_train -> densetrain)
     if name is not None:
         layer = packaged_defaults("datasets", name)
+        folder = Path(str(data).rstrip("/\\")).name  # what the user named, shown as is
         text += (f" | dataset defaults {name}: " + ", ".join(_flat(layer)) if layer is not None
-                 else f" | no packaged dataset defaults for '{name}'")
+                 else f" | no packaged dataset defaults for '{folder}' (packaged: "
+                      f"{', '.join(packaged_names('datasets')) or 'none'})")
     return text
 
 
