@@ -315,10 +315,12 @@ def bench_scale(
     gen = torch.Generator().manual_seed(tc.seed)
     batches = _endless(sampler, tc.batch_size)
     net.train()
-    train_step(net, graph, next(batches), optimizer, replicated, local=True, fanout=fanout, generator=gen)
+    train_step(net, graph, next(batches), optimizer, replicated, local=True, fanout=fanout, generator=gen,
+               deterministic=tc.deterministic)
     t0 = time.perf_counter()
     for step in range(train_steps):
-        train_step(net, graph, next(batches), optimizer, replicated, local=True, fanout=fanout, generator=gen)
+        train_step(net, graph, next(batches), optimizer, replicated, local=True, fanout=fanout, generator=gen,
+               deterministic=tc.deterministic)
         if (step + 1) % max(1, train_steps // 5) == 0:
             log(f"bench scale: training step {step + 1}/{train_steps}")
     per_step = (time.perf_counter() - t0) / train_steps

@@ -172,6 +172,10 @@ class TrainConfig(_Strict):
     #: rows a batch touched (:mod:`tru_dist.train.optim`) — for large graphs with local propagation,
     #: where dense Adam over every row dominates a step
     optimizer: Literal["adam", "row_sparse_adam"] = "adam"
+    #: deterministic CPU kernels around every gradient step (training, replicas, unlearning
+    #: updates), so the same config and seed give bit-identical parameters with any number of
+    #: runs (:mod:`tru_dist.train.determinism`); ``false``: PyTorch's default kernels
+    deterministic: bool = True
 
     @field_validator("device")
     @classmethod

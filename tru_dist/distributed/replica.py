@@ -59,6 +59,7 @@ from tru_dist.graph.partition import PartitionBook
 from tru_dist.models.base import Backbone, BPRBatch, embed_for
 from tru_dist.models.registry import build_model
 from tru_dist.timing import peak_rss_mb
+from tru_dist.train.determinism import deterministic_kernels
 from tru_dist.train.optim import RowSparseAdam, build_optimizer, touched_rows
 from tru_dist.train.sampler import BPRSampler
 
@@ -154,18 +155,20 @@ def parameter_digest(model: torch.nn.Module) -> str:
 
 
 def replica_step(model: Backbone, graph: RecGraph, batch: BPRBatch, optimizer: torch.optim.Optimizer,
-                 fanout: int, generator: torch.Generator | None) -> torch.Tensor:
+                 fanout: int, generator: torch.Generator | None, deterministic: bool = True) -> torch.Tensor:
     """One data-parallel step: local forward and backward on this rank's triples, gradient sum
-    over ranks, optimizer step. Returns this rank's (detached) share of the loss."""
-    optimizer.zero_grad(set_to_none=True)
-    emb = embed_for(model, graph, [batch], local=True, fanout=fanout, generator=generator)
-    loss = model.loss(batch, graph, emb)
-    loss.backward()
-    rows = sum_gradients(model)
-    if isinstance(optimizer, RowSparseAdam):  # the union rows are the touched rows: no second scan
-        optimizer.step(rows=rows)
-    else:
-        optimizer.step()
+    over ranks, optimizer step. Returns this rank's (detached) share of the loss.
+    ``deterministic``: fixed-order CPU kernels (:mod:`tru_dist.train.determinism`)."""
+    with deterministic_kernels(deterministic, graph.ui.norm.device):
+        optimizer.zero_grad(set_to_none=True)
+        emb = embed_for(model, graph, [batch], local=True, fanout=fanout, generator=generator)
+        loss = model.loss(batch, graph, emb)
+        loss.backward()
+        rows = sum_gradients(model)
+        if isinstance(optimizer, RowSparseAdam):  # the union rows are the touched rows: no second scan
+            optimizer.step(rows=rows)
+        else:
+            optimizer.step()
     return loss.detach()
 
 
@@ -187,13 +190,14 @@ def replica_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str, 
         optimizer = build_optimizer(model, cfg.train)
         generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank)
         fanout = int(spec["fanout"])
-        replica_step(model, graph, next(batches), optimizer, fanout, generator)  # warm-up
+        deterministic = cfg.train.deterministic
+        replica_step(model, graph, next(batches), optimizer, fanout, generator, deterministic)  # warm-up
         steps = int(spec["steps"])
         dist.barrier()
         with CommMeter() as meter:
             t0 = time.perf_counter()
-            losses = [float(replica_step(model, graph, next(batches), optimizer, fanout, generator))
-                      for _ in range(steps)]
+            losses = [float(replica_step(model, graph, next(batches), optimizer, fanout, generator,
+                                         deterministic)) for _ in range(steps)]
             dist.barrier()
             seconds = time.perf_counter() - t0
         digest = parameter_digest(model)

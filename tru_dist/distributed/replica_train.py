@@ -173,7 +173,8 @@ def replica_train_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict
             start = time.perf_counter()
             loss_sum = torch.zeros((), dtype=torch.float64)
             for batch in _epoch_batches(sampler, n_batches, tc.batch_size):
-                loss_sum += replica_step(model, graph, batch, optimizer, tc.fanout, fanout_rng).double()
+                loss_sum += replica_step(model, graph, batch, optimizer, tc.fanout, fanout_rng,
+                                         tc.deterministic).double()
             dist.all_reduce(loss_sum)
             seconds = time.perf_counter() - start
             st["train_seconds"] += seconds

@@ -58,6 +58,7 @@ from tru_dist.train.checkpoint import (
     set_rng_state,
     write_run_config,
 )
+from tru_dist.train.determinism import deterministic_kernels
 from tru_dist.train.evaluate import METRICS, evaluate
 from tru_dist.train.optim import build_optimizer
 from tru_dist.train.progress import log_epoch, progress
@@ -146,16 +147,17 @@ def check_loss(loss: float, epoch: int, cfg: Config) -> None:
 
 def train_step(model: Backbone, graph: RecGraph, batch, optimizer: torch.optim.Optimizer,
                replicated: list[torch.nn.Parameter], *, local: bool = False, fanout: int = 0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, deterministic: bool = True) -> torch.Tensor:
     """One BPR step (module docstring): forward (full, or the batch's neighbourhood), this rank's
     loss, backward, sum of the replicated gradients over ranks, optimizer step. Returns the
-    detached loss."""
-    optimizer.zero_grad(set_to_none=True)
-    emb = embed_for(model, graph, [batch], local=local, fanout=fanout, generator=generator)
-    loss = model.loss(batch, graph, emb)
-    loss.backward()
-    collectives.sum_grads(replicated)
-    optimizer.step()
+    detached loss. ``deterministic``: fixed-order CPU kernels (:mod:`tru_dist.train.determinism`)."""
+    with deterministic_kernels(deterministic, graph.ui.norm.device):
+        optimizer.zero_grad(set_to_none=True)
+        emb = embed_for(model, graph, [batch], local=local, fanout=fanout, generator=generator)
+        loss = model.loss(batch, graph, emb)
+        loss.backward()
+        collectives.sum_grads(replicated)
+        optimizer.step()
     return loss.detach()
 
 
@@ -228,7 +230,7 @@ def train_model(
         for batch in progress(sampler.epoch(tc.batch_size), total=n_batches, desc=f"epoch {epoch}",
                               mode=tc.progress):
             loss = train_step(model, graph, batch.to(device), optimizer, replicated, local=local,
-                              fanout=tc.fanout, generator=fanout_rng)
+                              fanout=tc.fanout, generator=fanout_rng, deterministic=tc.deterministic)
             loss_sum += loss.to(torch.float64)
         collectives.sum_stats(loss_sum)
         synchronize(device)

@@ -77,6 +77,7 @@ from tru_dist.config import Config, GateConfig, IsolationConfig, ScalingConfig
 from tru_dist.data.dataset import VALID
 from tru_dist.models.base import Backbone, BPRBatch, Embeddings, embed_for
 from tru_dist.models.registry import torch_seed
+from tru_dist.train.determinism import deterministic_kernels
 from tru_dist.train.evaluate import candidate_counts, history_mask, pair_ranks, select_rows
 from tru_dist.train.optim import PlainAdam
 from tru_dist.train.sampler import BPRSampler
@@ -1121,7 +1122,8 @@ def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSp
     # frozen groups get requires_grad False for the run (isolation_pass), so a branch made of
     # them only is a constant the backbone may compute once (Backbone.constant_branches)
     try:
-        with work.constant_branches():
+        device = deletion.graph_after.ui.norm.device  # fixed-order CPU kernels: tru_dist.train.determinism
+        with work.constant_branches(), deterministic_kernels(cfg.train.deterministic, device):
             for epoch in loop.iterate():
                 ran = True
                 work.eval()
