@@ -338,3 +338,19 @@ def test_row_sparse_adam_is_adam_on_touched_rows_and_leaves_the_others():
     g = grads[0][0][1]
     expected = table0[1] - 0.1 / (1 - 0.9) * (0.1 * g) / ((0.001 * g * g).sqrt() / (1 - 0.999) ** 0.5 + 1e-8)
     torch.testing.assert_close(lazy[0][0][1], expected)
+
+
+def test_bench_train_takes_config_overrides_from_the_command_line(tiny_data, tmp_path):
+    """``tru-dist bench train ... --key=value`` reaches the timed config (it was parsed and then
+    dropped): the cost of ``train.deterministic`` is measured this way."""
+    from tru_dist.cli import main
+    from tru_dist.data.mmrec import write_mmrec
+
+    write_mmrec(tiny_data, tmp_path / "tiny", name="tiny")
+    for flag in ("false", "true"):
+        out = tmp_path / f"b-{flag}.json"
+        assert main(["bench", "train", "--data", str(tmp_path / "tiny"), "--model", "lightgcn", "--epochs", "1",
+                     "--out", str(out), f"--train.deterministic={flag}", "--model.dim=8"]) == 0
+        report = json.loads(out.read_text())
+        assert report["deterministic"] is (flag == "true")
+        assert report["sizes"]["dim"] == 8

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.config import Config
+from tru_dist.config import Config, deep_merge
 from tru_dist.data.dataset import RecDataset
 from tru_dist.device import resolve_device
 from tru_dist.errors import ConfigError
@@ -96,9 +96,7 @@ def bench_train(
     data = with_synthetic_features(load_for_bench(data_path_or_dataset), synthetic_features)
     tree: dict[str, Any] = {"model": {"name": model_name},
                             "train": {"epochs": epochs, "eval_every": max(1, epochs), "progress": "off"}}
-    for section, values in (overrides or {}).items():
-        tree.setdefault(section, {}).update(values)
-    cfg = Config.from_dict(tree)
+    cfg = Config.from_dict(deep_merge(tree, overrides or {}))
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -131,6 +129,7 @@ def bench_train(
         "model": model_name,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "deterministic": cfg.train.deterministic,
         "epochs": result.epochs,
         "seconds_per_epoch": result.seconds_per_epoch,
         "epoch_seconds": [r["seconds"] for r in result.history if "seconds" in r],

@@ -431,14 +431,15 @@ def cmd_bench(args, overrides) -> int:
                                   synthetic_features=feats, overrides=list(overrides), out_json=args.out)
     elif args.bench_cmd == "train":
         from tru_dist.bench import bench_train
+        from tru_dist.config import parse_overrides
 
         result = bench_train(args.data, args.model, synthetic_features=feats, epochs=args.epochs,
-                             out_json=args.out)
+                             out_json=args.out, overrides=parse_overrides(list(overrides)))
     else:
         from tru_dist.bench_dist import bench_dist
 
         result = bench_dist(args.data, args.model, synthetic_features=feats, steps=args.steps,
-                            out_json=args.out)
+                            out_json=args.out, overrides=list(overrides))
     _print_json(result)
     return 0
 
