@@ -11,8 +11,8 @@ import hashlib
 
 import pytest
 import torch
+from conftest import shared_dataset
 
-from tests.conftest import shared_dataset
 from tru_dist.train.determinism import deterministic_kernels
 
 

@@ -349,8 +349,9 @@ def test_bench_train_takes_config_overrides_from_the_command_line(tiny_data, tmp
     write_mmrec(tiny_data, tmp_path / "tiny", name="tiny")
     for flag in ("false", "true"):
         out = tmp_path / f"b-{flag}.json"
-        assert main(["bench", "train", "--data", str(tmp_path / "tiny"), "--model", "lightgcn", "--epochs", "1",
-                     "--out", str(out), f"--train.deterministic={flag}", "--model.dim=8"]) == 0
+        assert main(["bench", "train", "--data", str(tmp_path / "tiny"), "--model", "lightgcn",
+                     "--epochs", "1", "--out", str(out), f"--train.deterministic={flag}",
+                     "--model.dim=8"]) == 0
         report = json.loads(out.read_text())
         assert report["deterministic"] is (flag == "true")
         assert report["sizes"]["dim"] == 8
