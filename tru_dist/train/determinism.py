@@ -19,8 +19,11 @@ GPU steps run as before. ``warn_only=True``: an operation without a deterministi
 instead of stopping a run. PyTorch's companion switch that fills every new uninitialised
 tensor with NaN (``torch.utils.deterministic.fill_uninitialized_memory``) is turned off inside
 the block: it added ~5x the fill calls to a TRU update (LightGCN, Scientific) and nothing here
-reads memory it has not written (the bit-identical runs above say so). Config:
-``train.deterministic`` (default on).
+reads memory it has not written (the bit-identical runs above say so). Both are set through
+``torch._C``'s setters, which ``torch.use_deterministic_algorithms`` calls after first setting
+``torch._inductor.config.deterministic`` — an import that pulls in ``torch._dynamo`` (~1.3 s,
+more than a whole TRU request; ``tests/test_unlearn_adam.py`` guards against it), for a
+compiler this project never runs. Config: ``train.deterministic`` (default on).
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ def deterministic_kernels(enabled: bool, device: torch.device | str) -> Iterator
     if not turn_on:
         yield False
         return
-    fills = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    fills = torch._C._get_deterministic_fill_uninitialized_memory()
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
+    torch._C._set_deterministic_fill_uninitialized_memory(False)
     try:
         yield True
     finally:
-        torch.use_deterministic_algorithms(False)
-        torch.utils.deterministic.fill_uninitialized_memory = fills
+        torch._C._set_deterministic_algorithms(False)
+        torch._C._set_deterministic_fill_uninitialized_memory(fills)
