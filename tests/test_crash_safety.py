@@ -28,8 +28,10 @@ from tru_dist.unlearn.ledger import state_version
 from tru_dist.unlearn.verify import verify_deletion
 
 REPO = Path(__file__).resolve().parent.parent
+# reverse_bpr: an update that always steps (TRU's calibrated gate finds this small deletion on
+# target before its first step, so a kill "mid-update" would never fire)
 COMMAND = ["unlearn", "--run", "run", "--requests", "req.csv", "--out", "out", "--purge",
-           "--unlearn.epochs=2"]
+           "--method", "reverse_bpr", "--unlearn.epochs=2"]
 
 
 def _killed(cwd: Path, fault: str) -> subprocess.CompletedProcess:

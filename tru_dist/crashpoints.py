@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 FAULT_ENV = "TRU_DIST_FAULT"
 STAGES = ("after-deletion", "mid-update", "mid-model-write", "after-model-write", "mid-purge",
@@ -32,11 +33,26 @@ def fault_point(stage: str | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+#: called after every step of an optimizer torch's global step hooks do not reach (empty unless armed)
+_STEP_HOOKS: list[Callable[[], None]] = []
+
+
+def after_optimizer_step() -> None:
+    """Run the step hooks :func:`arm_update_fault` armed (none in normal use): called by
+    :class:`~tru_dist.train.optim.PlainAdam`, the unlearning loop's optimizer, which does not
+    derive from ``torch.optim`` and so escapes ``register_optimizer_step_post_hook``."""
+    for hook in _STEP_HOOKS:
+        hook()
+
+
 def arm_update_fault() -> None:
     """With ``TRU_DIST_FAULT=mid-update``: SIGKILL after the first optimizer step of any
-    optimizer (a global step hook, so every unlearning method is covered unchanged)."""
+    optimizer, so every unlearning method is covered unchanged: torch's global step hook for
+    ``torch.optim`` optimizers, :func:`after_optimizer_step` for PlainAdam (without it the fault
+    never fired there and a "killed" update ran to the end)."""
     if os.environ.get(FAULT_ENV) != "mid-update":
         return
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(lambda *_: fault_point("mid-update"))
+    _STEP_HOOKS.append(lambda: fault_point("mid-update"))

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from tru_dist.config import TrainConfig
+from tru_dist.crashpoints import after_optimizer_step
 from tru_dist.models.base import Backbone
 
 
@@ -147,6 +148,7 @@ class PlainAdam:
             self.steps[k] += 1
             m, v = self.moments[k]
             adam_update_(p, p.grad, m, v, self.steps[k], self.lr, *self.betas, self.eps)
+        after_optimizer_step()  # torch's global step hooks do not reach a non-torch.optim optimizer
 
 
 def build_optimizer(model: Backbone, tc: TrainConfig) -> torch.optim.Optimizer:
