@@ -65,7 +65,9 @@ def test_one_builder_layers_data_seed_file_and_overrides(tmp_path):
     # the dataset defaults are named by the folder (amazon-scientific -> datasets/scientific.yaml)
     assert packaged_defaults("datasets", "scientific")["data"]["name"] == "scientific"
     assert build_config(data="x/amazon-scientific").data.name == "scientific"
-    assert build_config(data="x/other").data.name == "synthetic"  # no such YAML: the default name
+    # no such YAML: the folder's own name (it was the typed default, "synthetic", for real data)
+    assert build_config(data="x/dense_train/").data.name == "dense_train"
+    assert build_config(data="synthetic:small").data.name == "synthetic"
 
 
 def test_the_dataset_defaults_line_names_the_folder_as_given():

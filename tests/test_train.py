@@ -231,6 +231,18 @@ def test_progress_modes(monkeypatch):
         progress_enabled("sometimes")
 
 
+def test_progress_off_and_on_survive_yaml_reading_them_as_booleans(tmp_path):
+    from tru_dist.config import build_config
+    from tru_dist.errors import ConfigError
+
+    assert build_config(overrides=["--train.progress=off"]).train.progress == "off"
+    assert build_config(overrides=["--train.progress=on"]).train.progress == "on"
+    (tmp_path / "c.yaml").write_text("train:\n  progress: off\n")
+    assert build_config(config_file=tmp_path / "c.yaml").train.progress == "off"
+    with pytest.raises(ConfigError, match="train.progress"):
+        build_config(overrides=["--train.progress=sometimes"])
+
+
 def _w2_worker(rank: int, init_file: str, data, cfg_dict: dict, out: str) -> None:
     import torch.distributed as dist
 

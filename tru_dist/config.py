@@ -17,6 +17,7 @@ typed defaults. A dataset without one (your own data) simply has no dataset laye
 
 from __future__ import annotations
 
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -176,6 +177,13 @@ class TrainConfig(_Strict):
     #: updates), so the same config and seed give bit-identical parameters with any number of
     #: runs (:mod:`tru_dist.train.determinism`); ``false``: PyTorch's default kernels
     deterministic: bool = True
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _progress(cls, v: object) -> object:
+        """YAML 1.1 reads an unquoted ``on`` / ``off`` (``--train.progress=off``, ``progress: off``
+        in a file) as a boolean: take it for the word it was."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("device")
     @classmethod
@@ -449,12 +457,21 @@ def parse_overrides(items: list[str]) -> dict:
     return tree
 
 
+def is_folder_path(path: str | None) -> bool:
+    """True for a dataset folder path; False for no path or a synthetic spec (regenerated)."""
+    return path is not None and not str(path).startswith("synthetic")
+
+
+def absolute_data_path(path: str | None) -> str | None:
+    """``path`` made absolute from the current directory (None for no path / a synthetic spec):
+    what train records as ``data.resolved_path``."""
+    return os.path.abspath(path) if is_folder_path(path) else None
+
+
 def record_data_location(cfg: Config) -> Config:
     """A copy of ``cfg`` whose ``data.resolved_path`` is ``data.path`` made absolute from the
     current directory (None for a synthetic spec): train calls it, so that the run finds its
     data from another directory too (:mod:`tru_dist.data.location`)."""
-    from tru_dist.data.location import absolute_data_path
-
     out = cfg.model_copy(deep=True)
     out.data.resolved_path = absolute_data_path(cfg.data.path)
     return out
@@ -576,6 +593,9 @@ def build_config(
         model = canonical_name(model or ModelConfig().name)
         tree = deep_merge(tree, model_defaults(model))
         tree = deep_merge(tree, {"model": {"name": model}})
+        if data is not None and not str(data).startswith("synthetic") and "name" not in tree.get("data", {}):
+            # a folder without packaged defaults is named by itself, not by the typed default
+            tree = deep_merge(tree, {"data": {"name": Path(str(data).rstrip("/\\")).name}})
     tree = deep_merge(tree, user_tree)
     tree = deep_merge(tree, overrides)
     cfg = Config.from_dict(tree)

@@ -15,21 +15,11 @@ import logging
 import os
 from pathlib import Path
 
+from tru_dist.config import is_folder_path
 from tru_dist.errors import DataError
 
 log = logging.getLogger("tru_dist.data")
 _announced: set[tuple[str, str]] = set()  # one info line per (path, resolved) and process
-
-
-def is_folder_path(path: str | None) -> bool:
-    """True for a dataset folder path; False for no path or a synthetic spec (regenerated)."""
-    return path is not None and not str(path).startswith("synthetic")
-
-
-def absolute_data_path(path: str | None) -> str | None:
-    """``path`` made absolute from the current directory (None for no path / a synthetic spec):
-    what train records as ``data.resolved_path``."""
-    return os.path.abspath(path) if is_folder_path(path) else None
 
 
 def locate_data(path: str | None, resolved: str | None) -> str | None:
