@@ -101,3 +101,74 @@ def test_training_and_unlearning_twice_give_the_same_bits(two_threads):
     assert len(trained) == 1 and len(unlearned) == 1
     assert trained != unlearned  # the update moved something
     assert not torch.are_deterministic_algorithms_enabled()  # and left the process as it was
+
+
+@pytest.fixture
+def step_switch(monkeypatch):
+    """Whether the deterministic switch was on at each optimizer step of the test (torch.optim's
+    steps through torch's global hook, the unlearning loop's PlainAdam through its ``step``)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from tru_dist.train.optim import PlainAdam
+
+    seen: list[bool] = []
+    plain_step = PlainAdam.step
+
+    def recorded(self):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return plain_step(self)
+
+    monkeypatch.setattr(PlainAdam, "step", recorded)
+    switch_on = torch.are_deterministic_algorithms_enabled
+    handle = register_optimizer_step_post_hook(lambda *_: seen.append(switch_on()))
+    yield seen
+    handle.remove()
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_setting_reaches_training_and_the_unlearning_loop(tiny_data, step_switch, flag):
+    from tru_dist.config import Config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.deletion import build_deletion
+
+    cfg = Config.from_dict({"model": {"name": "lightgcn", "dim": 8},
+                            "train": {"epochs": 1, "deterministic": flag},
+                            "unlearn": {"epochs": 2, "gate": {"enabled": False}}})
+    model, graph, _ = fit(cfg, tiny_data)
+    n_train = len(step_switch)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.05, seed=0))
+    get_method("reverse_bpr").unlearn(model, deletion, cfg)
+    assert 0 < n_train < len(step_switch)  # training steps, then the update's
+    assert set(step_switch) == {flag}
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_interleaved_updates_each_step_with_the_switch_on_and_leave_it_off_between(tiny_data, step_switch):
+    """Tune's trainable advances one update per seed in turn: one update ending must not turn the
+    switch off under another's steps, and a consumer between epochs runs without it."""
+    from tru_dist.config import Config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.graph.context import build_rec_graph
+    from tru_dist.models.registry import build_model
+    from tru_dist.unlearn.deletion import build_deletion
+    from tru_dist.unlearn.engine import iter_update
+    from tru_dist.unlearn.specs import spec_for
+
+    graph = build_rec_graph(tiny_data)
+    runs = []
+    for epochs, seed in ((1, 0), (3, 1)):
+        cfg = Config.from_dict({"model": {"name": "lightgcn", "dim": 8}, "unlearn": {"epochs": epochs}})
+        model = build_model(cfg.model, graph, seed=0)
+        deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.05, seed=seed))
+        runs.append(iter_update(model, deletion, cfg, spec_for("finetune", cfg)))
+    between = []
+    live = list(runs)
+    while live:
+        for run in list(live):
+            if next(run, None) is None:
+                live.remove(run)
+            between.append(torch.are_deterministic_algorithms_enabled())
+    assert len(step_switch) > 3 and all(step_switch)  # the longer run's late epochs too
+    assert not any(between)

@@ -62,7 +62,7 @@ def test_two_replicas_step_as_one_process_on_the_union_batch(tiny_data, tmp_path
     files = sorted(tmp_path.glob("replica-pairs.*.npy"))
     for batch in _union_batches(files, len(users), tiny_data.n_items, tiny_data.n_users, cfg.train.seed,
                                 cfg.train.batch_size, steps=3):  # warm-up + 2 timed steps
-        train_step(reference, graph, batch, reference_optimizer, [], local=False)
+        train_step(reference, graph, batch, reference_optimizer, [], local=False, deterministic=True)
     trained = torch.load(run["state_file"], weights_only=True)
     initial = build_model(cfg.model, graph, seed=cfg.train.seed).state_dict()
     moved = 0.0

@@ -129,7 +129,7 @@ def bench_train(
         "model": model_name,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "deterministic": cfg.train.deterministic,
+        "deterministic": cfg.train.deterministic and device.type == "cpu",  # the kernels that ran
         "epochs": result.epochs,
         "seconds_per_epoch": result.seconds_per_epoch,
         "epoch_seconds": [r["seconds"] for r in result.history if "seconds" in r],

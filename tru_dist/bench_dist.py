@@ -97,6 +97,7 @@ def bench_data(source: str | Path | RecDataset, features: dict[str, int], seed: 
 
 def _bench_rank(rank: int, world_size: int, cfg_dict: dict, data: RecDataset, steps: int) -> dict[str, Any]:
     from tru_dist.distributed.shard import build_shard_model, load_shard
+    from tru_dist.train.determinism import deterministic_kernels
     from tru_dist.train.sampler import BPRSampler
 
     cfg = Config.from_dict(cfg_dict)
@@ -115,13 +116,14 @@ def _bench_rank(rank: int, world_size: int, cfg_dict: dict, data: RecDataset, st
 
     batches = endless()
 
-    def step() -> None:
+    def step() -> None:  # a training step, with training's deterministic kernels (train.deterministic)
         batch = next(batches)
-        optimizer.zero_grad(set_to_none=True)
-        emb = model.embed(shard.graph)
-        model.loss(batch, shard.graph, emb).backward()
-        collectives.sum_grads(replicated)
-        optimizer.step()
+        with deterministic_kernels(cfg.train.deterministic, shard.graph.ui.norm.device):
+            optimizer.zero_grad(set_to_none=True)
+            emb = model.embed(shard.graph)
+            model.loss(batch, shard.graph, emb).backward()
+            collectives.sum_grads(replicated)
+            optimizer.step()
 
     step()  # warm-up
     times = []

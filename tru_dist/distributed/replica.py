@@ -155,7 +155,7 @@ def parameter_digest(model: torch.nn.Module) -> str:
 
 
 def replica_step(model: Backbone, graph: RecGraph, batch: BPRBatch, optimizer: torch.optim.Optimizer,
-                 fanout: int, generator: torch.Generator | None, deterministic: bool = True) -> torch.Tensor:
+                 fanout: int, generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
     """One data-parallel step: local forward and backward on this rank's triples, gradient sum
     over ranks, optimizer step. Returns this rank's (detached) share of the loss.
     ``deterministic``: fixed-order CPU kernels (:mod:`tru_dist.train.determinism`)."""

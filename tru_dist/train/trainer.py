@@ -147,7 +147,7 @@ def check_loss(loss: float, epoch: int, cfg: Config) -> None:
 
 def train_step(model: Backbone, graph: RecGraph, batch, optimizer: torch.optim.Optimizer,
                replicated: list[torch.nn.Parameter], *, local: bool = False, fanout: int = 0,
-               generator: torch.Generator | None = None, deterministic: bool = True) -> torch.Tensor:
+               generator: torch.Generator | None = None, deterministic: bool) -> torch.Tensor:
     """One BPR step (module docstring): forward (full, or the batch's neighbourhood), this rank's
     loss, backward, sum of the replicated gradients over ranks, optimizer step. Returns the
     detached loss. ``deterministic``: fixed-order CPU kernels (:mod:`tru_dist.train.determinism`)."""
@@ -305,11 +305,10 @@ def fit(
 def _load_data(cfg: Config) -> RecDataset:
     """``cfg.data.path``: a folder, or a synthetic spec (default: the embedded demo data); when
     neither it nor the run's recorded ``data.resolved_path`` exists, the error names both."""
-    from tru_dist.data.location import check_data_found
+    from tru_dist.data.location import path_to_open
     from tru_dist.data.source import open_data
 
-    check_data_found(cfg.data.path, cfg.data.resolved_path)
-    return open_data(cfg.data.path)
+    return open_data(path_to_open(cfg.data.path, cfg.data.resolved_path))
 
 
 def run_metrics(model, graph, data: RecDataset, cfg: Config, result: TrainResult) -> dict:

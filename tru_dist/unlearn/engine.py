@@ -1121,10 +1121,19 @@ def iter_update(model: Backbone, deletion: Deletion, cfg: Config, spec: UpdateSp
     ran = False
     # frozen groups get requires_grad False for the run (isolation_pass), so a branch made of
     # them only is a constant the backbone may compute once (Backbone.constant_branches)
+    # fixed-order CPU kernels (tru_dist.train.determinism) while the loop runs, off at each yield:
+    # the switch is process-global, so a consumer's code between epochs (an evaluation, another
+    # seed's generator advanced in turn, as Tune's trainable does) must neither see it on nor
+    # have it turned off under its own steps
+    device = deletion.graph_after.ui.norm.device
     try:
-        device = deletion.graph_after.ui.norm.device  # fixed-order CPU kernels: tru_dist.train.determinism
-        with work.constant_branches(), deterministic_kernels(cfg.train.deterministic, device):
-            for epoch in loop.iterate():
+        with work.constant_branches():
+            epochs = loop.iterate()
+            while True:
+                with deterministic_kernels(cfg.train.deterministic, device):
+                    epoch = next(epochs, None)  # one epoch, or the loop's closing work
+                if epoch is None:
+                    break
                 ran = True
                 work.eval()
                 yield epoch, work, loop.stats
