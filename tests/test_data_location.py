@@ -64,6 +64,41 @@ def test_a_copy_with_its_data_opens_the_copy(trained, tmp_path, monkeypatch):
     assert read_run("run")["config"]["data"]["path"] == str(trained / "d" / "tiny")
 
 
+def test_an_unlearned_copy_records_the_copy_s_store(trained, tmp_path, monkeypatch):
+    """Unlearning a copied run from the copy's folder opens the copy's store, so the new run's
+    record must name that store (it inherited the original's, which a later command from
+    elsewhere would then open, or purge)."""
+    copy = _copy(trained, tmp_path / "copy")
+    monkeypatch.chdir(copy)
+    pd.DataFrame({"request_id": ["r"], "user_id": [4], "item_id": pd.array([None], dtype="Int64"),
+                  "reason": "gdpr"}).to_csv(copy / "req.csv", index=False)
+    assert main(["unlearn", "--run", "run", "--requests", "req.csv", "--out", "u"]) == 0
+    data = yaml.safe_load((copy / "u" / "config.yaml").read_text())["data"]
+    assert data["path"] == "d/tiny" and data["resolved_path"] == str(copy / "d" / "tiny")
+
+
+def test_training_code_opens_the_recorded_path_when_the_given_one_is_missing(trained, tmp_path, monkeypatch):
+    from tru_dist.distributed.shard import open_full
+    from tru_dist.train.trainer import _load_data
+
+    monkeypatch.chdir(tmp_path)  # no d/tiny here
+    cfg = Config.from_dict({"data": {"path": "d/tiny", "resolved_path": str(trained / "d" / "tiny")}})
+    assert _load_data(cfg).n_users == open_full(cfg).n_users == 200
+
+
+def test_the_record_follows_symlinks_as_opening_does(tmp_path, monkeypatch):
+    from tru_dist.config import absolute_data_path
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "data").mkdir()
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "link").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert Path("link/../data").exists()  # the OS resolves the link before ".."
+    assert absolute_data_path("link/../data") == str((tmp_path / "real" / "data").resolve())
+    assert build_config(data=".").data.name == "cwd"  # "." is named by the folder it is
+
+
 def test_neither_path_is_one_error_naming_both(trained, tmp_path, monkeypatch, capsys):
     moved = _copy(trained, tmp_path / "moved")  # the original stays for the other tests
     abs_path = str(moved / "d" / "tiny")

@@ -465,7 +465,7 @@ def is_folder_path(path: str | None) -> bool:
 def absolute_data_path(path: str | None) -> str | None:
     """``path`` made absolute from the current directory (None for no path / a synthetic spec):
     what train records as ``data.resolved_path``."""
-    return os.path.abspath(path) if is_folder_path(path) else None
+    return os.path.realpath(path) if is_folder_path(path) else None
 
 
 def record_data_location(cfg: Config) -> Config:
@@ -595,12 +595,16 @@ def build_config(
         tree = deep_merge(tree, {"model": {"name": model}})
         if data is not None and not str(data).startswith("synthetic") and "name" not in tree.get("data", {}):
             # a folder without packaged defaults is named by itself, not by the typed default
-            tree = deep_merge(tree, {"data": {"name": Path(str(data).rstrip("/\\")).name}})
+            tree = deep_merge(tree, {"data": {"name": Path(os.path.abspath(data)).name}})
     tree = deep_merge(tree, user_tree)
     tree = deep_merge(tree, overrides)
     cfg = Config.from_dict(tree)
     if base is not None:
         given = base.data.path if isinstance(base, Config) else (base.get("data") or {}).get("path")
-        if cfg.data.path != given:  # a command on a run given another data.path: record that one
+        # record where the data opened now is: another data.path given, or the run's own path as
+        # it resolves from here (a run copied with its data and unlearned from the copy records
+        # the copy's store, not the one the original run was trained on)
+        here = is_folder_path(cfg.data.path) and Path(cfg.data.path).exists()
+        if cfg.data.path != given or here:
             cfg = record_data_location(cfg)
     return cfg

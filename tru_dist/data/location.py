@@ -19,7 +19,7 @@ from tru_dist.config import is_folder_path
 from tru_dist.errors import DataError
 
 log = logging.getLogger("tru_dist.data")
-_announced: set[tuple[str, str]] = set()  # one info line per (path, resolved) and process
+_announced: set[tuple[str, str]] = set()  # one warning per (path, resolved) and process
 
 
 def locate_data(path: str | None, resolved: str | None) -> str | None:
@@ -30,9 +30,16 @@ def locate_data(path: str | None, resolved: str | None) -> str | None:
         return path
     if (path, resolved) not in _announced:
         _announced.add((path, resolved))
-        log.info("dataset path %s does not exist from %s; using %s, where the run was trained on it",
+        log.warning("dataset path %s does not exist from %s; using %s, where the run was trained on it",
                  path, os.getcwd(), resolved)
     return resolved
+
+
+def path_to_open(path: str | None, resolved: str | None) -> str | None:
+    """:func:`check_data_found`, then :func:`locate_data`: what an opener should open (used where a
+    config's data is opened, so a fallback to the recorded path is taken, not only checked)."""
+    check_data_found(path, resolved)
+    return locate_data(path, resolved)
 
 
 def check_data_found(path: str | None, resolved: str | None) -> None:

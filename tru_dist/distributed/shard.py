@@ -52,11 +52,10 @@ def open_full(cfg: Config, data: RecDataset | None = None) -> RecDataset:
     """The dataset (memory-mapped features) named by ``cfg.data.path`` (synthetic when unset)."""
     if data is not None:
         return data
-    from tru_dist.data.location import check_data_found
+    from tru_dist.data.location import path_to_open
     from tru_dist.data.source import open_data
 
-    check_data_found(cfg.data.path, cfg.data.resolved_path)
-    return open_data(cfg.data.path)
+    return open_data(path_to_open(cfg.data.path, cfg.data.resolved_path))
 
 
 def slice_features(data: RecDataset, book: PartitionBook, rank: int, keep: bool, dtype: str) -> RecDataset:
