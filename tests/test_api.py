@@ -146,6 +146,36 @@ def test_an_unlearned_run_is_evaluated_and_served_without_what_it_deleted(traine
     assert len(served) == len(hidden) + 1
 
 
+def test_an_unlearned_run_is_evaluated_without_what_it_deleted_at_two_workers_too(trained, tmp_path,
+                                                                                  monkeypatch):
+    """W = 2 workers cut the served state (the ledger's deletions removed) out of the same run
+    per shard: their figures are the unlearn run's own (float tolerance across W), not the
+    stale graph's."""
+    from tru_dist.data.dataset import TRAIN
+
+    data = trained.data
+    train = data.labels == TRAIN
+    users = np.unique(data.users[train])[::7][:20]  # spread over both workers' user ranges
+    firsts = [int(data.items[train & (data.users == u)][0]) for u in users]
+    requests = pd.DataFrame({"request_id": [f"q{u}" for u in users], "user_id": users, "item_id": firsts,
+                             "reason": "gdpr"})
+    done = tru_dist.unlearn(trained, requests=requests, method="reverse_bpr", config={"unlearn.epochs": 1},
+                            out=tmp_path / "u")
+    from tru_dist.distributed import commands
+
+    workers, run_distributed = [], commands.run_distributed
+
+    def recorded(kind, cfg, **kw):
+        workers.append(cfg.dist.workers)
+        return run_distributed(kind, cfg, **kw)
+
+    monkeypatch.setattr(commands, "run_distributed", recorded)
+    ev = tru_dist.evaluate(done, overrides=["train.device=cpu", "dist.workers=2", "dist.address=none"])
+    assert workers == [2]
+    for split in ("valid", "test"):  # the stale graph's figures differ (the W = 1 test above)
+        assert ev[split] == pytest.approx(done.metrics[split], abs=1e-6), split
+
+
 def test_cli_commands_call_the_api(trained, tmp_path, capsys):
     assert main(["recommend", "--run", str(trained.path), "--users", "0,1", "--k", "5"]) == 0
     printed = json.loads(capsys.readouterr().out)
