@@ -31,6 +31,7 @@ import torch
 from tru_dist import comm as collectives
 from tru_dist.config import Config, build_config
 from tru_dist.data.dataset import RecDataset
+from tru_dist.data.source import is_synthetic
 from tru_dist.device import synchronize
 from tru_dist.distributed.comm_meter import CommMeter
 from tru_dist.distributed.planner import plan
@@ -164,7 +165,7 @@ def bench_dist(
     """Step time and bytes per step for W = 1 and W = 2 side by side, with the planner's figures."""
     features = _feature_spec(synthetic_features)
     dataset = bench_data(data, features)
-    named = None if isinstance(data, RecDataset) or str(data).startswith("synthetic") else str(data)
+    named = None if isinstance(data, RecDataset) or is_synthetic(str(data)) else str(data)
     cfg = build_config(model=model, dataset=named, overrides=list(overrides or []))
     cfg.dist.address = "none"
     train_users, _ = dataset.train_pairs

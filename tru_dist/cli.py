@@ -182,7 +182,7 @@ def _print_json(obj) -> None:
 # data
 # --------------------------------------------------------------------------------------
 def cmd_data(args, overrides) -> int:
-    from tru_dist.data.source import open_data
+    from tru_dist.data.source import is_synthetic, open_data
 
     if args.data_cmd == "synth":
         from tru_dist.data.mmrec import write_mmrec
@@ -214,7 +214,7 @@ def cmd_data(args, overrides) -> int:
     elif args.data_cmd == "stats":
         from tru_dist.data.load import dataset_stats
 
-        _print_json(dataset_stats(args.data) if not str(args.data).startswith("synthetic")
+        _print_json(dataset_stats(args.data) if not is_synthetic(str(args.data))
                     else open_data(args.data).summary())
     elif args.data_cmd == "encode-text":
         from tru_dist.data.encode import encode_text

@@ -493,9 +493,7 @@ def load_yaml(path: str | Path) -> dict:
 def dataset_name(data: str | Path | None) -> str | None:
     """The dataset a ``--data`` argument names, canonical (``../shared/data/amazon-scientific``
     -> ``scientific``); None for synthetic specs."""
-    if data is None or str(data).startswith("synthetic"):
-        return None
-    return canonical_dataset(data)
+    return canonical_dataset(data) if is_folder_path(None if data is None else str(data)) else None
 
 
 def _flat(tree: dict, prefix: str = "") -> list[str]:
@@ -593,7 +591,7 @@ def build_config(
         model = canonical_name(model or ModelConfig().name)
         tree = deep_merge(tree, model_defaults(model))
         tree = deep_merge(tree, {"model": {"name": model}})
-        if data is not None and not str(data).startswith("synthetic") and "name" not in tree.get("data", {}):
+        if is_folder_path(None if data is None else str(data)) and "name" not in tree.get("data", {}):
             # a folder without packaged defaults is named by itself, not by the typed default
             tree = deep_merge(tree, {"data": {"name": Path(os.path.abspath(data)).name}})
     tree = deep_merge(tree, user_tree)

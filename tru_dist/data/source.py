@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tru_dist.config import is_folder_path
 from tru_dist.data.dataset import RecDataset
 from tru_dist.errors import DataError
 
@@ -23,7 +24,8 @@ PRESETS = {
 
 
 def is_synthetic(spec: str | None) -> bool:
-    return spec is None or str(spec).startswith("synthetic")
+    """True for no data path or a synthetic spec (``synthetic:small``): data regenerated from a seed."""
+    return not is_folder_path(spec)
 
 
 def synthetic_from_spec(spec: str) -> RecDataset:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from tru_dist.data.dataset import SPLIT_LABELS
 from tru_dist.data.load import detect_format
+from tru_dist.data.source import is_synthetic
 from tru_dist.data.store import (
     clean_store,
     interactions_path,
@@ -39,7 +40,7 @@ from tru_dist.unlearn.ledger import DeletionLedger, deleted_rows
 def check_purgeable(store: str | Path) -> Path:
     """``store`` as a Path when it is a tru-dist store; a one-line DataError otherwise."""
     spec = str(store)
-    if spec.startswith("synthetic"):
+    if is_synthetic(spec):
         raise ConfigError(f"--purge needs a stored dataset, but the run's data is '{spec}' (regenerated from "
                           "its seed, nothing is stored); write it with `tru-dist data synth --format store` "
                           "and train on that store")
