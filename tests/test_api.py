@@ -115,6 +115,27 @@ def test_unlearn_from_a_dataframe_is_ledgered(trained, tmp_path):
     assert tru_dist.recommend(done, users="1", k=3)[0]["user"] == 1
 
 
+def test_a_reused_request_id_asking_for_other_data_is_refused_not_replayed(trained, tmp_path):
+    """An applied request id whose rows now name another user (or another item) was answered
+    "replayed": the new user was never deleted, and nothing said so."""
+    first = pd.DataFrame({"request_id": ["r1", "r2"], "user_id": [3, 5], "item_id": [None, None],
+                          "reason": "gdpr"})
+    out = tmp_path / "u"
+    done = tru_dist.unlearn(trained, requests=first, method="reverse_bpr", config={"unlearn.epochs": 1},
+                            out=out)
+    ledger = (out / "ledger.jsonl").read_text()
+    assert len(done.metrics["receipt"]["request_digests"]) == 2
+    same = first.iloc[::-1].reset_index(drop=True)  # the same requests in another order: a replay
+    assert tru_dist.unlearn(trained, requests=same, method="reverse_bpr", out=out).metrics["replayed"]
+    other_user = first.assign(user_id=[3, 10])
+    one_item = first.assign(item_id=pd.array([None, int(trained.data.items[trained.data.users == 5][0])],
+                                             dtype="Int64"))
+    for changed in (other_user, one_item):
+        with pytest.raises(RequestError, match=r"request id\(s\) r2 were applied before .* new request_id"):
+            tru_dist.unlearn(trained, requests=changed, method="reverse_bpr", out=out)
+    assert (out / "ledger.jsonl").read_text() == ledger  # nothing written
+
+
 def test_an_unlearned_run_is_evaluated_and_served_without_what_it_deleted(trained, tmp_path):
     """Evaluate and recommend read an unlearned run with the graph and history it serves with —
     its ledger's deletions removed: evaluate reproduces unlearn's own figures (scored on D_r, not

@@ -116,6 +116,18 @@ class KeyedHasher:
             out[k] = self._digest(b"pair:%d:%d" % (u, i))
         return out
 
+    def requests(self, table) -> dict[str, str]:
+        """{request_id: hex digest of what it asks for}: its rows' (user_id, item_id or "all"),
+        sorted, under the key — so a replayed request id can be checked to ask for the same
+        deletion without the ledger holding raw ids."""
+        rows: dict[str, list[str]] = {}
+        whole = table["item_id"].isna().to_numpy()
+        items = table["item_id"].fillna(-1).astype("int64").to_numpy()
+        for rid, u, i, all_items in zip(table["request_id"], table["user_id"], items, whole, strict=True):
+            rows.setdefault(str(rid), []).append(f"{int(u)}:{'all' if all_items else int(i)}")
+        return {rid: self._digest(("request:" + ",".join(sorted(r))).encode()).hex()[:32]
+                for rid, r in rows.items()}
+
     def users(self, users: np.ndarray) -> np.ndarray:
         """``S32`` digests of user ids, in input order."""
         users = np.asarray(users, dtype=np.int64)

@@ -11,8 +11,9 @@ of what it erased. A receipt records:
     receipt_id, request_ids, regime, removed (interactions / train / valid / test /
     removed_users counts), overlaps, model_before, model_after (content hashes of the
     state_dict, :func:`model_version`), method, seconds, timestamp (UTC ISO-8601), audit
-    (optional figures), hashes (file, sha256, key_id, counts), and — after a purge —
-    purge (what was purged where, :mod:`tru_dist.unlearn.purge`).
+    (optional figures), hashes (file, sha256, key_id, counts), request_digests (a keyed
+    digest of each request's rows, so a replayed id is checked to ask for the same thing), and
+    — after a purge — purge (what was purged where, :mod:`tru_dist.unlearn.purge`).
 
 Ledgers written before the hashes (``pairs_file``: raw pairs in ``ledger_pairs/``) are still
 read; ``tru-dist data purge`` converts them to hashes and deletes the raw pairs.
@@ -22,7 +23,9 @@ Semantics (what makes retries safe):
 * *Replay.* A request batch whose ids are ALL in the ledger is a no-op:
   :meth:`DeletionLedger.plan` returns the earlier receipt (``plan.replay``) and nothing is
   deleted or unlearned again. A batch mixing applied and new ids is refused (one-line
-  RequestError naming both), because its rows cannot be split by request.
+  RequestError naming both), because its rows cannot be split by request; so is an applied
+  id whose rows now ask for other users/items than when it was applied (it would otherwise be
+  answered "replayed" and never applied).
 * *Overlap.* A NEW request touching a pair an earlier request already deleted is reported
   (``plan.overlaps``: the earlier receipt, its request ids, how many pairs) and those pairs
   are dropped from the new forget set — they are gone already; the rest is applied. (The
@@ -200,14 +203,20 @@ class DeletionLedger:
     def receipt_for(self, request_id: str) -> dict | None:
         return next((r for r in self.receipts() if request_id in r["request_ids"]), None)
 
-    def replay_of(self, request_ids: list[str], receipts: list[dict] | None = None) -> dict | None:
+    def replay_of(self, request_ids: list[str], receipts: list[dict] | None = None,
+                  table=None) -> dict | None:
         """The earlier receipt when every id was applied before, None when none was; a batch
-        mixing applied and new ids is a RequestError naming both."""
+        mixing applied and new ids is a RequestError naming both. With ``table`` (the request
+        table), an applied id must ask for what it asked for then (receipts record a keyed
+        digest of each request's rows, ``request_digests``; older receipts are not checked):
+        a reused id with other content would otherwise be "replayed" and never applied."""
         owner = {rid: r for r in (self.receipts() if receipts is None else receipts)
                  for rid in r["request_ids"]}
         ids = [str(x) for x in request_ids]
         applied = [rid for rid in ids if rid in owner]
         if applied and len(applied) == len(ids):
+            if table is not None:
+                self._check_same_requests(table, owner)
             return owner[ids[0]]
         if applied:
             new = [rid for rid in ids if rid not in owner]
@@ -216,6 +225,16 @@ class DeletionLedger:
                 f"{owner[applied[0]]['receipt_id']}); resubmit only the new ones: {', '.join(new[:5])}"
             )
         return None
+
+    def _check_same_requests(self, table, owner: dict[str, dict]) -> None:
+        """RequestError naming the applied request ids ``table`` now gives other content."""
+        now = self.hasher.requests(table)
+        changed = [rid for rid, d in now.items() if owner[rid].get("request_digests", {}).get(rid, d) != d]
+        if changed:
+            raise RequestError(
+                f"request id(s) {', '.join(changed[:5])} were applied before (receipt "
+                f"{owner[changed[0]]['receipt_id']}) with other users/items than this file gives them; "
+                "a changed or new deletion needs a new request_id")
 
     def _check_key(self, receipt: dict) -> None:
         key = receipt.get("hashes", {}).get("key_id")
@@ -335,9 +354,12 @@ class DeletionLedger:
         seconds: float | None = None,
         audit: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        requests=None,
     ) -> dict:
         """Write the receipt of an applied plan (atomically) and return it; a replay returns
-        the earlier receipt unchanged. ``extra`` adds fields (e.g. a pending ``purge``)."""
+        the earlier receipt unchanged. ``extra`` adds fields (e.g. a pending ``purge``);
+        ``requests`` (the request table) adds each request's keyed content digest
+        (``request_digests``, checked when the same ids come again: :meth:`replay_of`)."""
         if plan.replay is not None:
             return plan.replay
         f = plan.forget
@@ -366,6 +388,7 @@ class DeletionLedger:
             "seconds": seconds,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "audit": audit,
+            **({"request_digests": h.requests(requests)} if requests is not None else {}),
             "hashes": {"file": hashes_file, "sha256": hashlib.sha256(raw).hexdigest(), "key_id": h.key_id,
                        "algorithm": "HMAC-SHA256", "pairs": int(len(pairs)),
                        "touched_users": int(len(touched)), "deleted_users": int(len(users))},

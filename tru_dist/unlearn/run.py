@@ -140,7 +140,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     remove_orphan_temps(out_dir)  # what a killed earlier attempt left
     _inherit_ledger(run_dir, out_dir)
     ledger = DeletionLedger(out_dir)
-    earlier_receipt = ledger.replay_of(list(table["request_id"]))
+    earlier_receipt = ledger.replay_of(list(table["request_id"]), table=table)
     if earlier_receipt is not None:
         return _replay(out_dir, ledger, earlier_receipt, store, keep_versions)
     # -- the plan, checked here so that a bad batch starts no worker ------------------------------
@@ -164,6 +164,7 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
 
     Collective: every rank calls it. Returns the metrics written to ``OUT/metrics.json``
     (with the receipt on rank 0)."""
+    from tru_dist.data.requests import read_requests
     from tru_dist.train.checkpoint import checkpoint_path, gather_state, save_checkpoint
     from tru_dist.train.evaluate import eval_embeddings, evaluate
     from tru_dist.train.trainer import data_signature
@@ -221,7 +222,7 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
                             seconds=result.seconds,
                             audit={"forget_hit@20": metrics["forget"].get("hit@20"),
                                    "test_recall@20": metrics["test"].get("recall@20")},
-                            extra=_pending_purge(store, keep_versions))
+                            extra=_pending_purge(store, keep_versions), requests=read_requests(requests))
     if store is not None:
         from tru_dist.unlearn.purge import complete_purge
 
