@@ -136,6 +136,21 @@ def test_a_reused_request_id_asking_for_other_data_is_refused_not_replayed(train
     assert (out / "ledger.jsonl").read_text() == ledger  # nothing written
 
 
+def test_training_into_an_unlearned_run_is_refused(trained, tmp_path, capsys):
+    """Its ledger would stay and describe deletions the new model never had (the same requests
+    were then answered "replayed"); --resume there failed with a raw KeyError."""
+    requests = pd.DataFrame({"request_id": ["t1"], "user_id": [7], "item_id": [None], "reason": "gdpr"})
+    out = tmp_path / "u"
+    tru_dist.unlearn(trained, requests=requests, method="reverse_bpr", config={"unlearn.epochs": 1}, out=out)
+    before = sorted(p.name for p in out.iterdir())
+    for extra in ([], ["--resume"]):
+        argv = ["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(out), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "holds an unlearned run" in err, err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_an_unlearned_run_is_evaluated_and_served_without_what_it_deleted(trained, tmp_path):
     """Evaluate and recommend read an unlearned run with the graph and history it serves with —
     its ledger's deletions removed: evaluate reproduces unlearn's own figures (scored on D_r, not

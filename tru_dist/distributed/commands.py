@@ -50,7 +50,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, data: RecDa
     commands on it find the data from other directories."""
     from tru_dist.config import record_data_location
     from tru_dist.distributed.replica_train import run_replica_train, wants_replicas
+    from tru_dist.unlearn.ledger import LEDGER_FILE
 
+    if (Path(out_dir) / LEDGER_FILE).exists():  # its receipts would describe a model no longer there
+        raise ConfigError(f"{out_dir} holds an unlearned run (its deletion ledger, {LEDGER_FILE}); training "
+                          "there would keep receipts that do not describe the new model: choose another "
+                          "--out")
     cfg = record_data_location(cfg)
     if wants_replicas(cfg):
         if pool is not None:
