@@ -151,6 +151,26 @@ def test_training_into_an_unlearned_run_is_refused(trained, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_new_requests_onto_a_folder_holding_other_deletions_are_refused(trained, tmp_path, capsys):
+    """``--run BASE --out U`` where U already holds deletions BASE does not: U's model was replaced
+    by BASE's updated for the new batch while U's ledger kept the earlier receipts."""
+    first = pd.DataFrame({"request_id": ["a1"], "user_id": [7], "item_id": [None], "reason": "gdpr"})
+    second = tmp_path / "b.csv"
+    pd.DataFrame({"request_id": ["b1"], "user_id": [9], "item_id": [None], "reason": "gdpr"}).to_csv(
+        second, index=False)
+    out, one_epoch = tmp_path / "u", {"unlearn.epochs": 1}
+    done = tru_dist.unlearn(trained, requests=first, method="reverse_bpr", config=one_epoch, out=out)
+    state = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["unlearn", "--run", str(trained.path), "--requests", str(second), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"already holds deletions {trained.path} does not" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == state
+    # the same requests again still replay, and U itself takes the new batch
+    assert tru_dist.unlearn(trained, requests=first, method="reverse_bpr", out=out).metrics["replayed"]
+    chained = tru_dist.unlearn(done, requests=second, method="reverse_bpr", config=one_epoch, out=out)
+    assert not chained.metrics["replayed"]
+
+
 def test_an_unlearned_run_is_evaluated_and_served_without_what_it_deleted(trained, tmp_path):
     """Evaluate and recommend read an unlearned run with the graph and history it serves with —
     its ledger's deletions removed: evaluate reproduces unlearn's own figures (scored on D_r, not

@@ -73,6 +73,23 @@ def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
         shutil.copy2(run_dir / LEDGER_FILE, out_dir / LEDGER_FILE)
 
 
+def _check_out_continues_run(run_dir: Path, out_dir: Path, out_ledger: DeletionLedger) -> None:
+    """New requests are applied to RUN's model and written to OUT with OUT's ledger: refused when
+    that ledger holds receipts RUN's does not (OUT is another run's, or RUN's later state), whose
+    model the write would replace while keeping their receipts (the model would then lack
+    deletions its ledger lists, and a later replay would skip them)."""
+    if run_dir.resolve() == out_dir.resolve():
+        return
+    source = DeletionLedger(run_dir)
+    ours = [r["receipt_id"] for r in source.receipts()] if (run_dir / LEDGER_FILE).exists() else []
+    theirs = [r["receipt_id"] for r in out_ledger.receipts()] if (out_dir / LEDGER_FILE).exists() else []
+    if theirs != ours:
+        extra = [r for r in theirs if r not in ours]
+        raise ConfigError(f"{out_dir} already holds deletions {run_dir} does not (receipt(s) "
+                          f"{', '.join(extra[:3]) or 'other'}): apply new requests to that run itself "
+                          f"(--run {out_dir} --out {out_dir}, or a fresh --out), not onto {run_dir}'s model")
+
+
 def _purge_store_of(run_dir: Path) -> str:
     """The store a run was trained on (``data.path`` in its checkpoint), checked purgeable."""
     from tru_dist.train.checkpoint import read_run
@@ -143,6 +160,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     earlier_receipt = ledger.replay_of(list(table["request_id"]), table=table)
     if earlier_receipt is not None:
         return _replay(out_dir, ledger, earlier_receipt, store, keep_versions)
+    _check_out_continues_run(run_dir, out_dir, ledger)
     # -- the plan, checked here so that a bad batch starts no worker ------------------------------
     if data is None:
         if cfg.data.path is None:
