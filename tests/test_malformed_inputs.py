@@ -297,6 +297,18 @@ def _file_out_synth(env: Env, tmp: Path) -> list[str]:
     return ["data", "synth", "--format", "store", "--out", str(tmp / "out"), "--users", "30", "--items", "20"]
 
 
+def _out_under_a_file(command: str):
+    """``--out`` below a path that is a file (a traceback from os.makedirs before)."""
+    def build(env: Env, tmp: Path) -> list[str]:
+        (tmp / "afile").write_text("precious\n")
+        out = str(tmp / "afile" / "sub" / "out")
+        if command == "train":
+            return ["train", "--model", "lightgcn", "--data", str(env.store), "--out", out,
+                    "--train.epochs=1"]
+        return ["data", "synth", "--format", "store", "--out", out, "--users", "30", "--items", "20"]
+    return build
+
+
 def _purge_synthetic(env: Env, tmp: Path) -> list[str]:
     run = tmp / "synrun"
     assert main(["train", "--model", "lightgcn", "--data", "synthetic:40x30", "--out", str(run),
@@ -447,6 +459,8 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
     ("cli-workers-text", lambda env, tmp: _train_on(env.store, tmp, "--workers", "two"), "--workers"),
     ("cli-out-is-file", _file_out, "existing file"),
     ("cli-synth-out-is-file", _file_out_synth, "existing file"),
+    ("cli-out-under-a-file", _out_under_a_file("train"), "which is a file, not a folder"),
+    ("cli-synth-out-under-a-file", _out_under_a_file("synth"), "which is a file, not a folder"),
     ("cli-missing-out", _argv("train", "--data", "{store}"), "--out"),
     ("cli-unknown-command", _argv("untrain", "--out", "{out}"), "untrain"),
     ("cli-stray-argument", _argv("train", "--data", "{store}", "--out", "{out}", "oops"), "oops"),

@@ -80,6 +80,10 @@ def _check_out(args: argparse.Namespace) -> Path | None:
     if out is None or kind is None:
         return None
     path = Path(out)
+    blocking = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # os.makedirs would fail deep inside the command, with a traceback
+        raise TruDistError(f"--out {out} lies under {blocking}, which is a file, not a folder; pass a path "
+                           "whose parent folders are folders")
     if kind == "dir" and path.exists() and not path.is_dir():
         raise TruDistError(f"--out {out} is an existing file, but this command writes a folder there; "
                            "pass a new path or an existing folder")
