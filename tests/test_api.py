@@ -113,6 +113,12 @@ def test_unlearn_from_a_dataframe_is_ledgered(trained, tmp_path):
     again = tru_dist.unlearn(trained.path, requests=requests, method="tru", out=out)
     assert again.metrics["replayed"] and again.metrics["receipt"] == done.metrics["receipt"]
     assert tru_dist.recommend(done, users="1", k=3)[0]["user"] == 1
+    # the same batch onto the unlearned run, into a new folder: answered from the run (it holds the
+    # batch), nothing written there (it said "no checkpoint in NEW; train first")
+    fresh = tmp_path / "fresh"
+    replay = tru_dist.unlearn(done, requests=requests, method="tru", out=fresh)
+    assert replay.metrics["replayed"] and replay.metrics["receipt"] == done.metrics["receipt"]
+    assert replay.path == done.path and not fresh.exists()
 
 
 def test_a_reused_request_id_asking_for_other_data_is_refused_not_replayed(trained, tmp_path):

@@ -282,7 +282,9 @@ def unlearn(
     else:
         raise RequestError(f"requests must be a pandas DataFrame or a .parquet/.csv file, not "
                            f"{type(requests).__name__}")
-    result = load_run(out, device=source.device)
+    # a batch the source run already holds is answered from it; nothing was written to out
+    replayed_from_source = metrics.get("replayed") and not (out / "checkpoint.pt").exists()
+    result = load_run(source.path if replayed_from_source else out, device=source.device)
     result.metrics = metrics
     return result
 

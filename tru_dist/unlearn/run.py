@@ -155,6 +155,12 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     if purge and data is not None:
         raise ConfigError("purge=True needs the run's stored data; do not pass data=")
     remove_orphan_temps(out_dir)  # what a killed earlier attempt left
+    fresh_out = run_dir.resolve() != out_dir.resolve() and not (out_dir / LEDGER_FILE).exists()
+    if fresh_out and (run_dir / LEDGER_FILE).exists():  # RUN already holds this batch: it is the answer
+        source = DeletionLedger(run_dir)
+        replayed = source.replay_of(list(table["request_id"]), table=table)
+        if replayed is not None:  # nothing is written to OUT (the model is RUN's)
+            return _replay(run_dir, source, replayed, store, keep_versions)
     _inherit_ledger(run_dir, out_dir)
     ledger = DeletionLedger(out_dir)
     earlier_receipt = ledger.replay_of(list(table["request_id"]), table=table)
