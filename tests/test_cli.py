@@ -94,3 +94,18 @@ def test_train_forget_unlearn_chain_is_idempotent(tmp_path, capsys):
     assert main(["audit", "--run", str(out), "--requests", str(req), "--original", str(run)]) == 0
     audits = json.loads(capsys.readouterr().out)["audits"]
     assert {"original", "retrain", "tru"} <= set(audits)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "holds no results.json"),
+    ("{not json", "is not valid JSON"),
+    ("{}", "is not a comparison's results"),
+    ("[1, 2]", "is not a comparison's results"),
+])
+def test_report_compare_on_a_folder_without_a_comparison_is_one_line(tmp_path, capsys, content, expected):
+    if content is not None:
+        (tmp_path / "results.json").write_text(content)
+    assert main(["report", "compare", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "report.md").exists()

@@ -537,8 +537,18 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
 
 
 def report_compare(path: str | Path) -> Path:
-    """Re-write report.md and plots from an existing results.json."""
+    """Re-write report.md and plots from an existing results.json (a one-line ConfigError when
+    ``path`` holds none, or one that is not a comparison's)."""
     path = Path(path)
-    results = json.loads((path / "results.json").read_text())
+    source = path / "results.json"
+    if not source.is_file():
+        raise ConfigError(f"{path} holds no results.json; pass the --out folder of a `tru-dist compare` run")
+    try:
+        results = json.loads(source.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source} is not valid JSON ({exc}); rerun the comparison to rewrite it") from None
+    if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
+        raise ConfigError(f"{source} is not a comparison's results (no 'methods' table); pass the --out "
+                          "folder of a `tru-dist compare` run")
     write_report(path, results)
     return path / "report.md"
