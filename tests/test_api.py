@@ -142,6 +142,18 @@ def test_a_reused_request_id_asking_for_other_data_is_refused_not_replayed(train
     assert (out / "ledger.jsonl").read_text() == ledger  # nothing written
 
 
+def test_an_update_that_changes_no_weight_says_so(trained, tmp_path, caplog):
+    """noop (and an update whose gate finds nothing to move) keeps the trained weights: the
+    receipt's model_after equals model_before, which verify-deletion then reports — unlearn warns."""
+    item = int(trained.data.items[trained.data.users == 4][0])
+    requests = pd.DataFrame({"request_id": ["n1"], "user_id": [4], "item_id": [item], "reason": "gdpr"})
+    with caplog.at_level(logging.WARNING, logger="tru_dist"):
+        done = tru_dist.unlearn(trained, requests=requests, method="noop", out=tmp_path / "n")
+    receipt = done.metrics["receipt"]
+    assert receipt["model_after"] == receipt["model_before"]
+    assert any("left every parameter as it was" in r.getMessage() for r in caplog.records)
+
+
 def test_training_into_an_unlearned_run_is_refused(trained, tmp_path, capsys):
     """Its ledger would stay and describe deletions the new model never had (the same requests
     were then answered "replayed"); --resume there failed with a raw KeyError."""

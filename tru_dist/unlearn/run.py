@@ -42,6 +42,7 @@ step. SISA is refused here (its model is a shard ensemble, see ``compare``).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -241,8 +242,15 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
                     checkpoint_path(out_dir, rank=0, world_size=1), fault="mid-model-write")
     atomic_write_json(out_dir / "metrics.json", metrics)
     fault_point("after-model-write")
+    after = state_version(state)
+    if after == before:  # the deletion step changed the graph only: the weights are the trained ones
+        logging.getLogger("tru_dist.unlearn").warning(
+            "%s left every parameter as it was (%s): the served graph drops the deleted pairs, but the "
+            "weights are still those trained on them, and `tru-dist verify-deletion` reports this "
+            "checkpoint as its receipt's model_before", method, result.stats.get("stop_reason")
+            or "no update step changed a weight")
     ledger = DeletionLedger(out_dir)
-    receipt = ledger.commit(plan, method=method, model_before=before, model_after=state_version(state),
+    receipt = ledger.commit(plan, method=method, model_before=before, model_after=after,
                             seconds=result.seconds,
                             audit={"forget_hit@20": metrics["forget"].get("hit@20"),
                                    "test_recall@20": metrics["test"].get("recall@20")},
