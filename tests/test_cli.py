@@ -109,3 +109,14 @@ def test_report_compare_on_a_folder_without_a_comparison_is_one_line(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "report.md").exists()
+
+
+def test_resuming_a_multi_worker_run_on_one_worker_names_the_workers(capsys, tmp_path):
+    """It said "no checkpoint ...; drop --resume to start fresh" — advice that throws the run away."""
+    (tmp_path / "run").mkdir()
+    for r in (0, 1):
+        (tmp_path / "run" / f"checkpoint.rank{r}.pt").write_bytes(b"")
+    assert main(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(tmp_path / "run"),
+                 "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resume it with --workers 2" in err, err

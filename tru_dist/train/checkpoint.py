@@ -76,6 +76,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """``torch.load(path, weights_only=True)`` with one-line errors naming the fix."""
     path = Path(path)
     if not path.exists():
+        ranks = sorted(path.parent.glob("checkpoint.rank*.pt"))
+        if path.name == "checkpoint.pt" and ranks:  # a run interrupted at W > 1 keeps per-rank files
+            w = len(ranks)
+            raise CheckpointError(f"{path.parent} holds {w} per-rank checkpoints (checkpoint.rank<r>.pt): it "
+                                  f"was trained on {w} workers; resume it with --workers {w}")
         raise CheckpointError(
             f"no checkpoint at {path}; train first (tru-dist train) or drop --resume to start fresh"
         )
