@@ -275,3 +275,15 @@ def test_sign_test_reads_the_consistency_a_divergent_seed_hides():
     # by hand: 7 lower, 2 higher, 1 exact tie (dropped): p = 2·Σ_{k≤2} C(9,k)/2^9 = 2·46/512
     assert sign_test([-1, -1, -1, -1, -1, -1, -1, 2, 3, 0.0]) == (7, 2, pytest.approx(92 / 512))
     assert sign_test([0.0, 0.0]) == (0, 0, 1.0)  # TRU = noop exactly on every seed: no evidence
+
+
+@pytest.mark.parametrize("spec, message", [
+    (CompareSpec(methods=["retrain", "noop"], audits=["nope"]), "unknown audit"),
+    (CompareSpec(methods=[]), "names no method"),
+    (CompareSpec(methods=["tru", "TRU"]), "more than once"),
+])
+def test_what_compare_cannot_run_is_refused_before_any_training(spec, message):
+    """method_configs runs before the first original trains: an unknown audit was refused only
+    after every model had run; no method, or one named twice, ran anyway."""
+    with pytest.raises(ConfigError, match=message):
+        method_configs(build_config(), spec)

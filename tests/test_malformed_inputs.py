@@ -429,6 +429,16 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
      _argv("compare", "--data", "{store}", "--model", "lightgcn", "--regime", "items", "--fraction", "1.0",
            "--methods", "tru", "--seeds", "1", "--out", "{out}", "--train.epochs=1"),
      "every train interaction"),
+    # refused before any training (the unknown audit was refused after every model had run)
+    ("cli-compare-unknown-audit",
+     _argv("compare", "--data", "{store}", "--model", "lightgcn", "--methods", "retrain,noop", "--seeds", "1",
+           "--audit", "nope", "--out", "{out}", "--train.epochs=1"), "unknown audit(s) nope"),
+    ("cli-compare-no-method",
+     _argv("compare", "--data", "{store}", "--model", "lightgcn", "--methods", "", "--seeds", "1",
+           "--out", "{out}"), "names no method"),
+    ("cli-compare-method-twice",
+     _argv("compare", "--data", "{store}", "--model", "lightgcn", "--methods", "tru,TRU", "--seeds", "1",
+           "--out", "{out}"), "more than once"),
     # -- configs and overrides -------------------------------------------------------------------------
     ("cfg-negative-lr", _override("--train.lr=-1"), "train.lr"),
     ("cfg-nan-lr", _override("--train.lr=nan"), "train.lr"),

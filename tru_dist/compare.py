@@ -89,10 +89,20 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
     Without ``spec.tuned`` every method runs with ``cfg`` (and no tuning). With it, each
     tunable method gets its own file layered over ``cfg``; reporting seeds must be below
     100 and disjoint from every file's tuning seeds."""
+    from tru_dist.audit.runner import AUDITS
     from tru_dist.data.regimes import is_tuning_seed
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.tuned import find_tuned, inherited_keys, read_tuned
 
+    unknown = sorted(set(spec.audits) - set(AUDITS))
+    if unknown:  # checked here, before any training (run_audits checks too, after every model)
+        raise ConfigError(f"unknown audit(s) {', '.join(unknown)} (choose from: {', '.join(AUDITS)})")
+    if not spec.methods:
+        raise ConfigError("--methods names no method; e.g. --methods retrain,noop,tru")
+    names = [get_method(m).name for m in spec.methods]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once; name each method once")
     seeds = spec.seed_list
     bad = [s for s in seeds if is_tuning_seed(s)]
     if bad:
