@@ -89,6 +89,14 @@ def test_recommend_ranks_unseen_items_by_score(trained):
         assert not seen & set(rec["items"])
     with pytest.raises(RequestError, match="unknown user id"):
         tru_dist.recommend(trained, users=[0, data.n_users], k=5)
+    # ids must be whole numbers: 0.7, 1.9 and True were served as users 0, 1 and 1
+    for users in ([0.7], np.array([1.9]), True, None, [[0, 1]], [2**70], [], [float("nan")]):
+        with pytest.raises(RequestError, match="users must be an integer id"):
+            tru_dist.recommend(trained, users=users, k=5)
+    assert [r["user"] for r in tru_dist.recommend(trained, users=np.array([3.0, 0.0]), k=2)] == [3, 0]
+    for k in (True, 0.5, "5", 0):
+        with pytest.raises(ConfigError, match="k must be an integer of at least 1"):
+            tru_dist.recommend(trained, users=[0], k=k)
 
 
 def test_export_embeddings(trained, tmp_path):

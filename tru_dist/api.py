@@ -312,6 +312,21 @@ def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str]
     return commands.evaluate(run.path, overrides=extra, pool=pool)
 
 
+def _integer_ids(values: Any) -> np.ndarray | None:
+    """``values`` as a non-empty 1-D numeric array of whole numbers within int64, else None
+    (booleans, fractions, NaN, nested lists, strings and objects are not ids)."""
+    try:
+        raw = np.atleast_1d(np.asarray(values))
+    except (TypeError, ValueError):
+        return None
+    if raw.ndim != 1 or len(raw) == 0 or raw.dtype == bool or raw.dtype.kind not in "iuf":
+        return None
+    as_float = raw.astype(np.float64)
+    if not np.all(np.isfinite(as_float) & (as_float == np.round(as_float)) & (np.abs(as_float) < 2**62)):
+        return None
+    return raw
+
+
 def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np.ndarray:
     if isinstance(users, str):
         parts = [p.strip() for p in users.split(",") if p.strip()]
@@ -319,7 +334,11 @@ def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np
         if bad or not parts:
             raise RequestError(f"users must be integer ids separated by commas (e.g. 0,1,2), not {users!r}")
         users = [int(p) for p in parts]
-    ids = np.atleast_1d(np.asarray(users, dtype=np.int64))
+    raw = _integer_ids(users)
+    if raw is None:  # exact integers only: 0.7 or True would have been served as user 0 or 1
+        raise RequestError(f"users must be an integer id or a non-empty flat list of them (e.g. [0, 1, 2]), "
+                           f"not {users!r}")
+    ids = raw.astype(np.int64)
     unknown = ids[(ids < 0) | (ids >= n_users)]
     if len(unknown):
         shown = ", ".join(str(int(u)) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
@@ -340,8 +359,8 @@ def recommend(run: Run | str | Path, users: int | Iterable[int] | str, k: int = 
     from tru_dist.train.evaluate import csr_rows, eval_embeddings, history_mask, topk
 
     run = _as_run(run)
-    if int(k) < 1:
-        raise ConfigError(f"k must be at least 1, not {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k must be an integer of at least 1, not {k!r}")
     ids = _user_ids(users, run.data.n_users, run.path)
     emb = eval_embeddings(run.model, run.graph)
     user_emb, item_emb = emb.user.detach(), emb.item.detach()
