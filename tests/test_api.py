@@ -17,7 +17,7 @@ import yaml
 import tru_dist
 from tru_dist.cli import main
 from tru_dist.config import Config
-from tru_dist.errors import ConfigError, RequestError
+from tru_dist.errors import ConfigError, RequestError, TruDistError
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = {"train.epochs": 3, "train.batch_size": 256, "train.progress": "off", "unlearn.epochs": 2}
@@ -267,6 +267,17 @@ def test_cli_commands_call_the_api(trained, tmp_path, capsys):
     assert err.startswith("error: unknown user id(s) 99999") and len(err.splitlines()) == 1
     assert main(["evaluate", "--run", str(trained.path), "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(trained.metrics["test"])
+
+
+def test_train_on_unreadable_data_leaves_no_folder(tmp_path):
+    """The API wrote out/config.yaml before opening the data (the CLI removed it; the API did
+    not), and a DataFrame given as data= was reported as a missing path."""
+    with pytest.raises(TruDistError, match="does not exist"):
+        tru_dist.train(data=tmp_path / "nowhere", model="lightgcn", out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="not a DataFrame"):
+        tru_dist.train(data=pd.DataFrame({"a": [0]}), model="lightgcn", out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_without_data_is_a_one_line_error(tmp_path, capsys):

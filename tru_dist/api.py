@@ -151,6 +151,10 @@ def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None
 
 
 def _train_config(config, model, data, overrides, device) -> Config:
+    if data is not None and not isinstance(data, (str, Path)):  # a DataFrame read as a "path"
+        raise ConfigError(f"data must be a dataset folder or a synthetic spec such as 'synthetic:small', "
+                          f"not a {type(data).__name__}; write the data as an MMRec folder (README: Data) "
+                          "first")
     extra = _override_list(overrides)
     if data is not None:
         extra.insert(0, f"data.path={data}")

@@ -331,11 +331,12 @@ def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecD
 
     ``metrics.json`` = ``{"valid", "test", "best_epoch", "epochs", "train_seconds",
     "seconds_per_epoch", "config"}``; the checkpoint is ``out_dir/checkpoint.pt`` (W = 1);
-    ``out_dir/config.yaml`` (the resolved config) is written before training starts.
+    ``out_dir/config.yaml`` (the resolved config) is written before training starts, once the
+    data opened (data that cannot be read leaves no folder behind).
     """
+    data = data if data is not None else _load_data(cfg)
     if collectives.rank() == 0:
         write_run_config(out_dir, cfg.to_dict())
-    data = data if data is not None else _load_data(cfg)
     model, graph, result = fit(cfg, data, out_dir=out_dir, resume=resume)
     metrics = run_metrics(model, graph, data, cfg, result)
     if collectives.rank() == 0:
