@@ -143,6 +143,14 @@ def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
         fit(small_cfg(epochs=2, lr=0.5), tiny_data, out_dir=tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         fit(small_cfg(epochs=2), tiny_data, out_dir=tmp_path / "empty", resume=True)
+    # another optimizer's state does not load (a raw KeyError: 'rows'), and a checkpoint past the
+    # epochs asked for finished there silently while config.yaml said otherwise
+    with pytest.raises(CheckpointError, match="train.optimizer"):
+        fit(small_cfg(epochs=2, optimizer="row_sparse_adam"), tiny_data, out_dir=tmp_path, resume=True)
+    fit(small_cfg(epochs=3), tiny_data, out_dir=tmp_path, resume=True)
+    past = r"at epoch 3, past train.epochs=2; resume with --train.epochs=3 or more"
+    with pytest.raises(CheckpointError, match=past):
+        fit(small_cfg(epochs=2), tiny_data, out_dir=tmp_path, resume=True)
 
 
 def test_early_stopping_counts_evaluations_and_restores_best(tiny_data):

@@ -106,8 +106,13 @@ def data_signature(data: RecDataset) -> dict[str, int]:
 def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path: Path) -> None:
     now = cfg.to_dict()
     fields = [("model", saved["config"]["model"], now["model"])]
-    for k in ("seed", "lr", "batch_size"):
-        fields.append((f"train.{k}", saved["config"]["train"][k], now["train"][k]))
+    for k in ("seed", "lr", "batch_size", "optimizer"):  # another optimizer's state does not load
+        fields.append((f"train.{k}", saved["config"]["train"].get(k, "adam" if k == "optimizer" else None),
+                       now["train"][k]))
+    if saved.get("epoch", 0) > now["train"]["epochs"]:
+        epoch = saved["epoch"]
+        raise CheckpointError(f"checkpoint {path} is at epoch {epoch}, past train.epochs="
+                              f"{now['train']['epochs']}; resume with --train.epochs={epoch} or more")
     fields.append(("data", saved["data"], data_signature(data)))
     fields.append(("world size", saved["world_size"], collectives.world_size()))
     for what, old, new in fields:
