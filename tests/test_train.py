@@ -153,6 +153,16 @@ def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
         fit(small_cfg(epochs=2), tiny_data, out_dir=tmp_path, resume=True)
 
 
+def test_a_refused_resume_leaves_the_run_config_as_it_was(tiny_data, tmp_path):
+    """config.yaml was rewritten with the refused settings, so --config RUN/config.yaml no longer
+    described the checkpoint."""
+    run_train(small_cfg(epochs=1), tmp_path, data=tiny_data)
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match="train.lr"):
+        run_train(small_cfg(epochs=2, lr=0.5), tmp_path, resume=True, data=tiny_data)
+    assert (tmp_path / "config.yaml").read_text() == before
+
+
 def test_early_stopping_counts_evaluations_and_restores_best(tiny_data):
     """lr = 1e-12 (lr must be > 0): nothing ever improves on epoch 1, so training stops after 1 + patience."""
     _, _, res = fit(small_cfg(epochs=50, lr=1e-12, patience=3), tiny_data)

@@ -340,6 +340,9 @@ def run_train(cfg: Config, out_dir: str | Path, resume: bool = False, data: RecD
     data opened (data that cannot be read leaves no folder behind).
     """
     data = data if data is not None else _load_data(cfg)
+    if resume and collectives.world_size() == 1:  # a refused resume leaves config.yaml as it was
+        ckpt = checkpoint_path(out_dir)
+        _check_resumable(load_checkpoint(ckpt), cfg, data, ckpt)
     if collectives.rank() == 0:
         write_run_config(out_dir, cfg.to_dict())
     model, graph, result = fit(cfg, data, out_dir=out_dir, resume=resume)
