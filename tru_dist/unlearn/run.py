@@ -7,7 +7,10 @@ Two halves, so that W workers run exactly what one process runs:
      starts as a copy of RUN's (so every run folder lists all the deletions behind its
      model), and a batch already in the ledger is answered here — the earlier receipt and
      metrics, no worker starts — BEFORE the run's data is opened (its store may be purged by
-     then), finishing a purge a killed attempt left pending;
+     then), finishing a purge a killed attempt left pending. A batch RUN's own ledger holds,
+     sent to a fresh OUT, is answered from RUN (nothing is written to OUT); an applied request
+     id must ask for what it asked for then (``request_digests``); and new requests onto an OUT
+     whose ledger holds receipts RUN's does not are refused (:func:`_check_out_continues_run`);
   2. the config: RUN's saved config < ``--config`` file (a tuned YAML; its ``tuning:`` block
      is ignored) < ``--seed`` < ``--key=value`` overrides (:func:`tru_dist.train.trainer.run_config`,
      the one config builder); ``dist.*`` comes from the command, not from how RUN was trained;
