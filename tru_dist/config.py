@@ -462,6 +462,12 @@ def is_folder_path(path: str | None) -> bool:
     return path is not None and not str(path).startswith("synthetic")
 
 
+def folder_name(path: str | Path) -> str:
+    """The name of the folder ``path`` names, as the user wrote it (``data/dense_train/`` ->
+    ``dense_train``, ``.`` -> the current folder's name)."""
+    return Path(os.path.abspath(path)).name
+
+
 def absolute_data_path(path: str | None) -> str | None:
     """``path`` made absolute from the current directory (None for no path / a synthetic spec):
     what train records as ``data.resolved_path``."""
@@ -516,7 +522,7 @@ def defaults_used(model: str, data: str | Path | None = None) -> str:
     name = dataset_name(data)  # canonical: the lookup key only (dense_train -> densetrain)
     if name is not None:
         layer = packaged_defaults("datasets", name)
-        folder = Path(str(data).rstrip("/\\")).name  # what the user named, shown as is
+        folder = folder_name(data)  # what the user named, shown as is
         text += (f" | dataset defaults {name}: " + ", ".join(_flat(layer)) if layer is not None
                  else f" | no packaged dataset defaults for '{folder}' (packaged: "
                       f"{', '.join(packaged_names('datasets')) or 'none'})")
@@ -593,7 +599,7 @@ def build_config(
         tree = deep_merge(tree, {"model": {"name": model}})
         if is_folder_path(None if data is None else str(data)) and "name" not in tree.get("data", {}):
             # a folder without packaged defaults is named by itself, not by the typed default
-            tree = deep_merge(tree, {"data": {"name": Path(os.path.abspath(data)).name}})
+            tree = deep_merge(tree, {"data": {"name": folder_name(data)}})
     tree = deep_merge(tree, user_tree)
     tree = deep_merge(tree, overrides)
     cfg = Config.from_dict(tree)

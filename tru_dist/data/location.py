@@ -5,7 +5,7 @@ copied together with its data, and used from the copy, opens the COPY's data —
 crash-safety copies and ``unlearn --purge`` on a copy rely on) and also records
 ``data.resolved_path``, the absolute form of that path in the directory train ran in. A
 command on the run opens ``data.path`` when it exists from here; otherwise the recorded
-absolute path when that exists (one info line says so); otherwise the error names both.
+absolute path when that exists (one warning says so); otherwise the error names both.
 Runs recorded before ``resolved_path`` existed behave as before (``data.path`` only).
 """
 

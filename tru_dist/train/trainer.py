@@ -106,9 +106,9 @@ def data_signature(data: RecDataset) -> dict[str, int]:
 def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path: Path) -> None:
     now = cfg.to_dict()
     fields = [("model", saved["config"]["model"], now["model"])]
+    saved_train = {"optimizer": "adam", **saved["config"]["train"]}  # older runs: before the choice
     for k in ("seed", "lr", "batch_size", "optimizer"):  # another optimizer's state does not load
-        fields.append((f"train.{k}", saved["config"]["train"].get(k, "adam" if k == "optimizer" else None),
-                       now["train"][k]))
+        fields.append((f"train.{k}", saved_train[k], now["train"][k]))
     if saved.get("epoch", 0) > now["train"]["epochs"]:
         epoch = saved["epoch"]
         raise CheckpointError(f"checkpoint {path} is at epoch {epoch}, past train.epochs="
