@@ -510,3 +510,30 @@ def test_optuna_search_runs_and_repeats_its_samples_for_a_seed(ray_session, tmp_
         c = dict(config)
         assert 0.1 <= c["unlearn.lambda_f"] <= 3.0 and 0.0 <= c["unlearn.gate.beta"] <= 1.0
         assert c["unlearn.scaling.gamma"] in (0.0, 1.0)
+
+
+def test_ctrl_c_leaves_the_sweep_unfinished_and_resume_finishes_it(ray_session, tmp_path, monkeypatch):
+    """Ctrl+C during a trial (rehearsed: the trial sends the driver SIGINT before its 2nd epoch):
+    Tune saves the experiment and returns normally, so the sweep must record it unfinished,
+    stop before the next experiment and say how to resume — not mark it finished (``--resume``
+    then answered "every trial finished" and never ran the rest) and go on."""
+    from tru_dist.tune.export import experiment_log
+    from tru_dist.tune.sweep import run_sweep
+
+    over = [*OVERRIDES, "--sweep.methods={reverse_bpr: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}"]
+    monkeypatch.setenv("TRU_DIST_SWEEP_INTERRUPT", "reverse_bpr:users-random-5pct:0:2")
+    with pytest.raises(TruDistError, match=r"sweep interrupted: Ctrl\+C during reverse_bpr on "
+                                           r"users-random-5pct .*--resume"):
+        run_sweep(TINY, overrides=over, storage=tmp_path)
+    sweep_dir = tmp_path / "tiny"
+    log = experiment_log(sweep_dir)
+    assert log["reverse_bpr/users-random-5pct"]["finished"] is False
+    assert "reverse_bpr/interactions-5pct" not in log  # stopped before the next experiment
+    assert not (sweep_dir / "tuned").exists()
+    monkeypatch.delenv("TRU_DIST_SWEEP_INTERRUPT")
+    run_sweep(TINY, overrides=over, resume=True, storage=tmp_path)
+    log = experiment_log(sweep_dir)
+    assert all(log[f"reverse_bpr/{r}"]["finished"] for r in REGIMES)
+    assert sorted(p.name for p in (sweep_dir / "tuned").glob("*.yaml")) == [
+        "reverse_bpr-interactions.yaml", "reverse_bpr-users.yaml"]
+    assert len(list((sweep_dir / "tune" / "reverse_bpr" / "users-random-5pct").glob("trial_*"))) == 3

@@ -38,8 +38,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -271,17 +274,65 @@ def restore_tuner(fn: Callable, context: Any, spec, experiment_dir: Path, worker
                               resume_unfinished=True, resume_errored=True)
 
 
-def fit(tuner) -> list[str]:
-    """Run the experiment; return one line per trial that ended in error (empty = all done)."""
+TUNE_SIGINT_SWITCH = "TUNE_DISABLE_SIGINT_HANDLER"
+
+
+@contextmanager
+def _ctrl_c_seen() -> Iterator[dict[str, bool]]:
+    """Within the block, Ctrl+C (SIGINT) stops Tune as Tune's own handler does — it saves the
+    experiment, stops the trials and returns normally — and is recorded in the yielded
+    ``{"interrupted": bool}``; a second Ctrl+C acts as it did before the block.
+
+    Why not Tune's handler: after it, Tune marks the stopped trials TERMINATED, so the result
+    grid cannot tell an interrupted experiment from a finished one. Tune's SIGINT handler is
+    switched off (``TUNE_DISABLE_SIGINT_HANDLER``) and ours hands the signal to the SIGUSR1
+    handler Tune always installs (the same stop). Off the main thread nothing can be
+    installed and nothing is recorded (Tune catches nothing there either)."""
+    state = {"interrupted": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # installed outside Python
+        previous = signal.default_int_handler
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        state["interrupted"] = True
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not callable(tune_stop):  # Tune has not started yet: an ordinary Ctrl+C
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        tune_stop(signum, frame)
+        signal.signal(signal.SIGINT, previous)
+
+    switch = os.environ.get(TUNE_SIGINT_SWITCH)
+    os.environ[TUNE_SIGINT_SWITCH] = "1"
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield state
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_ctrl_c:
+            signal.signal(signal.SIGINT, previous)
+        if switch is None:
+            os.environ.pop(TUNE_SIGINT_SWITCH, None)
+        else:
+            os.environ[TUNE_SIGINT_SWITCH] = switch
+
+
+def fit(tuner) -> tuple[list[str], bool]:
+    """Run the experiment; return (one line per trial that ended in error, whether Ctrl+C
+    stopped it) — an interrupted experiment has unfinished trials even where Tune calls them
+    TERMINATED (:func:`_ctrl_c_seen`), so the sweep must not record it as done."""
     # per-epoch checkpoints of tiny trials trip Tune's "snapshots too frequent" warning: harmless
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    grid = tuner.fit()
+    with _ctrl_c_seen() as seen:
+        grid = tuner.fit()
     lines = []
     for result in grid:
         if result.error is not None:
             first = str(result.error).strip().splitlines()
             lines.append(f"{Path(result.path).name}: {first[-1] if first else type(result.error).__name__}")
-    return lines
+    return lines, seen["interrupted"]
 
 
 # -- inside a trial --------------------------------------------------------------------------

@@ -59,7 +59,8 @@ that exists (``Tuner.restore``): finished trials are kept as they are, unfinishe
 errored ones continue from their last checkpoint; experiments never started are started.
 The sweep file and overrides must be the ones the sweep was started with. Trials that end
 in error make ``run_sweep`` raise (after every experiment ran) and skip the tuned files and
-the report; ``--resume`` then finishes them.
+the report; ``--resume`` then finishes them. Ctrl+C makes it raise at once, after Tune saved
+the interrupted experiment, which is recorded unfinished (:func:`tru_dist.tune.adapter.fit`).
 """
 
 from __future__ import annotations
@@ -160,14 +161,14 @@ def _trial(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, regime, 
 
 
 def _experiment(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, regime, space, contexts,
-                max_t: int, fault, groups: list) -> list[str]:
+                max_t: int, fault, groups: list) -> tuple[list[str], bool]:
     """Run (or restore, or skip when finished) the Tune experiment of one method on one regime;
-    return its trials' error lines."""
+    return its trials' error lines and whether Ctrl+C stopped it."""
     workers = base.dist.workers
     experiment = experiment_dir(sweep_dir, method, regime.id)
     if is_finished(sweep_dir, method, regime.id):
         _log(f"{method} on {regime.id}: every trial finished in an earlier run")
-        return []
+        return [], False
     fn, ctx = _trial(spec, base, sweep_dir, method, regime, contexts[regime.id], max_t, fault, groups)
     if adapter.can_restore(experiment):
         _log(f"{method} on {regime.id}: restoring {experiment}")
@@ -177,11 +178,14 @@ def _experiment(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, reg
                                    max_t=max_t, max_failures=base.dist.max_failures, workers=workers,
                                    address=base.dist.address, groups=len(groups))
     t1 = time.perf_counter()
-    errors = adapter.fit(tuner)
+    errors, interrupted = adapter.fit(tuner)
     seconds = time.perf_counter() - t1
-    record_fit(sweep_dir, method, regime.id, seconds, finished=not errors)
+    record_fit(sweep_dir, method, regime.id, seconds, finished=not errors and not interrupted)
+    if interrupted:
+        _log(f"{method} on {regime.id}: interrupted after {seconds:.1f}s (Tune saved its state)")
+        return [f"Ctrl+C during {method} on {regime.id}"] + errors, True
     _log(f"{method} on {regime.id}: trials done in {seconds:.1f}s ({len(errors)} in error)")
-    return [f"{method}/{regime.id}/{e}" for e in errors]
+    return [f"{method}/{regime.id}/{e}" for e in errors], False
 
 
 def run_sweep(
@@ -233,8 +237,12 @@ def run_sweep(
             _log(f"{len(groups)} worker group(s) of {workers} ranks, reused by every trial")
         for method, space in spec.spaces.items():
             for regime in spec.regimes:
-                failed += _experiment(spec, base, sweep_dir, method, regime, space, contexts, max_t, fault,
-                                      groups)
+                lines, interrupted = _experiment(spec, base, sweep_dir, method, regime, space, contexts,
+                                                 max_t, fault, groups)
+                failed += lines
+                if interrupted:  # Ctrl+C: stop here rather than start the next experiment
+                    raise TruDistError(f"sweep interrupted: {lines[0]} (its state is saved); finish the "
+                                       f"sweep with: tru-dist sweep --config {config_path} --resume")
         if groups:
             for i, info in enumerate(adapter.trial_group_info(groups)):
                 if info:

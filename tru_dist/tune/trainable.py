@@ -44,6 +44,8 @@ from tru_dist.tune.objective import epoch_metrics, valid_point
 from tru_dist.tune.space import apply_sample
 
 FAULT_ENV = "TRU_DIST_SWEEP_FAULT"
+INTERRUPT_ENV = "TRU_DIST_SWEEP_INTERRUPT"
+INTERRUPT_GRACE_S = 5.0  # the signalled trial keeps running this long, so Tune stops it unfinished
 
 
 class InjectedFault(RuntimeError):
@@ -52,11 +54,13 @@ class InjectedFault(RuntimeError):
 
 @dataclass(frozen=True)
 class Fault:
-    """Make trial ``trial`` of regime ``regime_id`` fail once, before epoch ``epoch``.
+    """Make trial ``trial`` of regime ``regime_id`` fail once, before epoch ``epoch`` — or,
+    with ``driver_pid``, send the sweep's driver SIGINT there instead (a rehearsed Ctrl+C).
 
     Set by the driver from ``TRU_DIST_SWEEP_FAULT=[METHOD:]REGIME:TRIAL:EPOCH`` to rehearse
     a crash and ``--resume`` (without METHOD: the first method's experiment that reaches
-    it); the marker file makes it fire once per sweep directory.
+    it), or from ``TRU_DIST_SWEEP_INTERRUPT`` (same syntax) to rehearse Ctrl+C; the marker file
+    makes it fire once per sweep directory.
     """
 
     regime_id: str
@@ -64,16 +68,20 @@ class Fault:
     epoch: int
     marker: str
     method: str | None = None
+    driver_pid: int | None = None
 
     @classmethod
     def from_env(cls, sweep_dir: Path) -> Fault | None:
-        text = os.environ.get(FAULT_ENV, "").strip()
+        interrupt = os.environ.get(INTERRUPT_ENV, "").strip()
+        text = interrupt or os.environ.get(FAULT_ENV, "").strip()
         if not text:
             return None
         head, trial, epoch = text.rsplit(":", 2)
         method, _, regime_id = head.rpartition(":")
-        marker = Path(sweep_dir) / f".fault-{head.replace(':', '-')}-{trial}-{epoch}"
-        return cls(regime_id, int(trial), int(epoch), str(marker), method or None)
+        kind = "interrupt" if interrupt else "fault"
+        marker = Path(sweep_dir) / f".{kind}-{head.replace(':', '-')}-{trial}-{epoch}"
+        return cls(regime_id, int(trial), int(epoch), str(marker), method or None,
+                   os.getpid() if interrupt else None)
 
     def maybe_fail(self, regime_id: str, trial: int, epoch: int, method: str | None = None) -> None:
         if (regime_id, trial, epoch) != (self.regime_id, self.trial, self.epoch):
@@ -85,6 +93,13 @@ class Fault:
             return
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+        if self.driver_pid is not None:
+            import signal
+            import time
+
+            os.kill(self.driver_pid, signal.SIGINT)
+            time.sleep(INTERRUPT_GRACE_S)
+            return
         raise InjectedFault(f"injected fault: {regime_id} trial {trial} before epoch {epoch}")
 
 
