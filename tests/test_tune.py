@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -523,8 +524,10 @@ def test_ctrl_c_leaves_the_sweep_unfinished_and_resume_finishes_it(ray_session, 
     over = [*OVERRIDES, "--sweep.methods={reverse_bpr: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}"]
     monkeypatch.setenv("TRU_DIST_SWEEP_INTERRUPT", "reverse_bpr:users-random-5pct:0:2")
     with pytest.raises(TruDistError, match=r"sweep interrupted: Ctrl\+C during reverse_bpr on "
-                                           r"users-random-5pct .*--resume"):
+                                           r"users-random-5pct .*--resume") as stopped:
         run_sweep(TINY, overrides=over, storage=tmp_path)
+    assert str(stopped.value).endswith(shlex.join(["tru-dist", "sweep", "--config", str(TINY), *over,
+                                                   "--storage", str(tmp_path), "--resume"]))
     sweep_dir = tmp_path / "tiny"
     log = experiment_log(sweep_dir)
     assert log["reverse_bpr/users-random-5pct"]["finished"] is False

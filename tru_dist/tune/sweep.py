@@ -65,6 +65,7 @@ the interrupted experiment, which is recorded unfinished (:func:`tru_dist.tune.a
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -227,6 +228,9 @@ def run_sweep(
             adapter.require_state_api()
         adapter.check_workers_fit(spec, workers, base.dist.address)
     fault = Fault.from_env(sweep_dir)
+    resume_command = shlex.join(["tru-dist", "sweep", "--config", str(config_path), *(overrides or []),
+                                 *(["--storage", str(storage)] if storage else []),
+                                 *(["--workers", str(workers)] if workers > 1 else []), "--resume"])
     failed: list[str] = []
     groups: list = []
     try:
@@ -242,7 +246,7 @@ def run_sweep(
                 failed += lines
                 if interrupted:  # Ctrl+C: stop here rather than start the next experiment
                     raise TruDistError(f"sweep interrupted: {lines[0]} (its state is saved); finish the "
-                                       f"sweep with: tru-dist sweep --config {config_path} --resume")
+                                       f"sweep with: {resume_command}")
         if groups:
             for i, info in enumerate(adapter.trial_group_info(groups)):
                 if info:
@@ -253,7 +257,7 @@ def run_sweep(
             adapter.stop_trial_groups(groups)
     if failed:
         raise TruDistError(f"{len(failed)} trial(s) did not finish ({failed[0]}); rerun with --resume to "
-                           f"finish them: tru-dist sweep --config {config_path} --resume")
+                           f"finish them: {resume_command}")
     write_tuned(sweep_dir, spec, base)
     if spec.report:
         from tru_dist.tune.report import report_sweep
