@@ -287,3 +287,21 @@ def test_what_compare_cannot_run_is_refused_before_any_training(spec, message):
     after every model had run; no method, or one named twice, ran anyway."""
     with pytest.raises(ConfigError, match=message):
         method_configs(build_config(), spec)
+
+
+def test_a_second_comparison_into_the_same_folder_leaves_no_seed_file_of_the_first(tmp_path, tiny_data,
+                                                                                      capsys):
+    """seed<k>.json of an earlier, longer comparison stayed beside the new results.json; and a
+    comparison without retrain reported null distances without a word."""
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=5", "unlearn.epochs=1",
+                                                    "data.path=synthetic:tiny"])
+    spec = CompareSpec(regime="interactions", fraction=0.05, methods=["noop"], seeds=[0, 1],
+                       originals=str(tmp_path / "originals"))
+    run_compare(cfg, spec, tmp_path / "out", data=tiny_data)
+    assert sorted(p.name for p in (tmp_path / "out").glob("seed*.json")) == ["seed0.json", "seed1.json"]
+    assert "no retrain_distance" in capsys.readouterr().out
+    run_compare(cfg, CompareSpec(**{**spec.__dict__, "seeds": [1]}), tmp_path / "out", data=tiny_data)
+    assert sorted(p.name for p in (tmp_path / "out").glob("seed*.json")) == ["seed1.json"]
+    assert "removed seed0.json" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["spec"]["seeds"] == [1] and results["methods"]["noop"]["retrain_distance"] is None

@@ -103,6 +103,9 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"--methods names {', '.join(twice)} more than once; name each method once")
+    if "retrain" not in names:
+        _log("warning: --methods has no retrain, so there is no retrain_distance, no agreement with Retrain "
+             "and no speed-up to report (those fields stay null); add retrain to --methods for them")
     seeds = spec.seed_list
     bad = [s for s in seeds if is_tuning_seed(s)]
     if bad:
@@ -543,7 +546,20 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
     if writer:
         atomic_write_json(out_dir / "results.json", results)
         results["table"] = write_report(out_dir, results)
+        _remove_other_seeds(out_dir, spec.seed_list)
     return results
+
+
+def _remove_other_seeds(out_dir: Path, seeds: list[int]) -> None:
+    """Delete ``seed<k>.json`` files an earlier comparison left in ``out_dir`` for seeds this one
+    did not run: beside the new results.json they would read as part of it."""
+    keep = {f"seed{s}.json" for s in seeds}
+    stale = sorted(p for p in out_dir.glob("seed*.json")
+                   if p.name not in keep and p.name[4:-5].isdigit())
+    for p in stale:
+        p.unlink()
+    if stale:
+        _log(f"removed {', '.join(p.name for p in stale)} left in {out_dir} by an earlier comparison")
 
 
 def report_compare(path: str | Path) -> Path:
