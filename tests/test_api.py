@@ -280,6 +280,26 @@ def test_train_on_unreadable_data_leaves_no_folder(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_arguments_of_the_wrong_type_are_one_line_errors(trained, tmp_path):
+    """A number or None where a path goes, a number as config, an output under a file: raw
+    TypeError / FileExistsError tracebacks before."""
+    with pytest.raises(ConfigError, match="run must be a path .* not int 123"):
+        tru_dist.recommend(123, users=[0], k=3)
+    with pytest.raises(ConfigError, match="out must be a path .* not NoneType"):
+        tru_dist.train(data="synthetic:tiny", model="lightgcn", out=None)
+    with pytest.raises(ConfigError, match="out must be a path"):
+        tru_dist.train(data="synthetic:tiny", model="lightgcn", out="")
+    requests = pd.DataFrame({"request_id": ["r1"], "user_id": [1], "item_id": [None], "reason": ["gdpr"]})
+    with pytest.raises(ConfigError, match="config/overrides must be a mapping .* not int 5"):
+        tru_dist.unlearn(trained, requests=requests, config=5, out=tmp_path / "u")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="lies under .*afile, which is a file"):
+        tru_dist.export_embeddings(trained, out=tmp_path / "afile" / "emb.npz")
+    with pytest.raises(ConfigError, match="lies under .*afile, which is a file"):
+        tru_dist.unlearn(trained, requests=requests, out=tmp_path / "afile" / "u")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_train_without_data_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", "--model", "mgcn", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,11 +92,33 @@ class Run:
         return self._load()[2]
 
 
+def _path(value: Any, what: str) -> Path:
+    """``value`` as a Path, or a one-line ConfigError naming ``what`` when it is not a path
+    (None, a number, an empty string: ``Path`` raised a raw TypeError, or read "" as the cwd)."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ConfigError(f"{what} must be a path (a str or pathlib.Path), not {type(value).__name__} "
+                          f"{value!r:.60}")
+    return Path(value)
+
+
+def _out_path(value: Any, what: str) -> Path:
+    """:func:`_path` for a path this call writes, refused before any work when a parent of it
+    is a file."""
+    from tru_dist.io_utils import file_in_the_way
+
+    path = _path(value, what)
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise ConfigError(f"{what} {path} lies under {blocking}, which is a file, not a folder; pass a path "
+                          "whose parent folders are folders")
+    return path
+
+
 def load_run(path: str | Path, device: str = "auto") -> Run:
     """Open a finished run folder (train or unlearn output, any W); ``device``: auto | cpu | cuda."""
     from tru_dist.train.checkpoint import read_run
 
-    path = Path(path)
+    path = _path(path, "run")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run {path} is a file; pass the run folder (it holds checkpoint.pt)")
     if not path.is_dir():
@@ -135,6 +158,9 @@ def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None
         config = load_yaml(config)
     if isinstance(config, str):
         return [config]
+    if not isinstance(config, (Mapping, Sequence)):
+        raise ConfigError(f"config/overrides must be a mapping such as {{'unlearn.epochs': 5}}, a YAML file "
+                          f"or a list of 'key=value' strings, not {type(config).__name__} {config!r:.60}")
     if isinstance(config, Mapping):
         out: list[str] = []
 
@@ -220,6 +246,7 @@ def train(
     trains on W workers (Ray or local processes, see ``dist.address``); ``pool``: on that
     :func:`worker_pool`'s ranks.
     """
+    out = _out_path(out, "out")
     cfg = record_data_location(_pool_defaults(_train_config(config, model, data, overrides, device), pool))
     if cfg.data.path is None:
         raise ConfigError("no data named: pass data= (a dataset folder) or a synthetic spec such as "
@@ -266,7 +293,8 @@ def unlearn(
     from tru_dist.distributed import commands
 
     source = _as_run(run)
-    out = Path(out) if out is not None else source.path.with_name(f"{source.path.name}-{method or 'unlearn'}")
+    out = (_out_path(out, "out") if out is not None
+           else source.path.with_name(f"{source.path.name}-{method or 'unlearn'}"))
     config_file = None
     if isinstance(config, (str, Path)) and not (isinstance(config, str) and "=" in config):
         config_file, config = config, None
@@ -398,7 +426,7 @@ def export_embeddings(run: Run | str | Path, out: str | Path | None = None) -> d
     if out is not None:
         from tru_dist.io_utils import atomic_write
 
-        path = Path(out)
+        path = _out_path(out, "embedding file")
         if path.suffix != ".npz":
             raise ConfigError(f"embedding file {path} must end in .npz")
         def write(tmp: str) -> None:

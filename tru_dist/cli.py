@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tru_dist import __version__
 from tru_dist.errors import ConfigError, TruDistError
+from tru_dist.io_utils import file_in_the_way
 
 DATA_HELP = ("a dataset folder (MMRec layout or tru-dist store) or a synthetic spec: synthetic, "
              "synthetic:tiny, synthetic:small, synthetic:USERSxITEMS[:SEED]")
@@ -80,7 +81,7 @@ def _check_out(args: argparse.Namespace) -> Path | None:
     if out is None or kind is None:
         return None
     path = Path(out)
-    blocking = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
+    blocking = file_in_the_way(path)
     if blocking is not None:  # os.makedirs would fail deep inside the command, with a traceback
         raise TruDistError(f"--out {out} lies under {blocking}, which is a file, not a folder; pass a path "
                            "whose parent folders are folders")

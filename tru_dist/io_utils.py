@@ -17,6 +17,12 @@ from typing import Any
 from tru_dist.crashpoints import fault_point
 
 
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The nearest existing parent of ``path`` that is a file, not a folder (None when there is
+    none): creating ``path`` would fail there, deep inside a command, with a raw OSError."""
+    return next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None)
+
+
 def atomic_write(path: str | Path, writer: Callable[[str], None], *, fault: str | None = None) -> Path:
     """Call ``writer(tmp_path)`` then rename ``tmp_path`` onto ``path`` atomically.
 
