@@ -305,3 +305,17 @@ def test_a_second_comparison_into_the_same_folder_leaves_no_seed_file_of_the_fir
     assert "removed seed0.json" in capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["spec"]["seeds"] == [1] and results["methods"]["noop"]["retrain_distance"] is None
+
+
+def test_a_run_folder_is_refused_as_originals_cache_or_output(tmp_path, tiny_data):
+    """``--originals runs/base`` wrote cached models into that run's folder without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny"])
+    cases = ((CompareSpec(methods=["noop"], originals=str(run)), tmp_path / "out", "--originals"),
+             (CompareSpec(methods=["noop"]), run, "--out"))
+    for spec, out, flag in cases:
+        with pytest.raises(ConfigError, match=f"{flag} .*run is a run folder"):
+            run_compare(cfg, spec, out, data=tiny_data)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"] and not (tmp_path / "out").exists()

@@ -276,3 +276,13 @@ def test_bench_pool_reports_both_chains_and_finds_them_identical(tmp_path):
         chain = report[chain_name]
         assert len(chain["per_request"]) == 2 and chain["p50"] > 0
     assert report["pool"]["start_seconds"] > 0 and report["ratio_p50"] > 0
+
+
+def test_bench_pool_refuses_a_run_folder_as_its_work_dir(tmp_path, capsys):
+    """It wrote its stores and chains into a run folder without a word."""
+    from tru_dist.cli import main
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert main(["bench", "pool", "--data", "synthetic:tiny", "--work-dir", str(tmp_path)]) == 2
+    assert "--work-dir" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "checkpoint.pt"]

@@ -100,6 +100,7 @@ def bench_pool(
 
     from tru_dist.distributed import commands
     from tru_dist.distributed.pool import WorkerPool
+    from tru_dist.train.checkpoint import refuse_run_folder
     from tru_dist.unlearn.base import get_method
 
     get_method(method)  # an unknown method fails before the data and the original are made
@@ -108,6 +109,7 @@ def bench_pool(
                           f"got {workers}")
     t_start = time.perf_counter()
     work = Path(work_dir)
+    refuse_run_folder(work, "--work-dir")
     work.mkdir(parents=True, exist_ok=True)
     data_path = _store(str(data), work)
     t_data = time.perf_counter() - t_start

@@ -524,7 +524,11 @@ def write_report(out_dir: Path, results: dict) -> str:
 
 def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) -> dict:
     """Run every seed, aggregate, write results.json / report.md / plots; return the results."""
+    from tru_dist.train.checkpoint import refuse_run_folder
+
     out_dir = Path(out_dir)
+    refuse_run_folder(out_dir, "--out")
+    refuse_run_folder(spec.originals, "--originals")
     check_workers(cfg, spec)
     configs = method_configs(cfg, spec)  # refuses overlapping seeds before any training
     writer = collectives.rank() == 0  # at W > 1 every rank computes the same results; rank 0 writes

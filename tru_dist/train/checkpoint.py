@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from tru_dist import comm as collectives
-from tru_dist.errors import TruDistError
+from tru_dist.errors import ConfigError, TruDistError
 from tru_dist.io_utils import atomic_torch_save, atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -58,6 +58,18 @@ def checkpoint_path(out_dir: str | Path, rank: int | None = None, world_size: in
     rank = collectives.rank() if rank is None else rank
     name = "checkpoint.pt" if world_size == 1 else f"checkpoint.rank{rank}.pt"
     return Path(out_dir) / name
+
+
+def refuse_run_folder(folder: str | Path | None, what: str) -> None:
+    """A one-line ConfigError when ``folder`` is a run folder (it holds a checkpoint): a cache,
+    work or results folder pointed at one would mix its files, and its reruns' deletions,
+    into the run's own."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    if (folder / "checkpoint.pt").is_file() or any(folder.glob("checkpoint.rank*.pt")):
+        raise ConfigError(f"{what} {folder} is a run folder (it holds a checkpoint); give {what} a folder "
+                          "of its own")
 
 
 def write_run_config(out_dir: str | Path, config: dict[str, Any]) -> Path:
