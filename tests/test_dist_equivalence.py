@@ -285,6 +285,26 @@ def test_any_w_opens_a_w2_run_and_unlearns_its_requests_alike(tmp_path):
     _check_values("reopen", evaluate_run(tmp_path / "u2")["test"], evaluate_run(tmp_path / "u1")["test"])
 
 
+def test_a_refused_resume_at_w2_leaves_the_run_config_as_it_was(tmp_path):
+    """At W > 1 the workers (and the Ray driver) wrote config.yaml before the resume was checked,
+    so a refused resume left the run's config.yaml describing settings its checkpoint never had."""
+    from tru_dist.distributed import commands
+    from tru_dist.train.checkpoint import CheckpointError
+
+    def cfg(**train):
+        return _cfg("lightgcn", epochs=train.pop("epochs", 1), batch=400, data={"path": "synthetic:tiny"},
+                    dist={"address": "none", "workers": 2}, train=train)
+
+    run = tmp_path / "run"
+    commands.train(cfg(), run)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match="train.lr"):
+        commands.train(cfg(epochs=2, lr=0.5), run, resume=True)
+    assert (run / "config.yaml").read_text() == before
+    assert commands.train(cfg(epochs=2), run, resume=True)["epochs"] == 2
+    assert "epochs: 2" in (run / "config.yaml").read_text()  # an accepted resume records its settings
+
+
 def _user_error(rank: int, world: int) -> None:
     from tru_dist.errors import ConfigError
 

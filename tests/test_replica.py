@@ -7,6 +7,8 @@ on the union of the two ranks' batches (same initial parameters, same triples, s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -158,9 +160,19 @@ def test_replica_training_refuses_ray_a_gpu_and_a_changed_resume(tiny_data, tmp_
     with pytest.raises(ConfigError, match="CPU ranks"):
         commands.train(_replica_cfg(1, **{"train.device": "cuda"}), tmp_path / "gpu", data=tiny_data)
     commands.train(_replica_cfg(1), tmp_path / "c", data=tiny_data)
+    before = (tmp_path / "c" / "config.yaml").read_text()
     with pytest.raises(CheckpointError, match="train.lr"):
         commands.train(_replica_cfg(2, **{"train.lr": 0.01}), tmp_path / "c", data=tiny_data, resume=True)
+    assert (tmp_path / "c" / "config.yaml").read_text() == before  # a refused resume leaves it as it was
     users, items = tiny_data.train_pairs
     fewer = tiny_data.without_pairs(users[:1], items[:1])  # another dataset: one train pair fewer
     with pytest.raises(CheckpointError, match="different data"):
         commands.train(_replica_cfg(2), tmp_path / "c", data=fewer, resume=True)
+    new_ids = np.random.default_rng(0).permutation(tiny_data.n_items)
+    permuted = replace(tiny_data, items=new_ids[tiny_data.items])  # same counts, other pairs
+    with pytest.raises(CheckpointError, match="different data"):
+        commands.train(_replica_cfg(2), tmp_path / "c", data=permuted, resume=True)
+    commands.train(_replica_cfg(2), tmp_path / "c", data=tiny_data, resume=True)
+    assert "epochs: 2" in (tmp_path / "c" / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match="at epoch 2, past train.epochs=1"):  # it finished silently
+        commands.train(_replica_cfg(1), tmp_path / "c", data=tiny_data, resume=True)

@@ -153,6 +153,33 @@ def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
         fit(small_cfg(epochs=2), tiny_data, out_dir=tmp_path, resume=True)
 
 
+def test_resume_on_other_data_of_the_same_counts_is_refused(tiny_data, tmp_path):
+    """The checkpoint recorded only counts: the same dataset with its item ids permuted resumed
+    silently. A digest of the train pairs (order-independent) now tells them apart, and a
+    checkpoint written before the digest is compared on its counts."""
+    from dataclasses import replace
+
+    from tru_dist.train.trainer import data_signature, pairs_digest
+
+    new_ids = np.random.default_rng(0).permutation(tiny_data.n_items)
+    permuted = replace(tiny_data, items=new_ids[tiny_data.items])
+    assert {k: v for k, v in data_signature(permuted).items() if k != "train_digest"} == \
+        {k: v for k, v in data_signature(tiny_data).items() if k != "train_digest"}
+    fit(small_cfg(epochs=1), tiny_data, out_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="different data"):
+        fit(small_cfg(epochs=2), permuted, out_dir=tmp_path, resume=True)
+    order = np.random.default_rng(1).permutation(tiny_data.n_interactions)
+    shuffled = replace(tiny_data, users=tiny_data.users[order], items=tiny_data.items[order],
+                       labels=tiny_data.labels[order])
+    assert data_signature(shuffled) == data_signature(tiny_data)  # row order does not matter
+    u, i = tiny_data.train_pairs
+    assert pairs_digest(u[:-1], i[:-1], tiny_data.n_items) != pairs_digest(u, i, tiny_data.n_items)
+    saved = torch.load(checkpoint_path(tmp_path, 0, 1), weights_only=False)
+    del saved["data"]["train_digest"]  # as written before the digest
+    save_checkpoint(saved, checkpoint_path(tmp_path, 0, 1))
+    fit(small_cfg(epochs=2), shuffled, out_dir=tmp_path, resume=True)
+
+
 def test_a_refused_resume_leaves_the_run_config_as_it_was(tiny_data, tmp_path):
     """config.yaml was rewritten with the refused settings, so --config RUN/config.yaml no longer
     described the checkpoint."""

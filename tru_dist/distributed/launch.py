@@ -178,15 +178,17 @@ def torch_trainer(
 
 
 def _run_ray(task: dict, cfg: Config) -> dict:
+    from tru_dist.train.checkpoint import write_run_config
+
     connect(cfg.dist.address)
+    resuming = task["kind"] == "train" and bool(task.get("resume", False))
     with tempfile.TemporaryDirectory(prefix="tru-dist-ray-") as scratch:
         out_dir = Path(task["out_dir"]).resolve() if task.get("out_dir") else None
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             task = {**task, "out_dir": str(out_dir)}
-            from tru_dist.train.checkpoint import write_run_config
-
-            write_run_config(out_dir, cfg.to_dict())  # the driver's copy (workers may run elsewhere)
+            if not resuming:  # the driver's copy (workers may run elsewhere); a resume's: once it succeeded
+                write_run_config(out_dir, cfg.to_dict())
         if cfg.dist.storage_path:
             storage = Path(cfg.dist.storage_path).resolve()
         elif task["kind"] == "train" and out_dir is not None:  # its per-epoch checkpoints: restarts
@@ -209,7 +211,10 @@ def _run_ray(task: dict, cfg: Config) -> dict:
             if not source.exists():
                 raise RuntimeError(f"the Ray run's last checkpoint {result.checkpoint.path} has no "
                                    f"{RESULT_FILE}")
-            return json.loads(source.read_text())
+            outcome = json.loads(source.read_text())
+        if out_dir is not None and resuming:
+            write_run_config(out_dir, cfg.to_dict())
+        return outcome
 
 
 def _user_error(exc: BaseException, depth: int = 0) -> TruDistError | None:

@@ -71,7 +71,7 @@ from tru_dist.train.evaluate import evaluate
 from tru_dist.train.optim import build_optimizer
 from tru_dist.train.progress import log_epoch
 from tru_dist.train.sampler import BPRSampler
-from tru_dist.train.trainer import check_loss, check_metric, data_signature, has_valid_rows
+from tru_dist.train.trainer import check_loss, check_metric, data_signature, has_valid_rows, same_data
 
 WORK_DIR = "replica-work"
 DATA_FILE = "eval-data.pt"
@@ -102,7 +102,8 @@ def run_replica_train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
                           "(not measured on GPUs yet); use --device cpu, or --train.propagation=full on GPUs")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, cfg.to_dict())
+    if not resume:  # a resume's: once it succeeded (a refused one leaves config.yaml as it was)
+        write_run_config(out, cfg.to_dict())
     in_memory = data is not None
     data = open_full(cfg, data)
     require_train_rows(data)
@@ -124,6 +125,8 @@ def run_replica_train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     metrics = ranks[0]
+    if resume:
+        write_run_config(out, cfg.to_dict())
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -193,7 +196,8 @@ def replica_train_rank(rank: int, world_size: int, spec: dict[str, Any]) -> dict
                 log_epoch(cfg.model.name, record, tc.epochs, cfg.eval.metric, st["best_metric"],
                           st["best_epoch"])
             if evaluated:
-                _save(rank, world_size, cfg, out, model, optimizer, sampler, fanout_rng, st, data)
+                _save(rank, world_size, cfg, out, model, optimizer, sampler, fanout_rng, st,
+                      spec["data_signature"])
         if rank != 0:
             return None
         return _finish(cfg, model, graph, data, st, out, world_size)
@@ -215,12 +219,12 @@ def _validate(cfg: Config, model, graph, data: RecDataset, st: dict[str, Any],
 
 
 def _save(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer, sampler: BPRSampler,
-          fanout_rng: torch.Generator, st: dict[str, Any], data: RecDataset | None) -> None:
+          fanout_rng: torch.Generator, st: dict[str, Any], signature: dict[str, Any]) -> None:
     state: dict[str, Any] = {"sampler": sampler.state_dict(), "fanout_rng": fanout_rng.get_state(),
                              "epoch": st["epoch"], "world_size": world_size, "config": cfg.to_dict()}
     if rank == 0:  # the parameters and optimizer are the same on every rank: one copy
         state.update(model=clone_state(model), optimizer=optimizer.state_dict(), rng=rng_state(),
-                     data=data_signature(data), **{k: v for k, v in st.items() if k != "epoch"})
+                     data=signature, **{k: v for k, v in st.items() if k != "epoch"})
     save_checkpoint(state, replica_file(out, rank))
     dist.barrier()  # every rank's file of this epoch is down before any rank goes on
 
@@ -232,7 +236,7 @@ def _resume(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer
     for saved in (mine, first):  # what the trainer's resume checks, plus the replicas' own draws
         was = saved["config"]
         fields = [("world size", saved["world_size"], world_size), ("model", was["model"], now["model"])]
-        if "data" in saved:
+        if "data" in saved and not same_data(saved["data"], data):
             fields.append(("data", saved["data"], data))
         fields += [(f"train.{k}", was["train"][k], now["train"][k])
                    for k in ("seed", "lr", "batch_size", "fanout", "optimizer")]
@@ -241,6 +245,10 @@ def _resume(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer
                 raise CheckpointError(f"the replica checkpoints in {out} were written with a different "
                                       f"{what} ({old} vs now {new}); resume with the original settings or "
                                       "train into a fresh out_dir")
+    if first["epoch"] > cfg.train.epochs:  # it would finish there silently, config.yaml saying otherwise
+        raise CheckpointError(f"the replica checkpoints in {out} are at epoch {first['epoch']}, past "
+                              f"train.epochs={cfg.train.epochs}; resume with --train.epochs={first['epoch']} "
+                              "or more")
     if mine["epoch"] != first["epoch"]:
         raise CheckpointError(f"the replica checkpoints in {out} are from different epochs "
                               f"({mine['epoch']} vs {first['epoch']}); train into a fresh out_dir")

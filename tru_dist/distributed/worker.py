@@ -75,8 +75,9 @@ def worker_main(
         if out_dir is None:
             raise ConfigError(f"a {kind} task needs out_dir (the folder its results go to)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        if collectives.rank() == 0:  # every run folder holds its resolved config
-            from tru_dist.train.checkpoint import write_run_config
+        resuming = kind == "train" and bool(task.get("resume", False))
+        if collectives.rank() == 0 and not resuming:  # every run folder holds its resolved config
+            from tru_dist.train.checkpoint import write_run_config  # (a resume: once it succeeded)
 
             write_run_config(out_dir, cfg.to_dict())
     if kind == "compare":
@@ -124,7 +125,7 @@ def _arm_faults(cfg: Config, model: Backbone, shard: Shard, out_dir: Path, resum
 
 
 def _train(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Reporter | None) -> dict:
-    from tru_dist.train.checkpoint import checkpoint_path, gather_state, save_checkpoint
+    from tru_dist.train.checkpoint import checkpoint_path, gather_state, save_checkpoint, write_run_config
     from tru_dist.train.trainer import data_signature, run_metrics, train_model
 
     resume = bool(task.get("resume", False))
@@ -139,6 +140,8 @@ def _train(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Repor
     result = train_model(model, shard.graph, shard.data, cfg, out_dir=out_dir, resume=resume,
                          on_epoch=on_epoch)
     metrics = run_metrics(model, shard.graph, shard.data, cfg, result)
+    if resume and shard.rank == 0:  # only now: a refused resume leaves the run's config.yaml as it was
+        write_run_config(out_dir, cfg.to_dict())
     if shard.world_size > 1:  # W = 1: train_model's checkpoint.pt already is the full file
         best = gather_state(model)  # collective; train_model restored the best parameters
         if shard.rank == 0:

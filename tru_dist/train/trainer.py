@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tru_dist import comm as collectives
@@ -98,9 +99,36 @@ def check_metric(cfg: Config) -> None:
         raise ConfigError(f"eval.metric '{cfg.eval.metric}' is not computed; choose one of: {valid}")
 
 
-def data_signature(data: RecDataset) -> dict[str, int]:
-    """What a checkpoint records of its data, checked on resume and load (counts, not a hash)."""
-    return {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(len(data.train_pairs[0]))}
+def pairs_digest(users: np.ndarray, items: np.ndarray, n_items: int) -> str:
+    """An order-independent digest of (user, item) pairs, as 16 hex digits:
+
+        Σ_pairs splitmix64(u · n_items + i)  mod 2^64
+
+    a multiset hash, so the same pairs in another row order (a purged store rewrites its rows)
+    give the same digest, while other pairs of the same counts — another dataset, or the same
+    one with its ids permuted — almost surely do not. Not a defence against a crafted collision:
+    it tells a user they pointed a checkpoint at the wrong data."""
+    x = users.astype(np.uint64) * np.uint64(n_items) + items.astype(np.uint64)
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return f"{int(x.sum(dtype=np.uint64)):016x}"
+
+
+def data_signature(data: RecDataset) -> dict[str, int | str]:
+    """What a checkpoint records of its data, checked on resume and load: the counts and a
+    digest of the train pairs (:func:`pairs_digest`; checkpoints written before it carry the
+    counts only, and :func:`same_data` then compares those)."""
+    users, items = data.train_pairs
+    return {"n_users": data.n_users, "n_items": data.n_items, "n_train": int(len(users)),
+            "train_digest": pairs_digest(np.asarray(users), np.asarray(items), data.n_items)}
+
+
+def same_data(saved: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether a checkpoint's recorded :func:`data_signature` matches ``now`` on every field
+    both carry (an older checkpoint has no digest)."""
+    return saved is not None and all(saved[k] == now[k] for k in saved.keys() & now.keys())
 
 
 def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path: Path) -> None:
@@ -113,7 +141,9 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path:
         epoch = saved["epoch"]
         raise CheckpointError(f"checkpoint {path} is at epoch {epoch}, past train.epochs="
                               f"{now['train']['epochs']}; resume with --train.epochs={epoch} or more")
-    fields.append(("data", saved["data"], data_signature(data)))
+    signature = data_signature(data)
+    if not same_data(saved["data"], signature):
+        fields.append(("data", saved["data"], signature))
     fields.append(("world size", saved["world_size"], collectives.world_size()))
     for what, old, new in fields:
         if old != new:
@@ -210,12 +240,14 @@ def train_model(
     else:
         torch_seed(tc.seed)
 
+    signature = data_signature(data) if ckpt is not None else None  # once: it hashes every train pair
+
     def save() -> None:
         if ckpt is None:
             return
         save_checkpoint({
             "model": clone_state(model), "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-            "rng": rng_state(), "config": cfg.to_dict(), "data": data_signature(data),
+            "rng": rng_state(), "config": cfg.to_dict(), "data": signature,
             "world_size": collectives.world_size(), "rank": collectives.rank(), **st,
         }, ckpt)
 
@@ -377,7 +409,7 @@ def run_config(run_dir: str | Path, *, config_file: str | Path | None = None, se
 def check_run_data(run_dir: str | Path, saved: dict[str, Any], data: RecDataset) -> None:
     """The data a run's checkpoint was trained on must be ``data`` (counts): the original, or —
     for an unlearned run — its store once purged of the run's deletions (``data_after``)."""
-    if data_signature(data) not in (saved["data"], saved.get("data_after")):
+    if not any(same_data(s, data_signature(data)) for s in (saved["data"], saved.get("data_after"))):
         purged = " (if its store was purged since, this model was trained on deleted data: load the " \
             "unlearned run instead)" if data.meta.get("store") else ""
         raise CheckpointError(
