@@ -99,6 +99,11 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
     assert meta["revision"] == 3 and [r["file"] for r in meta["retained"]] == [REV2]
     assert second["receipt"]["purge"][0]["retained"] == [REV2]
     assert (int(data.users[k]), int(data.items[k])) not in _pairs(store / meta["interactions_file"])
+    # ... and that command again is a replay: "again" was answered by the purge, not left as new
+    # (it was refused: "already applied ...; resubmit only the new ones: again")
+    assert main(["unlearn", "--run", str(out), "--requests", str(req2), "--out", str(tmp_path / "out2"),
+                 "--purge", "--keep-versions", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["replayed"] is True and read_meta(store)["revision"] == 3
 
     # retention 0 on a standalone purge deletes the retained version; every receipt records it
     assert main(["data", "purge", "--data", str(store), "--ledger", str(tmp_path / "out2")]) == 0

@@ -209,9 +209,16 @@ class DeletionLedger:
         mixing applied and new ids is a RequestError naming both. With ``table`` (the request
         table), an applied id must ask for what it asked for then (receipts record a keyed
         digest of each request's rows, ``request_digests``; older receipts are not checked):
-        a reused id with other content would otherwise be "replayed" and never applied."""
-        owner = {rid: r for r in (self.receipts() if receipts is None else receipts)
-                 for rid in r["request_ids"]}
+        a reused id with other content would otherwise be "replayed" and never applied.
+
+        An id counts as applied by a receipt when it is in its ``request_ids`` or only in its
+        ``request_digests`` (every id of the batch): the latter are the requests that batch
+        found already deleted and purged and dropped (:meth:`drop_purged_requests`) — without
+        them, rerunning that batch mixed "applied" and "new" ids and was refused."""
+        owner: dict[str, dict] = {}
+        for r in (self.receipts() if receipts is None else receipts):
+            owner.update({rid: r for rid in r.get("request_digests", {}) if rid not in owner})
+            owner.update({rid: r for rid in r["request_ids"]})
         ids = [str(x) for x in request_ids]
         applied = [rid for rid in ids if rid in owner]
         if applied and len(applied) == len(ids):
