@@ -319,3 +319,14 @@ def test_a_run_folder_is_refused_as_originals_cache_or_output(tmp_path, tiny_dat
         with pytest.raises(ConfigError, match=f"{flag} .*run is a run folder"):
             run_compare(cfg, spec, out, data=tiny_data)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"] and not (tmp_path / "out").exists()
+    # the command line wrote the comparison's config.yaml into OUT before run_compare refused it
+    from tru_dist.cli import main
+
+    base = ["compare", "--data", "synthetic:tiny", "--model", "lightgcn", "--methods", "noop", "--seeds", "1"]
+    assert main([*base, "--out", str(run)]) == 2
+    assert main([*base, "--originals", str(run), "--out", str(tmp_path / "out")]) == 2
+    (tmp_path / "replicas").mkdir()
+    (tmp_path / "replicas" / "replica.rank0.pt").write_bytes(b"")  # a replica run stopped half-way
+    assert main([*base, "--out", str(tmp_path / "replicas")]) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"] and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "replicas").iterdir()) == ["replica.rank0.pt"]

@@ -67,7 +67,8 @@ def refuse_run_folder(folder: str | Path | None, what: str) -> None:
     if folder is None:
         return
     folder = Path(folder)
-    if (folder / "checkpoint.pt").is_file() or any(folder.glob("checkpoint.rank*.pt")):
+    if (folder / "checkpoint.pt").is_file() or any(folder.glob("checkpoint.rank*.pt")) \
+            or any(folder.glob("replica.rank*.pt")):  # W > 1 runs, finished or interrupted
         raise ConfigError(f"{what} {folder} is a run folder (it holds a checkpoint); give {what} a folder "
                           "of its own")
 
