@@ -540,3 +540,34 @@ def test_ctrl_c_leaves_the_sweep_unfinished_and_resume_finishes_it(ray_session, 
     assert sorted(p.name for p in (sweep_dir / "tuned").glob("*.yaml")) == [
         "reverse_bpr-interactions.yaml", "reverse_bpr-users.yaml"]
     assert len(list((sweep_dir / "tune" / "reverse_bpr" / "users-random-5pct").glob("trial_*"))) == 3
+
+
+def test_ctrl_c_hands_over_to_tunes_stop_only_once_tune_started_and_the_handlers_come_back():
+    """Without Ray: a stand-in for Tune's SIGUSR1 stop. Ctrl+C inside the block reaches it and is
+    recorded; before Tune installs its handler — including when a finished experiment's stale
+    one is still there — it is an ordinary KeyboardInterrupt; SIGINT, SIGUSR1 and the
+    TUNE_DISABLE_SIGINT_HANDLER switch are as they were afterwards."""
+    import os
+    import signal
+
+    from tru_dist.tune import adapter
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
+    switch = os.environ.get(adapter.TUNE_SIGINT_SWITCH)
+    stops: list[str] = []
+    try:
+        with adapter._ctrl_c_seen() as seen:
+            assert os.environ[adapter.TUNE_SIGINT_SWITCH] == "1"
+            signal.signal(signal.SIGUSR1, lambda *_: stops.append("tune"))  # Tune starts
+            signal.raise_signal(signal.SIGINT)
+        assert seen["interrupted"] and stops == ["tune"]
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)) == before
+        assert os.environ.get(adapter.TUNE_SIGINT_SWITCH) == switch
+
+        signal.signal(signal.SIGUSR1, lambda *_: stops.append("stale"))  # left by a finished Tune run
+        with pytest.raises(KeyboardInterrupt), adapter._ctrl_c_seen():
+            signal.raise_signal(signal.SIGINT)
+        assert stops == ["tune"] and signal.getsignal(signal.SIGINT) == before[0]
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGUSR1, before[1])

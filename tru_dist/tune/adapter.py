@@ -295,11 +295,14 @@ def _ctrl_c_seen() -> Iterator[dict[str, bool]]:
     previous = signal.getsignal(signal.SIGINT)
     if previous is None:  # installed outside Python
         previous = signal.default_int_handler
+    # Tune installs its SIGUSR1 handler once it starts and never removes it: restored below, so
+    # that a later experiment's Ctrl+C before its Tune starts does not reach a finished run's
+    usr1 = signal.getsignal(signal.SIGUSR1)
 
     def on_ctrl_c(signum: int, frame: Any) -> None:
         state["interrupted"] = True
         tune_stop = signal.getsignal(signal.SIGUSR1)
-        if not callable(tune_stop):  # Tune has not started yet: an ordinary Ctrl+C
+        if tune_stop is usr1 or not callable(tune_stop):  # Tune has not started: an ordinary Ctrl+C
             signal.signal(signal.SIGINT, previous)
             raise KeyboardInterrupt
         tune_stop(signum, frame)
@@ -313,6 +316,7 @@ def _ctrl_c_seen() -> Iterator[dict[str, bool]]:
     finally:
         if signal.getsignal(signal.SIGINT) is on_ctrl_c:
             signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGUSR1, usr1 if usr1 is not None else signal.SIG_DFL)
         if switch is None:
             os.environ.pop(TUNE_SIGINT_SWITCH, None)
         else:

@@ -202,6 +202,7 @@ def run_sweep(
     spec, config_overrides = load_spec(config_path, overrides)
     adapter.check_search(spec)
     base = base_config(spec, config_overrides)
+    workers_given = workers is not None
     workers = base.dist.workers if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"--workers={workers}: use 1 (each trial one process) or more "
@@ -228,9 +229,11 @@ def run_sweep(
             adapter.require_state_api()
         adapter.check_workers_fit(spec, workers, base.dist.address)
     fault = Fault.from_env(sweep_dir)
-    resume_command = shlex.join(["tru-dist", "sweep", "--config", str(config_path), *(overrides or []),
-                                 *(["--storage", str(storage)] if storage else []),
-                                 *(["--workers", str(workers)] if workers > 1 else []), "--resume"])
+    resume_command = shlex.join([
+        "tru-dist", "sweep", "--config", str(config_path),
+        *(o if o.startswith("--") else f"--{o}" for o in overrides or []),  # the API takes "key=value"
+        *(["--storage", str(storage)] if storage else []),
+        *(["--workers", str(workers)] if workers_given or workers > 1 else []), "--resume"])
     failed: list[str] = []
     groups: list = []
     try:
