@@ -158,7 +158,7 @@ def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None
         config = load_yaml(config)
     if isinstance(config, str):
         return [config]
-    if not isinstance(config, (Mapping, Sequence)):
+    if not isinstance(config, (Mapping, Iterable)):
         raise ConfigError(f"config/overrides must be a mapping such as {{'unlearn.epochs': 5}}, a YAML file "
                           f"or a list of 'key=value' strings, not {type(config).__name__} {config!r:.60}")
     if isinstance(config, Mapping):

@@ -195,8 +195,9 @@ def _original_key(cfg: Config, data) -> str:
     pairs = np.ascontiguousarray(np.stack([data.users, data.items])).tobytes()
     # where it runs and how it reports progress do not change what is learnt
     train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("device", "progress")}
+    counts = {k: v for k, v in data_signature(data).items() if k != "train_digest"}  # the pairs: below
     blob = json.dumps({"model": cfg.to_dict()["model"], "train": train,
-                       "data": data_signature(data), "meta": sorted(map(str, data.meta.get("poison", {})))},
+                       "data": counts, "meta": sorted(map(str, data.meta.get("poison", {})))},
                       sort_keys=True, default=str).encode()
     return hashlib.sha256(blob + hashlib.sha256(pairs + labels).digest()).hexdigest()[:20]
 

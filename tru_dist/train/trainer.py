@@ -108,11 +108,14 @@ def pairs_digest(users: np.ndarray, items: np.ndarray, n_items: int) -> str:
     give the same digest, while other pairs of the same counts — another dataset, or the same
     one with its ids permuted — almost surely do not. Not a defence against a crafted collision:
     it tells a user they pointed a checkpoint at the wrong data."""
-    x = users.astype(np.uint64) * np.uint64(n_items) + items.astype(np.uint64)
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
+    x = users.astype(np.uint64)  # a copy; every step below is in place on it (one temporary)
+    x *= np.uint64(n_items)
+    x += items.astype(np.uint64, copy=False)
+    x += np.uint64(0x9E3779B97F4A7C15)
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        x ^= x >> np.uint64(shift)
+        x *= np.uint64(factor)
+    x ^= x >> np.uint64(31)
     return f"{int(x.sum(dtype=np.uint64)):016x}"
 
 
@@ -409,11 +412,12 @@ def run_config(run_dir: str | Path, *, config_file: str | Path | None = None, se
 def check_run_data(run_dir: str | Path, saved: dict[str, Any], data: RecDataset) -> None:
     """The data a run's checkpoint was trained on must be ``data`` (counts): the original, or —
     for an unlearned run — its store once purged of the run's deletions (``data_after``)."""
-    if not any(same_data(s, data_signature(data)) for s in (saved["data"], saved.get("data_after"))):
+    now = data_signature(data)  # once: it hashes every train pair
+    if not any(same_data(s, now) for s in (saved["data"], saved.get("data_after"))):
         purged = " (if its store was purged since, this model was trained on deleted data: load the " \
             "unlearned run instead)" if data.meta.get("store") else ""
         raise CheckpointError(
-            f"run {run_dir} was trained on data with {saved['data']}, not {data_signature(data)}; "
+            f"run {run_dir} was trained on data with {saved['data']}, not {now}; "
             f"pass the dataset it was trained on{purged}"
         )
 
