@@ -95,6 +95,7 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
                  "--purge", "--keep-versions", "1", "--unlearn.epochs=1"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["overlaps"][0]["purged"] is True and second["forget_set"]["n_deleted"] == 1
+    assert second["overlaps"][0]["request_ids"] == ["again"]  # answered by the earlier purge
     meta = read_meta(store)
     assert meta["revision"] == 3 and [r["file"] for r in meta["retained"]] == [REV2]
     assert second["receipt"]["purge"][0]["retained"] == [REV2]

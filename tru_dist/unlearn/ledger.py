@@ -211,13 +211,16 @@ class DeletionLedger:
         digest of each request's rows, ``request_digests``; older receipts are not checked):
         a reused id with other content would otherwise be "replayed" and never applied.
 
-        An id counts as applied by a receipt when it is in its ``request_ids`` or only in its
-        ``request_digests`` (every id of the batch): the latter are the requests that batch
-        found already deleted and purged and dropped (:meth:`drop_purged_requests`) — without
-        them, rerunning that batch mixed "applied" and "new" ids and was refused."""
+        An id counts as applied by a receipt when it is in its ``request_ids`` or in one of its
+        purged overlaps' ``request_ids``: the requests that batch found already deleted and
+        purged, and dropped (:meth:`drop_purged_requests`) — without them, rerunning that batch
+        mixed "applied" and "new" ids and was refused (receipts written before the overlaps
+        named their ids are read as they were)."""
         owner: dict[str, dict] = {}
         for r in (self.receipts() if receipts is None else receipts):
-            owner.update({rid: r for rid in r.get("request_digests", {}) if rid not in owner})
+            answered = [rid for o in r.get("overlaps", []) if o.get("purged")
+                        for rid in o.get("request_ids", [])]
+            owner.update({rid: r for rid in answered if rid not in owner})
             owner.update({rid: r for rid in r["request_ids"]})
         ids = [str(x) for x in request_ids]
         applied = [rid for rid in ids if rid in owner]
@@ -319,8 +322,9 @@ class DeletionLedger:
             rows = np.flatnonzero(gone)[hit & ~dropped[gone]]
             if len(rows):
                 dropped[rows] = True
+                ids = sorted({str(x) for x in table["request_id"].to_numpy()[rows]})
                 overlaps.append({"receipt_id": r["receipt_id"], "earlier_requests": r["request_ids"][:20],
-                                 "requests": int(len(rows)), "purged": True})
+                                 "requests": int(len(rows)), "purged": True, "request_ids": ids})
         if dropped.all():
             ids = ", ".join(o["receipt_id"] for o in overlaps)
             raise RequestError("every request names data that earlier requests deleted and a purge removed "
