@@ -522,6 +522,7 @@ def test_ctrl_c_leaves_the_sweep_unfinished_and_resume_finishes_it(ray_session, 
     from tru_dist.tune.sweep import run_sweep
 
     over = [*OVERRIDES, "--sweep.methods={reverse_bpr: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}"]
+    monkeypatch.delenv("TRU_DIST_SWEEP_FAULT", raising=False)  # the module's tiny_sweep keeps it set
     monkeypatch.setenv("TRU_DIST_SWEEP_INTERRUPT", "reverse_bpr:users-random-5pct:0:2")
     with pytest.raises(TruDistError, match=r"sweep interrupted: Ctrl\+C during reverse_bpr on "
                                            r"users-random-5pct .*--resume") as stopped:
