@@ -355,12 +355,8 @@ def cmd_compare(args, overrides) -> int:
     import logging
 
     from tru_dist.config import defaults_used
-    from tru_dist.train.checkpoint import refuse_run_folder, write_run_config
 
     logging.getLogger("tru_dist.compare").info(defaults_used(cfg.model.name, cfg.data.path))
-    refuse_run_folder(args.out, "--out")  # before config.yaml is written there
-    refuse_run_folder(args.originals, "--originals")
-    write_run_config(args.out, cfg.to_dict())
     spec = CompareSpec(
         regime=args.regime,
         policy=args.policy,

@@ -134,7 +134,10 @@ def same_data(saved: dict[str, Any] | None, now: dict[str, Any]) -> bool:
     return saved is not None and all(saved[k] == now[k] for k in saved.keys() & now.keys())
 
 
-def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path: Path) -> None:
+def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path: Path,
+                     signature: dict[str, Any] | None = None) -> None:
+    """CheckpointError unless ``saved`` can continue with ``cfg`` on ``data`` (``signature``: its
+    :func:`data_signature`, when the caller already has it)."""
     now = cfg.to_dict()
     fields = [("model", saved["config"]["model"], now["model"])]
     saved_train = {"optimizer": "adam", **saved["config"]["train"]}  # older runs: before the choice
@@ -144,7 +147,7 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, data: RecDataset, path:
         epoch = saved["epoch"]
         raise CheckpointError(f"checkpoint {path} is at epoch {epoch}, past train.epochs="
                               f"{now['train']['epochs']}; resume with --train.epochs={epoch} or more")
-    signature = data_signature(data)
+    signature = data_signature(data) if signature is None else signature
     if not same_data(saved["data"], signature):
         fields.append(("data", saved["data"], signature))
     fields.append(("world size", saved["world_size"], collectives.world_size()))
@@ -230,11 +233,12 @@ def train_model(
     st: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "best_model": None,
                           "bad_evals": 0, "history": [], "train_seconds": 0.0, "eval_seconds": 0.0,
                           "stopped_early": False}
+    signature = data_signature(data) if ckpt is not None else None  # once: it hashes every train pair
     if resume:
         if ckpt is None:
             raise ConfigError("resume=True needs out_dir (the folder holding the checkpoint)")
         saved = load_checkpoint(ckpt, map_location=device)
-        _check_resumable(saved, cfg, data, ckpt)
+        _check_resumable(saved, cfg, data, ckpt, signature)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         sampler.load_state_dict(saved["sampler"])
@@ -242,8 +246,6 @@ def train_model(
         st.update({k: saved[k] for k in st})
     else:
         torch_seed(tc.seed)
-
-    signature = data_signature(data) if ckpt is not None else None  # once: it hashes every train pair
 
     def save() -> None:
         if ckpt is None:
