@@ -572,3 +572,40 @@ def test_ctrl_c_hands_over_to_tunes_stop_only_once_tune_started_and_the_handlers
     finally:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGUSR1, before[1])
+
+
+def test_a_grid_with_a_trial_not_done_or_missing_is_stopped_early():
+    """Without Ray: Tune marks a trial's last result ``done`` when it returns or the scheduler
+    stops it, not when a stop signal ends the experiment; a trial never started is absent."""
+    from types import SimpleNamespace
+
+    from tru_dist.tune.adapter import stopped_early
+
+    def result(done, error=None):
+        return SimpleNamespace(metrics={"epoch": 3, "done": done}, error=error)
+
+    finished = [result(True), result(True)]
+    assert not stopped_early(finished, expected=2)
+    assert stopped_early(finished, expected=3)  # the third trial was never created
+    assert stopped_early([result(True), result(False)], expected=2)  # stopped mid-trial
+    errored = result(False, error=RuntimeError("x"))  # an error is not a stop
+    assert not stopped_early([result(True), errored], expected=2)
+    assert stopped_early([result(True), SimpleNamespace(metrics=None, error=None)], expected=None)
+
+
+def test_an_outside_sigusr1_leaves_the_sweep_unfinished(ray_session, tmp_path, monkeypatch):
+    """Tune's documented stop (SIGUSR1 to the driver, rehearsed from a trial before its 2nd
+    epoch) is handled by Tune itself, which then calls the stopped trials TERMINATED: the sweep
+    reads them off the results, records the experiment unfinished and says how to resume."""
+    from tru_dist.tune.export import experiment_log
+    from tru_dist.tune.sweep import run_sweep
+
+    over = [*OVERRIDES, "--sweep.methods={reverse_bpr: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}"]
+    monkeypatch.delenv("TRU_DIST_SWEEP_FAULT", raising=False)  # the module's tiny_sweep keeps it set
+    monkeypatch.setenv("TRU_DIST_SWEEP_INTERRUPT", "SIGUSR1:reverse_bpr:users-random-5pct:0:2")
+    with pytest.raises(TruDistError, match=r"sweep interrupted: a stop signal during reverse_bpr on "
+                                           r"users-random-5pct .*--resume"):
+        run_sweep(TINY, overrides=over, storage=tmp_path)
+    log = experiment_log(tmp_path / "tiny")
+    assert log["reverse_bpr/users-random-5pct"]["finished"] is False
+    assert "reverse_bpr/interactions-5pct" not in log

@@ -59,8 +59,9 @@ that exists (``Tuner.restore``): finished trials are kept as they are, unfinishe
 errored ones continue from their last checkpoint; experiments never started are started.
 The sweep file and overrides must be the ones the sweep was started with. Trials that end
 in error make ``run_sweep`` raise (after every experiment ran) and skip the tuned files and
-the report; ``--resume`` then finishes them. Ctrl+C makes it raise at once, after Tune saved
-the interrupted experiment, which is recorded unfinished (:func:`tru_dist.tune.adapter.fit`).
+the report; ``--resume`` then finishes them. Ctrl+C — or Tune's SIGUSR1 stop sent from
+outside — makes it raise at once, after Tune saved the interrupted experiment, which is
+recorded unfinished (:func:`tru_dist.tune.adapter.fit`).
 """
 
 from __future__ import annotations
@@ -179,12 +180,13 @@ def _experiment(spec: SweepSpec, base: Config, sweep_dir: Path, method: str, reg
                                    max_t=max_t, max_failures=base.dist.max_failures, workers=workers,
                                    address=base.dist.address, groups=len(groups))
     t1 = time.perf_counter()
-    errors, interrupted = adapter.fit(tuner)
+    errors, stopped_by = adapter.fit(tuner, expected_trials=spec.trials(method))
     seconds = time.perf_counter() - t1
-    record_fit(sweep_dir, method, regime.id, seconds, finished=not errors and not interrupted)
-    if interrupted:
-        _log(f"{method} on {regime.id}: interrupted after {seconds:.1f}s (Tune saved its state)")
-        return [f"Ctrl+C during {method} on {regime.id}"] + errors, True
+    record_fit(sweep_dir, method, regime.id, seconds, finished=not errors and stopped_by is None)
+    if stopped_by is not None:
+        _log(f"{method} on {regime.id}: interrupted by {stopped_by} after {seconds:.1f}s "
+             "(Tune saved its state)")
+        return [f"{stopped_by} during {method} on {regime.id}"] + errors, True
     _log(f"{method} on {regime.id}: trials done in {seconds:.1f}s ({len(errors)} in error)")
     return [f"{method}/{regime.id}/{e}" for e in errors], False
 

@@ -59,8 +59,9 @@ class Fault:
 
     Set by the driver from ``TRU_DIST_SWEEP_FAULT=[METHOD:]REGIME:TRIAL:EPOCH`` to rehearse
     a crash and ``--resume`` (without METHOD: the first method's experiment that reaches
-    it), or from ``TRU_DIST_SWEEP_INTERRUPT`` (same syntax) to rehearse Ctrl+C; the marker file
-    makes it fire once per sweep directory.
+    it), or from ``TRU_DIST_SWEEP_INTERRUPT=[SIGUSR1:][METHOD:]REGIME:TRIAL:EPOCH`` to rehearse
+    Ctrl+C (SIGINT) or, with the ``SIGUSR1:`` prefix, Tune's own stop signal sent from outside;
+    the marker file makes it fire once per sweep directory.
     """
 
     regime_id: str
@@ -69,10 +70,14 @@ class Fault:
     marker: str
     method: str | None = None
     driver_pid: int | None = None
+    driver_signal: str = "SIGINT"
 
     @classmethod
     def from_env(cls, sweep_dir: Path) -> Fault | None:
         interrupt = os.environ.get(INTERRUPT_ENV, "").strip()
+        signal_name = "SIGINT"
+        if interrupt.startswith("SIGUSR1:"):
+            signal_name, interrupt = "SIGUSR1", interrupt[len("SIGUSR1:"):]
         text = interrupt or os.environ.get(FAULT_ENV, "").strip()
         if not text:
             return None
@@ -81,7 +86,7 @@ class Fault:
         kind = "interrupt" if interrupt else "fault"
         marker = Path(sweep_dir) / f".{kind}-{head.replace(':', '-')}-{trial}-{epoch}"
         return cls(regime_id, int(trial), int(epoch), str(marker), method or None,
-                   os.getpid() if interrupt else None)
+                   os.getpid() if interrupt else None, signal_name)
 
     def maybe_fail(self, regime_id: str, trial: int, epoch: int, method: str | None = None) -> None:
         if (regime_id, trial, epoch) != (self.regime_id, self.trial, self.epoch):
@@ -97,7 +102,7 @@ class Fault:
             import signal
             import time
 
-            os.kill(self.driver_pid, signal.SIGINT)
+            os.kill(self.driver_pid, getattr(signal, self.driver_signal))
             time.sleep(INTERRUPT_GRACE_S)
             return
         raise InjectedFault(f"injected fault: {regime_id} trial {trial} before epoch {epoch}")
