@@ -328,8 +328,9 @@ def stopped_early(results: list[Any], expected: int | None) -> bool:
     trial that did not error but whose last result is not ``done`` (Tune sets ``done`` when the
     trainable returns or the scheduler stops it, never when a stop signal ends the experiment),
     or fewer trials than the ``expected`` number (a stop between two trials leaves the rest
-    uncreated). Measured with Ray 2.x's ``Tuner.fit``: a SIGUSR1 during trial 2 of 4 left trial 1
-    ``done``, trial 2 at epoch 3 not ``done``, trials 3–4 absent."""
+    uncreated). Measured with this Ray's ``Tuner.fit``: a SIGUSR1 during trial 2 of 4 left trial 1
+    ``done``, trial 2 at epoch 3 not ``done``, trials 3–4 absent; trials ASHA stopped after their
+    first epoch are ``done``."""
     if expected is not None and len(results) < expected:
         return True
     return any(r.error is None and not (r.metrics or {}).get("done") for r in results)
