@@ -875,6 +875,42 @@ def test_plateau_rule_by_hand():
     assert not plateaued(9, 4, 0)  # switched off
 
 
+def test_unmoved_rule_by_hand():
+    from tru_dist.unlearn.tru.gate import unmoved
+
+    assert unmoved(6 / 7, 0.3763, 6 / 7, 0.3763)  # no pair changed rank
+    assert not unmoved(6 / 7, 0.3762, 6 / 7, 0.3763)  # a pair moved towards its target
+    assert not unmoved(6 / 7, 0.3764, 6 / 7, 0.3763)  # ... or away from it: an overshoot
+    assert not unmoved(5 / 7, 0.3763, 6 / 7, 0.3763)
+
+
+def test_line_search_waits_out_passes_that_moved_no_pair(tiny_data):
+    """MIG-GT on ``synthetic:tiny``, one deleted item (7 pairs): the first steps at ``gate.lr``
+    reorder none of its pairs. Read as stalls (``gate.wait_unmoved=false``), the line search
+    halves twice and returns the start model; waited out, the same run goes on and the item
+    moves — a lower calibration gap. The passes before the first unmoved one are identical."""
+    from tru_dist.config import build_config
+    from tru_dist.data.regimes import forget_set
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.engine import run_update
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    base = ["train.epochs=30"]
+    model, graph, _ = fit(build_config(model="miggt", overrides=base), tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "items", 0.01, 1))
+    runs = {}
+    for wait in (False, True):
+        cfg = build_config(model="miggt", overrides=[*base, f"unlearn.gate.wait_unmoved={wait}"])
+        runs[wait] = run_update(model, deletion, cfg, tru_spec(cfg))[1]
+    off, on = runs[False], runs[True]
+    start = off["gate"][0]["calibration_gap"]
+    assert off["best_gap"] == {"gap": start, "restored": True, "epoch": 0}  # stopped at the start model
+    assert "unmoved_passes" not in off and len(off["backtracks"]) == 2
+    assert on["unmoved_passes"] >= 1 and on["epochs_run"] > off["epochs_run"]
+    assert on["best_gap"]["gap"] < start  # the deleted item moved
+    assert on["gate"][0] == off["gate"][0] and on["gate"][1]["transport"] == on["gate"][0]["transport"]
+
+
 def test_calibrated_gate_moves_forget_ranks_to_the_held_out_distribution(tiny_data):
     """The calibrated target, measured from outside: after TRU the deleted pairs' rank
     percentiles are much closer (KS) to those of never-trained valid pairs than after the

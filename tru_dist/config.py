@@ -244,6 +244,11 @@ class GateConfig(_Strict):
     #: many gate passes in a row have not lowered the calibration gap (progress by the transport
     #: tie-break alone: the creeping phase); 0 = off
     plateau: NonNegInt = 3
+    #: calibrated target: a gate pass at which no deleted pair changed rank (the calibration gap
+    #: and the transport exactly the best pass's) is neither progress nor an overshoot — the
+    #: step was too small to reorder anything — so the line search keeps its step and goes on
+    #: (bounded by max_epochs) instead of putting back and halving; false: such a pass is a stall
+    wait_unmoved: bool = True
     top_k: PosInt = 20
     temperature: PosFloat = 0.5
     beta: Unit = 0.5
