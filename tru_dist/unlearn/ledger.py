@@ -214,8 +214,9 @@ class DeletionLedger:
         An id counts as applied by a receipt when it is in its ``request_ids`` or in one of its
         purged overlaps' ``request_ids``: the requests that batch found already deleted and
         purged, and dropped (:meth:`drop_purged_requests`) — without them, rerunning that batch
-        mixed "applied" and "new" ids and was refused (receipts written before the overlaps
-        named their ids are read as they were)."""
+        mixed "applied" and "new" ids and was refused. A receipt written before the overlaps
+        named their ids has none to offer, so a rerun of such a batch is still refused that way
+        (its message names both groups)."""
         owner: dict[str, dict] = {}
         for r in (self.receipts() if receipts is None else receipts):
             answered = [rid for o in r.get("overlaps", []) if o.get("purged")

@@ -322,6 +322,12 @@ def gap_fell(gap: float, best_gap: float, tol: float = GAP_TOL) -> bool:
     return gap < best_gap - tol
 
 
+def same_gap(gap: float, best_gap: float, tol: float = GAP_TOL) -> bool:
+    """Whether two calibration gaps are the same gap (within ``tol``): the tie of
+    :func:`improves` and the first half of :func:`unmoved`."""
+    return abs(gap - best_gap) <= tol
+
+
 def improves(gap: float, transport: float, best_gap: float, best_transport: float,
              tol: float = GAP_TOL) -> bool:
     """The line search's order on gate passes: lexicographic in (gap, transport).
@@ -333,7 +339,7 @@ def improves(gap: float, transport: float, best_gap: float, best_transport: floa
     within ``tol`` (both are computed the same way each pass, so a tie is exact)."""
     if gap_fell(gap, best_gap, tol):
         return True
-    return abs(gap - best_gap) <= tol and transport < best_transport
+    return same_gap(gap, best_gap, tol) and transport < best_transport
 
 
 def unmoved(gap: float, transport: float, best_gap: float, best_transport: float,
@@ -345,7 +351,7 @@ def unmoved(gap: float, transport: float, best_gap: float, best_transport: float
     7 pairs): the pairs held their ranks for four passes at ``gate.lr`` 0.1, the line search read
     each as a stall, halved twice and stopped at the start model (retrain_distance 0.857 =
     ``noop``'s); waiting them out, the item moved from the fifth pass on (0.286)."""
-    return abs(gap - best_gap) <= tol and transport == best_transport
+    return same_gap(gap, best_gap, tol) and transport == best_transport
 
 
 def plateaued(passes_since_gap_fell: int, halvings: int, plateau: int) -> bool:
