@@ -911,6 +911,63 @@ def test_line_search_waits_out_passes_that_moved_no_pair(tiny_data):
     assert on["gate"][0] == off["gate"][0] and on["gate"][1]["transport"] == on["gate"][0]["transport"]
 
 
+def test_utility_check_by_hand():
+    assert gate.utility_loss(80.0, 100.0) == pytest.approx(0.2)
+    assert gate.utility_loss(120.0, 100.0) == 0.0  # a gain is not rewarded
+    assert gate.utility_loss(0.0, 0.0) == 0.0  # no hit at the start: nothing to lose
+    assert gate.objective(0.1, 0.2, 0.5) == pytest.approx(0.2)
+    # synthetic:small, MIG-GT, interactions 5%, tuning seed 101: the gap fell 0.113 -> 0.097
+    # for 3.8% of the held-out hits — not worth it at λ_u = 1, worth it at λ_u = 0.25
+    assert not gate.keeps_update(0.113, 0.097, 0.038, 1.0)
+    assert gate.keeps_update(0.113, 0.097, 0.038, 0.25)
+    assert gate.keeps_update(0.20, 0.05, 0.0, 1.0)  # a gap closed for free
+    assert not gate.keeps_update(0.20, 0.20, 0.0, 1.0)  # a tie keeps the start
+
+
+def test_utility_check_puts_back_the_start_when_the_update_spent_held_out_hits(tiny_data):
+    """MIG-GT on ``synthetic:tiny``, interactions 5%, forget seed 3: the line search (on the gap
+    alone) returns a state that ranks fewer valid pairs in their users' top 20 than the start.
+    With the utility check at a large λ_u the same search (the same passes, the same gaps) ends
+    by putting the start back; at λ_u = 0 it does not. The start count the check charges
+    against is the valid hits@20 of the start model, counted here from outside."""
+    from tru_dist.config import build_config
+    from tru_dist.data.dataset import VALID
+    from tru_dist.train.evaluate import eval_embeddings, history_mask, pair_ranks
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    base = ["train.epochs=30"]
+    model, graph, _ = fit(build_config(model="miggt", overrides=base), tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.05, 3))
+    d, g = deletion.data_after, deletion.graph_after
+    valid = d.labels == VALID
+
+    def hits(m) -> int:
+        emb = eval_embeddings(m, g)
+        ranks = pair_ranks(emb.user, emb.item, torch.from_numpy(d.users[valid]),
+                           torch.from_numpy(d.items[valid]), history_mask(d, ["train"], g))
+        return int((ranks < 20).sum())
+
+    noop = get_method("noop").unlearn(model, deletion, build_config(model="miggt", overrides=base)).model
+    start = hits(noop)
+    found = {}
+    for weight in (0.0, 1e6):
+        cfg = build_config(model="miggt", overrides=[*base, f"unlearn.gate.utility_weight={weight}"])
+        updated, stats = run_update(model, deletion, cfg, tru_spec(cfg))
+        found[weight] = (updated, stats)
+    (off_model, off), (on_model, on) = found[0.0], found[1e6]
+    assert "utility_check" not in off
+    assert [e["calibration_gap"] for e in on["gate"]] == [e["calibration_gap"] for e in off["gate"]]
+    assert hits(off_model) < start == hits(on_model)
+    check = on["utility_check"]
+    assert check["kept"] == "start" and check["utility_loss"] == pytest.approx(1 - hits(off_model) / start)
+    assert check["end_gap"] == off["best_gap"]["gap"] <= check["start_gap"] == on["best_gap"]["gap"]
+    assert off["best_gap"]["epoch"] > 0 and on["best_gap"]["epoch"] == 0
+    on_params, noop_params = dict(on_model.named_parameters()), dict(noop.named_parameters())
+    assert on_params.keys() == noop_params.keys()  # the start model's weights, as noop serves them:
+    assert all(torch.equal(on_params[k], noop_params[k]) for k in on_params)
+
+
 def test_calibrated_gate_moves_forget_ranks_to_the_held_out_distribution(tiny_data):
     """The calibrated target, measured from outside: after TRU the deleted pairs' rank
     percentiles are much closer (KS) to those of never-trained valid pairs than after the
@@ -925,7 +982,10 @@ def test_calibrated_gate_moves_forget_ranks_to_the_held_out_distribution(tiny_da
     from tru_dist.train.trainer import fit
     from tru_dist.unlearn.metrics import forget_ranks
 
-    cfg = build_config(model="lightgcn", overrides=["train.epochs=30", "unlearn.scaling.enabled=false"])
+    # the target's pull alone: here the update closes less calibration gap than the share of
+    # valid hits it spends, so the utility check (on by default) would put the start back
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=30", "unlearn.scaling.enabled=false",
+                                                    "unlearn.gate.utility_weight=0"])
     model, graph, _ = fit(cfg, tiny_data)
     deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
     d, g = deletion.data_after, deletion.graph_after
@@ -1185,8 +1245,9 @@ def test_step_takes_the_gate_pass_forward_only_while_no_parameter_changed(tiny_d
     from tru_dist.unlearn.tru.tru import tru_spec
 
     backbone = {"mgcn": MGCN, "lightgcn": LightGCN}[name]
+    # utility check off: on this deletion it would put the start back, and the run must move
     cfg = build_config(model=name, overrides=["unlearn.gate.max_epochs=10", "unlearn.gate.epsilon=0",
-                                              *overrides])
+                                              "unlearn.gate.utility_weight=0", *overrides])
     model, graph, _ = fit(cfg, tiny_data)
     deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.1, 0))
     calls = []

@@ -249,6 +249,11 @@ class GateConfig(_Strict):
     #: step was too small to reorder anything — so the line search keeps its step and goes on
     #: (bounded by max_epochs) instead of putting back and halving; false: such a pass is a stall
     wait_unmoved: bool = True
+    #: λ_u, calibrated target: the utility check — the run keeps its update only if
+    #: gap_end + λ_u·max(0, 1 − h_end/h⁰) < gap_start, h = reference (valid) pairs in their user's
+    #: top ``top_k`` at the end and at the start; else it returns the start
+    #: (:func:`tru_dist.unlearn.tru.gate.keeps_update`); 0 = off
+    utility_weight: NonNegFloat = 1.0
     top_k: PosInt = 20
     temperature: PosFloat = 0.5
     beta: Unit = 0.5

@@ -129,6 +129,10 @@ class _Loop:
         self.frozen_params: set[int] = set()
         self.exclude: torch.Tensor | None = None
         self.exclude_rows: torch.Tensor | None = None  # self.exclude cut to the forget pairs' users
+        self.ref_u: torch.Tensor | None = None  # calibrated gate: the reference pairs (local users, items)
+        self.ref_i: torch.Tensor | None = None
+        self.start_hits: float | None = None  # utility check: reference pairs in their top K at the start
+        self.start_state: dict[int, torch.Tensor] | None = None  # … and the start's parameters
         self.p_items: torch.Tensor | None = None
         self.target_mode = spec.gate.target if spec.gate is not None else None
         self.q_keys: torch.Tensor | None = None  # calibrated gate: sorted pair keys u·n_items + i
@@ -677,8 +681,13 @@ class _Loop:
         rows = gate_fn.score_rows(users, items, exclude, at, li)
         pct = gate_fn.rank_percentiles(rows)
         if self.ref_sorted is None:  # fixed at the start: the model after the deletion step
-            ref = self._percentiles(users, items, self.ref_u, self.ref_i)
+            ref_ranks = pair_ranks(users, items, self.ref_u, self.ref_i, exclude)
+            n_cand = candidate_counts(exclude, self.ref_u, self.data.n_items).clamp(min=1)
+            ref = ref_ranks.double() / n_cand.double()
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
+            if self.checks_utility:  # what the update is charged against (restore_best)
+                self.start_hits = self.reference_hits(ref_ranks)
+                self.start_state = {k: self.params[k].detach().clone() for k in self.live()}
             self.stats["gate_reference"]["mean_pct"] = float(self.ref_sorted.mean()) if len(ref) else 0.0
             keeps = gate.keep_weight > 0 or gate.owner_keep_weight > 0
             self.start_emb = Embeddings(users.clone(), items.clone()) if keeps else None
@@ -729,6 +738,42 @@ class _Loop:
             "transport": float(extra[4]) / n, "n_pairs": int(extra[3]),
         })
         return gap < gate.epsilon
+
+    @property
+    def checks_utility(self) -> bool:
+        """Whether the run weighs the held-out hits its update spent against the gap it closed
+        (``gate.utility_weight`` > 0 and a calibrated reference to count hits on; :meth:`check_utility`)."""
+        return self.spec.gate is not None and self.spec.gate.utility_weight > 0 and self.ref_u is not None
+
+    def reference_hits(self, ranks: torch.Tensor) -> float:
+        """h = #{reference (valid) pairs ranked in their user's top ``gate.top_k``}, summed over shards."""
+        hits = torch.tensor([float((ranks < self.spec.gate.top_k).sum())], dtype=torch.float64)
+        collectives.sum_stats(hits)
+        return float(hits[0])
+
+    @torch.no_grad()
+    def check_utility(self) -> None:
+        """The utility check (``gate.utility_weight`` λ_u): keep the line search's result only if
+        gap_end + λ_u·max(0, 1 − h_end/h⁰) < gap_start (:func:`.tru.gate.keeps_update`), else put
+        the start back — an update must close more calibration gap than the share of held-out
+        top-K hits it spends. One more ranking of the reference pairs, at the end; the start's
+        hits h⁰ come with the first pass's reference ranks. ``stats["utility_check"]`` says which
+        was kept and why."""
+        start_gap, end = self.stats["gate"][0]["calibration_gap"], self.stats["best_gap"]
+        if self.start_state is None or end["epoch"] == 0:
+            return  # the line search already returned the start
+        was = self.model.training
+        self.model.eval()
+        emb = self.model.embed(self.graph)  # not handed on: no step follows
+        self.model.train(was)
+        ranks = pair_ranks(emb.user, emb.item, self.ref_u, self.ref_i, self.exclude)
+        loss = gate_fn.utility_loss(self.reference_hits(ranks), self.start_hits)
+        keep = gate_fn.keeps_update(start_gap, end["gap"], loss, self.spec.gate.utility_weight)
+        if not keep:
+            self._put_back(self.start_state)
+            self.stats["best_gap"] = {"gap": start_gap, "restored": True, "epoch": 0}
+        self.stats["utility_check"] = {"start_gap": start_gap, "end_gap": end["gap"], "utility_loss": loss,
+                                       "kept": "update" if keep else "start"}
 
     @torch.no_grad()
     def stalled(self) -> bool:
@@ -787,7 +832,11 @@ class _Loop:
         """Copy the best state's parameters back — only those that may move now: a frozen group
         never changes (a state saved before isolation froze it holds it too), and leaving it
         unwritten keeps its constant branches cached."""
-        state = self.best["state"]
+        self._put_back(self.best["state"])
+
+    @torch.no_grad()
+    def _put_back(self, state: dict[int, torch.Tensor]) -> None:
+        """Copy a saved state's parameters back into those that may move now (:meth:`_put_back_best`)."""
         for k in self.live():
             if k in state:
                 self.params[k].copy_(state[k])
@@ -810,6 +859,8 @@ class _Loop:
         kept = self.best if restored else {"gap": last["calibration_gap"], "epoch": last["epoch"]}
         self.stats["best_gap"] = {"gap": kept["gap"], "restored": restored, "epoch": kept["epoch"]}
         self.best.pop("state")
+        if self.checks_utility:
+            self.check_utility()
 
     def _decide(self, s: torch.Tensor, t: torch.Tensor, li: torch.Tensor):
         """The part both gate passes share: pair persistence g = σ((s − t)/T), item persistence P_i
