@@ -628,9 +628,15 @@ class _Loop:
                      exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Rank percentiles of pairs (rows ``lu`` of ``users``); ``exclude`` is the mask of those
         rows (None: ``self.exclude``, the mask of every local user)."""
+        ranks, n_cand = self._ranks(users, items, lu, li, exclude)
+        return ranks.double() / n_cand.double()
+
+    def _ranks(self, users: torch.Tensor, items: torch.Tensor, lu: torch.Tensor, li: torch.Tensor,
+               exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(0-based rank, candidate count ≥ 1) of each pair — what :meth:`_percentiles` divides."""
         exclude = self.exclude if exclude is None else exclude
         ranks = pair_ranks(users, items, lu, li, exclude)
-        return ranks.double() / candidate_counts(exclude, lu, self.data.n_items).clamp(min=1).double()
+        return ranks, candidate_counts(exclude, lu, self.data.n_items).clamp(min=1)
 
     @torch.no_grad()
     def _eval_forget_pairs(self) -> tuple[Embeddings, torch.Tensor, torch.Tensor]:
@@ -681,8 +687,7 @@ class _Loop:
         rows = gate_fn.score_rows(users, items, exclude, at, li)
         pct = gate_fn.rank_percentiles(rows)
         if self.ref_sorted is None:  # fixed at the start: the model after the deletion step
-            ref_ranks = pair_ranks(users, items, self.ref_u, self.ref_i, exclude)
-            n_cand = candidate_counts(exclude, self.ref_u, self.data.n_items).clamp(min=1)
+            ref_ranks, n_cand = self._ranks(users, items, self.ref_u, self.ref_i, exclude)
             ref = ref_ranks.double() / n_cand.double()
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
             if self.checks_utility:  # what the update is charged against (restore_best)
@@ -766,7 +771,7 @@ class _Loop:
         self.model.eval()
         emb = self.model.embed(self.graph)  # not handed on: no step follows
         self.model.train(was)
-        ranks = pair_ranks(emb.user, emb.item, self.ref_u, self.ref_i, self.exclude)
+        ranks, _ = self._ranks(emb.user, emb.item, self.ref_u, self.ref_i)
         loss = gate_fn.utility_loss(self.reference_hits(ranks), self.start_hits)
         keep = gate_fn.keeps_update(start_gap, end["gap"], loss, self.spec.gate.utility_weight)
         if not keep:

@@ -376,8 +376,8 @@ def unmoved(gap: float, transport: float, best_gap: float, best_transport: float
 def utility_loss(hits: float, start_hits: float) -> float:
     """max(0, 1 − h/h⁰): the relative loss of held-out hits since the start, h = #{reference
     (valid) pairs ranked in their user's top K} now and h⁰ after the deletion step; 0 when the
-    start had no hit (nothing to lose). A gain counts as 0: the line search is not rewarded
-    for raising utility, only charged for spending it."""
+    start had no hit (nothing to lose). A gain counts as 0: the utility check (:func:`keeps_update`)
+    does not reward an update for raising utility, it only charges it for spending some."""
     if start_hits <= 0:
         return 0.0
     return max(0.0, 1.0 - hits / start_hits)
