@@ -918,10 +918,13 @@ def test_utility_check_by_hand():
     assert gate.objective(0.1, 0.2, 0.5) == pytest.approx(0.2)
     # synthetic:small, MIG-GT, interactions 5%, tuning seed 101: the gap fell 0.113 -> 0.097
     # for 3.8% of the held-out hits — not worth it at λ_u = 1, worth it at λ_u = 0.25
-    assert not gate.keeps_update(0.113, 0.097, 0.038, 1.0)
-    assert gate.keeps_update(0.113, 0.097, 0.038, 0.25)
-    assert gate.keeps_update(0.20, 0.05, 0.0, 1.0)  # a gap closed for free
-    assert not gate.keeps_update(0.20, 0.20, 0.0, 1.0)  # a tie keeps the start
+    assert not gate.keeps_update(0.113, 0.03, 0.097, 0.02, 0.038, 1.0)
+    assert gate.keeps_update(0.113, 0.03, 0.097, 0.02, 0.038, 0.25)
+    assert gate.keeps_update(0.20, 0.10, 0.05, 0.02, 0.0, 1.0)  # a gap closed for free
+    # the same gap, nothing spent: the line search's tie-break decides (pairs nearer their targets)
+    assert gate.keeps_update(6 / 7, 0.38, 6 / 7, 0.30, 0.0, 1.0)
+    assert not gate.keeps_update(6 / 7, 0.38, 6 / 7, 0.38, 0.0, 1.0)  # nothing bought at all
+    assert not gate.keeps_update(6 / 7, 0.38, 6 / 7, 0.30, 0.01, 1.0)  # the same gap, hits spent
 
 
 def test_utility_check_puts_back_the_start_when_the_update_spent_held_out_hits(tiny_data):

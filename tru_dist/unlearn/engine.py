@@ -132,7 +132,6 @@ class _Loop:
         self.ref_u: torch.Tensor | None = None  # calibrated gate: the reference pairs (local users, items)
         self.ref_i: torch.Tensor | None = None
         self.start_hits: float | None = None  # utility check: reference pairs in their top K at the start
-        self.start_state: dict[int, torch.Tensor] | None = None  # … and the start's parameters
         self.p_items: torch.Tensor | None = None
         self.target_mode = spec.gate.target if spec.gate is not None else None
         self.q_keys: torch.Tensor | None = None  # calibrated gate: sorted pair keys u·n_items + i
@@ -692,7 +691,6 @@ class _Loop:
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
             if self.checks_utility:  # what the update is charged against (restore_best)
                 self.start_hits = self.reference_hits(ref_ranks)
-                self.start_state = {k: self.params[k].detach().clone() for k in self.live()}
             self.stats["gate_reference"]["mean_pct"] = float(self.ref_sorted.mean()) if len(ref) else 0.0
             keeps = gate.keep_weight > 0 or gate.owner_keep_weight > 0
             self.start_emb = Embeddings(users.clone(), items.clone()) if keeps else None
@@ -757,15 +755,18 @@ class _Loop:
         return float(hits[0])
 
     @torch.no_grad()
-    def check_utility(self) -> None:
+    def check_utility(self, end_transport: float) -> None:
         """The utility check (``gate.utility_weight`` λ_u): keep the line search's result only if
-        gap_end + λ_u·max(0, 1 − h_end/h⁰) < gap_start (:func:`.tru.gate.keeps_update`), else put
-        the start back — an update must close more calibration gap than the share of held-out
-        top-K hits it spends. One more ranking of the reference pairs, at the end; the start's
-        hits h⁰ come with the first pass's reference ranks. ``stats["utility_check"]`` says which
-        was kept and why."""
-        start_gap, end = self.stats["gate"][0]["calibration_gap"], self.stats["best_gap"]
-        if self.start_state is None or end["epoch"] == 0:
+        gap_end + λ_u·max(0, 1 − h_end/h⁰) beats the start's gap, in the line search's own order
+        (:func:`.tru.gate.keeps_update`), else put the start back — an update must close more
+        calibration gap than the share of held-out top-K hits it spends. One more ranking of the
+        reference pairs, at the end; the start's hits h⁰ come with the first pass's reference
+        ranks, and the start's parameters are rebuilt (the deletion step on the original, as
+        ``noop`` serves it) only when they are put back, so the run holds no extra copy.
+        ``stats["utility_check"]`` says which was kept and why."""
+        first, end = self.stats["gate"][0], self.stats["best_gap"]
+        start_gap = first["calibration_gap"]
+        if self.start_hits is None or end["epoch"] == 0:
             return  # the line search already returned the start
         was = self.model.training
         self.model.eval()
@@ -773,9 +774,12 @@ class _Loop:
         self.model.train(was)
         ranks, _ = self._ranks(emb.user, emb.item, self.ref_u, self.ref_i)
         loss = gate_fn.utility_loss(self.reference_hits(ranks), self.start_hits)
-        keep = gate_fn.keeps_update(start_gap, end["gap"], loss, self.spec.gate.utility_weight)
+        keep = gate_fn.keeps_update(start_gap, first["transport"], end["gap"], end_transport, loss,
+                                    self.spec.gate.utility_weight)
         if not keep:
-            self._put_back(self.start_state)
+            start = start_model(self.original, self.deletion, self.uc.seed)
+            fresh = [p for p in start.parameters() if p.requires_grad]  # in the order of self.params
+            self._put_back({k: fresh[k].detach() for k in self.live()})
             self.stats["best_gap"] = {"gap": start_gap, "restored": True, "epoch": 0}
         self.stats["utility_check"] = {"start_gap": start_gap, "end_gap": end["gap"], "utility_loss": loss,
                                        "kept": "update" if keep else "start"}
@@ -861,11 +865,12 @@ class _Loop:
         restored = self.best["epoch"] != last["epoch"] and not self._improves(last)
         if restored:
             self._put_back_best()
-        kept = self.best if restored else {"gap": last["calibration_gap"], "epoch": last["epoch"]}
+        kept = self.best if restored else {"gap": last["calibration_gap"], "epoch": last["epoch"],
+                                           "transport": last["transport"]}
         self.stats["best_gap"] = {"gap": kept["gap"], "restored": restored, "epoch": kept["epoch"]}
         self.best.pop("state")
         if self.checks_utility:
-            self.check_utility()
+            self.check_utility(kept["transport"])
 
     def _decide(self, s: torch.Tensor, t: torch.Tensor, li: torch.Tensor):
         """The part both gate passes share: pair persistence g = σ((s − t)/T), item persistence P_i

@@ -105,7 +105,8 @@ Retrain ranks them far lower). So instead of t_u^K each pair gets its own target
                   gap sat at 0.846 for three passes and stopped the search at the start
                   (0.845 → 0.329; the other five moved by −0.007 to +0.018);
 * utility check   with ``gate.utility_weight`` λ_u > 0 the run keeps the line search's result
-                  only if it pays for itself: gap_end + λ_u·max(0, 1 − h_end/h⁰) < gap_start,
+                  only if it pays for itself: gap_end + λ_u·max(0, 1 − h_end/h⁰) < gap_start
+                  (a tie decided by the transport, as in :func:`improves`),
                   h = #{reference (valid) pairs in their user's top ``gate.top_k``} at the end
                   and at the start (:func:`keeps_update`); otherwise it returns the start.
                   The terms mirror the benchmark's retrain_distance (recall loss + forget KS)
@@ -122,7 +123,7 @@ Retrain ranks them far lower). So instead of t_u^K each pair gets its own target
                   on the way to a much smaller gap (Scientific MIG-GT interactions, seed 102:
                   0.034 → 0.195); returning the lowest-objective pass of all needs the
                   reference ranked at every pass (+48–105% time per request on Scientific,
-                  against +0–11% for one ranking at the end);
+                  against +0–11% for one forward and ranking at the end);
 * convergence     the calibration gap, sup_x |F_cur(x) − F_ref(x)|: the KS distance between
                   all deleted pairs and their target mixture (each group's reference weighted
                   by the group's size), below ε.
@@ -391,11 +392,15 @@ def objective(gap: float, loss: float, weight: float) -> float:
     return gap + weight * loss
 
 
-def keeps_update(start_gap: float, end_gap: float, loss: float, weight: float, tol: float = GAP_TOL) -> bool:
-    """The utility check: keep the update only if :func:`objective` at its end is below the
-    start's (whose utility loss is 0 by definition): end_gap + λ_u·loss < start_gap. A tie keeps
-    the start — an update that buys nothing is not worth its drift."""
-    return gap_fell(objective(end_gap, loss, weight), start_gap, tol)
+def keeps_update(start_gap: float, start_transport: float, end_gap: float, end_transport: float,
+                 loss: float, weight: float, tol: float = GAP_TOL) -> bool:
+    """The utility check: keep the update only if its end beats the start in the line search's
+    own order (:func:`improves`), with the end's gap charged for the hits it spent:
+    (end_gap + λ_u·loss, end_transport) before (start_gap, start_transport) — the start's
+    utility loss is 0 by definition. So an update that spent hits must close more gap than their
+    share (times λ_u), and one that spent none keeps what the line search kept (a tie in the gap
+    with the pairs nearer their targets)."""
+    return improves(objective(end_gap, loss, weight), end_transport, start_gap, start_transport, tol)
 
 
 def plateaued(passes_since_gap_fell: int, halvings: int, plateau: int) -> bool:
