@@ -99,6 +99,7 @@ def tiny_sweep(ray_session, tmp_path_factory):
         end_of_report = spy.mark()
         final_mtime = (out / "final.json").stat().st_mtime_ns
         report_sweep(out)  # a second report reuses the final evaluation
+        mp.delenv("TRU_DIST_SWEEP_FAULT")  # the rehearsal is over: no later test's sweep may fail by it
         yield SimpleNamespace(dir=out, error=str(failed.value), interrupted=interrupted, contexts=contexts,
                               resumed=_trial_files(out), report=report, spy=spy, end_of_sweep=end_of_sweep,
                               end_of_report=end_of_report, final_mtime=final_mtime, tuned=tuned,
@@ -522,7 +523,6 @@ def test_ctrl_c_leaves_the_sweep_unfinished_and_resume_finishes_it(ray_session, 
     from tru_dist.tune.sweep import run_sweep
 
     over = [*OVERRIDES, "--sweep.methods={reverse_bpr: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}"]
-    monkeypatch.delenv("TRU_DIST_SWEEP_FAULT", raising=False)  # the module's tiny_sweep keeps it set
     monkeypatch.setenv("TRU_DIST_SWEEP_INTERRUPT", "reverse_bpr:users-random-5pct:0:2")
     with pytest.raises(TruDistError, match=r"sweep interrupted: Ctrl\+C during reverse_bpr on "
                                            r"users-random-5pct .*--resume") as stopped:
@@ -601,7 +601,6 @@ def test_an_outside_sigusr1_leaves_the_sweep_unfinished(ray_session, tmp_path, m
     from tru_dist.tune.sweep import run_sweep
 
     over = [*OVERRIDES, "--sweep.methods={reverse_bpr: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}"]
-    monkeypatch.delenv("TRU_DIST_SWEEP_FAULT", raising=False)  # the module's tiny_sweep keeps it set
     monkeypatch.setenv("TRU_DIST_SWEEP_INTERRUPT", "SIGUSR1:reverse_bpr:users-random-5pct:0:2")
     with pytest.raises(TruDistError, match=r"sweep interrupted: a stop signal during reverse_bpr on "
                                            r"users-random-5pct .*--resume"):
