@@ -333,27 +333,23 @@ def test_a_run_folder_is_refused_as_originals_cache_or_output(tmp_path, tiny_dat
 
 
 def test_a_cache_miss_beside_other_keys_says_why_it_trains_afresh(tmp_path, tiny_data, capsys):
-    """An ``--originals`` folder filled by another configuration or tru-dist version holds files
-    for the same model and seed under other keys: the run must say why it trains anyway (it
-    used to retrain silently, which read as a broken cache). A plain first run says nothing;
-    Retrain's files are not counted as originals', nor the other way round."""
+    """An ``--originals`` folder filled by another configuration or tru-dist version holds
+    originals of the same model and seed under other keys: the run must say why it trains anyway
+    (it used to retrain silently, which read as a broken cache). A plain first run says nothing,
+    nor does one beside another seed's original or a cached Retrain."""
     from tru_dist.compare import _cache_path, note_cache_miss
 
     cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny"])
     path = _cache_path(str(tmp_path), "", cfg, tiny_data)
-    assert note_cache_miss(path, "original") == [] and capsys.readouterr().out == ""
-    old_retrain = tmp_path / "retrain-lightgcn-seed0-0123456789abcdef0123.pt"
-    old_retrain.write_bytes(b"")
+    assert note_cache_miss(path) == [] and capsys.readouterr().out == ""
+    (tmp_path / "retrain-lightgcn-seed0-0123456789abcdef0123.pt").write_bytes(b"")
     (tmp_path / "lightgcn-seed1-0123456789abcdef0123.pt").write_bytes(b"")  # another seed
-    assert note_cache_miss(path, "original") == [] and capsys.readouterr().out == ""
+    assert note_cache_miss(path) == [] and capsys.readouterr().out == ""
     stale = tmp_path / "lightgcn-seed0-0123456789abcdef0123.pt"
     stale.write_bytes(b"")
-    assert note_cache_miss(path, "original") == [stale]
+    assert note_cache_miss(path) == [stale]
     said = capsys.readouterr().out
     assert "no cached original" in said and "1 file(s) lightgcn-seed0-*.pt" in said
     assert "training it afresh" in said
     path.write_bytes(b"")  # the run's own key present: a hit, nothing to say
-    assert note_cache_miss(path, "original") == [] and capsys.readouterr().out == ""
-    retrain_path = _cache_path(str(tmp_path), "retrain-", cfg, tiny_data)
-    assert note_cache_miss(retrain_path, "Retrain") == [old_retrain]
-    assert "no cached Retrain" in capsys.readouterr().out
+    assert note_cache_miss(path) == [] and capsys.readouterr().out == ""

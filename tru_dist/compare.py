@@ -203,18 +203,19 @@ def _original_key(cfg: Config, data) -> str:
     return hashlib.sha256(blob + hashlib.sha256(pairs + labels).digest()).hexdigest()[:20]
 
 
-def note_cache_miss(path: Path | None, what: str) -> list[Path]:
-    """Say why a cached ``what`` (``original`` or ``Retrain``) is trained afresh although
-    ``path``'s folder holds files for the same model and seed: each file name carries a key of
-    the configuration, the data and the split (``_original_key``), so another configuration, data
-    set or tru-dist version whose key differs misses the cache. Returns those files (empty: a plain
-    first run, nothing said)."""
+def note_cache_miss(path: Path | None) -> list[Path]:
+    """Say why an original is trained afresh although ``path``'s folder holds originals of the
+    same model and seed: each file name carries a key of the configuration and the data
+    (``_original_key``), so another configuration, data set or tru-dist version whose key differs
+    misses the cache. Returns those files (empty: a plain first run, nothing said). Not for
+    Retrain: its key is D_r's, so every regime of one data set has its own, and a miss beside
+    them is the normal case."""
     if path is None or path.exists():
         return []
-    head = re.match(r".*?-seed\d+-", path.name).group(0)  # "<prefix><model>-seed<seed>-" (any W suffix)
+    head = re.match(r".*?-seed\d+-", path.name).group(0)  # "<model>-seed<seed>-" (any W suffix)
     others = sorted(p for p in path.parent.glob(f"{head}*.pt") if p != path)
     if others:
-        _log(f"no cached {what} for this configuration and data in {path.parent} ({len(others)} file(s) "
+        _log(f"no cached original for this configuration and data in {path.parent} ({len(others)} file(s) "
              f"{head}*.pt there were made with another configuration, data set or tru-dist version): "
              f"training it afresh; delete those files if they are stale")
     return others
@@ -245,7 +246,7 @@ def train_original(cfg: Config, data, cache: str | None):
         model.load_state_dict(local_state(model, blob["state"], lo, hi))
         model.eval()
         return model, graph, float(blob["seconds"]), dict(blob["info"])
-    note_cache_miss(path, "original")
+    note_cache_miss(path)
     t0 = time.perf_counter()
     model, graph, result = fit(cfg, data, book=book, rank=rank)
     seconds = time.perf_counter() - t0
@@ -287,7 +288,6 @@ def cached_retrain(cfg: Config, deletion, cache: str | None):
         model.load_state_dict(local_state(model, blob["state"], lo, hi))
         model.eval()
         return UnlearnResult(model, {**blob["stats"], "cached": True}, float(blob["seconds"]))
-    note_cache_miss(path, "Retrain")
     result = get_method("retrain").unlearn(None, deletion, cfg)
     if path is not None:
         state = gather_state(result.model) if collectives.is_distributed() else result.model.state_dict()
