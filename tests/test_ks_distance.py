@@ -28,3 +28,12 @@ def test_no_warning_where_scipy_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ks_distance(a, b) == expected == 0.2
+
+
+def test_a_two_dimensional_sample_is_refused_in_one_line():
+    """A 2-D sample used to reach ks_2samp and fail there ("Array shapes are incompatible for
+    broadcasting"); the metric is over one sample of ranks, so it is refused by name, with the fix."""
+    shapes = r"\(got shapes \(2, 2\) and \(3,\)\)"
+    with pytest.raises(ValueError, match=r"^ks_distance: both samples must be 1-D " + shapes):
+        ks_distance(np.ones((2, 2)), np.arange(3.0))
+    assert ks_distance(np.array([[0.1, 0.2, 0.3]]).ravel(), np.array([0.25, 0.35])) == 2 / 3

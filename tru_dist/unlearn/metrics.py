@@ -133,12 +133,16 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     from scipy.stats import ks_2samp
 
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.ndim != 1 or b.ndim != 1:
+        raise ValueError(f"ks_distance: both samples must be 1-D (got shapes {a.shape} and {b.shape}); "
+                         "pass each sample's values flattened, e.g. x.ravel()")
     if len(a) == 0 or len(b) == 0:
         return 0.0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful",
                                 category=RuntimeWarning)
-        return float(ks_2samp(np.asarray(a, float), np.asarray(b, float)).statistic)
+        return float(ks_2samp(a, b).statistic)
 
 
 def retrain_distance(recall: float, retrain_recall: float, forget_ks: float) -> float:
