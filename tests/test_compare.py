@@ -353,3 +353,20 @@ def test_a_cache_miss_beside_other_keys_says_why_it_trains_afresh(tmp_path, tiny
     assert "training it afresh" in said
     path.write_bytes(b"")  # the run's own key present: a hit, nothing to say
     assert note_cache_miss(path) == [] and capsys.readouterr().out == ""
+
+
+def test_train_original_says_why_it_misses_a_cache_of_other_keys(tmp_path, tiny_data, capsys):
+    """The line reaches the user from the training path itself, not just from the helper:
+    ``train_original`` with a stale original of the same model and seed beside it says so, trains,
+    and caches under its own key; the second call is a silent hit on that key."""
+    from tru_dist.compare import _cache_path, train_original
+
+    cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny", "train.epochs=2"])
+    stale = tmp_path / "lightgcn-seed0-0123456789abcdef0123.pt"
+    stale.write_bytes(b"")
+    train_original(cfg, tiny_data, str(tmp_path))
+    said = capsys.readouterr().out
+    assert "no cached original" in said and "training it afresh" in said
+    assert _cache_path(str(tmp_path), "", cfg, tiny_data).exists()
+    train_original(cfg, tiny_data, str(tmp_path))
+    assert "no cached original" not in capsys.readouterr().out
