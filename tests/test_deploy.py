@@ -139,6 +139,39 @@ def test_local_address_starts_a_fresh_ray_and_auto_joins(monkeypatch):
     assert __import__("os").environ["RAY_AUTH_MODE"] == "disabled"  # only for the loopback head
 
 
+def test_a_local_ray_without_dashboard_quiets_the_state_api_poller(monkeypatch):
+    """Without a dashboard there is no State API, and Ray Train's placement-group cleaner warned
+    once a second through to the driver (20 lines at the end of ``make demo``). The local head
+    without a dashboard installs the hook that mutes it; with a dashboard the API is there and
+    nothing is muted."""
+    import importlib
+    import logging
+
+    from tru_dist.distributed.launch import PLACEMENT_GROUP_CLEANER_LOGGER, connect, quiet_state_api_pollers
+
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    connect("local")
+    hook = fake.calls[-1]["runtime_env"]["worker_process_setup_hook"]
+    assert hook == "tru_dist.distributed.launch.quiet_state_api_pollers"
+    connect("local", dashboard=True)
+    assert "runtime_env" not in fake.calls[-1]
+    connect("auto")  # a cluster's logging is its own
+    assert "runtime_env" not in fake.calls[-1]
+    monkeypatch.undo()
+
+    # the name is the logger Ray's cleaner module logs through (a rename would mute nothing)
+    cleaner = importlib.import_module(PLACEMENT_GROUP_CLEANER_LOGGER)
+    assert cleaner.logger.name == PLACEMENT_GROUP_CLEANER_LOGGER
+    before = cleaner.logger.level
+    try:
+        quiet_state_api_pollers()
+        assert not cleaner.logger.isEnabledFor(logging.WARNING)
+        assert cleaner.logger.isEnabledFor(logging.ERROR)
+    finally:
+        cleaner.logger.setLevel(before)
+
+
 def test_no_private_ray_api_anywhere():
     private = "ray." + "_private"
     files = [p for d in ("tru_dist", "jobs", "tests") for p in (REPO / d).rglob("*.py")]

@@ -55,6 +55,10 @@ if TYPE_CHECKING:
     from tru_dist.distributed.pool import WorkerPool
 
 LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "GLOO_SOCKET_IFNAME": "lo"}
+#: Ray Train's detached placement-group cleaner polls the State API every second to learn
+#: whether the train controller died; the State API is served by the dashboard, so on a local
+#: Ray started without one every poll fails and logs a warning through to the driver
+PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
 def uses_ray(cfg: Config) -> bool:
@@ -133,11 +137,25 @@ def connect(address: str, dashboard: bool = False) -> None:
     if address == "local":
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)
+        quiet = {} if dashboard else {"runtime_env": {
+            "worker_process_setup_hook": f"{__name__}.quiet_state_api_pollers"}}
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 configure_logging=False, log_to_driver=True)
+                 configure_logging=False, log_to_driver=True, **quiet)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=address, configure_logging=False)
+
+
+def quiet_state_api_pollers() -> None:
+    """Worker setup hook of a local Ray started without its dashboard: Ray Train's placement-group
+    cleaner (``PLACEMENT_GROUP_CLEANER_LOGGER``) logs only errors. Without the dashboard its
+    State API query fails every second and it warns each time ("Failed to query Ray Train
+    Controller actor state") — dozens of lines at the end of ``tru-dist demo`` that say nothing
+    about the run. What it guards (a placement group left behind by a dead controller) cannot
+    outlive a local instance, which dies with this process."""
+    import logging
+
+    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def worker_env(address: str) -> dict[str, str]:
