@@ -138,7 +138,7 @@ def connect(address: str, dashboard: bool = False) -> None:
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)
         quiet = {} if dashboard else {"runtime_env": {
-            "worker_process_setup_hook": f"{__name__}.quiet_state_api_pollers"}}
+            "worker_process_setup_hook": f"{__name__}.{quiet_state_api_pollers.__name__}"}}
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  configure_logging=False, log_to_driver=True, **quiet)
     else:
@@ -151,8 +151,10 @@ def quiet_state_api_pollers() -> None:
     cleaner (``PLACEMENT_GROUP_CLEANER_LOGGER``) logs only errors. Without the dashboard its
     State API query fails every second and it warns each time ("Failed to query Ray Train
     Controller actor state") — dozens of lines at the end of ``tru-dist demo`` that say nothing
-    about the run. What it guards (a placement group left behind by a dead controller) cannot
-    outlive a local instance, which dies with this process."""
+    about the run. Muting them loses nothing: without the State API the cleaner cannot see a
+    dead controller anyway, and any placement group it would free dies with this local
+    instance. (A sweep with W > 1 needs the cleaner to act, so it starts the dashboard —
+    :func:`tru_dist.tune.adapter.require_state_api` — and is not muted.)"""
     import logging
 
     logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
