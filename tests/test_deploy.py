@@ -5,6 +5,7 @@ as the numerical reference for LightGCN propagation."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -139,37 +140,67 @@ def test_local_address_starts_a_fresh_ray_and_auto_joins(monkeypatch):
     assert __import__("os").environ["RAY_AUTH_MODE"] == "disabled"  # only for the loopback head
 
 
-def test_a_local_ray_without_dashboard_quiets_the_state_api_poller(monkeypatch):
+def test_a_local_ray_without_dashboard_quiets_ray_trains_chatter(monkeypatch):
     """Without a dashboard there is no State API, and Ray Train's placement-group cleaner warned
-    once a second through to the driver (20 lines at the end of ``make demo``). The local head
-    without a dashboard installs the hook that mutes it; with a dashboard the API is there and
-    nothing is muted."""
+    once a second through to the driver (20 lines at the end of ``make demo``); its per-report
+    INFO lines doubled every epoch line. The local head without a dashboard installs the hook
+    that mutes them; with a dashboard nothing is muted, and a joined cluster's logging is its
+    own. Every local head turns the preemption watcher off (an error-level line per W > 1 run)."""
     import importlib
     import logging
+    import logging.config
 
-    from tru_dist.distributed.launch import PLACEMENT_GROUP_CLEANER_LOGGER, connect, quiet_state_api_pollers
+    from tru_dist.distributed import launch
 
     fake = _FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
+    for name in launch.LOCAL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    connect = launch.connect
     connect("local")
     hook = fake.calls[-1]["runtime_env"]["worker_process_setup_hook"]
-    assert hook == "tru_dist.distributed.launch.quiet_state_api_pollers"
+    assert hook == "tru_dist.distributed.launch.quiet_local_ray_train"
+    assert os.environ[launch.PREEMPTION_WATCHER_ENV] == "0"
     connect("local", dashboard=True)
     assert "runtime_env" not in fake.calls[-1]
     connect("auto")  # a cluster's logging is its own
     assert "runtime_env" not in fake.calls[-1]
     monkeypatch.undo()
 
-    # the name is the logger Ray's cleaner module logs through (a rename would mute nothing)
-    cleaner = importlib.import_module(PLACEMENT_GROUP_CLEANER_LOGGER)
-    assert cleaner.logger.name == PLACEMENT_GROUP_CLEANER_LOGGER
-    before = cleaner.logger.level
+    # the names are those Ray reads and logs through (a rename would mute nothing)
+    constants = importlib.import_module("ray.train.v2._internal.constants")
+    assert constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR == launch.PREEMPTION_WATCHER_ENV
+    assert launch.PREEMPTION_WATCHER_ENV in constants.ENV_VARS_TO_PROPAGATE  # reaches the controller
+    names = (launch.PLACEMENT_GROUP_CLEANER_LOGGER, *launch.REPORT_LOGGER_MODULES)
+    loggers = [importlib.import_module(name).logger for name in names]
+    assert loggers[0].name == launch.PLACEMENT_GROUP_CLEANER_LOGGER
+    for name, lg in zip(names[1:], loggers[1:], strict=True):
+        assert lg.name in launch.logger_names(name)
+
+    def passes(lg: logging.Logger, level: int) -> bool:
+        record = lg.makeRecord(lg.name, level, __file__, 1, "message", (), None)
+        return lg.isEnabledFor(level) and bool(lg.filter(record))
+
+    train = logging.getLogger("ray.train")
+    saved = (train.level, train.propagate, list(train.handlers))
     try:
-        quiet_state_api_pollers()
-        assert not cleaner.logger.isEnabledFor(logging.WARNING)
-        assert cleaner.logger.isEnabledFor(logging.ERROR)
+        launch.quiet_local_ray_train()
+        launch.quiet_local_ray_train()  # twice: one filter each
+        # what a Ray Train worker does after the hook: its dictConfig resets child loggers' levels
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
+                                   "loggers": {"ray.train": {"level": "DEBUG", "propagate": False}}})
+        cleaner, *reporters = loggers
+        assert not passes(cleaner, logging.WARNING) and passes(cleaner, logging.ERROR)
+        for lg in reporters:
+            assert not passes(lg, logging.INFO) and passes(lg, logging.WARNING)
+        assert all(sum(isinstance(f, launch.MinimumLevel) for f in lg.filters) == 1 for lg in loggers)
     finally:
-        cleaner.logger.setLevel(before)
+        for lg in loggers:
+            for f in [f for f in lg.filters if isinstance(f, launch.MinimumLevel)]:
+                lg.removeFilter(f)
+        train.setLevel(saved[0])
+        train.propagate = saved[1]
+        train.handlers[:] = saved[2]
 
 
 def test_no_private_ray_api_anywhere():

@@ -38,6 +38,7 @@ joined cluster (``auto``, ``ray://``) keeps whatever ``RAY_AUTH_MODE`` its nodes
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -54,11 +55,26 @@ from tru_dist.errors import ConfigError, TruDistError
 if TYPE_CHECKING:
     from tru_dist.distributed.pool import WorkerPool
 
-LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "GLOO_SOCKET_IFNAME": "lo"}
+#: Ray Train's preemption watcher is off on a local head: it watches for cloud nodes being
+#: drained, which one machine's in-process instance cannot be, and creating it printed an
+#: error-level line ("core_worker.cc ... PreemptionWatcher ... has constructor arguments in the
+#: object store and max_restarts > 0") in every W > 1 run, `make demo` included
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "GLOO_SOCKET_IFNAME": "lo",
+             PREEMPTION_WATCHER_ENV: "0"}
 #: Ray Train's detached placement-group cleaner polls the State API every second to learn
 #: whether the train controller died; the State API is served by the dashboard, so on a local
 #: Ray started without one every poll fails and logs a warning through to the driver
 PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+#: Ray Train's loggers of one INFO line per ``ray.train.report`` call: "Reporting training result
+#: N: TrainingReport(...)" with the whole metrics dict, and "Checkpoint successfully created at"
+#: — two lines per epoch per worker that repeat what tru-dist's own epoch line says. The modules
+#: that log them; one names its logger by its file (``logging.getLogger(__file__)``), so
+#: :func:`logger_names` gives both spellings
+REPORT_LOGGER_MODULES = (
+    "ray.train.v2._internal.execution.context",
+    "ray.train.v2._internal.execution.storage",
+)
 
 
 def uses_ray(cfg: Config) -> bool:
@@ -138,7 +154,7 @@ def connect(address: str, dashboard: bool = False) -> None:
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)
         quiet = {} if dashboard else {"runtime_env": {
-            "worker_process_setup_hook": f"{__name__}.{quiet_state_api_pollers.__name__}"}}
+            "worker_process_setup_hook": f"{__name__}.{quiet_local_ray_train.__name__}"}}
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  configure_logging=False, log_to_driver=True, **quiet)
     else:
@@ -146,18 +162,52 @@ def connect(address: str, dashboard: bool = False) -> None:
         ray.init(address=address, configure_logging=False)
 
 
-def quiet_state_api_pollers() -> None:
-    """Worker setup hook of a local Ray started without its dashboard: Ray Train's placement-group
-    cleaner (``PLACEMENT_GROUP_CLEANER_LOGGER``) logs only errors. Without the dashboard its
-    State API query fails every second and it warns each time ("Failed to query Ray Train
-    Controller actor state") — dozens of lines at the end of ``tru-dist demo`` that say nothing
-    about the run. Muting them loses nothing: without the State API the cleaner cannot see a
-    dead controller anyway, and any placement group it would free dies with this local
-    instance. (A sweep with W > 1 needs the cleaner to act, so it starts the dashboard —
-    :func:`tru_dist.tune.adapter.require_state_api` — and is not muted.)"""
-    import logging
+def quiet_local_ray_train() -> None:
+    """Worker setup hook of a local Ray started without its dashboard (``tru-dist demo``, local
+    ``compare``/``train --address local``): Ray Train's chatter that says nothing about the run
+    is muted, its warnings and errors are kept.
 
-    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
+    * The placement-group cleaner (``PLACEMENT_GROUP_CLEANER_LOGGER``) logs only errors. Without
+      the dashboard its State API query fails every second and it warns each time ("Failed to
+      query Ray Train Controller actor state") — dozens of lines at the end of ``make demo``.
+      Muting them loses nothing: without the State API the cleaner cannot see a dead controller
+      anyway, and any placement group it would free dies with this local instance. (A sweep with
+      W > 1 needs the cleaner to act, so it starts the dashboard —
+      :func:`tru_dist.tune.adapter.require_state_api` — and is not muted.)
+    * The per-report loggers (``REPORT_LOGGER_MODULES``) log warnings and above: each epoch's INFO
+      lines "Reporting training result ..." and "Checkpoint successfully created at ..." repeat
+      tru-dist's own epoch line; the checkpoints stay where they were (the run's Ray storage,
+      ``--storage``).
+
+    Each is muted with a :class:`MinimumLevel` filter, not ``setLevel``: a Ray Train worker
+    configures the ``ray.train`` logger with ``logging.config.dictConfig`` after this hook runs,
+    which resets every existing child logger's level to NOTSET but leaves its filters."""
+    for name, level in ((PLACEMENT_GROUP_CLEANER_LOGGER, logging.ERROR),
+                        *((n, logging.WARNING) for m in REPORT_LOGGER_MODULES for n in logger_names(m))):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MinimumLevel) for f in logger.filters):  # a hook may run twice
+            logger.addFilter(MinimumLevel(level))
+
+
+class MinimumLevel(logging.Filter):
+    """A logger filter that drops records below ``level`` (a level that outlives ``dictConfig``)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def logger_names(module: str) -> tuple[str, str]:
+    """The two names a Ray module's logger may have: its dotted name (``getLogger(__name__)``,
+    Ray's usual) and its source file (``getLogger(__file__)``), the latter found from the
+    installed ``ray`` package without importing ``module`` (which costs ~0.6 s per worker)."""
+    import ray
+
+    path = Path(ray.__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return module, str(path)
 
 
 def worker_env(address: str) -> dict[str, str]:
