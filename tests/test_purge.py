@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tru_dist.cli import main
-from tru_dist.data.store import read_meta, read_store, store_orphans, write_revision, write_store
+from tru_dist.data.store import read_meta, read_store, revision, store_orphans, write_revision, write_store
 from tru_dist.errors import ConfigError
 from tru_dist.unlearn.keyhash import SECRET_ENV, SECRET_FILE_ENV, KeyedHasher, default_secret_path
 
@@ -155,3 +155,39 @@ def test_the_ledger_secret_is_created_private_and_refused_when_exposed(tmp_path,
     monkeypatch.delenv(SECRET_ENV)
     monkeypatch.setenv(SECRET_FILE_ENV, str(own))
     assert KeyedHasher().key_id == KeyedHasher(b"my-own-deployment-secret-value").key_id
+
+
+def test_a_ledger_is_refused_on_a_store_its_run_was_not_trained_on(tmp_path, trained, capsys):
+    """Receipts hash (user id, item id) pairs, and another store's rows with the same ids match
+    them: purging that store with this ledger deleted its rows without a word. Refused, before
+    anything is written; the run's own store still purges."""
+    store, run, req, deleted = trained
+    out = tmp_path / "out"
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out),
+                 "--unlearn.epochs=1"]) == 0
+    other = tmp_path / "other"
+    assert main(["data", "synth", "--format", "store", "--out", str(other), "--users", "80", "--items", "50",
+                 "--modalities", "image:8,text:4", "--seed", "5"]) == 0
+    capsys.readouterr()
+    shared = _pairs(other / "interactions.parquet") & deleted
+    assert shared  # ids alone match: without the check these rows of `other` would go
+    assert main(["data", "purge", "--data", str(other), "--ledger", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and f"pass --data {store}" in err[0]
+    assert revision(read_meta(other)) == 1 and shared <= _pairs(other / "interactions.parquet")
+
+    tiny_run = tmp_path / "tiny-run"
+    assert main(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(tiny_run),
+                 "--train.epochs=1", "--model.dim=8"]) == 0
+    tiny_req = tmp_path / "tiny.csv"
+    pd.DataFrame({"request_id": ["t"], "user_id": [3], "item_id": pd.array([None], dtype="Int64"),
+                  "reason": "x"}).to_csv(tiny_req, index=False)
+    assert main(["unlearn", "--run", str(tiny_run), "--requests", str(tiny_req), "--out",
+                 str(tmp_path / "tiny-out"), "--unlearn.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["data", "purge", "--data", str(store), "--ledger", str(tmp_path / "tiny-out")]) == 2
+    assert "trained on 'synthetic:tiny'" in capsys.readouterr().err
+    assert revision(read_meta(store)) == 1
+
+    assert main(["data", "purge", "--data", str(store), "--ledger", str(out)]) == 0  # its own store
+    assert deleted.isdisjoint(_pairs(store / read_meta(store)["interactions_file"]))

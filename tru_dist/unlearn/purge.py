@@ -126,9 +126,46 @@ def set_purge(ledger: DeletionLedger, receipt: dict, record: dict[str, Any]) -> 
     return ledger.update(receipt["receipt_id"], purge=entries + [record])
 
 
+def check_ledger_matches_store(ledger: DeletionLedger, store: str | Path) -> None:
+    """Refuse a purge whose ledger belongs to a run trained on other data (a one-line ConfigError).
+
+    A receipt holds keyed hashes of (user id, item id) pairs, and ids are only positions: another
+    store's rows with the same ids match them, so purging store B with the ledger of a run
+    trained on store A silently deletes B's rows that happen to share A's ids (a campaign did
+    exactly that: 14 rows of an unrelated store). The run folder that holds the ledger names its
+    data (``config.yaml``: ``data.path``, found as every command on the run finds it —
+    :func:`tru_dist.data.location.locate_data`); that must be ``store``. A bare ``ledger.jsonl``
+    outside a run folder names no data and is not checked."""
+    import yaml
+
+    from tru_dist.config import is_folder_path
+    from tru_dist.data.location import locate_data
+    from tru_dist.train.checkpoint import CONFIG_FILE
+
+    config = Path(ledger.run_dir) / CONFIG_FILE
+    if not config.is_file():
+        return
+    try:
+        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        return  # an unreadable config names nothing to compare with; the run's own commands say why
+    path = data.get("path")
+    if not is_folder_path(path):
+        raise ConfigError(f"the run that holds {ledger.path} was trained on '{path}', not on the store "
+                          f"{store}: its receipts name ids of other data, and purging would delete whatever "
+                          f"rows of {store} share them; pass the ledger of a run trained on {store}")
+    own = Path(locate_data(path, data.get("resolved_path")))
+    if own.resolve() != Path(store).resolve():
+        raise ConfigError(f"{ledger.path} records deletions from the store {own}, not from {store}: purging "
+                          f"{store} with it would delete rows that only share their ids; pass --data {own}, "
+                          f"or the ledger of a run trained on {store}")
+
+
 def purge_all_receipts(store: str | Path, ledger: DeletionLedger, *,
                        keep_versions: int = 0) -> dict[str, Any]:
-    """``tru-dist data purge``: purge the store, then record it in every receipt of the ledger."""
+    """``tru-dist data purge``: purge the store, then record it in every receipt of the ledger
+    (after :func:`check_ledger_matches_store`)."""
+    check_ledger_matches_store(ledger, store)
     summary = purge_store(store, ledger, keep_versions=keep_versions)
     for receipt in ledger.receipts():
         done = next((e for e in receipt.get("purge", []) if e.get("store") == summary["store"]), None)
