@@ -120,3 +120,57 @@ def test_resuming_a_multi_worker_run_on_one_worker_names_the_workers(capsys, tmp
                  "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "resume it with --workers 2" in err, err
+
+
+def _one_error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_data_commands_do_not_write_over_their_input_a_run_or_the_other_format(capsys, tmp_path):
+    """A bad-input campaign found `data poison --data D --out D` leaving D poisoned (its clean
+    data gone) and `import-mmrec --src M --out M` hiding M behind a store, both with exit 0."""
+    mm, store = tmp_path / "mm", tmp_path / "store"
+    assert main(["data", "synth", "--out", str(mm), "--users", "60", "--items", "40"]) == 0
+    assert main(["data", "synth", "--format", "store", "--out", str(store), "--users", "60",
+                 "--items", "40"]) == 0
+    capsys.readouterr()
+    before = _tree(mm)
+    assert main(["data", "poison", "--data", str(mm), "--out", str(mm)]) == 2
+    assert "is the dataset this command reads" in _one_error(capsys)
+    assert main(["data", "import-mmrec", "--src", str(mm), "--out", str(mm)]) == 2
+    assert "is the dataset this command reads" in _one_error(capsys)
+    assert main(["data", "poison", "--data", str(store), "--out", str(mm)]) == 2  # a store into MMRec
+    assert "holds an MMRec dataset" in _one_error(capsys)
+    assert main(["data", "synth", "--out", str(store), "--users", "60", "--items", "40"]) == 2
+    assert "holds a tru-dist store" in _one_error(capsys)
+    assert _tree(mm) == before
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lightgcn", "--data", str(store), "--out", str(run),
+                 "--train.epochs=1", "--model.dim=8"]) == 0
+    capsys.readouterr()
+    assert main(["data", "synth", "--format", "store", "--out", str(run), "--users", "60",
+                 "--items", "40"]) == 2
+    assert "is a run folder" in _one_error(capsys)
+    # the writers' own overwrite stays: a store over a store (atomically replaced)
+    assert main(["data", "synth", "--format", "store", "--out", str(store), "--users", "70",
+                 "--items", "40"]) == 0
+
+
+def test_train_refuses_to_replace_a_run_without_resume(capsys, tmp_path):
+    """`train --out RUN` on a trained run retrained there and replaced it, exit 0."""
+    run = tmp_path / "run"
+    args = ["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(run), "--model.dim=8"]
+    assert main([*args, "--train.epochs=1"]) == 0
+    capsys.readouterr()
+    before = (run / "checkpoint.pt").read_bytes()
+    assert main([*args, "--train.epochs=2", "--seed", "3"]) == 2
+    assert "pass --resume to continue it" in _one_error(capsys)
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert main([*args, "--train.epochs=2", "--resume"]) == 0  # continuing it is what --resume is for

@@ -179,6 +179,36 @@ def _build_cfg(args: argparse.Namespace, overrides: list[str]):
     return cfg
 
 
+def _check_data_out(out: str | Path, writes: str, source: str | Path | None = None) -> None:
+    """Refuse a data command's ``--out`` that would replace what it must not (one-line errors):
+
+    * the dataset the command reads (``source``): the input would be overwritten by what was
+      made of it — ``data poison --data D --out D`` left D poisoned and its clean data gone;
+    * a run folder (it holds a checkpoint): a dataset written there mixes with the run's files;
+    * a dataset of the other format (``writes`` is ``store`` or ``mmrec``): a store written into
+      an MMRec folder hides the MMRec data behind ``META.json`` (and the other way round).
+
+    Writing a store over a store, or MMRec files over an MMRec folder, stays allowed: the
+    writers replace one atomically (``write_store``, ``write_mmrec``)."""
+    from tru_dist.data.store import is_store
+    from tru_dist.train.checkpoint import refuse_run_folder
+
+    out = Path(out)
+    if source is not None and not str(source).startswith("synthetic") and out.exists() \
+            and out.resolve() == Path(source).resolve():
+        raise TruDistError(f"--out {out} is the dataset this command reads; writing there would replace it "
+                           "with what was made of it: pass a new folder")
+    refuse_run_folder(out, "--out")
+    if not out.is_dir():
+        return
+    if writes == "store" and any(out.glob("*.inter")) and not is_store(out):
+        raise TruDistError(f"--out {out} holds an MMRec dataset (*.inter); a store written there would "
+                           "hide it: pass a new folder")
+    if writes == "mmrec" and is_store(out):
+        raise TruDistError(f"--out {out} holds a tru-dist store; MMRec files written there would be "
+                           "hidden by its META.json: pass a new folder")
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -201,6 +231,7 @@ def cmd_data(args, overrides) -> int:
             if getattr(args, flag) is not None:
                 raise TruDistError(f"--{flag.replace('_', '-')} belongs to the scale generator;"
                                    " add --interactions K")
+        _check_data_out(args.out, "store" if args.format == "store" else "mmrec")
         data = generate_synthetic(n_users=args.users, n_items=args.items, modalities=mods, seed=args.seed)
         if args.format == "store":
             from tru_dist.data.store import write_store
@@ -213,6 +244,7 @@ def cmd_data(args, overrides) -> int:
         from tru_dist.data.mmrec import read_mmrec
         from tru_dist.data.store import write_store
 
+        _check_data_out(args.out, "store", source=args.src)
         data = read_mmrec(args.src)
         write_store(data, args.out)
         _print_json(data.summary())
@@ -234,6 +266,7 @@ def cmd_data(args, overrides) -> int:
         from tru_dist.data.poison import inject_poison
         from tru_dist.data.store import write_store
 
+        _check_data_out(args.out, "store", source=args.data)
         data = inject_poison(open_data(args.data), fake_user_fraction=args.fake_users, n_targets=args.targets,
                              n_fillers=args.fillers, seed=args.seed)
         write_store(data, args.out)  # a store keeps meta["poison"] (which fake users to delete)
@@ -272,9 +305,25 @@ def _synth_stream(args, mods: dict[str, int]) -> int:
 def cmd_train(args, overrides) -> int:
     from tru_dist import api
 
+    if not args.resume:
+        _refuse_finished_run(Path(args.out))
     run = api.train(config=_build_cfg(args, overrides), out=args.out, resume=args.resume)
     _print_json({k: v for k, v in run.metrics.items() if k not in ("config", "history")})
     return 0
+
+
+def _refuse_finished_run(out: Path) -> None:
+    """``train --out RUN`` without ``--resume`` on a folder that holds a checkpoint (a finished or
+    interrupted run, at any W) is refused: training afresh there replaced the run without a word."""
+    from tru_dist.errors import ConfigError
+    from tru_dist.train.checkpoint import refuse_run_folder
+
+    try:
+        refuse_run_folder(out, "--out")
+    except ConfigError:
+        raise TruDistError(f"--out {out} already holds a run (a checkpoint); pass --resume to continue it, "
+                           "or a new --out to train afresh (delete that folder first to retrain in its "
+                           "place)") from None
 
 
 def cmd_evaluate(args, overrides) -> int:

@@ -165,6 +165,7 @@ def purge_all_receipts(store: str | Path, ledger: DeletionLedger, *,
                        keep_versions: int = 0) -> dict[str, Any]:
     """``tru-dist data purge``: purge the store, then record it in every receipt of the ledger
     (after :func:`check_ledger_matches_store`)."""
+    check_purgeable(store)  # what the store is, said first
     check_ledger_matches_store(ledger, store)
     summary = purge_store(store, ledger, keep_versions=keep_versions)
     for receipt in ledger.receipts():
