@@ -174,3 +174,30 @@ def test_train_refuses_to_replace_a_run_without_resume(capsys, tmp_path):
     assert "pass --resume to continue it" in _one_error(capsys)
     assert (run / "checkpoint.pt").read_bytes() == before
     assert main([*args, "--train.epochs=2", "--resume"]) == 0  # continuing it is what --resume is for
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs Linux's /proc (read-only)")
+def test_an_output_path_that_cannot_be_written_is_one_line(capsys):
+    """Unwritable outputs ended in a PermissionError / FileNotFoundError traceback in every writing
+    command; /proc refuses new entries even to root."""
+    assert main(["data", "synth", "--out", "/proc/tru-dist-test/d", "--users", "60", "--items", "40"]) == 2
+    line = _one_error(capsys)
+    assert "/proc/tru-dist-test" in line and "TRU_DIST_TRACEBACK=1" in line
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
+    """`tru-dist recommend ... | head -1` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(run),
+                 "--train.epochs=1", "--model.dim=8"]) == 0
+    users = ",".join(str(u) for u in range(200))
+    cmd = [sys.executable, "-m", "tru_dist.cli", "recommend", "--run", str(run), "--users", users,
+           "--k", "50"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(1) == b"["
+    proc.stdout.close()  # the reader goes away with ~100 kB still to come
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
