@@ -29,7 +29,7 @@ def is_synthetic(spec: str | None) -> bool:
 
 
 def synthetic_from_spec(spec: str) -> RecDataset:
-    from tru_dist.data.synthetic import generate_synthetic
+    from tru_dist.data.synthetic import MIN_ITEMS, MIN_USERS, generate_synthetic
 
     rest = spec[len("synthetic"):].lstrip(":")
     parts = rest.split(":") if rest else [""]
@@ -46,6 +46,12 @@ def synthetic_from_spec(spec: str) -> RecDataset:
             f"unknown synthetic spec '{spec}': use synthetic, synthetic:tiny, synthetic:small or "
             "synthetic:USERSxITEMS[:SEED] (e.g. synthetic:5000x2000)"
         ) from None
+    if n_users < MIN_USERS or n_items < MIN_ITEMS:  # the generator raised a raw numpy ValueError
+        raise DataError(
+            f"synthetic spec '{spec}' asks for {n_users} users x {n_items} items; the generator needs "
+            f"at least {MIN_USERS} user and {MIN_ITEMS} items (every user draws {MIN_ITEMS} distinct items): "
+            "use e.g. synthetic:200x120"
+        )
     return generate_synthetic(n_users=n_users, n_items=n_items, seed=seed)
 
 

@@ -24,6 +24,10 @@ import numpy as np
 
 from tru_dist.data.dataset import TEST, TRAIN, VALID, RecDataset
 
+#: the smallest sizes :func:`generate_synthetic` can make: every user draws at least 5 distinct
+#: items (no repeats), so fewer than 5 items cannot be sampled, and there must be a user
+MIN_USERS, MIN_ITEMS = 1, 5
+
 
 def split_labels(user_ids: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
     """MMRec split rule for interactions already in per-user chronological order.
