@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tru_dist.errors import ConfigError
+from tru_dist.io_utils import not_utf8
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -494,11 +495,22 @@ def record_data_location(cfg: Config) -> Config:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """The mapping in the YAML file ``path``; a missing, unreadable, non-text or non-mapping
+    file is a one-line ConfigError naming it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():  # read_text raised a raw IsADirectoryError
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file (e.g. RUN/config.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # a binary file, or UTF-16: not YAML text
+        raise ConfigError(f"config file {path} is {not_utf8(exc)}; pass a YAML file saved as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}); pass a readable "
+                          "YAML file") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -23,6 +23,12 @@ def file_in_the_way(path: str | Path) -> Path | None:
     return next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None)
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """``not UTF-8 text (byte 0xff at offset 0)``: the clause an error about a binary or UTF-16
+    file (read where UTF-8 text is expected) gives, so the user can find the bad byte."""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+
+
 def atomic_write(path: str | Path, writer: Callable[[str], None], *, fault: str | None = None) -> Path:
     """Call ``writer(tmp_path)`` then rename ``tmp_path`` onto ``path`` atomically.
 
