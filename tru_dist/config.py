@@ -326,8 +326,9 @@ class DistConfig(_Strict):
     """Ray/torch.distributed settings. ``workers=1`` is the single-process path.
 
     ``address``: ``local`` (an in-process Ray, dashboard off, loopback), ``auto`` (the
-    running cluster, e.g. inside ``ray job submit``), ``ray://host:port`` (Ray Client) or
-    ``none`` (no Ray: W local processes over gloo, or the plain call at W = 1).
+    running cluster, e.g. inside ``ray job submit``), ``ray://host:port`` (Ray Client), a running
+    cluster's GCS ``host:port`` (as ``ray.init`` takes it) or ``none`` (no Ray: W local processes
+    over gloo, or the plain call at W = 1).
     ``fault_rank``/``fault_step``: make that rank raise once at that global step (tests of
     Ray Train's restart from the last checkpoint). ``partition``: user ranges with equal
     edge counts (``balanced``) or equal user counts. ``feature_dtype``: dtype of the
@@ -339,7 +340,8 @@ class DistConfig(_Strict):
 
     workers: PosInt = 1
     gpus_per_worker: NonNegFloat = 0.0
-    address: str = "local"
+    address: Annotated[str, Valid("local, none, auto, ray://host:port (Ray Client) or a running cluster's "
+                                  "host:port")] = "local"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     storage_path: str | None = None
     max_failures: NonNegInt = 2
@@ -349,6 +351,17 @@ class DistConfig(_Strict):
     partition: Literal["balanced", "contiguous"] = "balanced"
     feature_dtype: Literal["float32", "float16"] = "float32"
     trial_groups: Literal["auto", "per-trial", "reused"] = "auto"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        """What :func:`~tru_dist.distributed.launch.connect` and ``ray.init`` take (``host`` may be
+        an ``[IPv6]``): anything else reached ``ray.init``, which raised a raw ValueError."""
+        v = str(v).strip()
+        host = r"(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+)"
+        if v in ("local", "none", "auto") or re.fullmatch(rf"ray://{host}(:\d+)?/?|{host}:\d+", v):
+            return v
+        raise ValueError(f"not a Ray address: {v!r}")
 
 
 class Config(_Strict):
