@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tru_dist.data.dataset import TRAIN, PendingDataset, RecDataset
 from tru_dist.data.schema import REQUEST_COLUMNS, REQUESTS_SCHEMA, X_LABEL_NAMES
 from tru_dist.errors import RequestError
-from tru_dist.io_utils import atomic_write
+from tru_dist.io_utils import atomic_write, not_utf8
 
 _FORMAT_HINT = "a request table has columns request_id, user_id, item_id (empty = all of the user's), reason"
 
@@ -130,6 +130,9 @@ def read_requests(path: str | Path) -> pd.DataFrame:
                              na_values={"user_id": [""], "item_id": [""]})
         else:
             raise RequestError(f"request file {path} must end in .parquet or .csv")
+    except UnicodeDecodeError as exc:  # a binary file, or a CSV saved as UTF-16
+        raise RequestError(f"request file {path} is {not_utf8(exc)}; save the CSV as UTF-8 ({_FORMAT_HINT})"
+                           ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowInvalid, OSError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise RequestError(f"request file {path} cannot be read ({reason})") from None
