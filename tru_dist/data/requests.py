@@ -26,6 +26,8 @@ from tru_dist.data.schema import REQUEST_COLUMNS, REQUESTS_SCHEMA, X_LABEL_NAMES
 from tru_dist.errors import RequestError
 from tru_dist.io_utils import atomic_write, not_utf8
 
+#: ids at or beyond this magnitude do not fit int64 (2**63, exact as a float64)
+_INT64_LIMIT = float(2**63)
 _FORMAT_HINT = "a request table has columns request_id, user_id, item_id (empty = all of the user's), reason"
 
 
@@ -98,7 +100,9 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
         num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         missing_val = pd.isna(raw).to_numpy()
         with np.errstate(invalid="ignore"):
-            not_int = ~np.isfinite(num) | (num != np.floor(num))
+            # beyond int64 (e.g. 1e20) the cast below wrapped to another id, with RuntimeWarnings
+            too_big = np.abs(num) >= _INT64_LIMIT
+            not_int = ~np.isfinite(num) | (num != np.floor(num)) | too_big
             bad = (~missing_val & not_int) | (missing_val & (not nullable))
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
@@ -106,8 +110,10 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
             if isinstance(value, np.generic):  # shown as its plain value: 0.5, not np.float64(0.5)
                 value = value.item()
             what = "empty" if missing_val[k] else repr(value)
+            why = "too large for an id (ids are int64)" if too_big[k] and not missing_val[k] \
+                else "not an integer id"
             raise RequestError(
-                f"{source}: request {out['request_id'][k]} has {col} {what}, not an integer id; fix that row"
+                f"{source}: request {out['request_id'][k]} has {col} {what}, {why}; fix that row"
             )
         vals = np.where(missing_val, 0, num).astype(np.int64)
         out[col] = pd.arrays.IntegerArray(vals, missing_val.copy()) if nullable else vals
