@@ -116,7 +116,7 @@ def _out_path(value: Any, what: str) -> Path:
 
 def load_run(path: str | Path, device: str = "auto") -> Run:
     """Open a finished run folder (train or unlearn output, any W); ``device``: auto | cpu | cuda."""
-    from tru_dist.train.checkpoint import read_run
+    from tru_dist.train.checkpoint import read_metrics, read_run
 
     path = _path(path, "run")
     if path.exists() and not path.is_dir():
@@ -125,9 +125,7 @@ def load_run(path: str | Path, device: str = "auto") -> Run:
         raise ConfigError(f"run folder {path} does not exist; pass the --out folder of a finished run")
     saved = read_run(path)
     cfg = Config.from_dict(saved["config"])
-    metrics: dict[str, Any] = {}
-    if (path / "metrics.json").is_file():
-        metrics = json.loads((path / "metrics.json").read_text())
+    metrics = read_metrics(path)
     return Run(path=path, config=cfg, metrics=metrics, world_size=int(saved.get("world_size", 1)),
                device=device)
 

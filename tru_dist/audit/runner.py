@@ -126,18 +126,16 @@ def audit_run(
     Retrain is trained here (same config, D_r). Default audits: ``mia``, plus ``user_mia``
     when users were removed and ``backdoor`` when the data is poisoned.
     """
-    import json
-
     from tru_dist.data.requests import read_requests, resolve_requests
     from tru_dist.io_utils import atomic_write_json
+    from tru_dist.train.checkpoint import read_metrics
     from tru_dist.train.trainer import load_run
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.deletion import build_deletion
     from tru_dist.unlearn.ledger import DeletionLedger, served_state
 
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = read_metrics(run_dir)
     original = original or metrics.get("source_run")
     if original is None:
         raise AuditError(f"{run_dir} does not say which run it was unlearned from (no source_run in "

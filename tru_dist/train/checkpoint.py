@@ -73,6 +73,28 @@ def refuse_run_folder(folder: str | Path | None, what: str) -> None:
                           "of its own")
 
 
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``metrics.json`` (``{}`` when it has none); a file that is not a JSON
+    object (truncated, overwritten) is a one-line CheckpointError naming it, where
+    ``json.loads`` raised a raw JSONDecodeError in evaluate/recommend/unlearn/audit."""
+    import json
+
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} cannot be read ({reason[:200]}): the run's metrics file is damaged; "
+                              f"rerun the command that wrote {run_dir}, or delete {path.name} to use the run "
+                              "without its recorded metrics") from None
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(metrics).__name__}, not the run's metrics object; "
+                              f"rerun the command that wrote {run_dir}, or delete {path.name}")
+    return metrics
+
+
 def write_run_config(out_dir: str | Path, config: dict[str, Any]) -> Path:
     """Write ``out_dir/config.yaml`` (``Config.to_dict()``) atomically; returns its path."""
     text = "# the resolved config of this run (tru-dist); reuse it with --config\n"

@@ -44,7 +44,6 @@ step. SISA is refused here (its model is a shard ensemble, see ``compare``).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, replace
@@ -284,8 +283,10 @@ def _replay(out_dir: Path, ledger: DeletionLedger, receipt: dict, store: str | N
             keep_versions: int) -> dict[str, Any]:
     """A batch applied before: its metrics and receipt; with a store, the purge is (re)done
     first — it finishes a purge a killed attempt left pending and is a no-op otherwise."""
+    from tru_dist.train.checkpoint import read_metrics
+
     metrics_path = out_dir / "metrics.json"
-    earlier = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    earlier = read_metrics(out_dir)
     if store is not None:
         from tru_dist.unlearn.purge import complete_purge
 
