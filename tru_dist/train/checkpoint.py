@@ -216,6 +216,13 @@ def read_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> d
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by this "
                               "tru-dist version's train/unlearn; retrain the run")
+    best = saved["best_model"] if isinstance(saved["best_model"], dict) else {}
+    bad = [k for k, t in best.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # evaluate/recommend/unlearn ran on it and printed NaN scores
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"checkpoint {path} holds NaN/inf parameters in {', '.join(bad[:3])}{more}: "
+                              "the model is damaged; retrain the run or restore checkpoint.pt from a backup")
     try:
         Config.from_dict(saved["config"])
     except ConfigError as exc:
