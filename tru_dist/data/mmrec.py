@@ -25,7 +25,7 @@ from tru_dist.data import validate as v
 from tru_dist.data.dataset import RecDataset
 from tru_dist.data.schema import FEATURE_SUFFIX, MMREC_COLUMNS, sequence_positions
 from tru_dist.errors import DataError
-from tru_dist.io_utils import atomic_write, atomic_write_text
+from tru_dist.io_utils import atomic_write, atomic_write_text, not_utf8
 
 _HINT = "an MMRec .inter file is tab-separated with header userID itemID rating timestamp x_label"
 
@@ -62,10 +62,14 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     """Parse and validate a ``.inter`` TSV; returns (users, items, ratings, timestamps, labels)
     in file order, all checks reported with the file's 1-based line numbers."""
     src = str(path)
+    if path.is_dir():  # a folder named <name>.inter: read_csv raised a raw IsADirectoryError
+        raise DataError(f"{src} is a folder, not a file; {_HINT}")
     if path.stat().st_size == 0:
         raise DataError(f"{src} is empty; {_HINT}")
     try:
         df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, skip_blank_lines=False, engine="c")
+    except UnicodeDecodeError as exc:  # a binary file, or one saved as UTF-16
+        raise DataError(f"{src} is {not_utf8(exc)}; save it as UTF-8 ({_HINT})") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{src}: {str(exc).strip().splitlines()[-1]}; {_HINT}") from None
     except pd.errors.EmptyDataError:
