@@ -202,6 +202,9 @@ def check_feature_matrix(arr: np.ndarray, n_items: int, source: str) -> np.ndarr
         )
     if arr.ndim != 2:
         raise DataError(f"{source} has shape {arr.shape}; item features must be a 2-D (n_items, dim) matrix")
+    if arr.shape[1] == 0:  # accepted before, then training crashed on the empty matrix (knn hash)
+        raise DataError(f"{source} has shape {arr.shape}: no feature columns; save at least one column per "
+                        "item, or remove the file to use the data without that modality")
     if arr.shape[0] != n_items:
         raise DataError(
             f"{source} has {arr.shape[0]} rows but the interactions have {n_items} items;"
