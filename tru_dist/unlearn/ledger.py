@@ -59,7 +59,7 @@ import torch
 from tru_dist.data.dataset import SPLIT_LABELS, TRAIN, RecDataset
 from tru_dist.data.requests import ForgetSet
 from tru_dist.errors import RequestError
-from tru_dist.io_utils import atomic_write, atomic_write_text
+from tru_dist.io_utils import atomic_write, atomic_write_text, not_utf8
 from tru_dist.unlearn.keyhash import SECRET_ENV, SECRET_FILE_ENV, KeyedHasher, as_digests, to_storable
 
 LEDGER_FILE = "ledger.jsonl"
@@ -190,8 +190,13 @@ class DeletionLedger:
     def receipts(self) -> list[dict]:
         if not self.path.exists():
             return []
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:  # binary content: damaged like a truncated line below
+            raise RequestError(f"{self.path} is {not_utf8(exc)}, not a JSON-lines ledger; restore the "
+                               "ledger from a backup (it is only ever rewritten atomically)") from None
         out = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     out.append(json.loads(line))
