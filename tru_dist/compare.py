@@ -543,6 +543,24 @@ def write_report(out_dir: Path, results: dict) -> str:
     return table
 
 
+def _refuse_file_as_folder(folder: str | Path | None, what: str) -> None:
+    """A one-line ConfigError when the cache folder ``folder`` is, or lies under, an existing file:
+    the first cached original then failed with a raw FileExistsError, after the comparison
+    had trained it and begun its --out."""
+    from tru_dist.io_utils import file_in_the_way
+
+    if folder is None:
+        return
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is an existing file, but it names a cache folder; pass a new "
+                          "path or an existing folder")
+    blocking = file_in_the_way(folder)
+    if blocking is not None:
+        raise ConfigError(f"{what} {folder} lies under {blocking}, which is a file, not a folder; pass a "
+                          "path whose parent folders are folders")
+
+
 def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) -> dict:
     """Run every seed, aggregate, write results.json / report.md / plots; return the results."""
     from tru_dist.train.checkpoint import refuse_run_folder
@@ -550,6 +568,7 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
     out_dir = Path(out_dir)
     refuse_run_folder(out_dir, "--out")
     refuse_run_folder(spec.originals, "--originals")
+    _refuse_file_as_folder(spec.originals, "--originals")
     check_workers(cfg, spec)
     configs = method_configs(cfg, spec)  # refuses overlapping seeds before any training
     writer = collectives.rank() == 0  # at W > 1 every rank computes the same results; rank 0 writes
