@@ -37,9 +37,9 @@ class Env:
     unlearned: Path
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> Env:
-    root = tmp_path_factory.mktemp("malformed")
+def build_env(root: Path) -> Env:
+    """The shared inputs, built in ``root``: a store, an MMRec folder, a run trained on the store
+    and that run unlearned with one request (``requests``)."""
     store, mmrec, run = root / "store", root / "mmrec", root / "run"
     assert main(["data", "synth", "--format", "store", "--out", str(store), "--users", "60", "--items", "40",
                  "--modalities", "image:8,text:4"]) == 0
@@ -56,6 +56,11 @@ def env(tmp_path_factory) -> Env:
     assert main(["unlearn", "--run", str(run), "--requests", str(requests), "--out", str(unlearned),
                  "--unlearn.epochs=1"]) == 0
     return Env(root, store, mmrec, run, requests, unlearned)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Env:
+    return build_env(tmp_path_factory.mktemp("malformed"))
 
 
 # --------------------------------------------------------------------------------------

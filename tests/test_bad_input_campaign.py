@@ -1,0 +1,260 @@
+"""Inputs a bad-input campaign found ending in a Python traceback (or in a wrong answer) are
+refused in one line.
+
+Each case hands ``tru-dist`` one damaged input — a degenerate synthetic spec, a config that is a
+folder or binary, a bogus Ray address, a request CSV that is binary or UTF-16 or names an id
+beyond int64, a truncated ``metrics.json``, an MMRec ``.inter`` that is a folder or not UTF-8, a
+feature matrix with no columns, a binary ledger, ``--originals`` naming a file, a checkpoint
+with NaN parameters — and expects exit status 2 with exactly one stderr line ``error: ...``
+naming the file or value, no traceback, and no partial ``--out``. Inputs are built as in
+:mod:`test_malformed_inputs` (its ``build_env`` and helpers; a case that damages one copies it
+first).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_malformed_inputs import Env, _checkpoint, _mmrec_copy, _pair, _run_copy, _store_copy, build_env
+
+from tru_dist.cli import main
+from tru_dist.config import Config
+from tru_dist.data.requests import normalize_requests
+from tru_dist.errors import ConfigError, RequestError
+
+BINARY = bytes(range(128, 256)) * 4  # no valid UTF-8 anywhere: 0x80 cannot start a character
+UTF16_REQUESTS = "request_id,user_id,item_id,reason\nr1,0,1,x\n".encode("utf-16")  # with its BOM
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    """The inputs of :mod:`test_malformed_inputs` (built once for this module, never modified)."""
+    return build_env(tmp_path_factory.mktemp("campaign"))
+
+
+def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], *names: str) -> str:
+    """Run ``tru-dist argv``: exit 2, one stderr line ``error: ...`` naming each of ``names``, no
+    traceback, no ``--out`` left behind (when argv has one that did not exist before)."""
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+    existed = out is not None and out.exists()
+    capsys.readouterr()
+    rc = main(argv)
+    stdout, stderr = capsys.readouterr()
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    assert rc == 2, f"exit {rc}, stdout {stdout[:300]!r}, stderr {stderr[-600:]!r}"
+    assert len(lines) == 1 and lines[0].startswith("error:"), f"stderr was {stderr!r}"
+    assert "Traceback" not in stdout + stderr
+    for name in names:
+        assert name in lines[0], f"{lines[0]!r} does not name {name!r}"
+    if out is not None and not existed:
+        assert not out.exists(), f"partial output left: {sorted(p.name for p in out.rglob('*'))}"
+    return lines[0]
+
+
+def _train(data: str | Path, tmp: Path, *extra: str) -> list[str]:
+    return ["train", "--model", "lightgcn", "--data", str(data), "--out", str(tmp / "out"),
+            "--train.epochs=1", "--model.dim=8", "--address", "none", "--device", "cpu", *extra]
+
+
+# -- 1. degenerate synthetic specs -----------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["synthetic:0x5", "synthetic:1x1", "synthetic:-5x10", "synthetic:40x4"])
+def test_a_synthetic_spec_below_the_generators_minimum_is_refused(spec, tmp_path, capsys):
+    one_line_error(_train(spec, tmp_path), capsys, spec, "at least 1 user and 5 items")
+
+
+def test_the_smallest_synthetic_spec_named_in_the_message_is_generated():
+    from tru_dist.data.source import synthetic_from_spec
+
+    data = synthetic_from_spec("synthetic:1x5")
+    assert (data.n_users, data.n_items) == (1, 5)
+
+
+# -- 2. --config that is a folder or not text ------------------------------------------------------
+def test_a_config_that_is_a_folder_is_refused(env: Env, tmp_path, capsys):
+    (tmp_path / "cfgdir").mkdir()
+    one_line_error(_train(env.store, tmp_path, "--config", str(tmp_path / "cfgdir")), capsys,
+                   str(tmp_path / "cfgdir"), "is a folder")
+
+
+@pytest.mark.parametrize("content", [BINARY, "train:\n  lr: 0.1\n".encode("utf-16")], ids=["binary", "utf16"])
+def test_a_config_that_is_not_utf8_text_is_refused(content, env: Env, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_bytes(content)
+    one_line_error(_train(env.store, tmp_path, "--config", str(cfg)), capsys, str(cfg), "not UTF-8")
+
+
+# -- 3. dist.address -------------------------------------------------------------------------------
+def test_a_bogus_address_is_refused_before_ray(env: Env, tmp_path, capsys):
+    argv = _train(env.store, tmp_path)
+    argv[argv.index("--address") + 1] = "bogus"
+    one_line_error(argv, capsys, "dist.address", "'bogus'", "ray://host:port")
+
+
+@pytest.mark.parametrize("address", ["local", "none", "auto", "ray://10.0.0.1:10001", "ray://head",
+                                     "10.0.0.1:6379", "localhost:6379", "[::1]:6379"])
+def test_every_address_ray_takes_is_accepted(address):
+    assert Config.from_dict({"dist": {"address": address}}).dist.address == address
+
+
+@pytest.mark.parametrize("address", ["bogus", "", "http://127.0.0.1:8265", "ray://", "head:"])
+def test_other_addresses_are_refused(address):
+    with pytest.raises(ConfigError, match="dist.address"):
+        Config.from_dict({"dist": {"address": address}})
+
+
+# -- 4. request CSVs that are not UTF-8 ------------------------------------------------------------
+@pytest.mark.parametrize("content", [BINARY, UTF16_REQUESTS], ids=["binary", "utf16"])
+def test_a_request_csv_that_is_not_utf8_is_refused_by_unlearn(content, env: Env, tmp_path, capsys):
+    req = tmp_path / "req.csv"
+    req.write_bytes(content)
+    one_line_error(["unlearn", "--run", str(env.run), "--requests", str(req), "--out", str(tmp_path / "out"),
+                    "--unlearn.epochs=1"], capsys, str(req), "not UTF-8")
+
+
+def test_a_request_csv_that_is_not_utf8_is_refused_by_audit(env: Env, tmp_path, capsys):
+    req = tmp_path / "req.csv"
+    req.write_bytes(UTF16_REQUESTS)
+    one_line_error(["audit", "--run", str(env.unlearned), "--requests", str(req), "--original", str(env.run)],
+                   capsys, str(req), "not UTF-8")
+
+
+# -- 5. a truncated metrics.json -------------------------------------------------------------------
+def _truncated_metrics(run: Path) -> Path:
+    path = run / "metrics.json"
+    path.write_bytes(path.read_bytes()[:50])
+    return path
+
+
+@pytest.mark.parametrize("command", ["evaluate", "recommend", "unlearn"])
+def test_a_run_whose_metrics_json_is_truncated_is_refused(command, env: Env, tmp_path, capsys):
+    run = _run_copy(env, tmp_path)
+    metrics = _truncated_metrics(run)
+    argv = {"evaluate": ["evaluate", "--run", str(run), "--address", "none", "--device", "cpu"],
+            "recommend": ["recommend", "--run", str(run), "--users", "0,1", "--k", "5", "--device", "cpu"],
+            "unlearn": ["unlearn", "--run", str(run), "--requests", str(env.requests), "--out",
+                        str(tmp_path / "out"), "--unlearn.epochs=1"]}[command]
+    one_line_error(argv, capsys, str(metrics), "metrics")
+
+
+def test_an_unlearned_run_whose_metrics_json_is_truncated_is_refused_by_audit(env: Env, tmp_path, capsys):
+    run = tmp_path / "unlearned"
+    shutil.copytree(env.unlearned, run)
+    metrics = _truncated_metrics(run)
+    one_line_error(["audit", "--run", str(run), "--requests", str(env.requests)], capsys, str(metrics))
+
+
+# -- 6. an MMRec .inter that is a folder or not UTF-8 ----------------------------------------------
+def _damaged_inter(env: Env, tmp: Path, how: str) -> tuple[Path, Path]:
+    mm = _mmrec_copy(env, tmp)
+    inter = next(mm.glob("*.inter"))
+    if how == "folder":
+        inter.unlink()
+        inter.mkdir()
+    elif how == "binary":
+        inter.write_bytes(BINARY)
+    else:
+        inter.write_bytes(inter.read_text().encode("utf-16"))
+    return mm, inter
+
+
+@pytest.mark.parametrize("how", ["folder", "binary", "utf16"])
+@pytest.mark.parametrize("command", ["import-mmrec", "train", "stats", "forget"])
+def test_an_mmrec_inter_file_that_is_a_folder_or_not_utf8_is_refused(command, how, env: Env, tmp_path,
+                                                                     capsys):
+    mm, inter = _damaged_inter(env, tmp_path, how)
+    out = str(tmp_path / "out")
+    argv = {"import-mmrec": ["data", "import-mmrec", "--src", str(mm), "--out", out],
+            "train": _train(mm, tmp_path),
+            "stats": ["data", "stats", "--data", str(mm)],
+            "forget": ["data", "forget", "--data", str(mm), "--regime", "users", "--fraction", "0.1",
+                       "--out", str(tmp_path / "out.csv")]}[command]
+    one_line_error(argv, capsys, str(inter), "is a folder" if how == "folder" else "not UTF-8")
+
+
+# -- 7. a feature matrix with no columns -----------------------------------------------------------
+@pytest.mark.parametrize("command", ["import-mmrec", "train"])
+def test_a_feature_matrix_with_no_columns_is_refused(command, env: Env, tmp_path, capsys):
+    mm = _mmrec_copy(env, tmp_path)
+    n_items = np.load(mm / "image_feat.npy").shape[0]
+    np.save(mm / "image_feat.npy", np.zeros((n_items, 0), dtype=np.float32))
+    argv = (["data", "import-mmrec", "--src", str(mm), "--out", str(tmp_path / "out")]
+            if command == "import-mmrec" else _train(mm, tmp_path))
+    one_line_error(argv, capsys, "image_feat.npy", "no feature columns")
+
+
+# -- 8. a binary ledger ----------------------------------------------------------------------------
+def test_a_binary_ledger_is_refused_by_purge(env: Env, tmp_path, capsys):
+    store = _store_copy(env, tmp_path)
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes(BINARY)
+    before = sorted((p.relative_to(store), p.read_bytes()) for p in store.rglob("*") if p.is_file())
+    one_line_error(["data", "purge", "--data", str(store), "--ledger", str(ledger)], capsys, str(ledger),
+                   "not UTF-8")
+    assert sorted((p.relative_to(store), p.read_bytes()) for p in store.rglob("*") if p.is_file()) == before
+
+
+def test_a_binary_ledger_is_refused_by_verify_deletion(env: Env, tmp_path, capsys):
+    run = tmp_path / "unlearned"
+    shutil.copytree(env.unlearned, run)
+    (run / "ledger.jsonl").write_bytes(BINARY)
+    one_line_error(["verify-deletion", "--run", str(run)], capsys, str(run / "ledger.jsonl"), "not UTF-8")
+
+
+# -- 9. compare --originals naming a file ----------------------------------------------------------
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
+def test_compare_refuses_originals_that_is_a_file_before_writing(under, env: Env, tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("precious\n")
+    originals = afile / "cache" if under else afile
+    one_line_error(["compare", "--data", str(env.store), "--model", "lightgcn", "--regime", "interactions",
+                    "--fraction", "0.05", "--methods", "noop", "--seeds", "1", "--originals", str(originals),
+                    "--out", str(tmp_path / "out"), "--train.epochs=1", "--address", "none", "--device",
+                    "cpu"],
+                   capsys, "--originals", str(afile))
+    assert afile.read_text() == "precious\n"
+
+
+# -- 10. a checkpoint with NaN parameters ----------------------------------------------------------
+def _nan_best_model(saved: dict) -> dict:
+    best = dict(saved["best_model"])
+    name = next(k for k, t in best.items() if t.is_floating_point())
+    best[name] = best[name].clone()
+    best[name].view(-1)[3] = float("nan")
+    return {**saved, "best_model": best}
+
+
+@pytest.mark.parametrize("command", ["unlearn", "evaluate", "recommend"])
+def test_a_checkpoint_with_nan_parameters_is_refused(command, env: Env, tmp_path, capsys):
+    argv = _checkpoint(_nan_best_model)(env, tmp_path)
+    run = Path(argv[argv.index("--run") + 1])
+    name = next(k for k, t in torch.load(run / "checkpoint.pt", weights_only=True)["best_model"].items()
+                if t.is_floating_point())
+    if command == "evaluate":
+        argv = ["evaluate", "--run", str(run), "--address", "none", "--device", "cpu"]
+    elif command == "recommend":
+        argv = ["recommend", "--run", str(run), "--users", "0,1", "--k", "5", "--device", "cpu"]
+    one_line_error(argv, capsys, str(run / "checkpoint.pt"), "NaN", name)
+
+
+# -- 11. an id beyond int64 ------------------------------------------------------------------------
+def test_a_request_id_beyond_int64_is_named_as_given(env: Env, tmp_path, capsys):
+    req = tmp_path / "req.csv"
+    req.write_text(f"request_id,user_id,item_id,reason\nr1,1e20,{_pair(env)[1]},x\n")
+    line = one_line_error(["unlearn", "--run", str(env.run), "--requests", str(req), "--out",
+                           str(tmp_path / "out"), "--unlearn.epochs=1"], capsys, "user_id 1e+20", "too large")
+    assert "-9223372036854775808" not in line
+
+
+@pytest.mark.parametrize("col", ["user_id", "item_id"])
+def test_an_id_beyond_int64_warns_nothing_and_names_the_column(col):
+    row = {"request_id": "r1", "user_id": 3, "item_id": 4, "reason": "x", col: -1e20}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the int64 cast warned before the wrong id
+        with pytest.raises(RequestError, match=f"{col} -1e\\+20, too large"):
+            normalize_requests(pd.DataFrame([row]))
