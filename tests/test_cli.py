@@ -201,3 +201,12 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
     proc.stdout.close()  # the reader goes away with ~100 kB still to come
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_synth_with_fewer_items_than_a_user_draws_is_one_line(capsys, tmp_path):
+    """`data synth --items 2` ended in numpy's "kth(=4) out of bounds" traceback."""
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--users", "5", "--items", "4"]) == 2
+    assert "--items 4: the generator needs at least 5 items" in _one_error(capsys)
+    assert not out.exists()
+    assert main(["data", "synth", "--out", str(out), "--users", "5", "--items", "5"]) == 0

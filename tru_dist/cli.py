@@ -222,7 +222,7 @@ def cmd_data(args, overrides) -> int:
     if args.data_cmd == "synth":
         from tru_dist.data.mmrec import write_mmrec
         from tru_dist.data.synth_stream import parse_modalities
-        from tru_dist.data.synthetic import generate_synthetic
+        from tru_dist.data.synthetic import MIN_ITEMS, generate_synthetic
 
         mods = parse_modalities(args.modalities) if args.modalities else {"image": 64, "text": 32}
         if args.interactions is not None:
@@ -231,6 +231,9 @@ def cmd_data(args, overrides) -> int:
             if getattr(args, flag) is not None:
                 raise TruDistError(f"--{flag.replace('_', '-')} belongs to the scale generator;"
                                    " add --interactions K")
+        if args.items < MIN_ITEMS:  # the generator raised a raw numpy ValueError
+            raise TruDistError(f"--items {args.items}: the generator needs at least {MIN_ITEMS} items (every "
+                               f"user draws {MIN_ITEMS} distinct items); pass --items {MIN_ITEMS} or more")
         _check_data_out(args.out, "store" if args.format == "store" else "mmrec")
         data = generate_synthetic(n_users=args.users, n_items=args.items, modalities=mods, seed=args.seed)
         if args.format == "store":
