@@ -320,7 +320,10 @@ def _refuse_finished_run(out: Path) -> None:
     interrupted run, at any W) is refused: training afresh there replaced the run without a word."""
     from tru_dist.errors import ConfigError
     from tru_dist.train.checkpoint import refuse_run_folder
+    from tru_dist.unlearn.ledger import LEDGER_FILE
 
+    if (out / LEDGER_FILE).exists():  # an unlearned run: train's own check says so, --resume or not
+        return
     try:
         refuse_run_folder(out, "--out")
     except ConfigError:
