@@ -210,3 +210,14 @@ def test_synth_with_fewer_items_than_a_user_draws_is_one_line(capsys, tmp_path):
     assert "--items 4: the generator needs at least 5 items" in _one_error(capsys)
     assert not out.exists()
     assert main(["data", "synth", "--out", str(out), "--users", "5", "--items", "5"]) == 0
+
+
+def test_a_missing_audit_run_and_a_folder_of_requests_are_named_as_such(capsys, tmp_path):
+    """`audit --run nope` said the run names no source run; `--requests DIR` said DIR does not exist."""
+    assert main(["audit", "--run", str(tmp_path / "nope"), "--requests", str(tmp_path / "r.csv")]) == 2
+    assert "nope does not exist" in _one_error(capsys)
+    from tru_dist.data.requests import read_requests
+    from tru_dist.errors import RequestError
+
+    with pytest.raises(RequestError, match="is a folder"):
+        read_requests(tmp_path)

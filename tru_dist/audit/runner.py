@@ -135,6 +135,9 @@ def audit_run(
     from tru_dist.unlearn.ledger import DeletionLedger, served_state
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():  # said as such, not as a run that names no source
+        raise AuditError(f"run folder {run_dir} does not exist; pass the --out folder of a "
+                         "`tru-dist unlearn` run")
     metrics = read_metrics(run_dir)
     original = original or metrics.get("source_run")
     if original is None:

@@ -125,6 +125,8 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
 def read_requests(path: str | Path) -> pd.DataFrame:
     """Read a request table from ``.parquet`` or ``.csv`` (normalised, see :func:`normalize_requests`)."""
     path = Path(path)
+    if path.is_dir():
+        raise RequestError(f"request file {path} is a folder; pass a .csv or .parquet file ({_FORMAT_HINT})")
     if not path.is_file():
         raise RequestError(f"request file {path} does not exist")
     suffix = path.suffix.lower()
