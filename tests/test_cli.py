@@ -221,3 +221,42 @@ def test_a_missing_audit_run_and_a_folder_of_requests_are_named_as_such(capsys, 
 
     with pytest.raises(RequestError, match="is a folder"):
         read_requests(tmp_path)
+
+
+def test_a_diverged_update_is_refused_before_anything_is_written():
+    """A method that diverged wrote a NaN checkpoint and its receipt; the run then refused to load."""
+    import torch
+
+    from tru_dist.errors import TrainingError
+    from tru_dist.unlearn.run import check_finite
+
+    model = torch.nn.Linear(3, 2)
+    check_finite(model, "tru")  # finite: nothing to say
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    with pytest.raises(TrainingError, match=r"the tru update diverged: NaN/inf in bias; nothing was written"):
+        check_finite(model, "tru")
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs Linux's /proc (read-only)")
+def test_traceback_switch_zero_keeps_the_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("TRU_DIST_TRACEBACK", "0")
+    assert main(["data", "synth", "--out", "/proc/tru-dist-test/d", "--users", "60", "--items", "40"]) == 2
+    _one_error(capsys)
+    monkeypatch.setenv("TRU_DIST_TRACEBACK", "1")
+    with pytest.raises(OSError):
+        main(["data", "synth", "--out", "/proc/tru-dist-test/d", "--users", "60", "--items", "40"])
+
+
+def test_an_audit_run_that_is_a_file_and_originals_that_are_a_file(capsys, tmp_path):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    assert main(["audit", "--run", str(afile), "--requests", str(afile)]) == 2
+    assert "is a file, not a folder" in _one_error(capsys)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "config.yaml").write_text("# mine\n")
+    assert main(["compare", "--data", "synthetic:tiny", "--model", "lightgcn", "--methods", "retrain,noop",
+                 "--seeds", "1", "--originals", str(afile), "--out", str(out), "--address", "none"]) == 2
+    assert "--originals" in _one_error(capsys)
+    assert (out / "config.yaml").read_text() == "# mine\n"  # refused before a worker wrote there

@@ -746,8 +746,21 @@ COMMANDS = {
 }
 
 
-#: set to show the traceback behind a one-line input/output error
+#: set (to anything but 0) to show the traceback behind a one-line input/output error
 TRACEBACK_ENV = "TRU_DIST_TRACEBACK"
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is the pipe that broke: flushing it raises again (a broken pipe elsewhere,
+    a FIFO given as --out, is an input/output error to report, not a reader that went away)."""
+    try:
+        sys.stdout.flush()
+        sys.stdout.fileno()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):  # no real stdout (an in-process caller): not a pipe that broke
+        return False
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -772,18 +785,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # the reader of stdout went away (`tru-dist recommend ... | head -1`): nothing more to say,
-        # and Python's flush at exit would raise again, so stdout goes to /dev/null
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # as a process killed by SIGPIPE
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            # the reader of stdout went away (`tru-dist recommend ... | head -1`): nothing more to
+            # say, and Python's flush at exit would raise again, so stdout goes to /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # as a process killed by SIGPIPE
         # a path the command could not read or write (permissions, a read-only or full disk, a
         # folder where a file goes): one line naming it, as for every other bad input
-        if exc.filename is None or os.environ.get(TRACEBACK_ENV):
-            raise
         if not getattr(args, "keeps_completed", False) or _is_empty_dir(fresh):
             _remove_partial(fresh)
+        if exc.filename is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         print(f"error: {where}: {exc.strerror or exc} (check the path, its permissions and the free disk "
               f"space; {TRACEBACK_ENV}=1 shows the traceback)", file=sys.stderr)

@@ -543,7 +543,7 @@ def write_report(out_dir: Path, results: dict) -> str:
     return table
 
 
-def _refuse_file_as_folder(folder: str | Path | None, what: str) -> None:
+def refuse_file_as_folder(folder: str | Path | None, what: str) -> None:
     """A one-line ConfigError when the cache folder ``folder`` is, or lies under, an existing file:
     the first cached original then failed with a raw FileExistsError, after the comparison
     had trained it and begun its --out."""
@@ -568,7 +568,7 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
     out_dir = Path(out_dir)
     refuse_run_folder(out_dir, "--out")
     refuse_run_folder(spec.originals, "--originals")
-    _refuse_file_as_folder(spec.originals, "--originals")
+    refuse_file_as_folder(spec.originals, "--originals")
     check_workers(cfg, spec)
     configs = method_configs(cfg, spec)  # refuses overlapping seeds before any training
     writer = collectives.rank() == 0  # at W > 1 every rank computes the same results; rank 0 writes

@@ -13,7 +13,8 @@
    original (cached under ``OUT/originals``);
 4. scale-out check: the same MGCN training on 2 local Ray workers (each holding half the
    users and half the item feature rows) gives the single-process metrics;
-5. write ``OUT/report.md`` (+ the compare folder with results.json and plots).
+5. write ``OUT/report.md`` (+ ``OUT/compare-users`` and ``OUT/compare-interactions``, each with
+   results.json and plots).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None, quick: bool = 
         f"Synthetic data ({data.n_users} users, {data.n_items} items, {data.n_interactions} interactions, "
         "image + text features with planted clusters).", "",
         "## Training (test split, chosen on valid)", "", train_table, "",
-        NOOP_NOTE, "", *unlearning,
+        "## Unlearning: how to read the tables", "", NOOP_NOTE, "", *unlearning,
         "## Scale-out: 2 Ray workers vs 1 process (MGCN, 5 epochs)", "", scale["table"], "",
     ])
     atomic_write_text(out / "report.md", report)

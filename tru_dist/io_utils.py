@@ -23,10 +23,14 @@ def file_in_the_way(path: str | Path) -> Path | None:
     return next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None)
 
 
-def not_utf8(exc: UnicodeDecodeError) -> str:
+def not_utf8(exc: UnicodeDecodeError, *, file_offset: bool = True) -> str:
     """``not UTF-8 text (byte 0xff at offset 0)``: the clause an error about a binary or UTF-16
-    file (read where UTF-8 text is expected) gives, so the user can find the bad byte."""
-    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+    file (read where UTF-8 text is expected) gives, so the user can find the bad byte. The
+    offset is the file's only where the whole file was decoded at once (``read_text``); a
+    parser that decodes field by field (pandas) reports one within a field, so its callers
+    pass ``file_offset=False`` and the clause names the byte alone."""
+    where = f" at offset {exc.start}" if file_offset else ""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x}{where})"
 
 
 def atomic_write(path: str | Path, writer: Callable[[str], None], *, fault: str | None = None) -> Path:

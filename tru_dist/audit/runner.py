@@ -136,8 +136,8 @@ def audit_run(
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():  # said as such, not as a run that names no source
-        raise AuditError(f"run folder {run_dir} does not exist; pass the --out folder of a "
-                         "`tru-dist unlearn` run")
+        what = "is a file, not a folder" if run_dir.exists() else "does not exist"
+        raise AuditError(f"run folder {run_dir} {what}; pass the --out folder of a `tru-dist unlearn` run")
     metrics = read_metrics(run_dir)
     original = original or metrics.get("source_run")
     if original is None:

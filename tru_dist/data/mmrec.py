@@ -69,7 +69,7 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     try:
         df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, skip_blank_lines=False, engine="c")
     except UnicodeDecodeError as exc:  # a binary file, or one saved as UTF-16
-        raise DataError(f"{src} is {not_utf8(exc)}; save it as UTF-8 ({_HINT})") from None
+        raise DataError(f"{src} is {not_utf8(exc, file_offset=False)}; save it as UTF-8 ({_HINT})") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{src}: {str(exc).strip().splitlines()[-1]}; {_HINT}") from None
     except pd.errors.EmptyDataError:

@@ -139,8 +139,8 @@ def read_requests(path: str | Path) -> pd.DataFrame:
         else:
             raise RequestError(f"request file {path} must end in .parquet or .csv")
     except UnicodeDecodeError as exc:  # a binary file, or a CSV saved as UTF-16
-        raise RequestError(f"request file {path} is {not_utf8(exc)}; save the CSV as UTF-8 ({_FORMAT_HINT})"
-                           ) from None
+        raise RequestError(f"request file {path} is {not_utf8(exc, file_offset=False)}; save the CSV as "
+                           f"UTF-8 ({_FORMAT_HINT})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowInvalid, OSError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise RequestError(f"request file {path} cannot be read ({reason})") from None

@@ -114,11 +114,12 @@ def compare(cfg: Config, spec, out_dir: str | Path, *, data: RecDataset | None =
     """:func:`tru_dist.compare.run_compare` on ``cfg.dist.workers`` workers; returns its results."""
     from dataclasses import asdict
 
-    from tru_dist.compare import check_workers
+    from tru_dist.compare import check_workers, refuse_file_as_folder
     from tru_dist.train.checkpoint import refuse_run_folder
 
     refuse_run_folder(out_dir, "--out")  # before a worker writes config.yaml there
     refuse_run_folder(spec.originals, "--originals")
+    refuse_file_as_folder(spec.originals, "--originals")
     check_workers(cfg, spec)
     out = run_distributed("compare", cfg, data=data, pool=pool, out_dir=str(Path(out_dir).resolve()),
                           spec=asdict(spec))

@@ -146,9 +146,12 @@ def check_ledger_matches_store(ledger: DeletionLedger, store: str | Path) -> Non
     if not config.is_file():
         return
     try:
-        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        tree = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
         return  # an unreadable config names nothing to compare with; the run's own commands say why
+    data = tree.get("data") if isinstance(tree, dict) else None
+    if not isinstance(data, dict):
+        return
     path = data.get("path")
     if not is_folder_path(path):
         raise ConfigError(f"the run that holds {ledger.path} was trained on '{path}', not on the store "

@@ -53,7 +53,7 @@ from typing import Any
 from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.crashpoints import arm_update_fault, fault_point
-from tru_dist.errors import ConfigError
+from tru_dist.errors import ConfigError, TrainingError
 from tru_dist.io_utils import atomic_write_json, remove_orphan_temps
 from tru_dist.unlearn.ledger import (
     HASHES_DIR,
@@ -185,6 +185,25 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     return Prepared(cfg, name, store, keep_versions)
 
 
+
+def check_finite(model, method: str) -> None:
+    """A one-line TrainingError when the update left NaN/inf parameters, before anything is
+    written: a diverged update saved its checkpoint and receipt (and could purge the store), and
+    the run then refused to load with no way back but a backup that never existed."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    # at W > 1 a shard's user rows may be the only bad ones: every rank learns it (none may go on
+    # to the collectives of the write while another has stopped)
+    device = next(model.parameters()).device  # NCCL reduces device tensors only
+    flag = collectives.sum_stats(torch.tensor([float(len(bad))], device=device))
+    if float(flag.item()) > 0:
+        bad = bad or ["another worker's shard"]
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise TrainingError(f"the {method} update diverged: NaN/inf in {', '.join(bad[:3])}{more}; nothing "
+                            "was written — lower --unlearn.lr (or the method's step size) and run it again")
+
+
 def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, method: str, out_dir: str | Path,
                    data, graph, model, *, store: str | None = None, keep_versions: int = 0) -> dict[str, Any]:
     """The per-rank half (module docstring) on this rank's ``data``/``graph``/``model`` shard.
@@ -210,6 +229,7 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
     before = state_version(gather_state(model))  # the full state: the same version at every W
     arm_update_fault()
     result = get_method(method).unlearn(model, deletion, cfg)
+    check_finite(result.model, method)
     ks = cfg.eval.ks
     graph_before = deletion.graph_before  # what the model served with before this batch
     before_emb = eval_embeddings(model, graph_before)  # one propagation per model for all its metrics
