@@ -260,3 +260,21 @@ def test_an_audit_run_that_is_a_file_and_originals_that_are_a_file(capsys, tmp_p
                  "--seeds", "1", "--originals", str(afile), "--out", str(out), "--address", "none"]) == 2
     assert "--originals" in _one_error(capsys)
     assert (out / "config.yaml").read_text() == "# mine\n"  # refused before a worker wrote there
+
+
+def test_a_run_is_not_written_into_a_comparison_or_a_dataset(capsys, tmp_path):
+    """`unlearn --out <compare folder>` overwrote the comparison's config.yaml, exit 0."""
+    cmp_dir, mm = tmp_path / "cmp", tmp_path / "mm"
+    cmp_dir.mkdir()
+    (cmp_dir / "results.json").write_text("{}")
+    (cmp_dir / "config.yaml").write_text("# the comparison's\n")
+    assert main(["data", "synth", "--out", str(mm), "--users", "60", "--items", "40"]) == 0
+    capsys.readouterr()
+    for out in (cmp_dir, mm):
+        assert main(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(out),
+                     "--train.epochs=1"]) == 2
+        assert "holds another command's output" in _one_error(capsys)
+        assert main(["unlearn", "--run", str(tmp_path / "run"), "--requests", str(tmp_path / "r.csv"),
+                     "--out", str(out)]) == 2
+        assert "holds another command's output" in _one_error(capsys)
+    assert (cmp_dir / "config.yaml").read_text() == "# the comparison's\n"

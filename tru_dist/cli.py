@@ -308,6 +308,7 @@ def _synth_stream(args, mods: dict[str, int]) -> int:
 def cmd_train(args, overrides) -> int:
     from tru_dist import api
 
+    _refuse_foreign_out(args.out)
     if not args.resume:
         _refuse_finished_run(Path(args.out))
     run = api.train(config=_build_cfg(args, overrides), out=args.out, resume=args.resume)
@@ -343,7 +344,26 @@ def _unlearn_summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("config", "decisions")}
 
 
+#: files that mark a folder as another command's output: a run written there would mix with them
+#: (a comparison's results, a dataset's store or MMRec files)
+FOREIGN_OUTPUTS = ("results.json", "report.md", "META.json")
+
+
+def _refuse_foreign_out(out: str | Path) -> None:
+    """A run (``train``/``unlearn``) refuses an ``--out`` that holds a comparison or a dataset:
+    ``unlearn --out <compare folder>`` overwrote the comparison's config.yaml with exit 0."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    found = [name for name in FOREIGN_OUTPUTS if (out / name).exists()]
+    found += sorted(p.name for p in out.glob("*.inter"))
+    if found:
+        raise TruDistError(f"--out {out} holds another command's output ({', '.join(found[:3])}); a run "
+                           "written there would mix with it: pass a new folder")
+
+
 def cmd_unlearn(args, overrides) -> int:
+    _refuse_foreign_out(args.out)
     if len(args.requests) > 1:
         return _unlearn_files(args, overrides)
     from tru_dist import api
