@@ -771,16 +771,20 @@ TRACEBACK_ENV = "TRU_DIST_TRACEBACK"
 
 
 def _stdout_closed() -> bool:
-    """Whether stdout is the pipe that broke: flushing it raises again (a broken pipe elsewhere,
-    a FIFO given as --out, is an input/output error to report, not a reader that went away)."""
+    """Whether stdout is the pipe that broke — its reader gone, which ``poll`` reports as an error
+    on the write end (a broken pipe elsewhere, a FIFO given as --out, is an input/output error
+    to report, not a reader that went away). Without ``poll`` (not POSIX) it is assumed."""
+    import select
+
     try:
-        sys.stdout.flush()
-        sys.stdout.fileno()
-    except BrokenPipeError:
-        return True
+        fd = sys.stdout.fileno()
     except (OSError, ValueError):  # no real stdout (an in-process caller): not a pipe that broke
         return False
-    return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def main(argv: list[str] | None = None) -> int:
