@@ -117,7 +117,8 @@ def _add_dist_flags(p: argparse.ArgumentParser) -> None:
                    help="GPUs per worker (0 on CPU; > 0 means CUDA and NCCL)")
     g.add_argument("--address", default=None,
                    help="local (a fresh in-process Ray), none (local processes, no Ray), auto (join the "
-                   "running cluster / RAY_ADDRESS), or ray://host:port")
+                   "running cluster / RAY_ADDRESS), ray://host:port (Ray Client) or a running cluster's "
+                   "host:port")
     g.add_argument("--storage", default=None,
                    help="Ray Train's storage path (default: OUT/ray for train, a temporary folder otherwise; "
                         "storage every node sees on a multi-node cluster)")
@@ -319,18 +320,15 @@ def cmd_train(args, overrides) -> int:
 def _refuse_finished_run(out: Path) -> None:
     """``train --out RUN`` without ``--resume`` on a folder that holds a checkpoint (a finished or
     interrupted run, at any W) is refused: training afresh there replaced the run without a word."""
-    from tru_dist.errors import ConfigError
-    from tru_dist.train.checkpoint import refuse_run_folder
+    from tru_dist.train.checkpoint import holds_checkpoint
     from tru_dist.unlearn.ledger import LEDGER_FILE
 
     if (out / LEDGER_FILE).exists():  # an unlearned run: train's own check says so, --resume or not
         return
-    try:
-        refuse_run_folder(out, "--out")
-    except ConfigError:
+    if holds_checkpoint(out):
         raise TruDistError(f"--out {out} already holds a run (a checkpoint); pass --resume to continue it, "
                            "or a new --out to train afresh (delete that folder first to retrain in its "
-                           "place)") from None
+                           "place)")
 
 
 def cmd_evaluate(args, overrides) -> int:

@@ -60,15 +60,22 @@ def checkpoint_path(out_dir: str | Path, rank: int | None = None, world_size: in
     return Path(out_dir) / name
 
 
+def holds_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a run's checkpoint: ``checkpoint.pt``, or the per-rank files of a
+    W > 1 run, finished or interrupted."""
+    folder = Path(folder)
+    return (folder / "checkpoint.pt").is_file() or any(folder.glob("checkpoint.rank*.pt")) \
+        or any(folder.glob("replica.rank*.pt"))
+
+
 def refuse_run_folder(folder: str | Path | None, what: str) -> None:
-    """A one-line ConfigError when ``folder`` is a run folder (it holds a checkpoint): a cache,
+    """A one-line ConfigError when ``folder`` is a run folder (:func:`holds_checkpoint`): a cache,
     work or results folder pointed at one would mix its files, and its reruns' deletions,
     into the run's own."""
     if folder is None:
         return
     folder = Path(folder)
-    if (folder / "checkpoint.pt").is_file() or any(folder.glob("checkpoint.rank*.pt")) \
-            or any(folder.glob("replica.rank*.pt")):  # W > 1 runs, finished or interrupted
+    if holds_checkpoint(folder):
         raise ConfigError(f"{what} {folder} is a run folder (it holds a checkpoint); give {what} a folder "
                           "of its own")
 
