@@ -118,10 +118,12 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
             write_synthetic_store(tmp_path / "x", *args, {"image": 2})
     assert not (tmp_path / "x").exists()
     for spec, expect in [("image", "bad modality spec"), ("image:0", ">= 1"), ("a:2,a:3", "twice"),
-                         ("../x:2", "bad modality spec"), ("", "bad modality spec")]:
+                         ("../x:2", "bad modality spec"), ("", "modality spec is empty"),
+                         (" ", "modality spec is empty")]:
         with pytest.raises(DataError, match=expect):
             parse_modalities(spec)
     assert parse_modalities("image:512,text:384") == {"image": 512, "text": 384}
+    assert parse_modalities("none") == parse_modalities("None") == {}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

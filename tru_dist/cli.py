@@ -225,7 +225,7 @@ def cmd_data(args, overrides) -> int:
         from tru_dist.data.synth_stream import parse_modalities
         from tru_dist.data.synthetic import MIN_ITEMS, generate_synthetic
 
-        mods = parse_modalities(args.modalities) if args.modalities else {"image": 64, "text": 32}
+        mods = parse_modalities(args.modalities) if args.modalities is not None else {"image": 64, "text": 32}
         if args.interactions is not None:
             return _synth_stream(args, mods)
         for flag in ("chunk_users", "feature_dtype"):
@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(out_kind="dir")
     s.add_argument("--users", type=_int_at_least(2), default=600)
     s.add_argument("--items", type=_int_at_least(2), default=400)
-    s.add_argument("--modalities", default=None, help="NAME:DIM,... (default image:64,text:32)")
+    s.add_argument("--modalities", default=None,
+                   help="NAME:DIM,... (default image:64,text:32), or none: interactions only")
     s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--format", choices=["mmrec", "store"], default=None,
                    help="mmrec (default) or store; --interactions always writes a store")

@@ -103,8 +103,13 @@ _SPEC_HINT = "write NAME:DIM[,NAME:DIM...], e.g. image:512,text:384"
 
 
 def parse_modalities(spec: str) -> dict[str, int]:
-    """``"image:512,text:384"`` → ``{"image": 512, "text": 384}``; a malformed part, a
-    dimension < 1 or a repeated name is a one-line DataError."""
+    """``"image:512,text:384"`` → ``{"image": 512, "text": 384}``; ``"none"`` → ``{}`` (an
+    interactions-only dataset, like Baby); an empty spec, a malformed part, a dimension < 1 or a
+    repeated name is a one-line DataError (an empty spec used to mean the default modalities)."""
+    if str(spec).strip().lower() == "none":
+        return {}
+    if not str(spec).strip():
+        raise DataError(f"the modality spec is empty: {_SPEC_HINT}, or none for interactions only")
     out: dict[str, int] = {}
     for part in str(spec).split(","):
         name, sep, dim = part.strip().partition(":")
