@@ -5,7 +5,8 @@ Each case hands ``tru-dist`` one damaged input — a degenerate synthetic spec, 
 folder or binary, a bogus Ray address, a request CSV that is binary or UTF-16 or names an id
 beyond int64, a truncated ``metrics.json``, an MMRec ``.inter`` that is a folder or not UTF-8, a
 feature matrix with no columns, a binary ledger, ``--originals`` naming a file, a checkpoint
-with NaN parameters — and expects exit status 2 with exactly one stderr line ``error: ...``
+with NaN parameters, a request column tru-dist does not read, an empty ``--modalities`` — and
+expects exit status 2 with exactly one stderr line ``error: ...``
 naming the file or value, no traceback, and no partial ``--out``. Inputs are built as in
 :mod:`test_malformed_inputs` (its ``build_env`` and helpers; a case that damages one copies it
 first).
@@ -258,3 +259,41 @@ def test_an_id_beyond_int64_warns_nothing_and_names_the_column(col):
         warnings.simplefilter("error", RuntimeWarning)  # the int64 cast warned before the wrong id
         with pytest.raises(RequestError, match=f"{col} -1e\\+20, too large"):
             normalize_requests(pd.DataFrame([row]))
+
+
+# -- 12. a request column tru-dist does not read, an empty modality spec ----------------------------
+@pytest.mark.parametrize("header, names", [
+    ("request_id,user_id,item_id,reasons", ["'reasons'"]),  # a misspelt reason was dropped with its text
+    (",request_id,user_id,item_id,reason", ["'Unnamed: 0'", "index=False"]),  # df.to_csv(path) with its index
+], ids=["misspelt-reason", "pandas-index"])
+def test_a_request_column_that_is_not_read_is_refused_not_dropped(header, names, env: Env, tmp_path, capsys):
+    user, item = _pair(env)
+    first = "0," if header.startswith(",") else ""
+    req = tmp_path / "req.csv"
+    req.write_text(f"{header}\n{first}r1,{user},{item},the user asked\n")
+    one_line_error(["unlearn", "--run", str(env.run), "--requests", str(req), "--out", str(tmp_path / "out"),
+                    "--unlearn.epochs=1"], capsys, str(req), *names)
+
+
+def test_a_request_frame_with_an_extra_column_is_refused_by_the_api():
+    frame = pd.DataFrame({"request_id": ["r1"], "user_id": [3], "item_id": [4], "reason": ["x"], "when": [1]})
+    with pytest.raises(RequestError, match="column\\(s\\) 'when'"):
+        normalize_requests(frame)
+
+
+@pytest.mark.parametrize("scale", [False, True], ids=["mmrec", "scale"])
+def test_an_empty_modality_spec_is_refused_not_read_as_the_default(scale, tmp_path, capsys):
+    extra = ["--interactions", "200"] if scale else []
+    one_line_error(["data", "synth", "--out", str(tmp_path / "d"), "--users", "20", "--items", "10",
+                    "--modalities", "", *extra], capsys, "modality spec is empty", "none")
+
+
+@pytest.mark.parametrize("scale", [False, True], ids=["mmrec", "scale"])
+def test_modalities_none_writes_an_interactions_only_dataset(scale, tmp_path):
+    from tru_dist.data.source import open_data
+
+    extra = ["--interactions", "200"] if scale else []
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--users", "20", "--items", "10",
+                 "--modalities", "none", *extra]) == 0
+    data = open_data(tmp_path / "d")
+    assert data.features == {} and (data.n_users, data.n_items) == (20, 10)

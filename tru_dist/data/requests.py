@@ -82,10 +82,17 @@ def _first_few(ids: list | np.ndarray, k: int = 5) -> str:
 
 
 def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.DataFrame:
-    """Check columns and types; returns a copy with dtypes str / int64 / Int64 / str."""
+    """Check columns and types; returns a copy with dtypes str / int64 / Int64 / str. A column
+    other than :data:`REQUEST_COLUMNS` is an error, not dropped."""
     missing = [c for c in REQUEST_COLUMNS if c not in df.columns and c != "reason"]
     if missing:
         raise RequestError(f"{source} is missing column(s) {', '.join(missing)}; {_FORMAT_HINT}")
+    unknown = [str(c) for c in df.columns if c not in REQUEST_COLUMNS]
+    if unknown:  # dropping them silently would lose what they say (a misspelt "reason", say)
+        index_hint = " (an unnamed index column: write the CSV with index=False)" if any(
+            c.startswith("Unnamed:") for c in unknown) else ""
+        raise RequestError(f"{source} has column(s) {', '.join(repr(c) for c in unknown)} that a request "
+                           f"does not have{index_hint}; drop or rename them ({_FORMAT_HINT})")
     if len(df) == 0:
         raise RequestError(f"{source} holds no requests; add at least one row ({_FORMAT_HINT})")
     out = pd.DataFrame(index=range(len(df)))

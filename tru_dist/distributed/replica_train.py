@@ -71,6 +71,7 @@ from tru_dist.train.evaluate import evaluate
 from tru_dist.train.optim import build_optimizer
 from tru_dist.train.progress import log_epoch
 from tru_dist.train.sampler import BPRSampler
+from tru_dist.train.size_warnings import train_size_warnings
 from tru_dist.train.trainer import check_loss, check_metric, data_signature, has_valid_rows, same_data
 
 WORK_DIR = "replica-work"
@@ -108,6 +109,7 @@ def run_replica_train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     data = open_full(cfg, data)
     require_train_rows(data)
     has_valid_rows(data, cfg.model.name)  # the warning, once; rank 0's _validate keeps the last epoch
+    train_size_warnings(cfg, data, model_class(cfg.model.name).uses_knn)
     graph = build_rec_graph(data, knn_k=cfg.model.knn_k, with_knn=model_class(cfg.model.name).uses_knn)
     users, items = data.train_pairs
     work = out / WORK_DIR

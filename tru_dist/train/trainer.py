@@ -64,6 +64,7 @@ from tru_dist.train.evaluate import METRICS, evaluate
 from tru_dist.train.optim import build_optimizer
 from tru_dist.train.progress import log_epoch, progress
 from tru_dist.train.sampler import BPRSampler
+from tru_dist.train.size_warnings import train_size_warnings
 
 
 @dataclass
@@ -224,6 +225,7 @@ def train_model(
     device = resolve_device(tc.device)
     model.to(device)
     selects = has_valid_rows(data, cfg.model.name)  # False: no early stopping, the last epoch is kept
+    train_size_warnings(cfg, data, model.uses_knn)  # e.g. eval.ks >= n_items: logged, once
     sampler = BPRSampler(*data.train_pairs, data.n_users, data.n_items, seed=tc.seed,
                          book=graph.book, rank=graph.rank)
     optimizer = build_optimizer(model, tc)

@@ -146,6 +146,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     metrics and receipt (``replayed: True``) when the batch was applied before."""
     from tru_dist.data.requests import read_requests
     from tru_dist.data.source import open_data
+    from tru_dist.train.size_warnings import unlearn_size_warnings
     from tru_dist.train.trainer import run_config
     from tru_dist.unlearn.deletion import check_retains_train
 
@@ -182,6 +183,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
         raise ConfigError("every pair in these requests was deleted by earlier requests "
                           f"({', '.join(o['receipt_id'] for o in plan.overlaps)}); nothing to unlearn")
     check_retains_train(data, plan.forget, plan.earlier)  # deleting everything: refused before any worker
+    unlearn_size_warnings(cfg, data, name)  # e.g. gate.top_k >= n_items: logged, once
     return Prepared(cfg, name, store, keep_versions)
 
 
