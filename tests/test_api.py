@@ -371,3 +371,18 @@ def test_a_run_trained_on_two_workers_loads_and_serves(tmp_path):
     for split in ("valid", "test"):
         assert ev[split]["recall@20"] == pytest.approx(run.metrics[split]["recall@20"], abs=1e-6)
     assert len(tru_dist.recommend(loaded, users=[0, 150], k=4)[1]["items"]) == 4
+
+
+def test_api_train_refuses_to_replace_a_run_without_resume(tmp_path):
+    """``api.train(out=RUN)`` on a trained run retrained there and replaced it without a word
+    (only the CLI refused); ``resume=True`` continues it."""
+    out = tmp_path / "run"
+    tru_dist.train("synthetic:tiny", out=out, model="lightgcn", overrides=["train.epochs=1", "model.dim=8"])
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run .*resume=True"):
+        tru_dist.train("synthetic:tiny", out=out, model="lightgcn",
+                       overrides=["train.epochs=2", "model.dim=8"])
+    assert (out / "checkpoint.pt").read_bytes() == before
+    run = tru_dist.train("synthetic:tiny", out=out, model="lightgcn", resume=True,
+                         overrides=["train.epochs=2", "model.dim=8"])
+    assert run.metrics["epochs"] == 2

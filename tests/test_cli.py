@@ -171,7 +171,7 @@ def test_train_refuses_to_replace_a_run_without_resume(capsys, tmp_path):
     capsys.readouterr()
     before = (run / "checkpoint.pt").read_bytes()
     assert main([*args, "--train.epochs=2", "--seed", "3"]) == 2
-    assert "pass --resume to continue it" in _one_error(capsys)
+    assert "resume it (--resume" in _one_error(capsys)
     assert (run / "checkpoint.pt").read_bytes() == before
     assert main([*args, "--train.epochs=2", "--resume"]) == 0  # continuing it is what --resume is for
 

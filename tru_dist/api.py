@@ -256,10 +256,27 @@ def train(
         from tru_dist.device import resolve_device
 
         resolve_device(cfg.train.device)
+    if not resume:
+        _refuse_replacing_run(out)
     log.info(defaults_used(cfg.model.name, cfg.data.path))
     metrics = commands.train(cfg, out, resume=resume, pool=pool)
     return Run(path=Path(out), config=cfg, metrics=metrics, world_size=cfg.dist.workers,
                device=cfg.train.device)
+
+
+def _refuse_replacing_run(out: Path) -> None:
+    """Training afresh (no ``resume``) into a folder that holds a checkpoint — a finished or
+    interrupted run, at any W — is a one-line ConfigError: it replaced that run without a word
+    (the CLI refused it; the Python API did not). A folder holding an unlearned run (its ledger)
+    is left to :func:`tru_dist.distributed.commands.train`'s own message, which applies with
+    ``resume`` too."""
+    from tru_dist.train.checkpoint import holds_checkpoint
+    from tru_dist.unlearn.ledger import LEDGER_FILE
+
+    if holds_checkpoint(out) and not (out / LEDGER_FILE).exists():
+        raise ConfigError(f"{out} already holds a run (a checkpoint); resume it (--resume, resume=True in "
+                          "Python) or train into a new folder (delete that one first to retrain in its "
+                          "place)")
 
 
 def unlearn(

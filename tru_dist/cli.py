@@ -310,25 +310,9 @@ def cmd_train(args, overrides) -> int:
     from tru_dist import api
 
     _refuse_foreign_out(args.out)
-    if not args.resume:
-        _refuse_finished_run(Path(args.out))
     run = api.train(config=_build_cfg(args, overrides), out=args.out, resume=args.resume)
     _print_json({k: v for k, v in run.metrics.items() if k not in ("config", "history")})
     return 0
-
-
-def _refuse_finished_run(out: Path) -> None:
-    """``train --out RUN`` without ``--resume`` on a folder that holds a checkpoint (a finished or
-    interrupted run, at any W) is refused: training afresh there replaced the run without a word."""
-    from tru_dist.train.checkpoint import holds_checkpoint
-    from tru_dist.unlearn.ledger import LEDGER_FILE
-
-    if (out / LEDGER_FILE).exists():  # an unlearned run: train's own check says so, --resume or not
-        return
-    if holds_checkpoint(out):
-        raise TruDistError(f"--out {out} already holds a run (a checkpoint); pass --resume to continue it, "
-                           "or a new --out to train afresh (delete that folder first to retrain in its "
-                           "place)")
 
 
 def cmd_evaluate(args, overrides) -> int:
