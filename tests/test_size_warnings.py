@@ -57,6 +57,7 @@ def test_a_dataset_without_test_rows_is_named(tmp_path):
     data = open_data(tmp_path / "d")
     lines = eval_size_warnings(_ks(5), data)
     assert len(lines) == 1 and "has no test rows (x_label 2)" in lines[0]
+    assert lines[0].startswith(str((tmp_path / "d").resolve()))  # the store's folder, not "synthetic-scale"
 
 
 def test_train_logs_the_warning_and_the_metric_it_warns_of_reads_one(tmp_path, caplog):

@@ -166,8 +166,11 @@ def check_train_coverage(
 
 
 def dataset_source(data: RecDataset) -> str:
-    """How a message names ``data``: its folder when read from one, else its name."""
-    path = data.meta.get("path")
+    """How a message names ``data``: its folder when read from one, else its name. A store's
+    own folder (``meta["store"]``) comes first: its ``meta["path"]`` is kept from the MMRec
+    folder it was imported from, and a store written by the scale generator has none (messages
+    named "dataset 'synthetic-scale'" for every such store)."""
+    path = data.meta.get("store") or data.meta.get("path")
     return str(path) if path else f"dataset '{data.meta.get('name', 'dataset')}'"
 
 
