@@ -77,8 +77,9 @@ def unlearn_size_warnings(cfg: Config, data: RecDataset, method: str) -> list[st
     lines = []
     if method.startswith("tru"):
         top_k = _whole_catalogue("unlearn.gate.top_k", [cfg.unlearn.gate.top_k], data.n_items,
-                                 "every pair is in the top K, so the gate passes every pair and the "
-                                 "utility check cannot fail")
+                                 "every pair is in the top K, so the utility check (held-out top-K "
+                                 "hits lost) cannot fail and the top-K gate (gate.target=topk) passes "
+                                 "every pair")
         if top_k:
             lines.append(top_k)
     return _emit(lines)
