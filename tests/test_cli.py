@@ -278,3 +278,25 @@ def test_a_run_is_not_written_into_a_comparison_or_a_dataset(capsys, tmp_path):
                      "--out", str(out)]) == 2
         assert "holds another command's output" in _one_error(capsys)
     assert (cmp_dir / "config.yaml").read_text() == "# the comparison's\n"
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["data", "forget", "--data", "synthetic:tiny", "--regime", "users", "--fractoin=0.5"],
+     "did you mean --fraction?"),
+    (["data", "synth", "--users", "60", "--items", "40", "--sed=3"], "did you mean --seed?"),
+    (["report", "compare", "nowhere", "--foo=1"], "report takes no config overrides (--foo=1)"),
+    (["recommend", "--run", "nowhere", "--users", "1", "--train.lr=1"],
+     "recommend takes no config overrides"),
+    (["audit", "--run", "nowhere", "--requests", "r.csv", "--orignal=x"], "did you mean --original?"),
+    (["verify-deletion", "--run", "nowhere", "--data.path=x"], "verify-deletion takes no config overrides"),
+], ids=["data-forget", "data-synth", "report", "recommend", "audit", "verify-deletion"])
+def test_a_command_that_reads_no_overrides_refuses_them(argv, named, tmp_path, capsys):
+    """`data forget ... --fractoin=0.5` wrote a forget set of the default fraction 0.05, exit 0:
+    commands that build no config dropped every --key=value unread (a typo included)."""
+    out = tmp_path / "out.csv"
+    if argv[0] == "data":
+        argv = [*argv, "--out", str(out)]
+    assert main(argv) == 2
+    line = _one_error(capsys)
+    assert named in line and "it would ignore them" in line
+    assert not out.exists()

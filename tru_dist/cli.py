@@ -377,8 +377,6 @@ def _unlearn_files(args, overrides) -> int:
 def cmd_recommend(args, overrides) -> int:
     from tru_dist import api
 
-    if overrides:
-        raise ConfigError(f"recommend takes no config overrides ({' '.join(overrides)})")
     run = api.load_run(args.run, device=args.device or "auto")
     _print_json(api.recommend(run, args.users, k=args.k, exclude_seen=not args.include_seen))
     return 0
@@ -387,8 +385,6 @@ def cmd_recommend(args, overrides) -> int:
 def cmd_verify(args, overrides) -> int:
     from tru_dist.unlearn.verify import verify_deletion
 
-    if overrides:
-        raise TruDistError(f"verify-deletion takes no config overrides (got {' '.join(overrides)})")
     report = verify_deletion(args.run, data=args.data, scan=args.scan)
     print("\n".join(report.lines()))
     return 0 if report.clean else 1
@@ -749,6 +745,44 @@ COMMANDS = {
 }
 
 
+#: commands that build no config, so a ``--key=value`` given to them would be dropped unread
+#: (``data forget --fractoin=0.5`` wrote a forget set of the default fraction, exit 0)
+TAKES_NO_OVERRIDES = frozenset({"data", "report", "audit", "recommend", "verify-deletion"})
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    """The subcommand parser ``name`` of ``parser``, or None."""
+    for action in parser._actions:  # argparse keeps its subparsers there; it has no public lookup
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
+
+
+def _refuse_unread_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                             rest: list[str]) -> None:
+    """A command in :data:`TAKES_NO_OVERRIDES` given ``--key=value`` arguments is a one-line
+    ConfigError naming them and, for a near miss, the flag meant (``--fractoin=0.5``: did you
+    mean --fraction?)."""
+    if not rest or args.cmd not in TAKES_NO_OVERRIDES:
+        return
+    import difflib
+
+    sub = _subparser(parser, args.cmd)
+    if sub is not None and getattr(args, "data_cmd", None):
+        sub = _subparser(sub, args.data_cmd) or sub
+    actions = sub._actions if sub is not None else []
+    known = [o for a in actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in rest:
+        near = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+        if near:
+            hints.append(near[0])
+    name = f"{args.cmd} {args.data_cmd}" if getattr(args, "data_cmd", None) else args.cmd
+    did_you_mean = f"; did you mean {', '.join(hints)}?" if hints else ""
+    raise ConfigError(f"{name} takes no config overrides ({' '.join(rest)}): it would ignore them"
+                      f"{did_you_mean} (see tru-dist {name} --help)")
+
+
 #: set (to anything but 0) to show the traceback behind a one-line input/output error
 TRACEBACK_ENV = "TRU_DIST_TRACEBACK"
 
@@ -782,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are written --key=value)")
     fresh = None
     try:
+        _refuse_unread_overrides(parser, args, rest)
         fresh = _check_out(args)
         return COMMANDS[args.cmd](args, rest)
     except TruDistError as exc:
