@@ -94,6 +94,13 @@ def test_recommend_ranks_unseen_items_by_score(trained):
         with pytest.raises(RequestError, match="users must be an integer id"):
             tru_dist.recommend(trained, users=users, k=5)
     assert [r["user"] for r in tru_dist.recommend(trained, users=np.array([3.0, 0.0]), k=2)] == [3, 0]
+    # ASCII digits only: '²' raised a ValueError traceback, '١' was served as user 1, '--1' raised
+    for users in ("²", "١", "--1", "1,x"):
+        with pytest.raises(RequestError, match="users must be integer ids separated by commas"):
+            tru_dist.recommend(trained, users=users, k=2)
+    assert [r["user"] for r in tru_dist.recommend(trained, users="3, 0", k=2)] == [3, 0]
+    with pytest.raises(RequestError, match="user id\\(s\\) 1 given more than once"):  # served three times
+        tru_dist.recommend(trained, users="1,0,1,1", k=2)
     for k in (True, 0.5, "5", 0):
         with pytest.raises(ConfigError, match="k must be an integer of at least 1"):
             tru_dist.recommend(trained, users=[0], k=k)

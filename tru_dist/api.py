@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -377,7 +378,8 @@ def _integer_ids(values: Any) -> np.ndarray | None:
 def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np.ndarray:
     if isinstance(users, str):
         parts = [p.strip() for p in users.split(",") if p.strip()]
-        bad = [p for p in parts if not p.lstrip("-").isdigit()]
+        # ASCII digits only: str.isdigit accepts '²' (then int() raised) and '١' (served as user 1)
+        bad = [p for p in parts if not re.fullmatch(r"-?[0-9]+", p)]
         if bad or not parts:
             raise RequestError(f"users must be integer ids separated by commas (e.g. 0,1,2), not {users!r}")
         users = [int(p) for p in parts]
@@ -390,6 +392,10 @@ def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np
     if len(unknown):
         shown = ", ".join(str(int(u)) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise RequestError(f"unknown user id(s) {shown}: run {where} has users 0..{n_users - 1}")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():  # one list per user: a repeated id is a mistake in the query, not a request
+        twice = ", ".join(str(int(u)) for u in values[counts > 1][:5])
+        raise RequestError(f"user id(s) {twice} given more than once; name each user once")
     return ids
 
 
