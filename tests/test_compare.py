@@ -112,6 +112,25 @@ def test_pair_mia_nonmembers_are_never_trained_users_when_users_are_deleted(comp
     assert res["methods"]["original"]["mia"]["auc"] > mia["auc"]
 
 
+@pytest.mark.parametrize("tuning, extra, named", [
+    ("seeds: abc, trials: 1, seconds: 1.0", "", "tuning.seeds must be"),
+    ("seeds: 100, trials: 1, seconds: 1.0", "", "tuning.seeds must be"),
+    ("seeds: [true], trials: 1, seconds: 1.0", "", "tuning.seeds must be"),
+    ("seeds: [100], trials: 0, seconds: 1.0", "", "tuning.trials must be"),
+    ("seeds: [100], trials: 1, seconds: .nan", "", "tuning.seconds must be"),
+    ("seeds: [100], trials: 1, seconds: 1.0", "model: {dim: 99}\n", "sets model: a tuned file"),
+], ids=["seeds-text", "seeds-scalar", "seeds-bool", "trials-0", "seconds-nan", "model-key"])
+def test_a_malformed_tuned_file_is_one_line_before_any_work(tuning, extra, named, tmp_path):
+    """`seeds: abc` / `seeds: 100` ended in int()'s tracebacks with OUT/config.yaml left behind,
+    `seconds: .nan` was written into results.json, and `model: {dim: 99}` was dropped unread."""
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "tru-users.yaml").write_text(f"unlearn: {{lr: 0.02}}\n{extra}tuning: {{sweep: s, {tuning}}}\n")
+    cfg = build_config(model="lightgcn", overrides=["data.path=synthetic:tiny"])
+    with pytest.raises(ConfigError, match=named.replace(".", "\\.")):
+        method_configs(cfg, CompareSpec(methods=["tru"], seeds=[0], tuned=str(tuned)))
+
+
 def test_reporting_seeds_must_be_held_out_from_tuning(tmp_path, tiny_data):
     tuned = tmp_path / "tuned"
     tuned.mkdir()
@@ -122,6 +141,8 @@ def test_reporting_seeds_must_be_held_out_from_tuning(tmp_path, tiny_data):
         method_configs(cfg, CompareSpec(methods=["tru"], seeds=[0, 1], tuned=str(tuned)))
     with pytest.raises(ConfigError, match="below 100"):
         method_configs(cfg, CompareSpec(methods=["tru"], seeds=[100]))
+    with pytest.raises(ConfigError, match="--audit names mia more than once"):
+        method_configs(cfg, CompareSpec(methods=["tru"], seeds=[0], audits=["mia", "user_mia", "mia"]))
     with pytest.raises(ConfigError, match="no tuned configuration for reverse_bpr"):
         method_configs(cfg, CompareSpec(methods=["reverse_bpr"], seeds=[0], tuned=str(tuned)))
     # TRU's ablations use TRU's file; retrain and noop have nothing to tune

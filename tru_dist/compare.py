@@ -98,6 +98,9 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
     unknown = sorted(set(spec.audits) - set(AUDITS))
     if unknown:  # checked here, before any training (run_audits checks too, after every model)
         raise ConfigError(f"unknown audit(s) {', '.join(unknown)} (choose from: {', '.join(AUDITS)})")
+    twice_audits = sorted({a for a in spec.audits if spec.audits.count(a) > 1})
+    if twice_audits:  # --audit mia,mia was recorded as audits [mia, mia]
+        raise ConfigError(f"--audit names {', '.join(twice_audits)} more than once; name each audit once")
     if not spec.methods:
         raise ConfigError("--methods names no method; e.g. --methods retrain,noop,tru")
     names = [get_method(m).name for m in spec.methods]

@@ -22,6 +22,7 @@ so a later change of a packaged default would silently change the "tuned" method
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,32 @@ def read_tuned(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(tuning, dict) or not {"sweep", "seeds", "trials", "seconds"} <= set(tuning):
         raise ConfigError(f"{path} has no complete 'tuning: {{sweep, seeds, trials, seconds}}' block; "
                           "a tuned configuration must say where it came from")
+    _check_tuning(path, tuning)
+    other = sorted(str(k) for k in doc if k != "unlearn")
+    if other:  # model.dim: 99 was dropped unread (every method runs on the one original model)
+        raise ConfigError(f"{path} sets {', '.join(other)}: a tuned file may set unlearn.* only (the model, "
+                          "data and training are the comparison's, shared by every method): remove them")
     return doc, tuning
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_tuning(path: Path, tuning: dict[str, Any]) -> None:
+    """The provenance block's types, one line each: ``seeds: abc`` and ``seeds: 100`` ended in
+    int()'s ValueError / TypeError tracebacks, ``seconds: .nan`` was written into results.json."""
+    seeds, trials, seconds = tuning["seeds"], tuning["trials"], tuning["seconds"]
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(x) and x >= 0 for x in seeds):
+        raise ConfigError(f"{path}: tuning.seeds must be a non-empty list of seeds (integers >= 0), not "
+                          f"{seeds!r}; fix or regenerate the file")
+    if not _is_int(trials) or trials < 1:
+        raise ConfigError(f"{path}: tuning.trials must be an integer >= 1, not {trials!r}; fix or regenerate "
+                          "the file")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or seconds < 0:
+        raise ConfigError(f"{path}: tuning.seconds must be a finite number >= 0, not {seconds!r}; fix or "
+                          "regenerate the file")
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
