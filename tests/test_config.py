@@ -97,3 +97,33 @@ def test_a_run_config_is_the_base_and_its_model_cannot_change(tmp_path):
     g.write_text("model:\n  dim: 64\n")
     with pytest.raises(ConfigError, match="model.dim differs from the run's"):
         run_config(tmp_path, config_file=g)
+
+
+@pytest.mark.parametrize("override", ["model.dim=true", "train.lr=true", "train.epochs=false",
+                                      "eval.ks=[5,true]", "unlearn.epochs=true", "unlearn.gate.lr=true",
+                                      "train.patience=true"])
+def test_a_boolean_is_not_a_number(override):
+    """pydantic's lax mode read true/false as 1/0: --model.dim=true trained a 1-dimensional model."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"invalid value for '{key}(\\.1)?': (True|False)"):
+        build_config(model="lightgcn", overrides=[override])
+    assert build_config(model="lightgcn", overrides=["train.deterministic=true"]).train.deterministic is True
+
+
+@pytest.mark.parametrize("text, key", [("train: 5\n", "train"), ("train: [1, 2]\n", "train"),
+                                       ("model: 5\n", "model"), ("unlearn:\n  gate: 7\n", "unlearn.gate")])
+def test_a_value_where_a_section_belongs_is_refused_with_or_without_overrides(text, key, tmp_path):
+    """`train: 5` in a file was refused alone, but with any override of a train key (--device cpu
+    included) the override replaced it, and the model's published defaults with it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    run_base = build_config(model="lightgcn").to_dict()  # as for unlearn/evaluate: a run's config below
+    for overrides in ([f"{key.split('.')[0]}.seed=1"] if key != "model" else ["model.dim=8"], []):
+        with pytest.raises(ConfigError, match=f"'{key}' is a section of keys"):
+            build_config(base=run_base, config_file=path, overrides=overrides)
+    either = f"'{key}'( is a section of keys|: 7 \\(input should be a valid dict)"  # typed default: no gate
+    with pytest.raises(ConfigError, match=either):
+        build_config(config_file=path, overrides=["train.epochs=1"])  # no --model: the file names none
+    # a section left empty (null) stays what it was
+    path.write_text("train:\n")
+    assert build_config(model="lightgcn", config_file=path, overrides=["train.epochs=1"]).train.lr == 1e-3

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import not_utf8
@@ -77,17 +77,28 @@ class Valid:
         self.text = text
 
 
-# Value ranges (every float must also be finite: ``allow_inf_nan=False`` below). A bad value is
-# a one-line ConfigError naming the key, the value and the range (:func:`_one_line`).
-PosFloat = Annotated[float, Field(gt=0), Valid("a finite number > 0")]
-NonNegFloat = Annotated[float, Field(ge=0), Valid("a finite number >= 0")]
-Fraction = Annotated[float, Field(gt=0, le=1), Valid("a number in (0, 1]")]
-Unit = Annotated[float, Field(ge=0, le=1), Valid("a number in [0, 1]")]
-Dropout = Annotated[float, Field(ge=0, lt=1), Valid("a number in [0, 1)")]
-PosInt = Annotated[int, Field(ge=1), Valid("an integer >= 1")]
-NonNegInt = Annotated[int, Field(ge=0), Valid("an integer >= 0")]
-Seed = Annotated[int, Field(ge=0), Valid("an integer >= 0 (a seed)")]
-OffOrNonNeg = Annotated[int, Field(ge=-1), Valid("-1 (off) or an integer >= 0")]
+def _not_bool(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a number belongs: pydantic's lax mode reads them as 1 / 0,
+    so ``--model.dim=true`` trained a 1-dimensional model and ``--train.lr=true`` used lr 1.0."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+_NotBool = BeforeValidator(_not_bool)
+
+# Value ranges (every float must also be finite: ``allow_inf_nan=False`` below; no booleans:
+# :func:`_not_bool`). A bad value is a one-line ConfigError naming the key, the value and the
+# range (:func:`_one_line`).
+PosFloat = Annotated[float, _NotBool, Field(gt=0), Valid("a finite number > 0")]
+NonNegFloat = Annotated[float, _NotBool, Field(ge=0), Valid("a finite number >= 0")]
+Fraction = Annotated[float, _NotBool, Field(gt=0, le=1), Valid("a number in (0, 1]")]
+Unit = Annotated[float, _NotBool, Field(ge=0, le=1), Valid("a number in [0, 1]")]
+Dropout = Annotated[float, _NotBool, Field(ge=0, lt=1), Valid("a number in [0, 1)")]
+PosInt = Annotated[int, _NotBool, Field(ge=1), Valid("an integer >= 1")]
+NonNegInt = Annotated[int, _NotBool, Field(ge=0), Valid("an integer >= 0")]
+Seed = Annotated[int, _NotBool, Field(ge=0), Valid("an integer >= 0 (a seed)")]
+OffOrNonNeg = Annotated[int, _NotBool, Field(ge=-1), Valid("-1 (off) or an integer >= 0")]
 
 
 class _Strict(BaseModel):
@@ -159,7 +170,7 @@ class TrainConfig(_Strict):
     lr: PosFloat = 1e-3
     batch_size: PosInt = 2048
     epochs: PosInt = 300
-    patience: int = 20
+    patience: Annotated[int, _NotBool, Valid("an integer (<= 0: no early stopping)")] = 20
     eval_every: PosInt = 1
     seed: Seed = 0
     device: str = "auto"
@@ -449,15 +460,26 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: dict, top: dict, _where: str = "") -> dict:
     """``top`` layered over ``base`` key by key (nested dicts merged; ``modality_layers`` replaced
-    whole, since it is a mapping of values, not a config section)."""
+    whole, since it is a mapping of values, not a config section).
+
+    A section on one side and a value (not null) on the other is a one-line ConfigError: the
+    value replaced the section, and an override of a key in it then replaced the value, so a
+    file's ``train: 5`` with ``--train.epochs=1`` ran with the typed defaults — the model's
+    published ones gone — where the file alone was refused."""
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "modality_layers":
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
+        key = f"{_where}{k}"
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and k != "modality_layers":
+            out[k] = deep_merge(old, v, f"{key}.")
+            continue
+        if k != "modality_layers" and None not in (v, old) and isinstance(v, dict) != isinstance(old, dict):
+            value = old if isinstance(v, dict) else v
+            raise ConfigError(f"'{key}' is a section of keys, not {value!r:.60}; write it as "
+                              f"{key}: {{KEY: VALUE}} (or its keys indented under it), or drop it")
+        out[k] = v
     return out
 
 
@@ -628,7 +650,9 @@ def build_config(
             layer = packaged_defaults("datasets", canonical_dataset(dataset))
             if layer is not None:
                 tree = deep_merge(tree, layer)
-        model = overrides.get("model", {}).get("name", model or user_tree.get("model", {}).get("name"))
+        named_in_file = user_tree.get("model")  # a file's `model: 5` is the merge's error below
+        model = overrides.get("model", {}).get(
+            "name", model or (named_in_file.get("name") if isinstance(named_in_file, dict) else None))
         model = canonical_name(model or ModelConfig().name)
         tree = deep_merge(tree, model_defaults(model))
         tree = deep_merge(tree, {"model": {"name": model}})
