@@ -128,7 +128,27 @@ def test_an_old_run_without_the_record_fails_as_before(trained, tmp_path, monkey
     assert read_run(old / "run")["config"]["data"]["path"] == "d/tiny"  # still valid
     monkeypatch.chdir(old)
     assert main(["evaluate", "--run", "run"]) == 2
-    assert "dataset path d/tiny does not exist; pass an MMRec folder" in capsys.readouterr().err
+    assert "dataset path d/tiny of run run does not exist" in capsys.readouterr().err
+
+
+def test_a_run_whose_data_moved_names_the_run_and_the_flag_that_finds_it(trained, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Data recorded at one absolute place and moved: every command on the run said "pass an
+    MMRec folder or a tru-dist store", naming no flag a command on a run takes."""
+    moved = _copy(trained, tmp_path / "abs")
+    ckpt = moved / "run" / "checkpoint.pt"
+    saved = torch.load(ckpt, weights_only=True)
+    saved["config"]["data"]["path"] = saved["config"]["data"]["resolved_path"] = str(moved / "d" / "tiny")
+    torch.save(saved, ckpt)
+    (moved / "d").rename(moved / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    for argv in (["evaluate", "--run", str(moved / "run")], ["recommend", "--run", str(moved / "run"),
+                                                             "--users", "0"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"of run {moved / 'run'} does not exist" in err and "--data.path=NEW" in err, err
+    assert main(["evaluate", "--run", str(moved / "run"), f"--data.path={moved / 'elsewhere' / 'tiny'}"]) == 0
 
 
 def test_the_record_is_not_a_setting(tmp_path, monkeypatch):

@@ -42,13 +42,22 @@ def path_to_open(path: str | None, resolved: str | None) -> str | None:
     return locate_data(path, resolved)
 
 
-def check_data_found(path: str | None, resolved: str | None) -> None:
+def check_data_found(path: str | None, resolved: str | None, of_run: str | Path | None = None) -> None:
     """A one-line DataError naming both paths when neither ``path`` (from here) nor the
-    recorded ``resolved`` path exists; nothing otherwise (also when there is no other
-    recorded place to name: the ordinary "does not exist" error then applies)."""
-    if (not is_folder_path(path) or Path(path).exists() or not resolved or Path(resolved).exists()
-            or os.path.abspath(path) == os.path.abspath(resolved)):
+    recorded ``resolved`` path exists; nothing otherwise. ``of_run``: the run folder whose data
+    this is (evaluate, unlearn, recommend, audit) — then a missing data folder recorded at one
+    place is this error too, naming the run and the fix, where the opener's generic "pass an
+    MMRec folder or a tru-dist store" named no flag a command on a run takes. Without ``of_run``
+    (``train``, whose own ``--data`` it is) that generic error applies."""
+    if not is_folder_path(path) or Path(path).exists() or (resolved and Path(resolved).exists()):
         return
+    one_place = not resolved or os.path.abspath(path) == os.path.abspath(resolved)
+    if one_place and of_run is None:
+        return
+    fix = ("put the data back at that path (evaluate and unlearn also take its new place as "
+           "--data.path=NEW)")
+    if one_place:
+        raise DataError(f"dataset path {path} of run {of_run} does not exist (the run was trained on it "
+                        f"there); {fix}")
     raise DataError(f"dataset path {path} does not exist from {os.getcwd()}, nor at {resolved} where the run "
-                    "was trained on it; put the data back at that path, or run the command from a "
-                    f"folder that holds {path}")
+                    f"was trained on it; {fix}, or run the command from a folder that holds {path}")

@@ -80,7 +80,7 @@ def evaluate(run_dir: str | Path, *, overrides: list[str] | None = None,
     if data is None:  # neither data.path nor where the run was trained: one error naming both, here
         from tru_dist.data.location import check_data_found
 
-        check_data_found(cfg.data.path, cfg.data.resolved_path)
+        check_data_found(cfg.data.path, cfg.data.resolved_path, of_run=run_dir)
     return run_distributed("evaluate", cfg, data=data, pool=pool, model_dir=str(Path(run_dir).resolve()))
 
 
@@ -217,7 +217,7 @@ def _check_run_data_found(run_dir: str | Path, **layers: Any) -> None:
     from tru_dist.train.trainer import run_config
 
     cfg = run_config(run_dir, **layers)
-    check_data_found(cfg.data.path, cfg.data.resolved_path)
+    check_data_found(cfg.data.path, cfg.data.resolved_path, of_run=run_dir)
 
 
 def _retitled(exc: TruDistError, message: str) -> TruDistError:

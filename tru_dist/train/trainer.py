@@ -456,6 +456,9 @@ def load_run(
     if data is None:
         if cfg.data.path is None:
             raise CheckpointError(f"run {run_dir} was trained on in-memory data; pass data= to load_run")
+        from tru_dist.data.location import check_data_found
+
+        check_data_found(cfg.data.path, cfg.data.resolved_path, of_run=run_dir)
         data = _load_data(cfg)
     check_run_data(run_dir, saved, data)
     dev = resolve_device(cfg.train.device)
