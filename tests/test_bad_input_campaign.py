@@ -5,7 +5,8 @@ Each case hands ``tru-dist`` one damaged input — a degenerate synthetic spec, 
 folder or binary, a bogus Ray address, a request CSV that is binary or UTF-16 or names an id
 beyond int64, a truncated ``metrics.json``, an MMRec ``.inter`` that is a folder or not UTF-8, a
 feature matrix with no columns, a binary ledger, ``--originals`` naming a file, a checkpoint
-with NaN parameters, a request column tru-dist does not read, an empty ``--modalities`` — and
+with NaN parameters, a request column tru-dist does not read, an empty ``--modalities``, an audit
+``--original`` that is the audited run or already holds its requests — and
 expects exit status 2 with exactly one stderr line ``error: ...``
 naming the file or value, no traceback, and no partial ``--out``. Inputs are built as in
 :mod:`test_malformed_inputs` (its ``build_env`` and helpers; a case that damages one copies it
@@ -297,3 +298,23 @@ def test_modalities_none_writes_an_interactions_only_dataset(scale, tmp_path):
                  "--modalities", "none", *extra]) == 0
     data = open_data(tmp_path / "d")
     assert data.features == {} and (data.n_users, data.n_items) == (20, 10)
+
+
+# -- 13. audit --original naming the audited run, or a run that already holds the requests --------
+def test_audit_refuses_an_original_that_is_the_audited_run(env: Env, capsys):
+    one_line_error(["audit", "--run", str(env.unlearned), "--requests", str(env.requests), "--original",
+                    str(env.unlearned)], capsys, str(env.unlearned), "is the audited run itself")
+
+
+def test_audit_refuses_an_original_that_already_applied_the_requests(env: Env, tmp_path, capsys):
+    """It said "request(s) ... delete users with no interactions left", not that --original was
+    the wrong run."""
+    user, item = _pair(env, 5)
+    second = tmp_path / "second.csv"
+    second.write_text(f"request_id,user_id,item_id,reason\nr2,{user},{item},x\n")
+    later = tmp_path / "later"
+    assert main(["unlearn", "--run", str(env.unlearned), "--requests", str(second), "--out", str(later),
+                 "--unlearn.epochs=1"]) == 0
+    # env.requests were applied in env.unlearned, which later was unlearned from
+    one_line_error(["audit", "--run", str(later), "--requests", str(env.requests), "--original",
+                    str(env.unlearned)], capsys, "r1", "already applied in --original", str(env.unlearned))

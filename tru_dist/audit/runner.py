@@ -132,7 +132,7 @@ def audit_run(
     from tru_dist.train.trainer import load_run
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.deletion import build_deletion
-    from tru_dist.unlearn.ledger import DeletionLedger, served_state
+    from tru_dist.unlearn.ledger import LEDGER_FILE, DeletionLedger, served_state
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():  # said as such, not as a run that names no source
@@ -143,10 +143,21 @@ def audit_run(
     if original is None:
         raise AuditError(f"{run_dir} does not say which run it was unlearned from (no source_run in "
                          "metrics.json); pass it with --original RUN")
+    if Path(original).resolve() == run_dir.resolve():
+        raise AuditError(f"--original {original} is the audited run itself; pass the run it was unlearned "
+                         "from (its source_run in metrics.json)")
+    table = read_requests(requests_path)
+    if (Path(original) / LEDGER_FILE).exists():  # else: "delete users with no interactions left"
+        ledger = DeletionLedger(original)
+        done = [rid for rid in table["request_id"] if ledger.receipt_for(rid) is not None]
+        if done:
+            raise AuditError(f"request(s) {', '.join(done[:5])} were already applied in --original "
+                             f"{original}; pass the run they were unlearned from (the audited run's "
+                             "source_run)")
     cfg, data, graph, original_model = load_run(original, data=data)
     _, _, _, unlearned = load_run(run_dir, data=data)
     data_before, graph_before = served_state(Path(original), data, graph)
-    forget = resolve_requests(data_before, read_requests(requests_path))
+    forget = resolve_requests(data_before, table)
     missing = [rid for rid in forget.request_ids if DeletionLedger(run_dir).receipt_for(rid) is None]
     if missing:
         raise AuditError(f"request(s) {', '.join(missing[:5])} were not applied in {run_dir}; "
