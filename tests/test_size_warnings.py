@@ -73,3 +73,14 @@ def test_train_logs_the_warning_and_the_metric_it_warns_of_reads_one(tmp_path, c
     assert len(warned) == 1
     test = json.loads((out / "metrics.json").read_text())["test"]
     assert test["n_users"] > 0 and test["recall@8"] == pytest.approx(1.0) and test["recall@2"] < 1.0
+
+
+def test_evaluate_logs_cut_offs_its_own_eval_ks_sets_at_or_above_the_catalogue(tmp_path, caplog):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "lightgcn", "--data", "synthetic:30x8", "--out", str(out),
+                 "--train.epochs=1", "--model.dim=8", "--eval.ks=[2]", "--eval.metric=recall@2", "--address",
+                 "none", "--device", "cpu"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tru_dist"):
+        assert main(["evaluate", "--run", str(out), "--eval.ks=[2,9]", "--address", "none"]) == 0
+    assert [m for m in (r.getMessage() for r in caplog.records) if m.startswith("eval.ks 9 >= the catalogue")]

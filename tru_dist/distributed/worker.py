@@ -158,12 +158,14 @@ def _train(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Repor
 # -- evaluate / unlearn ------------------------------------------------------------------------
 def _evaluate(cfg: Config, task: dict, shard: Shard, out_dir: Path | None, reporter: Reporter | None) -> dict:
     from tru_dist.train.evaluate import eval_embeddings, evaluate
+    from tru_dist.train.size_warnings import evaluate_size_warnings
     from tru_dist.unlearn.ledger import served_state
 
     if not task.get("model_dir"):
         raise ConfigError("evaluate needs model_dir (a finished training run's folder)")
     model = load_run_model(cfg, shard, task["model_dir"])
     data, graph = served_state(task["model_dir"], shard.data, shard.graph)  # without what it deleted
+    evaluate_size_warnings(cfg, data.n_items)  # e.g. --eval.ks='[100]' on 40 items: logged, once
     emb = eval_embeddings(model, graph)
     return {split: evaluate(model, graph, data, split, ks=cfg.eval.ks,
                             batch_users=cfg.eval.batch_users, emb=emb) for split in ("valid", "test")}

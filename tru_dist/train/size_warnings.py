@@ -47,13 +47,21 @@ def _whole_catalogue(what: str, values: list[int], n_items: int, consequence: st
     return f"{what} {listed} >= the catalogue's {n_items} items: {consequence}; set {what} below {n_items}"
 
 
+def _ks_line(cfg: Config, n_items: int) -> list[str]:
+    ks = _whole_catalogue("eval.ks", list(cfg.eval.ks), n_items,
+                          "those top-k lists hold every item, so recall and hit read 1 whatever was learned")
+    return [ks] if ks else []
+
+
+def evaluate_size_warnings(cfg: Config, n_items: int) -> list[str]:
+    """``eval.ks`` values >= ``n_items`` for ``tru-dist evaluate`` (its ``--eval.ks`` is the
+    command's own); logged. Test rows are not checked there: a rank's shard may hold none."""
+    return _emit(_ks_line(cfg, n_items))
+
+
 def eval_size_warnings(cfg: Config, data: RecDataset) -> list[str]:
     """``eval.ks`` values >= ``data.n_items`` and a dataset without test rows (module docstring)."""
-    lines = []
-    ks = _whole_catalogue("eval.ks", list(cfg.eval.ks), data.n_items,
-                          "those top-k lists hold every item, so recall and hit read 1 whatever was learned")
-    if ks:
-        lines.append(ks)
+    lines = _ks_line(cfg, data.n_items)
     if data.split_counts[TEST] == 0:
         lines.append(f"{dataset_source(data)} has no test rows (x_label 2): every test metric will "
                      "read 0 over n_users 0; label some rows x_label=2 to measure the model")
