@@ -393,3 +393,23 @@ def test_api_train_refuses_to_replace_a_run_without_resume(tmp_path):
     run = tru_dist.train("synthetic:tiny", out=out, model="lightgcn", resume=True,
                          overrides=["train.epochs=2", "model.dim=8"])
     assert run.metrics["epochs"] == 2
+
+
+def test_recommend_says_which_users_it_serves_without_history(tmp_path, caplog):
+    """A wholly deleted user is served from the reset row, as a new user; nothing said so."""
+    run = tru_dist.train("synthetic:tiny", out=tmp_path / "run", model="lightgcn",
+                         overrides=["train.epochs=1", "model.dim=8"])
+    requests = pd.DataFrame({"request_id": ["forget-3", "pair-0"], "user_id": [3, 0],
+                             "item_id": pd.array([None, int(run.data.items[(run.data.users == 0)
+                                                                           & (run.data.labels == 0)][0])],
+                                                 dtype="Int64"), "reason": ["gdpr", "gdpr"]})
+    unlearned = tru_dist.unlearn(run, requests=requests, method="noop", out=tmp_path / "u")
+    with caplog.at_level(logging.WARNING, logger="tru_dist"):
+        recs = tru_dist.recommend(unlearned, users=[0, 3, 1], k=3)
+    assert [r["user"] for r in recs] == [0, 3, 1] and all(len(r["items"]) == 3 for r in recs)
+    warned = [r.getMessage() for r in caplog.records if "have no train interaction" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("user(s) 3 have")  # not user 0: one pair deleted
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tru_dist"):
+        tru_dist.recommend(run, users=[3], k=3)  # the original still holds user 3's history
+    assert not [r for r in caplog.records if "have no train interaction" in r.getMessage()]

@@ -415,6 +415,7 @@ def recommend(run: Run | str | Path, users: int | Iterable[int] | str, k: int = 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer of at least 1, not {k!r}")
     ids = _user_ids(users, run.data.n_users, run.path)
+    _note_users_without_history(run, ids)
     emb = eval_embeddings(run.model, run.graph)
     user_emb, item_emb = emb.user.detach(), emb.item.detach()
     exclude = history_mask(run.data, [TRAIN], run.graph) if exclude_seen else None
@@ -434,6 +435,21 @@ def recommend(run: Run | str | Path, users: int | Iterable[int] | str, k: int = 
         out.append({"user": int(u), "items": [int(i) for i, ok in zip(items, m, strict=True) if ok],
                     "scores": [float(v) for v, ok in zip(s, m, strict=True) if ok]})
     return out
+
+
+def _note_users_without_history(run: Run, ids: np.ndarray) -> None:
+    """Log which of ``ids`` have no train interaction in the data ``run`` serves with — users whose
+    whole history its ledger deleted. Their lists are still served (a forgotten user is a new,
+    cold user), but they come from the row the deletion step reset, not from any history, and
+    nothing said so."""
+    from tru_dist.data.dataset import TRAIN
+
+    with_history = np.unique(run.data.users[run.data.labels == TRAIN])
+    cold = ids[~np.isin(ids, with_history)]
+    if len(cold):
+        shown = ", ".join(str(int(u)) for u in cold[:5]) + (" ..." if len(cold) > 5 else "")
+        log.warning("user(s) %s have no train interaction in run %s (their history was deleted): their "
+                    "lists come from a reset row, as for a new user, not from what they did", shown, run.path)
 
 
 def export_embeddings(run: Run | str | Path, out: str | Path | None = None) -> dict[str, np.ndarray]:
