@@ -99,6 +99,8 @@ def test_recommend_ranks_unseen_items_by_score(trained):
         with pytest.raises(RequestError, match="users must be integer ids separated by commas"):
             tru_dist.recommend(trained, users=users, k=2)
     assert [r["user"] for r in tru_dist.recommend(trained, users="3, 0", k=2)] == [3, 0]
+    with pytest.raises(RequestError, match="unknown user id\\(s\\) 99999999999999999999999"):
+        tru_dist.recommend(trained, users="0,99999999999999999999999", k=2)  # was "must be an integer id"
     with pytest.raises(RequestError, match="user id\\(s\\) 1 given more than once"):  # served three times
         tru_dist.recommend(trained, users="1,0,1,1", k=2)
     for k in (True, 0.5, "5", 0):

@@ -383,6 +383,10 @@ def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np
         if bad or not parts:
             raise RequestError(f"users must be integer ids separated by commas (e.g. 0,1,2), not {users!r}")
         users = [int(p) for p in parts]
+        huge = [u for u in users if abs(u) >= 2**62]  # an id, just not one of this run's
+        if huge:
+            shown = ", ".join(str(u) for u in huge[:5])
+            raise RequestError(f"unknown user id(s) {shown}: run {where} has users 0..{n_users - 1}")
     raw = _integer_ids(users)
     if raw is None:  # exact integers only: 0.7 or True would have been served as user 0 or 1
         raise RequestError(f"users must be an integer id or a non-empty flat list of them (e.g. [0, 1, 2]), "
