@@ -318,3 +318,9 @@ def test_audit_refuses_an_original_that_already_applied_the_requests(env: Env, t
     # env.requests were applied in env.unlearned, which later was unlearned from
     one_line_error(["audit", "--run", str(later), "--requests", str(env.requests), "--original",
                     str(env.unlearned)], capsys, "r1", "already applied in --original", str(env.unlearned))
+
+
+def test_verify_deletion_on_a_run_that_was_never_unlearned_says_so(env: Env, capsys):
+    """It said "RUN/ledger.jsonl holds no receipts" of a file that does not exist."""
+    one_line_error(["verify-deletion", "--run", str(env.run)], capsys, f"{env.run} has no ledger.jsonl",
+                   "not an unlearned run")

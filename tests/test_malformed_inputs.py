@@ -498,7 +498,7 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str]] = [
      "--ledger"),
     ("cli-keep-versions-negative", _argv("data", "purge", "--data", "{store}", "--ledger", "{unlearned}",
                                          "--keep-versions", "-1"), "--keep-versions"),
-    ("cli-verify-without-ledger", _argv("verify-deletion", "--run", "{run}"), "no receipts"),
+    ("cli-verify-without-ledger", _argv("verify-deletion", "--run", "{run}"), "has no ledger.jsonl"),
     ("cli-verify-missing-run", _argv("verify-deletion", "--run", "{tmp}/none"), "does not exist"),
     ("cli-run-is-file", _run_is_file, "is a file"),
     # -- checkpoints -----------------------------------------------------------------------------------------

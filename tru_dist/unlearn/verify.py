@@ -105,8 +105,10 @@ class _Scanner:
         self.ledger = ledger
         receipts = ledger.receipts()
         if not receipts:
-            raise RequestError(f"{ledger.path} holds no receipts: this run deleted nothing, so there is "
-                               "nothing to verify; pass the output folder of `tru-dist unlearn`")
+            where = (f"{ledger.path} holds no receipts" if ledger.path.exists()
+                     else f"{ledger.path.parent} has no {ledger.path.name} (it is not an unlearned run)")
+            raise RequestError(f"{where}: this run deleted nothing, so there is nothing to verify; pass the "
+                               "output folder of `tru-dist unlearn`")
         self.digests: Digests = ledger.all_digests(receipts)
         self.trained_on_deleted = {r["model_before"]: r["receipt_id"] for r in receipts
                                    if r.get("model_before")}
