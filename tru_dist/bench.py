@@ -12,6 +12,7 @@ timed; such numbers are about speed, never about quality.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.config import Config, deep_merge
+from tru_dist.config import Config, deep_merge, parse_overrides
 from tru_dist.data.dataset import RecDataset
+from tru_dist.data.synth_stream import parse_modalities
 from tru_dist.device import resolve_device
-from tru_dist.errors import ConfigError
+from tru_dist.errors import ConfigError, DataError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.io_utils import atomic_write_json
 from tru_dist.models.registry import build_model, model_class
@@ -33,15 +35,63 @@ from tru_dist.train.trainer import train_model
 
 
 def parse_feature_spec(spec: str | None) -> dict[str, int]:
-    """``"image:4096,text:384"`` -> ``{"image": 4096, "text": 384}``; None/"" -> {}."""
-    out: dict[str, int] = {}
-    for part in (spec or "").split(","):
-        if not part.strip():
-            continue
-        name, _, width = part.partition(":")
-        if not width.strip().isdigit() or int(width) < 1:
-            raise ConfigError(f"feature spec '{part}' is not NAME:WIDTH (e.g. image:4096,text:384)")
-        out[name.strip()] = int(width)
+    """``"image:4096,text:384"`` -> ``{"image": 4096, "text": 384}``; None, "" or "none" -> {}.
+
+    Parsed as ``data synth --modalities`` is (:func:`~tru_dist.data.synth_stream.parse_modalities`),
+    so a repeated name (``x:4,x:8``: the last one silently won) or an empty one (``:8``: a
+    modality named '') is a one-line ConfigError naming ``--synthetic-features``.
+    """
+    if spec is None or not str(spec).strip():
+        return {}
+    try:
+        return parse_modalities(spec)
+    except DataError as exc:
+        raise ConfigError(f"--synthetic-features: {exc}") from None
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_feature_bytes(n_items: int, features: dict[str, int], spec: str | None) -> None:
+    """Refuse synthetic features that cannot fit in memory (float32, ``n_items`` rows per
+    modality), before numpy tries: ``x:999999999999`` was a MemoryError traceback asking for
+    146 TiB. The limit is the machine's physical memory."""
+    need = 4 * n_items * sum(features.values())
+    limit = memory_bytes()
+    if limit is not None and need > limit:
+        raise ConfigError(f"--synthetic-features {spec}: {n_items} items × {sum(features.values())} "
+                          f"float32 columns need {need / 2**30:,.1f} GiB, more than this machine's "
+                          f"{limit / 2**30:,.1f} GiB of memory; ask for narrower features")
+
+
+def refuse_flag_overrides(command: str, overrides: list[str] | dict[str, Any] | None,
+                          owned: dict[str, str]) -> None:
+    """Refuse a ``--key=value`` override of a config key that a flag of ``bench command`` sets
+    (``owned``: config key -> flag), e.g. ``--train.epochs=2`` beside ``--epochs 1``: the override
+    won without a word, so the bench ran and recorded something other than its flag said.
+    Checked before any work, as ``--gpus-per-worker`` with ``--device cpu`` is."""
+    tree = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    given = _dotted(tree)
+    for key, flag in owned.items():
+        if key in given:
+            value = given[key]
+            raise ConfigError(f"bench {command}: --{key}={value} contradicts {flag}, which sets {key}; "
+                              f"pass {flag} {value} instead of the override")
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 
@@ -59,10 +109,16 @@ def with_synthetic_features(data: RecDataset, spec: str | None, seed: int = 0) -
     missing = {m: w for m, w in wanted.items() if m not in data.features}
     if not missing:
         return data
+    check_feature_bytes(data.n_items, missing, spec)
     rng = np.random.default_rng(seed)
     feats = dict(data.features)
-    for m, w in sorted(missing.items()):
-        feats[m] = rng.standard_normal((data.n_items, w), dtype=np.float32)
+    try:
+        for m, w in sorted(missing.items()):
+            feats[m] = rng.standard_normal((data.n_items, w), dtype=np.float32)
+    except MemoryError:
+        raise ConfigError(f"--synthetic-features {spec}: {data.n_items} items × {sum(missing.values())} "
+                          "float32 columns do not fit in the free memory; ask for narrower features"
+                          ) from None
     return data.with_features(feats)
 
 
@@ -91,8 +147,11 @@ def bench_train(
     """Train ``epochs`` epochs of ``model_name`` and time it; write ``out_json`` if given.
 
     ``overrides`` is a nested config dict layered over the defaults (e.g.
-    ``{"train": {"device": "cuda"}}``).
+    ``{"train": {"device": "cuda"}}``); one of a key that an argument sets (``train.epochs``:
+    ``epochs``) is refused.
     """
+    refuse_flag_overrides("train", overrides, {"train.epochs": "--epochs", "model.name": "--model",
+                                               "data.path": "--data"})
     data = with_synthetic_features(load_for_bench(data_path_or_dataset), synthetic_features)
     tree: dict[str, Any] = {"model": {"name": model_name},
                             "train": {"epochs": epochs, "eval_every": max(1, epochs), "progress": "off"}}

@@ -92,6 +92,10 @@ def bench_data(source: str | Path | RecDataset, features: dict[str, int], seed: 
         data = open_data(str(source))
     if not features:
         return data
+    from tru_dist.bench import check_feature_bytes
+
+    # generated block by block, but the shards and the model's projections read them all
+    check_feature_bytes(data.n_items, features, ",".join(f"{m}:{d}" for m, d in features.items()))
     return data.with_features({m: BlockFeatures(data.n_items, d, seed + k)
                                for k, (m, d) in enumerate(sorted(features.items()))})
 
@@ -163,6 +167,9 @@ def bench_dist(
     threads_per_rank: int = 1,
 ) -> dict[str, Any]:
     """Step time and bytes per step for W = 1 and W = 2 side by side, with the planner's figures."""
+    from tru_dist.bench import refuse_flag_overrides
+
+    refuse_flag_overrides("dist", overrides, {"model.name": "--model", "data.path": "--data"})
     features = _feature_spec(synthetic_features)
     dataset = bench_data(data, features)
     named = None if isinstance(data, RecDataset) or is_synthetic(str(data)) else str(data)

@@ -40,30 +40,42 @@ from typing import Any
 
 import torch
 
+from tru_dist.bench import refuse_flag_overrides
 from tru_dist.bench_sequential import draw_users, latency_summary
 from tru_dist.config import build_config
 from tru_dist.data.source import is_synthetic, open_data
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json
 
-
-def _store(data: str, work_dir: Path) -> str:
-    """A synthetic spec as a store under ``work_dir`` (written once per spec); a folder as is."""
-    if not is_synthetic(data):
-        return data
-    from tru_dist.data.store import write_store
-
-    path = work_dir / ("data-" + data.replace(":", "-"))
-    if not (path / "META.json").exists():
-        write_store(open_data(data), path)
-    return str(path)
+#: config keys a flag of ``bench pool`` sets (an override of one is refused)
+POOL_FLAGS = {"train.epochs": "--epochs", "train.seed": "--seed", "unlearn.seed": "--seed",
+              "unlearn.method": "--method", "model.name": "--model", "data.path": "--data",
+              "dist.workers": "--workers"}
 
 
-def _request_files(data_path: str, n: int, seed: int, folder: Path) -> list[Path]:
+def _store_path(data: str, work_dir: Path) -> str:
+    """Where the data is read from: a synthetic spec's store under ``work_dir``; a folder as is."""
+    return str(work_dir / ("data-" + data.replace(":", "-"))) if is_synthetic(data) else data
+
+
+def _open(data: str, data_path: str):
+    """The dataset: the store when it is already written, else ``data`` itself (generated)."""
+    return open_data(data_path if (Path(data_path) / "META.json").exists() else data)
+
+
+def _store(dataset, data: str, data_path: str) -> None:
+    """Write a synthetic spec's ``dataset`` as the store at ``data_path`` (once per spec)."""
+    if is_synthetic(data) and not (Path(data_path) / "META.json").exists():
+        from tru_dist.data.store import write_store
+
+        write_store(dataset, data_path)
+
+
+def _request_files(users, folder: Path) -> list[Path]:
+    """Request file k deletes every interaction of ``users[k - 1]``."""
     from tru_dist.data.regimes import user_request_table
     from tru_dist.data.requests import write_requests
 
-    users = draw_users(open_data(data_path), n, seed)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k, u in enumerate(users, 1):
@@ -95,35 +107,45 @@ def bench_pool(
 ) -> dict[str, Any]:
     """Run the benchmark of the module docstring; write ``out_json`` (atomically) if given and
     return the report. ``overrides``: ``["unlearn.epochs=5", ...]`` over the model's packaged
-    defaults, ``train.epochs = epochs`` and ``train.seed = unlearn.seed = seed``."""
+    defaults, ``train.epochs = epochs`` and ``train.seed = unlearn.seed = seed`` (an override of
+    a key an argument sets is refused).
+
+    Every argument is checked before anything is written or trained — the method (sisa is
+    refused, as by ``bench sequential``), the overrides, and ``requests`` against the users the
+    data has with two train interactions — so a refusal leaves ``work_dir`` as it was."""
     import shutil
 
     from tru_dist.distributed import commands
     from tru_dist.distributed.pool import WorkerPool
     from tru_dist.train.checkpoint import refuse_run_folder
-    from tru_dist.unlearn.base import get_method
+    from tru_dist.unlearn.run import method_name
 
-    get_method(method)  # an unknown method fails before the data and the original are made
+    refuse_flag_overrides("pool", overrides, POOL_FLAGS)
     if workers < 2:
         raise ConfigError(f"--workers must be at least 2 (a pool of one is the calling process), "
                           f"got {workers}")
     t_start = time.perf_counter()
     work = Path(work_dir)
     refuse_run_folder(work, "--work-dir")
-    work.mkdir(parents=True, exist_ok=True)
-    data_path = _store(str(data), work)
-    t_data = time.perf_counter() - t_start
+    data_path = _store_path(str(data), work)
     named = None if is_synthetic(str(data)) else str(data)
     cfg = build_config(model=model, dataset=named, overrides=[
         f"data.path={data_path}", f"train.epochs={epochs}", f"train.seed={seed}", f"unlearn.seed={seed}",
         'train.progress="off"', *(overrides or [])])
+    method = method_name(method, cfg)  # unknown method / sisa: one line before any work
+    dataset = _open(str(data), data_path)
+    users = draw_users(dataset, requests, seed)  # too many requests: one line before any work
+    work.mkdir(parents=True, exist_ok=True)
+    _store(dataset, str(data), data_path)
+    del dataset
+    t_data = time.perf_counter() - t_start
     for sub in ("original", "fresh", "pool"):  # a rerun starts clean: ledgers would replay
         shutil.rmtree(work / sub, ignore_errors=True)
     t0 = time.perf_counter()
     cfg.dist.workers, cfg.dist.address = 1, "none"
     commands.train(cfg, work / "original")
     t_train = time.perf_counter() - t0
-    files = _request_files(data_path, requests, seed, work / "requests")
+    files = _request_files(users, work / "requests")
     dist = [f"dist.workers={workers}", "dist.address=none", *(overrides or [])]
 
     seconds: dict[str, list[float]] = {"fresh": [], "pool": []}

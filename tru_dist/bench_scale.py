@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.bench import with_synthetic_features
+from tru_dist.bench import refuse_flag_overrides, with_synthetic_features
 from tru_dist.config import build_config
 from tru_dist.data.dataset import TRAIN, RecDataset
 from tru_dist.data.regimes import user_request_table
@@ -91,6 +91,9 @@ from tru_dist.unlearn.deletion import build_deletion
 from tru_dist.unlearn.metrics import forget_metrics
 
 GIB = 1024**3
+#: config keys a flag of ``bench scale`` sets (an override of one is refused)
+SCALE_FLAGS = {"train.fanout": "--fanout", "unlearn.fanout": "--fanout", "unlearn.seed": "--seed",
+               "unlearn.method": "--method", "model.name": "--model", "data.path": "--data"}
 _LOG = logging.getLogger("tru_dist.bench_scale")
 
 
@@ -143,11 +146,28 @@ def pick_users(data: RecDataset, n: int, seed: int, then: int = 0) -> tuple[np.n
     """``n`` distinct users with at least one train pair, drawn with ``seed`` (sorted), and
     ``then`` further distinct users in the order drawn (empty for ``then = 0``)."""
     train_users = np.unique(data.users[data.labels == TRAIN])
-    if n < 1 or n + then > len(train_users):
-        raise ConfigError(f"--delete-users + --stream-requests must lie in 1..{len(train_users)} (users with "
-                          f"a train pair), got {n} + {then}")
+    _check_user_counts(n, then, len(train_users))
     drawn = np.random.default_rng([seed, 31]).choice(train_users, size=n + then, replace=False)
     return np.sort(drawn[:n]), drawn[n:]
+
+
+def _check_user_counts(n: int, then: int, available: int) -> None:
+    """``n`` deleted plus ``then`` streamed users must be distinct users with a train pair."""
+    if n < 1 or n + then > available:
+        raise ConfigError(f"--delete-users + --stream-requests must lie in 1..{available} (users with "
+                          f"a train pair), got {n} + {then}")
+
+
+def _check_generated(users: int, items: int, interactions: int, modalities: dict[str, int], seed: int,
+                     delete_users: int, stream: int) -> None:
+    """The generated store's size limits and the users drawn from it, from the arguments alone:
+    every user of the store has a train pair, so nothing needs generating to know a count is
+    too large (``--delete-users 1000`` of 50 users was refused after the store was written)."""
+    from tru_dist.data.synth_stream import DEFAULT_CHUNK_USERS, ROW_GROUP_ROWS, check_synth_args
+
+    check_synth_args(users, items, interactions, modalities, seed, DEFAULT_CHUNK_USERS, ROW_GROUP_ROWS,
+                     "float16")
+    _check_user_counts(delete_users, stream, users)
 
 
 def stream_requests(model, data, graph, users: np.ndarray, method: str, cfg) -> dict[str, Any]:
@@ -263,8 +283,14 @@ def bench_scale(
     out_json: str | Path | None = None,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the scale bench (module docstring); write ``out_json`` if given and return the report."""
-    get_method(method)  # an unknown method fails before any work
+    """Run the scale bench (module docstring); write ``out_json`` if given and return the report.
+
+    Every argument that can be checked without the data is checked before ``work_dir`` is made
+    or the store generated (the method, the overrides, the store's sizes, the users to delete);
+    an override of a key an argument sets (``unlearn.fanout``: ``fanout``) is refused."""
+    from tru_dist.unlearn.run import method_name
+
+    refuse_flag_overrides("scale", overrides, SCALE_FLAGS)
     if train_steps < 1 or retrain_epochs < 1 or fanout < 0 or workers < 1:
         raise ConfigError("--train-steps, --retrain-epochs and --workers must be >= 1 and --fanout >= 0")
     modalities = dict(modalities if modalities is not None else {"image": 512, "text": 384})
@@ -272,14 +298,17 @@ def bench_scale(
         "train.propagation=local", f"train.fanout={fanout}", "train.optimizer=row_sparse_adam",
         "unlearn.propagation=local",
         f"unlearn.fanout={fanout}", f"unlearn.seed={seed}", *(overrides or [])])
+    method = method_name(method, cfg)  # unknown method / sisa: one line before any work
+    if data is None:
+        _check_generated(users, items, interactions, modalities, seed, delete_users, stream)
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": model, "method": method, "workers": workers, "fanout": fanout,
                               "optimizer": cfg.train.optimizer,
                               "device": "cpu",  # the bench measures the CPU path (graph and model on CPU)
                               "torch_threads": torch.get_num_threads(), "seed": seed}
     t_start = time.perf_counter()
     if data is None:
+        work.mkdir(parents=True, exist_ok=True)
         dataset, info = scale_data(work, users, items, interactions, modalities, seed)
     else:
         from tru_dist.bench import load_for_bench
@@ -293,6 +322,7 @@ def bench_scale(
     report["index_seconds"] = time.perf_counter() - t0
     # a bad --delete-users fails before any work
     chosen, streamed = pick_users(dataset, delete_users, seed, then=stream)
+    work.mkdir(parents=True, exist_ok=True)  # the kNN cache and the replicas' files
     stages = report["rss_gb_after"] = {"data": rss_gb()}
     log(f"bench scale: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.users)} interactions")
 

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.bench import load_for_bench, parse_feature_spec, with_synthetic_features
+from tru_dist.bench import load_for_bench, parse_feature_spec, refuse_flag_overrides, with_synthetic_features
 from tru_dist.config import build_config
 from tru_dist.data.dataset import TRAIN, RecDataset
 from tru_dist.data.regimes import user_request_table
@@ -83,6 +83,9 @@ log = logging.getLogger("tru_dist.bench_sequential")
 TARGET_RATIO = 1.2
 #: users need at least this many train interactions to be drawn
 MIN_TRAIN_INTERACTIONS = 2
+#: config keys a flag of ``bench sequential`` sets (an override of one is refused)
+SEQUENTIAL_FLAGS = {"train.epochs": "--epochs", "train.seed": "--seed", "unlearn.seed": "--seed",
+                    "unlearn.method": "--method", "model.name": "--model", "data.path": "--data"}
 
 LATENCY_DEFINITION = (
     "seconds of Method.unlearn per request: the shared deletion step (D minus the pairs of every "
@@ -185,7 +188,8 @@ def bench_sequential(
 ) -> dict[str, Any]:
     """Run the benchmark of the module docstring; write ``out_json`` (atomically) if given and
     return the report. ``overrides``: ``["unlearn.epochs=5", ...]`` over the model's packaged
-    defaults and ``train.epochs = epochs``."""
+    defaults and ``train.epochs = epochs``; one of a key an argument sets (``train.epochs``,
+    ``train.seed``, ``unlearn.method``, ...) is refused."""
     from tru_dist.compare import cached_retrain, judge_models, train_original
     from tru_dist.device import resolve_device
     from tru_dist.unlearn.base import get_method
@@ -193,6 +197,7 @@ def bench_sequential(
     from tru_dist.unlearn.run import method_name
 
     t_start = time.perf_counter()
+    refuse_flag_overrides("sequential", overrides, SEQUENTIAL_FLAGS)
     if requests < 1:
         raise ConfigError(f"--requests must be at least 1, got {requests}")
     if window is not None and window < 1:

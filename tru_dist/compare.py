@@ -505,14 +505,37 @@ def paired(per_seed: list[dict], key: str = "retrain_distance") -> dict:
 
 
 def write_report(out_dir: Path, results: dict) -> str:
+    """Write ``report.md``, ``tradeoff.png`` and ``time.png`` into ``out_dir``; return the table.
+
+    All or nothing: the text is composed and both plots rendered into a hidden staging folder
+    first, and the three files are renamed into place only once all of them exist, so a
+    failure leaves the previous report (or none) rather than new plots beside an old report.
+    """
+    import shutil
+    import tempfile
+
     from tru_dist.report.plots import time_plot, tradeoff_plot
 
+    text, table = _report_text(results)
+    methods = results["methods"]
+    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".report.", suffix=".tmp"))
+    try:
+        tradeoff_plot(methods, stage / "tradeoff.png")
+        time_plot(methods, stage / "time.png")
+        atomic_write_text(stage / "report.md", text)
+        for name in ("tradeoff.png", "time.png", "report.md"):
+            (stage / name).replace(out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return table
+
+
+def _report_text(results: dict) -> tuple[str, str]:
+    """(report.md's text, the comparison table) of ``results``; writes nothing."""
     methods = results["methods"]
     table = comparison_table(methods)
     audits = audit_table(methods)
     pairs = paired_table(results.get("paired", {}))
-    tradeoff_plot(methods, out_dir / "tradeoff.png")
-    time_plot(methods, out_dir / "time.png")
     c = results["config"]
     sp = results["spec"]
     lines = [
@@ -541,9 +564,7 @@ def write_report(out_dir: Path, results: dict) -> str:
         lines += ["## Audits", "", audits, "",
                   "MIA AUC is judged against Retrain's, not against 0.5.", ""]
     lines += ["![forget vs utility](tradeoff.png)", "", "![time per method](time.png)", ""]
-    text = "\n".join(lines)
-    atomic_write_text(out_dir / "report.md", text)
-    return table
+    return "\n".join(lines), table
 
 
 def refuse_file_as_folder(folder: str | Path | None, what: str) -> None:
@@ -612,8 +633,13 @@ def _remove_other_seeds(out_dir: Path, seeds: list[int]) -> None:
 def report_compare(path: str | Path) -> Path:
     """Re-write report.md and plots from an existing results.json (a one-line ConfigError when
     ``path`` holds none, or one that is not a comparison's)."""
+    from tru_dist.report.results_check import check_results
+
     path = Path(path)
     source = path / "results.json"
+    if source.is_dir():
+        raise ConfigError(f"{source} is a folder, not a comparison's results file; pass the --out folder of "
+                          "a `tru-dist compare` run")
     if not source.is_file():
         raise ConfigError(f"{path} holds no results.json; pass the --out folder of a `tru-dist compare` run")
     try:
@@ -623,5 +649,6 @@ def report_compare(path: str | Path) -> Path:
     if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
         raise ConfigError(f"{source} is not a comparison's results (no 'methods' table); pass the --out "
                           "folder of a `tru-dist compare` run")
+    check_results(source, results, SCALARS)
     write_report(path, results)
     return path / "report.md"

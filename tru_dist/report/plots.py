@@ -25,6 +25,7 @@ def tradeoff_plot(methods: dict, path: str | Path, k: int = 20) -> Path:
     forgetting below Retrain is over-forgetting an auditor can also detect).
     """
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    drawn = 0
     for name, m in methods.items():
         x = m.get("forget", {}).get(f"hit@{k}")
         y = m.get("test", {}).get(f"recall@{k}")
@@ -35,12 +36,15 @@ def tradeoff_plot(methods: dict, path: str | Path, k: int = 20) -> Path:
         marker = "*" if name == "retrain" else ("s" if name == "original" else "o")
         ax.errorbar(x, y, xerr=xe, yerr=ye, fmt=marker, markersize=11 if marker == "*" else 7, capsize=3,
                     label=name)
-    if "retrain" in methods and methods["retrain"].get("forget"):
-        ax.axvline(methods["retrain"]["forget"][f"hit@{k}"], color="grey", lw=0.8, ls="--")
+        drawn += 1
+    retrain_hit = methods.get("retrain", {}).get("forget", {}).get(f"hit@{k}")
+    if retrain_hit is not None:
+        ax.axvline(retrain_hit, color="grey", lw=0.8, ls="--")
     ax.set_xlabel(f"forget hit@{k} (deleted pairs still recommended)")
     ax.set_ylabel(f"test recall@{k} (retained users)")
     ax.set_title("Forget vs utility (closer to Retrain is better)")
-    ax.legend(fontsize=8, loc="best")
+    if drawn:  # a legend of nothing is a matplotlib warning on stderr, not an empty box
+        ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return _save(fig, Path(path))
 

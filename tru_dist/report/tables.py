@@ -59,10 +59,10 @@ def paired_table(paired: dict) -> str:
     rows = []
     for tru_name, others in paired.items():
         for other, d in others.items():
-            lo, hi = d.get("ci", [None, None])
+            lo, hi = d.get("ci") or [None, None]
             ci = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else "—"
-            signs = f"{d['lower_on']} / {d['higher_on']}" if "lower_on" in d else "—"
-            sign_p = f"{d['sign_p']:.3f}" if "sign_p" in d else "—"
+            signs = f"{d['lower_on']} / {d['higher_on']}" if d.get("lower_on") is not None else "—"
+            sign_p = f"{d['sign_p']:.3f}" if d.get("sign_p") is not None else "—"
             rows.append([tru_name, other, f"{d['diff_mean']:+.4f}", ci, str(d.get("n")),
                          d.get("verdict", ""), signs, sign_p])
     if not rows:
@@ -84,7 +84,7 @@ def audit_table(methods: dict) -> str:
         rows.append([
             name,
             fmt(mia.get("auc"), m.get("mia_std", {}).get("auc")),
-            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—",
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "—",
             fmt(umia.get("auc"), m.get("user_mia_std", {}).get("auc")),
             fmt(bd.get("asr@20"), m.get("backdoor_std", {}).get("asr@20")),
             fmt(bd.get("removal_ratio"), m.get("backdoor_std", {}).get("removal_ratio"), digits=3),
