@@ -324,3 +324,14 @@ def test_verify_deletion_on_a_run_that_was_never_unlearned_says_so(env: Env, cap
     """It said "RUN/ledger.jsonl holds no receipts" of a file that does not exist."""
     one_line_error(["verify-deletion", "--run", str(env.run)], capsys, f"{env.run} has no ledger.jsonl",
                    "not an unlearned run")
+
+
+@pytest.mark.parametrize("content", [BINARY, "itemID\ttext\n0\ta lamp\n".encode("utf-16")],
+                         ids=["binary", "utf16"])
+def test_an_item_text_tsv_that_is_not_utf8_is_refused(content, tmp_path, capsys):
+    """encode-text read it with pandas and ended in a UnicodeDecodeError traceback."""
+    src = tmp_path / "item_text.tsv"
+    src.write_bytes(content)
+    one_line_error(["data", "encode-text", "--src", str(src), "--out", str(tmp_path / "t.npy")], capsys,
+                   str(src), "not UTF-8 text")
+    assert not (tmp_path / "t.npy").exists()

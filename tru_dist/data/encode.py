@@ -18,6 +18,7 @@ import pandas as pd
 from tru_dist.data import validate as v
 from tru_dist.data.mmrec import save_npy
 from tru_dist.errors import ConfigError, DataError
+from tru_dist.io_utils import not_utf8
 
 TEXT_DIM = 384
 
@@ -37,6 +38,9 @@ def read_item_text(path: str | Path) -> list[str]:
     except pd.errors.ParserError as exc:
         reason = str(exc).strip().splitlines()[-1]
         raise DataError(f"{src}: {reason}; the file must be tab-separated") from None
+    except UnicodeDecodeError as exc:  # a binary file, or a TSV saved as UTF-16: a traceback before
+        raise DataError(f"{src} is {not_utf8(exc, file_offset=False)}; save it as UTF-8 text (tab-separated: "
+                        "itemID, text)") from None
     v.require_columns(list(df.columns), ("itemID", "text"), src, "columns are tab-separated: itemID, text")
     v.require_nonempty(len(df), src, what="items")
     ids = v.integer_column(df["itemID"].replace("", np.nan), "itemID", src, v.tsv_line)
