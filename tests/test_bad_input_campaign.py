@@ -335,3 +335,26 @@ def test_an_item_text_tsv_that_is_not_utf8_is_refused(content, tmp_path, capsys)
     one_line_error(["data", "encode-text", "--src", str(src), "--out", str(tmp_path / "t.npy")], capsys,
                    str(src), "not UTF-8 text")
     assert not (tmp_path / "t.npy").exists()
+
+
+# -- 14. a store written over a purged store --------------------------------------------------------
+def test_a_purged_store_is_not_overwritten_by_a_data_command(env: Env, tmp_path, capsys):
+    """import-mmrec --out <purged store> replaced it, exit 0: the purged rows were back and
+    verify-deletion FOUND them."""
+    store, run = tmp_path / "store", tmp_path / "run"
+    synth = ["data", "synth", "--format", "store", "--out", str(store), "--users", "60", "--items", "40"]
+    assert main(synth) == 0
+    assert main(["train", "--model", "lightgcn", "--data", str(store), "--out", str(run), "--train.epochs=1",
+                 "--model.dim=8"]) == 0
+    req = tmp_path / "req.csv"
+    assert main(["data", "forget", "--data", str(store), "--regime", "users", "--fraction", "0.05",
+                 "--out", str(req)]) == 0
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(tmp_path / "u"),
+                 "--purge", "--unlearn.epochs=1"]) == 0
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    for argv in (["data", "import-mmrec", "--src", str(env.mmrec), "--out", str(store)],
+                 synth,
+                 ["data", "poison", "--data", str(env.store), "--out", str(store)]):
+        one_line_error(argv, capsys, str(store), "purged store", "bring back the rows")
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert main(["verify-deletion", "--run", str(tmp_path / "u"), "--data", str(store)]) == 0
