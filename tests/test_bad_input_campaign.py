@@ -358,3 +358,16 @@ def test_a_purged_store_is_not_overwritten_by_a_data_command(env: Env, tmp_path,
         one_line_error(argv, capsys, str(store), "purged store", "bring back the rows")
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
     assert main(["verify-deletion", "--run", str(tmp_path / "u"), "--data", str(store)]) == 0
+
+
+# -- 15. more local workers than users ---------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["store", "mmrec"])
+def test_more_workers_than_users_is_one_line_before_or_from_the_ranks(fmt, tmp_path, capsys):
+    """--workers 8 on 6 users was a torch.multiprocessing traceback (the ranks' ValueError) with
+    OUT/config.yaml left; --workers 1000 spawned a thousand processes first. A store's user count
+    is checked before any process starts; an MMRec folder's by the ranks, in one line too."""
+    data = tmp_path / "d"
+    assert main(["data", "synth", "--format", fmt, "--out", str(data), "--users", "6", "--items", "8"]) == 0
+    one_line_error(["train", "--model", "lightgcn", "--data", str(data), "--out", str(tmp_path / "r"),
+                    "--workers", "8", "--address", "none", "--device", "cpu", "--train.epochs=1",
+                    "--eval.ks=[2]", "--eval.metric=recall@2"], capsys, "6 users", "--workers 6 or fewer")

@@ -117,12 +117,34 @@ def run_distributed(
     if not uses_ray(cfg):
         if cfg.dist.workers == 1:
             return worker_main(task, data=data)
+        _check_workers_fit(cfg, data)
         backend = resolve_backend(cfg.dist.backend)
         return spawn_local(_spawned, cfg.dist.workers, (task, data), backend=backend)[0]
     if data is not None:
         raise ConfigError("in-memory data cannot travel to Ray workers; save it as a store or MMRec "
                           "folder and pass --data.path (or a synthetic spec such as synthetic:tiny)")
     return _run_ray(task, cfg)
+
+
+def _check_workers_fit(cfg: Config, data: RecDataset | None) -> None:
+    """More local workers than users is refused before any process starts, where the user count
+    is known without reading the interactions (in-memory data, or a store's META.json): each
+    rank holds a range of users, and ``--workers 1000`` on 60 users spawned a thousand torch
+    processes before the first of them failed (the ranks' own check stays for MMRec folders)."""
+    n_users = data.n_users if data is not None else None
+    if n_users is None and cfg.data.path and not str(cfg.data.path).startswith("synthetic"):
+        from tru_dist.data.location import locate_data
+        from tru_dist.data.store import is_store, read_meta
+
+        folder = Path(locate_data(cfg.data.path, cfg.data.resolved_path))
+        if folder.is_dir() and is_store(folder):
+            try:
+                n_users = int(read_meta(folder)["n_users"])
+            except (TruDistError, KeyError, TypeError, ValueError):
+                n_users = None  # the ranks' readers say what is wrong with it
+    if n_users is not None and cfg.dist.workers > n_users:
+        raise ConfigError(f"--workers {cfg.dist.workers} exceeds the data's {n_users} users (each worker "
+                          f"holds a range of users); pass --workers {n_users} or fewer")
 
 
 def _spawned(rank: int, world_size: int, task: dict, data: RecDataset | None) -> dict:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tru_dist.errors import ConfigError
+
 
 def _even_starts(n: int, parts: int) -> np.ndarray:
     return np.array([(n * r) // parts for r in range(parts + 1)], dtype=np.int64)
@@ -33,8 +35,9 @@ class PartitionBook:
         """Even contiguous ranges of users and of item feature rows."""
         if world_size < 1:
             raise ValueError("world_size must be >= 1")
-        if world_size > n_users:
-            raise ValueError(f"cannot split {n_users} users over {world_size} workers")
+        if world_size > n_users:  # a ConfigError: a rank's one-line error, not a spawn traceback
+            raise ConfigError(f"cannot split {n_users} users over {world_size} workers; pass --workers "
+                              f"{n_users} or fewer")
         return cls(
             n_users,
             n_items,
