@@ -197,6 +197,16 @@ def _tru(space: dict) -> dict:
     ({"search": "optuna", **_tru({"unlearn.lr": {"grid": [0.1, 0.2]}})}, "cannot take"),
     ({"regimes": [{"regime": "users", "fraction": 1.5}]}, "regimes.0.fraction"),
     ({"regimes": [{"regime": "users"}, {"regime": "users"}]}, "repeat users-random-5pct"),
+    # found by the third bad-input campaign: each ran (part of) a sweep, or wrote outside --storage
+    ({"resources": {"cpu": -1}}, "resources.cpu"),  # a Ray traceback after the originals trained
+    ({"resources": {"cpu": 1, "gpu": -1}}, "resources.gpu"),  # a hang
+    ({"name": "../../escape"}, "is not a folder name"),  # results outside --storage
+    ({"name": ""}, "is not a folder name"),  # files straight into --storage
+    ({"regimes": [{"regime": "users", "name": "a/b"}]}, "is not a folder name"),
+    ({"audit": ["foo"]}, "unknown audit\\(s\\) foo"),  # refused only by the report, after every trial
+    ({"audit": ["mia", "mia"]}, "mia listed more than once"),
+    ({"seeds": [100, 100]}, "seeds \\[100\\] are listed more than once"),  # counted twice in each score
+    ({"dataset": "scientfic"}, "dataset 'scientfic' has no packaged defaults"),  # defaults dropped unread
 ])
 def test_sweep_file_errors_are_one_line(patch, message):
     import yaml
@@ -301,6 +311,19 @@ def test_bad_workers_and_resume_without_a_sweep_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="nothing to resume"):
         run_sweep(TINY, storage=tmp_path, resume=True)
     assert not any(tmp_path.iterdir())  # both refused before writing or training anything
+
+
+def test_a_sweep_whose_data_cannot_be_opened_leaves_no_manifest_to_block_the_rerun(tmp_path):
+    """sweep.json was written before the data was opened, so the corrected rerun was refused
+    ("already holds a sweep; pass --resume") and --resume failed on the same data."""
+    from tru_dist.tune.manifest import MANIFEST
+    from tru_dist.tune.sweep import run_sweep
+
+    for attempt in range(2):  # the second attempt is not refused as "already holds a sweep"
+        with pytest.raises(TruDistError, match="nowhere") as err:
+            run_sweep(TINY, overrides=[f"--sweep.data={tmp_path / 'nowhere'}"], storage=tmp_path / "s")
+        assert "already holds" not in str(err.value), attempt
+        assert not list((tmp_path / "s").rglob(MANIFEST))
 
 
 def test_optuna_search_without_optuna_fails_before_training(tmp_path, monkeypatch):

@@ -41,13 +41,15 @@ either; the best epoch of the best trial becomes the recommended ``unlearn.epoch
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tru_dist.config import Config, build_config, load_yaml
+from tru_dist.audit.runner import AUDITS
+from tru_dist.config import Config, build_config, canonical_dataset, load_yaml, packaged_names
 from tru_dist.data.regimes import TUNING_SEED_BASE
 from tru_dist.errors import ConfigError
 from tru_dist.tune.space import validate_space
@@ -58,6 +60,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: a sweep's or a regime's name is a folder name under --storage: one path component
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _folder_name(value: str | None) -> str | None:
+    """``name: ../../escape`` wrote the sweep outside ``--storage`` and ``name: ''`` into its root
+    (mixed with other sweeps): a name must be one non-empty path component."""
+    if value is not None and (not _NAME.fullmatch(value) or value in (".", "..")):
+        raise ValueError(f"{value!r} is not a folder name; use letters, digits, '.', '_' and '-' only")
+    return value
+
+
 class RegimeSpec(_Strict):
     """One forget-set regime: ``{regime: users, policy: core, fraction: 0.05}``."""
 
@@ -65,6 +79,8 @@ class RegimeSpec(_Strict):
     policy: Literal["random", "core", "edge"] = "random"
     fraction: float = Field(0.05, gt=0.0, le=1.0)
     name: str | None = None
+
+    _name_is_a_folder = field_validator("name")(_folder_name)
 
     @property
     def id(self) -> str:
@@ -77,8 +93,11 @@ class RegimeSpec(_Strict):
 
 
 class Resources(_Strict):
-    cpu: float = 1.0
-    gpu: float = 0.0
+    """Per trial; a negative count was a Ray traceback (cpu) or a hang (gpu) after the
+    originals were trained."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
 
 
 class SweepSpec(_Strict):
@@ -108,6 +127,20 @@ class SweepSpec(_Strict):
     audit: list[str] = []
     report: bool = True
     shared_candidates: int = Field(2, ge=1)
+
+    _name_is_a_folder = field_validator("name")(_folder_name)
+
+    @field_validator("audit")
+    @classmethod
+    def _known_audits(cls, audit: list[str]) -> list[str]:
+        """Checked here, not by the report at the end of the sweep (which ran every trial first)."""
+        unknown = sorted(set(audit) - set(AUDITS))
+        if unknown:
+            raise ValueError(f"unknown audit(s) {', '.join(unknown)} (choose from: {', '.join(AUDITS)})")
+        twice = sorted({a for a in audit if audit.count(a) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed more than once")
+        return audit
 
     @field_validator("regimes")
     @classmethod
@@ -212,6 +245,13 @@ def parse_spec(tree: dict[str, Any], source: str = "sweep") -> SweepSpec:
     if not spec.seed_list:
         raise ConfigError(f"{source}: 'seeds' is empty; give a count (e.g. 2: seeds 100, 101) or a list "
                           "of seeds")
+    twice = sorted({x for x in spec.seed_list if spec.seed_list.count(x) > 1})
+    if twice:  # the same forget set counted twice in every trial's score
+        raise ConfigError(f"{source}: seeds {twice} are listed more than once; list each tuning seed once")
+    if spec.dataset is not None:
+        if canonical_dataset(spec.dataset) not in packaged_names("datasets"):  # its defaults were dropped
+            raise ConfigError(f"{source}: dataset '{spec.dataset}' has no packaged defaults (packaged: "
+                              f"{', '.join(packaged_names('datasets'))}); fix the name or drop 'dataset'")
     reporting = [s for s in spec.seed_list if s < TUNING_SEED_BASE]
     if reporting:
         raise ConfigError(f"{source}: seeds {reporting}: tuning seeds are {TUNING_SEED_BASE} and up: "

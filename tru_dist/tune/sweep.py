@@ -223,7 +223,12 @@ def run_sweep(
                                              "max_t": max_t, "config_path": str(Path(config_path).resolve())})
 
     t0 = time.perf_counter()
-    contexts = prepare(spec, base, sweep_dir)
+    try:
+        contexts = prepare(spec, base, sweep_dir)
+    except TruDistError:
+        if not resume:  # no trial ran: a manifest left here refused the corrected rerun ("already holds")
+            (sweep_dir / MANIFEST).unlink(missing_ok=True)
+        raise
     _log(f"shared originals / Retrain / reverse_bpr ready in {time.perf_counter() - t0:.1f}s")
     adapter.connect(base.dist.address, dashboard=workers > 1 and not reused)
     if workers > 1:
