@@ -371,3 +371,34 @@ def test_more_workers_than_users_is_one_line_before_or_from_the_ranks(fmt, tmp_p
     one_line_error(["train", "--model", "lightgcn", "--data", str(data), "--out", str(tmp_path / "r"),
                     "--workers", "8", "--address", "none", "--device", "cpu", "--train.epochs=1",
                     "--eval.ks=[2]", "--eval.metric=recall@2"], capsys, "6 users", "--workers 6 or fewer")
+
+
+# -- 16. unlearn flags that were ignored, demo into a run or a dataset, encode-text on a folder -----
+def test_keep_versions_without_purge_is_refused(env: Env, tmp_path, capsys):
+    one_line_error(["unlearn", "--run", str(env.run), "--requests", str(env.requests), "--out",
+                    str(tmp_path / "u"), "--keep-versions", "2"], capsys, "only with --purge")
+
+
+@pytest.mark.parametrize("method", ["", "  "])
+def test_an_empty_method_is_refused_not_read_as_the_default(method, env: Env, tmp_path, capsys):
+    """--method "" (an unset shell variable) ran tru, recorded as such in the ledger."""
+    one_line_error(["unlearn", "--run", str(env.run), "--requests", str(env.requests), "--out",
+                    str(tmp_path / "u"), "--method", method], capsys, "method is empty")
+
+
+@pytest.mark.parametrize("target", ["run", "store", "mmrec"])
+def test_the_demo_refuses_an_out_holding_a_run_or_a_dataset(target, env: Env, capsys):
+    folder = {"run": env.run, "store": env.store, "mmrec": env.mmrec}[target]
+    before = sorted(p.name for p in folder.iterdir())
+    one_line_error(["demo", "--out", str(folder), "--quick"], capsys, str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_the_demo_refuses_data_overrides_before_any_work(tmp_path, capsys):
+    one_line_error(["demo", "--out", str(tmp_path / "demo"), "--quick", "--data.path=/nowhere"], capsys,
+                   "--data.path=/nowhere", "embedded synthetic data")
+
+
+def test_encode_text_on_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    one_line_error(["data", "encode-text", "--src", str(tmp_path), "--out", str(tmp_path / "t.npy")], capsys,
+                   f"{tmp_path} is a folder, not a file")

@@ -367,6 +367,10 @@ def _refuse_foreign_out(out: str | Path) -> None:
 
 def cmd_unlearn(args, overrides) -> int:
     _refuse_foreign_out(args.out)
+    if args.keep_versions is not None and not args.purge:  # was ignored without a word
+        raise ConfigError(f"--keep-versions {args.keep_versions} applies only with --purge (the superseded "
+                          "store versions a purge keeps); add --purge or drop --keep-versions")
+    args.keep_versions = args.keep_versions or 0
     if len(args.requests) > 1:
         return _unlearn_files(args, overrides)
     from tru_dist import api
@@ -617,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for unlearning (and Retrain)")
     u.add_argument("--purge", action="store_true",
                    help="then purge the run's store of every deleted interaction (tru-dist data purge)")
-    u.add_argument("--keep-versions", type=_int_at_least(0), default=0,
+    u.add_argument("--keep-versions", type=_int_at_least(0), default=None,
                    help="with --purge: superseded store versions to keep (default 0)")
     _add_device_flag(u)
     _add_dist_flags(u)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from tru_dist.config import build_config
+from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_write_json, atomic_write_text
 from tru_dist.report.tables import fmt, markdown_table
 
@@ -56,6 +57,22 @@ def tru_note(seed_file: Path) -> str:
     return note + "."
 
 
+def _check_demo_args(out: Path, overrides: list[str] | None) -> None:
+    """Refused before any work, in one line: an ``out`` holding a run or a dataset (the demo's
+    folders and report were mixed in beside its files, exit 0), and ``data.*`` overrides (the
+    demo runs on its embedded data; ``--data.path=X`` failed after ~40 s of the demo)."""
+    from tru_dist.data.store import is_store
+    from tru_dist.train.checkpoint import refuse_run_folder
+
+    refuse_run_folder(out, "--out")
+    if out.is_dir() and (is_store(out) or any(out.glob("*.inter"))):
+        raise ConfigError(f"--out {out} holds a dataset; the demo writes runs and reports: pass a new folder")
+    data_keys = [o for o in overrides or [] if o.lstrip("-").startswith("data.")]
+    if data_keys:
+        raise ConfigError(f"the demo runs on its embedded synthetic data, so {' '.join(data_keys)} would not "
+                          "apply; use tru-dist train / compare --data DIR for your own data")
+
+
 def run_demo(out: str | Path, overrides: list[str] | None = None, quick: bool = False) -> Path:
     from tru_dist.compare import CompareSpec, run_compare
     from tru_dist.data.source import open_data
@@ -63,6 +80,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None, quick: bool = 
     from tru_dist.train.trainer import fit
 
     out = Path(out)
+    _check_demo_args(out, overrides)
     out.mkdir(parents=True, exist_ok=True)
     spec_name = "synthetic:tiny" if quick else "synthetic"
     data = open_data(spec_name)

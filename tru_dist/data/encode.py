@@ -28,6 +28,8 @@ def read_item_text(path: str | Path) -> list[str]:
     in item-id order; ids must be dense 0..n-1 and unique."""
     path = Path(path)
     src = str(path)
+    if path.is_dir():
+        raise DataError(f"{src} is a folder, not a file; pass the item_text.tsv of the dataset")
     if not path.is_file():
         raise DataError(f"{src} does not exist; pass the item_text.tsv of the dataset")
     if path.stat().st_size == 0:

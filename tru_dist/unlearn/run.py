@@ -107,6 +107,9 @@ def method_name(method: str | None, cfg: Config) -> str:
     """The canonical method name (``--method``, else ``unlearn.method`` of the config); SISA refused."""
     from tru_dist.unlearn.base import get_method
 
+    if method is not None and not str(method).strip():  # e.g. --method "$UNSET": ran the default silently
+        raise ConfigError("the method is empty; name one (e.g. --method tru) or leave it out for the "
+                          f"config's unlearn.method ({cfg.unlearn.method})")
     name = get_method(method or cfg.unlearn.method).name
     if name == "sisa":
         raise ConfigError("method sisa needs its shard ensemble; evaluate it with "
