@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_report_bad_input import one_line_error
+from test_bad_input_campaign import one_line_error
 
 from tru_dist.bench import parse_feature_spec
 from tru_dist.errors import ConfigError

@@ -11,26 +11,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_bad_input_campaign import one_line_error
 
 from tru_dist.cli import main
 from tru_dist.compare import SCALARS
 
 REPORT_FILES = ("report.md", "tradeoff.png", "time.png")
-
-
-def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], *names: str) -> str:
-    """Run ``tru-dist argv``: exit 2, one stderr line ``error: ...`` naming each of ``names``, no
-    traceback (as :func:`test_bad_input_campaign.one_line_error`, without its heavy imports)."""
-    capsys.readouterr()
-    rc = main(argv)
-    stdout, stderr = capsys.readouterr()
-    lines = [x for x in stderr.splitlines() if x.strip()]
-    assert rc == 2, f"exit {rc}, stdout {stdout[:300]!r}, stderr {stderr[-600:]!r}"
-    assert len(lines) == 1 and lines[0].startswith("error:"), f"stderr was {stderr!r}"
-    assert "Traceback" not in stdout + stderr
-    for name in names:
-        assert name in lines[0], f"{lines[0]!r} does not name {name!r}"
-    return lines[0]
 
 
 # -- report sweep ----------------------------------------------------------------------------------
