@@ -419,10 +419,11 @@ def recommend(run: Run | str | Path, users: int | Iterable[int] | str, k: int = 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer of at least 1, not {k!r}")
     ids = _user_ids(users, run.data.n_users, run.path)
-    _note_users_without_history(run, ids)
+    history = history_mask(run.data, [TRAIN], run.graph)  # the users' train items (CSR rows)
+    _note_users_without_history(run, ids, history)
     emb = eval_embeddings(run.model, run.graph)
     user_emb, item_emb = emb.user.detach(), emb.item.detach()
-    exclude = history_mask(run.data, [TRAIN], run.graph) if exclude_seen else None
+    exclude = history if exclude_seen else None
     rows = torch.from_numpy(ids - run.graph.user_offset).to(user_emb.device)
     top = topk(user_emb, item_emb, exclude, int(k), rows=rows)
     scores = (user_emb[rows].unsqueeze(1) * item_emb[top]).sum(-1)
@@ -441,15 +442,18 @@ def recommend(run: Run | str | Path, users: int | Iterable[int] | str, k: int = 
     return out
 
 
-def _note_users_without_history(run: Run, ids: np.ndarray) -> None:
+def _note_users_without_history(run: Run, ids: np.ndarray, history: Any) -> None:
     """Log which of ``ids`` have no train interaction in the data ``run`` serves with — users whose
     whole history its ledger deleted. Their lists are still served (a forgotten user is a new,
     cold user), but they come from the row the deletion step reset, not from any history, and
-    nothing said so."""
-    from tru_dist.data.dataset import TRAIN
+    nothing said so. ``history``: the train-item CSR (:func:`history_mask`); only these users'
+    rows are read."""
+    import torch
 
-    with_history = np.unique(run.data.users[run.data.labels == TRAIN])
-    cold = ids[~np.isin(ids, with_history)]
+    from tru_dist.train.evaluate import csr_rows
+
+    pos, _ = csr_rows(history, torch.from_numpy(ids - run.graph.user_offset).to(history.device))
+    cold = ids[~np.isin(np.arange(len(ids)), pos.cpu().numpy())]
     if len(cold):
         shown = ", ".join(str(int(u)) for u in cold[:5]) + (" ..." if len(cold) > 5 else "")
         log.warning("user(s) %s have no train interaction in run %s (their history was deleted): their "
