@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.config import Config, deep_merge, parse_overrides
+from tru_dist.config import Config, deep_merge, leaf_values, parse_overrides
 from tru_dist.data.dataset import RecDataset
 from tru_dist.data.synth_stream import parse_modalities
 from tru_dist.device import resolve_device
@@ -76,23 +76,12 @@ def refuse_flag_overrides(command: str, overrides: list[str] | dict[str, Any] | 
     won without a word, so the bench ran and recorded something other than its flag said.
     Checked before any work, as ``--gpus-per-worker`` with ``--device cpu`` is."""
     tree = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
-    given = _dotted(tree)
+    given = leaf_values(tree)
     for key, flag in owned.items():
         if key in given:
             value = given[key]
             raise ConfigError(f"bench {command}: --{key}={value} contradicts {flag}, which sets {key}; "
                               f"pass {flag} {value} instead of the override")
-
-
-def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def load_for_bench(source: str | Path | RecDataset) -> RecDataset:

@@ -189,12 +189,13 @@ def _check_data_out(out: str | Path, writes: str, source: str | Path | None = No
     * a dataset of the other format (``writes`` is ``store`` or ``mmrec``): a store written into
       an MMRec folder hides the MMRec data behind ``META.json`` (and the other way round).
 
-    * a store that a purge has rewritten (:func:`_purged`): a store written over it brought the
-      purged rows back (import-mmrec of the original folder; verify-deletion then FOUND them).
+    * a store that a purge has rewritten (:func:`tru_dist.data.store.has_purge_history`): a
+      store written over it brought the purged rows back (import-mmrec of the original folder;
+      verify-deletion then FOUND them).
 
     Writing a store over a store never purged, or MMRec files over an MMRec folder, stays
     allowed: the writers replace one atomically (``write_store``, ``write_mmrec``)."""
-    from tru_dist.data.store import is_store
+    from tru_dist.data.store import has_purge_history, is_store
     from tru_dist.train.checkpoint import refuse_run_folder
 
     out = Path(out)
@@ -211,24 +212,10 @@ def _check_data_out(out: str | Path, writes: str, source: str | Path | None = No
     if writes == "mmrec" and is_store(out):
         raise TruDistError(f"--out {out} holds a tru-dist store; MMRec files written there would be "
                            "hidden by its META.json: pass a new folder")
-    if writes == "store" and is_store(out) and _purged(out):
+    if writes == "store" and is_store(out) and has_purge_history(out):
         raise TruDistError(f"--out {out} holds a purged store (revisions/ or a purge history in META.json); "
                            "writing a store over it would bring back the rows the purge deleted: pass a new "
                            "folder")
-
-
-def _purged(folder: Path) -> bool:
-    """Whether the store at ``folder`` holds a purge's work: a ``revisions/`` folder or a
-    ``revision``/``revisions`` record in its META.json (:mod:`tru_dist.data.store`)."""
-    from tru_dist.data.store import REVISIONS_DIR, read_meta
-
-    if (folder / REVISIONS_DIR).is_dir():
-        return True
-    try:
-        meta = read_meta(folder)
-    except TruDistError:
-        return False
-    return bool(meta.get("revision") or meta.get("revisions"))
 
 
 def _print_json(obj) -> None:

@@ -428,6 +428,16 @@ def _valid_range(loc: tuple, root: type[BaseModel]) -> str | None:
     return next((m.text for m in meta if isinstance(m, Valid)), None)
 
 
+def leaf_values(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of every leaf under a config tree (its keys prefixed ``prefix.``, if
+    any): ``{"train": {"epochs": 2}}`` → ``{"train.epochs": 2}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(leaf_values(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
 def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     """All dotted leaf keys of the config tree, e.g. ``unlearn.gate.beta``."""
     keys: list[str] = []

@@ -178,6 +178,20 @@ def write_store(data: RecDataset, folder: str | Path, *, created_by: str | None 
     return folder
 
 
+def has_purge_history(folder: str | Path) -> bool:
+    """Whether the store at ``folder`` holds a purge's work: a ``revisions/`` folder, or a
+    ``revision`` / ``revisions`` record in its META.json. A store written over it would bring
+    back the rows the purge deleted, so the data commands refuse that ``--out``."""
+    folder = Path(folder)
+    if (folder / REVISIONS_DIR).is_dir():
+        return True
+    try:
+        meta = read_meta(folder)
+    except DataError:
+        return False
+    return bool(meta.get("revision") or meta.get("revisions"))
+
+
 def read_meta(folder: Path) -> dict:
     path = folder / META_FILE
     try:

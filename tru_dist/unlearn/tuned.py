@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from tru_dist.config import leaf_values
 from tru_dist.errors import ConfigError
 from tru_dist.unlearn.specs import method_keys
 
@@ -113,15 +114,6 @@ def _check_tuning(path: Path, tuning: dict[str, Any]) -> None:
                           "regenerate the file")
 
 
-def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{dotted key: value} of every leaf under ``tree`` (its keys prefixed ``prefix.``, if any)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        out.update(_leaves(value, name) if isinstance(value, dict) else {name: value})
-    return out
-
-
 def _node(tree: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
@@ -140,6 +132,6 @@ def inherited_keys(method: str, overrides: dict[str, Any], base: dict[str, Any])
     want: dict[str, Any] = {}
     for key in method_keys(source):
         value = _node(base, key)
-        want.update(_leaves(value, key) if isinstance(value, dict) else {key: value})
-    have = _leaves(overrides)
+        want.update(leaf_values(value, key) if isinstance(value, dict) else {key: value})
+    have = leaf_values(overrides)
     return {k: v for k, v in want.items() if k not in have}
