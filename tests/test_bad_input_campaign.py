@@ -6,11 +6,14 @@ folder or binary, a bogus Ray address, a request CSV that is binary or UTF-16 or
 beyond int64, a truncated ``metrics.json``, an MMRec ``.inter`` that is a folder or not UTF-8, a
 feature matrix with no columns, a binary ledger, ``--originals`` naming a file, a checkpoint
 with NaN parameters, a request column tru-dist does not read, an empty ``--modalities``, an audit
-``--original`` that is the audited run or already holds its requests — and
+``--original`` that is the audited run or already holds its requests, an ``evaluate`` override it
+would not read, a repeated ``eval.ks`` cut-off, a tuned file of another model — and
 expects exit status 2 with exactly one stderr line ``error: ...``
 naming the file or value, no traceback, and no partial ``--out``. Inputs are built as in
 :mod:`test_malformed_inputs` (its ``build_env`` and helpers; a case that damages one copies it
-first).
+first). Section 17 also checks messages and warnings that named the wrong thing or nothing: a
+``.inter`` cell as written, users left with only held-out rows, ``bench scale --seed`` and
+``bench pool``'s ``--work-dir``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from test_malformed_inputs import Env, _checkpoint, _mmrec_copy, _pair, _run_copy, _store_copy, build_env
@@ -402,3 +406,102 @@ def test_the_demo_refuses_data_overrides_before_any_work(tmp_path, capsys):
 def test_encode_text_on_a_folder_says_it_is_a_folder(tmp_path, capsys):
     one_line_error(["data", "encode-text", "--src", str(tmp_path), "--out", str(tmp_path / "t.npy")], capsys,
                    f"{tmp_path} is a folder, not a file")
+
+
+# -- 17. settings read by nothing, repeated cut-offs, another model's tuned file, .inter labels ------
+@pytest.mark.parametrize("override, names", [
+    ("--train.lr=0.5", ["evaluate would ignore train.lr"]),
+    ("--model.dim=32", ["evaluate would ignore model.dim"]),
+    ("--eval.metric=bogus@3", ["evaluate would ignore eval.metric", "as trained"]),
+])
+def test_evaluate_refuses_overrides_it_would_not_read(override, names, env: Env, capsys):
+    """They were accepted, ignored, and the run evaluated as trained with exit 0."""
+    one_line_error(["evaluate", "--run", str(env.run), "--address", "none", override], capsys, *names)
+
+
+def test_evaluate_still_takes_what_it_reads(env: Env, capsys):
+    assert main(["evaluate", "--run", str(env.run), "--address", "none", "--device", "cpu",
+                 "--eval.ks=[3]", "--eval.batch_users=7"]) == 0
+    assert '"recall@3"' in capsys.readouterr().out
+
+
+def test_a_cut_off_listed_twice_is_refused_not_collapsed(env: Env, capsys):
+    one_line_error(["evaluate", "--run", str(env.run), "--address", "none", "--eval.ks=[5,5]"], capsys,
+                   "eval.ks", "[5, 5]", "distinct")
+
+
+def test_a_tuned_file_of_another_model_is_refused(env: Env, tmp_path, capsys):
+    """Its settings were applied to the lightgcn run and its ``tuning:`` block dropped unread."""
+    tuned = tmp_path / "tru-interactions.yaml"
+    tuned.write_text("unlearn:\n  epochs: 2\ntuning: {sweep: s, seeds: [100], trials: 2, seconds: 1.0, "
+                     "model: mgcn}\n")
+    one_line_error(["unlearn", "--run", str(env.run), "--requests", str(env.requests), "--config", str(tuned),
+                    "--out", str(tmp_path / "out")], capsys, str(tuned), "tuned for model 'mgcn'", "lightgcn")
+    tuned.write_text(tuned.read_text().replace("model: mgcn", "model: LightGCN"))  # its own model: taken
+    assert main(["unlearn", "--run", str(env.run), "--requests", str(env.requests), "--config", str(tuned),
+                 "--out", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.parametrize("row, names", [
+    ("1\t0\tnan\t5\t0", ["rating is 'nan', not a number"]),   # was "rating is empty"
+    ("1\t0\t1\t5\t-1", ["x_label is -1", "use 0 (train), 1 (valid) or 2 (test)"]),  # was "ids must be ..."
+    ("1\t0\t1\t5\t1.5", ["x_label is 1.5, not an integer;", "use 0 (train)"]),
+])
+def test_inter_cells_are_named_as_written_with_the_columns_own_hint(row, names, tmp_path, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    header = "userID\titemID\trating\ttimestamp\tx_label\n"
+    (folder / "d.inter").write_text(f"{header}0\t0\t1\t5\t0\n1\t1\t1\t5\t0\n{row}\n")
+    one_line_error(["data", "stats", "--data", str(folder)], capsys, "line 4", *names)
+
+
+def test_unlearn_warns_about_users_left_with_only_held_out_rows(env: Env, tmp_path, caplog):
+    """Deleting every train pair of a user one request at a time left the user's valid/test rows
+    counting in the metrics, served from a reset row, without a word."""
+    t = pq.read_table(env.store / "interactions.parquet").to_pandas()
+    per_user = t.groupby("user_id").x_label.agg(lambda x: (int((x == 0).sum()), int((x != 0).sum())))
+    user = next(int(u) for u, (n_train, n_held) in per_user.items() if 0 < n_train <= 4 and n_held > 0)
+    items = t[(t.user_id == user) & (t.x_label == 0)].item_id.tolist()
+    requests = tmp_path / "all-train.csv"
+    pd.DataFrame({"request_id": [f"q{k}" for k in range(len(items))], "user_id": user, "item_id": items,
+                  "reason": "x"}).to_csv(requests, index=False)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="tru_dist.unlearn"):
+        assert main(["unlearn", "--run", str(env.run), "--requests", str(requests), "--out", str(out),
+                     "--unlearn.epochs=1"]) == 0
+    assert f"1 user(s) ({user}) lose every train interaction but keep valid/test rows" in caplog.text
+    caplog.clear()
+    whole = tmp_path / "whole.csv"  # a user request deletes every split: nothing to warn about
+    whole.write_text(f"request_id,user_id,item_id,reason\nw1,{user},,x\n")
+    with caplog.at_level("WARNING", logger="tru_dist.unlearn"):
+        assert main(["unlearn", "--run", str(env.run), "--requests", str(whole), "--out", str(tmp_path / "w"),
+                     "--unlearn.epochs=1"]) == 0
+    assert "lose every train interaction" not in caplog.text
+
+
+def test_bench_scale_seed_seeds_training_too():
+    """``--seed`` seeded the data, the deleted users and the method but left train.seed at 0; an
+    override of train.seed is now refused as the flag's."""
+    from tru_dist.bench import refuse_flag_overrides
+    from tru_dist.bench_scale import SCALE_FLAGS
+
+    with pytest.raises(ConfigError, match="--seed"):
+        refuse_flag_overrides("scale", ["--train.seed=3"], SCALE_FLAGS)
+
+
+def test_bench_pool_does_not_clear_a_work_dir_it_did_not_write(tmp_path):
+    """A rerun deletes ``original/``, ``fresh/``, ``pool/`` and writes ``requests/``: with
+    ``--work-dir runs`` that removed a user's ``runs/original`` without a word."""
+    from tru_dist.bench_pool import WORK_MARKER, claim_work_dir
+
+    mine = tmp_path / "runs" / "original"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already holds original, which bench pool did not write"):
+        claim_work_dir(tmp_path / "runs")
+    assert (mine / "keep.txt").read_text() == "mine" and not (tmp_path / "runs" / WORK_MARKER).exists()
+    fresh = tmp_path / "fresh-work"
+    claim_work_dir(fresh)  # a new folder: claimed, and a rerun into it is its own
+    (fresh / "original").mkdir()
+    claim_work_dir(fresh)
+    assert (fresh / WORK_MARKER).exists()

@@ -355,9 +355,27 @@ def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str]
 
     run = _as_run(run)
     extra = _pool_overrides(pool) + _override_list(overrides)
+    _refuse_unread_evaluate_overrides(extra)
     if not any(o.lstrip("-").startswith(("train.device=", "device=")) for o in extra):
         extra.insert(0, f"train.device={run.device}")
     return commands.evaluate(run.path, overrides=extra, pool=pool)
+
+
+#: the settings an evaluation reads (everything else comes from the run's own config.yaml)
+EVALUATE_READS = ("data.path", "eval.ks", "eval.batch_users", "train.device", "device", "train.progress",
+                  "dist.")
+
+
+def _refuse_unread_evaluate_overrides(overrides: list[str]) -> None:
+    """An override :func:`evaluate` would not read is a one-line ConfigError: ``--train.lr=0.5``
+    or ``--model.dim=32`` were accepted and ignored (the checkpoint is evaluated as trained), and
+    ``--eval.metric`` names only what training stops on — evaluate reports every metric."""
+    keys = [o.lstrip("-").split("=", 1)[0].strip() for o in overrides]
+    unread = [k for k in keys if not (k in EVALUATE_READS or k.startswith("dist."))]
+    if unread:
+        raise ConfigError(f"evaluate would ignore {', '.join(dict.fromkeys(unread))}: it evaluates the run's "
+                          "checkpoint as trained and reads only data.path, eval.ks, eval.batch_users, "
+                          "train.device and dist.* (the model and training settings are the run's own)")
 
 
 def _integer_ids(values: Any) -> np.ndarray | None:

@@ -51,6 +51,23 @@ from tru_dist.io_utils import atomic_write_json
 POOL_FLAGS = {"train.epochs": "--epochs", "train.seed": "--seed", "unlearn.seed": "--seed",
               "unlearn.method": "--method", "model.name": "--model", "data.path": "--data",
               "dist.workers": "--workers"}
+#: written into a ``--work-dir`` this benchmark set up, so that a rerun may clear what it wrote
+WORK_MARKER = ".tru-dist-bench-pool"
+#: the subfolders a run of this benchmark writes (and a rerun removes first)
+OWN_SUBFOLDERS = ("original", "fresh", "pool", "requests")
+
+
+def claim_work_dir(work: Path) -> None:
+    """Make ``work`` this benchmark's: refuse a folder whose ``original/``, ``fresh/``, ``pool/``
+    or ``requests/`` it did not write (a rerun deletes those — ``--work-dir runs`` removed a
+    user's ``runs/original`` without a word), then create it with :data:`WORK_MARKER`."""
+    if not (work / WORK_MARKER).exists():
+        taken = [sub for sub in OWN_SUBFOLDERS if (work / sub).exists()]
+        if taken:
+            raise ConfigError(f"--work-dir {work} already holds {', '.join(taken)}, which bench pool did not "
+                              "write and would delete; pass a new or empty folder")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARKER).touch()
 
 
 def _store_path(data: str, work_dir: Path) -> str:
@@ -135,7 +152,7 @@ def bench_pool(
     method = method_name(method, cfg)  # unknown method / sisa: one line before any work
     dataset = _open(str(data), data_path)
     users = draw_users(dataset, requests, seed)  # too many requests: one line before any work
-    work.mkdir(parents=True, exist_ok=True)
+    claim_work_dir(work)
     _store(dataset, str(data), data_path)
     del dataset
     t_data = time.perf_counter() - t_start

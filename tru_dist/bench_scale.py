@@ -21,7 +21,8 @@ One call, in this order (every stage timed, the process's peak RSS read at the e
    ``--retrain-epochs`` — what Retrain would cost at this step time (a projection, stated as
    such: the model is not trained to convergence here, so the unlearning below runs on a
    partly trained model; its *cost*, not its quality, is the measurement).
-4. *Deletion*: ``--delete-users`` users drawn with ``--seed`` among users with a train pair;
+4. *Deletion*: ``--delete-users`` users drawn with ``--seed`` (which also seeds the generated
+   data, training and the method) among users with a train pair;
    the deletion step (:func:`tru_dist.unlearn.deletion.build_deletion`) and the method
    (``--method``, default TRU with its packaged defaults and ``unlearn.propagation: local``)
    — ``unlearn_seconds`` is the end-to-end time a user waits for (the fair benchmark's
@@ -93,6 +94,7 @@ from tru_dist.unlearn.metrics import forget_metrics
 GIB = 1024**3
 #: config keys a flag of ``bench scale`` sets (an override of one is refused)
 SCALE_FLAGS = {"train.fanout": "--fanout", "unlearn.fanout": "--fanout", "unlearn.seed": "--seed",
+               "train.seed": "--seed",
                "unlearn.method": "--method", "model.name": "--model", "data.path": "--data"}
 _LOG = logging.getLogger("tru_dist.bench_scale")
 
@@ -297,7 +299,7 @@ def bench_scale(
     cfg = build_config(model=model, overrides=[
         "train.propagation=local", f"train.fanout={fanout}", "train.optimizer=row_sparse_adam",
         "unlearn.propagation=local",
-        f"unlearn.fanout={fanout}", f"unlearn.seed={seed}", *(overrides or [])])
+        f"unlearn.fanout={fanout}", f"train.seed={seed}", f"unlearn.seed={seed}", *(overrides or [])])
     method = method_name(method, cfg)  # unknown method / sisa: one line before any work
     if data is None:
         _check_generated(users, items, interactions, modalities, seed, delete_users, stream)

@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of methods (retrain, noop, reverse_bpr, grad_ascent, finetune, sisa, "
                         "tru, tru-default, tru-no-gate, tru-no-scaling, tru-no-isolation)")
     c.add_argument("--seeds", type=_int_at_least(1), default=5,
-                   help="reporting seeds 0..N-1 (N < 100; 100+ are tuning seeds)")
+                   help="reporting seeds 0..N-1 (N <= 100; 100+ are tuning seeds)")
     c.add_argument("--audit", default="", help="comma list: mia,user_mia,backdoor")
     c.add_argument("--tuned", default=None,
                    help="folder of <method>-<regime>.yaml tuned configurations "
@@ -711,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--train-steps", type=_int_at_least(1), default=100)
     sc.add_argument("--retrain-epochs", type=_int_at_least(1), default=50,
                     help="epochs Retrain is projected to need (default 50)")
-    sc.add_argument("--seed", type=_int_at_least(0), default=0)
+    sc.add_argument("--seed", type=_int_at_least(0), default=0,
+                    help="seeds the generated data, the deleted users, training and unlearning")
     sc.add_argument("--work-dir", default="runs/bench-scale",
                     help="the generated store and kNN cache live here")
     sc.add_argument("--out", default=None, help="JSON output file")

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from tru_dist import comm as collectives
-from tru_dist.config import Config, deep_merge
+from tru_dist.config import Config, check_tuned_for_model, deep_merge
 from tru_dist.device import resolve_device
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -123,6 +123,7 @@ def method_configs(cfg: Config, spec: CompareSpec) -> dict[str, tuple[Config, di
             out[canonical] = (cfg, None)
             continue
         overrides, tuning = read_tuned(path)
+        check_tuned_for_model(path, tuning, cfg.model.name)
         overlap = sorted(set(seeds) & {int(x) for x in tuning.get("seeds", [])})
         if overlap:
             raise ConfigError(f"{path} was tuned on seeds {overlap}, which are reporting seeds here; a "

@@ -207,10 +207,18 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    ks: Annotated[list[PosInt], Field(min_length=1), Valid("a non-empty list of integers >= 1")] = [
+    ks: Annotated[list[PosInt], Field(min_length=1), Valid("a non-empty list of distinct integers >= 1")] = [
         10, 20, 50]
     metric: str = "recall@20"
     batch_users: PosInt = 4096
+
+    @field_validator("ks")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        """Each cut-off once: ``[5, 5]`` was collapsed to ``[5]`` downstream without a word."""
+        if len(set(v)) != len(v):
+            raise ValueError("a cut-off is listed more than once")
+        return v
 
 
 class GateConfig(_Strict):
@@ -426,6 +434,20 @@ def _valid_range(loc: tuple, root: type[BaseModel]) -> str | None:
             return None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return next((m.text for m in meta if isinstance(m, Valid)), None)
+
+
+def check_tuned_for_model(path: str | Path, tuning: dict[str, Any], model: str) -> None:
+    """A tuned file whose provenance names another backbone (``tuning.model``) is a one-line
+    ConfigError: its settings were chosen on that model's originals (MGCN's tuned TRU collapsed
+    MIG-GT to recall 0.089, issue 11), and ``unlearn --config`` / ``compare --tuned`` applied
+    them without a word. A file that names no model (hand-written) is taken as it is."""
+    tuned_for = tuning.get("model")
+    if tuned_for is None:
+        return
+    if not isinstance(tuned_for, str) or canonical_name(tuned_for) != canonical_name(model):
+        raise ConfigError(f"{path} was tuned for model {tuned_for!r} (its tuning.model), not {model}; pass "
+                          f"files tuned for {model} (a sweep on {model} writes them under <sweep>/tuned) or "
+                          "none")
 
 
 def leaf_values(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -649,7 +671,8 @@ def build_config(
     if seed is not None:
         flags += [f"train.seed={int(seed)}", f"unlearn.seed={int(seed)}"]
     overrides = deep_merge(parse_overrides(flags), overrides or {})
-    user_tree = {k: v for k, v in load_yaml(config_file).items() if k != "tuning"} if config_file else {}
+    file_tree = load_yaml(config_file) if config_file else {}
+    user_tree = {k: v for k, v in file_tree.items() if k != "tuning"}
     if isinstance(user_tree.get("data"), dict):  # a run's config.yaml reused: its record is not a setting
         user_tree["data"] = {k: v for k, v in user_tree["data"].items() if k != "resolved_path"}
     if base is not None:
@@ -672,6 +695,8 @@ def build_config(
     tree = deep_merge(tree, user_tree)
     tree = deep_merge(tree, overrides)
     cfg = Config.from_dict(tree)
+    if isinstance(file_tree.get("tuning"), dict):
+        check_tuned_for_model(config_file, file_tree["tuning"], cfg.model.name)
     if base is not None:
         given = base.data.path if isinstance(base, Config) else (base.get("data") or {}).get("path")
         # record where the data opened now is: another data.path given, or the run's own path as

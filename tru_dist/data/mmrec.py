@@ -67,7 +67,9 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     if path.stat().st_size == 0:
         raise DataError(f"{src} is empty; {_HINT}")
     try:
-        df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, skip_blank_lines=False, engine="c")
+        # only an empty cell is missing: a literal 'nan' or 'NA' is a value to name, not "empty"
+        df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, skip_blank_lines=False, engine="c",
+                         keep_default_na=False, na_values=[""])
     except UnicodeDecodeError as exc:  # a binary file, or one saved as UTF-16
         raise DataError(f"{src} is {not_utf8(exc, file_offset=False)}; save it as UTF-8 ({_HINT})") from None
     except pd.errors.ParserError as exc:
@@ -81,7 +83,7 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     items = v.integer_column(df["itemID"], "itemID", src, where)
     ratings = v.numeric_column(df["rating"], "rating", src, where)
     timestamps = v.numeric_column(df["timestamp"], "timestamp", src, where)
-    labels = v.check_labels(v.integer_column(df["x_label"], "x_label", src, where), src, where)
+    labels = v.check_labels(v.integer_column(df["x_label"], "x_label", src, where, v.LABEL_HINT), src, where)
     return users, items, ratings, timestamps, labels
 
 

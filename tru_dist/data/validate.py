@@ -71,8 +71,15 @@ def numeric_column(values: pd.Series | np.ndarray, column: str, source: str, whe
     return num.to_numpy(dtype=np.float64)
 
 
-def integer_column(values: pd.Series | np.ndarray, column: str, source: str, where: Locator) -> np.ndarray:
-    """The column as int64; non-integer, missing or negative values are errors naming the row."""
+#: what an id column holds, said after the value that is not one
+ID_HINT = "ids must be integers 0..n-1"
+
+
+def integer_column(values: pd.Series | np.ndarray, column: str, source: str, where: Locator,
+                   hint: str = ID_HINT) -> np.ndarray:
+    """The column as int64; non-integer, missing or negative values are errors naming the row
+    and ending in ``hint`` (what the column holds: an id by default, ``x_label``'s 0/1/2)."""
+    noun = "an integer id" if hint == ID_HINT else "an integer"
     series = pd.Series(values)
     if pd.api.types.is_integer_dtype(series.dtype) and isinstance(series.dtype, np.dtype):
         out = series.to_numpy(dtype=np.int64)
@@ -83,15 +90,18 @@ def integer_column(values: pd.Series | np.ndarray, column: str, source: str, whe
         if len(bad):
             k = int(bad[0])
             raise DataError(
-                f"{source} {where(k)}: {column} is {_show(series.iloc[k])}, not an integer id;"
-                " ids must be integers 0..n-1"
+                f"{source} {where(k)}: {column} is {_show(series.iloc[k])}, not {noun}; {hint}"
             )
         out = num.astype(np.int64)
     neg = np.flatnonzero(out < 0)
     if len(neg):
         k = int(neg[0])
-        raise DataError(f"{source} {where(k)}: {column} is {out[k]} (negative); ids must be integers 0..n-1")
+        raise DataError(f"{source} {where(k)}: {column} is {out[k]} (negative); {hint}")
     return out
+
+
+#: what a split label holds
+LABEL_HINT = "use 0 (train), 1 (valid) or 2 (test)"
 
 
 def check_labels(labels: np.ndarray, source: str, where: Locator, column: str = "x_label") -> np.ndarray:
@@ -101,7 +111,7 @@ def check_labels(labels: np.ndarray, source: str, where: Locator, column: str = 
     if len(bad):
         k = int(bad[0])
         raise DataError(
-            f"{source} {where(k)}: unknown {column} {labels[k]}; use 0 (train), 1 (valid) or 2 (test)"
+            f"{source} {where(k)}: unknown {column} {labels[k]}; {LABEL_HINT}"
         )
     return labels.astype(np.int8)
 

@@ -150,6 +150,28 @@ def check_retains_train(
                            "left to unlearn against; delete less (fewer requests or a smaller --fraction)")
 
 
+def users_left_with_only_held_out(
+    data: RecDataset | PendingDataset,
+    forget: ForgetSet,
+    earlier: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Users of ``forget`` that it (with the ``earlier`` deleted pairs) leaves with no TRAIN pair
+    but with VALID or TEST rows, ascending.
+
+    The deletion step resets them (Retrain never sees them in training), so they are served as
+    new users — yet their held-out rows stay and count in every valid/test metric, where they
+    read as a new user's hits. A request that deletes a user's train pairs one by one usually
+    means the whole user; ``unlearn`` warns about them (a user request, item empty, deletes every
+    split). O(the forget set's users' rows)."""
+    users, items = forget.users, forget.items
+    if earlier is not None and len(earlier[0]):
+        users, items = np.concatenate([earlier[0], users]), np.concatenate([earlier[1], items])
+    rows = data.rows_of_users(np.unique(forget.users))
+    kept = ~np.isin(rows, data.pair_rows(users, items))
+    u, _, labels = data.take(rows[kept])
+    return np.setdiff1d(np.unique(u[labels != TRAIN]), np.unique(u[labels == TRAIN]))
+
+
 def build_deletion(
     data: RecDataset | PendingDataset,
     graph: RecGraph,

@@ -50,6 +50,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.crashpoints import arm_update_fault, fault_point
@@ -151,7 +153,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     from tru_dist.data.source import open_data
     from tru_dist.train.size_warnings import unlearn_size_warnings
     from tru_dist.train.trainer import run_config
-    from tru_dist.unlearn.deletion import check_retains_train
+    from tru_dist.unlearn.deletion import check_retains_train, users_left_with_only_held_out
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = run_config(run_dir, config_file=config_file, seed=seed, overrides=overrides)  # bad config: now
@@ -187,8 +189,21 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
                           f"({', '.join(o['receipt_id'] for o in plan.overlaps)}); nothing to unlearn")
     check_retains_train(data, plan.forget, plan.earlier)  # deleting everything: refused before any worker
     unlearn_size_warnings(cfg, data, name)  # e.g. gate.top_k >= n_items: logged, once
+    _warn_held_out_left(users_left_with_only_held_out(data, plan.forget, plan.earlier))
     return Prepared(cfg, name, store, keep_versions)
 
+
+
+def _warn_held_out_left(users: np.ndarray) -> None:
+    """One warning naming the users a batch leaves with held-out rows but no train pair
+    (:func:`~tru_dist.unlearn.deletion.users_left_with_only_held_out`): without it their
+    valid/test rows went on counting in the metrics while the model served them as new users."""
+    if len(users):
+        shown = ", ".join(str(int(u)) for u in users[:5]) + (", ..." if len(users) > 5 else "")
+        logging.getLogger("tru_dist.unlearn").warning(
+            "%d user(s) (%s) lose every train interaction but keep valid/test rows: they are reset and "
+            "served as new users, and those rows still count in the valid/test metrics; to delete a "
+            "user entirely, send a request with user_id only (item_id empty)", len(users), shown)
 
 
 def check_finite(model, method: str) -> None:
