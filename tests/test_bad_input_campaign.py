@@ -505,3 +505,23 @@ def test_bench_pool_does_not_clear_a_work_dir_it_did_not_write(tmp_path):
     (fresh / "original").mkdir()
     claim_work_dir(fresh)
     assert (fresh / WORK_MARKER).exists()
+
+
+def test_users_left_with_only_held_out_rows_are_those_a_batch_took_train_pairs_from():
+    """Hand-computed: user 0 loses its one train pair and keeps a test row (named); user 1 keeps a
+    train pair (not named); user 2, a cold-start user with test rows only, loses one of them (not
+    named: it had no train pair to lose); user 3 loses everything, in every split (not named)."""
+    from tru_dist.data.dataset import RecDataset
+    from tru_dist.data.requests import resolve_requests
+    from tru_dist.unlearn.deletion import users_left_with_only_held_out
+
+    users = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3])
+    items = np.array([0, 1, 0, 1, 2, 0, 1, 2, 3])
+    labels = np.array([0, 2, 0, 0, 2, 2, 2, 0, 1], dtype=np.int8)
+    data = RecDataset(4, 4, users, items, labels)
+    table = pd.DataFrame({"request_id": ["a", "b", "c", "d"], "user_id": [0, 1, 2, 3],
+                          "item_id": pd.array([0, 0, 0, None], dtype="Int64"), "reason": "x"})
+    forget = resolve_requests(data, table)
+    assert users_left_with_only_held_out(data, forget).tolist() == [0]
+    earlier = (np.array([1]), np.array([1]))  # user 1's other train pair went in an earlier batch
+    assert users_left_with_only_held_out(data, forget, earlier).tolist() == [0, 1]

@@ -361,9 +361,8 @@ def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str]
     return commands.evaluate(run.path, overrides=extra, pool=pool)
 
 
-#: the settings an evaluation reads (everything else comes from the run's own config.yaml)
-EVALUATE_READS = ("data.path", "eval.ks", "eval.batch_users", "train.device", "device", "train.progress",
-                  "dist.")
+#: the settings an evaluation reads, with every ``dist.*`` key (the rest is the run's own config.yaml)
+EVALUATE_READS = ("data.path", "eval.ks", "eval.batch_users", "train.device", "device", "train.progress")
 
 
 def _refuse_unread_evaluate_overrides(overrides: list[str]) -> None:

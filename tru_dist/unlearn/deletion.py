@@ -166,7 +166,8 @@ def users_left_with_only_held_out(
     users, items = forget.users, forget.items
     if earlier is not None and len(earlier[0]):
         users, items = np.concatenate([earlier[0], users]), np.concatenate([earlier[1], items])
-    rows = data.rows_of_users(np.unique(forget.users))
+    # only users this batch takes a train pair from (a cold-start user losing a test row had none)
+    rows = data.rows_of_users(np.unique(forget.train_users))
     kept = ~np.isin(rows, data.pair_rows(users, items))
     u, _, labels = data.take(rows[kept])
     return np.setdiff1d(np.unique(u[labels != TRAIN]), np.unique(u[labels == TRAIN]))

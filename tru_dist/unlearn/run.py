@@ -193,7 +193,6 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     return Prepared(cfg, name, store, keep_versions)
 
 
-
 def _warn_held_out_left(users: np.ndarray) -> None:
     """One warning naming the users a batch leaves with held-out rows but no train pair
     (:func:`~tru_dist.unlearn.deletion.users_left_with_only_held_out`): without it their
