@@ -102,6 +102,53 @@ def _path(value: Any, what: str) -> Path:
     return Path(value)
 
 
+def _flag(value: Any, what: str) -> bool:
+    """``value`` as a bool, or a one-line ConfigError: ``purge="no"`` is truthy and purged the
+    store in place; ``resume="yes"`` and ``exclude_seen="no"`` were taken the same way."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{what} must be True or False, not {type(value).__name__} {value!r:.60}")
+
+
+def _count(value: Any, what: str) -> int:
+    """``value`` as an int >= 0 (not a bool), or a one-line ConfigError."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 0:
+        return int(value)
+    raise ConfigError(f"{what} must be an integer >= 0, not {type(value).__name__} {value!r:.60}")
+
+
+def _optional_seed(value: Any) -> int | None:
+    """None or a seed (an int in 0..``SEED_MAX``); ``seed="x"`` raised int()'s ValueError."""
+    from tru_dist.config import SEED_MAX
+
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+            and 0 <= value <= SEED_MAX:
+        return int(value)
+    raise ConfigError(f"seed must be an integer 0..{SEED_MAX}, not {type(value).__name__} {value!r:.60}")
+
+
+def _optional_pool(value: Any) -> WorkerPool | None:
+    """None or a :func:`worker_pool`; ``pool="x"`` raised an AttributeError deep in the call."""
+    from tru_dist.distributed.pool import WorkerPool as _WorkerPool
+
+    if value is None or isinstance(value, _WorkerPool):
+        return value
+    raise ConfigError(f"pool must be a tru_dist.worker_pool(...) or None, not {type(value).__name__} "
+                      f"{value!r:.60}")
+
+
+def _run_folder(value: Any, what: str) -> Path:
+    """:func:`_out_path` for a run folder, refused when it is an existing file (``FileExistsError``
+    from mkdir; the CLI said so in one line)."""
+    path = _out_path(value, what)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file; pass a folder for the run (a new one, or one to "
+                          "resume)")
+    return path
+
+
 def _out_path(value: Any, what: str) -> Path:
     """:func:`_path` for a path this call writes, refused before any work when a parent of it
     is a file."""
@@ -207,6 +254,8 @@ def worker_pool(workers: int = 2, backend: str = "auto", **options: Any) -> Work
     :class:`tru_dist.distributed.pool.WorkerPool` (timeouts, ``threads_per_rank``)."""
     from tru_dist.distributed.pool import WorkerPool
 
+    if backend not in ("auto", "gloo", "nccl"):  # torch raised a raw ValueError from the ranks
+        raise ConfigError(f"backend must be auto, gloo or nccl, not {backend!r:.60}")
     return WorkerPool(workers, backend, **options)
 
 
@@ -245,7 +294,11 @@ def train(
     trains on W workers (Ray or local processes, see ``dist.address``); ``pool``: on that
     :func:`worker_pool`'s ranks.
     """
-    out = _out_path(out, "out")
+    out = _run_folder(out, "out")
+    resume, pool = _flag(resume, "resume"), _optional_pool(pool)
+    if config is not None and not isinstance(config, (Config, Mapping, str, os.PathLike)):
+        raise ConfigError(f"config must be a Config, a mapping of overrides or a YAML file, not "
+                          f"{type(config).__name__} {config!r:.60}")
     cfg = record_data_location(_pool_defaults(_train_config(config, model, data, overrides, device), pool))
     if cfg.data.path is None:
         raise ConfigError("no data named: pass data= (a dataset folder) or a synthetic spec such as "
@@ -308,8 +361,19 @@ def unlearn(
     """
     from tru_dist.distributed import commands
 
+    purge, keep_versions = _flag(purge, "purge"), _count(keep_versions, "keep_versions")
+    if keep_versions and not purge:  # as the CLI refuses --keep-versions without --purge
+        raise ConfigError("keep_versions applies to the purge only; pass purge=True with it, or drop it")
+    if method is not None and not isinstance(method, str):  # an empty name: method_name's own message
+        raise ConfigError(f"method must be a method name such as 'tru', not {type(method).__name__} "
+                          f"{method!r:.60}")
+    seed, pool = _optional_seed(seed), _optional_pool(pool)
+    if _is_dataframe(requests) and requests.columns.duplicated().any():
+        twice = sorted({str(c) for c in requests.columns[requests.columns.duplicated()]})
+        raise RequestError(f"the requests frame has column(s) {', '.join(twice)} more than once; keep one "
+                           "of each (request_id, user_id, item_id, reason)")
     source = _as_run(run)
-    out = (_out_path(out, "out") if out is not None
+    out = (_run_folder(out, "out") if out is not None
            else source.path.with_name(f"{source.path.name}-{method or 'unlearn'}"))
     config_file = None
     if isinstance(config, (str, Path)) and not (isinstance(config, str) and "=" in config):
@@ -353,6 +417,7 @@ def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str]
     ``pool``: on that :func:`worker_pool`'s ranks."""
     from tru_dist.distributed import commands
 
+    pool = _optional_pool(pool)
     run = _as_run(run)
     extra = _pool_overrides(pool) + _override_list(overrides)
     _refuse_unread_evaluate_overrides(extra)
@@ -432,6 +497,7 @@ def recommend(run: Run | str | Path, users: int | Iterable[int] | str, k: int = 
     from tru_dist.data.dataset import TRAIN
     from tru_dist.train.evaluate import csr_rows, eval_embeddings, history_mask, topk
 
+    exclude_seen = _flag(exclude_seen, "exclude_seen")
     run = _as_run(run)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer of at least 1, not {k!r}")
@@ -489,6 +555,8 @@ def export_embeddings(run: Run | str | Path, out: str | Path | None = None) -> d
         from tru_dist.io_utils import atomic_write
 
         path = _out_path(out, "embedding file")
+        if path.is_dir():  # atomic_write's rename raised a raw IsADirectoryError
+            raise ConfigError(f"embedding file {path} is a folder; pass a file path ending in .npz")
         if path.suffix != ".npz":
             raise ConfigError(f"embedding file {path} must end in .npz")
         def write(tmp: str) -> None:

@@ -97,7 +97,10 @@ Unit = Annotated[float, _NotBool, Field(ge=0, le=1), Valid("a number in [0, 1]")
 Dropout = Annotated[float, _NotBool, Field(ge=0, lt=1), Valid("a number in [0, 1)")]
 PosInt = Annotated[int, _NotBool, Field(ge=1), Valid("an integer >= 1")]
 NonNegInt = Annotated[int, _NotBool, Field(ge=0), Valid("an integer >= 0")]
-Seed = Annotated[int, _NotBool, Field(ge=0), Valid("an integer >= 0 (a seed)")]
+#: seeds are combined arithmetically (e.g. seed·1,000,003 + 10 for a torch generator, which takes
+#: < 2**64): 2**63 passed the check and ended in torch's "Overflow" traceback mid-run
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, _NotBool, Field(ge=0, le=SEED_MAX), Valid(f"an integer 0..{SEED_MAX} (a seed)")]
 OffOrNonNeg = Annotated[int, _NotBool, Field(ge=-1), Valid("-1 (off) or an integer >= 0")]
 
 
@@ -436,6 +439,18 @@ def _valid_range(loc: tuple, root: type[BaseModel]) -> str | None:
     return next((m.text for m in meta if isinstance(m, Valid)), None)
 
 
+def _refuse_two_models(model: str | None, *named: tuple[str, Any]) -> None:
+    """``--model`` and another place that names the backbone must agree: the file's (or an
+    override's) ``model.name`` won over ``--model lightgcn`` and trained MGCN with LightGCN's
+    published defaults — ``--config OTHER_RUN/config.yaml`` with another ``--model`` did that."""
+    if model is None:
+        return
+    for where, name in named:
+        if name is not None and canonical_name(str(name)) != canonical_name(model):
+            raise ConfigError(f"--model {model} and {where} {name} disagree; drop one (or pass --model "
+                              f"{canonical_name(str(name))})")
+
+
 def check_tuned_for_model(path: str | Path, tuning: dict[str, Any], model: str) -> None:
     """A tuned file whose provenance names another backbone (``tuning.model``) is a one-line
     ConfigError: its settings were chosen on that model's originals (MGCN's tuned TRU collapsed
@@ -561,6 +576,26 @@ def record_data_location(cfg: Config) -> Config:
     return out
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping that names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the last
+    one, so ``epochs: 1`` then ``epochs: 2`` trained 2 epochs without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
     """The mapping in the YAML file ``path``; a missing, unreadable, non-text or non-mapping
     file is a one-line ConfigError naming it."""
@@ -577,7 +612,9 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}); pass a readable "
                           "YAML file") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -662,6 +699,10 @@ def build_config(
     * a top-level ``tuning:`` block in ``config_file`` (the provenance of a tuned file,
       :mod:`tru_dist.unlearn.tuned`, or a sweep's ``best/*.yaml``) is ignored.
     """
+    if model is not None and not str(model).strip():
+        raise ConfigError("--model is empty; name a backbone: lightgcn, mgcn or miggt")
+    if config_file is not None and not str(config_file).strip():
+        raise ConfigError("--config is empty; pass a YAML file (or leave --config out)")
     if overrides is not None and not isinstance(overrides, dict):
         overrides = parse_overrides(list(overrides))
     flags: list[str] = []
@@ -684,8 +725,15 @@ def build_config(
             if layer is not None:
                 tree = deep_merge(tree, layer)
         named_in_file = user_tree.get("model")  # a file's `model: 5` is the merge's error below
-        model = overrides.get("model", {}).get(
-            "name", model or (named_in_file.get("name") if isinstance(named_in_file, dict) else None))
+        in_file = named_in_file.get("name") if isinstance(named_in_file, dict) else None
+        named_override = overrides.get("model", {}).get("name") if isinstance(overrides.get("model"), dict) \
+            else None
+        _refuse_two_models(model, ("--model.name", named_override), (f"{config_file}'s model.name", in_file))
+        if named_override is not None and in_file is not None \
+                and canonical_name(named_override) != canonical_name(in_file):
+            raise ConfigError(f"--model.name={named_override} and {config_file}'s model.name {in_file} "
+                              "disagree; drop one")
+        model = named_override or model or in_file
         model = canonical_name(model or ModelConfig().name)
         tree = deep_merge(tree, model_defaults(model))
         tree = deep_merge(tree, {"model": {"name": model}})

@@ -181,7 +181,13 @@ def connect(address: str, dashboard: bool = False) -> None:
                  configure_logging=False, log_to_driver=True, **quiet)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=address, configure_logging=False)
+        try:
+            ray.init(address=address, configure_logging=False)
+        except ConnectionError as exc:  # `auto` with no cluster running here: Ray's raw traceback
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"no Ray cluster to join at --address {address} ({first[:160]}); start one "
+                              "(ray start --head), submit with ray job submit, or run without a cluster: "
+                              "--address local (an in-process Ray) or --address none") from None
 
 
 def quiet_local_ray_train() -> None:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tru_dist.audit.runner import AUDITS
 from tru_dist.config import Config, build_config, canonical_dataset, load_yaml, packaged_names
@@ -81,6 +81,15 @@ class RegimeSpec(_Strict):
     name: str | None = None
 
     _name_is_a_folder = field_validator("name")(_folder_name)
+
+    @model_validator(mode="after")
+    def _policy_of_users(self) -> RegimeSpec:
+        """``policy`` chooses whole users: with another regime it was refused only when the first
+        forget set was drawn, after the originals had trained (and left them in the storage)."""
+        if self.policy != "random" and self.regime != "users":
+            raise ValueError(f"policy '{self.policy}' applies to the users regime only; drop it or use "
+                             "regime: users")
+        return self
 
     @property
     def id(self) -> str:
@@ -191,7 +200,8 @@ def _one_line(exc: ValidationError, source: str) -> str:
             valid = ", ".join(SweepSpec.model_fields)
             parts.append(f"unknown sweep key '{loc}' (valid keys: {valid})")
         else:
-            parts.append(f"invalid value for '{loc}': {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix on a validator's own text
+            parts.append(f"invalid value for '{loc}': {msg}")
     return f"{source}: " + "; ".join(parts)
 
 
