@@ -206,3 +206,18 @@ def test_the_cli_still_passes_its_own_arguments_through(env: Env, tmp_path, caps
     assert main(["unlearn", "--run", str(env.run), "--requests", str(env.requests), "--out", str(out),
                  "--unlearn.epochs=1", "--seed", "3"]) == 0
     assert (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("extra, flag, value", [
+    (["--methods", "retrain,,noop"], "--methods", "retrain,,noop"),
+    (["--methods", "retrain,noop", "--audit", "mia,"], "--audit", "mia,"),
+])
+def test_an_empty_comma_list_entry_is_refused_not_dropped(extra, flag, value, env: Env, tmp_path, capsys):
+    one_line_error(["compare", "--data", str(env.store), "--model", "lightgcn", "--regime", "interactions",
+                    "--seeds", "1", "--out", str(tmp_path / "out"), "--address", "none", *extra], capsys,
+                   f"{flag} {value!r} has an empty entry")
+
+
+def test_recommend_refuses_an_empty_user_entry(env: Env):
+    with pytest.raises(RequestError, match="users must be integer ids separated by commas"):
+        tru_dist.recommend(env.run, "1,,2")

@@ -459,7 +459,7 @@ def _integer_ids(values: Any) -> np.ndarray | None:
 
 def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np.ndarray:
     if isinstance(users, str):
-        parts = [p.strip() for p in users.split(",") if p.strip()]
+        parts = [p.strip() for p in users.split(",")]  # an empty entry ("1,,2") is refused below
         # ASCII digits only: str.isdigit accepts '²' (then int() raised) and '١' (served as user 1)
         bad = [p for p in parts if not re.fullmatch(r"-?[0-9]+", p)]
         if bad or not parts:

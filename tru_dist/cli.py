@@ -156,6 +156,18 @@ def placement_overrides(gpus_per_worker: float | None, device: str | None) -> li
     return out
 
 
+def comma_list(text: str, flag: str) -> list[str]:
+    """The stripped names of a comma list; ``""`` is the empty list. An empty entry between or
+    after commas (``retrain,,noop``: an unset shell variable) is a one-line ConfigError — it was
+    dropped without a word."""
+    if not text.strip():
+        return []
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"{flag} {text!r} has an empty entry; list names separated by single commas")
+    return names
+
+
 def dist_overrides(args: argparse.Namespace) -> list[str]:
     """``--workers/--gpus-per-worker/--device/--address/--storage`` as config overrides (only
     those given); see :func:`placement_overrides` for GPUs and devices."""
@@ -426,9 +438,9 @@ def cmd_compare(args, overrides) -> int:
         regime=args.regime,
         policy=args.policy,
         fraction=args.fraction,
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        methods=comma_list(args.methods, "--methods"),
         seeds=args.seeds,
-        audits=[a.strip() for a in (args.audit or "").split(",") if a.strip()],
+        audits=comma_list(args.audit or "", "--audit"),
         tuned=args.tuned,
         originals=args.originals,
         hold_out_users=args.hold_out_users,
