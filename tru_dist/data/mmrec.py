@@ -43,18 +43,47 @@ def find_inter_file(folder: Path) -> Path:
 
 
 def feature_files(folder: Path) -> dict[str, Path]:
-    """``{modality: path}`` for every ``<modality>_feat.npy`` in the folder."""
-    return {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))}
+    """``{modality: path}`` for every ``<modality>_feat.npy`` in the folder.
+
+    A file named just ``_feat.npy`` is a DataError: its modality would be ``''``, which the
+    store writes as ``item_features/.npy`` and then cannot read back."""
+    found = {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))}
+    if "" in found:
+        raise DataError(
+            f"{found['']} has no modality name; a modality needs one: rename it <modality>{FEATURE_SUFFIX}"
+            f" (e.g. image{FEATURE_SUFFIX}) or move it out of {folder}"
+        )
+    return found
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # what numpy.savez writes: np.load returns an archive, not an array
+_SAVE_HINT = "save features with numpy.save(path, features.astype(numpy.float32))"
+
+
+def _check_npy_header(path: Path) -> None:
+    """A DataError unless ``path`` starts like a .npy file (an empty file is left to np.load).
+
+    np.load hands anything else to its pickle branch: an ``.npz`` archive came back as an
+    ``NpzFile`` (later an AttributeError on ``.dtype``), and a text file got numpy's advice to
+    load it with ``allow_pickle`` — unsafe, and wrong for a file that is not a pickle."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(_NPY_MAGIC))
+    if head.startswith(_ZIP_MAGIC):
+        raise DataError(f"{path} is an .npz archive, not a .npy array; {_SAVE_HINT}")
+    if head and head != _NPY_MAGIC:
+        raise DataError(f"{path} is not a .npy array (it does not start with the .npy header: text,"
+                        f" a pickle or another format); {_SAVE_HINT}")
 
 
 def load_npy(path: Path) -> np.ndarray:
     """Memory-map a .npy file read-only; an unreadable file is a one-line DataError."""
     try:
+        _check_npy_header(path)
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(
-            f"{path} is not a readable numeric .npy matrix ({str(exc).splitlines()[0]});"
-            " save features with numpy.save(path, features.astype(numpy.float32))"
+            f"{path} is not a readable numeric .npy matrix ({str(exc).splitlines()[0]}); {_SAVE_HINT}"
         ) from None
 
 

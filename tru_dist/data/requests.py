@@ -81,6 +81,19 @@ def _first_few(ids: list | np.ndarray, k: int = 5) -> str:
     return ", ".join(ids[:k]) + more
 
 
+def _boolean_cells(raw: pd.Series) -> np.ndarray:
+    """Which cells of an id column are booleans (``True``/``False``, as pandas reads a CSV cell
+    ``True``/``false``/``TRUE``, or a bool in a DataFrame or Parquet column).
+
+    ``pd.to_numeric`` reads them as 1/0, so without this check a cell ``False`` deleted user 0's
+    whole history; a boolean is not an id, so it is refused like any other non-integer cell."""
+    if pd.api.types.is_bool_dtype(raw.dtype):  # numpy bool or pandas "boolean" (nulls stay nulls)
+        return raw.notna().to_numpy(dtype=bool)
+    if raw.dtype == object:  # mixed cells (e.g. [3, True]): look at each one
+        return raw.map(lambda x: isinstance(x, bool | np.bool_)).to_numpy(dtype=bool)
+    return np.zeros(len(raw), dtype=bool)
+
+
 def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.DataFrame:
     """Check columns and types; returns a copy with dtypes str / int64 / Int64 / str. A column
     other than :data:`REQUEST_COLUMNS` is an error, not dropped."""
@@ -104,18 +117,21 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
     out["request_id"] = rid.astype(str).to_numpy(dtype=object)
     for col, nullable in (("user_id", False), ("item_id", True)):
         raw = df[col].reset_index(drop=True)
+        boolean = _boolean_cells(raw)
         num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         missing_val = pd.isna(raw).to_numpy()
         with np.errstate(invalid="ignore"):
             # beyond int64 (e.g. 1e20) the cast below wrapped to another id, with RuntimeWarnings
             too_big = np.abs(num) >= _INT64_LIMIT
-            not_int = ~np.isfinite(num) | (num != np.floor(num)) | too_big
+            not_int = ~np.isfinite(num) | (num != np.floor(num)) | too_big | boolean
             bad = (~missing_val & not_int) | (missing_val & (not nullable))
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             value = raw.iloc[k]
             if isinstance(value, np.generic):  # shown as its plain value: 0.5, not np.float64(0.5)
                 value = value.item()
+            if boolean[k]:  # shown as the cell reads in a CSV: 'False', not a bare False
+                value = str(value)
             what = "empty" if missing_val[k] else repr(value)
             why = "too large for an id (ids are int64)" if too_big[k] and not missing_val[k] \
                 else "not an integer id"

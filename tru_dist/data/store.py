@@ -67,7 +67,7 @@ from tru_dist.data.schema import (
 from tru_dist.errors import DataError
 from tru_dist.io_utils import atomic_write, atomic_write_json, is_orphan_temp
 
-_REIMPORT = "re-import the dataset (tru-dist data import) to rebuild the store"
+_REIMPORT = "re-import the dataset (tru-dist data import-mmrec) to rebuild the store"
 REVISIONS_DIR = "revisions"
 #: feature dtypes a store may hold: write_store writes float32; the streaming scale generator
 #: (:mod:`tru_dist.data.synth_stream`) writes float16 to halve the disk and page-cache footprint.

@@ -169,6 +169,24 @@ def _whole_users(forget: ForgetSet, data_before: RecDataset) -> np.ndarray:
     return touched[left[touched] <= 0].astype(np.int64)
 
 
+def _not_a_receipt(doc: Any) -> str | None:
+    """Why a parsed ledger line is not a receipt, or None when it is one.
+
+    Every reader indexes ``receipt_id`` and ``request_ids``: a line such as ``{}`` or ``[1]``
+    (valid JSON, but not a receipt) ended in a KeyError or AttributeError in recommend,
+    evaluate, unlearn and verify-deletion instead of naming the damaged line."""
+    if not isinstance(doc, dict):
+        kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        kind = kinds.get(type(doc), "a number")
+        return f"{kind}, not a JSON object"
+    if not isinstance(doc.get("receipt_id"), str) or not doc["receipt_id"]:
+        return "no receipt_id"
+    ids = doc.get("request_ids")
+    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+        return "request_ids is not a list of request ids" if "request_ids" in doc else "no request_ids"
+    return None
+
+
 class DeletionLedger:
     """Receipts of the deletions applied in one run directory (or a ``ledger.jsonl`` path)."""
 
@@ -199,10 +217,16 @@ class DeletionLedger:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
+                    receipt = json.loads(line)
                 except json.JSONDecodeError:
                     raise RequestError(f"{self.path} line {n} is not valid JSON; restore the ledger "
                                        "from a backup (it is only ever rewritten atomically)") from None
+                why = _not_a_receipt(receipt)
+                if why:
+                    raise RequestError(f"{self.path} line {n} is not a receipt ({why}); restore the ledger "
+                                       "from a backup or from the run it came from (it is only ever "
+                                       "rewritten atomically)")
+                out.append(receipt)
         return out
 
     def receipt_for(self, request_id: str) -> dict | None:

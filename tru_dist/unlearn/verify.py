@@ -18,14 +18,19 @@ the project writes by kind:
   objects with user and item ids, lists of [user, item] under a key naming pairs, and
   ``source_run`` pointers to a run whose checkpoint is such a model.
 
-Pickles (Ray's ``*.pkl``) are never unpickled: they are counted as not inspected. Other
-files (plots, reports, logs, YAML) hold no ids and are counted as skipped.
+Pickles (Ray's ``*.pkl``) are never unpickled: they are counted as not inspected, as are
+checkpoints that do not load weights-only. Other files (plots, reports, logs, YAML) hold no ids
+and are counted as skipped. A file of a kind above that cannot be read (truncated, not valid
+JSON, a NaN where an id belongs) or is not a regular file (a FIFO, socket or device, which is
+never opened: reading a FIFO blocks) is listed as one that cannot be shown clean.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +94,8 @@ class Report:
                f"  files by kind: {kinds or 'none'}; {self.candidates} candidate (user, item) pair(s) hashed",
                *(f"  store {s}" for s in self.stores)]
         if self.not_inspected:
-            out.append(f"  not inspected ({len(self.not_inspected)}, pickles are never loaded): "
+            out.append(f"  not inspected ({len(self.not_inspected)}; never unpickled: pickles, and "
+                       "checkpoints that do not load weights-only): "
                        + ", ".join(self.not_inspected[:5]) + (" ..." if len(self.not_inspected) > 5 else ""))
         if self.clean:
             out.append("  clean: no deleted pair, no row of a deleted user, "
@@ -228,16 +234,10 @@ class _Scanner:
                 f.user_rows += u
 
     def json_file(self, path: Path, f: Finding) -> None:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        try:
-            docs = [json.loads(text)]
-        except json.JSONDecodeError:
-            docs = []
-            for line in text.splitlines():
-                try:
-                    docs.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+        """Pairs in a JSON or JSON-lines file. What parses is checked; then a part that does not
+        (a truncated file or last line, a lowercase ``nan``) raises, so :meth:`scan_file` lists
+        the file as not shown clean: the part it could not read may hold deleted rows."""
+        docs, error = _json_docs(path.read_text(encoding="utf-8", errors="replace"))
         users: list[int] = []
         items: list[int] = []
         for doc in docs:
@@ -246,9 +246,15 @@ class _Scanner:
             p, u = self._hits(np.array(users), np.array(items))
             f.pairs += p
             f.user_rows += u
+        if error:
+            raise ValueError(error)
 
     def _walk_json(self, obj: Any, users: list[int], items: list[int], f: Finding, key: str | None) -> None:
         if isinstance(obj, dict):
+            odd = next((k for k in (*USER_COLUMNS, *ITEM_COLUMNS) if _is_non_finite(obj.get(k))), None)
+            note = f"holds {odd} {obj[odd]}, not an id, so its row cannot be shown clean" if odd else None
+            if note and note not in f.notes:  # e.g. {"user_id": 3, "item_id": NaN}: which row is it?
+                f.notes.append(note)
             u = next((obj[k] for k in USER_COLUMNS if _is_int(obj.get(k))), None)
             i = next((obj[k] for k in ITEM_COLUMNS if _is_int(obj.get(k))), None)
             if u is not None and i is not None:
@@ -306,6 +312,12 @@ class _Scanner:
         self.report.files[kind] += 1
         shown = f"{path} -> {os.path.realpath(path)}" if path.is_symlink() else str(path)
         finding = Finding(shown, kind)
+        irregular = _not_regular(path)
+        if irregular:  # never opened: opening a FIFO blocks until a writer comes (the scan hung)
+            finding.notes.append(f"not a regular file ({irregular}), so it was not opened and it cannot be "
+                                 "shown clean; move it out of the scanned folder")
+            self.report.findings.append(finding)
+            return
         try:
             fn(path, finding)
         except Exception as exc:  # an unreadable file cannot be proven clean: say so
@@ -318,7 +330,7 @@ class _Scanner:
         from tru_dist.data.store import is_store, read_meta, revision
 
         self.report.roots.append(str(root))
-        if root.is_file():
+        if not root.is_dir():  # a file, or a FIFO given as --scan (scan_file does not open that)
             self.scan_file(root)
             return
         for dirpath, _dirs, files in os.walk(root, followlinks=False):
@@ -339,6 +351,50 @@ class _Scanner:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_non_finite(x: Any) -> bool:
+    """A NaN or ±Infinity (which Python's JSON reader accepts), where an id would be."""
+    return isinstance(x, float) and not math.isfinite(x)
+
+
+def _json_docs(text: str) -> tuple[list[Any], str | None]:
+    """The documents of a JSON or JSON-lines text, and why a part of it is not JSON (None when
+    all of it parses). A line that does not parse was skipped before, so a truncated file, or
+    one cut in its last line, was reported clean whatever the lost part held. An empty file
+    (e.g. a Ray Tune ``result.json`` before its first result) holds nothing: it is clean."""
+    if not text.strip():
+        return [], None
+    try:
+        return [json.loads(text)], None
+    except json.JSONDecodeError as whole:
+        docs, error = [], None
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                docs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                error = error or f"line {n} is not valid JSON at column {exc.colno} (truncated?)"
+        if not docs:  # one document that does not parse: its error names where
+            return [], f"not valid JSON: {whole}"
+        return docs, error
+
+
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (a FIFO, socket or device), else None.
+    A path that cannot be stat-ed (a dangling link) is left to the reader, which says why."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
 
 
 def _int_rows(users: np.ndarray, items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
