@@ -221,3 +221,25 @@ def test_an_empty_comma_list_entry_is_refused_not_dropped(extra, flag, value, en
 def test_recommend_refuses_an_empty_user_entry(env: Env):
     with pytest.raises(RequestError, match="users must be integer ids separated by commas"):
         tru_dist.recommend(env.run, "1,,2")
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["--workers", "1", "--dist.workers=2"], ["--workers and --dist.workers=... both set dist.workers"]),
+    (["--seed", "1", "--train.seed=2"], ["--seed and --train.seed=... both set train.seed"]),
+    (["--device", "cpu", "--train.device=auto"], ["--device and --train.device=... both set train.device"]),
+])
+def test_a_flag_and_an_override_of_its_key_are_refused_not_resolved_silently(extra, names, env: Env, tmp_path,
+                                                                              capsys):
+    """The override won without a word: --workers 1 --dist.workers=2 ran on two workers, and
+    --seed 1 --train.seed=2 trained with 2 and unlearned with 1."""
+    argv = ["train", "--data", str(env.store), "--model", "lightgcn", "--out", str(tmp_path / "out"),
+            "--train.epochs=1", "--address", "none", *extra]
+    one_line_error(argv, capsys, *names)
+
+
+def test_data_forget_refuses_a_forget_set_no_unlearning_could_use(env: Env, tmp_path, capsys):
+    """--fraction 1 on the users regime wrote a request file every unlearn then refused."""
+    one_line_error(["data", "forget", "--data", str(env.store), "--regime", "users", "--fraction", "1",
+                    "--out", str(tmp_path / "f.csv")], capsys, "deletes every train interaction",
+                   "smaller --fraction")
+    assert not (tmp_path / "f.csv").exists()

@@ -808,6 +808,30 @@ def _refuse_unread_overrides(parser: argparse.ArgumentParser, args: argparse.Nam
                       f"{did_you_mean} (see tru-dist {name} --help)")
 
 
+#: the config keys a flag sets (as :func:`dist_overrides` and ``--seed`` write them)
+FLAG_KEYS = {"workers": ("dist.workers",), "address": ("dist.address",), "storage": ("dist.storage_path",),
+             "gpus_per_worker": ("dist.gpus_per_worker",), "device": ("train.device",),
+             "seed": ("train.seed", "unlearn.seed")}
+#: the commands whose flags above become those keys (:func:`dist_overrides`, ``--seed``)
+FLAG_KEY_COMMANDS = frozenset({"train", "evaluate", "unlearn", "compare"})
+
+
+def _refuse_flag_and_override(args: argparse.Namespace, rest: list[str]) -> None:
+    """A flag and a ``--key=value`` override that set the same key is a one-line ConfigError:
+    the override won without a word (``--workers 1 --dist.workers=2`` ran on 2 workers), and
+    ``--seed 1 --train.seed=2`` split the seed between training and unlearning."""
+    if args.cmd not in FLAG_KEY_COMMANDS:  # bench and sweep check their own flags' keys
+        return
+    given = {arg[2:].split("=", 1)[0].strip() for arg in rest}
+    for flag, keys in FLAG_KEYS.items():
+        if getattr(args, flag, None) is None:
+            continue
+        both = [k for k in keys if k in given]
+        if both:
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} and --{both[0]}=... both set {both[0]}; pass one of them")
+
+
 #: set (to anything but 0) to show the traceback behind a one-line input/output error
 TRACEBACK_ENV = "TRU_DIST_TRACEBACK"
 
@@ -842,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = None
     try:
         _refuse_unread_overrides(parser, args, rest)
+        _refuse_flag_and_override(args, rest)
         fresh = _check_out(args)
         return COMMANDS[args.cmd](args, rest)
     except TruDistError as exc:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from tru_dist.data.dataset import TRAIN, RecDataset
 from tru_dist.data.requests import ForgetSet, resolve_requests, write_requests
-from tru_dist.errors import ConfigError
+from tru_dist.errors import ConfigError, RequestError
 
 REGIMES = ("interactions", "users", "items", "poison")
 POLICIES = ("random", "core", "edge")
@@ -185,6 +185,11 @@ def forget_cli(
 
     data = open_data(data_path)
     df = select_forget(data, regime, fraction, seed, policy)
-    summary = resolve_requests(data, df, regime=regime_label(regime, policy)).summary()
+    forget = resolve_requests(data, df, regime=regime_label(regime, policy))
+    n_train = data.split_counts[TRAIN]
+    if len(forget) >= n_train:  # every unlearn of it would be refused: nothing left to train on
+        raise RequestError(f"this forget set deletes every train interaction ({len(forget)} of {n_train}), "
+                           "so no unlearning could use it; pass a smaller --fraction")
+    summary = forget.summary()
     write_requests(df, out)
     return {**summary, "out": str(out)}
