@@ -224,9 +224,9 @@ def test_recommend_refuses_an_empty_user_entry(env: Env):
 
 
 @pytest.mark.parametrize("extra, names", [
-    (["--workers", "1", "--dist.workers=2"], ["--workers and --dist.workers=... both set dist.workers"]),
-    (["--seed", "1", "--train.seed=2"], ["--seed and --train.seed=... both set train.seed"]),
-    (["--device", "cpu", "--train.device=auto"], ["--device and --train.device=... both set train.device"]),
+    (["--workers", "1", "--dist.workers=2"], ["--dist.workers=2 contradicts --workers", "pass --workers 2"]),
+    (["--seed", "1", "--train.seed=2"], ["--train.seed=2 contradicts --seed, which sets train.seed"]),
+    (["--device", "cpu", "--train.device=auto"], ["--train.device=auto contradicts --device"]),
 ])
 def test_a_flag_and_an_override_of_its_key_are_refused_not_resolved_silently(extra, names, env: Env, tmp_path,
                                                                               capsys):
@@ -243,3 +243,14 @@ def test_data_forget_refuses_a_forget_set_no_unlearning_could_use(env: Env, tmp_
                     "--out", str(tmp_path / "f.csv")], capsys, "deletes every train interaction",
                    "smaller --fraction")
     assert not (tmp_path / "f.csv").exists()
+
+
+def test_a_tuned_file_with_a_key_given_twice_is_refused(tmp_path):
+    """Tuned files are read by the same YAML reader as configs (it read them with its own)."""
+    from tru_dist.unlearn.tuned import read_tuned
+
+    tuned = tmp_path / "tru-users.yaml"
+    tuned.write_text("unlearn:\n  lr: 0.1\n  lr: 0.2\n"
+                     "tuning: {sweep: s, seeds: [100], trials: 1, seconds: 1.0}\n")
+    with pytest.raises(ConfigError, match="key 'lr' is given twice .lines 2 and 3."):
+        read_tuned(tuned)

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tru_dist.config import Config, deep_merge, leaf_values, parse_overrides
+from tru_dist.config import Config, deep_merge
+from tru_dist.config import refuse_flag_overrides as refuse_config_flag_overrides
 from tru_dist.data.dataset import RecDataset
 from tru_dist.data.synth_stream import parse_modalities
 from tru_dist.device import resolve_device
@@ -71,17 +72,9 @@ def check_feature_bytes(n_items: int, features: dict[str, int], spec: str | None
 
 def refuse_flag_overrides(command: str, overrides: list[str] | dict[str, Any] | None,
                           owned: dict[str, str]) -> None:
-    """Refuse a ``--key=value`` override of a config key that a flag of ``bench command`` sets
-    (``owned``: config key -> flag), e.g. ``--train.epochs=2`` beside ``--epochs 1``: the override
-    won without a word, so the bench ran and recorded something other than its flag said.
-    Checked before any work, as ``--gpus-per-worker`` with ``--device cpu`` is."""
-    tree = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
-    given = leaf_values(tree)
-    for key, flag in owned.items():
-        if key in given:
-            value = given[key]
-            raise ConfigError(f"bench {command}: --{key}={value} contradicts {flag}, which sets {key}; "
-                              f"pass {flag} {value} instead of the override")
+    """:func:`tru_dist.config.refuse_flag_overrides` for ``bench command`` (its flags always set
+    their keys: every one has a default)."""
+    refuse_config_flag_overrides(f"bench {command}", overrides, owned)
 
 
 def load_for_bench(source: str | Path | RecDataset) -> RecDataset:

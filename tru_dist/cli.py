@@ -817,19 +817,17 @@ FLAG_KEY_COMMANDS = frozenset({"train", "evaluate", "unlearn", "compare"})
 
 
 def _refuse_flag_and_override(args: argparse.Namespace, rest: list[str]) -> None:
-    """A flag and a ``--key=value`` override that set the same key is a one-line ConfigError:
-    the override won without a word (``--workers 1 --dist.workers=2`` ran on 2 workers), and
-    ``--seed 1 --train.seed=2`` split the seed between training and unlearning."""
-    if args.cmd not in FLAG_KEY_COMMANDS:  # bench and sweep check their own flags' keys
+    """A flag given with a ``--key=value`` override of the key it sets is a one-line ConfigError
+    (:func:`tru_dist.config.refuse_flag_overrides`): the override won without a word
+    (``--workers 1 --dist.workers=2`` ran on 2 workers), and ``--seed 1 --train.seed=2`` split the
+    seed between training and unlearning. Bench and sweep check their own flags' keys."""
+    from tru_dist.config import refuse_flag_overrides
+
+    if args.cmd not in FLAG_KEY_COMMANDS or not rest:
         return
-    given = {arg[2:].split("=", 1)[0].strip() for arg in rest}
-    for flag, keys in FLAG_KEYS.items():
-        if getattr(args, flag, None) is None:
-            continue
-        both = [k for k in keys if k in given]
-        if both:
-            name = "--" + flag.replace("_", "-")
-            raise ConfigError(f"{name} and --{both[0]}=... both set {both[0]}; pass one of them")
+    owned = {key: "--" + flag.replace("_", "-") for flag, keys in FLAG_KEYS.items()
+             if getattr(args, flag, None) is not None for key in keys}
+    refuse_flag_overrides(args.cmd, rest, owned)
 
 
 #: set (to anything but 0) to show the traceback behind a one-line input/output error

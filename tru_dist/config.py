@@ -465,6 +465,21 @@ def check_tuned_for_model(path: str | Path, tuning: dict[str, Any], model: str) 
                           "none")
 
 
+def refuse_flag_overrides(command: str, overrides: list[str] | dict[str, Any] | None,
+                          owned: dict[str, str]) -> None:
+    """Refuse a ``--key=value`` override of a config key that a flag of ``command`` sets
+    (``owned``: config key -> flag), e.g. ``--dist.workers=2`` beside ``--workers 1`` or
+    ``--train.epochs=2`` beside ``bench train --epochs 1``: the override won without a word, so
+    the command ran (and recorded) something other than its flag said. Checked before any work."""
+    tree = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    given = leaf_values(tree)
+    for key, flag in owned.items():
+        if key in given:
+            value = given[key]
+            raise ConfigError(f"{command}: --{key}={value} contradicts {flag}, which sets {key}; "
+                              f"pass {flag} {value} instead of the override")
+
+
 def leaf_values(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{dotted key: value} of every leaf under a config tree (its keys prefixed ``prefix.``, if
     any): ``{"train": {"epochs": 2}}`` → ``{"train.epochs": 2}``."""

@@ -26,9 +26,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tru_dist.config import leaf_values
+from tru_dist.config import leaf_values, load_yaml
 from tru_dist.errors import ConfigError
 from tru_dist.unlearn.specs import method_keys
 
@@ -74,14 +72,7 @@ def find_tuned(tuned_dir: str | Path, method: str, regime: str) -> Path | None:
 def read_tuned(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config overrides, tuning provenance) of one tuned file."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML ({first}); fix or regenerate it") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path} must hold a mapping (a partial config plus 'tuning:')")
-    doc = dict(doc)
+    doc = dict(load_yaml(path))  # the one YAML reader: a key given twice, non-UTF-8, not a mapping
     tuning = doc.pop("tuning", None)
     if not isinstance(tuning, dict) or not {"sweep", "seeds", "trials", "seconds"} <= set(tuning):
         raise ConfigError(f"{path} has no complete 'tuning: {{sweep, seeds, trials, seconds}}' block; "
