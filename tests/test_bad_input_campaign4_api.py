@@ -254,3 +254,11 @@ def test_a_tuned_file_with_a_key_given_twice_is_refused(tmp_path):
                      "tuning: {sweep: s, seeds: [100], trials: 1, seconds: 1.0}\n")
     with pytest.raises(ConfigError, match="key 'lr' is given twice .lines 2 and 3."):
         read_tuned(tuned)
+
+
+def test_an_empty_address_and_a_missing_report_folder_are_named_as_such(env: Env, tmp_path, capsys):
+    """``--address ''`` was reported as the value None; ``report compare`` on a folder that is not
+    there said the folder "holds no results.json"."""
+    one_line_error(["evaluate", "--run", str(env.run), "--address", ""], capsys, "--address is empty")
+    nowhere = tmp_path / "nowhere"
+    one_line_error(["report", "compare", str(nowhere)], capsys, f"{nowhere} does not exist")

@@ -174,6 +174,9 @@ def dist_overrides(args: argparse.Namespace) -> list[str]:
     extra = []
     for flag, key in (("workers", "dist.workers"), ("address", "dist.address"),
                       ("storage", "dist.storage_path")):
+        if isinstance(getattr(args, flag, None), str) and not getattr(args, flag).strip():
+            raise ConfigError(f"--{flag} is empty (an unset shell variable?); give a value or leave "
+                              f"--{flag} out")
         if getattr(args, flag, None) is not None:
             extra.append(f"{key}={getattr(args, flag)}")
     return extra + placement_overrides(getattr(args, "gpus_per_worker", None), getattr(args, "device", None))

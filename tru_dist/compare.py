@@ -641,6 +641,9 @@ def report_compare(path: str | Path) -> Path:
     if source.is_dir():
         raise ConfigError(f"{source} is a folder, not a comparison's results file; pass the --out folder of "
                           "a `tru-dist compare` run")
+    if not path.is_dir():  # "holds no results.json" of a folder that is not there misled
+        what = "does not exist" if not path.exists() else "is a file, not a folder"
+        raise ConfigError(f"{path} {what}; pass the --out folder of a `tru-dist compare` run")
     if not source.is_file():
         raise ConfigError(f"{path} holds no results.json; pass the --out folder of a `tru-dist compare` run")
     try:
