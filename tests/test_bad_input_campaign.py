@@ -423,6 +423,8 @@ def test_evaluate_still_takes_what_it_reads(env: Env, capsys):
     assert main(["evaluate", "--run", str(env.run), "--address", "none", "--device", "cpu",
                  "--eval.ks=[3]", "--eval.batch_users=7"]) == 0
     assert '"recall@3"' in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(env.run), "--address", "none", "--ks=[4]"]) == 0  # a bare leaf
+    assert '"recall@4"' in capsys.readouterr().out
 
 
 def test_a_cut_off_listed_twice_is_refused_not_collapsed(env: Env, capsys):

@@ -48,6 +48,7 @@ from tru_dist.config import (
     build_config,
     deep_merge,
     defaults_used,
+    leaf_values,
     load_yaml,
     parse_overrides,
     record_data_location,
@@ -427,14 +428,14 @@ def evaluate(run: Run | str | Path, overrides: Mapping[str, Any] | Sequence[str]
 
 
 #: the settings an evaluation reads, with every ``dist.*`` key (the rest is the run's own config.yaml)
-EVALUATE_READS = ("data.path", "eval.ks", "eval.batch_users", "train.device", "device", "train.progress")
+EVALUATE_READS = ("data.path", "eval.ks", "eval.batch_users", "train.device", "train.progress")
 
 
 def _refuse_unread_evaluate_overrides(overrides: list[str]) -> None:
     """An override :func:`evaluate` would not read is a one-line ConfigError: ``--train.lr=0.5``
     or ``--model.dim=32`` were accepted and ignored (the checkpoint is evaluated as trained), and
     ``--eval.metric`` names only what training stops on — evaluate reports every metric."""
-    keys = [o.lstrip("-").split("=", 1)[0].strip() for o in overrides]
+    keys = leaf_values(parse_overrides(overrides))  # dotted keys, bare leaves resolved (--ks=[5])
     unread = [k for k in keys if not (k in EVALUATE_READS or k.startswith("dist."))]
     if unread:
         raise ConfigError(f"evaluate would ignore {', '.join(dict.fromkeys(unread))}: it evaluates the run's "

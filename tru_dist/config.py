@@ -439,16 +439,18 @@ def _valid_range(loc: tuple, root: type[BaseModel]) -> str | None:
     return next((m.text for m in meta if isinstance(m, Valid)), None)
 
 
-def _refuse_two_models(model: str | None, *named: tuple[str, Any]) -> None:
-    """``--model`` and another place that names the backbone must agree: the file's (or an
-    override's) ``model.name`` won over ``--model lightgcn`` and trained MGCN with LightGCN's
-    published defaults — ``--config OTHER_RUN/config.yaml`` with another ``--model`` did that."""
-    if model is None:
-        return
-    for where, name in named:
-        if name is not None and canonical_name(str(name)) != canonical_name(model):
-            raise ConfigError(f"--model {model} and {where} {name} disagree; drop one (or pass --model "
-                              f"{canonical_name(str(name))})")
+def _agreed_model(*named: tuple[str, Any]) -> str | None:
+    """The one backbone named by the places given as (where, name) — ``--model``, an override's
+    ``model.name``, the config file's — or None when none names one. Two that disagree are a
+    ConfigError: the file's (or an override's) name won over ``--model lightgcn`` and trained
+    MGCN with LightGCN's published defaults, as ``--config OTHER_RUN/config.yaml`` with another
+    ``--model`` did."""
+    given = [(where, str(name)) for where, name in named if name is not None]
+    for where, name in given[1:]:
+        if canonical_name(name) != canonical_name(given[0][1]):
+            raise ConfigError(f"{given[0][0]} {given[0][1]} and {where} {name} disagree; drop one (or make "
+                              "them name the same backbone)")
+    return given[0][1] if given else None
 
 
 def check_tuned_for_model(path: str | Path, tuning: dict[str, Any], model: str) -> None:
@@ -743,12 +745,8 @@ def build_config(
         in_file = named_in_file.get("name") if isinstance(named_in_file, dict) else None
         named_override = overrides.get("model", {}).get("name") if isinstance(overrides.get("model"), dict) \
             else None
-        _refuse_two_models(model, ("--model.name", named_override), (f"{config_file}'s model.name", in_file))
-        if named_override is not None and in_file is not None \
-                and canonical_name(named_override) != canonical_name(in_file):
-            raise ConfigError(f"--model.name={named_override} and {config_file}'s model.name {in_file} "
-                              "disagree; drop one")
-        model = named_override or model or in_file
+        model = _agreed_model(("--model", model), ("--model.name", named_override),
+                              (f"{config_file}'s model.name", in_file))
         model = canonical_name(model or ModelConfig().name)
         tree = deep_merge(tree, model_defaults(model))
         tree = deep_merge(tree, {"model": {"name": model}})
