@@ -18,12 +18,14 @@ import os
 import shutil
 import signal
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 from test_bad_input_campaign import one_line_error
 from test_malformed_inputs import Env, _mmrec_copy, _pair, _store_copy, build_env
 
@@ -168,14 +170,34 @@ def test_a_fifo_in_a_scanned_folder_is_not_opened_and_not_shown_clean(name, ledg
     assert len(listed) == 1 and "not a regular file" in listed[0] and NOT_CLEAN in listed[0], out
 
 
-def test_a_corrupt_checkpoint_is_not_called_a_pickle(ledger_run: Path, tmp_path, capsys):
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"", "truncated"])
+def test_a_corrupt_checkpoint_is_not_shown_clean(content, ledger_run: Path, tmp_path, capsys):
+    """A checkpoint that does not load at all may hold deleted rows: exit 1, not "not inspected"."""
     scan = tmp_path / "scan"
     scan.mkdir()
-    (scan / "c.pt").write_bytes(b"not a checkpoint at all")
-    _rc, out = _scan(ledger_run, scan, capsys)
+    if content == "truncated":
+        torch.save({"users": torch.arange(50), "items": torch.arange(50)}, tmp_path / "whole.pt")
+        content = (tmp_path / "whole.pt").read_bytes()[:200]
+    (scan / "c.pt").write_bytes(content)
+    rc, out = _scan(ledger_run, scan, capsys)
+    listed = [x for x in out.splitlines() if str(scan / "c.pt") in x]
+    assert rc == 1, out
+    assert len(listed) == 1 and "cannot be read" in listed[0] and NOT_CLEAN in listed[0], out
+    assert "not inspected" not in out, out
+
+
+def test_a_checkpoint_that_pickles_objects_is_not_inspected_and_not_unpickled(ledger_run: Path, tmp_path,
+                                                                              capsys):
+    """A valid checkpoint torch refuses weights-only (it pickles a Fraction) is never unpickled: it
+    is listed as not inspected, like a ``.pkl``, and does not by itself fail the scan."""
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    torch.save({"share": Fraction(1, 3)}, scan / "objects.pt")
+    rc, out = _scan(ledger_run, scan, capsys)
     listed = [x for x in out.splitlines() if "not inspected" in x]
-    assert len(listed) == 1 and "c.pt" in listed[0], out
-    assert "pickles are never loaded" not in listed[0] and "checkpoints" in listed[0], out
+    assert rc == 0, out
+    assert len(listed) == 1 and "objects.pt (a pickle that does not load weights-only)" in listed[0], out
+    assert "pickle other objects" in listed[0], out
 
 
 # -- 13. an .npz or a text file saved as a .npy feature matrix --------------------------------------

@@ -16,6 +16,7 @@ import os
 import signal
 import time
 
+import pandas as pd
 import pytest
 
 import tru_dist
@@ -128,21 +129,26 @@ def test_the_cli_applies_several_request_files_on_one_pool_as_separate_calls_wou
 
 
 def test_a_failing_request_file_keeps_the_ones_before_it(chain, capsys):
-    """The second file deletes nothing new: a one-line error naming it; the first file's complete
-    output stays, the second's folder is removed. Bad sets of files are refused before any work."""
+    """The second file names a user the data does not have: a one-line error naming it; the first
+    file's complete output stays, the second's folder is removed. Bad sets of files (one given
+    twice, one missing, rows an earlier file deletes) are refused before any work."""
     from tru_dist.cli import main
     from tru_dist.data.requests import read_requests, write_requests
 
     tmp, files, _ = chain
-    again = read_requests(files[0]).assign(request_id=lambda t: "again-" + t["request_id"])
-    write_requests(again, tmp / "again.csv")
+    first = read_requests(files[0])
+    unknown = first.head(1).assign(request_id="unknown-user", user_id=10**6, item_id=pd.NA)
+    write_requests(unknown, tmp / "unknown.csv")
     out = tmp / "partial"
     assert main(["unlearn", "--run", str(tmp / "run"), "--requests", str(files[0]), "--requests",
-                 str(tmp / "again.csv"), "--method", "noop", "--out", str(out)]) == 2
+                 str(tmp / "unknown.csv"), "--method", "noop", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "request file 2 of 2" in err and "deleted by earlier" in err
-    assert (out / "1-a" / "checkpoint.pt").exists() and not (out / "2-again").exists()
-    for extra, expected in (([str(files[0])], "given twice"), ([str(tmp / "nope.csv")], "nope.csv")):
+    assert len(err.splitlines()) == 1 and "request file 2 of 2" in err and "1000000" in err, err
+    assert (out / "1-a" / "checkpoint.pt").exists() and not (out / "2-unknown").exists()
+    again = first.assign(request_id=lambda t: "again-" + t["request_id"])
+    write_requests(again, tmp / "again.csv")
+    for extra, expected in (([str(files[0])], "given twice"), ([str(tmp / "nope.csv")], "nope.csv"),
+                            ([str(tmp / "again.csv")], "deletes already")):
         argv = ["unlearn", "--run", str(tmp / "run"), "--requests", str(files[0]), "--out", str(tmp / "x")]
         assert main(argv + [f"--requests={e}" for e in extra]) == 2
         err = capsys.readouterr().err.strip()

@@ -25,6 +25,7 @@ epoch — goes to stderr through :mod:`logging`. ``python -m tru_dist`` is the s
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -835,6 +836,23 @@ def _refuse_flag_and_override(args: argparse.Namespace, rest: list[str]) -> None
 
 #: set (to anything but 0) to show the traceback behind a one-line input/output error
 TRACEBACK_ENV = "TRU_DIST_TRACEBACK"
+#: errors of a write that names no file (to stdout, or to a file already open): full disk or
+#: quota, a file over its size limit, an I/O error of the device
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _stdout_unwritable() -> bool:
+    """Whether stdout still refuses what is buffered for it (then it goes to /dev/null before
+    exit). False for an in-process caller's stdout without a file descriptor."""
+    try:
+        sys.stdout.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: a StringIO, pytest's capture
+        return False
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False
 
 
 def _stdout_closed() -> bool:
@@ -885,12 +903,17 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141  # as a process killed by SIGPIPE
         # a path the command could not read or write (permissions, a read-only or full disk, a
-        # folder where a file goes): one line naming it, as for every other bad input
+        # folder where a file goes): one line naming it, as for every other bad input. A write to
+        # an open file names none: stdout on a full disk (`> /dev/full`), or a checkpoint's bytes
         if not getattr(args, "keeps_completed", False) or _is_empty_dir(fresh):
             _remove_partial(fresh)
-        if exc.filename is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        unnamed_write = exc.filename is None and exc.errno in WRITE_ERRNOS
+        if not (exc.filename or unnamed_write) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
-        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        if unnamed_write and _stdout_unwritable():  # or Python's flush at exit fails the same way
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = ("writing standard output or a file of this command" if unnamed_write
+                 else exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}")
         print(f"error: {where}: {exc.strerror or exc} (check the path, its permissions and the free disk "
               f"space; {TRACEBACK_ENV}=1 shows the traceback)", file=sys.stderr)
         return 2

@@ -614,8 +614,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(path: str | Path) -> dict:
-    """The mapping in the YAML file ``path``; a missing, unreadable, non-text or non-mapping
-    file is a one-line ConfigError naming it."""
+    """The mapping in the YAML file ``path``; a missing, unreadable, non-text, empty (or
+    comment-only) or non-mapping file is a one-line ConfigError naming it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -629,11 +629,14 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}); pass a readable "
                           "YAML file") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except _DuplicateKey as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:  # an empty or comment-only file: most likely the wrong file, or one not yet saved
+        raise ConfigError(f"config file {path} holds no settings (it is empty or only comments); write the "
+                          "keys to set (e.g. `model: {name: mgcn}`), or `{}` for none, or leave the flag out")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

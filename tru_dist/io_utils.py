@@ -7,8 +7,10 @@ A process killed mid-write (SIGKILL: no cleanup runs) leaves its temporary file,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,42 @@ def file_in_the_way(path: str | Path) -> Path | None:
     """The nearest existing parent of ``path`` that is a file, not a folder (None when there is
     none): creating ``path`` would fail there, deep inside a command, with a raw OSError."""
     return next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None)
+
+
+def not_regular_kind(path: str | Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder (``a FIFO``,
+    ``a socket``, ``a device``), else None. Such a path is never opened: reading a FIFO blocks
+    until a writer comes."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
+def why_not_found(path: str | Path) -> str:
+    """The clause for a path a command needs but cannot use as given: ``does not exist``, ``is a
+    symlink loop``, ``is a link to X, which does not exist``, ``is a FIFO, not a regular file``
+    (a bare "does not exist" misled for the last three, which ``ls`` shows)."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop (a link that points back to itself)"
+        if path.is_symlink():
+            return f"is a link to {os.readlink(path)}, which does not exist"
+        if exc.errno == errno.ENOENT:
+            return "does not exist"
+        return f"cannot be reached ({exc.strerror or exc})"
+    kind = not_regular_kind(path)
+    return f"is {kind}, not a regular file" if kind else "does not exist"
 
 
 def not_utf8(exc: UnicodeDecodeError, *, file_offset: bool = True) -> str:

@@ -15,6 +15,7 @@ from tru_dist.data.dataset import TRAIN, RecDataset
 from tru_dist.data.mmrec import read_mmrec
 from tru_dist.data.store import is_store, read_store
 from tru_dist.errors import DataError
+from tru_dist.io_utils import why_not_found
 
 #: quantiles reported by :func:`dataset_stats`
 DEGREE_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -24,7 +25,8 @@ def detect_format(path: str | Path) -> str:
     """``"store"`` or ``"mmrec"`` for a dataset folder; a DataError otherwise."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"dataset path {path} does not exist; pass an MMRec folder or a tru-dist store")
+        raise DataError(f"dataset path {path} {why_not_found(path)}; pass an MMRec folder or a tru-dist "
+                        "store")
     if path.is_dir() and is_store(path):
         return "store"
     if path.is_dir() and any(path.glob("*.inter")):

@@ -95,6 +95,12 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         raise DataError(f"{src} is a folder, not a file; {_HINT}")
     if path.stat().st_size == 0:
         raise DataError(f"{src} is empty; {_HINT}")
+    with path.open(encoding="utf-8", errors="replace") as fh:  # pandas renames a repeat `userID.1`
+        header = fh.readline().rstrip("\r\n").split("\t")
+    repeated = sorted({c for c in header if header.count(c) > 1 and c})
+    if repeated:
+        raise DataError(f"{src}: the header names column(s) {', '.join(repeated)} more than once (line 1); "
+                        f"keep one of each; {_HINT}")
     try:
         # only an empty cell is missing: a literal 'nan' or 'NA' is a value to name, not "empty"
         df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, skip_blank_lines=False, engine="c",

@@ -156,8 +156,9 @@ def select_forget(
     fake = np.asarray(poison.get("fake_users", []), dtype=np.int64)
     if len(fake) == 0:
         raise ConfigError(
-            "the poison regime needs a poisoned dataset (meta['poison']['fake_users'] is missing);"
-            " inject fake users first (tru_dist.data.poison.inject_poison)"
+            "the poison regime needs a poisoned dataset, and this one records no fake users; inject them"
+            " first (tru-dist data poison --data DATA --out POISONED; in Python"
+            " tru_dist.data.poison.inject_poison) and select from POISONED"
         )
     n_selected(fraction, len(fake))  # validate the fraction even though all fake users go
     return request_table([f"poison-user-{u}" for u in fake], fake, None, reason)
@@ -182,7 +183,12 @@ def forget_cli(
     """Select a forget set for the dataset at ``data_path`` and write its request file
     (``.parquet`` or ``.csv``) to ``out``; returns the forget set's summary plus ``out``."""
     from tru_dist.data.source import open_data
+    from tru_dist.data.store import is_store
 
+    store = next((p for p in Path(out).absolute().parents if is_store(p)), None)
+    if store is not None:  # the file would sit among the store's versions, which purges rewrite
+        raise RequestError(f"--out {out} lies inside the store {store}; a store holds only what tru-dist "
+                           "writes there, so write the request file outside it (e.g. requests/forget.csv)")
     data = open_data(data_path)
     df = select_forget(data, regime, fraction, seed, policy)
     forget = resolve_requests(data, df, regime=regime_label(regime, policy))

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tru_dist.data.dataset import TRAIN, PendingDataset, RecDataset
 from tru_dist.data.schema import REQUEST_COLUMNS, REQUESTS_SCHEMA, X_LABEL_NAMES
 from tru_dist.errors import RequestError
-from tru_dist.io_utils import atomic_write, not_utf8
+from tru_dist.io_utils import atomic_write, not_utf8, why_not_found
 
 #: ids at or beyond this magnitude do not fit int64 (2**63, exact as a float64)
 _INT64_LIMIT = float(2**63)
@@ -151,7 +151,7 @@ def read_requests(path: str | Path) -> pd.DataFrame:
     if path.is_dir():
         raise RequestError(f"request file {path} is a folder; pass a .csv or .parquet file ({_FORMAT_HINT})")
     if not path.is_file():
-        raise RequestError(f"request file {path} does not exist")
+        raise RequestError(f"request file {path} {why_not_found(path)}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":

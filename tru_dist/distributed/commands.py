@@ -139,24 +139,46 @@ def sequence_dirs(out_dir: str | Path, requests: list[str | Path]) -> list[Path]
 
 
 def check_request_files(requests: list[str | Path]) -> None:
-    """Refuse, before anything runs, a file given twice, an unreadable file, or a request id in
-    two files (the second would be a replay and leave a folder without a model)."""
+    """Refuse, before anything runs, a file given twice, an unreadable file, a request id in two
+    files (the second would be a replay and leave a folder without a model), and a row two files
+    delete — the same pair, or a pair or user of a user an earlier file deletes whole (file k
+    would find it gone and be refused only after files 1..k − 1 had run)."""
+    import pandas as pd
+
     from tru_dist.data.requests import read_requests
 
     if not requests:
         raise ConfigError("no request file given; pass --requests FILE (repeatable)")
     seen: dict[Path, str] = {}
     owner: dict[str, str] = {}
+    user_file: dict[int, str] = {}  # user -> the file that deletes all of that user's rows
+    pair_file: dict[tuple[int, int], str] = {}
     for path in requests:
         key = Path(path).resolve()
         if key in seen:
             raise ConfigError(f"request file {path} is given twice; give each file once")
         seen[key] = str(path)
-        for rid in read_requests(path)["request_id"].astype(str):
+        table = read_requests(path)
+        for rid in table["request_id"].astype(str):
             if rid in owner and owner[rid] != str(path):
                 raise ConfigError(f"request id {rid!r} is in both {owner[rid]} and {path}; a request is "
                                   "applied once, so give each id in one file only")
             owner.setdefault(rid, str(path))
+        here_users: dict[int, str] = {}
+        here_pairs: dict[tuple[int, int], str] = {}
+        for user, item in zip(table["user_id"].tolist(), table["item_id"].tolist(), strict=True):
+            whole = bool(pd.isna(item))  # an empty item_id: every row of the user
+            earlier = user_file.get(int(user)) or (None if whole else pair_file.get((int(user), int(item))))
+            if earlier is not None:  # file k would find it gone: refused there, after files < k ran
+                what = f"user {user}'s rows" if whole or int(user) in user_file else f"pair ({user}, {item})"
+                raise ConfigError(f"request file {path} deletes {what}, which {earlier} deletes already; "
+                                  "a row is deleted once, so name it in one file only")
+            if whole:
+                here_users[int(user)] = str(path)
+            else:
+                here_pairs[(int(user), int(item))] = str(path)
+        user_file.update(here_users)
+        pair_file.update(here_pairs)
 
 
 def unlearn_sequence(run_dir: str | Path, requests: list[str | Path], out_dir: str | Path, *,

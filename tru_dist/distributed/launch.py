@@ -40,7 +40,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +77,10 @@ REPORT_LOGGER_MODULES = (
     "ray.train.v2._internal.execution.context",
     "ray.train.v2._internal.execution.storage",
 )
+#: Ray Client's port when a ``ray://host`` address names none
+RAY_CLIENT_DEFAULT_PORT = 10001
+#: how long :func:`probe_address` waits for a TCP connection to the named head
+PROBE_TIMEOUT_S = 5.0
 
 
 def uses_ray(cfg: Config) -> bool:
@@ -181,6 +187,7 @@ def connect(address: str, dashboard: bool = False) -> None:
                  configure_logging=False, log_to_driver=True, **quiet)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        probe_address(address)
         try:
             ray.init(address=address, configure_logging=False)
         except ConnectionError as exc:  # `auto` with no cluster running here: Ray's raw traceback
@@ -188,6 +195,49 @@ def connect(address: str, dashboard: bool = False) -> None:
             raise ConfigError(f"no Ray cluster to join at --address {address} ({first[:160]}); start one "
                               "(ray start --head), submit with ray job submit, or run without a cluster: "
                               "--address local (an in-process Ray) or --address none") from None
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """The (host, port) a ``host:port`` or ``ray://host[:port]`` address names (the port of a
+    ``ray://`` address without one is Ray Client's 10001); None for ``auto``, ``local``,
+    ``none`` and for anything else that is not of that form (a ``RAY_ADDRESS`` may be the
+    dashboard's ``http://head:8265``, which is Ray's to read). An ``[IPv6]`` host loses its
+    brackets."""
+    if address in ("auto", "local", "none"):
+        return None
+    rest = address[len("ray://"):].rstrip("/") if address.startswith("ray://") else address
+    bracketed = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", rest)
+    if bracketed:
+        host, port = bracketed.group(1), bracketed.group(2)
+    else:
+        host, _, port = rest.partition(":")
+    if not host or "/" in host or (port and not port.isdigit()):  # e.g. RAY_ADDRESS=http://head:8265
+        return None
+    return host, int(port or RAY_CLIENT_DEFAULT_PORT)
+
+
+def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse, in one line and within ``timeout_s``, an address where nothing accepts a TCP
+    connection. ``ray.init`` on such an address retried its GCS connection for minutes and
+    ignored SIGTERM meanwhile (measured: > 90 s for ``127.0.0.1:6399`` with nothing
+    listening). ``auto`` is probed through ``RAY_ADDRESS`` when that names a ``host:port``;
+    otherwise it is left to Ray, which fails fast when no cluster runs on this machine."""
+    if address == "auto":
+        env = os.environ.get("RAY_ADDRESS", "").strip()
+        target = host_port(env) if env and env not in ("auto", "local") else None
+        shown = f"RAY_ADDRESS={env}"
+    else:
+        target, shown = host_port(address), f"--address {address}"
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout_s).close()
+    except OSError as exc:
+        why = (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError)
+               else (exc.strerror or type(exc).__name__).lower())
+        raise ConfigError(f"nothing answers at {shown} ({why}); check that the head is running there "
+                          "(ray status on the head) and that the port is open, or run without a cluster: "
+                          "--address local (an in-process Ray) or --address none") from None
 
 
 def quiet_local_ray_train() -> None:

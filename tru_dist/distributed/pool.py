@@ -167,11 +167,28 @@ def _kill(processes: list) -> None:
 
 
 # -- the pool ------------------------------------------------------------------------------------
+def _check_pool_options(threads_per_rank: object, **timeouts: object) -> None:
+    """A one-line ConfigError for a thread count that is not an integer >= 1 or a timeout that is
+    not a finite number of seconds > 0 (``task_timeout_s`` may be None: no limit). 0 threads
+    read as "the default" and a 0 s timeout failed the pool's start with a raw error."""
+    if threads_per_rank is not None and (isinstance(threads_per_rank, bool)
+                                         or not isinstance(threads_per_rank, int) or threads_per_rank < 1):
+        raise ConfigError(f"threads_per_rank must be an integer >= 1 (or None: cpu_count // W), "
+                          f"not {threads_per_rank!r:.40}")
+    for name, value in timeouts.items():
+        if value is None and name == "task_timeout_s":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            unset = " (or None: no limit)" if name == "task_timeout_s" else ""
+            raise ConfigError(f"{name} must be a number of seconds > 0{unset}, not {value!r:.40}")
+
+
 class WorkerPool:
     """W local ranks sharing one process group, started once and reused (module docstring).
 
     ``workers`` >= 2 (at W = 1 a task runs in the calling process, no pool needed);
-    ``backend``: auto | gloo | nccl; ``threads_per_rank``: default ``cpu_count // W``;
+    ``backend``: auto | gloo | nccl; ``threads_per_rank``: torch threads per rank, >= 1
+    (default ``cpu_count // W``, at least 1);
     ``start_timeout_s``: how long the ranks may take to join the group;
     ``collective_timeout_s``: the group's timeout (a collective whose peer is gone fails
     after it); ``task_timeout_s``: the most one task may take (None: no limit beyond the
@@ -184,6 +201,8 @@ class WorkerPool:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 2:
             raise ConfigError(f"a worker pool needs 2 or more workers, not {workers!r} "
                               "(at W = 1 a task runs in the calling process; no pool is needed)")
+        _check_pool_options(threads_per_rank, start_timeout_s=start_timeout_s,
+                            collective_timeout_s=collective_timeout_s, task_timeout_s=task_timeout_s)
         self.workers = workers
         self.backend = resolve_backend(backend)
         self.task_timeout_s = task_timeout_s

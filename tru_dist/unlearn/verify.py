@@ -19,7 +19,9 @@ the project writes by kind:
   ``source_run`` pointers to a run whose checkpoint is such a model.
 
 Pickles (Ray's ``*.pkl``) are never unpickled: they are counted as not inspected, as are
-checkpoints that do not load weights-only. Other files (plots, reports, logs, YAML) hold no ids
+checkpoints that torch refuses to load weights-only because they pickle other objects. A
+checkpoint that does not load at all (truncated, or not a checkpoint) cannot be shown clean,
+as any unreadable file below. Other files (plots, reports, logs, YAML) hold no ids
 and are counted as skipped. A file of a kind above that cannot be read (truncated, not valid
 JSON, a NaN where an id belongs) or is not a regular file (a FIFO, socket or device, which is
 never opened: reading a FIFO blocks) is listed as one that cannot be shown clean.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
+import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from tru_dist.errors import RequestError
+from tru_dist.io_utils import not_regular_kind
 from tru_dist.unlearn.ledger import DeletionLedger, Digests, deleted_rows, state_version
 
 USER_COLUMNS = ("user_id", "userID", "user")
@@ -46,6 +49,10 @@ ITEM_COLUMNS = ("item_id", "itemID", "item")
 TABLE_EXT = {".parquet", ".csv", ".tsv", ".inter"}
 CHECKPOINT_EXT = {".pt", ".pth", ".ckpt"}
 PICKLE_EXT = {".pkl", ".pickle"}
+#: how ``torch.load(weights_only=True)`` words its refusal of a valid checkpoint that pickles
+#: objects other than tensors (a class it does not allow); any other failure — truncated, junk,
+#: a plain pickle's opcodes ("Unsupported operand") — is a file that cannot be read
+WEIGHTS_ONLY_REFUSAL = "Unsupported global"
 
 
 @dataclass
@@ -95,7 +102,7 @@ class Report:
                *(f"  store {s}" for s in self.stores)]
         if self.not_inspected:
             out.append(f"  not inspected ({len(self.not_inspected)}; never unpickled: pickles, and "
-                       "checkpoints that do not load weights-only): "
+                       "checkpoints that pickle other objects): "
                        + ", ".join(self.not_inspected[:5]) + (" ..." if len(self.not_inspected) > 5 else ""))
         if self.clean:
             out.append("  clean: no deleted pair, no row of a deleted user, "
@@ -195,9 +202,13 @@ class _Scanner:
 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # not a weights-only checkpoint: never unpickle it
-            self.report.not_inspected.append(f"{path} ({type(exc).__name__})")
-            return
+        except pickle.UnpicklingError as exc:
+            text = str(exc)
+            if WEIGHTS_ONLY_REFUSAL in text:  # a valid pickle of objects: never unpickle it
+                self.report.not_inspected.append(f"{path} (a pickle that does not load weights-only)")
+                return
+            detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+            raise ValueError(f"not a checkpoint: {detail[0] if detail else type(exc).__name__}") from None
         self._walk_torch(obj, f)
 
     def _walk_torch(self, obj: Any, f: Finding) -> None:
@@ -312,7 +323,7 @@ class _Scanner:
         self.report.files[kind] += 1
         shown = f"{path} -> {os.path.realpath(path)}" if path.is_symlink() else str(path)
         finding = Finding(shown, kind)
-        irregular = _not_regular(path)
+        irregular = not_regular_kind(path)
         if irregular:  # never opened: opening a FIFO blocks until a writer comes (the scan hung)
             finding.notes.append(f"not a regular file ({irregular}), so it was not opened and it cannot be "
                                  "shown clean; move it out of the scanned folder")
@@ -321,7 +332,8 @@ class _Scanner:
         try:
             fn(path, finding)
         except Exception as exc:  # an unreadable file cannot be proven clean: say so
-            finding.notes.append(f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}), "
+            first = (str(exc).strip().splitlines() or [""])[0][:80]  # an EOFError says nothing
+            finding.notes.append(f"cannot be read ({type(exc).__name__}{': ' + first if first else ''}), "
                                  "so it cannot be shown clean")
         if finding.pairs or finding.user_rows or finding.notes:
             self.report.findings.append(finding)
@@ -379,22 +391,6 @@ def _json_docs(text: str) -> tuple[list[Any], str | None]:
         if not docs:  # one document that does not parse: its error names where
             return [], f"not valid JSON: {whole}"
         return docs, error
-
-
-def _not_regular(path: Path) -> str | None:
-    """What ``path`` is when it is not a regular file (a FIFO, socket or device), else None.
-    A path that cannot be stat-ed (a dangling link) is left to the reader, which says why."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
 
 
 def _int_rows(users: np.ndarray, items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

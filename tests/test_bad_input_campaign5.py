@@ -1,0 +1,217 @@
+"""Inputs the fourth campaign left borderline, each now refused in one line (or named right).
+
+* ``--address HOST:PORT`` where nothing listens: refused within seconds, where ``ray.init``
+  retried for more than 90 s and ignored SIGTERM;
+* stdout on a full disk (``> /dev/full``): one line, not a traceback;
+* a FIFO given as ``--requests`` and a symlink loop or dangling link given as ``--data``: named
+  as what they are, not "does not exist";
+* an ``.inter`` header that names a column twice: named, not pandas' ``userID.1``;
+* an empty or comment-only ``--config``: refused (``{}`` still means "no settings");
+* ``data forget --regime poison`` on clean data names the CLI command, not a Python function;
+* ``data forget --out`` inside a store: refused, nothing written;
+* a row two request files delete: refused before file 1 runs.
+
+(A corrupt checkpoint in a verify-deletion scan is in :mod:`test_bad_input_campaign4_data`.)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+import pytest
+from test_bad_input_campaign import one_line_error
+
+from tru_dist.config import load_yaml
+from tru_dist.distributed.commands import check_request_files
+from tru_dist.distributed.launch import host_port, probe_address
+from tru_dist.errors import ConfigError
+
+
+def _free_loopback_port() -> int:
+    """A loopback port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- an address where nothing listens ----------------------------------------------------------
+@pytest.mark.parametrize(("address", "expected"), [
+    ("127.0.0.1:6379", ("127.0.0.1", 6379)),
+    ("ray://127.0.0.1", ("127.0.0.1", 10001)),
+    ("ray://[::1]:10002/", ("::1", 10002)),
+    ("[::1]:6379", ("::1", 6379)),
+    ("auto", None), ("local", None), ("none", None),
+    ("http://127.0.0.1:8265", None),  # a RAY_ADDRESS naming the dashboard is Ray's to read
+])
+def test_the_probed_host_and_port(address, expected):
+    assert host_port(address) == expected
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once():
+    port = _free_loopback_port()
+    refused = rf"nothing answers at --address 127.0.0.1:{port} \(connection refused\)"
+    with pytest.raises(ConfigError, match=refused):
+        probe_address(f"127.0.0.1:{port}")
+
+
+def test_auto_is_probed_through_ray_address(monkeypatch):
+    port = _free_loopback_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=f"nothing answers at RAY_ADDRESS=127.0.0.1:{port}"):
+        probe_address("auto")
+
+
+def test_a_listening_address_passes_the_probe():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        probe_address(f"127.0.0.1:{server.getsockname()[1]}")  # no error
+
+
+def _cli(args: list[str], stdout: int | IO = subprocess.PIPE) -> subprocess.CompletedProcess:
+    """``tru-dist args`` in a fresh process (no Ray initialised by other tests)."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "tru_dist", *args], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=120, env=env)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The ``error:`` lines (train logs its defaults line first); a traceback fails the caller."""
+    assert "Traceback" not in stderr, stderr[-2000:]
+    return [x for x in stderr.splitlines() if x.startswith("error:")]
+
+
+def test_train_on_an_address_where_nothing_listens_fails_in_one_line(tmp_path):
+    port = _free_loopback_port()
+    proc = _cli(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(tmp_path / "run"),
+                 "--address", f"127.0.0.1:{port}", "--train.epochs=1"])
+    lines = _error_lines(proc.stderr)
+    assert proc.returncode == 2, proc.stderr[-800:]
+    assert len(lines) == 1 and f"nothing answers at --address 127.0.0.1:{port}" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -- stdout on a full disk ---------------------------------------------------------------------
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_stdout_on_a_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        proc = _cli(["data", "stats", "--data", "synthetic:tiny"], stdout=full)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr[-800:]
+    assert len(lines) == 1, proc.stderr
+    assert "No space left on device" in lines[0] and "standard output" in lines[0], proc.stderr
+
+
+# -- paths that are not what they seem -----------------------------------------------------------
+def test_a_fifo_as_requests_is_named_a_fifo(tmp_path, capsys):
+    fifo = tmp_path / "requests.csv"
+    os.mkfifo(fifo)
+    # check_request_files reads each file first: a FIFO must be named without being opened
+    with pytest.raises(Exception, match=r"requests.csv is a FIFO, not a regular file"):
+        check_request_files([fifo])
+
+
+def test_a_symlink_loop_as_data_is_named_a_loop(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    one_line_error(["data", "stats", "--data", str(a)], capsys, str(a), "symlink loop")
+
+
+def test_a_dangling_link_as_data_names_its_target(tmp_path, capsys):
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "moved-away")
+    one_line_error(["data", "stats", "--data", str(link)], capsys, "is a link to", "moved-away")
+
+
+def test_a_header_that_names_a_column_twice(tmp_path, capsys):
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    (folder / "mm.inter").write_text("userID\titemID\trating\ttimestamp\titemID\tx_label\n0\t0\t1\t0\t0\t0\n")
+    err = one_line_error(["data", "stats", "--data", str(folder)], capsys, "mm.inter",
+                         "itemID more than once")
+    assert "itemID.1" not in err
+
+
+# -- an empty config -----------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_empty_or_comment_only_config_is_refused(text, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    one_line_error(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--config", str(path),
+                    "--out", str(tmp_path / "run")], capsys, str(path), "holds no settings")
+
+
+def test_an_explicit_empty_mapping_still_means_no_settings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("{}  # nothing to set\n")
+    assert load_yaml(path) == {}
+
+
+# -- data forget ---------------------------------------------------------------------------------
+def test_the_poison_regime_on_clean_data_names_the_cli_command(tmp_path, capsys):
+    one_line_error(["data", "forget", "--data", "synthetic:tiny", "--regime", "poison", "--fraction", "0.01",
+                    "--out", str(tmp_path / "f.csv")], capsys, "tru-dist data poison")
+
+
+def test_a_forget_set_is_not_written_into_a_store(tmp_path, capsys):
+    from tru_dist.cli import main
+
+    store = tmp_path / "store"
+    assert main(["data", "synth", "--format", "store", "--out", str(store), "--users", "60",
+                 "--items", "40"]) == 0
+    before = sorted(p.name for p in store.rglob("*"))
+    one_line_error(["data", "forget", "--data", str(store), "--regime", "users", "--fraction", "0.05",
+                    "--out", str(store / "forget.csv")], capsys, f"inside the store {store}")
+    assert sorted(p.name for p in store.rglob("*")) == before
+
+
+# -- a row two request files delete --------------------------------------------------------------
+def _requests(path: Path, rows: list[tuple[str, int, int | None]]) -> Path:
+    pd.DataFrame({"request_id": [r for r, _, _ in rows], "user_id": [u for _, u, _ in rows],
+                  "item_id": pd.array([i for _, _, i in rows], dtype="Int64"), "reason": "x"}
+                 ).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(("first", "second", "named"), [
+    ([("a1", 3, 5)], [("b1", 3, 5)], "pair (3, 5)"),          # the same pair
+    ([("a1", 3, None)], [("b1", 3, 5)], "user 3's rows"),      # a pair of a user deleted whole
+    ([("a1", 3, None)], [("b1", 3, None)], "user 3's rows"),   # the same user twice
+])
+def test_a_row_two_request_files_delete_is_refused_before_any_runs(first, second, named, tmp_path, capsys):
+    a, b = _requests(tmp_path / "a.csv", first), _requests(tmp_path / "b.csv", second)
+    with pytest.raises(ConfigError, match=rf"b.csv deletes {named.replace('(', '[(]').replace(')', '[)]')}"
+                                          ".*a.csv deletes already"):
+        check_request_files([a, b])
+    # through the CLI: refused before the run is even read, so no folder of file 1 appears
+    one_line_error(["unlearn", "--run", str(tmp_path / "no-run-needed"), "--requests", str(a), "--requests",
+                    str(b), "--out", str(tmp_path / "out")], capsys, "b.csv", named)
+
+
+def test_request_files_that_delete_different_rows_pass(tmp_path):
+    """The control: a user's other pair, a pair of another user and a user deleted after a pair
+    of theirs are all new rows."""
+    a = _requests(tmp_path / "a.csv", [("a1", 3, 5), ("a2", 4, None)])
+    b = _requests(tmp_path / "b.csv", [("b1", 3, 6), ("b2", 5, 5), ("b3", 3, None)])
+    check_request_files([a, b])
+
+
+# -- worker pool options -------------------------------------------------------------------------
+@pytest.mark.parametrize(("option", "value"), [
+    ("threads_per_rank", 0), ("threads_per_rank", 1.5), ("threads_per_rank", True),
+    ("start_timeout_s", 0), ("collective_timeout_s", float("nan")), ("task_timeout_s", -1),
+    ("task_timeout_s", float("inf")),
+])
+def test_a_worker_pool_option_out_of_range_is_refused_before_any_rank_starts(option, value):
+    from tru_dist import api
+
+    with pytest.raises(ConfigError, match=rf"^{option} must be .*, not {value!r}"):
+        api.worker_pool(2, **{option: value})
