@@ -111,6 +111,8 @@ def run_replica_train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     has_valid_rows(data, cfg.model.name)  # the warning, once; rank 0's _validate keeps the last epoch
     train_size_warnings(cfg, data, model_class(cfg.model.name).uses_knn)
     graph = build_rec_graph(data, knn_k=cfg.model.knn_k, with_knn=model_class(cfg.model.name).uses_knn)
+    if resume:
+        check_resume_before_spawning(cfg, out, data_signature(data))
     users, items = data.train_pairs
     work = out / WORK_DIR
     work.mkdir(exist_ok=True)
@@ -231,11 +233,15 @@ def _save(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer, 
     dist.barrier()  # every rank's file of this epoch is down before any rank goes on
 
 
-def _resume(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer, sampler: BPRSampler,
-            fanout_rng: torch.Generator, st: dict[str, Any], data: dict[str, int]) -> None:
-    mine, first = load_checkpoint(replica_file(out, rank)), load_checkpoint(replica_file(out, 0))
+def _refuse_changed_resume(mine: dict[str, Any], first: dict[str, Any], cfg: Config, world_size: int,
+                           data: dict[str, int], out: Path) -> None:
+    """A CheckpointError when rank files ``mine`` and ``first`` (rank 0's) cannot be resumed under
+    ``cfg`` at ``world_size`` on data of signature ``data``: what the trainer's resume checks
+    (world size, model, data, seed, lr, batch size, optimizer), the replicas' own draws (fanout),
+    an epoch past ``train.epochs`` (it would finish there silently, config.yaml saying
+    otherwise), and rank files of different epochs."""
     now = cfg.to_dict()
-    for saved in (mine, first):  # what the trainer's resume checks, plus the replicas' own draws
+    for saved in (mine, first):
         was = saved["config"]
         fields = [("world size", saved["world_size"], world_size), ("model", was["model"], now["model"])]
         if "data" in saved and not same_data(saved["data"], data):
@@ -247,13 +253,33 @@ def _resume(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer
                 raise CheckpointError(f"the replica checkpoints in {out} were written with a different "
                                       f"{what} ({old} vs now {new}); resume with the original settings or "
                                       "train into a fresh out_dir")
-    if first["epoch"] > cfg.train.epochs:  # it would finish there silently, config.yaml saying otherwise
+    if first["epoch"] > cfg.train.epochs:
         raise CheckpointError(f"the replica checkpoints in {out} are at epoch {first['epoch']}, past "
                               f"train.epochs={cfg.train.epochs}; resume with --train.epochs={first['epoch']} "
                               "or more")
     if mine["epoch"] != first["epoch"]:
         raise CheckpointError(f"the replica checkpoints in {out} are from different epochs "
                               f"({mine['epoch']} vs {first['epoch']}); train into a fresh out_dir")
+
+
+def check_resume_before_spawning(cfg: Config, out: Path, data: dict[str, int]) -> None:
+    """:func:`_refuse_changed_resume` for every rank's file, in the calling process: a resume that
+    the ranks would refuse is refused before W processes start (about 3 s each time on 2 cores).
+    Where a rank's file is missing the ranks decide, as before."""
+    world_size = cfg.dist.workers
+    files = [replica_file(out, r) for r in range(world_size)]
+    if not all(f.exists() for f in files):
+        return
+    first = load_checkpoint(files[0])
+    for f in files:
+        mine = first if f == files[0] else load_checkpoint(f)
+        _refuse_changed_resume(mine, first, cfg, world_size, data, out)
+
+
+def _resume(rank: int, world_size: int, cfg: Config, out: Path, model, optimizer, sampler: BPRSampler,
+            fanout_rng: torch.Generator, st: dict[str, Any], data: dict[str, int]) -> None:
+    mine, first = load_checkpoint(replica_file(out, rank)), load_checkpoint(replica_file(out, 0))
+    _refuse_changed_resume(mine, first, cfg, world_size, data, out)
     model.load_state_dict(first["model"])
     optimizer.load_state_dict(first["optimizer"])
     set_rng_state(first["rng"])
