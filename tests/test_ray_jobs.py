@@ -5,9 +5,9 @@
 * Fault injection under Ray Train (``slow``): rank 1 of W = 2 raises at step n, Ray
   restarts the worker group from the last checkpoint, and the metrics match a W = 2 run
   without a fault.
-* End to end: ``cluster/local-start.sh`` on free ports, ``jobs/compare.py`` and
-  ``jobs/train.py --workers 2`` submitted with ``JobSubmissionClient``, both SUCCEEDED,
-  their result files read, ``cluster/local-stop.sh``.
+* End to end: ``cluster/local-start.sh`` on free ports, ``jobs/train.py --workers 2``
+  submitted with ``JobSubmissionClient``, SUCCEEDED, its result files read,
+  ``cluster/local-stop.sh``; ``jobs/compare.py`` and ``jobs/sweep.py`` likewise behind ``slow``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tru_dist.distributed.launch import run_distributed
 from tru_dist.distributed.process_group import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+QUICK = "--train.epochs=3 --model.dim=16"
 
 
 def _train_cfg(**dist):
@@ -117,32 +118,40 @@ def _wait(client, job_id: str, timeout: float = 300.0) -> str:
     return "TIMEOUT"
 
 
-def test_jobs_submitted_to_a_local_head_succeed(ray_head, tmp_path):
+def test_a_train_job_on_two_workers_submitted_to_a_local_head_succeeds(ray_head, tmp_path):
+    """``jobs/train.py --workers 2``: Ray Train's worker group inside a submitted job."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(ray_head.url)
-    quick = "--train.epochs=3 --model.dim=16"
-    compare = client.submit_job(
-        entrypoint=f"python jobs/compare.py --data synthetic:tiny --out {tmp_path / 'compare'} "
-                   f"--methods retrain,reverse_bpr,tru --seeds 1 --unlearn.epochs=2 {quick}",
-        runtime_env={"working_dir": str(REPO)})
     train = client.submit_job(
         entrypoint=f"python jobs/train.py --data synthetic:tiny --workers 2 --out {tmp_path / 'train'} "
-                   f"--storage {tmp_path / 'storage'} {quick}",
+                   f"--storage {tmp_path / 'storage'} {QUICK}",
         runtime_env={"working_dir": str(REPO)})
-    for job in (compare, train):
-        status = _wait(client, job)
-        assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-4000:]
-
-    results = json.loads((tmp_path / "compare" / "results.json").read_text())
-    assert {"original", "retrain", "reverse_bpr", "tru"} <= set(results["methods"])
-    assert all(math.isfinite(results["methods"][m]["test"]["recall@20"]) for m in ("retrain", "tru"))
-
+    status = _wait(client, train)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(train)[-4000:]
     trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert trained["world_size"] == 2 and trained["epochs"] == 3
     assert 0.0 < trained["test"]["recall@20"] <= 1.0
     assert any((tmp_path / "storage").rglob("checkpoint.rank1.pt"))  # per-rank files in Ray's checkpoints
     assert '"world_size": 2' in client.get_job_logs(train)
+
+
+@pytest.mark.slow
+def test_a_compare_job_submitted_to_a_local_head_succeeds(ray_head, tmp_path):
+    """``jobs/compare.py`` (its in-process parts are covered by the default run's compare tests;
+    this one is the submission path, behind ``-m slow`` for the test-time budget)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head.url)
+    compare = client.submit_job(
+        entrypoint=f"python jobs/compare.py --data synthetic:tiny --out {tmp_path / 'compare'} "
+                   f"--methods retrain,reverse_bpr,tru --seeds 1 --unlearn.epochs=2 {QUICK}",
+        runtime_env={"working_dir": str(REPO)})
+    status = _wait(client, compare)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(compare)[-4000:]
+    results = json.loads((tmp_path / "compare" / "results.json").read_text())
+    assert {"original", "retrain", "reverse_bpr", "tru"} <= set(results["methods"])
+    assert all(math.isfinite(results["methods"][m]["test"]["recall@20"]) for m in ("retrain", "tru"))
 
 
 @pytest.mark.slow
