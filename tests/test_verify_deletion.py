@@ -238,3 +238,57 @@ def test_a_planted_deleted_pair_is_found(kind, fresh, tmp_path, capsys):
     assert len(found) == 1 and found[0].startswith(f"  - {planted}"), text
     if kind == "deleted user's row":
         assert "1 row(s) of wholly deleted users" in found[0] and "deleted pair" not in found[0]
+
+
+# -- the ledger's own integrity: receipts chain model to model, up to the run's checkpoint --------
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory) -> Path:
+    """A run unlearned three times (three request files, one receipt each): its last folder's
+    ledger holds receipts 1-3, each starting from the model the one before left."""
+    root = tmp_path_factory.mktemp("chain")
+    run, out = root / "run", root / "out"
+    assert main(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(run),
+                 "--train.epochs=1", "--model.dim=8"]) == 0
+    files = []
+    for k, user in enumerate((3, 5, 8)):
+        path = root / f"r{k}.csv"
+        pd.DataFrame({"request_id": [f"u{user}"], "user_id": [user],
+                      "item_id": pd.array([None], dtype="Int64"), "reason": "x"}).to_csv(path, index=False)
+        files += ["--requests", str(path)]
+    assert main(["unlearn", "--run", str(run), *files, "--out", str(out), "--method", "reverse_bpr",
+                 "--unlearn.epochs=1"]) == 0
+    return out / "3-r2"
+
+
+def _ledger_lines(run: Path) -> list[str]:
+    return (run / "ledger.jsonl").read_text().splitlines()
+
+
+@pytest.mark.parametrize("tamper", ["none", "middle receipt removed", "receipts reordered",
+                                    "last receipt removed", "receipt repeated", "checkpoint replaced"])
+def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(chained, run)
+    lines = _ledger_lines(run)
+    assert len(lines) == 3
+    edited = {"none": lines, "middle receipt removed": [lines[0], lines[2]],
+              "receipts reordered": [lines[1], lines[0], lines[2]], "last receipt removed": lines[:2],
+              "receipt repeated": [lines[0], lines[1], lines[1], lines[2]],
+              "checkpoint replaced": lines}[tamper]
+    (run / "ledger.jsonl").write_text("".join(x + "\n" for x in edited))
+    if tamper == "checkpoint replaced":  # the model of receipt 2, put back as the run's
+        shutil.copy(chained.parent / "2-r1" / "checkpoint.pt", run / "checkpoint.pt")
+    capsys.readouterr()
+    rc = main(["verify-deletion", "--run", str(run)])
+    text = capsys.readouterr().out
+    ledger = [x for x in text.splitlines() if x.startswith(f"  - {run / 'ledger.jsonl'} [ledger]")]
+    if tamper == "none":  # the one finding: metrics.json's source_run, 2-r1 (receipt 3's model_before)
+        assert not ledger and "FOUND deleted data in 1 file(s)" in text, text
+        assert "source_run points at" in text, text
+        return
+    assert rc == 1 and len(ledger) == 1, text
+    expected = {"middle receipt removed": "receipt 2 (",
+                "receipts reordered": "a receipt was removed, reordered",
+                "last receipt removed": "the run's model", "receipt repeated": "appear more than once",
+                "checkpoint replaced": "or the checkpoint replaced"}[tamper]
+    assert expected in ledger[0], text

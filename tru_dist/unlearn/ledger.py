@@ -187,6 +187,33 @@ def _not_a_receipt(doc: Any) -> str | None:
     return None
 
 
+def chain_breaks(receipts: list[dict], current_model: str | None = None) -> list[str]:
+    """Where a ledger's receipts do not chain, in words (empty when they do).
+
+    Each unlearn starts from the model the previous one left, so receipt k's ``model_before`` is
+    receipt k − 1's ``model_after``, and the run's own model (``current_model``, its checkpoint's
+    :func:`state_version`) is the last receipt's ``model_after``. A receipt removed from the
+    middle, receipts reordered, a receipt_id repeated, the last receipt removed or the checkpoint
+    replaced each break one of these; a count edited inside a receipt does not (the ledger is
+    not signed). Receipts without model versions (none written by this version) are skipped."""
+    out = []
+    ids = [r["receipt_id"] for r in receipts]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        out.append(f"receipt(s) {', '.join(twice)} appear more than once")
+    for k in range(1, len(receipts)):
+        prev, this = receipts[k - 1].get("model_after"), receipts[k].get("model_before")
+        if prev and this and prev != this:
+            out.append(f"receipt {k + 1} ({ids[k]}) starts from model {this[:12]}, not from {prev[:12]}, the "
+                       f"model receipt {k} left: a receipt was removed, reordered or edited")
+    last = receipts[-1].get("model_after") if receipts else None
+    if current_model and last and current_model != last:
+        out.append(f"the run's model {current_model[:12]} is not {last[:12]}, the model the last receipt "
+                   f"({ids[-1]}) left: a receipt was removed or the checkpoint replaced (or an unlearn was "
+                   "interrupted before its receipt: run the same command again)")
+    return out
+
+
 class DeletionLedger:
     """Receipts of the deletions applied in one run directory (or a ``ledger.jsonl`` path)."""
 

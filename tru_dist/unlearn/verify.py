@@ -42,7 +42,7 @@ import numpy as np
 
 from tru_dist.errors import RequestError
 from tru_dist.io_utils import not_regular_kind
-from tru_dist.unlearn.ledger import DeletionLedger, Digests, deleted_rows, state_version
+from tru_dist.unlearn.ledger import DeletionLedger, Digests, chain_breaks, deleted_rows, state_version
 
 USER_COLUMNS = ("user_id", "userID", "user")
 ITEM_COLUMNS = ("item_id", "itemID", "item")
@@ -127,6 +127,24 @@ class _Scanner:
                                    if r.get("model_before")}
         self.report = Report(roots=[], receipts=len(receipts), deleted_pairs=len(self.digests.pairs),
                              deleted_users=len(self.digests.users), key_id=ledger.hasher.key_id)
+
+    def check_chain(self, run: Path) -> None:
+        """The ledger's receipts chain model to model, up to the run's checkpoint
+        (:func:`~tru_dist.unlearn.ledger.chain_breaks`); a break is a finding on the ledger, since
+        a ledger missing a receipt cannot show what it deleted. A checkpoint that cannot be read
+        is left to the scan, which lists it."""
+        import torch
+
+        current = None
+        try:
+            saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+            state = saved.get("best_model") if isinstance(saved, dict) else None
+            current = state_version(state) if isinstance(state, dict) else None
+        except Exception:  # missing or unreadable: scan_file names it
+            pass
+        breaks = chain_breaks(self.ledger.receipts(), current)
+        if breaks:
+            self.report.findings.append(Finding(str(self.ledger.path), "ledger", notes=breaks))
 
     # -- pairs -------------------------------------------------------------------------------
     def _hits(self, users: np.ndarray, items: np.ndarray | None) -> tuple[int, int]:
@@ -413,6 +431,7 @@ def verify_deletion(run: str | Path, data: str | Path | None = None,
     if not run.is_dir():
         raise RequestError(f"run folder {run} does not exist; pass the output folder of `tru-dist unlearn`")
     scanner = _Scanner(DeletionLedger(run))
+    scanner.check_chain(run)
     for root in [run, *([Path(data)] if data is not None else []), *(Path(s) for s in scan or [])]:
         if not root.exists():
             raise RequestError(f"{root} does not exist; pass folders (or files) to scan")
