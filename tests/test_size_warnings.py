@@ -84,3 +84,16 @@ def test_evaluate_logs_cut_offs_its_own_eval_ks_sets_at_or_above_the_catalogue(t
     with caplog.at_level(logging.WARNING, logger="tru_dist"):
         assert main(["evaluate", "--run", str(out), "--eval.ks=[2,9]", "--address", "none"]) == 0
     assert [m for m in (r.getMessage() for r in caplog.records) if m.startswith("eval.ks 9 >= the catalogue")]
+
+
+def test_compare_logs_each_size_warning_once_for_all_its_models(tmp_path, caplog):
+    """An original and a Retrain model per seed train on one catalogue: 4 trainings here, one
+    warning line (each used to be logged once per training). The functions still return it."""
+    with caplog.at_level(logging.WARNING, logger="tru_dist"):
+        assert main(["compare", "--data", "synthetic:30x8", "--model", "lightgcn", "--methods",
+                     "retrain,noop", "--seeds", "2", "--out", str(tmp_path / "cmp"), "--train.epochs=1",
+                     "--model.dim=8", "--address", "none"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "eval.ks" in r.getMessage()
+              and ">= the catalogue's 8 items" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert len(eval_size_warnings(build_config(), open_data("synthetic:30x8"))) == 1  # outside: found again

@@ -53,6 +53,7 @@ from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
 from tru_dist.report.tables import audit_table, comparison_table, paired_table
 from tru_dist.timing import warm_up_process
+from tru_dist.train.size_warnings import logged_once
 
 #: requests the amortised speedup spreads a tuning sweep over
 AMORTISE_OVER = 100
@@ -599,10 +600,11 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
     writer = collectives.rank() == 0  # at W > 1 every rank computes the same results; rank 0 writes
     out_dir.mkdir(parents=True, exist_ok=True)
     per_seed = []
-    for seed in spec.seed_list:
-        per_seed.append(run_seed(cfg, spec, seed, data=data, configs=configs))
-        if writer:
-            atomic_write_json(out_dir / f"seed{seed}.json", per_seed[-1])
+    with logged_once():  # one catalogue: its size warnings once, not per model and seed
+        for seed in spec.seed_list:
+            per_seed.append(run_seed(cfg, spec, seed, data=data, configs=configs))
+            if writer:
+                atomic_write_json(out_dir / f"seed{seed}.json", per_seed[-1])
     results: dict[str, Any] = {
         "config": cfg.to_dict(),
         "spec": {**asdict(spec), "seeds": spec.seed_list},

@@ -16,12 +16,15 @@ same holds for
 These are warnings, not errors: a toy catalogue with the default ``eval.ks`` [10, 20, 50] meets
 the first, and its runs are still useful as smoke tests. What they must not be is silent — a
 recall of 1.0 on 8 items looks like a result. Each function logs on rank 0 only (every rank
-holds the same sizes) and returns the lines it logged, for tests.
+holds the same sizes) and returns the lines it found, for tests; inside :func:`logged_once`
+(``compare``) a line already logged is not logged again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tru_dist import comm as collectives
 from tru_dist.config import Config
@@ -29,11 +32,31 @@ from tru_dist.data.dataset import TEST, RecDataset
 from tru_dist.data.validate import dataset_source
 
 _LOG = logging.getLogger(__name__)
+#: inside :func:`logged_once`: the lines logged so far (None outside it: every call logs)
+_logged: set[str] | None = None
+
+
+@contextmanager
+def logged_once() -> Iterator[None]:
+    """Within the block, each warning line is logged the first time only. ``compare`` trains an
+    original and a Retrain model per seed on one catalogue, and logged the same lines 2 × seeds
+    times; the functions still return every line they found."""
+    global _logged
+    outer = _logged
+    _logged = set() if outer is None else outer
+    try:
+        yield
+    finally:
+        _logged = outer
 
 
 def _emit(lines: list[str]) -> list[str]:
     if collectives.rank() == 0:
         for line in lines:
+            if _logged is not None:
+                if line in _logged:
+                    continue
+                _logged.add(line)
             _LOG.warning("%s", line)
     return lines
 
