@@ -34,20 +34,25 @@ COMMAND = ["unlearn", "--run", "run", "--requests", "req.csv", "--out", "out", "
            "--method", "reverse_bpr", "--unlearn.epochs=2"]
 
 
-def _killed(cwd: Path, fault: str) -> subprocess.CompletedProcess:
+#: in place: the run's own folder is OUT (no purge), so the model it starts from is the one replaced
+IN_PLACE = ["unlearn", "--run", "run", "--requests", "req.csv", "--out", "run", "--method", "reverse_bpr",
+            "--unlearn.epochs=2"]
+
+
+def _killed(cwd: Path, fault: str, command: list[str] = COMMAND) -> subprocess.CompletedProcess:
     """The command in a subprocess that SIGKILLs itself at ``fault``."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
            FAULT_ENV: fault}
-    return subprocess.run([sys.executable, "-m", "tru_dist.cli", *COMMAND], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "tru_dist.cli", *command], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180)
 
 
-def _rerun(cwd: Path) -> int:
+def _rerun(cwd: Path, command: list[str] = COMMAND) -> int:
     """The same command, in-process (imports are warm), from the same working directory."""
     here = os.getcwd()
     os.chdir(cwd)
     try:
-        return main(list(COMMAND))
+        return main(list(command))
     finally:
         os.chdir(here)
 
@@ -107,7 +112,8 @@ def _kill_and_rerun(stage: str, template: Path, reference: dict, tmp_path: Path)
     assert killed.returncode == -9, f"{stage}: not killed ({killed.returncode}): {killed.stderr[-500:]}"
     crashed = _state(root)
     # the receipt is written after the model: a kill before it leaves none, after it one (purge pending)
-    assert len(crashed["receipts"]) == (1 if stage in ("mid-purge", "after-purge-switch") else 0), stage
+    assert len(crashed["receipts"]) == (1 if stage in ("after-receipt", "mid-purge", "after-purge-switch")
+                                        else 0), stage
     if stage == "mid-model-write":
         assert crashed["tmp"], "the killed write left no temp file: the fault point is not mid-write"
     if stage == "mid-purge":
@@ -143,3 +149,29 @@ def test_unlearn_survives_a_kill_at_every_stage(template, reference, tmp_path):
     print("\nstage               | left by the kill              | receipts after rerun | model_after")
     for stage, left, n, model in rows:
         print(f"{stage:<19} | {left:<29} | {n:^20} | {model}")
+
+
+@pytest.mark.parametrize("stage", ["after-model-write", "after-receipt"])
+def test_an_in_place_unlearn_killed_around_its_receipt_is_finished_by_the_rerun(stage, template, tmp_path):
+    """``--run run --out run``: the model is renamed over the run's own checkpoint only after its
+    receipt. Overwritten before it, a kill between the two left the updated model without a
+    receipt, and the rerun unlearned it again (another model, a receipt whose model_before no
+    receipt had left, and verify-deletion's chain check failing)."""
+    ref = _copy(template, tmp_path / "reference")
+    trained = state_version(torch.load(ref / "run" / "checkpoint.pt", weights_only=True)["best_model"])
+    assert _rerun(ref, IN_PLACE) == 0
+    expected = json.loads((ref / "run" / "ledger.jsonl").read_text())
+    root = _copy(template, tmp_path / stage)
+    killed = _killed(root, stage, IN_PLACE)
+    assert killed.returncode == -9, f"{stage}: not killed ({killed.returncode}): {killed.stderr[-500:]}"
+    assert (root / "run" / "checkpoint.staged.pt").exists()
+    on_disk = state_version(torch.load(root / "run" / "checkpoint.pt", weights_only=True)["best_model"])
+    assert on_disk == trained, "the run's model was replaced before its receipt"
+    assert _rerun(root, IN_PLACE) == 0
+    receipts = [json.loads(x) for x in (root / "run" / "ledger.jsonl").read_text().splitlines()]
+    model = state_version(torch.load(root / "run" / "checkpoint.pt", weights_only=True)["best_model"])
+    assert len(receipts) == 1 and receipts[0]["model_before"] == trained == expected["model_before"]
+    assert receipts[0]["model_after"] == model == expected["model_after"]
+    assert not (root / "run" / "checkpoint.staged.pt").exists()
+    report = verify_deletion(root / "run")
+    assert not [f for f in report.findings if f.kind == "ledger"], report.lines()

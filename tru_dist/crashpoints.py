@@ -8,7 +8,9 @@ reruns the same command and checks one receipt, the uninterrupted model and no o
 Stages of ``unlearn`` (in order): ``after-deletion`` (D_r built, nothing written),
 ``mid-update`` (after the first optimizer step of the unlearning update),
 ``mid-model-write`` (the checkpoint's temp file written, not yet renamed),
-``after-model-write`` (checkpoint and metrics written, no receipt yet), ``mid-purge``
+``after-model-write`` (checkpoint and metrics written, no receipt yet), ``after-receipt``
+(the receipt written, purge pending if any; in place, the new model not yet renamed over
+``checkpoint.pt``), ``mid-purge``
 (the receipt written with its purge pending, the new store revision's file written,
 META.json not yet switched to it), ``after-purge-switch`` (the store switched, the
 superseded interactions file not yet deleted).
@@ -23,8 +25,8 @@ import signal
 from collections.abc import Callable
 
 FAULT_ENV = "TRU_DIST_FAULT"
-STAGES = ("after-deletion", "mid-update", "mid-model-write", "after-model-write", "mid-purge",
-          "after-purge-switch")
+STAGES = ("after-deletion", "mid-update", "mid-model-write", "after-model-write", "after-receipt",
+          "mid-purge", "after-purge-switch")
 
 
 def fault_point(stage: str | None) -> None:

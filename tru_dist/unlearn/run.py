@@ -31,8 +31,10 @@ Two halves, so that W workers run exactly what one process runs:
      writes ``OUT/checkpoint.pt`` (full tables: any W opens it; its ``data`` signature is
      the ORIGINAL data's, since the ledger says what was removed from it, and ``data_after``
      D_r's, which a purged store matches), ``metrics.json`` and — last, so a receipt means a
-     complete output — the receipt. The model versions in the receipt hash the full state,
-     so they do not depend on W either.
+     complete output — the receipt. In place (RUN = OUT) the model goes to
+     ``checkpoint.staged.pt`` and replaces ``checkpoint.pt`` after the receipt
+     (:func:`settle_staged_checkpoint` finishes or undoes a killed attempt's). The model
+     versions in the receipt hash the full state, so they do not depend on W either.
   4. With ``purge`` (rank 0) the receipt is first written with a pending purge, then the
      run's store is purged of every deleted row (:mod:`tru_dist.unlearn.purge`) and the
      receipt records what was purged; OUT then names its source model by version, not by
@@ -45,6 +47,7 @@ step. SISA is refused here (its model is a shard ensemble, see ``compare``).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,6 +69,9 @@ from tru_dist.unlearn.ledger import (
     state_version,
 )
 
+#: where an in-place unlearn writes its model until the receipt is down (:func:`settle_staged_checkpoint`)
+STAGED_CHECKPOINT = "checkpoint.staged.pt"
+
 
 def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
     if run_dir.resolve() == out_dir.resolve() or (out_dir / LEDGER_FILE).exists():
@@ -76,6 +82,32 @@ def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
             if (run_dir / sub).is_dir():
                 shutil.copytree(run_dir / sub, out_dir / sub, dirs_exist_ok=True)
         shutil.copy2(run_dir / LEDGER_FILE, out_dir / LEDGER_FILE)
+
+
+def settle_staged_checkpoint(out_dir: Path) -> None:
+    """Finish or undo what a killed in-place attempt (``--run X --out X``) left in ``out_dir``.
+
+    In place, the new model is written to :data:`STAGED_CHECKPOINT` and renamed over
+    ``checkpoint.pt`` only after its receipt: overwriting first let a kill between the two leave
+    the updated model with no receipt, and the retry then unlearned it a second time and wrote a
+    receipt whose ``model_before`` no earlier receipt had left. A staged model that the ledger's
+    last receipt names is promoted (the kill came after the receipt); any other is removed (the
+    kill came before it: ``checkpoint.pt`` is still the model the retry starts from)."""
+    staged = out_dir / STAGED_CHECKPOINT
+    if not staged.exists():
+        return
+    from tru_dist.train.checkpoint import load_checkpoint
+
+    ledger = DeletionLedger(out_dir)
+    receipts = ledger.receipts() if ledger.path.exists() else []
+    try:
+        version = state_version(load_checkpoint(staged)["best_model"])
+    except Exception:  # a staged file that does not load was never named by a receipt
+        version = None
+    if receipts and version is not None and version == receipts[-1].get("model_after"):
+        os.replace(staged, out_dir / "checkpoint.pt")
+    else:
+        staged.unlink()
 
 
 def _check_out_continues_run(run_dir: Path, out_dir: Path, out_ledger: DeletionLedger) -> None:
@@ -164,6 +196,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     if purge and data is not None:
         raise ConfigError("purge=True needs the run's stored data; do not pass data=")
     remove_orphan_temps(out_dir)  # what a killed earlier attempt left
+    settle_staged_checkpoint(out_dir)
     fresh_out = run_dir.resolve() != out_dir.resolve() and not (out_dir / LEDGER_FILE).exists()
     if fresh_out and (run_dir / LEDGER_FILE).exists():  # RUN already holds this batch: it is the answer
         source = DeletionLedger(run_dir)
@@ -276,11 +309,13 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
     state = gather_state(result.model)  # collective: full tables on every rank
     if collectives.rank() != 0:
         return metrics
+    model_file = checkpoint_path(out_dir, rank=0, world_size=1)
+    in_place = run_dir.resolve() == out_dir.resolve()  # the old model is RUN's: replaced after the receipt
     # "data_after": the signature of D_r, which a store purged of these deletions matches
     save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(),
                      "data": data_signature(data), "data_after": data_signature(data_after),
                      "world_size": collectives.world_size(), "rank": 0, "unlearned_by": method},
-                    checkpoint_path(out_dir, rank=0, world_size=1), fault="mid-model-write")
+                    out_dir / STAGED_CHECKPOINT if in_place else model_file, fault="mid-model-write")
     atomic_write_json(out_dir / "metrics.json", metrics)
     fault_point("after-model-write")
     after = state_version(state)
@@ -296,6 +331,9 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
                             audit={"forget_hit@20": metrics["forget"].get("hit@20"),
                                    "test_recall@20": metrics["test"].get("recall@20")},
                             extra=_pending_purge(store, keep_versions), requests=read_requests(requests))
+    fault_point("after-receipt")
+    if in_place:
+        os.replace(out_dir / STAGED_CHECKPOINT, model_file)
     if store is not None:
         from tru_dist.unlearn.purge import complete_purge
 
