@@ -9,7 +9,7 @@
 * an empty or comment-only ``--config``: refused (``{}`` still means "no settings");
 * ``data forget --regime poison`` on clean data names the CLI command, not a Python function;
 * ``data forget --out`` inside a store: refused, nothing written;
-* a row two request files delete: refused before file 1 runs.
+* a request file every row of which an earlier file deletes: refused before file 1 runs.
 
 (A corrupt checkpoint in a verify-deletion scan is in :mod:`test_bad_input_campaign4_data`.)
 """
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_bad_input_campaign import one_line_error
@@ -48,6 +49,7 @@ def _free_loopback_port() -> int:
     ("[::1]:6379", ("::1", 6379)),
     ("auto", None), ("local", None), ("none", None),
     ("http://127.0.0.1:8265", None),  # a RAY_ADDRESS naming the dashboard is Ray's to read
+    ("head", None), ("10.0.0.1", None),  # no port: only ray:// has a default one
 ])
 def test_the_probed_host_and_port(address, expected):
     assert host_port(address) == expected
@@ -161,15 +163,17 @@ def test_the_poison_regime_on_clean_data_names_the_cli_command(tmp_path, capsys)
                     "--out", str(tmp_path / "f.csv")], capsys, "tru-dist data poison")
 
 
-def test_a_forget_set_is_not_written_into_a_store(tmp_path, capsys):
+def test_a_forget_set_is_not_written_into_a_store_even_through_a_link(tmp_path, capsys):
     from tru_dist.cli import main
 
     store = tmp_path / "store"
     assert main(["data", "synth", "--format", "store", "--out", str(store), "--users", "60",
                  "--items", "40"]) == 0
     before = sorted(p.name for p in store.rglob("*"))
-    one_line_error(["data", "forget", "--data", str(store), "--regime", "users", "--fraction", "0.05",
-                    "--out", str(store / "forget.csv")], capsys, f"inside the store {store}")
+    (tmp_path / "linked").symlink_to(store)
+    for out in (store / "forget.csv", tmp_path / "linked" / "forget.csv"):
+        one_line_error(["data", "forget", "--data", str(store), "--regime", "users", "--fraction", "0.05",
+                        "--out", str(out)], capsys, f"inside the store {store.resolve()}")
     assert sorted(p.name for p in store.rglob("*")) == before
 
 
@@ -181,27 +185,30 @@ def _requests(path: Path, rows: list[tuple[str, int, int | None]]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("first", "second", "named"), [
-    ([("a1", 3, 5)], [("b1", 3, 5)], "pair (3, 5)"),          # the same pair
-    ([("a1", 3, None)], [("b1", 3, 5)], "user 3's rows"),      # a pair of a user deleted whole
-    ([("a1", 3, None)], [("b1", 3, None)], "user 3's rows"),   # the same user twice
+@pytest.mark.parametrize(("first", "second"), [
+    ([("a1", 3, 5)], [("b1", 3, 5)]),                       # the same pair
+    ([("a1", 3, None)], [("b1", 3, 5), ("b2", 3, 6)]),      # pairs of a user deleted whole
+    ([("a1", 3, None)], [("b1", 3, None)]),                 # the same user twice
 ])
-def test_a_row_two_request_files_delete_is_refused_before_any_runs(first, second, named, tmp_path, capsys):
+def test_a_file_whose_every_row_an_earlier_file_deletes_is_refused_before_any_runs(first, second, tmp_path,
+                                                                                   capsys):
     a, b = _requests(tmp_path / "a.csv", first), _requests(tmp_path / "b.csv", second)
-    with pytest.raises(ConfigError, match=rf"b.csv deletes {named.replace('(', '[(]').replace(')', '[)]')}"
-                                          ".*a.csv deletes already"):
+    nothing_new = r"b.csv deletes nothing new: every row it names .*a.csv deletes already"
+    with pytest.raises(ConfigError, match=nothing_new):
         check_request_files([a, b])
     # through the CLI: refused before the run is even read, so no folder of file 1 appears
     one_line_error(["unlearn", "--run", str(tmp_path / "no-run-needed"), "--requests", str(a), "--requests",
-                    str(b), "--out", str(tmp_path / "out")], capsys, "b.csv", named)
+                    str(b), "--out", str(tmp_path / "out")], capsys, "b.csv", "deletes nothing new")
 
 
-def test_request_files_that_delete_different_rows_pass(tmp_path):
-    """The control: a user's other pair, a pair of another user and a user deleted after a pair
-    of theirs are all new rows."""
+def test_request_files_that_delete_new_rows_pass(tmp_path):
+    """The control: a user's other pair, a pair of another user, a user deleted after a pair of
+    theirs, and a file with one overlapping row beside a new one (the overlap is skipped at run
+    time, as with separate commands) all pass."""
     a = _requests(tmp_path / "a.csv", [("a1", 3, 5), ("a2", 4, None)])
     b = _requests(tmp_path / "b.csv", [("b1", 3, 6), ("b2", 5, 5), ("b3", 3, None)])
-    check_request_files([a, b])
+    c = _requests(tmp_path / "c.csv", [("c1", 3, 5), ("c2", 9, 1)])
+    check_request_files([a, b, c])
 
 
 # -- worker pool options -------------------------------------------------------------------------
@@ -215,3 +222,12 @@ def test_a_worker_pool_option_out_of_range_is_refused_before_any_rank_starts(opt
 
     with pytest.raises(ConfigError, match=rf"^{option} must be .*, not {value!r}"):
         api.worker_pool(2, **{option: value})
+
+
+def test_numpy_numbers_are_worker_pool_options_like_python_ones():
+    from tru_dist.distributed.pool import _check_pool_options
+
+    _check_pool_options(np.int64(2), start_timeout_s=np.float32(3.0), collective_timeout_s=np.int32(5),
+                        task_timeout_s=None)  # no error
+    with pytest.raises(ConfigError, match="threads_per_rank"):
+        _check_pool_options(np.int64(0), start_timeout_s=1, collective_timeout_s=1, task_timeout_s=None)

@@ -264,8 +264,13 @@ def _ledger_lines(run: Path) -> list[str]:
     return (run / "ledger.jsonl").read_text().splitlines()
 
 
+def _edited(line: str, **fields) -> str:
+    return json.dumps({**json.loads(line), **fields}, sort_keys=True)
+
+
 @pytest.mark.parametrize("tamper", ["none", "middle receipt removed", "receipts reordered",
-                                    "last receipt removed", "receipt repeated", "checkpoint replaced"])
+                                    "last receipt removed", "receipt repeated", "checkpoint replaced",
+                                    "version edited"])
 def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(chained, run)
@@ -274,7 +279,8 @@ def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys)
     edited = {"none": lines, "middle receipt removed": [lines[0], lines[2]],
               "receipts reordered": [lines[1], lines[0], lines[2]], "last receipt removed": lines[:2],
               "receipt repeated": [lines[0], lines[1], lines[1], lines[2]],
-              "checkpoint replaced": lines}[tamper]
+              "checkpoint replaced": lines,
+              "version edited": [lines[0], _edited(lines[1], model_before=5), lines[2]]}[tamper]
     (run / "ledger.jsonl").write_text("".join(x + "\n" for x in edited))
     if tamper == "checkpoint replaced":  # the model of receipt 2, put back as the run's
         shutil.copy(chained.parent / "2-r1" / "checkpoint.pt", run / "checkpoint.pt")
@@ -290,5 +296,6 @@ def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys)
     expected = {"middle receipt removed": "receipt 2 (",
                 "receipts reordered": "a receipt was removed, reordered",
                 "last receipt removed": "the run's model", "receipt repeated": "appear more than once",
-                "checkpoint replaced": "or the checkpoint replaced"}[tamper]
+                "checkpoint replaced": "or the checkpoint replaced",
+                "version edited": "holds model_before that is not a model version"}[tamper]
     assert expected in ledger[0], text

@@ -836,9 +836,9 @@ def _refuse_flag_and_override(args: argparse.Namespace, rest: list[str]) -> None
 
 #: set (to anything but 0) to show the traceback behind a one-line input/output error
 TRACEBACK_ENV = "TRU_DIST_TRACEBACK"
-#: errors of a write that names no file (to stdout, or to a file already open): full disk or
-#: quota, a file over its size limit, an I/O error of the device
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+#: errors only a write raises, which name no file when the file was already open (stdout, a
+#: checkpoint's bytes): full disk or quota, a file over its size limit
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _stdout_unwritable() -> bool:

@@ -635,8 +635,8 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:  # an empty or comment-only file: most likely the wrong file, or one not yet saved
-        raise ConfigError(f"config file {path} holds no settings (it is empty or only comments); write the "
-                          "keys to set (e.g. `model: {name: mgcn}`), or `{}` for none, or leave the flag out")
+        raise ConfigError(f"config file {path} holds no settings (it is empty or only comments); pass the "
+                          "file that holds them, or write `{}` in it for a file that sets nothing")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

@@ -183,9 +183,9 @@ def forget_cli(
     """Select a forget set for the dataset at ``data_path`` and write its request file
     (``.parquet`` or ``.csv``) to ``out``; returns the forget set's summary plus ``out``."""
     from tru_dist.data.source import open_data
-    from tru_dist.data.store import is_store
+    from tru_dist.data.store import enclosing_store
 
-    store = next((p for p in Path(out).absolute().parents if is_store(p)), None)
+    store = enclosing_store(Path(out).parent)
     if store is not None:  # the file would sit among the store's versions, which purges rewrite
         raise RequestError(f"--out {out} lies inside the store {store}; a store holds only what tru-dist "
                            "writes there, so write the request file outside it (e.g. requests/forget.csv)")

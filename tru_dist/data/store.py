@@ -79,6 +79,13 @@ def is_store(folder: str | Path) -> bool:
     return (Path(folder) / META_FILE).is_file()
 
 
+def enclosing_store(path: str | Path) -> Path | None:
+    """The store ``path`` lies in (itself included), or None; symlinks are resolved, so a path
+    that reaches a store through a linked folder is found too."""
+    resolved = Path(path).resolve()
+    return next((p for p in [resolved, *resolved.parents] if is_store(p)), None)
+
+
 #: the interaction columns in the order the content hash reads them, with their canonical dtypes
 HASH_COLUMNS = {"users": "<i8", "items": "<i8", "labels": "<i1", "ratings": "<f4", "timestamps": "<i8"}
 

@@ -140,9 +140,11 @@ def sequence_dirs(out_dir: str | Path, requests: list[str | Path]) -> list[Path]
 
 def check_request_files(requests: list[str | Path]) -> None:
     """Refuse, before anything runs, a file given twice, an unreadable file, a request id in two
-    files (the second would be a replay and leave a folder without a model), and a row two files
-    delete — the same pair, or a pair or user of a user an earlier file deletes whole (file k
-    would find it gone and be refused only after files 1..k − 1 had run)."""
+    files (the second would be a replay and leave a folder without a model), and a file every row
+    of which an earlier file deletes — the same pairs, or pairs or users of users an earlier file
+    deletes whole (file k would find nothing to unlearn and be refused only after files 1..k − 1
+    had run). A file with some such rows beside new ones runs: those rows are overlaps, skipped,
+    as when the files are applied by separate commands."""
     import pandas as pd
 
     from tru_dist.data.requests import read_requests
@@ -166,17 +168,20 @@ def check_request_files(requests: list[str | Path]) -> None:
             owner.setdefault(rid, str(path))
         here_users: dict[int, str] = {}
         here_pairs: dict[tuple[int, int], str] = {}
+        covered: list[str] = []  # the earlier file that deletes each row already
         for user, item in zip(table["user_id"].tolist(), table["item_id"].tolist(), strict=True):
             whole = bool(pd.isna(item))  # an empty item_id: every row of the user
             earlier = user_file.get(int(user)) or (None if whole else pair_file.get((int(user), int(item))))
-            if earlier is not None:  # file k would find it gone: refused there, after files < k ran
-                what = f"user {user}'s rows" if whole or int(user) in user_file else f"pair ({user}, {item})"
-                raise ConfigError(f"request file {path} deletes {what}, which {earlier} deletes already; "
-                                  "a row is deleted once, so name it in one file only")
+            if earlier is not None:
+                covered.append(earlier)
             if whole:
                 here_users[int(user)] = str(path)
             else:
                 here_pairs[(int(user), int(item))] = str(path)
+        if covered and len(covered) == len(table):  # file k would find nothing left, after files < k ran
+            raise ConfigError(f"request file {path} deletes nothing new: every row it names "
+                              f"{', '.join(sorted(set(covered)))} deletes already; drop the file (a row "
+                              "some earlier file deletes is skipped as an overlap only beside new rows)")
         user_file.update(here_users)
         pair_file.update(here_pairs)
 

@@ -213,7 +213,9 @@ def host_port(address: str) -> tuple[str, int] | None:
         host, _, port = rest.partition(":")
     if not host or "/" in host or (port and not port.isdigit()):  # e.g. RAY_ADDRESS=http://head:8265
         return None
-    return host, int(port or RAY_CLIENT_DEFAULT_PORT)
+    if not port:  # only Ray Client has a default port; a bare `head` is not an address to probe
+        return (host, RAY_CLIENT_DEFAULT_PORT) if address.startswith("ray://") else None
+    return host, int(port)
 
 
 def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:

@@ -62,6 +62,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import numpy as np
 import torch
 
 from tru_dist.config import Config
@@ -171,14 +172,16 @@ def _check_pool_options(threads_per_rank: object, **timeouts: object) -> None:
     """A one-line ConfigError for a thread count that is not an integer >= 1 or a timeout that is
     not a finite number of seconds > 0 (``task_timeout_s`` may be None: no limit). 0 threads
     read as "the default" and a 0 s timeout failed the pool's start with a raw error."""
-    if threads_per_rank is not None and (isinstance(threads_per_rank, bool)
-                                         or not isinstance(threads_per_rank, int) or threads_per_rank < 1):
+    if threads_per_rank is not None and (isinstance(threads_per_rank, bool | np.bool_)
+                                         or not isinstance(threads_per_rank, int | np.integer)
+                                         or threads_per_rank < 1):
         raise ConfigError(f"threads_per_rank must be an integer >= 1 (or None: cpu_count // W), "
                           f"not {threads_per_rank!r:.40}")
     for name, value in timeouts.items():
         if value is None and name == "task_timeout_s":
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        number = isinstance(value, int | float | np.integer | np.floating)
+        if isinstance(value, bool | np.bool_) or not number or not 0 < value < float("inf"):
             unset = " (or None: no limit)" if name == "task_timeout_s" else ""
             raise ConfigError(f"{name} must be a number of seconds > 0{unset}, not {value!r:.40}")
 

@@ -201,13 +201,19 @@ def chain_breaks(receipts: list[dict], current_model: str | None = None) -> list
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
         out.append(f"receipt(s) {', '.join(twice)} appear more than once")
+    for k, r in enumerate(receipts, 1):
+        odd = [f for f in ("model_before", "model_after") if f in r and r[f] is not None
+               and not (isinstance(r[f], str) and r[f])]
+        if odd:
+            out.append(f"receipt {k} ({ids[k - 1]}) holds {', '.join(odd)} that is not a model version: the "
+                       "receipt was edited")
     for k in range(1, len(receipts)):
         prev, this = receipts[k - 1].get("model_after"), receipts[k].get("model_before")
-        if prev and this and prev != this:
+        if isinstance(prev, str) and isinstance(this, str) and prev and this and prev != this:
             out.append(f"receipt {k + 1} ({ids[k]}) starts from model {this[:12]}, not from {prev[:12]}, the "
                        f"model receipt {k} left: a receipt was removed, reordered or edited")
     last = receipts[-1].get("model_after") if receipts else None
-    if current_model and last and current_model != last:
+    if current_model and isinstance(last, str) and last and current_model != last:
         out.append(f"the run's model {current_model[:12]} is not {last[:12]}, the model the last receipt "
                    f"({ids[-1]}) left: a receipt was removed or the checkpoint replaced (or an unlearn was "
                    "interrupted before its receipt: run the same command again)")

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import pickle
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +51,11 @@ TABLE_EXT = {".parquet", ".csv", ".tsv", ".inter"}
 CHECKPOINT_EXT = {".pt", ".pth", ".ckpt"}
 PICKLE_EXT = {".pkl", ".pickle"}
 #: how ``torch.load(weights_only=True)`` words its refusal of a valid checkpoint that pickles
-#: objects other than tensors (a class it does not allow); any other failure — truncated, junk,
-#: a plain pickle's opcodes ("Unsupported operand") — is a file that cannot be read
-WEIGHTS_ONLY_REFUSAL = "Unsupported global"
+#: objects it does not build (a class not allowed, a blocked module, DTensors/NJTs before their
+#: import, another type's ``__setstate__``); any other failure — truncated, junk, a plain
+#: pickle's opcodes ("Unsupported operand") — is a file that cannot be read
+WEIGHTS_ONLY_REFUSAL = re.compile(r"was not an allowed global|whose module \S+ is blocked|must be \S+ to load"
+                                  r"|Can only build")
 
 
 @dataclass
@@ -222,7 +225,7 @@ class _Scanner:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             text = str(exc)
-            if WEIGHTS_ONLY_REFUSAL in text:  # a valid pickle of objects: never unpickle it
+            if WEIGHTS_ONLY_REFUSAL.search(text):  # a valid pickle of objects: never unpickle it
                 self.report.not_inspected.append(f"{path} (a pickle that does not load weights-only)")
                 return
             detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
@@ -357,7 +360,7 @@ class _Scanner:
             self.report.findings.append(finding)
 
     def scan_root(self, root: Path) -> None:
-        from tru_dist.data.store import is_store, read_meta, revision
+        from tru_dist.data.store import enclosing_store, is_store, read_meta, revision
 
         self.report.roots.append(str(root))
         if not root.is_dir():  # a file, or a FIFO given as --scan (scan_file does not open that)
@@ -372,7 +375,7 @@ class _Scanner:
                                               f"{meta['n_interactions']} interactions")
                 except Exception:
                     self.report.stores.append(f"{here}: unreadable META.json")
-            store_root = next((p for p in [here, *here.parents] if is_store(p)), None)
+            store_root = enclosing_store(here)
             for name in sorted(files):
                 path = here / name
                 hint = "store" if store_root is not None and path.suffix == ".parquet" else None
