@@ -270,7 +270,7 @@ def _edited(line: str, **fields) -> str:
 
 @pytest.mark.parametrize("tamper", ["none", "middle receipt removed", "receipts reordered",
                                     "last receipt removed", "receipt repeated", "checkpoint replaced",
-                                    "version edited"])
+                                    "version edited", "first receipt removed"])
 def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(chained, run)
@@ -280,7 +280,8 @@ def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys)
               "receipts reordered": [lines[1], lines[0], lines[2]], "last receipt removed": lines[:2],
               "receipt repeated": [lines[0], lines[1], lines[1], lines[2]],
               "checkpoint replaced": lines,
-              "version edited": [lines[0], _edited(lines[1], model_before=5), lines[2]]}[tamper]
+              "version edited": [lines[0], _edited(lines[1], model_before=5), lines[2]],
+              "first receipt removed": lines[1:]}[tamper]
     (run / "ledger.jsonl").write_text("".join(x + "\n" for x in edited))
     if tamper == "checkpoint replaced":  # the model of receipt 2, put back as the run's
         shutil.copy(chained.parent / "2-r1" / "checkpoint.pt", run / "checkpoint.pt")
@@ -297,5 +298,6 @@ def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys)
                 "receipts reordered": "a receipt was removed, reordered",
                 "last receipt removed": "the run's model", "receipt repeated": "appear more than once",
                 "checkpoint replaced": "or the checkpoint replaced",
-                "version edited": "holds model_before that is not a model version"}[tamper]
+                "version edited": "holds model_before that is not a model version",
+                "first receipt removed": "the ledger lacks receipt(s)"}[tamper]
     assert expected in ledger[0], text

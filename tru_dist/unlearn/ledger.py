@@ -187,17 +187,27 @@ def _not_a_receipt(doc: Any) -> str | None:
     return None
 
 
-def chain_breaks(receipts: list[dict], current_model: str | None = None) -> list[str]:
+def chain_breaks(receipts: list[dict], current_model: str | None = None,
+                 recorded_ids: list[str] | None = None) -> list[str]:
     """Where a ledger's receipts do not chain, in words (empty when they do).
 
     Each unlearn starts from the model the previous one left, so receipt k's ``model_before`` is
     receipt k − 1's ``model_after``, and the run's own model (``current_model``, its checkpoint's
     :func:`state_version`) is the last receipt's ``model_after``. A receipt removed from the
     middle, receipts reordered, a receipt_id repeated, the last receipt removed or the checkpoint
-    replaced each break one of these; a count edited inside a receipt does not (the ledger is
-    not signed). Receipts without model versions (none written by this version) are skipped."""
+    replaced each break one of these. ``recorded_ids``, the receipt ids the run's checkpoint
+    lists as behind its model (``ledger_receipts``, written by unlearn since it was added),
+    must be the ledger's own: that catches the first receipt removed too. A count edited inside
+    a receipt is not caught (the ledger is not signed). Receipts without model versions (none
+    written by this version) are skipped."""
     out = []
     ids = [r["receipt_id"] for r in receipts]
+    if isinstance(recorded_ids, list) and recorded_ids != ids:
+        missing = [i for i in recorded_ids if i not in ids]
+        what = (f"lacks receipt(s) {', '.join(missing[:3])}" if missing
+                else "lists receipts the model's checkpoint does not, or in another order")
+        out.append(f"the ledger {what} (the run's checkpoint records {len(recorded_ids)} receipt(s) behind "
+                   f"its model, the ledger {len(ids)}): a receipt was removed, added or reordered")
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
         out.append(f"receipt(s) {', '.join(twice)} appear more than once")

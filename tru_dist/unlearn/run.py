@@ -66,6 +66,7 @@ from tru_dist.unlearn.ledger import (
     PAIRS_DIR,
     DeletionLedger,
     apply_plan,
+    receipt_id,
     state_version,
 )
 
@@ -311,10 +312,16 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
         return metrics
     model_file = checkpoint_path(out_dir, rank=0, world_size=1)
     in_place = run_dir.resolve() == out_dir.resolve()  # the old model is RUN's: replaced after the receipt
+    ledger = DeletionLedger(out_dir)
+    # the receipts behind this model, its own included (its id is fixed by its request ids):
+    # verify-deletion compares them with the ledger, so a receipt removed from it is seen
+    receipts_behind = [r["receipt_id"] for r in ledger.receipts()]
+    receipts_behind.append(receipt_id(list(plan.forget.request_ids)))
     # "data_after": the signature of D_r, which a store purged of these deletions matches
     save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(),
                      "data": data_signature(data), "data_after": data_signature(data_after),
-                     "world_size": collectives.world_size(), "rank": 0, "unlearned_by": method},
+                     "world_size": collectives.world_size(), "rank": 0, "unlearned_by": method,
+                     "ledger_receipts": receipts_behind},
                     out_dir / STAGED_CHECKPOINT if in_place else model_file, fault="mid-model-write")
     atomic_write_json(out_dir / "metrics.json", metrics)
     fault_point("after-model-write")
@@ -325,7 +332,6 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
             "weights are still those trained on them, and `tru-dist verify-deletion` reports this "
             "checkpoint as its receipt's model_before", method, result.stats.get("stop_reason")
             or "no update step changed a weight")
-    ledger = DeletionLedger(out_dir)
     receipt = ledger.commit(plan, method=method, model_before=before, model_after=after,
                             seconds=result.seconds,
                             audit={"forget_hit@20": metrics["forget"].get("hit@20"),

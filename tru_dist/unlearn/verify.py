@@ -138,14 +138,15 @@ class _Scanner:
         is left to the scan, which lists it."""
         import torch
 
-        current = None
+        current = recorded = None
         try:
             saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
             state = saved.get("best_model") if isinstance(saved, dict) else None
             current = state_version(state) if isinstance(state, dict) else None
+            recorded = saved.get("ledger_receipts") if isinstance(saved, dict) else None
         except Exception:  # missing or unreadable: scan_file names it
             pass
-        breaks = chain_breaks(self.ledger.receipts(), current)
+        breaks = chain_breaks(self.ledger.receipts(), current, recorded)
         if breaks:
             self.report.findings.append(Finding(str(self.ledger.path), "ledger", notes=breaks))
 
