@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -231,3 +233,122 @@ def test_numpy_numbers_are_worker_pool_options_like_python_ones():
                         task_timeout_s=None)  # no error
     with pytest.raises(ConfigError, match="threads_per_rank"):
         _check_pool_options(np.int64(0), start_timeout_s=1, collective_timeout_s=1, task_timeout_s=None)
+
+
+# -- campaign 5 (a helper's probe): values the config took, runs served without their ledger ----
+@pytest.mark.parametrize(("override", "key"), [
+    ("unlearn.lr=1e38", "unlearn.lr"), ("unlearn.gate.lr=1e300", "unlearn.gate.lr"),
+    ("train.lr=1e300", "train.lr"),                                   # float32 overflow tracebacks
+    ("unlearn.gate.top_k=100000000000000000000", "unlearn.gate.top_k"),  # OverflowError traceback
+    ("unlearn.isolation.row_hops=100000000000000000000", "unlearn.isolation.row_hops"),  # hung
+    ("model.n_layers=100000000000000000000", "model.n_layers"),       # hung
+    ("train.epochs=1:0", "train.epochs"),                              # YAML 1.1 base 60: 60 epochs
+    ("train.epochs=0x10", "train.epochs"),
+    ("eval.ks=[10, 010]", "eval.ks"),                                  # octal: [10, 8]
+])
+def test_an_out_of_range_or_misread_config_value_is_refused(override, key):
+    from tru_dist.config import build_config
+
+    with pytest.raises(ConfigError, match=rf"invalid value for '{re.escape(key)}'"):
+        build_config(overrides=[override])
+
+
+def test_numbers_are_decimal_on_the_command_line_and_in_files(tmp_path):
+    from tru_dist.config import build_config
+
+    assert build_config(overrides=["train.epochs=010"]).train.epochs == 10  # was octal 8
+    (tmp_path / "c.yaml").write_text("train:\n  epochs: 010\n  lr: 1.0e-3\n")
+    cfg = build_config(config_file=tmp_path / "c.yaml")
+    assert cfg.train.epochs == 10 and cfg.train.lr == pytest.approx(1e-3)
+
+
+def test_a_step_size_that_overflows_is_one_line_before_anything_is_written(tmp_path, capsys):
+    one_line_error(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out",
+                    str(tmp_path / "run"), "--train.lr=1e300", "--address", "none"], capsys, "train.lr",
+                   "(0, 1e6]")
+
+
+@pytest.mark.parametrize("spec", ["synthetic:60x40:-1", "synthetic:60x40:abc", "synthetic:60x40:1:2",
+                                  "synthetic:tiny:xyz", "synthetic:60x40:", "synthetic:60x40:²",
+                                  "synthetic:60x40:99999999999"])
+def test_a_synthetic_spec_with_a_bad_seed_is_refused_not_read_as_seed_0(spec, capsys):
+    one_line_error(["data", "stats", "--data", spec], capsys, spec)
+
+
+@dataclass
+class Unlearned:
+    root: Path
+    run: Path     # trained
+    users: Path   # unlearned from run: two users deleted
+    pairs: Path   # unlearned from run: pairs deleted (a sibling of `users`)
+    requests: Path
+
+
+@pytest.fixture(scope="module")
+def unlearned(tmp_path_factory) -> Unlearned:
+    from tru_dist.cli import main
+
+    root = tmp_path_factory.mktemp("unlearned")
+    run = root / "run"
+    assert main(["train", "--model", "lightgcn", "--data", "synthetic:tiny", "--out", str(run),
+                 "--train.epochs=1", "--model.dim=8", "--address", "none"]) == 0
+    users = _requests(root / "users.csv", [("u3", 3, None), ("u5", 5, None)])
+    pairs = _requests(root / "pairs.csv", [("p1", 7, None)])
+    for req, out in ((users, root / "run-u"), (pairs, root / "run-p")):
+        assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out), "--method",
+                     "reverse_bpr", "--unlearn.epochs=1", "--address", "none"]) == 0
+    return Unlearned(root, run, root / "run-u", root / "run-p", users)
+
+
+@pytest.mark.parametrize("damage", ["emptied", "removed"])
+def test_an_unlearned_run_without_its_ledger_is_not_served(damage, unlearned, tmp_path, capsys):
+    """Served without the ledger, a wholly deleted user got their deleted history back."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(unlearned.users, run)
+    if damage == "emptied":
+        (run / "ledger.jsonl").write_text("")
+    else:
+        (run / "ledger.jsonl").unlink()
+    one_line_error(["recommend", "--run", str(run), "--users", "3", "--k", "3"], capsys,
+                   "was unlearned", "ledger.jsonl is missing or empty")
+    one_line_error(["evaluate", "--run", str(run), "--address", "none"], capsys, "ledger.jsonl is missing")
+
+
+def test_an_audit_against_a_sibling_run_is_refused(unlearned, capsys):
+    one_line_error(["audit", "--run", str(unlearned.users), "--requests", str(unlearned.requests),
+                    "--original", str(unlearned.pairs)], capsys, "model_before", "source_run")
+
+
+def test_a_named_index_in_a_request_table_is_refused_not_dropped(unlearned, tmp_path):
+    from tru_dist.data.requests import normalize_requests, read_requests
+    from tru_dist.errors import RequestError
+
+    frame = pd.read_csv(unlearned.requests).set_index(pd.Index(["t-1", "t-2"], name="ticket"))
+    frame.to_parquet(tmp_path / "r.parquet")
+    for read in (lambda: read_requests(tmp_path / "r.parquet"), lambda: normalize_requests(frame)):
+        with pytest.raises(RequestError, match="an index named 'ticket'"):
+            read()
+    filtered = pd.read_csv(unlearned.requests).iloc[[1]]  # an unnamed, non-range index: a plain frame
+    assert len(normalize_requests(filtered)) == 1
+
+
+def test_the_api_takes_numpy_values_in_overrides_and_names_other_types(unlearned):
+    from tru_dist import api
+
+    run = api.load_run(unlearned.run)
+    metrics = api.evaluate(run, overrides={"eval.ks": [np.int64(5)], "eval.batch_users": np.int32(64)})
+    assert "recall@5" in metrics["test"]
+    with pytest.raises(ConfigError, match="eval.ks is of type object, not a number"):
+        api.evaluate(run, overrides={"eval.ks": object()})
+
+
+def test_an_api_error_about_a_series_is_one_line(unlearned):
+    from tru_dist import api
+    from tru_dist.errors import RequestError
+
+    run = api.load_run(unlearned.run)
+    with pytest.raises(RequestError) as err:
+        api.recommend(run, pd.Series([0, None], dtype="Int64"), k=2)
+    assert "\n" not in str(err.value) and "dtype: Int64" in str(err.value)

@@ -99,7 +99,7 @@ def _path(value: Any, what: str) -> Path:
     (None, a number, an empty string: ``Path`` raised a raw TypeError, or read "" as the cwd)."""
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ConfigError(f"{what} must be a path (a str or pathlib.Path), not {type(value).__name__} "
-                          f"{value!r:.60}")
+                          f"{_shown(value)}")
     return Path(value)
 
 
@@ -108,14 +108,14 @@ def _flag(value: Any, what: str) -> bool:
     store in place; ``resume="yes"`` and ``exclude_seen="no"`` were taken the same way."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    raise ConfigError(f"{what} must be True or False, not {type(value).__name__} {value!r:.60}")
+    raise ConfigError(f"{what} must be True or False, not {type(value).__name__} {_shown(value)}")
 
 
 def _count(value: Any, what: str) -> int:
     """``value`` as an int >= 0 (not a bool), or a one-line ConfigError."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 0:
         return int(value)
-    raise ConfigError(f"{what} must be an integer >= 0, not {type(value).__name__} {value!r:.60}")
+    raise ConfigError(f"{what} must be an integer >= 0, not {type(value).__name__} {_shown(value)}")
 
 
 def _optional_seed(value: Any) -> int | None:
@@ -127,7 +127,7 @@ def _optional_seed(value: Any) -> int | None:
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
             and 0 <= value <= SEED_MAX:
         return int(value)
-    raise ConfigError(f"seed must be an integer 0..{SEED_MAX}, not {type(value).__name__} {value!r:.60}")
+    raise ConfigError(f"seed must be an integer 0..{SEED_MAX}, not {type(value).__name__} {_shown(value)}")
 
 
 def _optional_pool(value: Any) -> WorkerPool | None:
@@ -137,7 +137,7 @@ def _optional_pool(value: Any) -> WorkerPool | None:
     if value is None or isinstance(value, _WorkerPool):
         return value
     raise ConfigError(f"pool must be a tru_dist.worker_pool(...) or None, not {type(value).__name__} "
-                      f"{value!r:.60}")
+                      f"{_shown(value)}")
 
 
 def _run_folder(value: Any, what: str) -> Path:
@@ -196,6 +196,23 @@ def _as_run(run: Run | str | Path) -> Run:
 
 
 # -- configuration ---------------------------------------------------------------------------------
+def _shown(value: Any, width: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``width`` characters: an error message is one line,
+    and a pandas Series' repr spans several."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _plain_value(value: Any) -> Any:
+    """A numpy scalar or array as the Python value or list it holds (``json.dumps``' fallback:
+    ``{"unlearn.epochs": np.int64(1)}`` raised a raw "not JSON serializable" TypeError)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
 def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None) -> list[str]:
     """``{"unlearn.epochs": 5}`` / ``{"unlearn": {"epochs": 5}}`` / a YAML file / ``["k=v", ...]``
     → ``["key=value", ...]`` (values as JSON, which parses back unchanged as YAML)."""
@@ -207,7 +224,7 @@ def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None
         return [config]
     if not isinstance(config, (Mapping, Iterable)):
         raise ConfigError(f"config/overrides must be a mapping such as {{'unlearn.epochs': 5}}, a YAML file "
-                          f"or a list of 'key=value' strings, not {type(config).__name__} {config!r:.60}")
+                          f"or a list of 'key=value' strings, not {type(config).__name__} {_shown(config)}")
     if isinstance(config, Mapping):
         out: list[str] = []
 
@@ -216,7 +233,12 @@ def _override_list(config: Mapping[str, Any] | str | Path | Sequence[str] | None
                 if isinstance(v, Mapping) and k != "modality_layers":
                     walk(v, f"{prefix}{k}.")
                 else:
-                    out.append(f"{prefix}{k}={json.dumps(v)}")
+                    try:
+                        out.append(f"{prefix}{k}={json.dumps(v, default=_plain_value)}")
+                    except TypeError:
+                        raise ConfigError(f"config/overrides value for {prefix}{k} is of type "
+                                          f"{type(v).__name__}, not a number, string, boolean or list of "
+                                          "them") from None
 
         walk(config, "")
         return out
@@ -256,7 +278,7 @@ def worker_pool(workers: int = 2, backend: str = "auto", **options: Any) -> Work
     from tru_dist.distributed.pool import WorkerPool
 
     if backend not in ("auto", "gloo", "nccl"):  # torch raised a raw ValueError from the ranks
-        raise ConfigError(f"backend must be auto, gloo or nccl, not {backend!r:.60}")
+        raise ConfigError(f"backend must be auto, gloo or nccl, not {_shown(backend)}")
     return WorkerPool(workers, backend, **options)
 
 
@@ -299,7 +321,7 @@ def train(
     resume, pool = _flag(resume, "resume"), _optional_pool(pool)
     if config is not None and not isinstance(config, (Config, Mapping, str, os.PathLike)):
         raise ConfigError(f"config must be a Config, a mapping of overrides or a YAML file, not "
-                          f"{type(config).__name__} {config!r:.60}")
+                          f"{type(config).__name__} {_shown(config)}")
     cfg = record_data_location(_pool_defaults(_train_config(config, model, data, overrides, device), pool))
     if cfg.data.path is None:
         raise ConfigError("no data named: pass data= (a dataset folder) or a synthetic spec such as "
@@ -367,7 +389,7 @@ def unlearn(
         raise ConfigError("keep_versions applies to the purge only; pass purge=True with it, or drop it")
     if method is not None and not isinstance(method, str):  # an empty name: method_name's own message
         raise ConfigError(f"method must be a method name such as 'tru', not {type(method).__name__} "
-                          f"{method!r:.60}")
+                          f"{_shown(method)}")
     seed, pool = _optional_seed(seed), _optional_pool(pool)
     if _is_dataframe(requests) and requests.columns.duplicated().any():
         twice = sorted({str(c) for c in requests.columns[requests.columns.duplicated()]})
@@ -464,7 +486,8 @@ def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np
         # ASCII digits only: str.isdigit accepts '²' (then int() raised) and '١' (served as user 1)
         bad = [p for p in parts if not re.fullmatch(r"-?[0-9]+", p)]
         if bad or not parts:
-            raise RequestError(f"users must be integer ids separated by commas (e.g. 0,1,2), not {users!r}")
+            raise RequestError("users must be integer ids separated by commas (e.g. 0,1,2), "
+                               f"not {_shown(users)}")
         users = [int(p) for p in parts]
         huge = [u for u in users if abs(u) >= 2**62]  # an id, just not one of this run's
         if huge:
@@ -473,7 +496,7 @@ def _user_ids(users: int | Iterable[int] | str, n_users: int, where: Path) -> np
     raw = _integer_ids(users)
     if raw is None:  # exact integers only: 0.7 or True would have been served as user 0 or 1
         raise RequestError(f"users must be an integer id or a non-empty flat list of them (e.g. [0, 1, 2]), "
-                           f"not {users!r}")
+                           f"not {_shown(users)}")
     ids = raw.astype(np.int64)
     unknown = ids[(ids < 0) | (ids >= n_users)]
     if len(unknown):

@@ -90,18 +90,32 @@ _NotBool = BeforeValidator(_not_bool)
 # Value ranges (every float must also be finite: ``allow_inf_nan=False`` below; no booleans:
 # :func:`_not_bool`). A bad value is a one-line ConfigError naming the key, the value and the
 # range (:func:`_one_line`).
-PosFloat = Annotated[float, _NotBool, Field(gt=0), Valid("a finite number > 0")]
-NonNegFloat = Annotated[float, _NotBool, Field(ge=0), Valid("a finite number >= 0")]
+#: the largest float setting: every float is used as a float32 scalar somewhere, and a value
+#: near float32's 3.4e38 overflowed there (``--unlearn.lr=1e38``: torch's "cannot be converted
+#: to type float without overflow" traceback, after config.yaml was written)
+FLOAT_MAX = 1e30
+#: the largest step size: Adam multiplies it by up to 1/(1 − β1) = 10 before float32 sees it, and
+#: no working step size comes near
+LR_MAX = 1e6
+#: the largest count (epochs, sizes, top-K ...): 2**31 − 1, within every index type the counts
+#: reach (``--unlearn.gate.top_k=1e20`` ended in an OverflowError traceback)
+COUNT_MAX = 2**31 - 1
+#: the most propagation layers / hops: each is a pass over the graph (1e20 hung the command)
+LAYERS_MAX = 64
+PosFloat = Annotated[float, _NotBool, Field(gt=0, le=FLOAT_MAX), Valid("a finite number in (0, 1e30]")]
+NonNegFloat = Annotated[float, _NotBool, Field(ge=0, le=FLOAT_MAX), Valid("a finite number in [0, 1e30]")]
+LearningRate = Annotated[float, _NotBool, Field(gt=0, le=LR_MAX), Valid("a step size in (0, 1e6]")]
 Fraction = Annotated[float, _NotBool, Field(gt=0, le=1), Valid("a number in (0, 1]")]
 Unit = Annotated[float, _NotBool, Field(ge=0, le=1), Valid("a number in [0, 1]")]
 Dropout = Annotated[float, _NotBool, Field(ge=0, lt=1), Valid("a number in [0, 1)")]
-PosInt = Annotated[int, _NotBool, Field(ge=1), Valid("an integer >= 1")]
-NonNegInt = Annotated[int, _NotBool, Field(ge=0), Valid("an integer >= 0")]
+PosInt = Annotated[int, _NotBool, Field(ge=1, le=COUNT_MAX), Valid(f"an integer in 1..{COUNT_MAX}")]
+NonNegInt = Annotated[int, _NotBool, Field(ge=0, le=COUNT_MAX), Valid(f"an integer in 0..{COUNT_MAX}")]
+Layers = Annotated[int, _NotBool, Field(ge=0, le=LAYERS_MAX), Valid(f"an integer in 0..{LAYERS_MAX}")]
 #: seeds are combined arithmetically (e.g. seed·1,000,003 + 10 for a torch generator, which takes
 #: < 2**64): 2**63 passed the check and ended in torch's "Overflow" traceback mid-run
 SEED_MAX = 2**32 - 1
 Seed = Annotated[int, _NotBool, Field(ge=0, le=SEED_MAX), Valid(f"an integer 0..{SEED_MAX} (a seed)")]
-OffOrNonNeg = Annotated[int, _NotBool, Field(ge=-1), Valid("-1 (off) or an integer >= 0")]
+OffOrNonNeg = Annotated[int, _NotBool, Field(ge=-1, le=COUNT_MAX), Valid("-1 (off) or an integer >= 0")]
 
 
 class _Strict(BaseModel):
@@ -141,13 +155,13 @@ class ModelConfig(_Strict):
 
     name: str = "lightgcn"
     dim: PosInt = 64
-    n_layers: NonNegInt = 2
+    n_layers: Layers = 2
     reg_weight: NonNegFloat = 1e-4
     knn_k: PosInt = 10
-    mm_layers: NonNegInt = 1
+    mm_layers: Layers = 1
     cl_weight: NonNegFloat = 0.01
     cl_temp: PosFloat = 0.2
-    modality_layers: dict[str, NonNegInt] = {}
+    modality_layers: dict[str, Layers] = {}
     gt_samples: PosInt = 20
     gt_heads: PosInt = 1
     gt_alpha: Unit = 0.5
@@ -170,7 +184,7 @@ class TrainConfig(_Strict):
     or ``cuda:N``.
     """
 
-    lr: PosFloat = 1e-3
+    lr: LearningRate = 1e-3
     batch_size: PosInt = 2048
     epochs: PosInt = 300
     patience: Annotated[int, _NotBool, Valid("an integer (<= 0: no early stopping)")] = 20
@@ -234,7 +248,7 @@ class GateConfig(_Strict):
     #: calibrated target: the gate runs its own optimisation (unlearn.lr / unlearn.epochs are
     #: the top-K gate's and the other methods'): initial Adam step size (halved on overshoot),
     #: most epochs, and the weight of its forget term (times unlearn.lambda_f)
-    lr: PosFloat = 0.04
+    lr: LearningRate = 0.04
     max_epochs: PosInt = 30
     weight: NonNegFloat = 10.0
     #: held-out (valid) pairs sampled for the calibrated reference (all when fewer)
@@ -300,7 +314,7 @@ class IsolationConfig(_Strict):
 
     enabled: bool = True
     budget: Fraction = 0.5
-    row_hops: NonNegInt = 2
+    row_hops: Layers = 2
     delta: PosFloat = 1e-12
     #: whether groups every user or item passes through (encoders, fusion, transformers) may
     #: be selected; False = only the row-indexed tables compete for the budget
@@ -328,7 +342,7 @@ class UnlearnConfig(_Strict):
 
     method: str = "tru"
     epochs: NonNegInt = 10
-    lr: PosFloat = 1e-3
+    lr: LearningRate = 1e-3
     lambda_f: NonNegFloat = 1.0
     lambda_r: NonNegFloat = 1.0
     batch_size: PosInt = 2048
@@ -513,6 +527,10 @@ def _resolve_key(key: str) -> str:
         return matches[0]
     if len(matches) > 1:
         raise ConfigError(f"config key '{key}' is ambiguous: write one of {', '.join(matches)}")
+    inside = [k for k in keys if k.startswith(key + ".")]
+    if inside:  # `--train=5`: a section, not a key
+        shown = ", ".join(inside[:6]) + (", ..." if len(inside) > 6 else "")
+        raise ConfigError(f"'{key}' is a section of keys ({shown}); set one of them: --{key}.KEY=VALUE")
     raise ConfigError(f"unknown config key '{key}' (valid keys: {', '.join(keys)})")
 
 
@@ -540,8 +558,10 @@ def deep_merge(base: dict, top: dict, _where: str = "") -> dict:
             out[k] = deep_merge(old, v, f"{key}.")
             continue
         if k != "modality_layers" and None not in (v, old) and isinstance(v, dict) != isinstance(old, dict):
-            value = old if isinstance(v, dict) else v
-            raise ConfigError(f"'{key}' is a section of keys, not {value!r:.60}; write it as "
+            if isinstance(v, dict):  # `--train.epochs={a: 1}`: a section where a value belongs
+                raise ConfigError(f"'{key}' takes a value (now {old!r:.40}), not a section of keys "
+                                  f"({v!r:.40}); write it as {key}=VALUE")
+            raise ConfigError(f"'{key}' is a section of keys, not {v!r:.60}; write it as "
                               f"{key}: {{KEY: VALUE}} (or its keys indented under it), or drop it")
         out[k] = v
     return out
@@ -563,7 +583,7 @@ def parse_overrides(items: list[str]) -> dict:
         if key == RECORDED_KEY:
             raise ConfigError(f"{RECORDED_KEY} is recorded by train (the absolute form of data.path); "
                               "set data.path instead")
-        _set_dotted(tree, key, yaml.safe_load(text) if text else None)
+        _set_dotted(tree, key, yaml_value(text) if text else None)
     return tree
 
 
@@ -597,9 +617,36 @@ class _DuplicateKey(yaml.YAMLError):
     """A mapping that names one key twice."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the last
-    one, so ``epochs: 1`` then ``epochs: 2`` trained 2 epochs without a word."""
+class _DecimalLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose numbers are decimal: YAML 1.1 reads ``010`` as octal 8 and
+    ``1:0`` as base-60 60, so ``--train.epochs=010`` trained 8 epochs and ``1:0`` 60. Here an
+    integer is ``[-+]?(0|[1-9][0-9_]*)`` and floats lose the base-60 form; ``010``, ``0x10`` and
+    ``1:0`` stay strings, which an integer setting then takes as written (``010`` → 10) or
+    refuses (``0x10``, ``1:0``)."""
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_DecimalLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_DecimalLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"),
+                                     list("-+0123456789"))
+_DecimalLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def yaml_value(text: str) -> Any:
+    """One ``--key=value`` value parsed as YAML with decimal numbers (:class:`_DecimalLoader`)."""
+    return yaml.load(text, Loader=_DecimalLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+class _UniqueKeyLoader(_DecimalLoader):
+    """``yaml.SafeLoader`` (with decimal numbers, :class:`_DecimalLoader`) that refuses a key
+    given twice in one mapping: PyYAML keeps the last one, so ``epochs: 1`` then ``epochs: 2``
+    trained 2 epochs without a word."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}

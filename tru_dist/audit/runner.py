@@ -111,6 +111,24 @@ def _json_safe(obj):
     return obj
 
 
+def _check_original_is_the_start(run_dir: Path, original: Path, request_id: str) -> None:
+    """An AuditError when ``original``'s model is not the one the receipt of ``request_id`` in
+    ``run_dir`` started from (its ``model_before``): a sibling unlearned run was accepted as the
+    baseline, and every "original" figure of the audit described another model."""
+    from tru_dist.train.checkpoint import read_run
+    from tru_dist.unlearn.ledger import DeletionLedger, state_version
+
+    receipt = DeletionLedger(run_dir).receipt_for(request_id)
+    before = receipt.get("model_before") if receipt else None
+    if not isinstance(before, str) or not before:  # a receipt without model versions: nothing to check
+        return
+    version = state_version(read_run(original)["best_model"])
+    if version != before:
+        raise AuditError(f"--original {original} holds model {version[:12]}, but {run_dir} was unlearned "
+                         f"from model {before[:12]} (receipt {receipt['receipt_id']}'s model_before); pass "
+                         "the run it was unlearned from (its source_run in metrics.json)")
+
+
 def audit_run(
     run_dir: str | Path,
     requests_path: str | Path,
@@ -162,6 +180,7 @@ def audit_run(
     if missing:
         raise AuditError(f"request(s) {', '.join(missing[:5])} were not applied in {run_dir}; "
                          "audit the run that executed them")
+    _check_original_is_the_start(run_dir, Path(original), forget.request_ids[0])
     deletion = build_deletion(data_before, graph_before, forget, reset=cfg.unlearn.reset_deleted_users)
     retrain = get_method("retrain").unlearn(original_model, deletion, cfg).model
     if kinds is None:

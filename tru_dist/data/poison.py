@@ -49,7 +49,8 @@ def inject_poison(
     live = np.flatnonzero(degree > 0)
     if len(live) < n_targets + n_fillers:
         raise ConfigError(
-            f"only {len(live)} items have train interactions; need n_targets + n_fillers <= {len(live)}"
+            f"only {len(live)} items have train interactions, fewer than the {n_targets} targets + "
+            f"{n_fillers} fillers asked for (--targets, --fillers); ask for {len(live)} or fewer in all"
         )
 
     ascending = _ranked_by_popularity(degree, live, rng, descending=False)

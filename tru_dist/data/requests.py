@@ -100,6 +100,11 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
     missing = [c for c in REQUEST_COLUMNS if c not in df.columns and c != "reason"]
     if missing:
         raise RequestError(f"{source} is missing column(s) {', '.join(missing)}; {_FORMAT_HINT}")
+    named_index = [str(n) for n in df.index.names if n is not None]
+    if named_index:  # a parquet written with df.set_index("ticket"): the column came back as the index
+        raise RequestError(f"{source} has an index named {', '.join(repr(n) for n in named_index)}, which a "
+                           "request does not have (dropping it would lose what it says); reset_index() it "
+                           f"into a column and drop or rename that ({_FORMAT_HINT})")
     unknown = [str(c) for c in df.columns if c not in REQUEST_COLUMNS]
     if unknown:  # dropping them silently would lose what they say (a misspelt "reason", say)
         index_hint = " (an unnamed index column: write the CSV with index=False)" if any(

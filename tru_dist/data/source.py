@@ -9,6 +9,7 @@ regenerate a synthetic spec deterministically, so synthetic data needs no shared
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tru_dist.config import is_folder_path
@@ -29,13 +30,20 @@ def is_synthetic(spec: str | None) -> bool:
 
 
 def synthetic_from_spec(spec: str) -> RecDataset:
+    from tru_dist.config import SEED_MAX
     from tru_dist.data.synthetic import MIN_ITEMS, MIN_USERS, generate_synthetic
 
     rest = spec[len("synthetic"):].lstrip(":")
     parts = rest.split(":") if rest else [""]
     seed = 0
-    if len(parts) == 2 and parts[1].isdigit():
+    if len(parts) > 2 or (len(parts) == 2 and not re.fullmatch(r"[0-9]+", parts[1])):
+        # anything else after the sizes (-1, abc, 1:2, an empty seed) was read as seed 0 silently
+        raise DataError(f"synthetic spec '{spec}' has a seed that is not an integer 0..{SEED_MAX}: write "
+                        "synthetic:USERSxITEMS[:SEED] or synthetic:tiny[:SEED] (e.g. synthetic:200x120:7)")
+    if len(parts) == 2:
         seed = int(parts[1])
+        if seed > SEED_MAX:
+            raise DataError(f"synthetic spec '{spec}': seed {seed} is above {SEED_MAX}; use 0..{SEED_MAX}")
     head = parts[0]
     if head in PRESETS:
         return generate_synthetic(**PRESETS[head], seed=seed)

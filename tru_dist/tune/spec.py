@@ -45,11 +45,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tru_dist.audit.runner import AUDITS
-from tru_dist.config import Config, build_config, canonical_dataset, load_yaml, packaged_names
+from tru_dist.config import Config, build_config, canonical_dataset, load_yaml, packaged_names, yaml_value
 from tru_dist.data.regimes import TUNING_SEED_BASE
 from tru_dist.errors import ConfigError
 from tru_dist.tune.space import validate_space
@@ -280,7 +279,7 @@ def split_overrides(overrides: list[str] | None) -> tuple[dict[str, Any], list[s
         if not sep:
             raise ConfigError(f"override '{raw}' is not of the form --key=value (e.g. --sweep.num_samples=8)")
         if key.startswith("sweep."):
-            sweep[key[len("sweep."):]] = yaml.safe_load(text) if text else None
+            sweep[key[len("sweep."):]] = yaml_value(text) if text else None
         else:
             config.append(item)
     return sweep, config

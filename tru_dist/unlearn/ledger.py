@@ -543,6 +543,28 @@ def apply_deletion(run_dir: str | Path, data: RecDataset, graph, forget: ForgetS
     return deletion.data_after, deletion.graph_after
 
 
+def _refuse_lost_ledger(run_dir: Path) -> None:
+    """A RequestError when ``run_dir`` shows it was unlearned — hash files in ``ledger_hashes/``,
+    or a receipt in ``metrics.json`` — but its ledger is missing or empty: it would be served
+    over the data it deleted (a wholly deleted user got their deleted history back as
+    recommendations, exit 0)."""
+    hashes = run_dir / HASHES_DIR
+    evidence = "ledger_hashes/ holds receipts' hash files" if hashes.is_dir() and any(hashes.glob("*.npz")) \
+        else None
+    if evidence is None and (run_dir / "metrics.json").is_file():
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            metrics = None
+        if isinstance(metrics, dict) and metrics.get("receipt"):
+            evidence = "metrics.json holds a receipt"
+    if evidence is not None:
+        raise RequestError(f"run {run_dir} was unlearned ({evidence}) but its {LEDGER_FILE} is missing or "
+                           "empty, so it would be served over the data it deleted; restore the ledger from a "
+                           "backup or from the run it came from (or, if an unlearn into it was interrupted, "
+                           "run that command again)")
+
+
 def served_state(run_dir: str | Path, data: RecDataset, graph):
     """(data, graph) the model of ``run_dir`` serves with: ``data``/``graph`` minus every pair
     its ledger deleted (the same objects when the run deleted nothing, or when the data were
@@ -551,6 +573,7 @@ def served_state(run_dir: str | Path, data: RecDataset, graph):
     is no longer hidden from its user as "seen" (which would both change the lists and reveal
     what was deleted)."""
     if not DeletionLedger(run_dir).receipts():
+        _refuse_lost_ledger(Path(run_dir))
         return data, graph
     empty = np.zeros(0, dtype=np.int64)
     nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")
