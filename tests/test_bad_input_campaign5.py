@@ -352,3 +352,57 @@ def test_an_api_error_about_a_series_is_one_line(unlearned):
     with pytest.raises(RequestError) as err:
         api.recommend(run, pd.Series([0, None], dtype="Int64"), k=2)
     assert "\n" not in str(err.value) and "dtype: Int64" in str(err.value)
+
+
+# -- campaign 5's borderline cases ---------------------------------------------------------------
+def test_a_request_row_with_an_extra_field_is_named_not_shifted(tmp_path, capsys):
+    """pandas took the extra field as an index: ``r1,2,4,x,extra`` became request 2, item 'x'."""
+    from tru_dist.data.requests import read_requests
+    from tru_dist.errors import RequestError
+
+    path = tmp_path / "r.csv"
+    path.write_text("request_id,user_id,item_id,reason\nr1,2,4,x,extra\n")
+    with pytest.raises(RequestError, match="line 2 has 5 fields, the header 4"):
+        read_requests(path)
+    path.write_text('request_id,user_id,item_id,reason\nr1,2,4,"a, quoted reason"\n')  # control
+    assert read_requests(path)["reason"].tolist() == ["a, quoted reason"]
+
+
+def test_an_inter_row_with_a_trailing_tab_is_named(tmp_path, capsys):
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    (folder / "mm.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n"
+                                     "0\t0\t1\t0\t0\t\n1\t1\t1\t0\t0\n")
+    one_line_error(["data", "stats", "--data", str(folder)], capsys, "line 2 has 6 tab-separated fields")
+
+
+@pytest.mark.parametrize("command", [["data", "synth", "--out", "OUT"],
+                                     ["data", "poison", "--data", "synthetic:tiny", "--out", "OUT"]])
+def test_every_seed_flag_takes_the_config_s_range(command, tmp_path, capsys):
+    from tru_dist.cli import main
+
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in command]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # an argparse error: usage-style, one line
+        main([*argv, "--seed", "99999999999999999999"])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert exit_.value.code == 2 and len(err) == 1 and "give a seed in 0..4294967295" in err[0], err
+
+
+@pytest.mark.parametrize("argv", [["report", "compare", ""], ["data", "stats", "--data", ""],
+                                  ["verify-deletion", "--run", "x", "--scan", ""],
+                                  ["train", "--model", "lightgcn", "--data.path=", "--out", "OUT"]])
+def test_an_empty_path_is_refused_not_read_as_here_or_the_default(argv, tmp_path, capsys):
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    one_line_error(argv, capsys, "is empty")
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    ("train.epochs={a: 1}", "'train.epochs' takes a value (now 1000), not a section of keys"),
+    ("train=5", "'train' is a section of keys (train.lr"),
+])
+def test_a_section_and_a_value_are_named_the_right_way_round(override, said):
+    from tru_dist.config import build_config
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        build_config(overrides=[override])

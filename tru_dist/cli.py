@@ -60,6 +60,17 @@ def _int_at_least(low: int):
     return parse
 
 
+def _seed(text: str) -> int:
+    """A ``--seed`` value: an integer 0..SEED_MAX for every command (``data synth|forget|poison``
+    took any size, ``synth --interactions`` capped it at 2**63 − 1, the config at 2**32 − 1)."""
+    from tru_dist.config import SEED_MAX
+
+    value = _int_at_least(0)(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: give a seed in 0..{SEED_MAX}")
+    return value
+
+
 def _float_in(low: float, high: float, low_open: bool = False):
     def parse(text: str) -> float:
         try:
@@ -134,7 +145,7 @@ def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         p.add_argument("--model", "-m", default=None, help="backbone: lightgcn | mgcn | miggt")
     p.add_argument("--config", default=None, help="a YAML file layered over the defaults")
-    p.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for training and unlearning")
+    p.add_argument("--seed", type=_seed, default=None, help="seed for training and unlearning")
 
 
 def placement_overrides(gpus_per_worker: float | None, device: str | None) -> list[str]:
@@ -545,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--items", type=_int_at_least(2), default=400)
     s.add_argument("--modalities", default=None,
                    help="NAME:DIM,... (default image:64,text:32), or none: interactions only")
-    s.add_argument("--seed", type=_int_at_least(0), default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--format", choices=["mmrec", "store"], default=None,
                    help="mmrec (default) or store; --interactions always writes a store")
     s.add_argument("--interactions", type=_int_at_least(1), default=None,
@@ -571,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--regime", choices=["interactions", "users", "items", "poison"], required=True)
     s.add_argument("--policy", choices=["random", "core", "edge"], default="random")
     s.add_argument("--fraction", type=_float_in(0, 1, low_open=True), default=0.05)
-    s.add_argument("--seed", type=_int_at_least(0), default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--out", required=True, help="requests file (.parquet or .csv)")
     s.set_defaults(out_kind="file")
     s = dsub.add_parser("poison", help="inject fake users (backdoor) and write the poisoned dataset")
@@ -579,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fake-users", type=_float_in(0, 1, low_open=True), default=0.01)
     s.add_argument("--targets", type=_int_at_least(1), default=3)
     s.add_argument("--fillers", type=_int_at_least(0), default=10)
-    s.add_argument("--seed", type=_int_at_least(0), default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(out_kind="dir")
     s = dsub.add_parser("purge", help="write a store version without what a deletion ledger deleted")
@@ -621,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(out_kind="dir")
     u.add_argument("--config", default=None,
                    help="a YAML layered over the run's config, e.g. a tuned file or a sweep's best/*.yaml")
-    u.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for unlearning (and Retrain)")
+    u.add_argument("--seed", type=_seed, default=None, help="seed for unlearning (and Retrain)")
     u.add_argument("--purge", action="store_true",
                    help="then purge the run's store of every deleted interaction (tru-dist data purge)")
     u.add_argument("--keep-versions", type=_int_at_least(0), default=None,
@@ -727,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--train-steps", type=_int_at_least(1), default=100)
     sc.add_argument("--retrain-epochs", type=_int_at_least(1), default=50,
                     help="epochs Retrain is projected to need (default 50)")
-    sc.add_argument("--seed", type=_int_at_least(0), default=0,
+    sc.add_argument("--seed", type=_seed, default=0,
                     help="seeds the generated data, the deleted users, training and unlearning")
     sc.add_argument("--work-dir", default="runs/bench-scale",
                     help="the generated store and kNN cache live here")
@@ -745,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also apply the requests in consecutive windows of N, one call each")
     bs.add_argument("--epochs", type=_int_at_least(1), default=20,
                     help="training epochs of the original and of Retrain (default 20)")
-    bs.add_argument("--seed", type=_int_at_least(0), default=0,
+    bs.add_argument("--seed", type=_seed, default=0,
                     help="seed of the users drawn, training and unlearning")
     bs.add_argument("--out", default=None, help="JSON output file; --key=value overrides apply to the config")
     bs.set_defaults(out_kind="file")
@@ -758,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="single-user request files N, applied in order (default 10)")
     bp.add_argument("--method", default="tru", help="any unlearning method but sisa (default tru)")
     bp.add_argument("--epochs", type=_int_at_least(1), default=5, help="training epochs of the original")
-    bp.add_argument("--seed", type=_int_at_least(0), default=0,
+    bp.add_argument("--seed", type=_seed, default=0,
                     help="seed of the users drawn, training and unlearning")
     bp.add_argument("--work-dir", default="runs/bench-pool",
                     help="the store, the original, the request files and both chains' outputs go here")
@@ -818,6 +829,22 @@ FLAG_KEYS = {"workers": ("dist.workers",), "address": ("dist.address",), "storag
              "seed": ("train.seed", "unlearn.seed")}
 #: the commands whose flags above become those keys (:func:`dist_overrides`, ``--seed``)
 FLAG_KEY_COMMANDS = frozenset({"train", "evaluate", "unlearn", "compare"})
+
+
+#: arguments that name a file or folder: an empty one (an unset shell variable) read as the
+#: current folder (``report compare ""``) or as absent
+PATH_ARGS = ("path", "run", "out", "data", "requests", "config", "original", "originals", "storage", "scan",
+             "work_dir", "src", "tuned", "ledger", "store")
+
+
+def _refuse_empty_paths(args: argparse.Namespace) -> None:
+    """A one-line ConfigError for a path argument given as an empty string."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            shown = name if name == "path" else "--" + name.replace("_", "-")
+            raise ConfigError(f"{shown} is empty (an unset shell variable?); give a file or folder")
 
 
 def _refuse_flag_and_override(args: argparse.Namespace, rest: list[str]) -> None:
@@ -884,6 +911,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are written --key=value)")
     fresh = None
     try:
+        _refuse_empty_paths(args)
         _refuse_unread_overrides(parser, args, rest)
         _refuse_flag_and_override(args, rest)
         fresh = _check_out(args)

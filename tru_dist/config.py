@@ -583,6 +583,9 @@ def parse_overrides(items: list[str]) -> dict:
         if key == RECORDED_KEY:
             raise ConfigError(f"{RECORDED_KEY} is recorded by train (the absolute form of data.path); "
                               "set data.path instead")
+        if key == "data.path" and not text.strip():  # read as None: the embedded demo data, silently
+            raise ConfigError("--data.path= is empty (an unset shell variable?); name a dataset folder or a "
+                              "synthetic spec")
         _set_dotted(tree, key, yaml_value(text) if text else None)
     return tree
 

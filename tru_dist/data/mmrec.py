@@ -97,6 +97,11 @@ def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         raise DataError(f"{src} is empty; {_HINT}")
     with path.open(encoding="utf-8", errors="replace") as fh:  # pandas renames a repeat `userID.1`
         header = fh.readline().rstrip("\r\n").split("\t")
+        first = fh.readline().rstrip("\r\n")
+    if first and len(first.split("\t")) > len(header):
+        # pandas took the extra field as an implicit index and shifted every column of every row
+        raise DataError(f"{src} line 2 has {len(first.split(chr(9)))} tab-separated fields, the header "
+                        f"{len(header)} (a trailing tab?); give each row the header's fields; {_HINT}")
     repeated = sorted({c for c in header if header.count(c) > 1 and c})
     if repeated:
         raise DataError(f"{src}: the header names column(s) {', '.join(repeated)} more than once (line 1); "

@@ -150,6 +150,22 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
     return out
 
 
+def _refuse_extra_fields(path: Path) -> None:
+    """A RequestError when the first row has more fields than the header: pandas then takes the
+    first column as an index and shifts the rest (``r1,2,4,x,extra`` under a four-column header
+    became request 2 with item_id 'x'). Later rows with extra fields are pandas' own error."""
+    import csv
+    import io
+
+    with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        head = [fh.readline(), fh.readline()]
+    rows = list(csv.reader(io.StringIO("".join(head))))
+    if len(rows) == 2 and len(rows[1]) > len(rows[0]):
+        raise RequestError(f"request file {path} line 2 has {len(rows[1])} fields, the header "
+                           f"{len(rows[0])} (a trailing comma, or an unquoted comma in a reason?); quote or "
+                           f"remove it ({_FORMAT_HINT})")
+
+
 def read_requests(path: str | Path) -> pd.DataFrame:
     """Read a request table from ``.parquet`` or ``.csv`` (normalised, see :func:`normalize_requests`)."""
     path = Path(path)
@@ -162,6 +178,7 @@ def read_requests(path: str | Path) -> pd.DataFrame:
         if suffix == ".parquet":
             df = pq.read_table(path).to_pandas()
         elif suffix == ".csv":
+            _refuse_extra_fields(path)
             df = pd.read_csv(path, dtype={"request_id": str, "reason": str}, keep_default_na=False,
                              na_values={"user_id": [""], "item_id": [""]})
         else:
