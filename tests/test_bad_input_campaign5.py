@@ -406,3 +406,21 @@ def test_a_section_and_a_value_are_named_the_right_way_round(override, said):
 
     with pytest.raises(ConfigError, match=re.escape(said)):
         build_config(overrides=[override])
+
+
+@pytest.mark.parametrize("rid", [" r1", "r1 ", "r1\t"])
+def test_a_request_id_with_spaces_around_it_is_refused(rid):
+    """``r1`` and ``r1 `` were two requests in one batch; a padded replay was a new request."""
+    from tru_dist.data.requests import normalize_requests
+    from tru_dist.errors import RequestError
+
+    frame = pd.DataFrame({"request_id": ["r0", rid], "user_id": [1, 2], "item_id": pd.array([None, None],
+                                                                                         dtype="Int64")})
+    with pytest.raises(RequestError, match=r"row 2: request_id .* has spaces around it"):
+        normalize_requests(frame)
+
+
+def test_a_tab_in_a_config_file_is_named_with_its_line(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n\tepochs: 3\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 1\); YAML indents with spaces, not tabs"):
+        load_yaml(tmp_path / "c.yaml")

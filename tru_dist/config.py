@@ -663,6 +663,19 @@ class _UniqueKeyLoader(_DecimalLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found and where (``found character '\\t' that cannot start any token (line 2,
+    column 1; YAML indents with spaces, not tabs)``); its first line alone was the context
+    ("while scanning for the next token"), which names neither."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return str(exc).splitlines()[0]
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    tab = "; YAML indents with spaces, not tabs" if "'\\t'" in problem else ""
+    return f"{problem}{where}{tab}"
+
+
 def load_yaml(path: str | Path) -> dict:
     """The mapping in the YAML file ``path``; a missing, unreadable, non-text, empty (or
     comment-only) or non-mapping file is a one-line ConfigError naming it."""
@@ -683,7 +696,7 @@ def load_yaml(path: str | Path) -> dict:
     except _DuplicateKey as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:  # an empty or comment-only file: most likely the wrong file, or one not yet saved
         raise ConfigError(f"config file {path} holds no settings (it is empty or only comments); pass the "
                           "file that holds them, or write `{}` in it for a file that sets nothing")

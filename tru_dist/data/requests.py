@@ -119,7 +119,13 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
     if bad.any():
         k = int(np.flatnonzero(bad.to_numpy())[0])
         raise RequestError(f"{source} row {k + 1}: request_id is empty; give every request a unique id")
-    out["request_id"] = rid.astype(str).to_numpy(dtype=object)
+    text = rid.astype(str)
+    padded = text != text.str.strip()
+    if padded.any():  # `r1` and `r1 ` were two requests, and a replay with padding a new one
+        k = int(np.flatnonzero(padded.to_numpy())[0])
+        raise RequestError(f"{source} row {k + 1}: request_id {text.iloc[k]!r} has spaces around it; ids are "
+                           "compared as written, so remove them")
+    out["request_id"] = text.to_numpy(dtype=object)
     for col, nullable in (("user_id", False), ("item_id", True)):
         raw = df[col].reset_index(drop=True)
         boolean = _boolean_cells(raw)
