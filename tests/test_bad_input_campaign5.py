@@ -424,3 +424,52 @@ def test_a_tab_in_a_config_file_is_named_with_its_line(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n\tepochs: 3\n")
     with pytest.raises(ConfigError, match=r"line 2, column 1\); YAML indents with spaces, not tabs"):
         load_yaml(tmp_path / "c.yaml")
+
+
+def test_an_unlearned_run_without_its_ledger_is_not_unlearned_further(unlearned, tmp_path, capsys):
+    """A further unlearn started a ledger without the lost receipts, and its output served the
+    first deletion's users their history again."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(unlearned.users, run)
+    (run / "ledger.jsonl").unlink()
+    one_line_error(["unlearn", "--run", str(run), "--requests", str(unlearned.root / "pairs.csv"), "--out",
+                    str(tmp_path / "next"), "--address", "none"], capsys, "ledger.jsonl is missing or empty")
+
+
+def test_stray_hash_files_beside_a_trained_model_do_not_block_it(unlearned, tmp_path):
+    """The evidence is the checkpoint: a hash file written before a failed ledger write sits
+    beside the untouched trained model, which is served as it is."""
+    import shutil
+
+    from tru_dist import api
+
+    run = tmp_path / "run"
+    shutil.copytree(unlearned.run, run)
+    (run / "ledger_hashes").mkdir()
+    shutil.copy(next((unlearned.users / "ledger_hashes").glob("*.npz")), run / "ledger_hashes")
+    assert api.recommend(api.load_run(run), [3], k=2)
+
+
+def test_an_audit_over_two_receipts_starts_from_the_first_whatever_the_file_order(unlearned, tmp_path):
+    from tru_dist.audit.runner import _check_original_is_the_start
+    from tru_dist.cli import main
+
+    chained = tmp_path / "chained"  # run -> run-u (u3, u5) -> chained (p1)
+    assert main(["unlearn", "--run", str(unlearned.users), "--requests", str(unlearned.root / "pairs.csv"),
+                 "--out", str(chained), "--method", "reverse_bpr", "--unlearn.epochs=1",
+                 "--address", "none"]) == 0
+    for ids in ({"p1", "u3", "u5"}, {"p1"}):
+        expected = unlearned.run if "u3" in ids else unlearned.users
+        _check_original_is_the_start(chained, expected, ids)  # no error
+    with pytest.raises(Exception, match="model_before"):
+        _check_original_is_the_start(chained, unlearned.users, {"p1", "u3"})
+
+
+def test_a_request_csv_with_cr_only_line_endings_still_reads(tmp_path):
+    from tru_dist.data.requests import read_requests
+
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"request_id,user_id,item_id,reason\rr1,2,4,x\rr2,3,,y\r")
+    assert read_requests(path)["request_id"].tolist() == ["r1", "r2"]

@@ -115,7 +115,8 @@ Layers = Annotated[int, _NotBool, Field(ge=0, le=LAYERS_MAX), Valid(f"an integer
 #: < 2**64): 2**63 passed the check and ended in torch's "Overflow" traceback mid-run
 SEED_MAX = 2**32 - 1
 Seed = Annotated[int, _NotBool, Field(ge=0, le=SEED_MAX), Valid(f"an integer 0..{SEED_MAX} (a seed)")]
-OffOrNonNeg = Annotated[int, _NotBool, Field(ge=-1, le=COUNT_MAX), Valid("-1 (off) or an integer >= 0")]
+OffOrNonNeg = Annotated[int, _NotBool, Field(ge=-1, le=COUNT_MAX),
+                        Valid(f"-1 (off) or an integer in 0..{COUNT_MAX}")]
 
 
 class _Strict(BaseModel):

@@ -111,14 +111,17 @@ def _json_safe(obj):
     return obj
 
 
-def _check_original_is_the_start(run_dir: Path, original: Path, request_id: str) -> None:
-    """An AuditError when ``original``'s model is not the one the receipt of ``request_id`` in
-    ``run_dir`` started from (its ``model_before``): a sibling unlearned run was accepted as the
-    baseline, and every "original" figure of the audit described another model."""
+def _check_original_is_the_start(run_dir: Path, original: Path, request_ids: set[str]) -> None:
+    """An AuditError when ``original``'s model is not the one the earliest receipt of the audited
+    ``request_ids`` in ``run_dir`` started from (its ``model_before``): a sibling unlearned run
+    was accepted as the baseline, and every "original" figure of the audit described another
+    model. The earliest, whatever the order of the request file: requests applied over several
+    receipts are audited from the model before the first."""
     from tru_dist.train.checkpoint import read_run
     from tru_dist.unlearn.ledger import DeletionLedger, state_version
 
-    receipt = DeletionLedger(run_dir).receipt_for(request_id)
+    receipts = DeletionLedger(run_dir).receipts()
+    receipt = next((r for r in receipts if request_ids & set(r["request_ids"])), None)
     before = receipt.get("model_before") if receipt else None
     if not isinstance(before, str) or not before:  # a receipt without model versions: nothing to check
         return
@@ -180,7 +183,7 @@ def audit_run(
     if missing:
         raise AuditError(f"request(s) {', '.join(missing[:5])} were not applied in {run_dir}; "
                          "audit the run that executed them")
-    _check_original_is_the_start(run_dir, Path(original), forget.request_ids[0])
+    _check_original_is_the_start(run_dir, Path(original), set(forget.request_ids))
     deletion = build_deletion(data_before, graph_before, forget, reset=cfg.unlearn.reset_deleted_users)
     retrain = get_method("retrain").unlearn(original_model, deletion, cfg).model
     if kinds is None:

@@ -165,7 +165,10 @@ def _refuse_extra_fields(path: Path) -> None:
 
     with path.open(encoding="utf-8", errors="replace", newline="") as fh:
         head = [fh.readline(), fh.readline()]
-    rows = list(csv.reader(io.StringIO("".join(head))))
+    try:
+        rows = list(csv.reader(io.StringIO("".join(head), newline="")))
+    except csv.Error:  # e.g. CR-only line endings: pandas reads those; leave the file to it
+        return
     if len(rows) == 2 and len(rows[1]) > len(rows[0]):
         raise RequestError(f"request file {path} line 2 has {len(rows[1])} fields, the header "
                            f"{len(rows[0])} (a trailing comma, or an unquoted comma in a reason?); quote or "

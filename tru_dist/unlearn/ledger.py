@@ -543,15 +543,24 @@ def apply_deletion(run_dir: str | Path, data: RecDataset, graph, forget: ForgetS
     return deletion.data_after, deletion.graph_after
 
 
-def _refuse_lost_ledger(run_dir: Path) -> None:
-    """A RequestError when ``run_dir`` shows it was unlearned — hash files in ``ledger_hashes/``,
-    or a receipt in ``metrics.json`` — but its ledger is missing or empty: it would be served
-    over the data it deleted (a wholly deleted user got their deleted history back as
-    recommendations, exit 0)."""
-    hashes = run_dir / HASHES_DIR
-    evidence = "ledger_hashes/ holds receipts' hash files" if hashes.is_dir() and any(hashes.glob("*.npz")) \
-        else None
-    if evidence is None and (run_dir / "metrics.json").is_file():
+def refuse_lost_ledger(run_dir: Path) -> None:
+    """A RequestError when ``run_dir``'s checkpoint is an unlearned model — it lists the receipts
+    behind it (``ledger_receipts``) or names the method (``unlearned_by``; checkpoints from before
+    the list) — or its ``metrics.json`` holds a receipt, but the ledger is missing or empty: it
+    would be served over the data it deleted (a wholly deleted user got their deleted history
+    back as recommendations, exit 0), and a further unlearn would start a ledger without them.
+    Call it only where the ledger holds no receipt. The checkpoint is memory-mapped: its
+    tensors are not read."""
+    import torch
+
+    evidence = None
+    try:
+        saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing or unreadable: the loader that needs it says so
+        saved = None
+    if isinstance(saved, dict) and (saved.get("ledger_receipts") or saved.get("unlearned_by")):
+        evidence = "its checkpoint is an unlearned model"
+    elif (run_dir / "metrics.json").is_file():
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -573,7 +582,7 @@ def served_state(run_dir: str | Path, data: RecDataset, graph):
     is no longer hidden from its user as "seen" (which would both change the lists and reveal
     what was deleted)."""
     if not DeletionLedger(run_dir).receipts():
-        _refuse_lost_ledger(Path(run_dir))
+        refuse_lost_ledger(Path(run_dir))
         return data, graph
     empty = np.zeros(0, dtype=np.int64)
     nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")

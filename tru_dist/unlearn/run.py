@@ -67,6 +67,7 @@ from tru_dist.unlearn.ledger import (
     DeletionLedger,
     apply_plan,
     receipt_id,
+    refuse_lost_ledger,
     state_version,
 )
 
@@ -191,6 +192,8 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = run_config(run_dir, config_file=config_file, seed=seed, overrides=overrides)  # bad config: now
     name = method_name(method, cfg)
+    if not DeletionLedger(run_dir).receipts():  # an unlearned RUN that lost its ledger: not a fresh start
+        refuse_lost_ledger(run_dir)
     # -- crash safety and purge: checks and replay before the run's data is opened --------------
     table = read_requests(requests)
     store = _purge_store_of(run_dir) if purge else None
