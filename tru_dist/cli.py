@@ -61,8 +61,10 @@ def _int_at_least(low: int):
 
 
 def _seed(text: str) -> int:
-    """A ``--seed`` value: an integer 0..SEED_MAX for every command (``data synth|forget|poison``
-    took any size, ``synth --interactions`` capped it at 2**63 − 1, the config at 2**32 − 1)."""
+    """A ``--seed`` value of a command that builds no config (``data synth|forget|poison``,
+    ``bench``): an integer 0..SEED_MAX, the config's range (they took any size, and ``synth
+    --interactions`` capped it at 2**63 − 1). Where the seed goes into the config (train,
+    unlearn, compare) the config checks it and names the key."""
     from tru_dist.config import SEED_MAX
 
     value = _int_at_least(0)(text)
@@ -145,7 +147,7 @@ def _add_config_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         p.add_argument("--model", "-m", default=None, help="backbone: lightgcn | mgcn | miggt")
     p.add_argument("--config", default=None, help="a YAML file layered over the defaults")
-    p.add_argument("--seed", type=_seed, default=None, help="seed for training and unlearning")
+    p.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for training and unlearning")
 
 
 def placement_overrides(gpus_per_worker: float | None, device: str | None) -> list[str]:
@@ -632,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(out_kind="dir")
     u.add_argument("--config", default=None,
                    help="a YAML layered over the run's config, e.g. a tuned file or a sweep's best/*.yaml")
-    u.add_argument("--seed", type=_seed, default=None, help="seed for unlearning (and Retrain)")
+    u.add_argument("--seed", type=_int_at_least(0), default=None, help="seed for unlearning (and Retrain)")
     u.add_argument("--purge", action="store_true",
                    help="then purge the run's store of every deleted interaction (tru-dist data purge)")
     u.add_argument("--keep-versions", type=_int_at_least(0), default=None,
