@@ -118,37 +118,36 @@ def _wait(client, job_id: str, timeout: float = 300.0) -> str:
     return "TIMEOUT"
 
 
-def test_a_train_job_on_two_workers_submitted_to_a_local_head_succeeds(ray_head, tmp_path):
-    """``jobs/train.py --workers 2``: Ray Train's worker group inside a submitted job."""
+def _job_succeeds(ray_head, entrypoint: str, timeout: float = 300.0, env_vars: dict | None = None) -> str:
+    """Submit ``entrypoint`` with the repository as working dir, wait, assert SUCCEEDED; its logs."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(ray_head.url)
-    train = client.submit_job(
-        entrypoint=f"python jobs/train.py --data synthetic:tiny --workers 2 --out {tmp_path / 'train'} "
-                   f"--storage {tmp_path / 'storage'} {QUICK}",
-        runtime_env={"working_dir": str(REPO)})
-    status = _wait(client, train)
-    assert status == JobStatus.SUCCEEDED, client.get_job_logs(train)[-4000:]
+    runtime_env = {"working_dir": str(REPO), **({"env_vars": env_vars} if env_vars else {})}
+    job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    status = _wait(client, job, timeout=timeout)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    return logs
+
+
+def test_a_train_job_on_two_workers_submitted_to_a_local_head_succeeds(ray_head, tmp_path):
+    """``jobs/train.py --workers 2``: Ray Train's worker group inside a submitted job."""
+    logs = _job_succeeds(ray_head, f"python jobs/train.py --data synthetic:tiny --workers 2 --out "
+                                   f"{tmp_path / 'train'} --storage {tmp_path / 'storage'} {QUICK}")
     trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert trained["world_size"] == 2 and trained["epochs"] == 3
     assert 0.0 < trained["test"]["recall@20"] <= 1.0
     assert any((tmp_path / "storage").rglob("checkpoint.rank1.pt"))  # per-rank files in Ray's checkpoints
-    assert '"world_size": 2' in client.get_job_logs(train)
+    assert '"world_size": 2' in logs
 
 
 @pytest.mark.slow
 def test_a_compare_job_submitted_to_a_local_head_succeeds(ray_head, tmp_path):
     """``jobs/compare.py`` (its in-process parts are covered by the default run's compare tests;
     this one is the submission path, behind ``-m slow`` for the test-time budget)."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(ray_head.url)
-    compare = client.submit_job(
-        entrypoint=f"python jobs/compare.py --data synthetic:tiny --out {tmp_path / 'compare'} "
-                   f"--methods retrain,reverse_bpr,tru --seeds 1 --unlearn.epochs=2 {QUICK}",
-        runtime_env={"working_dir": str(REPO)})
-    status = _wait(client, compare)
-    assert status == JobStatus.SUCCEEDED, client.get_job_logs(compare)[-4000:]
+    _job_succeeds(ray_head, f"python jobs/compare.py --data synthetic:tiny --out {tmp_path / 'compare'} "
+                            f"--methods retrain,reverse_bpr,tru --seeds 1 --unlearn.epochs=2 {QUICK}")
     results = json.loads((tmp_path / "compare" / "results.json").read_text())
     assert {"original", "retrain", "reverse_bpr", "tru"} <= set(results["methods"])
     assert all(math.isfinite(results["methods"][m]["test"]["recall@20"]) for m in ("retrain", "tru"))
@@ -160,19 +159,14 @@ def test_sweep_job_with_two_workers_per_trial(ray_head, tmp_path):
 
     The test session may run a second Ray (``ray_session``): RAY_ADDRESS in the job's runtime
     environment tells Ray Train's placement-group cleaner which instance is the job's."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     from tru_dist.tune import adapter
 
-    client = JobSubmissionClient(ray_head.url)
-    job = client.submit_job(
-        entrypoint=f"python jobs/sweep.py --config configs/sweeps/tiny.yaml --storage {tmp_path} --workers 2 "
-                   "--unlearn.epochs=2 --sweep.num_samples=2 --sweep.report=false "
-                   "'--sweep.regimes=[{regime: interactions, fraction: 0.05}]' "
-                   "'--sweep.methods={tru: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}'",
-        runtime_env={"working_dir": str(REPO), "env_vars": {"RAY_ADDRESS": ray_head.gcs}})
-    status = _wait(client, job, timeout=600)
-    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-4000:]
+    _job_succeeds(ray_head,
+                  f"python jobs/sweep.py --config configs/sweeps/tiny.yaml --storage {tmp_path} --workers 2 "
+                  "--unlearn.epochs=2 --sweep.num_samples=2 --sweep.report=false "
+                  "'--sweep.regimes=[{regime: interactions, fraction: 0.05}]' "
+                  "'--sweep.methods={tru: {unlearn.lambda_f: {loguniform: [0.1, 3.0]}}}'",
+                  timeout=600, env_vars={"RAY_ADDRESS": ray_head.gcs})
     rows = adapter.trial_rows(tmp_path / "tiny" / "tune" / "tru" / "interactions-5pct")
     assert sorted(r["epoch"] for r in rows) == [1, 1, 2, 2]
     assert all(0.0 < r["valid_recall@20"] <= 1.0 for r in rows)
