@@ -167,11 +167,14 @@ def test_an_in_place_unlearn_killed_around_its_receipt_is_finished_by_the_rerun(
     assert (root / "run" / "checkpoint.staged.pt").exists()
     on_disk = state_version(torch.load(root / "run" / "checkpoint.pt", weights_only=True)["best_model"])
     assert on_disk == trained, "the run's model was replaced before its receipt"
+    if stage == "after-receipt":  # the receipt is down, the model before it still in place: not served
+        assert main(["evaluate", "--run", str(root / "run"), "--address", "none"]) == 2
     assert _rerun(root, IN_PLACE) == 0
     receipts = [json.loads(x) for x in (root / "run" / "ledger.jsonl").read_text().splitlines()]
     model = state_version(torch.load(root / "run" / "checkpoint.pt", weights_only=True)["best_model"])
     assert len(receipts) == 1 and receipts[0]["model_before"] == trained == expected["model_before"]
     assert receipts[0]["model_after"] == model == expected["model_after"]
     assert not (root / "run" / "checkpoint.staged.pt").exists()
+    assert main(["evaluate", "--run", str(root / "run"), "--address", "none"]) == 0
     report = verify_deletion(root / "run")
     assert not [f for f in report.findings if f.kind == "ledger"], report.lines()

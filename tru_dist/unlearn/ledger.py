@@ -65,6 +65,9 @@ from tru_dist.unlearn.keyhash import SECRET_ENV, SECRET_FILE_ENV, KeyedHasher, a
 LEDGER_FILE = "ledger.jsonl"
 HASHES_DIR = "ledger_hashes"
 PAIRS_DIR = "ledger_pairs"  # legacy: raw pairs of ledgers written before the hashes
+#: where an in-place unlearn writes its model until the receipt is down
+#: (:func:`tru_dist.unlearn.run.settle_staged_checkpoint`)
+STAGED_CHECKPOINT = "checkpoint.staged.pt"
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
@@ -581,6 +584,12 @@ def served_state(run_dir: str | Path, data: RecDataset, graph):
     unlearned run is never scored or served over its deleted interactions, and a deleted item
     is no longer hidden from its user as "seen" (which would both change the lists and reveal
     what was deleted)."""
+    if (Path(run_dir) / STAGED_CHECKPOINT).exists():
+        # killed after the receipt, before the rename: checkpoint.pt is still the model before
+        # the batch (trained on what its receipt deleted); the rerun settles it
+        raise RequestError(f"an in-place unlearn into {run_dir} was interrupted ({STAGED_CHECKPOINT} is "
+                           "still there), so its checkpoint.pt may be the model before the deletion; run "
+                           "that unlearn command again to finish it")
     if not DeletionLedger(run_dir).receipts():
         refuse_lost_ledger(Path(run_dir))
         return data, graph

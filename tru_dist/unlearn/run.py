@@ -64,15 +64,13 @@ from tru_dist.unlearn.ledger import (
     HASHES_DIR,
     LEDGER_FILE,
     PAIRS_DIR,
+    STAGED_CHECKPOINT,
     DeletionLedger,
     apply_plan,
     receipt_id,
     refuse_lost_ledger,
     state_version,
 )
-
-#: where an in-place unlearn writes its model until the receipt is down (:func:`settle_staged_checkpoint`)
-STAGED_CHECKPOINT = "checkpoint.staged.pt"
 
 
 def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
