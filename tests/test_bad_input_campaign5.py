@@ -473,3 +473,13 @@ def test_a_request_csv_with_cr_only_line_endings_still_reads(tmp_path):
     path = tmp_path / "r.csv"
     path.write_bytes(b"request_id,user_id,item_id,reason\rr1,2,4,x\rr2,3,,y\r")
     assert read_requests(path)["request_id"].tolist() == ["r1", "r2"]
+
+
+def test_a_dataset_given_as_a_run_is_named_a_dataset(tmp_path, capsys):
+    """The hint was "train first (tru-dist train --out STORE)", which train then refuses."""
+    from tru_dist.cli import main
+
+    store = tmp_path / "store"
+    assert main(["data", "synth", "--format", "store", "--out", str(store), "--users", "60",
+                 "--items", "40"]) == 0
+    one_line_error(["evaluate", "--run", str(store), "--address", "none"], capsys, "is a dataset, not a run")

@@ -217,6 +217,11 @@ def read_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> d
             f"{run_dir} holds only per-rank resume files (a W > 1 training that did not finish); "
             f"finish it with tru-dist train --resume --out {run_dir} and the same --workers")
     if not path.exists():
+        from tru_dist.data.store import is_store
+
+        if is_store(run_dir) or any(run_dir.glob("*.inter")):  # "train --out" there is refused
+            raise CheckpointError(f"{run_dir} is a dataset, not a run folder; pass the --out folder of a "
+                                  "train or unlearn run")
         raise CheckpointError(f"no checkpoint in {run_dir}; train first (tru-dist train --out {run_dir})")
     saved = load_checkpoint(path, map_location=map_location)
     missing = [k for k in ("config", "data", "best_model") if not isinstance(saved, dict) or k not in saved]
