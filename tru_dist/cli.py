@@ -836,7 +836,7 @@ FLAG_KEY_COMMANDS = frozenset({"train", "evaluate", "unlearn", "compare"})
 #: arguments that name a file or folder: an empty one (an unset shell variable) read as the
 #: current folder (``report compare ""``) or as absent
 PATH_ARGS = ("path", "run", "out", "data", "requests", "config", "original", "originals", "storage", "scan",
-             "work_dir", "src", "tuned", "ledger", "store")
+             "work_dir", "src", "tuned", "ledger")
 
 
 def _refuse_empty_paths(args: argparse.Namespace) -> None:

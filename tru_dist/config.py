@@ -64,7 +64,7 @@ def packaged_defaults(kind: str, name: str) -> dict | None:
     f = defaults_root() / kind / f"{name}.yaml"
     if not f.is_file():
         return None
-    data = yaml.safe_load(f.read_text()) or {}
+    data = yaml.load(f.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (read as user files are)
     if not isinstance(data, dict):
         raise ConfigError(f"packaged defaults {kind}/{name}.yaml must hold a mapping; reinstall tru-dist")
     return data

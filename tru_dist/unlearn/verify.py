@@ -125,6 +125,8 @@ class _Scanner:
                      else f"{ledger.path.parent} has no {ledger.path.name} (it is not an unlearned run)")
             raise RequestError(f"{where}: this run deleted nothing, so there is nothing to verify; pass the "
                                "output folder of `tru-dist unlearn`")
+        self.receipts = receipts
+        self._loaded: dict[Path, Any] = {}  # the run's checkpoint, loaded once for the chain and the scan
         self.digests: Digests = ledger.all_digests(receipts)
         self.trained_on_deleted = {r["model_before"]: r["receipt_id"] for r in receipts
                                    if r.get("model_before")}
@@ -139,14 +141,15 @@ class _Scanner:
         import torch
 
         current = recorded = None
+        path = run / "checkpoint.pt"
         try:
-            saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+            saved = self._loaded[path] = torch.load(path, map_location="cpu", weights_only=True)
             state = saved.get("best_model") if isinstance(saved, dict) else None
             current = state_version(state) if isinstance(state, dict) else None
             recorded = saved.get("ledger_receipts") if isinstance(saved, dict) else None
         except Exception:  # missing or unreadable: scan_file names it
             pass
-        breaks = chain_breaks(self.ledger.receipts(), current, recorded)
+        breaks = chain_breaks(self.receipts, current, recorded)
         if breaks:
             self.report.findings.append(Finding(str(self.ledger.path), "ledger", notes=breaks))
 
@@ -223,7 +226,7 @@ class _Scanner:
         import torch
 
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = self._loaded.pop(path, None) or torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             text = str(exc)
             if WEIGHTS_ONLY_REFUSAL.search(text):  # a valid pickle of objects: never unpickle it
