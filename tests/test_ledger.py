@@ -17,7 +17,15 @@ from tru_dist.errors import RequestError
 from tru_dist.graph.context import build_rec_graph
 from tru_dist.models.registry import build_model
 from tru_dist.unlearn.keyhash import KeyedHasher
-from tru_dist.unlearn.ledger import DeletionLedger, apply_deletion, deleted_rows, model_version
+from tru_dist.unlearn.ledger import (
+    DeletionLedger,
+    apply_deletion,
+    canonical_receipt,
+    deleted_rows,
+    model_version,
+    seal_breaks,
+    seal_problem,
+)
 
 
 def _requests(rows: list[tuple[str, int, int | None]]) -> pd.DataFrame:
@@ -152,6 +160,52 @@ def test_a_legacy_ledger_with_raw_pairs_is_read_and_migrated(tmp_path, setup):
     assert not (tmp_path / "ledger_pairs").exists() and "pairs_file" not in ledger.receipts()[0]
     again = ledger.plan(data, resolve_requests(data, _requests([("r2", u0, i0), ("r3", u1, i1)])))
     assert again.overlaps == plan.overlaps
+
+
+def test_receipts_are_sealed_and_an_edit_is_seen(tmp_path, setup):
+    """The seal is HMAC-SHA256 under the deployment secret of the receipt's canonical JSON: it
+    verifies after the receipt is read back (numpy counts, floats, a non-ASCII request id),
+    fails for an edited count, and an update re-seals what the tool changed but refuses to
+    rewrite (and so bless) an edited receipt. A receipt from before sealing stays unsealed."""
+    import hashlib
+    import hmac
+
+    data, graph, (u0, i0), (u1, i1) = setup
+    secret = b"s" * 32
+    ledger = DeletionLedger(tmp_path, hasher=KeyedHasher(secret))
+    plan = ledger.plan(data, resolve_requests(data, _requests([("rü1", u0, i0)])))
+    receipt = ledger.commit(plan, method="tru", model_before="a", model_after="b", seconds=np.float32(0.1),
+                            audit={"hit@20": np.float64(1 / 3), "n": np.int64(7)})
+    seal = receipt["seal"]
+    assert seal["algorithm"] == "HMAC-SHA256" and seal["key_id"] == ledger.hasher.key_id
+    read_back = ledger.receipts()[0]
+    body = json.dumps({k: v for k, v in read_back.items() if k != "seal"}, sort_keys=True,
+                      separators=(",", ":")).encode()
+    assert canonical_receipt(read_back) == body  # the seal covers exactly this
+    assert seal["mac"] == hmac.new(secret, b"receipt:" + body, hashlib.sha256).hexdigest()  # by hand
+    assert seal_problem(read_back, ledger.hasher) is None
+    assert seal_breaks(ledger.receipts(), ledger.hasher) == ([], 0)
+    assert seal_problem(read_back, KeyedHasher(b"t" * 32)).startswith("it was sealed under ledger key")
+
+    edited = {**read_back, "removed": {**read_back["removed"], "interactions": 0}}
+    assert "does not match its seal" in seal_problem(edited, ledger.hasher)
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(edited, sort_keys=True) + "\n")
+    breaks, unsealed = seal_breaks(ledger.receipts(), ledger.hasher)
+    assert unsealed == 0 and len(breaks) == 1 and "receipt 1 (" in breaks[0]
+    with pytest.raises(RequestError, match="cannot be updated, its content does not match its seal"):
+        ledger.update(read_back["receipt_id"], purge=[])
+    assert json.loads((tmp_path / "ledger.jsonl").read_text()) == edited  # left as it was
+
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(read_back, sort_keys=True) + "\n")
+    updated = ledger.update(read_back["receipt_id"], purge=[{"status": "done"}])
+    assert updated["seal"]["mac"] != seal["mac"] and seal_problem(ledger.receipts()[0], ledger.hasher) is None
+    # the seal is all that marks the edit: without it the same edit would pass
+    stripped = {k: v for k, v in edited.items() if k != "seal"}
+    assert seal_problem(stripped, ledger.hasher) is None
+    assert seal_breaks([stripped], ledger.hasher) == ([], 1)
+    assert "its seal was removed" in seal_breaks([stripped], ledger.hasher, [stripped["receipt_id"]])[0][0]
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(stripped, sort_keys=True) + "\n")
+    assert "seal" not in ledger.update(stripped["receipt_id"], purge=[])  # not vouched for afterwards
 
 
 def test_run_unlearn_twice_applies_once(tmp_path, tiny_data):

@@ -270,7 +270,8 @@ def _edited(line: str, **fields) -> str:
 
 @pytest.mark.parametrize("tamper", ["none", "middle receipt removed", "receipts reordered",
                                     "last receipt removed", "receipt repeated", "checkpoint replaced",
-                                    "version edited", "first receipt removed"])
+                                    "version edited", "first receipt removed", "count edited",
+                                    "request id edited", "seal removed", "sealed under another key"])
 def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(chained, run)
@@ -281,7 +282,17 @@ def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys)
               "receipt repeated": [lines[0], lines[1], lines[1], lines[2]],
               "checkpoint replaced": lines,
               "version edited": [lines[0], _edited(lines[1], model_before=5), lines[2]],
-              "first receipt removed": lines[1:]}[tamper]
+              "first receipt removed": lines[1:],
+              "count edited": [lines[0], _edited(lines[1], removed={**json.loads(lines[1])["removed"],
+                                                                    "interactions": 1}), lines[2]],
+              "request id edited": [lines[0], _edited(lines[1], request_ids=["someone-else"]), lines[2]],
+              "seal removed": [lines[0], json.dumps({k: v for k, v in json.loads(lines[1]).items()
+                                                     if k != "seal"}, sort_keys=True), lines[2]],
+              "sealed under another key": [lines[0], _edited(lines[1], seal={**json.loads(lines[1])["seal"],
+                                                                             "key_id": "0" * 16}), lines[2]],
+              }[tamper]
+    if tamper == "count edited":
+        assert json.loads(lines[1])["removed"]["interactions"] != 1
     (run / "ledger.jsonl").write_text("".join(x + "\n" for x in edited))
     if tamper == "checkpoint replaced":  # the model of receipt 2, put back as the run's
         shutil.copy(chained.parent / "2-r1" / "checkpoint.pt", run / "checkpoint.pt")
@@ -299,5 +310,11 @@ def test_a_tampered_ledger_is_not_shown_clean(tamper, chained, tmp_path, capsys)
                 "last receipt removed": "the run's model", "receipt repeated": "appear more than once",
                 "checkpoint replaced": "or the checkpoint replaced",
                 "version edited": "holds model_before that is not a model version",
-                "first receipt removed": "the ledger lacks receipt(s)"}[tamper]
+                "first receipt removed": "the ledger lacks receipt(s)",
+                "count edited": "): its content does not match its seal",
+                "request id edited": "): its content does not match its seal",
+                "seal removed": "): its seal was removed",
+                "sealed under another key": "): it was sealed under ledger key 0000"}[tamper]
     assert expected in ledger[0], text
+    if "seal" in tamper or "edited" in tamper and tamper != "version edited":
+        assert "receipt 2 (" in ledger[0] and "receipt 1 (" not in ledger[0], text

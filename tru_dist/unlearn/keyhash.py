@@ -8,6 +8,8 @@ secret instead:
     pair digest  = HMAC(secret, "pair:<user>:<item>")     (32 bytes)
     user digest  = HMAC(secret, "user:<user>")             (32 bytes)
     key id       = HMAC(secret, "tru-dist ledger key id")[:8], hex — names the secret in receipts
+    receipt seal = HMAC(secret, "receipt:" + canonical JSON of the receipt without its seal), hex
+                   — what makes an edited receipt detectable (:mod:`tru_dist.unlearn.ledger`)
 
 Without the secret a digest reveals nothing (ids are small integers, so an UNKEYED hash
 could be inverted by enumeration; the key is what prevents that). With it, a candidate
@@ -127,6 +129,11 @@ class KeyedHasher:
             rows.setdefault(str(rid), []).append(f"{int(u)}:{'all' if all_items else int(i)}")
         return {rid: self._digest(("request:" + ",".join(sorted(r))).encode()).hex()[:32]
                 for rid, r in rows.items()}
+
+    def receipt_mac(self, canonical: bytes) -> str:
+        """The hex HMAC of a receipt's canonical JSON (``receipt:`` prefixed, so a seal is never
+        a pair, user or request digest)."""
+        return self._digest(b"receipt:" + canonical).hex()
 
     def users(self, users: np.ndarray) -> np.ndarray:
         """``S32`` digests of user ids, in input order."""

@@ -13,7 +13,17 @@ of what it erased. A receipt records:
     state_dict, :func:`model_version`), method, seconds, timestamp (UTC ISO-8601), audit
     (optional figures), hashes (file, sha256, key_id, counts), request_digests (a keyed
     digest of each request's rows, so a replayed id is checked to ask for the same thing), and
-    — after a purge — purge (what was purged where, :mod:`tru_dist.unlearn.purge`).
+    — after a purge — purge (what was purged where, :mod:`tru_dist.unlearn.purge`) — and
+    seal: {algorithm, key_id, mac}, mac = HMAC-SHA256(secret, "receipt:" + the receipt's
+    canonical JSON without its seal) (:func:`canonical_receipt`, :func:`seal_receipt`).
+
+*Sealed receipts.* The model chain (:func:`chain_breaks`) catches a receipt removed, added or
+reordered, but not a count or request id edited inside one; the seal does: verify-deletion
+reports every receipt whose seal does not match its content (:func:`seal_breaks`), and
+:meth:`DeletionLedger.update` refuses to rewrite one (it would re-seal the edit). Whoever holds
+the deployment secret can still write a consistent ledger — the seal shows an edit made
+without it (a ledger copied off the deployment, edited by hand or by another tool), not one
+made with it. Receipts written before sealing stay readable and are counted as unsealed.
 
 Ledgers written before the hashes (``pairs_file``: raw pairs in ``ledger_pairs/``) are still
 read; ``tru-dist data purge`` converts them to hashes and deletes the raw pairs.
@@ -46,6 +56,7 @@ what a run's model serves with (evaluate, recommend, export, audits).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import time
@@ -172,6 +183,61 @@ def _whole_users(forget: ForgetSet, data_before: RecDataset) -> np.ndarray:
     return touched[left[touched] <= 0].astype(np.int64)
 
 
+SEAL = "seal"
+
+
+def canonical_receipt(receipt: dict) -> bytes:
+    """The bytes a receipt's seal covers: the receipt without its seal as JSON, keys sorted, no
+    spaces, numpy numbers as Python numbers — as the ledger writes it, so a receipt read back
+    from ``ledger.jsonl`` gives the same bytes as when it was sealed."""
+    body = {k: v for k, v in receipt.items() if k != SEAL}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=_plain).encode()
+
+
+def seal_receipt(receipt: dict, hasher: KeyedHasher) -> dict:
+    """``receipt`` with its seal (any earlier one replaced): {algorithm, key_id, mac}."""
+    body = {k: v for k, v in receipt.items() if k != SEAL}
+    return {**body, SEAL: {"algorithm": "HMAC-SHA256", "key_id": hasher.key_id,
+                           "mac": hasher.receipt_mac(canonical_receipt(body))}}
+
+
+def seal_problem(receipt: dict, hasher: KeyedHasher) -> str | None:
+    """Why ``receipt``'s seal does not verify under ``hasher``'s secret, in words; None when it
+    does, and None for a receipt without a seal (written before receipts were sealed: count
+    those with :func:`seal_breaks`)."""
+    seal = receipt.get(SEAL)
+    if seal is None:
+        return None
+    if not isinstance(seal, dict) or not isinstance(seal.get("mac"), str):
+        return "its seal is damaged (no mac): the receipt was edited"
+    key = seal.get("key_id")
+    if key != hasher.key_id:
+        return (f"it was sealed under ledger key {key}, not the current secret's {hasher.key_id}: set "
+                f"{SECRET_ENV} or {SECRET_FILE_ENV} to the secret this deployment's ledgers were "
+                "written with")
+    if not hmac.compare_digest(seal["mac"], hasher.receipt_mac(canonical_receipt(receipt))):
+        return "its content does not match its seal: the receipt was edited after it was written"
+    return None
+
+
+def seal_breaks(receipts: list[dict], hasher: KeyedHasher, sealed_ids: list[str] | None = None
+                ) -> tuple[list[str], int]:
+    """(each receipt whose seal does not verify, in words; how many receipts have no seal).
+
+    ``sealed_ids``: the receipts the run's checkpoint records as sealed (``sealed_receipts``,
+    written by unlearn): one of them without a seal had it stripped — an edit made to look like
+    a receipt from before sealing."""
+    out = []
+    must = set(sealed_ids) if isinstance(sealed_ids, list) else set()
+    for k, r in enumerate(receipts, 1):
+        why = seal_problem(r, hasher)
+        if why is None and SEAL not in r and r["receipt_id"] in must:
+            why = "its seal was removed (the run's checkpoint records it as sealed): the receipt was edited"
+        if why:
+            out.append(f"receipt {k} ({r['receipt_id']}): {why}")
+    return out, sum(1 for r in receipts if SEAL not in r)
+
+
 def _not_a_receipt(doc: Any) -> str | None:
     """Why a parsed ledger line is not a receipt, or None when it is one.
 
@@ -201,8 +267,8 @@ def chain_breaks(receipts: list[dict], current_model: str | None = None,
     replaced each break one of these. ``recorded_ids``, the receipt ids the run's checkpoint
     lists as behind its model (``ledger_receipts``, written by unlearn since it was added),
     must be the ledger's own: that catches the first receipt removed too. A count edited inside
-    a receipt is not caught (the ledger is not signed). Receipts without model versions (none
-    written by this version) are skipped."""
+    a receipt is not caught here; its seal catches it (:func:`seal_breaks`). Receipts without
+    model versions (none written by this version) are skipped."""
     out = []
     ids = [r["receipt_id"] for r in receipts]
     if isinstance(recorded_ids, list) and recorded_ids != ids:
@@ -481,17 +547,25 @@ class DeletionLedger:
                        "touched_users": int(len(touched)), "deleted_users": int(len(users))},
             **(extra or {}),
         }
+        receipt = seal_receipt(receipt, h)
         old = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
         atomic_write_text(self.path, old + json.dumps(receipt, sort_keys=True, default=_plain) + "\n")
         return receipt
 
     def update(self, receipt_id_: str, **fields: Any) -> dict:
-        """Set ``fields`` on one receipt (the ledger rewritten atomically); returns the receipt."""
+        """Set ``fields`` on one receipt (the ledger rewritten atomically) and re-seal it; returns
+        the receipt. Refused when its seal does not verify (:func:`seal_problem`)."""
         receipts = self.receipts()
         target = next((r for r in receipts if r["receipt_id"] == receipt_id_), None)
         if target is None:
             raise RequestError(f"{self.path} holds no receipt {receipt_id_}")
+        why = seal_problem(target, self.hasher)
+        if why:  # re-sealing it would make the edit look like ours
+            raise RequestError(f"{self.path}: receipt {receipt_id_} cannot be updated, {why}; restore the "
+                               "ledger from a backup or from the run it came from")
         target.update(fields)
+        if SEAL in target:  # a receipt from before sealing stays unsealed: sealing it would vouch for it
+            target.update(seal_receipt(target, self.hasher))
         text = "".join(json.dumps(r, sort_keys=True, default=_plain) + "\n" for r in receipts)
         atomic_write_text(self.path, text)
         return target

@@ -64,6 +64,7 @@ from tru_dist.unlearn.ledger import (
     HASHES_DIR,
     LEDGER_FILE,
     PAIRS_DIR,
+    SEAL,
     STAGED_CHECKPOINT,
     DeletionLedger,
     apply_plan,
@@ -316,13 +317,15 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
     ledger = DeletionLedger(out_dir)
     # the receipts behind this model, its own included (its id is fixed by its request ids):
     # verify-deletion compares them with the ledger, so a receipt removed from it is seen
-    receipts_behind = [r["receipt_id"] for r in ledger.receipts()]
-    receipts_behind.append(receipt_id(list(plan.forget.request_ids)))
+    earlier = ledger.receipts()
+    receipts_behind = [r["receipt_id"] for r in earlier] + [receipt_id(list(plan.forget.request_ids))]
+    # ... and which of them carry a seal (this one will): a seal stripped off is then seen too
+    sealed = [r["receipt_id"] for r in earlier if SEAL in r] + receipts_behind[-1:]
     # "data_after": the signature of D_r, which a store purged of these deletions matches
     save_checkpoint({"model": state, "best_model": state, "config": cfg.to_dict(),
                      "data": data_signature(data), "data_after": data_signature(data_after),
                      "world_size": collectives.world_size(), "rank": 0, "unlearned_by": method,
-                     "ledger_receipts": receipts_behind},
+                     "ledger_receipts": receipts_behind, "sealed_receipts": sealed},
                     out_dir / STAGED_CHECKPOINT if in_place else model_file, fault="mid-model-write")
     atomic_write_json(out_dir / "metrics.json", metrics)
     fault_point("after-model-write")

@@ -43,7 +43,14 @@ import numpy as np
 
 from tru_dist.errors import RequestError
 from tru_dist.io_utils import not_regular_kind
-from tru_dist.unlearn.ledger import DeletionLedger, Digests, chain_breaks, deleted_rows, state_version
+from tru_dist.unlearn.ledger import (
+    DeletionLedger,
+    Digests,
+    chain_breaks,
+    deleted_rows,
+    seal_breaks,
+    state_version,
+)
 
 USER_COLUMNS = ("user_id", "userID", "user")
 ITEM_COLUMNS = ("item_id", "itemID", "item")
@@ -88,6 +95,7 @@ class Report:
     key_id: str
     files: Counter = field(default_factory=Counter)
     candidates: int = 0
+    unsealed: int = 0
     not_inspected: list[str] = field(default_factory=list)
     stores: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
@@ -103,6 +111,9 @@ class Report:
                f"{self.deleted_users} wholly deleted user hash(es), ledger key {self.key_id}",
                f"  files by kind: {kinds or 'none'}; {self.candidates} candidate (user, item) pair(s) hashed",
                *(f"  store {s}" for s in self.stores)]
+        if self.unsealed:
+            out.append(f"  {self.unsealed} receipt(s) carry no seal (written before receipts were sealed): "
+                       "an edit inside them cannot be detected")
         if self.not_inspected:
             out.append(f"  not inspected ({len(self.not_inspected)}; never unpickled: pickles, and "
                        "checkpoints that pickle other objects): "
@@ -134,22 +145,25 @@ class _Scanner:
                              deleted_users=len(self.digests.users), key_id=ledger.hasher.key_id)
 
     def check_chain(self, run: Path) -> None:
-        """The ledger's receipts chain model to model, up to the run's checkpoint
+        """Every receipt's seal verifies (:func:`~tru_dist.unlearn.ledger.seal_breaks`) and the
+        receipts chain model to model, up to the run's checkpoint
         (:func:`~tru_dist.unlearn.ledger.chain_breaks`); a break is a finding on the ledger, since
         a ledger missing a receipt cannot show what it deleted. A checkpoint that cannot be read
         is left to the scan, which lists it."""
         import torch
 
-        current = recorded = None
+        current = recorded = sealed = None
         path = run / "checkpoint.pt"
         try:
             saved = self._loaded[path] = torch.load(path, map_location="cpu", weights_only=True)
             state = saved.get("best_model") if isinstance(saved, dict) else None
             current = state_version(state) if isinstance(state, dict) else None
             recorded = saved.get("ledger_receipts") if isinstance(saved, dict) else None
+            sealed = saved.get("sealed_receipts") if isinstance(saved, dict) else None
         except Exception:  # missing or unreadable: scan_file names it
             pass
-        breaks = chain_breaks(self.receipts, current, recorded)
+        sealing, self.report.unsealed = seal_breaks(self.receipts, self.ledger.hasher, sealed)
+        breaks = sealing + chain_breaks(self.receipts, current, recorded)
         if breaks:
             self.report.findings.append(Finding(str(self.ledger.path), "ledger", notes=breaks))
 
