@@ -105,6 +105,16 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
     assert main(["unlearn", "--run", str(out), "--requests", str(req2), "--out", str(tmp_path / "out2"),
                  "--purge", "--keep-versions", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["replayed"] is True and read_meta(store)["revision"] == 3
+    # ... but with another retention it is refused, the kept revision left (it pruned it silently)
+    ledger_before = (tmp_path / "out2" / "ledger.jsonl").read_text()
+    for keep in ("0", "3"):
+        assert main(["unlearn", "--run", str(out), "--requests", str(req2), "--out", str(tmp_path / "out2"),
+                     "--purge", "--keep-versions", keep]) != 0
+        err = capsys.readouterr().err
+        assert f"purged with --keep-versions 1; replaying it with --keep-versions {keep}" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert [r["file"] for r in read_meta(store)["retained"]] == [REV2] and (store / "revisions" / "2").exists()
+    assert (tmp_path / "out2" / "ledger.jsonl").read_text() == ledger_before
 
     # retention 0 on a standalone purge deletes the retained version; every receipt records it
     assert main(["data", "purge", "--data", str(store), "--ledger", str(tmp_path / "out2")]) == 0

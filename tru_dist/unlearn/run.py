@@ -366,6 +366,23 @@ def _pending_purge(store: str | None, keep_versions: int) -> dict | None:
     return {"purge": [purge_record(store, None, revision_before=rev, keep_versions=keep_versions)]}
 
 
+def _check_replayed_retention(receipt: dict, store: str, keep_versions: int, ledger_dir: Path) -> None:
+    """A replay of a batch whose purge of ``store`` is done must ask for the retention it was
+    purged with: a replay is a no-op, and with another ``--keep-versions`` it pruned the
+    superseded revisions the first run kept (or recorded a larger count it could not bring
+    back). A purge left pending by a killed run is finished with the value given now."""
+    here = str(Path(store).resolve())
+    done = next((e for e in receipt.get("purge", []) if e.get("store") == here and e.get("status") == "done"),
+                None)
+    kept = None if done is None else done.get("keep_versions")
+    if isinstance(kept, int) and kept != keep_versions:
+        raise ConfigError(
+            f"batch {receipt['receipt_id']} was applied and purged with --keep-versions {kept}; replaying it "
+            f"with --keep-versions {keep_versions} would change the store's retention, not replay it: pass "
+            f"--keep-versions {kept} (or leave --purge out), or change the retention with `tru-dist data "
+            f"purge --data {store} --ledger {ledger_dir} --keep-versions {keep_versions}`")
+
+
 def _replay(out_dir: Path, ledger: DeletionLedger, receipt: dict, store: str | None,
             keep_versions: int) -> dict[str, Any]:
     """A batch applied before: its metrics and receipt; with a store, the purge is (re)done
@@ -376,6 +393,8 @@ def _replay(out_dir: Path, ledger: DeletionLedger, receipt: dict, store: str | N
     earlier = read_metrics(out_dir)
     if store is not None:
         from tru_dist.unlearn.purge import complete_purge
+
+        _check_replayed_retention(receipt, store, keep_versions, out_dir)
 
         receipt = complete_purge(store, ledger, receipt, keep_versions=keep_versions)
         if earlier:
