@@ -65,6 +65,35 @@ def test_train_writes_a_loadable_run_with_its_config(trained):
         tru_dist.load_run(trained.path.parent / "nope")
 
 
+def test_a_damaged_checkpoint_is_refused_where_the_model_is_read(trained, tmp_path, capsys):
+    """A run handle reads only the checkpoint's metadata (its tensors memory-mapped: an unlearn
+    read a 1M-user source three times in full); what loads the model still refuses NaN weights
+    in one line — evaluate, recommend and unlearn, through the API and the CLI."""
+    import shutil
+
+    run = tmp_path / "nan"
+    shutil.copytree(trained.path, run)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    saved["best_model"]["user_emb"][2, 3] = float("nan")
+    torch.save(saved, run / "checkpoint.pt")
+    handle = tru_dist.load_run(run)  # metadata only: the handle opens
+    assert handle.config == trained.config
+    damaged = "holds NaN/inf parameters in user_emb: the model is damaged"
+    with pytest.raises(TruDistError, match=damaged):
+        tru_dist.evaluate(handle)
+    with pytest.raises(TruDistError, match=damaged):
+        tru_dist.recommend(run, users=[0])
+    requests = pd.DataFrame({"request_id": ["r"], "user_id": [1], "item_id": pd.array([None], dtype="Int64"),
+                             "reason": ["x"]})
+    with pytest.raises(TruDistError, match=damaged):
+        tru_dist.unlearn(run, requests, out=tmp_path / "u", overrides=FAST)
+    assert not (tmp_path / "u" / "checkpoint.pt").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert damaged in err and len(err.splitlines()) == 1, err
+
+
 def test_evaluate_reproduces_the_training_metrics(trained):
     ev = tru_dist.evaluate(trained)
     for split in ("valid", "test"):

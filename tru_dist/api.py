@@ -172,7 +172,7 @@ def load_run(path: str | Path, device: str = "auto") -> Run:
         raise ConfigError(f"run {path} is a file; pass the run folder (it holds checkpoint.pt)")
     if not path.is_dir():
         raise ConfigError(f"run folder {path} does not exist; pass the --out folder of a finished run")
-    saved = read_run(path)
+    saved = read_run(path, tensors=False)  # the handle needs the metadata; serving reads the model
     cfg = Config.from_dict(saved["config"])
     metrics = read_metrics(path)
     return Run(path=path, config=cfg, metrics=metrics, world_size=int(saved.get("world_size", 1)),

@@ -401,7 +401,7 @@ def run_config(run_dir: str | Path, *, config_file: str | Path | None = None, se
     the run's."""
     from tru_dist.config import build_config
 
-    saved = Config.from_dict(read_run(run_dir)["config"])
+    saved = Config.from_dict(read_run(run_dir, tensors=False)["config"])
     base = {k: v for k, v in saved.to_dict().items() if k != "dist"}
     cfg = build_config(base=base, config_file=config_file, seed=seed, overrides=overrides)
     if cfg.model != saved.model:

@@ -133,7 +133,7 @@ def _purge_store_of(run_dir: Path) -> str:
     from tru_dist.train.checkpoint import read_run
     from tru_dist.unlearn.purge import check_purgeable
 
-    path = read_run(run_dir)["config"]["data"]["path"]
+    path = read_run(run_dir, tensors=False)["config"]["data"]["path"]
     check_purgeable(path or "synthetic")
     return path
 
