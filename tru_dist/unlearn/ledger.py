@@ -620,14 +620,22 @@ def apply_deletion(run_dir: str | Path, data: RecDataset, graph, forget: ForgetS
     return deletion.data_after, deletion.graph_after
 
 
-def refuse_lost_ledger(run_dir: Path) -> None:
-    """A RequestError when ``run_dir``'s checkpoint is an unlearned model — it lists the receipts
-    behind it (``ledger_receipts``) or names the method (``unlearned_by``; checkpoints from before
-    the list) — or its ``metrics.json`` holds a receipt, but the ledger is missing or empty: it
-    would be served over the data it deleted (a wholly deleted user got their deleted history
-    back as recommendations, exit 0), and a further unlearn would start a ledger without them.
-    Call it only where the ledger holds no receipt. The checkpoint is memory-mapped: its
-    tensors are not read."""
+def kept_receipts(run_dir: str | Path) -> list[dict]:
+    """The receipts of ``run_dir``'s ledger — refused (RequestError) when there are none but
+    the run is an unlearned model: its checkpoint lists the receipts behind it
+    (``ledger_receipts``) or names the method (``unlearned_by``; checkpoints from before the
+    list), or its ``metrics.json`` holds a receipt. Such a run would be served over the data it
+    deleted (a wholly deleted user got their deleted history back as recommendations, exit 0),
+    and a further unlearn would start a ledger without them. What serves or unlearns a run
+    reads its ledger through this. The checkpoint is memory-mapped: its tensors are not read."""
+    run_dir = Path(run_dir)
+    receipts = DeletionLedger(run_dir).receipts()
+    if not receipts:
+        _refuse_lost_ledger(run_dir)
+    return receipts
+
+
+def _refuse_lost_ledger(run_dir: Path) -> None:
     import torch
 
     evidence = None
@@ -664,8 +672,7 @@ def served_state(run_dir: str | Path, data: RecDataset, graph):
         raise RequestError(f"an in-place unlearn into {run_dir} was interrupted ({STAGED_CHECKPOINT} is "
                            "still there), so its checkpoint.pt may be the model before the deletion; run "
                            "that unlearn command again to finish it")
-    if not DeletionLedger(run_dir).receipts():
-        refuse_lost_ledger(Path(run_dir))
+    if not kept_receipts(run_dir):
         return data, graph
     empty = np.zeros(0, dtype=np.int64)
     nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")

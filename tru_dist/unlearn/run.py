@@ -68,8 +68,8 @@ from tru_dist.unlearn.ledger import (
     STAGED_CHECKPOINT,
     DeletionLedger,
     apply_plan,
+    kept_receipts,
     receipt_id,
-    refuse_lost_ledger,
     state_version,
 )
 
@@ -191,8 +191,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = run_config(run_dir, config_file=config_file, seed=seed, overrides=overrides)  # bad config: now
     name = method_name(method, cfg)
-    if not DeletionLedger(run_dir).receipts():  # an unlearned RUN that lost its ledger: not a fresh start
-        refuse_lost_ledger(run_dir)
+    kept_receipts(run_dir)  # an unlearned RUN that lost its ledger: not a fresh start
     # -- crash safety and purge: checks and replay before the run's data is opened --------------
     table = read_requests(requests)
     store = _purge_store_of(run_dir) if purge else None
