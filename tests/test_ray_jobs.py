@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -99,10 +100,22 @@ def ray_head(tmp_path_factory):
     try:
         yield SimpleNamespace(url=f"http://127.0.0.1:{dash}", gcs=f"127.0.0.1:{gcs}")
     finally:
+        recorded = re.search(r'RAY_HEAD_PIDS="?([0-9 ]*)', state.read_text()) if state.exists() else None
         stop = subprocess.run([str(REPO / "cluster" / "local-stop.sh")], env=env, capture_output=True,
                               text=True, timeout=120)
         assert stop.returncode == 0, stop.stderr
         assert not state.exists()
+        pids = recorded.group(1).split() if recorded else []
+        assert pids and not [p for p in pids if _running(int(p))], "local-stop.sh left head processes running"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _wait(client, job_id: str, timeout: float = 300.0) -> str:
