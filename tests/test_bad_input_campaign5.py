@@ -78,6 +78,34 @@ def test_a_listening_address_passes_the_probe():
         probe_address(f"127.0.0.1:{server.getsockname()[1]}")  # no error
 
 
+@pytest.mark.slow
+def test_a_ray_client_head_that_accepts_and_never_answers_is_one_line(tmp_path):
+    """The probe passes (the port accepts); Ray Client gives up after ~30 s — with the one-line
+    error, and without the two-line UserWarning it printed before it. Nothing is written."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(iter(lambda: server.accept()[0], None)), daemon=True).start()
+    try:
+        out = tmp_path / "run"
+        address = f"ray://127.0.0.1:{server.getsockname()[1]}"
+        proc = subprocess.run([sys.executable, "-m", "tru_dist", "train", "--data", "synthetic:tiny",
+                               "--model", "lightgcn", "--out", str(out), "--train.epochs=1",
+                               "--address", address],
+                              capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    finally:
+        server.close()
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr and "warn(" not in proc.stderr
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith(f"error: no Ray cluster to join at --address {address}"), err
+    assert not out.exists()
+
+
 def _cli(args: list[str], stdout: int | IO = subprocess.PIPE) -> subprocess.CompletedProcess:
     """``tru-dist args`` in a fresh process (no Ray initialised by other tests)."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -45,6 +45,7 @@ import shutil
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,7 +190,9 @@ def connect(address: str, dashboard: bool = False) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         probe_address(address)
         try:
-            ray.init(address=address, configure_logging=False)
+            with warnings.catch_warnings():  # a head that accepts and never answers: Ray warns over
+                warnings.filterwarnings("ignore", message="Ray Client connection timed out")  # 2 lines
+                ray.init(address=address, configure_logging=False)  # before the one-line error below
         except ConnectionError as exc:  # `auto` with no cluster running here: Ray's raw traceback
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"no Ray cluster to join at --address {address} ({first[:160]}); start one "
