@@ -15,7 +15,7 @@ source "$STATE"
 # the recorded pids plus any process started since (job drivers, train workers) that
 # belongs to this head's temp dir
 LATER="$(ps -eo pid=,args= | awk -v d="$RAY_HEAD_TEMP_DIR" 'index($0, d) && !/awk/ {print $1}' | tr '\n' ' ')"
-PIDS="$(echo $RAY_HEAD_PIDS $LATER | tr ' ' '\n' | grep -E '^[0-9]+$' | sort -u | tr '\n' ' ')"
+PIDS="$(echo $RAY_HEAD_PIDS $LATER | tr ' ' '\n' | { grep -E '^[0-9]+$' || true; } | sort -u | tr '\n' ' ')"
 # In Ray's own order: the raylet first (it exits at once while the GCS is up), then the rest
 # (drivers, workers, dashboard, monitors), the GCS last. All at once, the raylet, the GCS and the
 # autoscaler monitor ignored TERM for over 10 s, waiting on each other, and were killed.
@@ -32,6 +32,10 @@ stop_group() {  # TERM, up to 5 s for them to exit, then KILL
     sleep 0.1
   done
   for pid in $(alive "$@"); do kill -KILL "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 20); do  # KILL is not instant either: gone before the next group starts
+    [ -z "$(alive "$@")" ] && return 0
+    sleep 0.1
+  done
 }
 RAYLETS="" GCS="" REST=""
 for pid in $PIDS; do

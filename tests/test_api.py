@@ -92,6 +92,10 @@ def test_a_damaged_checkpoint_is_refused_where_the_model_is_read(trained, tmp_pa
     assert main(["evaluate", "--run", str(run)]) != 0
     err = capsys.readouterr().err.strip()
     assert damaged in err and len(err.splitlines()) == 1, err
+    # a checkpoint in torch's legacy (non-zip) format cannot be memory-mapped: read whole instead
+    saved["best_model"]["user_emb"][2, 3] = 0.0
+    torch.save(saved, run / "checkpoint.pt", _use_new_zipfile_serialization=False)
+    assert tru_dist.load_run(run).config == trained.config and "test" in tru_dist.evaluate(run)
 
 
 def test_evaluate_reproduces_the_training_metrics(trained):

@@ -206,6 +206,19 @@ def test_receipts_are_sealed_and_an_edit_is_seen(tmp_path, setup):
     assert "its seal was removed" in seal_breaks([stripped], ledger.hasher, [stripped["receipt_id"]])[0][0]
     (tmp_path / "ledger.jsonl").write_text(json.dumps(stripped, sort_keys=True) + "\n")
     assert "seal" not in ledger.update(stripped["receipt_id"], purge=[])  # not vouched for afterwards
+    # a null seal is a damaged one, not "from before sealing" (it was re-sealed by update)
+    nulled = {**edited, "seal": None}
+    assert "its seal is damaged" in seal_problem(nulled, ledger.hasher)
+    assert seal_breaks([nulled], ledger.hasher)[0] and seal_breaks([nulled], ledger.hasher)[1] == 0
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(nulled, sort_keys=True) + "\n")
+    with pytest.raises(RequestError, match="cannot be updated, its seal is damaged"):
+        ledger.update(nulled["receipt_id"], purge=[])
+    # a receipt without a seal after a sealed one had it stripped, whatever the checkpoint says
+    second = {**stripped, "receipt_id": "later"}
+    breaks, unsealed = seal_breaks([read_back, second], ledger.hasher)
+    assert unsealed == 1 and len(breaks) == 1
+    assert "receipt 2 (later): its seal was removed (it follows" in breaks[0]
+    assert seal_breaks([second, read_back], ledger.hasher) == ([], 1)  # older, then sealed: as written
 
 
 def test_run_unlearn_twice_applies_once(tmp_path, tiny_data):

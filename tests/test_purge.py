@@ -116,6 +116,11 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
     assert [r["file"] for r in read_meta(store)["retained"]] == [REV2]
     assert (store / "revisions" / "2").exists()
     assert (tmp_path / "out2" / "ledger.jsonl").read_text() == ledger_before
+    # the FIRST batch's own command again (purged with retention 0): a replay, and its purge is
+    # not run again — that applied retention 0 to the store and pruned what batch 2 kept
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out), "--purge"]) == 0
+    assert json.loads(capsys.readouterr().out)["replayed"] is True
+    assert [r["file"] for r in read_meta(store)["retained"]] == [REV2] and (store / REV2).exists()
 
     # retention 0 on a standalone purge deletes the retained version; every receipt records it
     assert main(["data", "purge", "--data", str(store), "--ledger", str(tmp_path / "out2")]) == 0
@@ -124,6 +129,37 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
     assert not (store / "revisions" / "2").exists() and read_meta(store)["retained"] == []
     receipts = [json.loads(x) for x in (tmp_path / "out2" / "ledger.jsonl").read_text().splitlines()]
     assert len(receipts) == 2 and all(r["purge"][0]["status"] == "done" for r in receipts)
+
+
+def test_an_edited_receipt_stops_purge_and_unlearn_before_they_write(tmp_path, trained, capsys):
+    """A count edited inside a sealed receipt: ``data purge`` rewrote the store and only then
+    refused to re-seal the receipt (leaving the purge unrecorded); ``unlearn`` built on the
+    edited ledger. Both now stop first, in one line, with the store and the run untouched."""
+    store, run, req, _ = trained
+    out = tmp_path / "out"
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out),
+                 "--unlearn.epochs=1"]) == 0
+    receipt = json.loads((out / "ledger.jsonl").read_text())
+    receipt["removed"]["interactions"] += 5
+    (out / "ledger.jsonl").write_text(json.dumps(receipt, sort_keys=True) + "\n")
+    store_before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    capsys.readouterr()
+    assert main(["data", "purge", "--data", str(store), "--ledger", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "its content does not match its seal" in err and "purging the store was refused before it" in err
+    assert len(err.splitlines()) == 1, err
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == store_before  # no revision, no pruning
+    k = int(np.flatnonzero(read_store(store).labels == 0)[7])
+    req2 = tmp_path / "req2.csv"
+    pd.DataFrame({"request_id": ["n1"], "user_id": [int(read_store(store).users[k])],
+                  "item_id": [int(read_store(store).items[k])], "reason": "x"}).to_csv(req2, index=False)
+    for target in (out, tmp_path / "out3"):
+        assert main(["unlearn", "--run", str(out), "--requests", str(req2), "--out", str(target),
+                     "--unlearn.epochs=1"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "this unlearn was refused before it changed anything" in err, err
+        assert len(err.splitlines()) == 1, err
+    assert len((out / "ledger.jsonl").read_text().splitlines()) == 1 and not (tmp_path / "out3").exists()
 
 
 def test_revisions_are_atomic_and_orphans_are_found(tmp_path, tiny_data):

@@ -129,7 +129,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             f"no checkpoint at {path}; train first (tru-dist train) or drop --resume to start fresh"
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        # mmap needs torch's zip format; a legacy (pre-1.6 format) file is read whole instead
+        return torch.load(path, map_location=map_location, weights_only=True,
+                          mmap=mmap and zipfile.is_zipfile(path))
     except Exception as exc:  # corrupt or foreign file
         if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
             first = "not a complete torch checkpoint: truncated, or another format"

@@ -205,9 +205,9 @@ def seal_problem(receipt: dict, hasher: KeyedHasher) -> str | None:
     """Why ``receipt``'s seal does not verify under ``hasher``'s secret, in words; None when it
     does, and None for a receipt without a seal (written before receipts were sealed: count
     those with :func:`seal_breaks`)."""
-    seal = receipt.get(SEAL)
-    if seal is None:
+    if SEAL not in receipt:
         return None
+    seal = receipt[SEAL]  # present but null, or not a {mac: ...}: damaged, never "from before sealing"
     if not isinstance(seal, dict) or not isinstance(seal.get("mac"), str):
         return "its seal is damaged (no mac): the receipt was edited"
     key = seal.get("key_id")
@@ -224,18 +224,38 @@ def seal_breaks(receipts: list[dict], hasher: KeyedHasher, sealed_ids: list[str]
                 ) -> tuple[list[str], int]:
     """(each receipt whose seal does not verify, in words; how many receipts have no seal).
 
-    ``sealed_ids``: the receipts the run's checkpoint records as sealed (``sealed_receipts``,
-    written by unlearn): one of them without a seal had it stripped — an edit made to look like
-    a receipt from before sealing."""
+    A receipt without a seal had it stripped — an edit made to look like a receipt from before
+    sealing — when it follows a sealed one (receipts are appended in order, by versions that only
+    get newer) or when the run's checkpoint records it as sealed (``sealed_ids``, its
+    ``sealed_receipts``, written by unlearn)."""
     out = []
     must = set(sealed_ids) if isinstance(sealed_ids, list) else set()
+    first_sealed = next((k for k, r in enumerate(receipts, 1) if SEAL in r), None)
     for k, r in enumerate(receipts, 1):
         why = seal_problem(r, hasher)
-        if why is None and SEAL not in r and r["receipt_id"] in must:
-            why = "its seal was removed (the run's checkpoint records it as sealed): the receipt was edited"
+        if why is None and SEAL not in r:
+            if r["receipt_id"] in must:
+                why = ("its seal was removed (the run's checkpoint records it as sealed): the receipt was "
+                       "edited")
+            elif first_sealed is not None and k > first_sealed:
+                why = (f"its seal was removed (it follows sealed receipt {first_sealed}, and receipts are "
+                       "written in order): the receipt was edited")
         if why:
             out.append(f"receipt {k} ({r['receipt_id']}): {why}")
     return out, sum(1 for r in receipts if SEAL not in r)
+
+
+def refuse_broken_seals(ledger: DeletionLedger, receipts: list[dict] | None = None, *, doing: str) -> None:
+    """A one-line RequestError naming the first receipt of ``ledger`` whose seal does not verify
+    (:func:`seal_breaks`), before ``doing`` (e.g. "purging the store") changes anything: a purge
+    or an unlearn on an edited ledger would act on the edit and, through
+    :meth:`DeletionLedger.update`, be stopped only after writing."""
+    breaks, _ = seal_breaks(ledger.receipts() if receipts is None else receipts, ledger.hasher)
+    if breaks:
+        more = f" (and {len(breaks) - 1} more)" if len(breaks) > 1 else ""
+        raise RequestError(f"{ledger.path}: {breaks[0]}{more}; {doing} was refused before it changed "
+                           "anything: restore the ledger from a backup or from the run it came from, and "
+                           "check it with tru-dist verify-deletion")
 
 
 def _not_a_receipt(doc: Any) -> str | None:

@@ -34,7 +34,7 @@ from tru_dist.data.store import (
 )
 from tru_dist.errors import ConfigError, DataError, RequestError
 from tru_dist.io_utils import atomic_write_json
-from tru_dist.unlearn.ledger import DeletionLedger, deleted_rows
+from tru_dist.unlearn.ledger import DeletionLedger, deleted_rows, refuse_broken_seals
 
 
 def check_purgeable(store: str | Path) -> Path:
@@ -64,6 +64,7 @@ def purge_store(store: str | Path, ledger: DeletionLedger, *, keep_versions: int
     if not receipts:
         raise RequestError(f"{ledger.path} holds no receipts, so nothing is known to be deleted; pass the "
                            "run (or ledger.jsonl) of an unlearning that used this store")
+    refuse_broken_seals(ledger, receipts, doing="purging the store")  # before the store is rewritten
     orphans = clean_store(folder)
     meta = read_meta(folder)
     before = revision(meta)

@@ -70,6 +70,7 @@ from tru_dist.unlearn.ledger import (
     apply_plan,
     kept_receipts,
     receipt_id,
+    refuse_broken_seals,
     state_version,
 )
 
@@ -191,7 +192,9 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = run_config(run_dir, config_file=config_file, seed=seed, overrides=overrides)  # bad config: now
     name = method_name(method, cfg)
-    kept_receipts(run_dir)  # an unlearned RUN that lost its ledger: not a fresh start
+    # an unlearned RUN that lost its ledger is not a fresh start; one with an edited receipt is
+    # not built on (its update and purge would act on the edit)
+    refuse_broken_seals(DeletionLedger(run_dir), kept_receipts(run_dir), doing="this unlearn")
     # -- crash safety and purge: checks and replay before the run's data is opened --------------
     table = read_requests(requests)
     store = _purge_store_of(run_dir) if purge else None
@@ -207,6 +210,8 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
             return _replay(run_dir, source, replayed, store, keep_versions)
     _inherit_ledger(run_dir, out_dir)
     ledger = DeletionLedger(out_dir)
+    if out_dir.resolve() != run_dir.resolve():  # OUT's own ledger (RUN's was checked above)
+        refuse_broken_seals(ledger, doing="this unlearn")
     earlier_receipt = ledger.replay_of(list(table["request_id"]), table=table)
     if earlier_receipt is not None:
         return _replay(out_dir, ledger, earlier_receipt, store, keep_versions)
@@ -365,27 +370,33 @@ def _pending_purge(store: str | None, keep_versions: int) -> dict | None:
     return {"purge": [purge_record(store, None, revision_before=rev, keep_versions=keep_versions)]}
 
 
-def _check_replayed_retention(receipt: dict, store: str, keep_versions: int, ledger_dir: Path) -> None:
-    """A replay of a batch whose purge of ``store`` is done must ask for the retention it was
-    purged with: a replay is a no-op, and with another ``--keep-versions`` it pruned the
-    superseded revisions the first run kept (or recorded a larger count it could not bring
-    back). A purge left pending by a killed run is finished with the value given now."""
+def _purged_already(receipt: dict, store: str, keep_versions: int, ledger_dir: Path) -> bool:
+    """Whether the receipt records its purge of ``store`` as done — then a replay has nothing to
+    purge, and does not purge again: that applied the retention given now to the whole store,
+    pruning superseded revisions the first run, or a later batch, kept. Refused (one line) when
+    ``keep_versions`` is not the retention it was purged with: a replay is a no-op, not a way to
+    change retention. False for a purge left pending by a killed run (the rerun finishes it with
+    the value given now) and for a batch applied without a purge."""
     here = str(Path(store).resolve())
     done = next((e for e in receipt.get("purge", []) if e.get("store") == here and e.get("status") == "done"),
                 None)
-    kept = None if done is None else done.get("keep_versions")
+    if done is None:
+        return False
+    kept = done.get("keep_versions")
     if isinstance(kept, int) and kept != keep_versions:
         raise ConfigError(
             f"batch {receipt['receipt_id']} was applied and purged with --keep-versions {kept}; replaying it "
             f"with --keep-versions {keep_versions} would change the store's retention, not replay it: pass "
             f"--keep-versions {kept} (or leave --purge out), or change the retention with `tru-dist data "
             f"purge --data {store} --ledger {ledger_dir} --keep-versions {keep_versions}`")
+    return True
 
 
 def _replay(out_dir: Path, ledger: DeletionLedger, receipt: dict, store: str | None,
             keep_versions: int) -> dict[str, Any]:
-    """A batch applied before: its metrics and receipt; with a store, the purge is (re)done
-    first — it finishes a purge a killed attempt left pending and is a no-op otherwise."""
+    """A batch applied before: its metrics and receipt; with a store, a purge a killed attempt
+    left pending (or a batch applied without one) is done first; a purge already done is not
+    run again (:func:`_purged_already`)."""
     from tru_dist.train.checkpoint import read_metrics
 
     metrics_path = out_dir / "metrics.json"
@@ -393,9 +404,8 @@ def _replay(out_dir: Path, ledger: DeletionLedger, receipt: dict, store: str | N
     if store is not None:
         from tru_dist.unlearn.purge import complete_purge
 
-        _check_replayed_retention(receipt, store, keep_versions, out_dir)
-
-        receipt = complete_purge(store, ledger, receipt, keep_versions=keep_versions)
-        if earlier:
-            atomic_write_json(metrics_path, {**earlier, "receipt": receipt, "replayed": False})
+        if not _purged_already(receipt, store, keep_versions, out_dir):
+            receipt = complete_purge(store, ledger, receipt, keep_versions=keep_versions)
+            if earlier:
+                atomic_write_json(metrics_path, {**earlier, "receipt": receipt, "replayed": False})
     return {**earlier, "replayed": True, "receipt": receipt}
