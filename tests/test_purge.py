@@ -134,7 +134,8 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
 def test_an_edited_receipt_stops_purge_and_unlearn_before_they_write(tmp_path, trained, capsys):
     """A count edited inside a sealed receipt: ``data purge`` rewrote the store and only then
     refused to re-seal the receipt (leaving the purge unrecorded); ``unlearn`` built on the
-    edited ledger. Both now stop first, in one line, with the store and the run untouched."""
+    edited ledger. Both now stop first, in one line, with the store and the run untouched; and
+    ``evaluate``/``recommend`` refuse to serve the run."""
     store, run, req, _ = trained
     out = tmp_path / "out"
     assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out),
@@ -160,6 +161,12 @@ def test_an_edited_receipt_stops_purge_and_unlearn_before_they_write(tmp_path, t
         assert "this unlearn was refused before it changed anything" in err, err
         assert len(err.splitlines()) == 1, err
     assert len((out / "ledger.jsonl").read_text().splitlines()) == 1 and not (tmp_path / "out3").exists()
+    # serving it: the served graph leaves out what the receipts name, and an edit can change that
+    for command in (["evaluate", "--run", str(out)], ["recommend", "--run", str(out), "--users", "1"]):
+        assert main(command) != 0
+        err = capsys.readouterr().err.strip()
+        assert "does not match its seal" in err and "; serving the run was refused: restore" in err
+        assert len(err.splitlines()) == 1, err
 
 
 def test_revisions_are_atomic_and_orphans_are_found(tmp_path, tiny_data):

@@ -245,17 +245,20 @@ def seal_breaks(receipts: list[dict], hasher: KeyedHasher, sealed_ids: list[str]
     return out, sum(1 for r in receipts if SEAL not in r)
 
 
-def refuse_broken_seals(ledger: DeletionLedger, receipts: list[dict] | None = None, *, doing: str) -> None:
+def refuse_broken_seals(ledger: DeletionLedger, receipts: list[dict] | None = None, *, doing: str,
+                        writes: bool = True) -> None:
     """A one-line RequestError naming the first receipt of ``ledger`` whose seal does not verify
-    (:func:`seal_breaks`), before ``doing`` (e.g. "purging the store") changes anything: a purge
-    or an unlearn on an edited ledger would act on the edit and, through
-    :meth:`DeletionLedger.update`, be stopped only after writing."""
+    (:func:`seal_breaks`), before ``doing`` (e.g. "purging the store") starts: a purge or an
+    unlearn on an edited ledger acted on the edit and, through :meth:`DeletionLedger.update`,
+    was stopped only after writing; serving (``writes`` False) removed from the served graph
+    the pairs the edited receipt names, which an edit can change."""
     breaks, _ = seal_breaks(ledger.receipts() if receipts is None else receipts, ledger.hasher)
     if breaks:
         more = f" (and {len(breaks) - 1} more)" if len(breaks) > 1 else ""
-        raise RequestError(f"{ledger.path}: {breaks[0]}{more}; {doing} was refused before it changed "
-                           "anything: restore the ledger from a backup or from the run it came from, and "
-                           "check it with tru-dist verify-deletion")
+        when = " before it changed anything" if writes else ""
+        raise RequestError(f"{ledger.path}: {breaks[0]}{more}; {doing} was refused{when}: restore the ledger "
+                           "from a backup or from the run it came from, and check it with tru-dist "
+                           "verify-deletion")
 
 
 def _not_a_receipt(doc: Any) -> str | None:
@@ -685,15 +688,18 @@ def served_state(run_dir: str | Path, data: RecDataset, graph):
     purged of it). Evaluate, recommend, export and the audits read a run through this: an
     unlearned run is never scored or served over its deleted interactions, and a deleted item
     is no longer hidden from its user as "seen" (which would both change the lists and reveal
-    what was deleted)."""
+    what was deleted). A run whose ledger holds an edited receipt is refused
+    (:func:`refuse_broken_seals`)."""
     if (Path(run_dir) / STAGED_CHECKPOINT).exists():
         # killed after the receipt, before the rename: checkpoint.pt is still the model before
         # the batch (trained on what its receipt deleted); the rerun settles it
         raise RequestError(f"an in-place unlearn into {run_dir} was interrupted ({STAGED_CHECKPOINT} is "
                            "still there), so its checkpoint.pt may be the model before the deletion; run "
                            "that unlearn command again to finish it")
-    if not kept_receipts(run_dir):
+    receipts = kept_receipts(run_dir)
+    if not receipts:
         return data, graph
+    refuse_broken_seals(DeletionLedger(run_dir), receipts, doing="serving the run", writes=False)
     empty = np.zeros(0, dtype=np.int64)
     nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")
     return apply_deletion(run_dir, data, graph, nothing)
