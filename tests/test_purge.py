@@ -169,6 +169,47 @@ def test_an_edited_receipt_stops_purge_and_unlearn_before_they_write(tmp_path, t
         assert len(err.splitlines()) == 1, err
 
 
+def test_a_stripped_seal_is_refused_where_the_ledger_is_used(tmp_path, trained, capsys):
+    """Every seal stripped (and the receipt edited): without the checkpoint's ``sealed_receipts``
+    this read as an old unsealed ledger, so evaluate, purge and audit went ahead on the edit.
+    And an edited OUT ledger is refused before an interrupted in-place unlearn in OUT is
+    settled by it (its staged model was deleted or promoted by the unchecked receipt)."""
+    store, run, req, _ = trained
+    out = tmp_path / "out"
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out),
+                 "--unlearn.epochs=1"]) == 0
+    receipt = json.loads((out / "ledger.jsonl").read_text())
+    assert receipt["seal"] and _sealed_receipts(out) == [receipt["receipt_id"]]
+    stripped = {k: v for k, v in receipt.items() if k != "seal"}
+    stripped["removed"]["interactions"] = 0
+    (out / "ledger.jsonl").write_text(json.dumps(stripped, sort_keys=True) + "\n")
+    capsys.readouterr()
+    for command, doing in ((["evaluate", "--run", str(out)], "serving the run was refused"),
+                           (["data", "purge", "--data", str(store), "--ledger", str(out)],
+                            "purging the store was refused before it changed anything"),
+                           (["audit", "--run", str(out), "--requests", str(req)],
+                            "auditing the run was refused")):
+        assert main(command) != 0, command
+        err = capsys.readouterr().err.strip()
+        assert "its seal was removed (the run's checkpoint records it as sealed)" in err and doing in err, err
+        assert len(err.splitlines()) == 1, err
+    assert not (out / "audit.json").exists() and read_meta(store).get("revision", 1) == 1
+
+    # OUT holds an in-place unlearn killed after its receipt (checkpoint.staged.pt) and an edited ledger
+    (out / "ledger.jsonl").write_text(json.dumps({**receipt, "model_after": "0" * 64}, sort_keys=True) + "\n")
+    (out / "checkpoint.staged.pt").write_bytes((out / "checkpoint.pt").read_bytes())
+    assert main(["unlearn", "--run", str(run), "--requests", str(req), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "its content does not match its seal" in err and "this unlearn was refused before" in err, err
+    assert (out / "checkpoint.staged.pt").exists()  # left as it was for the ledger to be restored
+
+
+def _sealed_receipts(run) -> list[str]:
+    import torch
+
+    return torch.load(run / "checkpoint.pt", weights_only=True)["sealed_receipts"]
+
+
 def test_revisions_are_atomic_and_orphans_are_found(tmp_path, tiny_data):
     store = write_store(tiny_data, tmp_path / "s")
     keep = np.ones(tiny_data.n_interactions, dtype=bool)

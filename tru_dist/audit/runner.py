@@ -153,12 +153,14 @@ def audit_run(
     from tru_dist.train.trainer import load_run
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.deletion import build_deletion
-    from tru_dist.unlearn.ledger import LEDGER_FILE, DeletionLedger, served_state
+    from tru_dist.unlearn.ledger import LEDGER_FILE, DeletionLedger, refuse_broken_seals, served_state
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():  # said as such, not as a run that names no source
         what = "is a file, not a folder" if run_dir.exists() else "does not exist"
         raise AuditError(f"run folder {run_dir} {what}; pass the --out folder of a `tru-dist unlearn` run")
+    # its receipts decide what was applied and from which model: an edited one is not audited
+    refuse_broken_seals(DeletionLedger(run_dir), doing="auditing the run", writes=False)
     metrics = read_metrics(run_dir)
     original = original or metrics.get("source_run")
     if original is None:

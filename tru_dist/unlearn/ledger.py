@@ -251,8 +251,12 @@ def refuse_broken_seals(ledger: DeletionLedger, receipts: list[dict] | None = No
     (:func:`seal_breaks`), before ``doing`` (e.g. "purging the store") starts: a purge or an
     unlearn on an edited ledger acted on the edit and, through :meth:`DeletionLedger.update`,
     was stopped only after writing; serving (``writes`` False) removed from the served graph
-    the pairs the edited receipt names, which an edit can change."""
-    breaks, _ = seal_breaks(ledger.receipts() if receipts is None else receipts, ledger.hasher)
+    the pairs the edited receipt names, which an edit can change. The run's checkpoint (next to
+    the ledger) says which receipts were sealed (``sealed_receipts``): stripping those seals, or
+    every seal, does not pass for an old unsealed ledger."""
+    saved = checkpoint_metadata(ledger.run_dir)  # its sealed_receipts: a seal stripped off them shows
+    sealed = saved.get("sealed_receipts") if saved else None
+    breaks, _ = seal_breaks(ledger.receipts() if receipts is None else receipts, ledger.hasher, sealed)
     if breaks:
         more = f" (and {len(breaks) - 1} more)" if len(breaks) > 1 else ""
         when = " before it changed anything" if writes else ""
@@ -658,14 +662,25 @@ def kept_receipts(run_dir: str | Path) -> list[dict]:
     return receipts
 
 
-def _refuse_lost_ledger(run_dir: Path) -> None:
+def checkpoint_metadata(run_dir: Path) -> dict | None:
+    """``run_dir/checkpoint.pt`` with its tensors memory-mapped, not read (a legacy non-zip file,
+    which cannot be mapped, read whole); None when it is missing or unreadable — the loader that
+    needs the model says so."""
+    import zipfile
+
     import torch
 
-    evidence = None
+    path = run_dir / "checkpoint.pt"
     try:
-        saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # missing or unreadable: the loader that needs it says so
-        saved = None
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _refuse_lost_ledger(run_dir: Path) -> None:
+    evidence = None
+    saved = checkpoint_metadata(run_dir)
     if isinstance(saved, dict) and (saved.get("ledger_receipts") or saved.get("unlearned_by")):
         evidence = "its checkpoint is an unlearned model"
     elif (run_dir / "metrics.json").is_file():

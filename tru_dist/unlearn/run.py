@@ -200,6 +200,8 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     store = _purge_store_of(run_dir) if purge else None
     if purge and data is not None:
         raise ConfigError("purge=True needs the run's stored data; do not pass data=")
+    if out_dir.resolve() != run_dir.resolve() and (out_dir / LEDGER_FILE).exists():
+        refuse_broken_seals(DeletionLedger(out_dir), doing="this unlearn")  # before settling by it
     remove_orphan_temps(out_dir)  # what a killed earlier attempt left
     settle_staged_checkpoint(out_dir)
     fresh_out = run_dir.resolve() != out_dir.resolve() and not (out_dir / LEDGER_FILE).exists()
@@ -210,8 +212,6 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
             return _replay(run_dir, source, replayed, store, keep_versions)
     _inherit_ledger(run_dir, out_dir)
     ledger = DeletionLedger(out_dir)
-    if out_dir.resolve() != run_dir.resolve():  # OUT's own ledger (RUN's was checked above)
-        refuse_broken_seals(ledger, doing="this unlearn")
     earlier_receipt = ledger.replay_of(list(table["request_id"]), table=table)
     if earlier_receipt is not None:
         return _replay(out_dir, ledger, earlier_receipt, store, keep_versions)
