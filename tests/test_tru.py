@@ -4,6 +4,7 @@ guarantees (all switches off == reverse_bpr bit for bit, isolation masks, user r
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -1007,6 +1008,60 @@ def test_calibrated_gate_moves_forget_ranks_to_the_held_out_distribution(tiny_da
     before, after = ks_2samp(pct(noop), ref).statistic, ks_2samp(pct(tru), ref).statistic
     assert after < 0.6 * before, (before, after)
     assert pct(tru).mean() < 0.5
+
+
+def test_noise_floor_by_hand():
+    """δ = c(α)·sqrt(1/n + w²/m), c(α) = sqrt(−½·ln(α/2)): the KS critical values."""
+    c05 = math.sqrt(-0.5 * math.log(0.025))
+    assert c05 == pytest.approx(1.3581, abs=1e-4)  # the tabulated 1.358 at α = 0.05
+    assert gate.noise_floor(87, 261, 1.0, 0.05) == pytest.approx(c05 * math.sqrt(1 / 87 + 1 / 261))
+    assert gate.noise_floor(87, 261, 1.0, 0.05) == pytest.approx(0.16813, abs=1e-4)
+    assert gate.noise_floor(100, 0, 0.0, 0.05) == pytest.approx(c05 / 10)  # no sampled reference
+    assert gate.noise_floor(100, 400, 0.5, 0.05) == pytest.approx(c05 * math.sqrt(0.01 + 0.25 / 400))
+    assert gate.noise_floor(100, 400, 1.0, 0.0) == 0.0 and gate.noise_floor(0, 400, 1.0, 0.05) == 0.0
+    assert gate.noise_floor(100, 400, 1.0, 0.01) > gate.noise_floor(100, 400, 1.0, 0.05)  # stricter test
+
+
+def test_significance_starts_an_update_only_for_a_gap_beyond_the_noise_floor(tiny_data):
+    """MIG-GT on ``synthetic:tiny``, interactions 5%: with α set so that the KS critical value
+    lies above the first calibration gap, TRU takes no step and serves what ``noop`` serves;
+    with α set so that it lies below, the run is step for step the run without the test (α = 0),
+    which moves the model. α is chosen here from the measured gap, by the formula."""
+    from tru_dist.config import build_config
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.tru.tru import tru_spec
+
+    base = ["train.epochs=30", "unlearn.gate.utility_weight=0"]
+    model, graph, _ = fit(build_config(model="miggt", overrides=base), tiny_data)
+    deletion = build_deletion(tiny_data, graph, forget_set(tiny_data, "interactions", 0.05, 3))
+
+    def run(alpha: float):
+        cfg = build_config(model="miggt", overrides=[*base, f"unlearn.gate.significance={alpha}"])
+        return run_update(model, deletion, cfg, tru_spec(cfg))
+
+    free_model, free = run(0.0)
+    gap0, n = free["gate"][0]["calibration_gap"], free["gate"][0]["n_pairs"]
+    m = free["gate_reference"]["valid_pairs"]
+    assert "gate_noise_floor" not in free and free["steps"] > 0 and gap0 > 0.05
+    unit = math.sqrt(1 / n + 1 / m)  # every pair is a held pair here (no cold item, no reset user)
+
+    def alpha_for(c: float) -> float:  # c(α) = c
+        return 2 * math.exp(-2 * c * c)
+
+    held_model, held = run(alpha_for(1.2 * gap0 / unit))
+    floor = held["gate_noise_floor"]
+    assert floor["update"] is False and floor["floor"] == pytest.approx(1.2 * gap0) and held["steps"] == 0
+    noop = get_method("noop").unlearn(model, deletion, build_config(model="miggt", overrides=base)).model
+    assert all(torch.equal(a, b) for a, b in zip(held_model.parameters(), noop.parameters(), strict=True))
+
+    moved_model, moved = run(alpha_for(0.8 * gap0 / unit))
+    assert moved["gate_noise_floor"]["update"] is True and moved["steps"] == free["steps"]
+    assert [e["calibration_gap"] for e in moved["gate"]] == [e["calibration_gap"] for e in free["gate"]]
+
+    def same(a_model, b_model) -> bool:
+        return all(torch.equal(a, b) for a, b in zip(a_model.parameters(), b_model.parameters(), strict=True))
+
+    assert same(moved_model, free_model) and not same(moved_model, noop)
 
 
 def test_whole_user_deletion_is_on_target_without_a_gate_pass(trained):

@@ -298,6 +298,11 @@ class GateConfig(_Strict):
     hinge_weight: NonNegFloat = 1.0
     margin: NonNegFloat = 0.1
     epsilon: NonNegFloat = 0.05
+    #: α, calibrated target: the update starts only if a two-sample KS test at level α rejects
+    #: that the deleted pairs are already ranked like their targets — the first gap must exceed
+    #: the test's critical value c(α)·sqrt(1/n + w²/m) (:func:`tru_dist.unlearn.tru.gate.noise_floor`);
+    #: 0 = off (the gap is compared with ``epsilon`` alone)
+    significance: Unit = 0.0
 
 
 class ScalingConfig(_Strict):

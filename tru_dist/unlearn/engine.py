@@ -685,7 +685,8 @@ class _Loop:
         # read off them (one product and one sort per pass, where ranking then sorting took two)
         rows = gate_fn.score_rows(users, items, exclude, at, li)
         pct = gate_fn.rank_percentiles(rows)
-        if self.ref_sorted is None:  # fixed at the start: the model after the deletion step
+        first = self.ref_sorted is None
+        if first:  # fixed at the start: the model after the deletion step
             ref_ranks, n_cand = self._ranks(users, items, self.ref_u, self.ref_i, exclude)
             ref = ref_ranks.double() / n_cand.double()
             self.ref_sorted = collectives.all_gather_rows(ref).sort().values
@@ -740,6 +741,12 @@ class _Loop:
             "calibration_gap": gap, "mean_pct": float(extra[1]) / n, "mean_target_pct": float(extra[2]) / n,
             "transport": float(extra[4]) / n, "n_pairs": int(extra[3]),
         })
+        if first and gate.significance > 0:  # is there a gap to close, beyond sampling noise?
+            floor = gate_fn.noise_floor(everything.numel(), self.ref_sorted.numel(),
+                                        current.numel() / max(everything.numel(), 1), gate.significance)
+            self.stats["gate_noise_floor"] = {"floor": floor, "start_gap": gap, "alpha": gate.significance,
+                                              "update": gap >= max(floor, gate.epsilon)}
+            return gap < max(floor, gate.epsilon)
         return gap < gate.epsilon
 
     @property
