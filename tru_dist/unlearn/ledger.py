@@ -663,17 +663,15 @@ def kept_receipts(run_dir: str | Path) -> list[dict]:
 
 
 def checkpoint_metadata(run_dir: Path) -> dict | None:
-    """``run_dir/checkpoint.pt`` with its tensors memory-mapped, not read (a legacy non-zip file,
-    which cannot be mapped, read whole); None when it is missing or unreadable — the loader that
-    needs the model says so."""
-    import zipfile
+    """``run_dir/checkpoint.pt`` with its tensors memory-mapped, not read
+    (:func:`~tru_dist.train.checkpoint.load_checkpoint`); None when it is missing or
+    unreadable — the loader that needs the model says so."""
+    from tru_dist.errors import TruDistError
+    from tru_dist.train.checkpoint import load_checkpoint
 
-    import torch
-
-    path = run_dir / "checkpoint.pt"
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception:
+        saved = load_checkpoint(run_dir / "checkpoint.pt", mmap=True)
+    except TruDistError:
         return None
     return saved if isinstance(saved, dict) else None
 
