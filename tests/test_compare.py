@@ -391,3 +391,27 @@ def test_train_original_says_why_it_misses_a_cache_of_other_keys(tmp_path, tiny_
     assert _cache_path(str(tmp_path), "", cfg, tiny_data).exists()
     train_original(cfg, tiny_data, str(tmp_path))
     assert "no cached original" not in capsys.readouterr().out
+
+
+def test_retrain_reseed_is_a_second_retrain_under_another_seed(compare_run, tiny_data, tmp_path):
+    """``retrain-reseed`` is Retrain trained under train.seed + RESEED_OFFSET: a different model
+    (its distance to Retrain is the noise floor, above 0), cached beside Retrain under its own
+    seed, and the very model a Retrain with that seed trains."""
+    from tru_dist.unlearn.retrain import RESEED_OFFSET, reseeded_seed
+
+    out, _ = compare_run
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=25", "train.patience=5", "unlearn.epochs=5",
+                                                    "data.path=synthetic:tiny"])
+    spec = CompareSpec(regime="users", fraction=0.1, methods=["retrain", "retrain-reseed", "noop"], seeds=[0],
+                       audits=["mia"], originals=str(out / "originals"))
+    run_compare(cfg, spec, tmp_path / "a", data=tiny_data)
+    runs = json.loads((tmp_path / "a" / "seed0.json").read_text())
+    reseed, retrain = runs["retrain-reseed"], runs["retrain"]
+    assert reseed["stats"]["train_seed"] == RESEED_OFFSET and "cached" not in reseed["stats"]
+    assert retrain["agreement"]["jaccard@20"] == 1.0 and retrain["retrain_distance"] == 0.0
+    assert reseed["agreement"]["jaccard@20"] < 1.0 and reseed["retrain_distance"] > 0.0
+    assert list((out / "originals").glob(f"retrain-lightgcn-seed{RESEED_OFFSET}-*.pt"))
+    run_compare(cfg, spec, tmp_path / "b", data=tiny_data)  # the second run loads it from the cache
+    again = json.loads((tmp_path / "b" / "seed0.json").read_text())["retrain-reseed"]
+    assert again["stats"]["cached"] is True and again["agreement"] == reseed["agreement"]
+    assert reseeded_seed(2**32 - 1) == RESEED_OFFSET - 1  # wraps inside the valid seed range

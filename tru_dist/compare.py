@@ -15,7 +15,8 @@ Per reporting seed s (``train.seed = unlearn.seed = s``; seeds below 100 — tun
 3. run each method from it with its own configuration (``tuned``: a folder of
    ``<method>-<regime>.yaml`` files chosen by a sweep on tuning seeds and valid data only,
    :mod:`tru_dist.unlearn.tuned`); Retrain trains from scratch on D_r; ``noop`` is the
-   deletion step alone;
+   deletion step alone; ``retrain-reseed`` is a second Retrain under another training seed
+   (cached like Retrain): its distance to Retrain is the noise floor training randomness sets;
 4. evaluate every model on the retained data: utility = full-ranking metrics on retained
    users' test items; forget metrics = hit@10/20/50 and mean rank percentile of the deleted
    train pairs with the user's retained history masked; against Retrain: top-20 Jaccard
@@ -342,6 +343,7 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
     from tru_dist.data.source import open_data
     from tru_dist.unlearn.base import get_method
     from tru_dist.unlearn.deletion import build_deletion, check_retains_train
+    from tru_dist.unlearn.retrain import reseeded
 
     cfg = _seeded(cfg, seed)
     configs = configs if configs is not None else method_configs(cfg, spec)
@@ -378,6 +380,9 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
         mcfg, tuning = configs[name]
         if name == "retrain":
             result = cached_retrain(_seeded(mcfg, seed), deletion, spec.originals)
+        elif name == "retrain-reseed":  # another Retrain, cached as one: the noise floor
+            result = cached_retrain(reseeded(_seeded(mcfg, seed)), deletion, spec.originals)
+            result.stats["train_seed"] = reseeded(_seeded(mcfg, seed)).train.seed
         else:
             result = get_method(name).unlearn(original, deletion, _seeded(mcfg, seed))  # methods copy it
         models[name] = result.model

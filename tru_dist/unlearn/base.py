@@ -16,7 +16,8 @@ training, by ``cfg.train.seed``).
 retraining of the affected shards) — summed by :meth:`Method.unlearn`, so every method is
 timed the same way. ``stats["method_seconds"]`` keeps the method's part alone.
 
-Names: ``retrain``, ``noop`` (the deletion step alone: original parameters, deleted users
+Names: ``retrain``, ``retrain-reseed`` (Retrain with another training seed: the benchmark's
+noise floor), ``noop`` (the deletion step alone: original parameters, deleted users
 reset, served on D_r's graph), ``reverse_bpr`` (MMRecUn), ``grad_ascent``, ``finetune``,
 ``sisa``, ``tru``, ``tru-default`` (TRU itself, named apart so that ``compare --tuned`` can
 report the plug-and-play defaults beside the tuned configuration) and TRU's ablations
@@ -49,6 +50,8 @@ UnlearnFn = Callable[..., UnlearnResult]
 
 _METHODS: dict[str, tuple[str, str, str]] = {
     "retrain": ("tru_dist.unlearn.retrain", "unlearn", "exact: train from scratch on D_r"),
+    "retrain-reseed": ("tru_dist.unlearn.retrain", "unlearn_reseeded",
+                       "Retrain with another training seed: the distance training randomness alone leaves"),
     "noop": ("tru_dist.unlearn.noop", "unlearn", "the deletion step alone: no parameter update"),
     "reverse_bpr": ("tru_dist.unlearn.reverse_bpr", "unlearn", "MMRecUn: reverse BPR on D_f + BPR on D_r"),
     "grad_ascent": ("tru_dist.unlearn.grad_ascent", "unlearn", "gradient ascent on BPR over D_f"),

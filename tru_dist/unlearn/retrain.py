@@ -6,11 +6,35 @@ Trains a fresh model from scratch on D_r with the SAME config as the original (m
 data. ``seconds`` is the whole call (graph build + training + its valid evaluations) plus the
 deletion step that built D_r.
 The given model is not used (only its absence of influence matters).
+
+``retrain-reseed`` (:func:`unlearn_reseeded`) is the same Retrain with another training seed,
+``train.seed + RESEED_OFFSET`` (mod 2^32): another model exact unlearning could have served. Its distance
+to Retrain (``retrain_distance``, top-20 Jaccard) is what training randomness alone leaves —
+the benchmark's noise floor. No method has to be closer to Retrain than that, and a method as
+close as that is as exact as the benchmark can tell.
 """
 
 from __future__ import annotations
 
+from tru_dist.config import SEED_MAX, Config
 from tru_dist.unlearn.base import Stopwatch, UnlearnResult
+
+#: ``train.seed`` shift of ``retrain-reseed``: far above the reporting (0–99) and tuning
+#: (100 and up) seeds the benchmark gives ``train.seed``, so the second Retrain never shares
+#: its initialisation or sampling with any original or Retrain the benchmark trains
+RESEED_OFFSET = 500_009
+
+
+def reseeded_seed(seed: int) -> int:
+    """(seed + :data:`RESEED_OFFSET`) mod 2^32: the other Retrain's ``train.seed``, still a valid seed."""
+    return (seed + RESEED_OFFSET) % (SEED_MAX + 1)
+
+
+def reseeded(cfg: Config) -> Config:
+    """``cfg`` with ``train.seed`` ← :func:`reseeded_seed`, everything else equal."""
+    out = cfg.model_copy(deep=True)
+    out.train.seed = reseeded_seed(cfg.train.seed)
+    return out
 
 
 def unlearn(model, deletion, cfg) -> UnlearnResult:
@@ -24,3 +48,10 @@ def unlearn(model, deletion, cfg) -> UnlearnResult:
     stats = {"best_epoch": result.best_epoch, "epochs": result.epochs, "valid": result.valid,
              "train_seconds": result.train_seconds}
     return UnlearnResult(out, stats, sw.seconds)
+
+
+def unlearn_reseeded(model, deletion, cfg) -> UnlearnResult:
+    """Retrain under :func:`reseeded` ``cfg``: the noise-floor reference (module doc)."""
+    result = unlearn(model, deletion, reseeded(cfg))
+    result.stats["train_seed"] = reseeded_seed(cfg.train.seed)
+    return result
