@@ -411,6 +411,8 @@ def test_retrain_reseed_is_a_second_retrain_under_another_seed(compare_run, tiny
     assert retrain["agreement"]["jaccard@20"] == 1.0 and retrain["retrain_distance"] == 0.0
     assert reseed["agreement"]["jaccard@20"] < 1.0 and reseed["retrain_distance"] > 0.0
     assert list((out / "originals").glob(f"retrain-lightgcn-seed{RESEED_OFFSET}-*.pt"))
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "## Noise floor" in report and f"retrain_distance {reseed['retrain_distance']:.3f}" in report
     run_compare(cfg, spec, tmp_path / "b", data=tiny_data)  # the second run loads it from the cache
     again = json.loads((tmp_path / "b" / "seed0.json").read_text())["retrain-reseed"]
     assert again["stats"]["cached"] is True and again["agreement"] == reseed["agreement"]

@@ -52,7 +52,7 @@ from tru_dist.config import Config, check_tuned_for_model, deep_merge
 from tru_dist.device import resolve_device
 from tru_dist.errors import ConfigError
 from tru_dist.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
-from tru_dist.report.tables import audit_table, comparison_table, paired_table
+from tru_dist.report.tables import audit_table, comparison_table, fmt, paired_table
 from tru_dist.timing import warm_up_process
 from tru_dist.train.size_warnings import logged_once
 
@@ -567,6 +567,17 @@ def _report_text(results: dict) -> tuple[str, str]:
                   "The verdict reads the 95% t-interval of the mean difference. The sign test beside it "
                   "counts the seeds on which TRU is closer: one seed on which a method diverges can widen "
                   "the t-interval across 0 although TRU is closer on every seed.", ""]
+    floor = methods.get("retrain-reseed", {})
+    if floor.get("retrain_distance") is not None:
+        jac = floor.get("agreement", {}).get("jaccard@20")
+        lines += ["## Noise floor", "",
+                  f"A second Retrain, trained under another seed (`retrain-reseed`), is at retrain_distance "
+                  f"{fmt(floor['retrain_distance'], floor.get('retrain_distance_ci'), digits=3)}"
+                  + (f" and top-20 Jaccard {jac:.3f}" if jac is not None else "")
+                  + " from Retrain: what training randomness alone leaves. A method that ties it in the "
+                  "paired table is as close to Retrain as exact unlearning's own randomness lets this "
+                  "benchmark tell. Retrain shares the original's training seed, so a method that stays "
+                  "near the original can sit below this floor.", ""]
     if audits:
         lines += ["## Audits", "", audits, "",
                   "MIA AUC is judged against Retrain's, not against 0.5.", ""]
