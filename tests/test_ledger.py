@@ -85,6 +85,24 @@ def test_apply_commit_replay_is_a_no_op(tmp_path, setup):
     assert d3 is d1 and g3 is g1
 
 
+def test_serving_reads_the_ledger_once_and_serves_what_it_checked(tmp_path, setup, monkeypatch):
+    """served_state checks the seals of the receipts it read and removes those same receipts'
+    pairs: one read of the ledger, so a ledger swapped in after the check is not served unchecked."""
+    from tru_dist.unlearn.ledger import served_state
+
+    data, graph, (u0, i0), _ = setup
+    ledger = DeletionLedger(tmp_path)
+    ledger.commit(ledger.plan(data, resolve_requests(data, _requests([("r1", u0, i0)]))),
+                  method="tru", model_before="a", model_after="b")
+    reads = []
+    original_receipts = DeletionLedger.receipts
+    monkeypatch.setattr(DeletionLedger, "receipts", lambda self: reads.append(1) or original_receipts(self))
+    served, served_graph = served_state(tmp_path, data, graph)
+    assert len(reads) == 1
+    assert served.n_interactions == data.n_interactions - 1
+    assert served_graph.ui.n_edges == graph.ui.n_edges - 1
+
+
 def test_a_different_request_on_a_deleted_pair_is_reported(tmp_path, setup):
     data, graph, (u0, i0), (u1, i1) = setup
     ledger = DeletionLedger(tmp_path)

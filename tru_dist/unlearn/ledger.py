@@ -500,9 +500,10 @@ class DeletionLedger:
                                f"(receipt(s) {ids}); nothing to unlearn")
         return table[~dropped].reset_index(drop=True), overlaps
 
-    def plan(self, data: RecDataset, forget: ForgetSet) -> DeletionPlan:
-        """Split ``forget`` into replayed / overlapping / new work (see the module docstring)."""
-        receipts = self.receipts()
+    def plan(self, data: RecDataset, forget: ForgetSet, receipts: list[dict] | None = None) -> DeletionPlan:
+        """Split ``forget`` into replayed / overlapping / new work (see the module docstring).
+        ``receipts``: the ledger as the caller already read (and checked) it; None reads it."""
+        receipts = self.receipts() if receipts is None else receipts
         replay = self.replay_of(list(forget.request_ids), receipts)
         digests = [self.digests_of(r) for r in receipts]
         done = deleted_rows(data.users, data.items, Digests.union(digests), self.hasher)
@@ -638,11 +639,13 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def apply_deletion(run_dir: str | Path, data: RecDataset, graph, forget: ForgetSet):
+def apply_deletion(run_dir: str | Path, data: RecDataset, graph, forget: ForgetSet,
+                   receipts: list[dict] | None = None):
     """(data_after, graph_after): ``data``/``graph`` without every pair deleted so far in the
     ledger plus ``forget``'s new pairs; a replayed batch deletes nothing new. Writes nothing
-    (receipts are written by :meth:`DeletionLedger.commit` once the model is unlearned)."""
-    plan = DeletionLedger(run_dir).plan(data, forget)
+    (receipts are written by :meth:`DeletionLedger.commit` once the model is unlearned).
+    ``receipts``: the ledger as already read and checked (None reads it)."""
+    plan = DeletionLedger(run_dir).plan(data, forget, receipts)
     deletion = apply_plan(data, graph, plan)
     return deletion.data_after, deletion.graph_after
 
@@ -715,7 +718,8 @@ def served_state(run_dir: str | Path, data: RecDataset, graph):
     refuse_broken_seals(DeletionLedger(run_dir), receipts, doing="serving the run", writes=False)
     empty = np.zeros(0, dtype=np.int64)
     nothing = ForgetSet(empty, empty, np.zeros(0, dtype=np.int8), empty, [], "none")
-    return apply_deletion(run_dir, data, graph, nothing)
+    # the receipts just checked, not a second read: a ledger swapped in between was served unchecked
+    return apply_deletion(run_dir, data, graph, nothing, receipts)
 
 
 def apply_plan(data: RecDataset, graph, plan: DeletionPlan, *, reset: bool = True):
