@@ -257,3 +257,33 @@ def test_run_unlearn_twice_applies_once(tmp_path, tiny_data):
     assert (tmp_path / "out" / "checkpoint.pt").read_bytes() == ckpt
     assert len(DeletionLedger(tmp_path / "out").receipts()) == 1
     assert first["receipt"]["model_before"] != first["receipt"]["model_after"]
+
+
+def test_a_request_file_rewritten_while_the_unlearn_runs_is_refused(tmp_path, tiny_data, monkeypatch):
+    """The driver reads the request file, then the ranks read it again: a file rewritten in between
+    had the model unlearn the new requests while the driver's checks vouched for the old ones (and
+    the receipt recorded a third read). Each rank now checks it reads the driver's file; nothing is
+    written when it does not."""
+    import tru_dist.distributed.commands as commands
+    from tru_dist.train.trainer import fit
+
+    cfg = Config.from_dict({"model": {"name": "lightgcn", "dim": 16},
+                            "train": {"epochs": 3, "eval_every": 3, "batch_size": 1024, "progress": "off"},
+                            "eval": {"ks": [20]}, "unlearn": {"epochs": 2, "batch_size": 64}})
+    fit(cfg, tiny_data, out_dir=tmp_path / "run")
+    users = np.unique(tiny_data.users)
+    write_requests(_requests([("u-1", int(users[0]), None)]), tmp_path / "req.csv")
+    real = commands.run_distributed
+
+    def rewritten_first(*args, **kwargs):  # another writer, between the driver's read and the ranks'
+        write_requests(_requests([("u-1", int(users[1]), None)]), tmp_path / "req.csv")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "run_distributed", rewritten_first)
+    run, req, out = tmp_path / "run", tmp_path / "req.csv", tmp_path / "out"
+    with pytest.raises(RequestError, match="req.csv changed after this unlearn began; nothing was written"):
+        commands.unlearn(run, req, out, method="tru", data=tiny_data)
+    assert not (out / "checkpoint.pt").exists() and not DeletionLedger(out).receipts()
+    monkeypatch.setattr(commands, "run_distributed", real)  # left alone, the rewritten file is applied
+    done = commands.unlearn(run, req, out, method="tru", data=tiny_data)
+    assert done["receipt"]["request_ids"] == ["u-1"] and done["forget_set"]["n_removed_users"] == 1

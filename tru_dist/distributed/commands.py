@@ -106,7 +106,7 @@ def unlearn(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     return run_distributed("unlearn", ready.cfg, data=data, pool=pool, model_dir=str(Path(run_dir).resolve()),
                            requests=str(Path(requests).resolve()), method=ready.method,
                            out_dir=str(Path(out_dir).resolve()), purge_store=ready.store,
-                           keep_versions=ready.keep_versions)
+                           keep_versions=ready.keep_versions, requests_digest=ready.requests_digest)
 
 
 def compare(cfg: Config, spec, out_dir: str | Path, *, data: RecDataset | None = None,

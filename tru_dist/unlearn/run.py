@@ -58,7 +58,7 @@ import numpy as np
 from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.crashpoints import arm_update_fault, fault_point
-from tru_dist.errors import ConfigError, TrainingError
+from tru_dist.errors import ConfigError, RequestError, TrainingError
 from tru_dist.io_utils import atomic_write_json, remove_orphan_temps
 from tru_dist.unlearn.ledger import (
     HASHES_DIR,
@@ -153,14 +153,39 @@ def method_name(method: str | None, cfg: Config) -> str:
     return name
 
 
-def plan_requests(data, requests: str | Path, out_dir: Path):
-    """The plan of a request file against OUT's ledger (the same on the driver and every rank):
-    requests a purge already removed are dropped and reported as overlaps, then
-    :meth:`DeletionLedger.plan` (replay, overlaps, the new rows)."""
-    from tru_dist.data.requests import read_requests, resolve_requests
+def requests_digest(requests: str | Path) -> str:
+    """SHA-256 of the request file's bytes: what the driver read, which every rank checks it
+    reads too (:func:`read_checked_requests`)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(requests).read_bytes()).hexdigest()
+    except OSError:
+        return ""  # read_requests names what is wrong with the path
+
+
+def read_checked_requests(requests: str | Path, digest: str | None):
+    """The request table of ``requests``, refused in one line when the file is no longer the one
+    the driver read (``digest``, None = not checked): a file rewritten while an unlearn ran had the
+    model unlearn one set of requests and its receipt record another. The digest is taken after
+    the read, so a rewrite before it is seen."""
+    from tru_dist.data.requests import read_requests
+
+    table = read_requests(requests)
+    if digest and requests_digest(requests) != digest:
+        raise RequestError(f"request file {requests} changed after this unlearn began; nothing was written "
+                           "— leave the file as it is until the unlearn ends, and run it again")
+    return table
+
+
+def plan_requests(data, table, out_dir: Path):
+    """The plan of a request table (:func:`~tru_dist.data.requests.read_requests`) against OUT's
+    ledger (the same on the driver and every rank): requests a purge already removed are dropped
+    and reported as overlaps, then :meth:`DeletionLedger.plan` (replay, overlaps, the new rows)."""
+    from tru_dist.data.requests import resolve_requests
 
     ledger = DeletionLedger(out_dir)
-    table, purged = ledger.drop_purged_requests(read_requests(requests), data)
+    table, purged = ledger.drop_purged_requests(table, data)
     plan = ledger.plan(data, resolve_requests(data, table))
     return replace(plan, overlaps=purged + plan.overlaps) if purged else plan
 
@@ -175,6 +200,8 @@ class Prepared:
     store: str | None = None
     keep_versions: int = 0
     replayed: dict[str, Any] | None = None
+    #: :func:`requests_digest` of the file as the driver read it: every rank reads that file again
+    requests_digest: str = ""
 
 
 def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, method: str | None = None,
@@ -183,7 +210,6 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
             keep_versions: int = 0) -> Prepared | dict[str, Any]:
     """The driver's half (module docstring). Returns a :class:`Prepared`, or the earlier
     metrics and receipt (``replayed: True``) when the batch was applied before."""
-    from tru_dist.data.requests import read_requests
     from tru_dist.data.source import open_data
     from tru_dist.train.size_warnings import unlearn_size_warnings
     from tru_dist.train.trainer import run_config
@@ -196,7 +222,8 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     # not built on (its update and purge would act on the edit)
     refuse_broken_seals(DeletionLedger(run_dir), kept_receipts(run_dir), doing="this unlearn")
     # -- crash safety and purge: checks and replay before the run's data is opened --------------
-    table = read_requests(requests)
+    digest = requests_digest(requests)
+    table = read_checked_requests(requests, digest)
     store = _purge_store_of(run_dir) if purge else None
     if purge and data is not None:
         raise ConfigError("purge=True needs the run's stored data; do not pass data=")
@@ -221,7 +248,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
         if cfg.data.path is None:
             raise ConfigError(f"run {run_dir} was trained on in-memory data; pass that dataset (data=...)")
         data = open_data(cfg.data.path)
-    plan = plan_requests(data, requests, out_dir)
+    plan = plan_requests(data, table, out_dir)
     if plan.replay is not None:
         return _replay(out_dir, ledger, plan.replay, None, keep_versions)
     if len(plan.forget.users) == 0:
@@ -230,7 +257,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     check_retains_train(data, plan.forget, plan.earlier)  # deleting everything: refused before any worker
     unlearn_size_warnings(cfg, data, name)  # e.g. gate.top_k >= n_items: logged, once
     _warn_held_out_left(users_left_with_only_held_out(data, plan.forget, plan.earlier))
-    return Prepared(cfg, name, store, keep_versions)
+    return Prepared(cfg, name, store, keep_versions, requests_digest=digest)
 
 
 def _warn_held_out_left(users: np.ndarray) -> None:
@@ -264,12 +291,13 @@ def check_finite(model, method: str) -> None:
 
 
 def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, method: str, out_dir: str | Path,
-                   data, graph, model, *, store: str | None = None, keep_versions: int = 0) -> dict[str, Any]:
+                   data, graph, model, *, store: str | None = None, keep_versions: int = 0,
+                   requests_digest: str | None = None) -> dict[str, Any]:
     """The per-rank half (module docstring) on this rank's ``data``/``graph``/``model`` shard.
 
     Collective: every rank calls it. Returns the metrics written to ``OUT/metrics.json``
-    (with the receipt on rank 0)."""
-    from tru_dist.data.requests import read_requests
+    (with the receipt on rank 0). The request file is read once here, and refused if it is not
+    the file the driver read (``requests_digest``): the plan and the receipt come from one read."""
     from tru_dist.train.checkpoint import checkpoint_path, gather_state, save_checkpoint
     from tru_dist.train.evaluate import eval_embeddings, evaluate
     from tru_dist.train.trainer import data_signature
@@ -277,7 +305,8 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
     from tru_dist.unlearn.metrics import forget_metrics
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    plan = plan_requests(data, requests, out_dir)
+    table = read_checked_requests(requests, requests_digest)
+    plan = plan_requests(data, table, out_dir)
     if plan.replay is not None or len(plan.forget.users) == 0:  # the driver checked; the ledger moved
         raise ConfigError(f"the ledger in {out_dir} changed while these requests were being applied; retry")
 
@@ -344,7 +373,7 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
                             seconds=result.seconds,
                             audit={"forget_hit@20": metrics["forget"].get("hit@20"),
                                    "test_recall@20": metrics["test"].get("recall@20")},
-                            extra=_pending_purge(store, keep_versions), requests=read_requests(requests))
+                            extra=_pending_purge(store, keep_versions), requests=table)
     fault_point("after-receipt")
     if in_place:
         os.replace(out_dir / STAGED_CHECKPOINT, model_file)
