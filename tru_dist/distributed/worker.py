@@ -181,7 +181,7 @@ def _unlearn(cfg: Config, task: dict, shard: Shard, out_dir: Path, reporter: Rep
     return apply_requests(cfg, task["model_dir"], task["requests"], task["method"], out_dir,
                           shard.data, shard.graph, model, store=task.get("purge_store"),
                           keep_versions=int(task.get("keep_versions", 0)),
-                          requests_digest=task.get("requests_digest"))
+                          expected_digest=task.get("requests_digest"))
 
 
 # -- compare -----------------------------------------------------------------------------------

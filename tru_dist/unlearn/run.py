@@ -292,12 +292,13 @@ def check_finite(model, method: str) -> None:
 
 def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, method: str, out_dir: str | Path,
                    data, graph, model, *, store: str | None = None, keep_versions: int = 0,
-                   requests_digest: str | None = None) -> dict[str, Any]:
+                   expected_digest: str | None = None) -> dict[str, Any]:
     """The per-rank half (module docstring) on this rank's ``data``/``graph``/``model`` shard.
 
     Collective: every rank calls it. Returns the metrics written to ``OUT/metrics.json``
     (with the receipt on rank 0). The request file is read once here, and refused if it is not
-    the file the driver read (``requests_digest``): the plan and the receipt come from one read."""
+    the file the driver read (``expected_digest``, :func:`requests_digest`): the plan and the
+    receipt come from one read."""
     from tru_dist.train.checkpoint import checkpoint_path, gather_state, save_checkpoint
     from tru_dist.train.evaluate import eval_embeddings, evaluate
     from tru_dist.train.trainer import data_signature
@@ -305,7 +306,7 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
     from tru_dist.unlearn.metrics import forget_metrics
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    table = read_checked_requests(requests, requests_digest)
+    table = read_checked_requests(requests, expected_digest)
     plan = plan_requests(data, table, out_dir)
     if plan.replay is not None or len(plan.forget.users) == 0:  # the driver checked; the ledger moved
         raise ConfigError(f"the ledger in {out_dir} changed while these requests were being applied; retry")
