@@ -300,3 +300,14 @@ def test_a_command_that_reads_no_overrides_refuses_them(argv, named, tmp_path, c
     line = _one_error(capsys)
     assert named in line and "it would ignore them" in line
     assert not out.exists()
+
+
+def test_compare_help_lists_every_registered_method(capsys):
+    """The --methods help is the registry's list (it was a hand-kept copy that missed retrain-reseed)."""
+    from tru_dist.unlearn.base import method_names
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines (and may break at a '-')
+    listed = text.split("comma list of methods (", 1)[1].split(")", 1)[0].replace("- ", "-")
+    assert [m.strip() for m in listed.split(",")] == method_names()

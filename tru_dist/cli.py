@@ -543,6 +543,8 @@ def cmd_bench(args, overrides) -> int:
 
 # --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from tru_dist.unlearn.base import method_names  # the registry, so the help lists every method
+
     p = _Parser(prog="tru-dist", description=__doc__.split("\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"tru-dist {__version__}")
@@ -656,8 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--policy", choices=["random", "core", "edge"], default="random")
     c.add_argument("--fraction", type=_float_in(0, 1, low_open=True), default=0.05)
     c.add_argument("--methods", default="retrain,noop,reverse_bpr,tru",
-                   help="comma list of methods (retrain, noop, reverse_bpr, grad_ascent, finetune, sisa, "
-                        "tru, tru-default, tru-no-gate, tru-no-scaling, tru-no-isolation)")
+                   help=f"comma list of methods ({', '.join(method_names())})")
     c.add_argument("--seeds", type=_int_at_least(1), default=5,
                    help="reporting seeds 0..N-1 (N <= 100; 100+ are tuning seeds)")
     c.add_argument("--audit", default="", help="comma list: mia,user_mia,backdoor")
