@@ -11,12 +11,13 @@ import resource
 import sys
 import time
 
-import torch
-
 
 def synchronize() -> None:
-    """Wait for queued CUDA work (a no-op without an initialised CUDA context)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    """Wait for queued CUDA work (a no-op without an initialised CUDA context). torch is not
+    imported here: a process that has not imported it has queued no CUDA work, and the method
+    registry (which the CLI's parser reads) imports this module."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
 
@@ -42,6 +43,8 @@ def warm_up_process() -> None:
     ~0.1 ms. Without this, a comparison charges that second to whichever method happens to
     build an optimizer first (reverse_bpr, after a cached Retrain) — not a cost of the method.
     """
+    import torch
+
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
