@@ -287,3 +287,34 @@ def test_a_request_file_rewritten_while_the_unlearn_runs_is_refused(tmp_path, ti
     monkeypatch.setattr(commands, "run_distributed", real)  # left alone, the rewritten file is applied
     done = commands.unlearn(run, req, out, method="tru", data=tiny_data)
     assert done["receipt"]["request_ids"] == ["u-1"] and done["forget_set"]["n_removed_users"] == 1
+
+
+def _rank_one_reads_another_file(rank, world, task):
+    """A rewrite between the ranks' reads, as rank 1 sees it: another digest than the driver's."""
+    from tru_dist.distributed.worker import worker_main
+
+    return worker_main({**task, "requests_digest": "0" * 64} if rank == 1 else task)
+
+
+def test_a_rank_that_reads_another_request_file_stops_every_rank_in_one_line(tmp_path, tiny_data):
+    """When only one of W = 2 ranks finds the request file changed, every rank stops with a one-line
+    error at once; the rank that raised alone waited 300 s in the group's teardown barrier while
+    the other went on into the method's collectives, and ended in a traceback."""
+    from tru_dist.distributed.process_group import spawn_local
+    from tru_dist.train.trainer import fit
+    from tru_dist.unlearn.run import prepare
+
+    cfg = Config.from_dict({"model": {"name": "lightgcn", "dim": 16}, "data": {"path": "synthetic:tiny"},
+                            "train": {"epochs": 3, "eval_every": 3, "batch_size": 1024, "progress": "off"},
+                            "eval": {"ks": [20]}, "unlearn": {"epochs": 2, "batch_size": 64}})
+    fit(cfg, tiny_data, out_dir=tmp_path / "run")
+    write_requests(_requests([("u-1", int(np.unique(tiny_data.users)[0]), None)]), tmp_path / "req.csv")
+    ready = prepare(tmp_path / "run", tmp_path / "req.csv", tmp_path / "out", method="tru",
+                    overrides=["dist.workers=2"])
+    task = {"kind": "unlearn", "config": ready.cfg.to_dict(), "model_dir": str(tmp_path / "run"),
+            "requests": str(tmp_path / "req.csv"), "method": ready.method, "out_dir": str(tmp_path / "out"),
+            "keep_versions": 0, "requests_digest": ready.requests_digest}
+    with pytest.raises(RequestError, match="changed after this unlearn began; nothing was written"):
+        spawn_local(_rank_one_reads_another_file, 2, (task,), backend="gloo", threads_per_rank=1)
+    out = tmp_path / "out"
+    assert not (out / "checkpoint.pt").exists() and not DeletionLedger(out).receipts()

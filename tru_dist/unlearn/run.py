@@ -58,7 +58,7 @@ import numpy as np
 from tru_dist import comm as collectives
 from tru_dist.config import Config
 from tru_dist.crashpoints import arm_update_fault, fault_point
-from tru_dist.errors import ConfigError, RequestError, TrainingError
+from tru_dist.errors import ConfigError, RequestError, TrainingError, TruDistError
 from tru_dist.io_utils import atomic_write_json, remove_orphan_temps
 from tru_dist.unlearn.ledger import (
     HASHES_DIR,
@@ -272,6 +272,22 @@ def _warn_held_out_left(users: np.ndarray) -> None:
             "user entirely, send a request with user_id only (item_id empty)", len(users), shown)
 
 
+def refuse_on_every_rank(problem: TruDistError | None, device) -> None:
+    """Raise ``problem`` — or, on a rank that found none, a one-line RequestError saying another
+    rank did — on every rank as soon as one rank has one (a flag summed over ranks). Each rank
+    reads the request file and the ledger itself: a rank that raised alone left the others in
+    the method's collectives and itself in the group's teardown barrier until the 300 s gloo
+    timeout, which ended in a traceback (measured: W = 2, one rank given another digest)."""
+    import torch
+
+    flag = collectives.sum_stats(torch.tensor([0.0 if problem is None else 1.0], device=device))
+    if problem is not None:
+        raise problem
+    if float(flag.item()) > 0:
+        raise RequestError("another worker found the request file or the ledger changed after this unlearn "
+                           "began; nothing was written — leave them as they are, and run the unlearn again")
+
+
 def check_finite(model, method: str) -> None:
     """A one-line TrainingError when the update left NaN/inf parameters, before anything is
     written: a diverged update saved its checkpoint and receipt (and could purge the store), and
@@ -306,10 +322,16 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
     from tru_dist.unlearn.metrics import forget_metrics
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    table = read_checked_requests(requests, expected_digest)
-    plan = plan_requests(data, table, out_dir)
-    if plan.replay is not None or len(plan.forget.users) == 0:  # the driver checked; the ledger moved
-        raise ConfigError(f"the ledger in {out_dir} changed while these requests were being applied; retry")
+    problem: TruDistError | None = None
+    try:
+        table = read_checked_requests(requests, expected_digest)
+        plan = plan_requests(data, table, out_dir)
+        if plan.replay is not None or len(plan.forget.users) == 0:  # the driver checked; the ledger moved
+            problem = ConfigError(f"the ledger in {out_dir} changed while these requests were being "
+                                  "applied; nothing was written — run the unlearn again")
+    except TruDistError as exc:
+        problem = exc
+    refuse_on_every_rank(problem, next(model.parameters()).device)
 
     # the shared deletion step: before = original minus earlier receipts, after = minus the new pairs too
     deletion = apply_plan(data, graph, plan, reset=cfg.unlearn.reset_deleted_users)
