@@ -13,6 +13,8 @@ deletion ledger's concern, not this module's.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,14 +158,13 @@ def normalize_requests(df: pd.DataFrame, source: str = "request table") -> pd.Da
     return out
 
 
-def _refuse_extra_fields(path: Path) -> None:
+def _refuse_extra_fields(path: Path, content: bytes) -> None:
     """A RequestError when the first row has more fields than the header: pandas then takes the
     first column as an index and shifts the rest (``r1,2,4,x,extra`` under a four-column header
     became request 2 with item_id 'x'). Later rows with extra fields are pandas' own error."""
     import csv
-    import io
 
-    with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+    with io.TextIOWrapper(io.BytesIO(content), encoding="utf-8", errors="replace", newline="") as fh:
         head = [fh.readline(), fh.readline()]
     try:
         rows = list(csv.reader(io.StringIO("".join(head), newline="")))
@@ -177,28 +178,36 @@ def _refuse_extra_fields(path: Path) -> None:
 
 def read_requests(path: str | Path) -> pd.DataFrame:
     """Read a request table from ``.parquet`` or ``.csv`` (normalised, see :func:`normalize_requests`)."""
+    return read_requests_with_digest(path)[0]
+
+
+def read_requests_with_digest(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """:func:`read_requests` and the SHA-256 of the very bytes it parsed (the file is read once),
+    so a reader can tell whether another read saw the same file (``tru-dist unlearn``: the driver
+    and every rank)."""
     path = Path(path)
     if path.is_dir():
         raise RequestError(f"request file {path} is a folder; pass a .csv or .parquet file ({_FORMAT_HINT})")
     if not path.is_file():
         raise RequestError(f"request file {path} {why_not_found(path)}")
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise RequestError(f"request file {path} must end in .parquet or .csv")
     try:
+        content = path.read_bytes()
         if suffix == ".parquet":
-            df = pq.read_table(path).to_pandas()
-        elif suffix == ".csv":
-            _refuse_extra_fields(path)
-            df = pd.read_csv(path, dtype={"request_id": str, "reason": str}, keep_default_na=False,
-                             na_values={"user_id": [""], "item_id": [""]})
+            df = pq.read_table(io.BytesIO(content)).to_pandas()
         else:
-            raise RequestError(f"request file {path} must end in .parquet or .csv")
+            _refuse_extra_fields(path, content)
+            df = pd.read_csv(io.BytesIO(content), dtype={"request_id": str, "reason": str},
+                             keep_default_na=False, na_values={"user_id": [""], "item_id": [""]})
     except UnicodeDecodeError as exc:  # a binary file, or a CSV saved as UTF-16
         raise RequestError(f"request file {path} is {not_utf8(exc, file_offset=False)}; save the CSV as "
                            f"UTF-8 ({_FORMAT_HINT})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowInvalid, OSError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise RequestError(f"request file {path} cannot be read ({reason})") from None
-    return normalize_requests(df, str(path))
+    return normalize_requests(df, str(path)), hashlib.sha256(content).hexdigest()
 
 
 def write_requests(df: pd.DataFrame, path: str | Path) -> Path:

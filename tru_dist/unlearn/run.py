@@ -153,29 +153,18 @@ def method_name(method: str | None, cfg: Config) -> str:
     return name
 
 
-def requests_digest(requests: str | Path) -> str:
-    """SHA-256 of the request file's bytes: what the driver read, which every rank checks it
-    reads too (:func:`read_checked_requests`)."""
-    import hashlib
+def read_checked_requests(requests: str | Path, expected_digest: str | None = None):
+    """(table, digest): the request table of ``requests`` and the SHA-256 of the bytes it was
+    parsed from (one read, :func:`~tru_dist.data.requests.read_requests_with_digest`). Refused in
+    one line when ``expected_digest`` (the driver's; None = not checked) differs: a file rewritten
+    while an unlearn ran had the model unlearn one set of requests and its receipt record another."""
+    from tru_dist.data.requests import read_requests_with_digest
 
-    try:
-        return hashlib.sha256(Path(requests).read_bytes()).hexdigest()
-    except OSError:
-        return ""  # read_requests names what is wrong with the path
-
-
-def read_checked_requests(requests: str | Path, digest: str | None):
-    """The request table of ``requests``, refused in one line when the file is no longer the one
-    the driver read (``digest``, None = not checked): a file rewritten while an unlearn ran had the
-    model unlearn one set of requests and its receipt record another. The digest is taken after
-    the read, so a rewrite before it is seen."""
-    from tru_dist.data.requests import read_requests
-
-    table = read_requests(requests)
-    if digest and requests_digest(requests) != digest:
+    table, digest = read_requests_with_digest(requests)
+    if expected_digest and digest != expected_digest:
         raise RequestError(f"request file {requests} changed after this unlearn began; nothing was written "
                            "— leave the file as it is until the unlearn ends, and run it again")
-    return table
+    return table, digest
 
 
 def plan_requests(data, table, out_dir: Path):
@@ -200,7 +189,8 @@ class Prepared:
     store: str | None = None
     keep_versions: int = 0
     replayed: dict[str, Any] | None = None
-    #: :func:`requests_digest` of the file as the driver read it: every rank reads that file again
+    #: SHA-256 of the request file as the driver read it (:func:`read_checked_requests`): every
+    #: rank reads that file again and checks it is the same
     requests_digest: str = ""
 
 
@@ -222,8 +212,7 @@ def prepare(run_dir: str | Path, requests: str | Path, out_dir: str | Path, *, m
     # not built on (its update and purge would act on the edit)
     refuse_broken_seals(DeletionLedger(run_dir), kept_receipts(run_dir), doing="this unlearn")
     # -- crash safety and purge: checks and replay before the run's data is opened --------------
-    digest = requests_digest(requests)
-    table = read_checked_requests(requests, digest)
+    table, digest = read_checked_requests(requests)
     store = _purge_store_of(run_dir) if purge else None
     if purge and data is not None:
         raise ConfigError("purge=True needs the run's stored data; do not pass data=")
@@ -313,8 +302,8 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
 
     Collective: every rank calls it. Returns the metrics written to ``OUT/metrics.json``
     (with the receipt on rank 0). The request file is read once here, and refused if it is not
-    the file the driver read (``expected_digest``, :func:`requests_digest`): the plan and the
-    receipt come from one read."""
+    the file the driver read (``expected_digest``, :func:`read_checked_requests`): the plan and
+    the receipt come from one read."""
     from tru_dist.train.checkpoint import checkpoint_path, gather_state, save_checkpoint
     from tru_dist.train.evaluate import eval_embeddings, evaluate
     from tru_dist.train.trainer import data_signature
@@ -324,7 +313,7 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     problem: TruDistError | None = None
     try:
-        table = read_checked_requests(requests, expected_digest)
+        table, _ = read_checked_requests(requests, expected_digest)
         plan = plan_requests(data, table, out_dir)
         if plan.replay is not None or len(plan.forget.users) == 0:  # the driver checked; the ledger moved
             problem = ConfigError(f"the ledger in {out_dir} changed while these requests were being "
