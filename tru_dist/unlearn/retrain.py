@@ -21,9 +21,10 @@ from __future__ import annotations
 from tru_dist.config import SEED_MAX, Config
 from tru_dist.unlearn.base import Stopwatch, UnlearnResult
 
-#: ``train.seed`` shift of ``retrain-reseed``: far above the reporting (0–99) and tuning
-#: (100 and up) seeds the benchmark gives ``train.seed``, so the second Retrain never shares
-#: its initialisation or sampling with any original or Retrain the benchmark trains
+#: ``train.seed`` shift of ``retrain-reseed``: the benchmark gives ``train.seed`` its reporting
+#: seeds (0–99) and its sweeps tuning seeds from 100 up (a few hundred at most), so a seed shifted
+#: this far is none of theirs and the second Retrain shares no original's or Retrain's
+#: initialisation or sampling
 RESEED_OFFSET = 500_009
 
 
