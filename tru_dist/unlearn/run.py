@@ -261,38 +261,37 @@ def _warn_held_out_left(users: np.ndarray) -> None:
             "user entirely, send a request with user_id only (item_id empty)", len(users), shown)
 
 
-def refuse_on_every_rank(problem: TruDistError | None, device) -> None:
-    """Raise ``problem`` — or, on a rank that found none, a one-line RequestError saying another
-    rank did — on every rank as soon as one rank has one (a flag summed over ranks). Each rank
-    reads the request file and the ledger itself: a rank that raised alone left the others in
-    the method's collectives and itself in the group's teardown barrier until the 300 s gloo
-    timeout, which ended in a traceback (measured: W = 2, one rank given another digest)."""
+def refuse_on_every_rank(problem: TruDistError | None, device, elsewhere: TruDistError) -> None:
+    """Raise ``problem`` on this rank, or ``elsewhere`` (saying another rank found one) on a rank
+    that found none, on every rank as soon as one rank has a problem: a flag summed over ranks
+    (on ``device``: NCCL reduces device tensors only). A rank that raised alone left the others in
+    collectives and itself in the group's teardown barrier until the 300 s gloo timeout, which
+    ended in a traceback (measured: W = 2, one rank reading another request file)."""
     import torch
 
     flag = collectives.sum_stats(torch.tensor([0.0 if problem is None else 1.0], device=device))
     if problem is not None:
         raise problem
     if float(flag.item()) > 0:
-        raise RequestError("another worker found the request file or the ledger changed after this unlearn "
-                           "began; nothing was written — leave them as they are, and run the unlearn again")
+        raise elsewhere
 
 
 def check_finite(model, method: str) -> None:
     """A one-line TrainingError when the update left NaN/inf parameters, before anything is
     written: a diverged update saved its checkpoint and receipt (and could purge the store), and
-    the run then refused to load with no way back but a backup that never existed."""
+    the run then refused to load with no way back but a backup that never existed. At W > 1 a
+    shard's user rows may be the only bad ones: every rank stops (:func:`refuse_on_every_rank`)."""
     import torch
 
+    def diverged(names: list[str]) -> TrainingError:
+        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+        return TrainingError(f"the {method} update diverged: NaN/inf in {', '.join(names[:3])}{more}; "
+                             "nothing was written — lower --unlearn.lr (or the method's step size) and run "
+                             "it again")
+
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    # at W > 1 a shard's user rows may be the only bad ones: every rank learns it (none may go on
-    # to the collectives of the write while another has stopped)
-    device = next(model.parameters()).device  # NCCL reduces device tensors only
-    flag = collectives.sum_stats(torch.tensor([float(len(bad))], device=device))
-    if float(flag.item()) > 0:
-        bad = bad or ["another worker's shard"]
-        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise TrainingError(f"the {method} update diverged: NaN/inf in {', '.join(bad[:3])}{more}; nothing "
-                            "was written — lower --unlearn.lr (or the method's step size) and run it again")
+    refuse_on_every_rank(diverged(bad) if bad else None, next(model.parameters()).device,
+                         elsewhere=diverged(["another worker's shard"]))
 
 
 def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, method: str, out_dir: str | Path,
@@ -320,7 +319,9 @@ def apply_requests(cfg: Config, run_dir: str | Path, requests: str | Path, metho
                                   "applied; nothing was written — run the unlearn again")
     except TruDistError as exc:
         problem = exc
-    refuse_on_every_rank(problem, next(model.parameters()).device)
+    refuse_on_every_rank(problem, next(model.parameters()).device, elsewhere=RequestError(
+        "another worker found the request file or the ledger changed after this unlearn began; nothing "
+        "was written — leave them as they are, and run the unlearn again"))
 
     # the shared deletion step: before = original minus earlier receipts, after = minus the new pairs too
     deletion = apply_plan(data, graph, plan, reset=cfg.unlearn.reset_deleted_users)
