@@ -381,8 +381,9 @@ def run_seed(cfg: Config, spec: CompareSpec, seed: int, data=None,
         if name == "retrain":
             result = cached_retrain(_seeded(mcfg, seed), deletion, spec.originals)
         elif name == "retrain-reseed":  # another Retrain, cached as one: the noise floor
-            result = cached_retrain(reseeded(_seeded(mcfg, seed)), deletion, spec.originals)
-            result.stats["train_seed"] = reseeded(_seeded(mcfg, seed)).train.seed
+            other = reseeded(_seeded(mcfg, seed))
+            result = cached_retrain(other, deletion, spec.originals)
+            result.stats["train_seed"] = other.train.seed
         else:
             result = get_method(name).unlearn(original, deletion, _seeded(mcfg, seed))  # methods copy it
         models[name] = result.model
