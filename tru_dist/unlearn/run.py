@@ -51,7 +51,7 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -73,6 +73,9 @@ from tru_dist.unlearn.ledger import (
     refuse_broken_seals,
     state_version,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _inherit_ledger(run_dir: Path, out_dir: Path) -> None:
@@ -153,7 +156,8 @@ def method_name(method: str | None, cfg: Config) -> str:
     return name
 
 
-def read_checked_requests(requests: str | Path, expected_digest: str | None = None):
+def read_checked_requests(requests: str | Path,
+                          expected_digest: str | None = None) -> tuple[pd.DataFrame, str]:
     """(table, digest): the request table of ``requests`` and the SHA-256 of the bytes it was
     parsed from (one read, :func:`~tru_dist.data.requests.read_requests_with_digest`). Refused in
     one line when ``expected_digest`` (the driver's; None = not checked) differs: a file rewritten
@@ -167,7 +171,7 @@ def read_checked_requests(requests: str | Path, expected_digest: str | None = No
     return table, digest
 
 
-def plan_requests(data, table, out_dir: Path):
+def plan_requests(data, table: pd.DataFrame, out_dir: Path):
     """The plan of a request table (:func:`~tru_dist.data.requests.read_requests`) against OUT's
     ledger (the same on the driver and every rank): requests a purge already removed are dropped
     and reported as overlaps, then :meth:`DeletionLedger.plan` (replay, overlaps, the new rows)."""
