@@ -318,3 +318,41 @@ def test_a_rank_that_reads_another_request_file_stops_every_rank_in_one_line(tmp
         spawn_local(_rank_one_reads_another_file, 2, (task,), backend="gloo", threads_per_rank=1)
     out = tmp_path / "out"
     assert not (out / "checkpoint.pt").exists() and not DeletionLedger(out).receipts()
+
+
+def _rank_one_diverged(rank: int, world: int) -> str:
+    """:func:`check_finite` at W = 2 where only rank 1's shard left a NaN; the TrainingError this
+    rank raised, as text ("" when it raised none). A watchdog ends a rank still stuck in a
+    collective (this one or the teardown barrier) after 20 s with exit code 3 — spawn then fails at
+    once — instead of the group's 300 s gloo timeout; a rank that finishes exits before it fires."""
+    import os
+    import threading
+
+    from tru_dist.errors import TrainingError
+    from tru_dist.unlearn.run import check_finite
+
+    watchdog = threading.Timer(20.0, os._exit, (3,))
+    watchdog.daemon = True
+    watchdog.start()
+    model = torch.nn.Linear(3, 2)
+    if rank == 1:
+        with torch.no_grad():
+            model.bias[1] = float("nan")
+    try:
+        check_finite(model, "tru")
+    except TrainingError as exc:
+        return str(exc)
+    return ""
+
+
+def test_a_diverged_update_on_one_rank_stops_every_rank_in_one_line():
+    """At W = 2 only one shard's rows may diverge: that rank names the parameter, the other says
+    another worker's shard did, and both stop at once. A rank that saw finite parameters and went
+    on (no collective) left the other in the flag's all-reduce and itself in its next collective
+    until the gloo timeout."""
+    from tru_dist.distributed.process_group import spawn_local
+
+    finite_rank, nan_rank = spawn_local(_rank_one_diverged, 2, backend="gloo", threads_per_rank=1)
+    assert finite_rank.startswith("the tru update diverged: NaN/inf in another worker's shard; nothing was "
+                                  "written"), finite_rank
+    assert nan_rank.startswith("the tru update diverged: NaN/inf in bias; nothing was written"), nan_rank
