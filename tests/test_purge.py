@@ -131,6 +131,45 @@ def test_unlearn_purge_rewrites_the_store_and_unlinks_the_source(tmp_path, train
     assert len(receipts) == 2 and all(r["purge"][0]["status"] == "done" for r in receipts)
 
 
+def test_a_replay_after_the_store_moved_does_not_purge_it_again(tmp_path, capsys, monkeypatch):
+    """A run trained on a relative store path, its project folder then moved: the replay reaches
+    the same store at another absolute path. The receipt's purge entry was found by that path
+    only, so the replay purged again with the retention given now and pruned the revision a later
+    batch kept. The store's content hash recorded with the purge finds it wherever it now is."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    assert main(["data", "synth", "--format", "store", "--out", "store", "--users", "80", "--items", "50",
+                 "--modalities", "image:8"]) == 0
+    assert main(["train", "--model", "lightgcn", "--data", "store", "--out", "run", "--train.epochs=1",
+                 "--model.dim=8"]) == 0
+    for name, user in (("req1.csv", 3), ("req2.csv", 17)):
+        pd.DataFrame({"request_id": [f"u{user}"], "user_id": [user],
+                      "item_id": pd.array([None], dtype="Int64"), "reason": "gdpr"}).to_csv(name, index=False)
+    assert main(["unlearn", "--run", "run", "--requests", "req1.csv", "--out", "out", "--purge",
+                 "--unlearn.epochs=1"]) == 0
+    assert main(["unlearn", "--run", "out", "--requests", "req2.csv", "--out", "out2", "--purge",
+                 "--keep-versions", "1", "--unlearn.epochs=1"]) == 0  # keeps batch 1's revision
+    meta = read_meta(project / "store")
+    assert meta["revision"] == 3 and [r["file"] for r in meta["retained"]] == [REV2]
+    ledger = (project / "out" / "ledger.jsonl").read_text()
+
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    monkeypatch.chdir(moved)
+    capsys.readouterr()
+    # batch 1's own command again (purged with retention 0): a replay, its purge not run again
+    assert main(["unlearn", "--run", "run", "--requests", "req1.csv", "--out", "out", "--purge"]) == 0
+    assert json.loads(capsys.readouterr().out)["replayed"] is True
+    assert read_meta(moved / "store") == meta and (moved / "store" / REV2).exists()
+    assert (moved / "out" / "ledger.jsonl").read_text() == ledger
+    # ... and a replay with another retention is refused as it is where the store was purged
+    assert main(["unlearn", "--run", "run", "--requests", "req1.csv", "--out", "out", "--purge",
+                 "--keep-versions", "1"]) == 2
+    assert "purged with --keep-versions 0; replaying it with --keep-versions 1" in capsys.readouterr().err
+    assert read_meta(moved / "store") == meta and (moved / "out" / "ledger.jsonl").read_text() == ledger
+
+
 def test_an_edited_receipt_stops_purge_and_unlearn_before_they_write(tmp_path, trained, capsys):
     """A count edited inside a sealed receipt: ``data purge`` rewrote the store and only then
     refused to re-seal the receipt (leaving the purge unrecorded); ``unlearn`` built on the
@@ -225,6 +264,34 @@ def test_revisions_are_atomic_and_orphans_are_found(tmp_path, tiny_data):
     (store / ".META.json.abc.tmp").write_text("{")
     assert [p.name for p in store_orphans(store)] == [".META.json.abc.tmp", "interactions.parquet"]
     assert read_store(store).n_interactions == data.n_interactions
+
+
+def test_a_done_purge_is_found_by_the_content_the_store_held_and_only_by_it(tmp_path, tiny_data):
+    """A receipt's purge entry names a path the store may have left; what identifies it is the
+    (revision, content hash) the purge left, which the store's META keeps in its history after
+    later purges. A store that never held that content is not taken as purged, and an entry
+    recorded before content hashes were is found by its path only."""
+    from tru_dist.unlearn.purge import done_purge
+
+    store = write_store(tiny_data, tmp_path / "s")
+    keep = np.ones(tiny_data.n_interactions, dtype=bool)
+    keep[[0, 5]] = False
+    meta = write_revision(store, keep, record={"receipts": ["r"]})
+    entry = {"status": "done", "store": str(tmp_path / "gone"), "revision": 2,
+             "content_hash": meta["content_hash"], "keep_versions": 0}
+    assert done_purge({"receipt_id": "r", "purge": [entry]}, store) == entry
+    keep = np.ones(meta["n_interactions"], dtype=bool)
+    keep[3] = False
+    write_revision(store, keep, record={"receipts": ["r", "r2"]})  # a later batch's purge
+    assert done_purge({"receipt_id": "r", "purge": [entry]}, store) == entry
+    other = write_store(tiny_data, tmp_path / "o")  # the same rows, never purged
+    assert done_purge({"receipt_id": "r", "purge": [entry]}, other) is None
+    pending = {**entry, "status": "pending"}
+    assert done_purge({"receipt_id": "r", "purge": [pending]}, store) is None
+    legacy = {k: v for k, v in entry.items() if k != "content_hash"}
+    assert done_purge({"receipt_id": "r", "purge": [legacy]}, store) is None
+    here = {**legacy, "store": str(store.resolve())}
+    assert done_purge({"receipt_id": "r", "purge": [here]}, store) == here
 
 
 def test_the_ledger_secret_is_created_private_and_refused_when_exposed(tmp_path, monkeypatch):

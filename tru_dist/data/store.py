@@ -28,14 +28,18 @@ Revisions (what a purge writes, :func:`write_revision`): a store is never edited
 A purge writes ``revisions/<n>/interactions.parquet`` (the rows kept, same columns and
 order), then replaces ``META.json`` atomically — the single commit point — with
 ``revision: n``, ``interactions_file: revisions/<n>/interactions.parquet``, the new counts
-and hashes, and a ``revisions`` history (counts and receipt ids, never ids of deleted
-rows). Item features are shared by all revisions (a purge deletes interactions, not
-items). Superseded interaction files are then deleted, except the newest
-``keep_versions`` (listed in ``META["retained"]``). Anything else under the store — a
-revision a killed purge left half done, a superseded file a killed purge had not deleted
-yet, an atomic-write temp file — is an orphan: :func:`clean_store` deletes it, and every
-purge starts with it. A store without ``revision`` (written before revisions existed) is
-revision 1 with ``interactions.parquet`` at the top.
+and hashes, and a ``revisions`` history (counts, receipt ids and the content hashes of the
+revision and its parent, never ids of deleted rows). Item features are shared by all
+revisions (a purge deletes interactions, not items). Superseded interaction files are then
+deleted, except the newest ``keep_versions`` (listed in ``META["retained"]``). Anything else
+under the store — a revision a killed purge left half done, a superseded file a killed purge
+had not deleted yet, an atomic-write temp file — is an orphan: :func:`clean_store` deletes
+it, and every purge starts with it. A store without ``revision`` (written before revisions
+existed) is revision 1 with ``interactions.parquet`` at the top.
+
+The (revision, content hash) pairs a store's META vouches for (:func:`held_revision`) say what
+a store held wherever its folder now is: a purge's receipt records the pair it left, so a
+store moved since is still recognised as purged.
 """
 
 from __future__ import annotations
@@ -226,6 +230,19 @@ def revision(meta: dict) -> int:
     return int(meta.get("revision", 1))
 
 
+def held_revision(meta: dict, rev: int, content_hash: str) -> bool:
+    """Whether the store whose META is ``meta`` holds, or held, revision ``rev`` with content
+    ``content_hash``: its current revision, a retained one, or one in its history (revisions
+    and their parents; histories written before they recorded content hashes name none). A
+    revision only ever removes rows from its parent, so rows absent from a revision this
+    store held are absent now — whatever path the store had then or has now."""
+    held = {(revision(meta), meta.get("content_hash"))}
+    held |= {(r.get("revision"), r.get("content_hash")) for r in meta.get("retained", [])}
+    for r in meta.get("revisions", []):
+        held |= {(r.get("revision"), r.get("content_hash")), (r.get("parent"), r.get("parent_content_hash"))}
+    return bool(content_hash) and (rev, content_hash) in held
+
+
 def _read_interactions(folder: Path, meta: dict) -> tuple[np.ndarray, ...]:
     path = interactions_path(folder, meta)
     src = str(path)
@@ -410,15 +427,16 @@ def write_revision(folder: str | Path, keep: np.ndarray, *, record: dict, keep_v
     retained = retained[: max(0, int(keep_versions))]
     counts = {name: int((labels == lab).sum()) for name, lab in SPLIT_LABELS.items()}
     history = list(meta.get("revisions", []))
+    content = combine_hashes(inter_hash, meta["hashes"]["features"])
     history.append({"revision": new_rev, "parent": revision(meta),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "n_interactions": int(len(users)), "removed_rows": int(table.num_rows - kept.num_rows),
-                    **record})
+                    "content_hash": content, "parent_content_hash": meta["content_hash"], **record})
     new_meta = {
         **meta,
         "n_interactions": int(len(users)),
         "counts": counts,
-        "content_hash": combine_hashes(inter_hash, meta["hashes"]["features"]),
+        "content_hash": content,
         "hashes": {"interactions": inter_hash, "features": meta["hashes"]["features"]},
         "revision": new_rev,
         "interactions_file": file,

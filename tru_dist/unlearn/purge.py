@@ -11,7 +11,10 @@ it again (orphans of the killed run are deleted first).
 Each receipt of the ledger records the purge in ``receipt["purge"]``, a list with one
 entry per store: ``status`` (``pending`` while an ``unlearn --purge`` is under way,
 ``done`` after), ``store``, ``revision_before`` → ``revision``, ``removed_rows`` (and by
-split), ``users_emptied``, ``keep_versions`` and the ``retained`` superseded files.
+split), ``users_emptied``, ``keep_versions``, the ``retained`` superseded files and the
+store's ``content_hash`` at ``revision`` — what identifies the purged store when its folder
+has moved since (:func:`done_purge`; entries written before it was recorded are found by
+their ``store`` path only).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tru_dist.data.load import detect_format
 from tru_dist.data.source import is_synthetic
 from tru_dist.data.store import (
     clean_store,
+    held_revision,
     interactions_path,
     read_meta,
     revision,
@@ -114,11 +118,31 @@ def purge_record(store: str | Path, summary: dict[str, Any] | None, *, revision_
     since = summary["revision_before"] if revision_before is None else revision_before
     new = [r for r in meta.get("revisions", []) if int(r["revision"]) > since]
     split = {name: sum(int(r.get("removed_by_split", {}).get(name, 0)) for r in new) for name in SPLIT_LABELS}
-    return {"status": "done", "store": summary["store"], "revision_before": since,
+    done = {"status": "done", "store": summary["store"], "revision_before": since,
             "revision": summary["revision"],
             "removed_rows": sum(int(r["removed_rows"]) for r in new), "removed_by_split": split,
             "users_emptied": sum(int(r.get("users_emptied", 0)) for r in new),
             "keep_versions": summary["keep_versions"], "retained": summary["retained"]}
+    if revision(meta) == summary["revision"]:  # the META read here is the revision the purge left
+        done["content_hash"] = meta["content_hash"]
+    return done
+
+
+def done_purge(receipt: dict, store: str | Path) -> dict | None:
+    """The receipt's ``done`` purge entry for ``store``: the entry recorded at its path, else one
+    whose (``revision``, ``content_hash``) the store holds or held (:func:`held_revision`) — the
+    same store moved or renamed since, or a copy of it, purged either way. None when neither
+    (a pending purge, a batch applied without one, another store, or an entry from before
+    content hashes were recorded for a store now at another path)."""
+    entries = [e for e in receipt.get("purge", []) if isinstance(e, dict) and e.get("status") == "done"]
+    here = str(Path(store).resolve())
+    at_path = next((e for e in entries if e.get("store") == here), None)
+    if at_path is not None:
+        return at_path
+    meta = read_meta(Path(store))
+    return next((e for e in reversed(entries)
+                 if isinstance(e.get("revision"), int) and isinstance(e.get("content_hash"), str)
+                 and held_revision(meta, e["revision"], e["content_hash"])), None)
 
 
 def set_purge(ledger: DeletionLedger, receipt: dict, record: dict[str, Any]) -> dict:

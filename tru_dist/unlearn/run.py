@@ -422,10 +422,13 @@ def _purged_already(receipt: dict, store: str, keep_versions: int, ledger_dir: P
     pruning superseded revisions the first run, or a later batch, kept. Refused (one line) when
     ``keep_versions`` is not the retention it was purged with: a replay is a no-op, not a way to
     change retention. False for a purge left pending by a killed run (the rerun finishes it with
-    the value given now) and for a batch applied without a purge."""
-    here = str(Path(store).resolve())
-    done = next((e for e in receipt.get("purge", []) if e.get("store") == here and e.get("status") == "done"),
-                None)
+    the value given now) and for a batch applied without a purge. The entry is found by the
+    store's content, not only its path (:func:`~tru_dist.unlearn.purge.done_purge`): a store
+    moved or renamed since (a relative ``data.path`` from a moved project folder) was purged
+    again."""
+    from tru_dist.unlearn.purge import done_purge
+
+    done = done_purge(receipt, store)
     if done is None:
         return False
     kept = done.get("keep_versions")
