@@ -5,6 +5,7 @@ propagation against a dense self-looped reference, and W = 2 workers (gloo) agai
 from __future__ import annotations
 
 import dataclasses
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch.multiprocessing as mp
 from tru_dist.config import build_config
 from tru_dist.data.dataset import RecDataset
 from tru_dist.data.synthetic import generate_synthetic
-from tru_dist.errors import ConfigError
+from tru_dist.errors import ConfigError, DataError
 from tru_dist.graph import PartitionBook, build_rec_graph
 from tru_dist.models import BPRBatch, build_model
 from tru_dist.models.base import Embeddings
@@ -117,6 +118,20 @@ def test_any_set_of_modalities(name, modalities):
     for m in modalities:  # every modality branch takes part in the loss
         grad = sum(p.grad.abs().sum() for p in model.branches()[m] if p.grad is not None)
         assert grad > 0, f"{name}: no gradient reaches the {m} branch"
+
+
+@pytest.mark.parametrize("name", ["mgcn", "miggt"])
+@pytest.mark.parametrize("bad, why", [("desc.v2", "contains '.'"), ("train", "torch reserves 'train'"),
+                                      ("items", "torch reserves 'items'"), ("id", "own 'id' branch"),
+                                      ("shared", "own 'shared' branch")])
+def test_a_modality_name_a_model_cannot_use_is_a_one_line_data_error(name, bad, why, tiny_data):
+    """'desc.v2', 'train' or 'items' was a KeyError traceback from nn.ModuleDict; 'id' or 'shared'
+    silently replaced the ID or shared branch in ``branches()`` (TRU's per-branch scaling)."""
+    data = tiny_data.with_features({bad: tiny_data.features["image"], "text": tiny_data.features["text"]})
+    graph = build_rec_graph(data, knn_k=5)
+    with pytest.raises(DataError, match=f"modality '{re.escape(bad)}' .*{re.escape(why)}.*rename"):
+        _model(name, graph)
+    _model("lightgcn", graph).embed(graph)  # the ID-only model reads no feature: it runs
 
 
 def test_mismatched_graph_features_is_a_config_error(tiny_data, tiny_graph):

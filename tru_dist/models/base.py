@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tru_dist.config import ModelConfig
-from tru_dist.errors import ConfigError
+from tru_dist.errors import ConfigError, DataError
 
 
 @dataclass
@@ -125,6 +125,30 @@ def _detached(value: T) -> T:
     return value
 
 
+#: branch names every feature backbone's ``branches()`` uses besides its modalities
+RESERVED_BRANCHES = frozenset({"id", "shared"})
+
+
+def check_modality_names(model: str, feature_dims: dict[str, int]) -> None:
+    """Refuse, in one line, a modality name a feature backbone cannot use: one holding ``.``
+    or naming an attribute of ``nn.ModuleDict`` (``train``, ``items``, ``keys``, ...) — torch
+    refuses either as a module key, which was a KeyError traceback — or ``id`` / ``shared``,
+    which would silently take the place of the ID or shared branch (``branches()``)."""
+    probe = nn.ModuleDict()
+    for m in sorted(feature_dims):
+        if "." in m:
+            why, fix = "it contains '.'", m.replace(".", "_")
+        elif m in RESERVED_BRANCHES:
+            why, fix = f"the model's own '{m}' branch has that name", f"{m}2"
+        elif hasattr(probe, m):
+            why, fix = f"torch reserves '{m}' (an attribute of nn.ModuleDict)", f"{m}2"
+        else:
+            continue
+        raise DataError(
+            f"modality '{m}' cannot name a part of model '{model}': {why}; rename its feature file "
+            f"({m}_feat.npy, or item_features/{m}.npy in a store), e.g. to {fix}_feat.npy")
+
+
 class Backbone(nn.Module, ABC):
     """Base class: subclasses implement ``embed`` and the three parameter partitions."""
 
@@ -162,6 +186,8 @@ class Backbone(nn.Module, ABC):
                 f"model '{self.name}' needs at least one item feature modality (e.g. image_feat.npy or "
                 "text_feat.npy in the data folder); use --model=lightgcn for interaction-only data"
             )
+        if self.requires != "none":
+            check_modality_names(self.name, feature_dims)
         self.cfg = cfg
         self.n_users = n_users
         self.user_range = user_range or (0, n_users)
