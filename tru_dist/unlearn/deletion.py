@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from tru_dist import comm as collectives
-from tru_dist.data.dataset import TRAIN, VALID, PendingDataset, RecDataset
+from tru_dist.data.dataset import TRAIN, PendingDataset, RecDataset
 from tru_dist.data.requests import ForgetSet
 from tru_dist.errors import RequestError
 from tru_dist.graph.context import PendingGraph, RecGraph
@@ -77,10 +77,6 @@ class Deletion:
     def graph_before(self) -> RecGraph:
         g = self.before_graph
         return g.restore() if isinstance(g, PendingGraph) else g
-
-    def has_valid_after(self) -> bool:
-        """Whether D_r keeps any VALID pair (counted without copying D_r out)."""
-        return self.after_state.split_counts[VALID] > 0
 
     @property
     def n_forget_train(self) -> int:
