@@ -459,13 +459,16 @@ def test_untrained_items_reference_targets_the_start_models_ranks_of_never_train
     assert abs(off.stats["gate"][0]["mean_target_pct"] - first["mean_target_pct"]) > 0.05  # zeroed: 0.416
 
 
-def test_mgcn_packaged_gate_takes_the_negative_row_below_the_never_trained_threshold(never_trained_deletion):
-    """MGCN's shipped gate (``untrained_items_min: 20``, ``cold_reference: negative``) on a catalogue
-    with 15 never-trained items: too few for the never-trained items' ranks, so the deleted items
-    get the negative-only row; with the threshold at 10 the never-trained ranks win instead."""
+@pytest.mark.parametrize("backbone", ["mgcn", "lightgcn"])
+def test_packaged_gate_takes_the_negative_row_below_the_never_trained_threshold(
+        never_trained_deletion, backbone):
+    """MGCN's and LightGCN's shipped gate (``untrained_items_min: 20``, ``cold_reference:
+    negative``) on a catalogue with 15 never-trained items: too few for the never-trained items'
+    ranks, so the deleted items get the negative-only row; with the threshold at 10 the
+    never-trained ranks win instead."""
     from tru_dist.config import packaged_defaults
 
-    shipped = packaged_defaults("models", "mgcn")["unlearn"]["gate"]
+    shipped = packaged_defaults("models", backbone)["unlearn"]["gate"]
     assert shipped["cold_reference"] == "negative" and shipped["untrained_items_min"] == 20
     model, deletion, _ = never_trained_deletion
     below = get_method("tru").unlearn(model, deletion, _cfg(**{**OFF, "gate": {"enabled": True, **shipped}}))
