@@ -326,6 +326,24 @@ def test_a_sweep_whose_data_cannot_be_opened_leaves_no_manifest_to_block_the_rer
         assert not list((tmp_path / "s").rglob(MANIFEST))
 
 
+def test_trial_resources_no_local_ray_can_hold_are_refused_at_one_worker(tmp_path, monkeypatch):
+    """``resources: {cpu: 100}`` on a 2-CPU local Ray left every W = 1 trial PENDING and the sweep
+    waiting forever (only W > 1 was checked); the refusal leaves no manifest to block the rerun
+    with corrected resources. Ray-free: the originals and the Ray connection are stubbed."""
+    from tru_dist.tune import adapter, sweep
+    from tru_dist.tune.manifest import MANIFEST
+
+    monkeypatch.setattr(sweep, "prepare", lambda *a, **k: {})
+    monkeypatch.setattr(adapter, "connect", lambda *a, **k: None)
+    monkeypatch.setattr(adapter, "_groups_that_fit", lambda spec, workers: 0)
+    for attempt in range(2):  # the second attempt is not refused as "already holds a sweep"
+        with pytest.raises(ConfigError, match="resources ask for 100 CPU per trial") as err:
+            sweep.run_sweep(TINY, overrides=["--sweep.resources={cpu: 100}"], storage=tmp_path)
+        assert "\n" not in str(err.value) and "already holds" not in str(err.value), attempt
+        assert not list(tmp_path.rglob(MANIFEST))
+    adapter.check_workers_fit(sweep.load_spec(TINY)[0], 1, "auto")  # a cluster may grow: Ray decides
+
+
 def test_optuna_search_without_optuna_fails_before_training(tmp_path, monkeypatch):
     import sys
 

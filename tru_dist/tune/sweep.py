@@ -231,10 +231,14 @@ def run_sweep(
         raise
     _log(f"shared originals / Retrain / reverse_bpr ready in {time.perf_counter() - t0:.1f}s")
     adapter.connect(base.dist.address, dashboard=workers > 1 and not reused)
-    if workers > 1:
-        if not reused:
+    try:
+        if workers > 1 and not reused:
             adapter.require_state_api()
         adapter.check_workers_fit(spec, workers, base.dist.address)
+    except TruDistError:
+        if not resume:  # no trial ran: the corrected sweep file would be refused as "already holds"
+            (sweep_dir / MANIFEST).unlink(missing_ok=True)
+        raise
     fault = Fault.from_env(sweep_dir)
     resume_command = shlex.join([
         "tru-dist", "sweep", "--config", str(config_path),
