@@ -353,6 +353,22 @@ def test_a_run_folder_is_refused_as_originals_cache_or_output(tmp_path, tiny_dat
     assert sorted(p.name for p in (tmp_path / "replicas").iterdir()) == ["replica.rank0.pt"]
 
 
+def test_a_refused_comparison_leaves_the_earlier_ones_config_beside_its_results(tmp_path):
+    """config.yaml was written before the comparison checked its arguments: a rerun into the
+    same --out refused for an unknown method replaced it, so OUT held another run's config
+    (say train.epochs=4) beside results.json of the earlier one (epochs 3)."""
+    from tru_dist.cli import main
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "config.yaml").write_text("earlier\n")
+    (out / "results.json").write_text("{}\n")
+    assert main(["compare", "--data", "synthetic:tiny", "--model", "lightgcn", "--methods", "bogus",
+                 "--seeds", "1", "--out", str(out), "--train.epochs=4"]) == 2
+    assert (out / "config.yaml").read_text() == "earlier\n"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "results.json"]
+
+
 def test_a_cache_miss_beside_other_keys_says_why_it_trains_afresh(tmp_path, tiny_data, capsys):
     """An ``--originals`` folder filled by another configuration or tru-dist version holds
     originals of the same model and seed under other keys: the run must say why it trains anyway

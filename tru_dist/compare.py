@@ -633,7 +633,10 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
         "paired": paired(per_seed),
     }
     if writer:
-        atomic_write_json(out_dir / "results.json", results)
+        from tru_dist.train.checkpoint import write_run_config
+
+        write_run_config(out_dir, cfg.to_dict())  # only now: a refused rerun left its config beside
+        atomic_write_json(out_dir / "results.json", results)  # the earlier comparison's results
         results["table"] = write_report(out_dir, results)
         _remove_other_seeds(out_dir, spec.seed_list)
     return results

@@ -76,8 +76,10 @@ def worker_main(
             raise ConfigError(f"a {kind} task needs out_dir (the folder its results go to)")
         out_dir.mkdir(parents=True, exist_ok=True)
         resuming = kind == "train" and bool(task.get("resume", False))
-        if collectives.rank() == 0 and not resuming:  # every run folder holds its resolved config
-            from tru_dist.train.checkpoint import write_run_config  # (a resume: once it succeeded)
+        # every run folder holds its resolved config (a resume: once it succeeded; a comparison:
+        # with its results, so a refused or failed one leaves an earlier comparison's as it was)
+        if collectives.rank() == 0 and not resuming and kind != "compare":
+            from tru_dist.train.checkpoint import write_run_config
 
             write_run_config(out_dir, cfg.to_dict())
     if kind == "compare":
