@@ -117,6 +117,25 @@ def exit_without_teardown(code: int) -> NoReturn:
     os._exit(code)
 
 
+def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Leave this rank (a daemon thread's check every ``every_s``) once ``parent`` is no longer
+    its parent: a driver killed by SIGTERM (``kill``, ``timeout``) left its spawned ranks
+    running as orphans — they finished the run and wrote OUT after the command was killed, or
+    sat in a collective until the group's timeout, holding the caller's stdout/stderr open."""
+    import threading
+    import time
+
+    if os.getppid() != parent:  # started by another process (a fork server): nothing to watch
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tru-dist-parent-watch", daemon=True).start()
+
+
 def _child(
     rank: int,
     world_size: int,
@@ -126,7 +145,10 @@ def _child(
     result_dir: str,
     fn: Callable[..., Any],
     args: tuple,
+    parent: int | None = None,
 ) -> None:
+    if parent is not None:
+        exit_with_parent(parent)
     join_local_group(rank, world_size, port, backend, threads, timeout_s=300.0)
     try:
         try:
@@ -162,7 +184,7 @@ def spawn_local(
     with tempfile.TemporaryDirectory(prefix="tru-dist-spawn-") as tmp:
         mp.spawn(
             _child,
-            args=(world_size, free_port(), backend, threads, tmp, fn, tuple(args)),
+            args=(world_size, free_port(), backend, threads, tmp, fn, tuple(args), os.getpid()),
             nprocs=world_size,
             join=True,
         )
