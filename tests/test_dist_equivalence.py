@@ -441,3 +441,51 @@ def test_negative_row_reference_at_w2_equals_w1(tmp_path, never_trained_data):
     d1, d2 = _tru_at_w1_and_w2(tmp_path, "mgcn", folder, "items", rule)
     norms = [d["gate_reference"]["negative_row_norm"] for d in (d1, d2)]
     assert norms[0] == pytest.approx(norms[1]) and norms[0] > 0
+
+
+def test_cold_pairs_on_one_rank_only_take_the_cold_reference_at_w2_as_at_w1(tmp_path, tiny_data):
+    """The cold reference (``cold_percentiles``: a propagation, collective) is entered on every rank
+    when any rank holds a cold pair. Decided on each rank's own pairs, the rank without one went
+    on to the next gather while the other propagated: a hang to the 300 s group timeout. Data:
+    one item's train pairs kept only for rank 1's users; the request deletes all of them (cold,
+    on rank 1 alone) and a few of rank 0's pairs of items that stay in use."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from tru_dist.data.dataset import TEST, TRAIN
+    from tru_dist.data.mmrec import write_mmrec
+    from tru_dist.data.requests import write_requests
+    from tru_dist.distributed import commands
+
+    half = tiny_data.n_users // 2  # rank 1 holds users [half, n) at W = 2 (contiguous ranges)
+    train = tiny_data.labels == TRAIN
+    popular = np.bincount(tiny_data.items[train & (tiny_data.users >= half)], minlength=tiny_data.n_items)
+    item = int(np.argmax(popular))
+    labels = tiny_data.labels.copy()
+    labels[train & (tiny_data.items == item) & (tiny_data.users < half)] = TEST
+    data = replace(tiny_data, labels=labels)
+    folder = tmp_path / "data"
+    write_mmrec(data, folder, name="onerank")
+    train = data.labels == TRAIN
+    cold = np.flatnonzero(train & (data.items == item))
+    counts = np.bincount(data.items[train], minlength=data.n_items)
+    warm = np.flatnonzero(train & (data.users < half) & (counts[data.items] > 3))[:4]
+    rows = np.concatenate([cold, warm])
+    table = pd.DataFrame({"request_id": [f"r{k}" for k in range(len(rows))], "user_id": data.users[rows],
+                          "item_id": data.items[rows], "reason": "test"})
+    requests = tmp_path / "req.csv"
+    write_requests(table, requests)
+    cfg = build_config(model="lightgcn", data=str(folder), overrides=[
+        "train.epochs=3", "model.dim=16", "dist.address=none", "dist.workers=1"])
+    commands.train(cfg, tmp_path / "run")
+    out = {w: commands.unlearn(tmp_path / "run", requests, tmp_path / f"u{w}", method="tru",
+                               overrides=[f"dist.workers={w}", "dist.address=none"]) for w in (1, 2)}
+    d1, d2 = out[1]["decisions"], out[2]["decisions"]
+    assert out[2]["world_size"] == 2 and d1["gate_target"] == "calibrated"
+    share = len(cold) / len(rows)
+    assert d1["gate_reference"]["cold_item_share"] == d2["gate_reference"]["cold_item_share"] == share
+    gaps = {w: [g["calibration_gap"] for g in d["gate"]] for w, d in ((1, d1), (2, d2))}
+    assert gaps[2] == pytest.approx(gaps[1])
+    for key in ("test", "forget"):
+        _check_values(f"one-rank-cold.{key}", out[2][key], out[1][key])

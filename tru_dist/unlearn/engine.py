@@ -483,11 +483,11 @@ class _Loop:
         self.reset_pair = torch.from_numpy(reset[fu]).to(self.device)
         self.cold_pair = torch.from_numpy(self.cold_forget[fmine]).to(self.device)
         self.cold_items = np.flatnonzero(~kept_items)
-        n = max(len(fu), 1)
+        n = max(len(self.fu), 1)  # shares of every rank's deleted pairs: the same figures at every W
         self.stats["gate_target"] = "calibrated"
         self.stats["gate_reference"] = {"valid_pairs": int(len(valid)),
-                                        "reset_user_share": float(self.reset_pair.double().sum()) / n,
-                                        "cold_item_share": float(self.cold_pair.double().sum()) / n}
+                                        "reset_user_share": float(reset[self.fu].sum()) / n,
+                                        "cold_item_share": float(self.cold_forget.sum()) / n}
 
     @torch.no_grad()
     def cold_percentiles(self, lu: torch.Tensor, li: torch.Tensor) -> torch.Tensor:
@@ -720,7 +720,11 @@ class _Loop:
                 current = collectives.all_gather_rows(pct[cold]).sort().values
                 self.cold_q = gate_fn.quantile_match(pct[cold], current, None)
             else:
-                self.cold_q = self.cold_percentiles(lu[cold], li[cold]) if bool(cold.any()) else pct[cold]
+                # collective (a propagation): entered on every rank when any rank holds a cold pair
+                # — decided on this rank's pairs alone, a rank without one waited in the next
+                # gather while the other propagated, until the 300 s group timeout (W = 2)
+                self.cold_q = (self.cold_percentiles(lu[cold], li[cold]) if bool(self.cold_forget.any())
+                               else pct[cold])
             self.cold_sorted = collectives.all_gather_rows(self.cold_q).sort().values
         held = ~self.reset_pair & ~self.cold_pair
         q = torch.zeros_like(pct)
