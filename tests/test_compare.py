@@ -433,3 +433,21 @@ def test_retrain_reseed_is_a_second_retrain_under_another_seed(compare_run, tiny
     again = json.loads((tmp_path / "b" / "seed0.json").read_text())["retrain-reseed"]
     assert again["stats"]["cached"] is True and again["agreement"] == reseed["agreement"]
     assert reseeded_seed(2**32 - 1) == RESEED_OFFSET - 1  # wraps inside the valid seed range
+
+
+def test_an_audit_the_data_cannot_support_says_why_in_the_results_report_and_log(compare_run, tiny_data,
+                                                                                  tmp_path, capsys):
+    """``--audit backdoor`` on data without injected poison gives NaN with a note. The note was in
+    seed0.json only: results.json and report.md showed "—" and nothing said why."""
+    out, _ = compare_run
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=25", "train.patience=5", "unlearn.epochs=5",
+                                                    "data.path=synthetic:tiny"])
+    spec = CompareSpec(regime="users", fraction=0.1, methods=["retrain", "noop"], seeds=[0, 1],
+                       audits=["backdoor"], originals=str(out / "originals"))
+    results = run_compare(cfg, spec, tmp_path, data=tiny_data)
+    note = "no injected poison in the data (use the poison regime)"
+    assert results["methods"]["noop"]["backdoor_notes"] == [note]
+    assert f"No backdoor figure (—): {note}." in (tmp_path / "report.md").read_text()
+    lines = capsys.readouterr().out.splitlines()
+    said = [line.split("] ", 1)[1] for line in lines if "gives no figure" in line]
+    assert said == [f"audit backdoor gives no figure here: {note}"]  # once, not per seed or method

@@ -451,6 +451,9 @@ def aggregate(per_seed: list[dict]) -> dict:
             for k in sorted(keys):
                 mean[k], std[k], ci[k] = mean_ci([r.get(group, {}).get(k) for r in runs])
             entry[group], entry[f"{group}_std"], entry[f"{group}_ci"] = mean, std, ci
+            notes = sorted({r[group]["note"] for r in runs if isinstance(r.get(group, {}).get("note"), str)})
+            if notes:  # why an audit gave no figure (NaN): kept, not dropped with the non-numbers
+                entry[f"{group}_notes"] = notes
             lists = {k for r in runs for k, v in r.get(group, {}).items() if isinstance(v, list)}
             for k in lists:  # e.g. bootstrap CI: average the bounds
                 arr = np.array([r[group][k] for r in runs if k in r.get(group, {})], dtype=float)
@@ -462,6 +465,29 @@ def aggregate(per_seed: list[dict]) -> dict:
         methods[name] = entry
     order = ["original", "retrain"] + [n for n in methods if n not in ("original", "retrain")]
     return {n: methods[n] for n in order if n in methods}
+
+
+def audit_notes(methods: dict) -> list[tuple[str, str]]:
+    """(audit, reason) for every audit that gave some method no figure, each once: an audit the
+    data cannot support (``backdoor`` without injected poison, ``user_mia`` without deleted
+    users) reports NaN with a note, which the tables show as "—" and nothing else said why."""
+    from tru_dist.audit.runner import AUDITS
+
+    seen: dict[tuple[str, str], None] = {}
+    for entry in methods.values():
+        for kind in AUDITS:
+            for note in entry.get(f"{kind}_notes", []):
+                seen[(kind, note)] = None
+    return list(seen)
+
+
+def seed_audit_notes(seed_result: dict) -> list[tuple[str, str]]:
+    """:func:`audit_notes` of one seed's results ({method: {audit: {..., "note"}}})."""
+    from tru_dist.audit.runner import AUDITS
+
+    return audit_notes({name: {f"{kind}_notes": [entry[kind]["note"]] for kind in AUDITS
+                               if isinstance(entry.get(kind, {}).get("note"), str)}
+                        for name, entry in seed_result.items() if isinstance(entry, dict)})
 
 
 def sign_test(diffs: list[float]) -> tuple[int, int, float]:
@@ -583,6 +609,8 @@ def _report_text(results: dict) -> tuple[str, str]:
     if audits:
         lines += ["## Audits", "", audits, "",
                   "MIA AUC is judged against Retrain's, not against 0.5.", ""]
+        lines += [f"No {kind} figure (—): {note}." for kind, note in audit_notes(methods)]
+        lines += [""] if audit_notes(methods) else []
     lines += ["![forget vs utility](tradeoff.png)", "", "![time per method](time.png)", ""]
     return "\n".join(lines), table
 
@@ -621,6 +649,9 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
     with logged_once():  # one catalogue: its size warnings once, not per model and seed
         for seed in spec.seed_list:
             per_seed.append(run_seed(cfg, spec, seed, data=data, configs=configs))
+            if len(per_seed) == 1:  # an audit the data cannot support: said once, not only in seed0.json
+                for kind, note in seed_audit_notes(per_seed[0]):
+                    _log(f"audit {kind} gives no figure here: {note}")
             if writer:
                 atomic_write_json(out_dir / f"seed{seed}.json", per_seed[-1])
     results: dict[str, Any] = {
