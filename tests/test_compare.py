@@ -451,3 +451,41 @@ def test_an_audit_the_data_cannot_support_says_why_in_the_results_report_and_log
     lines = capsys.readouterr().out.splitlines()
     said = [line.split("] ", 1)[1] for line in lines if "gives no figure" in line]
     assert said == [f"audit backdoor gives no figure here: {note}"]  # once, not per seed or method
+
+
+def test_an_interrupted_rerun_leaves_the_earlier_comparison_whole(compare_run, tiny_data, tmp_path,
+                                                                  monkeypatch):
+    """A rerun into an earlier comparison's OUT, interrupted after its first seed, wrote that seed's
+    new file beside the earlier results.json and seeds: one folder describing two runs. The new
+    seeds now wait in OUT/.partial until every one is done; the next run clears them."""
+    import shutil
+
+    import tru_dist.compare as compare
+
+    earlier, _ = compare_run
+    out = tmp_path / "out"
+    shutil.copytree(earlier, out, ignore=shutil.ignore_patterns("originals", "tuned"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    real = compare.run_seed
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(True)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_seed", interrupted)
+    cfg = build_config(model="lightgcn", overrides=["train.epochs=25", "train.patience=5", "unlearn.epochs=3",
+                                                    "data.path=synthetic:tiny"])
+    spec = CompareSpec(regime="users", fraction=0.1, methods=["retrain", "noop"], seeds=[0, 1],
+                       originals=str(earlier / "originals"))
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(cfg, spec, out, data=tiny_data)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in (out / ".partial").iterdir()] == ["seed0.json"]
+    monkeypatch.setattr(compare, "run_seed", real)
+    run_compare(cfg, spec, out, data=tiny_data)
+    assert not (out / ".partial").exists()
+    assert sorted(json.loads((out / "seed0.json").read_text())) == sorted(["retrain", "noop", "original",
+                                                                            "_forget_set"])

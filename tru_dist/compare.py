@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -633,8 +635,18 @@ def refuse_file_as_folder(folder: str | Path | None, what: str) -> None:
                           "path whose parent folders are folders")
 
 
+STAGING = ".partial"  # OUT's folder for the seed files of a comparison still running
+
+
 def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) -> dict:
-    """Run every seed, aggregate, write results.json / report.md / plots; return the results."""
+    """Run every seed, aggregate, write results.json / report.md / plots; return the results.
+
+    Each seed's ``seed<k>.json`` is written to ``OUT/.partial`` as it completes and moved into
+    OUT with the results: a rerun into an earlier comparison's OUT that was interrupted after
+    its first seed left that seed's new file beside the earlier results.json, report.md and
+    other seeds — one folder describing two runs. Now OUT is the earlier comparison, whole,
+    until the new one has all its seeds (``.partial`` holds those done, and the next run
+    clears it)."""
     from tru_dist.train.checkpoint import refuse_run_folder
 
     out_dir = Path(out_dir)
@@ -645,6 +657,10 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
     configs = method_configs(cfg, spec)  # refuses overlapping seeds before any training
     writer = collectives.rank() == 0  # at W > 1 every rank computes the same results; rank 0 writes
     out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / STAGING  # each seed's file as it completes; moved into OUT with the results
+    if writer:
+        shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier run's
+        staging.mkdir()
     per_seed = []
     with logged_once():  # one catalogue: its size warnings once, not per model and seed
         for seed in spec.seed_list:
@@ -653,7 +669,7 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
                 for kind, note in seed_audit_notes(per_seed[0]):
                     _log(f"audit {kind} gives no figure here: {note}")
             if writer:
-                atomic_write_json(out_dir / f"seed{seed}.json", per_seed[-1])
+                atomic_write_json(staging / f"seed{seed}.json", per_seed[-1])
     results: dict[str, Any] = {
         "config": cfg.to_dict(),
         "spec": {**asdict(spec), "seeds": spec.seed_list},
@@ -666,10 +682,13 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
     if writer:
         from tru_dist.train.checkpoint import write_run_config
 
-        write_run_config(out_dir, cfg.to_dict())  # only now: a refused rerun left its config beside
-        atomic_write_json(out_dir / "results.json", results)  # the earlier comparison's results
+        for seed in spec.seed_list:  # only now: an interrupted rerun left the earlier comparison whole
+            os.replace(staging / f"seed{seed}.json", out_dir / f"seed{seed}.json")
+        write_run_config(out_dir, cfg.to_dict())  # and a refused one its config beside its results
+        atomic_write_json(out_dir / "results.json", results)
         results["table"] = write_report(out_dir, results)
         _remove_other_seeds(out_dir, spec.seed_list)
+        shutil.rmtree(staging, ignore_errors=True)
     return results
 
 
