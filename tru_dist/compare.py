@@ -483,15 +483,6 @@ def audit_notes(methods: dict) -> list[tuple[str, str]]:
     return list(seen)
 
 
-def seed_audit_notes(seed_result: dict) -> list[tuple[str, str]]:
-    """:func:`audit_notes` of one seed's results ({method: {audit: {..., "note"}}})."""
-    from tru_dist.audit.runner import AUDITS
-
-    return audit_notes({name: {f"{kind}_notes": [entry[kind]["note"]] for kind in AUDITS
-                               if isinstance(entry.get(kind, {}).get("note"), str)}
-                        for name, entry in seed_result.items() if isinstance(entry, dict)})
-
-
 def sign_test(diffs: list[float]) -> tuple[int, int, float]:
     """(#seeds with diff < 0, #seeds with diff > 0, exact two-sided sign-test p-value).
 
@@ -611,8 +602,8 @@ def _report_text(results: dict) -> tuple[str, str]:
     if audits:
         lines += ["## Audits", "", audits, "",
                   "MIA AUC is judged against Retrain's, not against 0.5.", ""]
-        lines += [f"No {kind} figure (—): {note}." for kind, note in audit_notes(methods)]
-        lines += [""] if audit_notes(methods) else []
+        notes = [f"No {kind} figure (—): {note}." for kind, note in audit_notes(methods)]
+        lines += [*notes, ""] if notes else []
     lines += ["![forget vs utility](tradeoff.png)", "", "![time per method](time.png)", ""]
     return "\n".join(lines), table
 
@@ -666,7 +657,7 @@ def run_compare(cfg: Config, spec: CompareSpec, out_dir: str | Path, data=None) 
         for seed in spec.seed_list:
             per_seed.append(run_seed(cfg, spec, seed, data=data, configs=configs))
             if len(per_seed) == 1:  # an audit the data cannot support: said once, not only in seed0.json
-                for kind, note in seed_audit_notes(per_seed[0]):
+                for kind, note in audit_notes(aggregate(per_seed)):
                     _log(f"audit {kind} gives no figure here: {note}")
             if writer:
                 atomic_write_json(staging / f"seed{seed}.json", per_seed[-1])
