@@ -124,16 +124,16 @@ def check_workers_fit(spec, workers: int, address: str) -> None:
     """On a local Ray (which cannot grow), refuse a W, or at W = 1 a sweep's ``resources``, that
     no trial could ever start with: at W = 1 (``resources: {cpu: 100}`` on 2 CPUs) every trial
     stayed PENDING and the sweep waited forever."""
-    if address == "local" and _groups_that_fit(spec, workers) < 1:
-        if workers > 1:
-            need = f"{workers} x {spec.resources.cpu:g} CPU" + (
-                f" and {workers} x {spec.resources.gpu:g} GPU" if spec.resources.gpu > 0 else "")
-            raise ConfigError(f"--workers={workers}: a trial needs {need} and this machine's Ray has fewer; "
-                              "lower --workers or the sweep's resources.cpu / resources.gpu")
-        need = f"{spec.resources.cpu:g} CPU" + (
-            f" and {spec.resources.gpu:g} GPU" if spec.resources.gpu > 0 else "")
-        raise ConfigError(f"the sweep's resources ask for {need} per trial and this machine's Ray has fewer, "
-                          "so no trial could start; lower resources.cpu / resources.gpu in the sweep file")
+    if address != "local" or _groups_that_fit(spec, workers) >= 1:
+        return
+    times = f"{workers} x " if workers > 1 else ""
+    need = f"{times}{spec.resources.cpu:g} CPU" + (
+        f" and {times}{spec.resources.gpu:g} GPU" if spec.resources.gpu > 0 else "")
+    if workers > 1:
+        raise ConfigError(f"--workers={workers}: a trial needs {need} and this machine's Ray has fewer; "
+                          "lower --workers or the sweep's resources.cpu / resources.gpu")
+    raise ConfigError(f"the sweep's resources ask for {need} per trial and this machine's Ray has fewer, "
+                      "so no trial could start; lower resources.cpu / resources.gpu in the sweep file")
 
 
 # -- search space, search, scheduler -------------------------------------------------------
